@@ -1,0 +1,287 @@
+"""The connection to NATS and every way vagent writes to it.
+
+This package is the only one that imports `nats`; everything else speaks in
+vagent events (schemas) and the small types defined here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import api
+
+from bus import streams
+from bus.config import nats_url, replicas
+from bus.errors import BatchError, BusError, ConflictError
+from bus.subjects import aggregate_events, live
+from bus.trace import new_traceparent
+from schemas import Event, encode
+
+log = logging.getLogger("vagent.bus")
+
+# Failures after which the same publish (same Nats-Msg-Id) is simply sent again.
+_TRANSIENT = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,
+    asyncio.TimeoutError,
+)
+WRONG_LAST_SEQUENCE = 10071
+MAX_BATCH = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """JetStream's acknowledgement: the event is durable at `seq` of `stream`."""
+
+    stream: str
+    seq: int
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A core-NATS message as handed to subscribers."""
+
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+    reply: str
+
+
+MessageHandler = Callable[[Message], Awaitable[None]]
+
+
+class Subscription:
+    def __init__(self, sub: object) -> None:
+        self._sub = sub
+
+    async def stop(self) -> None:
+        try:
+            await self._sub.unsubscribe()  # type: ignore[attr-defined]
+        except (nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
+            pass
+
+
+class Bus:
+    def __init__(self, nc: NATS, url: str) -> None:
+        self.nc = nc
+        self.url = url
+        self.js = nc.jetstream(timeout=5.0)
+
+    # --- connection -----------------------------------------------------------------
+
+    @classmethod
+    async def connect(cls, url: str | None = None, *, name: str = "vagent",
+                      timeout: float = 5.0) -> Bus:
+        url = nats_url(url)
+
+        async def disconnected() -> None:
+            if not nc.is_closed and not nc.is_draining:
+                log.warning("nats disconnected url=%s", url)
+
+        async def reconnected() -> None:
+            log.info("nats reconnected url=%s", nc.connected_url.netloc if nc.connected_url else url)
+
+        async def error(exc: Exception) -> None:
+            log.debug("nats error: %r", exc)
+
+        nc = NATS()
+        try:
+            await nc.connect(
+                servers=url.split(","), name=name, connect_timeout=timeout,
+                allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
+                disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error,
+            )
+        except (TimeoutError, OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as exc:
+            raise BusError(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
+        return cls(nc, url)
+
+    @property
+    def connected(self) -> bool:
+        return self.nc.is_connected
+
+    async def close(self) -> None:
+        if self.nc.is_closed:
+            return
+        try:
+            await self.nc.drain()
+        except (TimeoutError, nats.errors.ConnectionClosedError, nats.errors.TimeoutError):
+            await self.nc.close()
+
+    # --- declaration ----------------------------------------------------------------
+
+    async def declare(self) -> None:
+        """Create or update every stream and bucket of `bus.streams` (idempotent)."""
+        r = replicas()
+        for spec in streams.STREAMS:
+            config = api.StreamConfig(
+                name=spec.name, description=spec.description, subjects=list(spec.subjects),
+                storage=api.StorageType.FILE, num_replicas=r, max_age=spec.max_age,
+                duplicate_window=spec.duplicate_window, allow_atomic=spec.atomic or None,
+                allow_direct=True,
+            )
+            try:
+                await self.js.stream_info(spec.name)
+            except nats.js.errors.NotFoundError:
+                await self.js.add_stream(config)
+            else:
+                await self.js.update_stream(config)
+        for spec in streams.KV_BUCKETS:
+            await self.js.create_key_value(api.KeyValueConfig(
+                bucket=spec.name, description=spec.description, ttl=spec.ttl or None,
+                history=spec.history, replicas=r,
+            ))
+        for spec in streams.OBJECT_BUCKETS:
+            await self.js.create_object_store(spec.name, api.ObjectStoreConfig(
+                bucket=spec.name, description=spec.description, replicas=r,
+            ))
+
+    # --- the durable log ------------------------------------------------------------
+
+    async def publish(self, event: Event, *, traceparent: str | None = None,
+                      timeout: float = 15.0) -> Stored:
+        """Append `event` to its aggregate's log; safe to retry (deduplicated by event id)."""
+        headers = {api.Header.MSG_ID: event.id, "traceparent": traceparent or new_traceparent()}
+        return await self._publish_js(event.subject(), encode(event), headers, timeout)
+
+    async def append(self, event: Event, expected_last_seq: int, *,
+                     traceparent: str | None = None, timeout: float = 15.0) -> Stored:
+        """Append only if the aggregate's last event is still at `expected_last_seq` (0: none).
+
+        Raises ConflictError when another writer appended in between.
+        """
+        headers = {
+            api.Header.MSG_ID: event.id,
+            "traceparent": traceparent or new_traceparent(),
+            api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected_last_seq),
+            "Nats-Expected-Last-Subject-Sequence-Subject":
+                aggregate_events(event.aggregate, event.aggregate_id),
+        }
+        try:
+            return await self._publish_js(event.subject(), encode(event), headers, timeout)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise ConflictError(event.subject(), expected_last_seq,
+                                    exc.description or "") from None
+            raise
+
+    async def append_batch(self, events: Sequence[Event], *, expected_last_seq: int | None = None,
+                           traceparent: str | None = None, timeout: float = 15.0) -> Stored:
+        """Store all `events` or none (JetStream atomic batch, ADR-50).
+
+        With `expected_last_seq`, the batch is also conditional on the first event's aggregate.
+        """
+        if not events:
+            raise ValueError("empty batch")
+        if len(events) > MAX_BATCH:
+            raise ValueError(f"a batch holds at most {MAX_BATCH} events")
+        batch_id = events[0].id
+        trace = traceparent or new_traceparent()
+        inbox = self.nc.new_inbox()
+        replies: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def collect(msg: Msg) -> None:
+            replies.put_nowait(msg)
+
+        sub = await self.nc.subscribe(inbox, cb=collect)
+        try:
+            for n, event in enumerate(events, start=1):
+                headers = {
+                    api.Header.MSG_ID: event.id, "traceparent": trace,
+                    api.Header.BATCH_ID: batch_id, api.Header.BATCH_SEQUENCE: str(n),
+                }
+                if n == 1 and expected_last_seq is not None:
+                    headers[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected_last_seq)
+                    headers["Nats-Expected-Last-Subject-Sequence-Subject"] = aggregate_events(
+                        event.aggregate, event.aggregate_id)
+                if n == len(events):
+                    headers[api.Header.BATCH_COMMIT] = "1"
+                # The first message asks for a reply so a refused batch fails fast.
+                reply = inbox if n in (1, len(events)) else ""
+                await self.nc.publish(event.subject(), encode(event), reply=reply, headers=headers)
+            deadline = time.monotonic() + timeout
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise BusError(f"no answer to batch {batch_id} in {timeout}s")
+                try:
+                    reply_msg = await asyncio.wait_for(replies.get(), remaining)
+                except TimeoutError:
+                    continue
+                if not reply_msg.data:
+                    continue  # the first message's "batch started" answer
+                answer = json.loads(reply_msg.data)
+                try:
+                    if "error" in answer:
+                        raise nats.js.errors.APIError.from_error(answer["error"])
+                except nats.js.errors.APIError as exc:
+                    if exc.err_code == WRONG_LAST_SEQUENCE:
+                        raise ConflictError(events[0].subject(), expected_last_seq or 0,
+                                            exc.description or "") from None
+                    raise BatchError(f"batch {batch_id} rejected: {exc.description}") from None
+                if "batch" not in answer:
+                    continue
+                return Stored(answer["stream"], answer["seq"], bool(answer.get("duplicate")))
+        finally:
+            await sub.unsubscribe()
+
+    async def _publish_js(self, subject: str, data: bytes, headers: dict[str, str],
+                          timeout: float) -> Stored:
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            try:
+                ack = await self.js.publish(subject, data, headers=dict(headers), timeout=2.0)
+                return Stored(ack.stream, ack.seq, bool(ack.duplicate))
+            except _TRANSIENT as exc:
+                if time.monotonic() + delay > deadline:
+                    raise BusError(f"publish to {subject} not acknowledged in {timeout}s: "
+                                   f"{type(exc).__name__}") from None
+                log.warning("publish to %s: %s; retrying", subject, type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    # --- core NATS: live events, audio, request/reply --------------------------------
+
+    async def publish_live(self, event: Event) -> None:
+        """Publish a derivable event (deltas, partial transcripts) on its live subject only."""
+        await self.nc.publish(live(event.aggregate_id, event.type), encode(event))
+
+    async def publish_core(self, subject: str, data: bytes,
+                           headers: dict[str, str] | None = None) -> None:
+        await self.nc.publish(subject, data, headers=headers)
+
+    async def subscribe(self, subject: str, handler: MessageHandler, *,
+                        queue: str = "") -> Subscription:
+        async def deliver(msg: Msg) -> None:
+            await handler(Message(msg.subject, msg.data, dict(msg.headers or {}), msg.reply))
+
+        return Subscription(await self.nc.subscribe(subject, queue=queue, cb=deliver))
+
+    async def request(self, subject: str, data: bytes = b"", timeout: float = 5.0) -> bytes:
+        try:
+            reply = await self.nc.request(subject, data, timeout=timeout)
+        except nats.errors.NoRespondersError:
+            raise BusError(f"nobody serves {subject}") from None
+        except (TimeoutError, nats.errors.TimeoutError):
+            raise BusError(f"no answer on {subject} in {timeout}s") from None
+        return reply.data
+
+    async def flush(self) -> None:
+        await self.nc.flush()

@@ -1,0 +1,105 @@
+"""Reading the durable log: one aggregate's history, or a stream from a sequence on.
+
+Both use ordered consumers: ephemeral, flow-controlled, re-created by the client
+on a gap, so the reader sees every event exactly once and in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import api
+
+from bus.client import Bus
+from bus.errors import BusError
+from bus.streams import STREAM_BY_AGGREGATE
+from bus.subjects import aggregate_events
+from schemas import DecodeError, Event, decode
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stored message: its stream sequence, subject, headers and decoded event
+    (None if it is not a decodable event; `error` says why)."""
+
+    stream: str
+    seq: int
+    subject: str
+    headers: dict[str, str]
+    data: bytes
+    event: Event | None
+    error: str | None = None
+
+
+def _entry(stream: str, msg: Msg) -> Entry:
+    seq = msg.metadata.sequence.stream
+    try:
+        return Entry(stream, seq, msg.subject, dict(msg.headers or {}), msg.data, decode(msg.data))
+    except DecodeError as exc:
+        return Entry(stream, seq, msg.subject, dict(msg.headers or {}), msg.data, None, str(exc))
+
+
+async def last_sequence(bus: Bus, stream: str, subject_filter: str) -> int:
+    """Stream sequence of the newest message matching `subject_filter`, 0 if none."""
+    try:
+        msg = await bus.js.get_last_msg(stream, subject_filter)
+    except nats.js.errors.NotFoundError:
+        return 0
+    return msg.seq or 0
+
+
+async def load(bus: Bus, aggregate: str, aggregate_id: str) -> tuple[list[Entry], int]:
+    """One aggregate's events in order, and the last sequence (for a conditional append)."""
+    stream = STREAM_BY_AGGREGATE[aggregate]
+    subject = aggregate_events(aggregate, aggregate_id)
+    last = await last_sequence(bus, stream, subject)
+    if last == 0:
+        return [], 0
+    entries = [entry async for entry in read(bus, stream, subject, until_seq=last)]
+    return entries, last
+
+
+async def read(bus: Bus, stream: str, subject_filter: str, *, from_seq: int = 1,
+               until_seq: int | None = None, idle_timeout: float | None = None
+               ) -> AsyncIterator[Entry]:
+    """Entries of `stream` matching `subject_filter` from `from_seq` on.
+
+    Stops after `until_seq`, or after `idle_timeout` seconds without a message;
+    with neither it follows the stream forever (live tail).
+    """
+    sub = await bus.js.subscribe(
+        subject_filter, stream=stream, ordered_consumer=True,
+        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+        config=api.ConsumerConfig(opt_start_seq=max(from_seq, 1)),
+    )
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=idle_timeout or 3600.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                if idle_timeout is not None:
+                    return
+                continue
+            entry = _entry(stream, msg)
+            yield entry
+            if until_seq is not None and entry.seq >= until_seq:
+                return
+            if until_seq is not None and msg.metadata.num_pending == 0:
+                return
+    finally:
+        try:
+            await sub.unsubscribe()
+        except (nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
+            pass
+
+
+async def stream_for(bus: Bus, subject: str) -> str:
+    """The stream that stores `subject` (which may be a wildcard)."""
+    try:
+        return await bus.js.find_stream_name_by_subject(subject)
+    except nats.js.errors.NotFoundError:
+        raise BusError(f"no stream stores {subject!r}") from None

@@ -1,0 +1,56 @@
+"""The one declarative table of JetStream streams, KV and Object Store buckets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    description: str
+    max_age: float = 0.0  # seconds; 0 keeps forever
+    duplicate_window: float = 600.0  # seconds in which a repeated Nats-Msg-Id is dropped
+    atomic: bool = True  # allow atomic batch appends
+
+
+@dataclass(frozen=True)
+class BucketSpec:
+    name: str
+    description: str
+    ttl: float = 0.0  # seconds; 0 keeps forever
+    history: int = 1
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+# Advisories that mark a message a consumer gave up on; JetStream stores them itself.
+DEAD_LETTER_SUBJECTS = (
+    "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>",
+    "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.>",
+)
+
+STREAMS: tuple[StreamSpec, ...] = (
+    StreamSpec("SESSIONS", ("vagent.session.*.evt.>",), "every session's event log"),
+    StreamSpec("USERS", ("vagent.user.*.evt.>",), "account and device events"),
+    StreamSpec("ASSISTANTS", ("vagent.assistant.*.evt.>",), "assistant persona and settings"),
+    StreamSpec("DOCS", ("vagent.doc.*.evt.>",), "document lifecycle"),
+    StreamSpec(
+        "DEADLETTER", DEAD_LETTER_SUBJECTS, "messages a consumer terminated or gave up on",
+        max_age=30 * DAY, atomic=False,
+    ),
+)
+
+KV_BUCKETS: tuple[BucketSpec, ...] = (
+    BucketSpec("vagent_actors", "actor heartbeats for the health probe", ttl=15.0),
+)
+
+OBJECT_BUCKETS: tuple[BucketSpec, ...] = (
+    BucketSpec("docs", "uploaded documents"),
+    BucketSpec("audio", "each utterance's audio, referenced from its events"),
+)
+
+STREAM_BY_AGGREGATE = {"session": "SESSIONS", "user": "USERS", "assistant": "ASSISTANTS",
+                       "doc": "DOCS"}

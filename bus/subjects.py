@@ -1,0 +1,46 @@
+"""Every NATS subject vagent uses (DESIGN.md §2), built in one place."""
+
+from __future__ import annotations
+
+from schemas import check_token
+
+PREFIX = "vagent"
+
+
+def session_events(session_id: str = "*") -> str:
+    """Wildcard over one session's durable log (or every session's, by default)."""
+    return f"{PREFIX}.session.{_id(session_id)}.evt.>"
+
+
+def event_type_filter(aggregate: str, event_type: str) -> str:
+    """One event type across every aggregate of a kind, e.g. every session's user.text."""
+    return f"{PREFIX}.{aggregate}.*.evt.{event_type}"
+
+
+def live(session_id: str, event_type: str) -> str:
+    return f"{PREFIX}.session.{_id(session_id)}.live.{event_type}"
+
+
+def audio_in(session_id: str) -> str:
+    return f"{PREFIX}.session.{_id(session_id)}.audio.in"
+
+
+def audio_out(session_id: str) -> str:
+    return f"{PREFIX}.session.{_id(session_id)}.audio.out"
+
+
+def aggregate_events(aggregate: str, aggregate_id: str) -> str:
+    return f"{PREFIX}.{aggregate}.{_id(aggregate_id)}.evt.>"
+
+
+def query(name: str) -> str:
+    """Request/reply subject of a read-model query served by the projections."""
+    return f"{PREFIX}.query.{name}"
+
+
+def control(name: str) -> str:
+    return f"{PREFIX}.ctl.{name}"
+
+
+def _id(value: str) -> str:
+    return value if value == "*" else check_token("id", value)

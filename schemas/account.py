@@ -1,0 +1,95 @@
+"""User, device, assistant and document events, as far as issues #2–#7 know them.
+They never carry a password, a token or a key: only what a read model needs."""
+
+from __future__ import annotations
+
+import msgspec
+
+from schemas.base import AssistantEvent, DocumentEvent, UserEvent
+
+
+class UserRegistered(UserEvent, tag="user.registered", kw_only=True):
+    email: str
+    display_name: str | None = None
+
+
+class UserEmailVerified(UserEvent, tag="user.email_verified", kw_only=True):
+    pass
+
+
+class UserLocked(UserEvent, tag="user.locked", kw_only=True):
+    reason: str = "admin"
+    until_ts: int | None = None
+
+
+class UserUnlocked(UserEvent, tag="user.unlocked", kw_only=True):
+    pass
+
+
+class DeviceBound(UserEvent, tag="device.bound", kw_only=True):
+    device_id: str  # Device-Id (MAC) of a xiaozhi device
+    assistant_id: str
+    name: str | None = None
+
+
+class DeviceUnbound(UserEvent, tag="device.unbound", kw_only=True):
+    device_id: str
+
+
+class AssistantCreated(AssistantEvent, tag="assistant.created", kw_only=True):
+    owner_id: str | None = None
+    name: str = "Assistant"
+    persona: str = ""
+    greeting: str | None = None
+    voice: str | None = None
+    llm: str | None = None
+    asr: str | None = None
+    tts: str | None = None
+    tools: list[str] = msgspec.field(default_factory=list)
+    documents: list[str] = msgspec.field(default_factory=list)
+
+
+class AssistantUpdated(AssistantEvent, tag="assistant.updated", kw_only=True):
+    """Only the fields present changed."""
+
+    name: str | None = None
+    persona: str | None = None
+    greeting: str | None = None
+    voice: str | None = None
+    llm: str | None = None
+    asr: str | None = None
+    tts: str | None = None
+    tools: list[str] | None = None
+    documents: list[str] | None = None
+
+
+class AssistantDeleted(AssistantEvent, tag="assistant.deleted", kw_only=True):
+    pass
+
+
+class DocumentUploaded(DocumentEvent, tag="document.uploaded", kw_only=True):
+    owner_id: str | None = None
+    title: str = ""
+    filename: str = ""
+    content_type: str = "text/plain"
+    size: int = 0
+    object_name: str = ""  # name in Object Store bucket `docs`
+
+
+class DocumentIndexed(DocumentEvent, tag="document.indexed", kw_only=True):
+    chunks: int = 0
+
+
+class DocumentFailed(DocumentEvent, tag="document.failed", kw_only=True):
+    reason: str
+
+
+class DocumentDeleted(DocumentEvent, tag="document.deleted", kw_only=True):
+    pass
+
+
+ACCOUNT_EVENTS = (
+    UserRegistered, UserEmailVerified, UserLocked, UserUnlocked, DeviceBound, DeviceUnbound,
+    AssistantCreated, AssistantUpdated, AssistantDeleted,
+    DocumentUploaded, DocumentIndexed, DocumentFailed, DocumentDeleted,
+)

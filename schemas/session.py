@@ -1,0 +1,170 @@
+"""A session's events (DESIGN.md §3). Stored in stream SESSIONS, except the
+live-only `assistant.delta` and `transcript.partial`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from schemas.base import SessionEvent
+
+
+class AudioParams(msgspec.Struct, omit_defaults=True):
+    format: Literal["opus", "pcm16"] = "opus"
+    sample_rate: int = 16000
+    channels: int = 1
+    frame_duration: int = 60
+
+
+class Usage(msgspec.Struct, omit_defaults=True):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class BlobRef(msgspec.Struct, omit_defaults=True):
+    """Where a piece of audio is kept (Object Store bucket + name)."""
+
+    bucket: str
+    name: str
+    format: str = "pcm16"
+    sample_rate: int = 16000
+    duration_ms: int = 0
+
+
+class SessionStarted(SessionEvent, tag="session.started", kw_only=True):
+    transport: str = "nats"
+    user_id: str | None = None
+    assistant_id: str | None = None
+    device_id: str | None = None
+    client_id: str | None = None
+    audio_in: AudioParams | None = None
+    audio_out: AudioParams | None = None
+
+
+class SessionEnded(SessionEvent, tag="session.ended", kw_only=True):
+    reason: str = "client_closed"
+
+
+class ListenStarted(SessionEvent, tag="listen.started", kw_only=True):
+    mode: Literal["auto", "manual", "realtime"] = "auto"
+
+
+class ListenStopped(SessionEvent, tag="listen.stopped", kw_only=True):
+    pass
+
+
+class SpeechStarted(SessionEvent, tag="speech.started", kw_only=True):
+    audio_ms: int = 0  # offset in the session's inbound audio
+
+
+class SpeechStopped(SessionEvent, tag="speech.stopped", kw_only=True):
+    audio_ms: int = 0
+    duration_ms: int = 0
+    audio: BlobRef | None = None
+
+
+class TranscriptPartial(SessionEvent, tag="transcript.partial", kw_only=True):
+    text: str
+
+
+class TranscriptFinal(SessionEvent, tag="transcript.final", kw_only=True):
+    text: str
+    language: str | None = None
+    provider: str | None = None
+    audio: BlobRef | None = None
+    speech_started_ts: int | None = None
+    speech_stopped_ts: int | None = None
+
+
+class UserText(SessionEvent, tag="user.text", kw_only=True):
+    text: str
+    source: str = "text"  # text | detect | cli | replay
+
+
+class TurnStarted(SessionEvent, tag="turn.started", kw_only=True):
+    input_id: str | None = None  # the user.text / transcript.final that opened the turn
+
+
+class AssistantDelta(SessionEvent, tag="assistant.delta", kw_only=True):
+    text: str
+    index: int = 0
+
+
+class AssistantSentence(SessionEvent, tag="assistant.sentence", kw_only=True):
+    text: str  # what is spoken
+    display_text: str | None = None  # what is shown, when it differs (markdown, emoji)
+    index: int = 0
+    ttfs_ms: float | None = None  # from turn start, on the first sentence
+
+
+class ToolCallRef(msgspec.Struct, omit_defaults=True):
+    call_id: str
+    name: str
+    arguments: str = "{}"
+
+
+class AssistantMessage(SessionEvent, tag="assistant.message", kw_only=True):
+    """The final answer of a turn. v2 groups token counts into `usage`;
+    v1 carried them flat as `prompt_tokens` / `completion_tokens`."""
+
+    v: int = 2
+    text: str
+    model: str | None = None
+    provider: str | None = None
+    usage: Usage = msgspec.field(default_factory=Usage)
+    ttft_ms: float | None = None
+    total_ms: float | None = None
+    interrupted: bool = False
+    tool_calls: list[ToolCallRef] = msgspec.field(default_factory=list)
+
+
+class ToolCall(SessionEvent, tag="tool.call", kw_only=True):
+    call_id: str
+    name: str
+    arguments: str = "{}"  # JSON text, as the model wrote it
+
+
+class ToolResult(SessionEvent, tag="tool.result", kw_only=True):
+    call_id: str
+    name: str
+    content: str
+    is_error: bool = False
+
+
+class TtsStarted(SessionEvent, tag="tts.started", kw_only=True):
+    voice: str | None = None
+
+
+class TtsSentence(SessionEvent, tag="tts.sentence", kw_only=True):
+    text: str
+    index: int = 0
+    offset_ms: int = 0  # where this sentence starts in the turn's outbound audio
+    duration_ms: int = 0
+
+
+class TtsStopped(SessionEvent, tag="tts.stopped", kw_only=True):
+    spoken_ms: int = 0
+
+
+class TurnInterrupted(SessionEvent, tag="turn.interrupted", kw_only=True):
+    reason: Literal["barge_in", "abort", "new_input"] = "abort"
+    spoken_text: str | None = None
+
+
+class Error(SessionEvent, tag="error", kw_only=True):
+    code: str
+    message: str
+    retryable: bool = False
+    source: str | None = None  # the actor or edge that reported it
+
+
+SESSION_EVENTS: tuple[type[SessionEvent], ...] = (
+    SessionStarted, SessionEnded, ListenStarted, ListenStopped, SpeechStarted, SpeechStopped,
+    TranscriptPartial, TranscriptFinal, UserText, TurnStarted, AssistantDelta, AssistantSentence,
+    AssistantMessage, ToolCall, ToolResult, TtsStarted, TtsSentence, TtsStopped, TurnInterrupted,
+    Error,
+)
+
+# Derivable, high-rate events: published on `…live.<type>` (core NATS), never in the log.
+LIVE_ONLY: frozenset[str] = frozenset({"assistant.delta", "transcript.partial"})
