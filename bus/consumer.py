@@ -175,7 +175,8 @@ class ConsumerRunner:
         finally:
             keepalive.cancel()
         try:
-            await msg.ack()
+            # Confirmed ack: a stopping worker knows JetStream has it before it drains.
+            await msg.ack_sync(timeout=2.0)
         except _CONNECTION_TROUBLE:
             # The ack is lost: JetStream redelivers, and the re-emitted events are deduplicated.
             log.warning("ack lost", extra={"actor": self.name, "seq": delivery.seq})

@@ -1,0 +1,86 @@
+"""The actor model: an actor consumes event types and emits events, nothing else.
+
+An actor never calls another; it reads its input from the bus and writes its
+effects back to it. Emitted events get ids derived from the causing event, so a
+redelivered input re-emits identical ids and JetStream stores each effect once.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar
+
+import msgspec
+
+from bus.client import Bus, Stored
+from bus.consumer import ConsumerSpec, Delivery
+from bus.log import Entry, load
+from bus.streams import STREAM_BY_AGGREGATE
+from bus.subjects import event_type_filter
+from bus.trace import child_traceparent
+from schemas import Event, derived_id
+
+
+class Context:
+    """What a handler may do while it handles one event."""
+
+    def __init__(self, actor: Actor, cause: Event, delivery: Delivery) -> None:
+        self.actor = actor
+        self.cause = cause
+        self.delivery = delivery
+        self.traceparent = child_traceparent(delivery.traceparent)
+        self._emitted = 0
+
+    async def emit(self, event: Event) -> Stored:
+        """Append an effect to the log; returns once JetStream has it on disk."""
+        if event.type not in self.actor.emits:
+            raise ValueError(f"actor {self.actor.name} does not declare {event.type!r} in emits")
+        event = msgspec.structs.replace(
+            event, id=derived_id(self.cause.id, self.actor.name, self._emitted),
+            causation_id=self.cause.id,
+        )
+        self._emitted += 1
+        return await self.actor.bus.publish(event, traceparent=self.traceparent)
+
+    async def live(self, event: Event) -> None:
+        """Publish a derivable, live-only event (token deltas, partial transcripts)."""
+        await self.actor.bus.publish_live(msgspec.structs.replace(event, causation_id=self.cause.id))
+
+    async def history(self) -> list[Entry]:
+        """The cause's aggregate log, up to and including the cause."""
+        entries, _ = await load(self.actor.bus, self.cause.aggregate, self.cause.aggregate_id)
+        return [e for e in entries if e.seq <= self.delivery.seq]
+
+
+class Actor:
+    name: ClassVar[str]
+    consumes: ClassVar[tuple[str, ...]]  # event types, e.g. ("user.text",)
+    emits: ClassVar[frozenset[str]]
+    aggregate: ClassVar[str] = "session"
+    concurrency: ClassVar[int] = 16  # aggregates handled at once; one at a time per aggregate
+    max_deliver: ClassVar[int] = 5
+    ack_wait: ClassVar[float] = 30.0
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    async def setup(self) -> None:
+        """Open clients and load models before the first event."""
+
+    async def teardown(self) -> None:
+        """Release what setup opened, after the last in-flight event finished."""
+
+    async def handle(self, event: Event, ctx: Context) -> None:
+        raise NotImplementedError
+
+    def consumer_spec(self) -> ConsumerSpec:
+        return ConsumerSpec(
+            stream=STREAM_BY_AGGREGATE[self.aggregate],
+            durable=self.name,
+            subjects=tuple(event_type_filter(self.aggregate, t) for t in self.consumes),
+            max_deliver=self.max_deliver,
+            ack_wait=float(os.environ.get("VAGENT_ACK_WAIT", self.ack_wait)),
+        )
+
+    async def on_event(self, event: Event, delivery: Delivery) -> None:
+        await self.handle(event, Context(self, event, delivery))

