@@ -41,7 +41,8 @@ async def dead_letters(bus: Bus, limit: int = 100) -> list[DeadLetter]:
             ts=advisory.get("timestamp", ""), kind=kind, stream=advisory["stream"],
             consumer=advisory["consumer"], stream_seq=advisory["stream_seq"],
             deliveries=advisory.get("deliveries", 0),
-            reason=advisory.get("reason") or f"not acknowledged after {advisory.get('deliveries')} deliveries",
+            reason=advisory.get("reason")
+            or f"not acknowledged after {advisory.get('deliveries')} deliveries",
             subject=subject, event_type=event_type,
         ))
     return out

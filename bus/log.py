@@ -6,6 +6,7 @@ on a gap, so the reader sees every event exactly once and in order.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -91,10 +92,8 @@ async def read(bus: Bus, stream: str, subject_filter: str, *, from_seq: int = 1,
             if until_seq is not None and msg.metadata.num_pending == 0:
                 return
     finally:
-        try:
+        with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
-        except (nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
-            pass
 
 
 async def stream_for(bus: Bus, subject: str) -> str:

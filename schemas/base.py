@@ -42,7 +42,8 @@ class Event(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True):
         raise NotImplementedError
 
     def subject(self) -> str:
-        return f"vagent.{self.aggregate}.{check_token(self.aggregate + ' id', self.aggregate_id)}.evt.{self.type}"
+        aggregate_id = check_token(self.aggregate + " id", self.aggregate_id)
+        return f"vagent.{self.aggregate}.{aggregate_id}.evt.{self.type}"
 
 
 class SessionEvent(Event, kw_only=True):

@@ -1,0 +1,25 @@
+"""A projection turns events into rows of a read model; the runtime feeds it."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import duckdb
+
+from bus.log import Entry
+from schemas import Event
+
+
+class Projection:
+    name: ClassVar[str]
+    streams: ClassVar[tuple[str, ...]]  # streams it reads, each from sequence 1
+    tables: ClassVar[tuple[str, ...]]  # the tables it owns (compared on rebuild)
+    ddl: ClassVar[str]  # CREATE TABLE IF NOT EXISTS … for those tables
+
+    def apply(self, db: duckdb.DuckDBPyConnection, event: Event, entry: Entry) -> None:
+        """Write the event's effect. Runs inside the transaction that also moves the checkpoint."""
+        raise NotImplementedError
+
+    def queries(self) -> dict[str, str]:
+        """Named read queries (SQL with $named parameters) served to the CLI and API."""
+        return {}

@@ -1,0 +1,49 @@
+"""Reading the read models from anywhere: over NATS from the running service,
+or straight from the DuckDB file when no service runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bus.client import Bus
+from bus.errors import BusError
+from bus.subjects import query as query_subject
+from projections.registry import PROJECTIONS
+from projections.runtime import store_path
+from projections.store import ReadStore
+
+
+class QueryError(Exception):
+    pass
+
+
+def _sql(name: str) -> str:
+    for cls in PROJECTIONS:
+        queries = cls().queries()
+        if name in queries:
+            return queries[name]
+    raise QueryError(f"no read query named {name!r}")
+
+
+async def run_query(bus: Bus | None, data_dir: Path, name: str,
+                    params: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    sql = _sql(name)
+    if bus is not None:
+        try:
+            answer = json.loads(await bus.request(query_subject(name), json.dumps(params).encode()))
+        except BusError:
+            pass  # nobody serves it: read the file below
+        else:
+            if "error" in answer:
+                raise QueryError(answer["error"])
+            return answer["columns"], answer["rows"]
+    path = store_path(data_dir)
+    if not path.exists():
+        raise QueryError(f"no read store at {path}: run `vagent up` or `vagent projections rebuild`")
+    store = ReadStore(path, [], read_only=True)
+    try:
+        return store.query(sql, params)
+    finally:
+        store.close()

@@ -1,0 +1,202 @@
+"""Running the projections: follow each stream from the checkpoint, apply in batches,
+serve read queries over NATS, and rebuild from sequence 1 on request.
+
+DuckDB lets one process write a file, so `vagent up` owns the read store and the
+CLI asks it over request/reply (`vagent.query.<name>`); with no service running,
+the CLI opens the file itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from bus.client import Bus, Message, Subscription
+from bus.log import Entry, read
+from bus.streams import STREAMS
+from bus.subjects import control, query
+from projections.base import Projection
+from projections.registry import PROJECTIONS
+from projections.store import ReadStore
+
+log = logging.getLogger("vagent.projections")
+STORE_FILE = "read.duckdb"
+BATCH = 1000
+
+
+def stream_subjects(stream: str) -> str:
+    return next(s.subjects[0] for s in STREAMS if s.name == stream)
+
+
+def store_path(data_dir: Path) -> Path:
+    return data_dir / STORE_FILE
+
+
+async def stream_last_seq(bus: Bus, stream: str) -> int:
+    return (await bus.js.stream_info(stream)).state.last_seq
+
+
+async def catch_up(bus: Bus, store: ReadStore, projection: Projection, stream: str) -> None:
+    """Apply everything up to the stream's current end (no live follow)."""
+    last = await stream_last_seq(bus, stream)
+    start = store.checkpoint(projection.name, stream) + 1
+    if last < start:
+        return
+    batch: list[Entry] = []
+    async for entry in read(bus, stream, stream_subjects(stream), from_seq=start, until_seq=last):
+        batch.append(entry)
+        if len(batch) >= BATCH:
+            await asyncio.to_thread(store.apply, projection, stream, batch)
+            batch = []
+    if batch:
+        await asyncio.to_thread(store.apply, projection, stream, batch)
+
+
+async def rebuild(bus: Bus, path: Path) -> dict[str, int]:
+    """Build every read model from sequence 1 into a fresh file, then swap it in."""
+    fresh = path.with_name(path.name + ".rebuild")
+    for leftover in (fresh, Path(str(fresh) + ".wal")):
+        leftover.unlink(missing_ok=True)
+    projections = [cls() for cls in PROJECTIONS]
+    store = ReadStore(fresh, projections)
+    try:
+        for projection in projections:
+            for stream in projection.streams:
+                await catch_up(bus, store, projection, stream)
+        counts = {t: len(store.table(t)) for p in projections for t in p.tables}
+        store.db.execute("CHECKPOINT")
+    finally:
+        store.close()
+    os.replace(fresh, path)
+    Path(str(path) + ".wal").unlink(missing_ok=True)
+    return counts
+
+
+class ProjectionService:
+    def __init__(self, bus: Bus, data_dir: Path) -> None:
+        self.bus = bus
+        self.path = store_path(data_dir)
+        self.projections = [cls() for cls in PROJECTIONS]
+        self.store: ReadStore | None = None
+        self._lock = asyncio.Lock()  # one DuckDB writer; queries and rebuilds wait their turn
+        self._feeders: list[asyncio.Task[None]] = []
+        self._subs: list[Subscription] = []
+        self.errors = 0
+
+    async def start(self) -> None:
+        self.store = ReadStore(self.path, self.projections)
+        self._start_feeders()
+        for projection in self.projections:
+            for name, sql in projection.queries().items():
+                self._subs.append(await self.bus.subscribe(query(name), self._query_handler(sql)))
+        self._subs.append(await self.bus.subscribe(control("projections.rebuild"), self._rebuild))
+        log.info("projections started", extra={"store": str(self.path),
+                                                "projections": ",".join(p.name for p in self.projections)})
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            await sub.stop()
+        await self._stop_feeders()
+        if self.store:
+            self.store.close()
+            self.store = None
+
+    async def caught_up(self, timeout: float = 10.0) -> None:
+        """Wait until every projection has applied its streams' current ends."""
+        targets = {s: await stream_last_seq(self.bus, s) for p in self.projections for s in p.streams}
+        async with asyncio.timeout(timeout):
+            while True:
+                async with self._lock:
+                    behind = any(self.store is None or self.store.checkpoint(p.name, s) < targets[s]
+                                 for p in self.projections for s in p.streams)
+                if not behind:
+                    return
+                await asyncio.sleep(0.02)
+
+    def _start_feeders(self) -> None:
+        for projection in self.projections:
+            for stream in projection.streams:
+                self._feeders.append(asyncio.create_task(self._feed(projection, stream)))
+
+    async def _stop_feeders(self) -> None:
+        for task in self._feeders:
+            task.cancel()
+        for task in self._feeders:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._feeders = []
+
+    async def _feed(self, projection: Projection, stream: str) -> None:
+        while True:
+            try:
+                await self._follow(projection, stream)
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                raise
+            except Exception:
+                # A failing projection must not stop the others; its checkpoint did not
+                # move, so it resumes from the same event after a pause.
+                self.errors += 1
+                log.exception("projection failed", extra={"projection": projection.name})
+                await asyncio.sleep(1)
+
+    async def _follow(self, projection: Projection, stream: str) -> None:
+        assert self.store is not None
+        queue: asyncio.Queue[Entry] = asyncio.Queue(maxsize=10 * BATCH)
+        start = self.store.checkpoint(projection.name, stream) + 1
+
+        async def follow() -> None:
+            async for entry in read(self.bus, stream, stream_subjects(stream), from_seq=start):
+                await queue.put(entry)
+
+        reader = asyncio.create_task(follow())
+        try:
+            while True:
+                get = asyncio.ensure_future(queue.get())
+                await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    get.cancel()
+                    reader.result()  # the reader died: raise its error
+                    continue
+                batch = [get.result()]
+                while not queue.empty() and len(batch) < BATCH:
+                    batch.append(queue.get_nowait())
+                async with self._lock:
+                    await asyncio.to_thread(self.store.apply, projection, stream, batch)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+
+    def _query_handler(self, sql: str):  # type: ignore[no-untyped-def]
+        async def handle(msg: Message) -> None:
+            try:
+                params: dict[str, Any] = json.loads(msg.data or b"{}")
+                async with self._lock:
+                    assert self.store is not None
+                    columns, rows = await asyncio.to_thread(self.store.query, sql, params)
+                answer: dict[str, Any] = {"columns": columns, "rows": rows}
+            except Exception as exc:
+                answer = {"error": f"{type(exc).__name__}: {exc}"}
+            await self.bus.publish_core(msg.reply, json.dumps(answer, default=str).encode())
+
+        return handle
+
+    async def _rebuild(self, msg: Message) -> None:
+        try:
+            async with self._lock:
+                await self._stop_feeders()
+                assert self.store is not None
+                self.store.close()
+                counts = await rebuild(self.bus, self.path)
+                self.store = ReadStore(self.path, self.projections)
+            self._start_feeders()
+            answer: dict[str, Any] = {"tables": counts}
+        except Exception as exc:
+            log.exception("rebuild failed")
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        await self.bus.publish_core(msg.reply, json.dumps(answer).encode())
