@@ -6,6 +6,7 @@ on a gap, so the reader sees every event exactly once and in order.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -70,30 +71,53 @@ async def read(bus: Bus, stream: str, subject_filter: str, *, from_seq: int = 1,
     """Entries of `stream` matching `subject_filter` from `from_seq` on.
 
     Stops after `until_seq`, or after `idle_timeout` seconds without a message;
-    with neither it follows the stream forever (live tail).
+    with neither it follows the stream forever (live tail), across server restarts.
     """
-    sub = await bus.js.subscribe(
-        subject_filter, stream=stream, ordered_consumer=True,
-        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-        config=api.ConsumerConfig(opt_start_seq=max(from_seq, 1)),
-    )
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=idle_timeout or 3600.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                if idle_timeout is not None:
+    next_seq = max(from_seq, 1)
+    while True:
+        sub = await _ordered(bus, stream, subject_filter, next_seq)
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=idle_timeout or _STALL_CHECK)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    if idle_timeout is not None:
+                        return
+                    if await _stalled(bus, stream, subject_filter, next_seq):
+                        break  # the server lost our ephemeral consumer (a restart): re-create it
+                    continue
+                entry = _entry(stream, msg)
+                next_seq = entry.seq + 1
+                yield entry
+                if until_seq is not None and (entry.seq >= until_seq
+                                              or msg.metadata.num_pending == 0):
                     return
-                continue
-            entry = _entry(stream, msg)
-            yield entry
-            if until_seq is not None and entry.seq >= until_seq:
-                return
-            if until_seq is not None and msg.metadata.num_pending == 0:
-                return
-    finally:
-        with contextlib.suppress(nats.errors.Error):
-            await sub.unsubscribe()
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+
+_STALL_CHECK = 2.0  # seconds of silence after which a follower checks it is not stranded
+
+
+async def _ordered(bus: Bus, stream: str, subject_filter: str, start: int):  # type: ignore[no-untyped-def]
+    while True:
+        try:
+            return await bus.js.subscribe(
+                subject_filter, stream=stream, ordered_consumer=True,
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                config=api.ConsumerConfig(opt_start_seq=start),
+            )
+        except (nats.errors.TimeoutError, nats.errors.ConnectionReconnectingError,
+                nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
+            await asyncio.sleep(0.5)  # NATS is coming back
+
+
+async def _stalled(bus: Bus, stream: str, subject_filter: str, next_seq: int) -> bool:
+    try:
+        return await last_sequence(bus, stream, subject_filter) >= next_seq
+    except (nats.errors.Error, TimeoutError):
+        return False  # cannot tell now; ask again after the next silence
 
 
 async def stream_for(bus: Bus, subject: str) -> str:

@@ -53,7 +53,7 @@ class EmbeddedServer:
         self.port = port
         self.host = host
         self.extra_args = extra_args
-        self.log_file = store_dir.parent / "nats-server.log"
+        self.log_file = store_dir.with_name(store_dir.name + ".log")  # one log per server
         self.proc: subprocess.Popen[bytes] | None = None
         self._stopping = False
 

@@ -13,10 +13,12 @@ import contextlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from bus.client import Bus, Message, Subscription
+from bus.health import INTERVAL, Heartbeat, beat, forget, instance_id
 from bus.log import Entry, read
 from bus.streams import STREAMS
 from bus.subjects import control, query
@@ -26,6 +28,7 @@ from projections.store import ReadStore
 
 log = logging.getLogger("vagent.projections")
 STORE_FILE = "read.duckdb"
+HEARTBEAT_NAME = "projections"
 BATCH = 1000
 
 
@@ -87,6 +90,9 @@ class ProjectionService:
         self._feeders: list[asyncio.Task[None]] = []
         self._subs: list[Subscription] = []
         self.errors = 0
+        self.applied = 0
+        self._instance = instance_id()
+        self._started_ts = time.time_ns()
 
     async def start(self) -> None:
         self.store = ReadStore(self.path, self.projections)
@@ -95,10 +101,14 @@ class ProjectionService:
             for name, sql in projection.queries().items():
                 self._subs.append(await self.bus.subscribe(query(name), self._query_handler(sql)))
         self._subs.append(await self.bus.subscribe(control("projections.rebuild"), self._rebuild))
+        self._heartbeat = asyncio.create_task(self._beat())
         log.info("projections started", extra={"store": str(self.path),
                                                 "projections": ",".join(p.name for p in self.projections)})
 
     async def stop(self) -> None:
+        self._heartbeat.cancel()
+        with contextlib.suppress(Exception):
+            await forget(self.bus, HEARTBEAT_NAME, self._instance)
         for sub in self._subs:
             await sub.stop()
         await self._stop_feeders()
@@ -166,11 +176,21 @@ class ProjectionService:
                 while not queue.empty() and len(batch) < BATCH:
                     batch.append(queue.get_nowait())
                 async with self._lock:
-                    await asyncio.to_thread(self.store.apply, projection, stream, batch)
+                    self.applied += await asyncio.to_thread(self.store.apply, projection, stream, batch)
         finally:
             reader.cancel()
             with contextlib.suppress(BaseException):
                 await reader
+
+    async def _beat(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):  # NATS away: the next beat will tell
+                await beat(self.bus, Heartbeat(
+                    name=HEARTBEAT_NAME, instance=self._instance, pid=os.getpid(),
+                    started_ts=self._started_ts, ts=time.time_ns(), handled=self.applied,
+                    failed=self.errors,
+                ))
+            await asyncio.sleep(INTERVAL)
 
     def _query_handler(self, sql: str):  # type: ignore[no-untyped-def]
         async def handle(msg: Message) -> None:

@@ -1,0 +1,99 @@
+"""`vagent streams`, `sessions`, `health`, `projections rebuild`: looking at the system."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from actors.registry import ACTORS
+from bus.admin import stream_states
+from bus.client import Bus
+from bus.deadletter import dead_letters
+from bus.errors import BusError
+from bus.health import health
+from bus.subjects import control
+from cli.display import shorten, table, when
+from projections.client import QueryError, run_query
+from projections.runtime import HEARTBEAT_NAME as PROJECTIONS_HEARTBEAT
+from projections.runtime import rebuild, store_path
+
+
+async def show_streams(bus: Bus) -> None:
+    states = await stream_states(bus)
+    print(table(["stream", "messages", "bytes", "first", "last", "replicas"],
+                [[s.name, s.messages, s.bytes, s.first_seq, s.last_seq, s.replicas] for s in states]))
+    rows = [[s.name, c.name, c.pending, c.ack_pending, c.redelivered]
+            for s in states for c in s.consumers]
+    print()
+    print(table(["stream", "consumer", "pending", "awaiting ack", "redelivered"], rows)
+          if rows else "no durable consumers")
+    letters = await dead_letters(bus, limit=20)
+    print()
+    if not letters:
+        print("no dead letters")
+        return
+    print(table(["when", "kind", "stream", "seq", "consumer", "deliveries", "event", "reason"],
+                [[d.ts[:19].replace("T", " "), d.kind, d.stream, d.stream_seq, d.consumer,
+                  d.deliveries, d.event_type or d.subject or "?", shorten(d.reason, 60)]
+                 for d in letters]))
+
+
+async def show_sessions(nats: str | None, data_dir: Path, limit: int) -> None:
+    try:
+        bus: Bus | None = await Bus.connect(nats, name="vagent-cli", timeout=2)
+    except BusError:
+        bus = None  # read the file directly
+    try:
+        try:
+            _, rows = await run_query(bus, data_dir, "sessions", {"limit": limit})
+        except QueryError as exc:
+            raise BusError(str(exc)) from None
+    finally:
+        if bus:
+            await bus.close()
+    if not rows:
+        print("no sessions yet")
+        return
+    print(table(["session", "started", "last event", "events", "turns", "last answer"],
+                [[r[0], when(r[1]), when(r[2]), r[3], r[4], shorten(r[5])] for r in rows]))
+
+
+async def rebuild_projections(bus: Bus, data_dir: Path) -> None:
+    try:
+        answer = json.loads(await bus.request(control("projections.rebuild"), timeout=600))
+        where = "by the running vagent"
+    except BusError:
+        answer = {"tables": await rebuild(bus, store_path(data_dir))}
+        where = f"into {store_path(data_dir)}"
+    if "error" in answer:
+        raise BusError(f"rebuild failed: {answer['error']}")
+    print(f"rebuilt {where}:")
+    print(table(["table", "rows"], [[t, n] for t, n in answer["tables"].items()]))
+
+
+async def show_health(nats: str | None, as_json: bool) -> bool:
+    try:
+        bus: Bus | None = await Bus.connect(nats, name="vagent-health", timeout=2)
+    except BusError as exc:
+        bus, error = None, str(exc)
+    else:
+        error = None
+    try:
+        report = await health(bus, [*ACTORS, PROJECTIONS_HEARTBEAT])
+    finally:
+        if bus:
+            await bus.close()
+    if as_json:
+        print(json.dumps({
+            "ok": report.ok, "nats": report.nats, "error": error or report.error,
+            "missing": report.missing,
+            "alive": {n: [hb.instance for hb in hbs] for n, hbs in report.actors.items()},
+        }))
+        return report.ok
+    print(f"NATS        {'ok' if report.nats else 'DOWN: ' + (error or report.error or '')}")
+    for name in [*ACTORS, PROJECTIONS_HEARTBEAT]:
+        beats = report.actors.get(name, [])
+        state = (f"alive ({len(beats)} instance{'s' if len(beats) != 1 else ''}, "
+                 f"{sum(b.handled for b in beats)} handled)") if beats else "NOT RUNNING"
+        print(f"{name:<11} {state}")
+    return report.ok

@@ -1,0 +1,211 @@
+"""The `vagent` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import uvloop
+
+from actors.registry import ACTORS
+from bus.client import Bus
+from bus.config import data_dir as resolve_data_dir
+from bus.errors import BusError
+
+app = typer.Typer(help="vagent: an event-sourced voice-agent backend on NATS JetStream.",
+                  no_args_is_help=True, add_completion=False)
+actor_app = typer.Typer(help="Run one actor on its own.", no_args_is_help=True)
+projections_app = typer.Typer(help="The read models.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print measured numbers.", no_args_is_help=True)
+app.add_typer(actor_app, name="actor")
+app.add_typer(projections_app, name="projections")
+app.add_typer(bench_app, name="bench")
+
+NatsOpt = Annotated[str | None, typer.Option("--nats", envvar="VAGENT_NATS_URL",
+                                             help="NATS URL(s), comma-separated for a cluster.")]
+DataOpt = Annotated[Path | None, typer.Option("--data-dir", envvar="VAGENT_DATA_DIR",
+                                              help="Where the embedded server and read models keep data.")]
+T = TypeVar("T")
+
+
+def run(main: Awaitable[T]) -> T:
+    from cli.logs import setup
+
+    setup()
+    try:
+        return uvloop.run(main)  # type: ignore[arg-type]
+    except BusError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+async def with_bus(nats: str | None, fn: Callable[[Bus], Awaitable[T]], name: str = "vagent-cli") -> T:
+    bus = await Bus.connect(nats, name=name)
+    try:
+        return await fn(bus)
+    finally:
+        await bus.close()
+
+
+@app.command()
+def up(nats: NatsOpt = None, data_dir: DataOpt = None,
+       port: Annotated[int, typer.Option(help="Port of the embedded nats-server.")] = 4222,
+       actors: Annotated[str, typer.Option(help="Comma-separated actors to run.")] = ",".join(ACTORS),
+       ) -> None:
+    """Start everything: NATS (embedded unless --nats), all actors, the read models."""
+    from cli.up import up as run_up
+
+    names = [a.strip() for a in actors.split(",") if a.strip()]
+    unknown = [a for a in names if a not in ACTORS]
+    if unknown:
+        typer.secho(f"unknown actor(s): {', '.join(unknown)}; known: {', '.join(ACTORS)}",
+                    fg="red", err=True)
+        raise typer.Exit(2)
+    run(run_up(nats=nats, port=port, data_dir=resolve_data_dir(data_dir), actors=names))
+
+
+@actor_app.command("run")
+def actor_run(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(ACTORS)}")],
+              nats: NatsOpt = None) -> None:
+    """Run one actor alone against a NATS server."""
+    if name not in ACTORS:
+        typer.secho(f"unknown actor {name!r}; known: {', '.join(ACTORS)}", fg="red", err=True)
+        raise typer.Exit(2)
+    run(_actor_run(name, nats))
+
+
+async def _actor_run(name: str, nats: str | None) -> None:
+    import signal
+
+    from actors.runtime import ActorHost
+
+    bus = await Bus.connect(nats, name=f"vagent-actor-{name}")
+    await bus.declare()
+    host = ActorHost(bus, [name])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await host.start()
+    print(f"actor {name} running on {bus.url}; Ctrl-C stops it", flush=True)
+    waiter = asyncio.create_task(stop.wait())
+    failed = asyncio.create_task(host.wait())
+    await asyncio.wait({waiter, failed}, return_when=asyncio.FIRST_COMPLETED)
+    await host.stop()
+    await bus.close()
+
+
+@app.command()
+def tail(subject: Annotated[str, typer.Argument(help="Subject or wildcard, e.g. 'vagent.session.s1.>'")],
+         nats: NatsOpt = None,
+         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+         from_start: Annotated[bool, typer.Option("--from-start",
+                                                  help="Replay the stored log first.")] = False,
+         limit: Annotated[int | None, typer.Option(help="Stop after this many lines.")] = None) -> None:
+    """Print the events on SUBJECT as they flow (decoded)."""
+    from cli.tail import tail as run_tail
+
+    try:
+        run(with_bus(nats, lambda bus: run_tail(bus, subject, as_json=as_json, from_start=from_start,
+                                                limit=limit)))
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def say(text: str, session: Annotated[str, typer.Option("--session", "-s", help="Session id.")],
+        nats: NatsOpt = None,
+        timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 120.0) -> None:
+    """Send TEXT as the user of a session and print the streamed answer."""
+    from cli.say import SayError
+    from cli.say import say as run_say
+
+    try:
+        run(with_bus(nats, lambda bus: run_say(bus, session, text, timeout=timeout)))
+    except SayError as exc:
+        typer.secho(f"\nerror: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    except ValueError as exc:  # an id that cannot be a subject token
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def streams(nats: NatsOpt = None) -> None:
+    """Streams, message counts, consumers (pending / awaiting ack) and dead letters."""
+    from cli.inspect import show_streams
+
+    run(with_bus(nats, show_streams))
+
+
+@app.command()
+def sessions(nats: NatsOpt = None, data_dir: DataOpt = None,
+             limit: Annotated[int, typer.Option(help="Newest sessions to list.")] = 50) -> None:
+    """List sessions from the read model."""
+    from cli.inspect import show_sessions
+
+    run(show_sessions(nats, resolve_data_dir(data_dir), limit))
+
+
+@projections_app.command("rebuild")
+def projections_rebuild(nats: NatsOpt = None, data_dir: DataOpt = None) -> None:
+    """Rebuild every read model from the streams' first event."""
+    from cli.inspect import rebuild_projections
+
+    run(with_bus(nats, lambda bus: rebuild_projections(bus, resolve_data_dir(data_dir))))
+
+
+@app.command()
+def health(nats: NatsOpt = None,
+           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Is NATS reachable and is every actor alive? Exit code 0 if so."""
+    from cli.inspect import show_health
+
+    if not run(show_health(nats, as_json)):
+        raise typer.Exit(1)
+
+
+@app.command()
+def version() -> None:
+    """Versions of vagent and of what it runs on."""
+    import subprocess
+
+    from bus.server import server_binary
+
+    try:
+        server = subprocess.run([server_binary(), "--version"], capture_output=True, text=True,
+                                check=False).stdout.strip()
+    except (BusError, OSError) as exc:
+        server = f"unavailable ({exc})"
+    print(f"vagent {package_version('vagent')}")
+    print(f"nats-py {package_version('nats-py')}, {server}")
+    print(f"python {sys.version.split()[0]}")
+
+
+@bench_app.command("bus")
+def bench_bus(nats: NatsOpt = None,
+              events: Annotated[int, typer.Option(help="Events per publish test.")] = 5000,
+              hops: Annotated[int, typer.Option(help="Actor hops to time.")] = 2000) -> None:
+    """Publish rate (awaited, pipelined) and one actor hop's latency, on this machine."""
+    from cli.bench import bench_bus as run_bench
+    from cli.bench import print_report
+
+    print_report(run(run_bench(nats, events=events, hops=hops)))
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, default=str, ensure_ascii=False))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

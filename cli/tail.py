@@ -1,0 +1,93 @@
+"""`vagent tail`: print the events on a subject as they flow, optionally from the log's start."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from bus.client import Bus, Message
+from bus.errors import BusError
+from bus.log import read
+from bus.streams import STREAMS
+from cli.display import message_line
+from schemas import DecodeError, decode
+
+
+def _stored_part(subject: str) -> tuple[str, str] | None:
+    """The stream that stores part of `subject`, and the filter for that part.
+
+    'vagent.session.s1.>' also matches live and audio subjects; the stream only has
+    'vagent.session.s1.evt.>', so that is what its history is read with.
+    """
+    tokens = subject.split(".")
+    for spec in STREAMS:
+        for pattern in spec.subjects:
+            merged = _intersect(tokens, pattern.split("."))
+            if merged is not None:
+                return spec.name, ".".join(merged)
+    return None
+
+
+def _intersect(a: list[str], b: list[str]) -> list[str] | None:
+    out: list[str] = []
+    for i in range(max(len(a), len(b))):
+        x = a[i] if i < len(a) else None
+        y = b[i] if i < len(b) else None
+        if x == ">":
+            return out + b[i:]
+        if y == ">":
+            return out + a[i:]
+        if x is None or y is None:
+            return None
+        if x == "*":
+            out.append(y)
+        elif y in ("*", x):
+            out.append(x)
+        else:
+            return None
+    return out
+
+
+async def tail(bus: Bus, subject: str, *, as_json: bool, from_start: bool,
+               limit: int | None = None) -> None:
+    printed = 0
+    seen: set[str] = set()
+    live: asyncio.Queue[Message] = asyncio.Queue()
+
+    def emit(line: str) -> bool:
+        nonlocal printed
+        print(line, flush=True)
+        printed += 1
+        return limit is not None and printed >= limit
+
+    async def collect(msg: Message) -> None:
+        live.put_nowait(msg)
+
+    # Subscribe before reading history, so nothing falls between the two; ids dedupe the overlap.
+    sub = await bus.subscribe(subject, collect)
+    try:
+        if from_start:
+            stored = _stored_part(subject)
+            if stored is None:
+                raise BusError(f"no stream stores {subject!r}: --from-start needs a log subject")
+            stream, stored_filter = stored
+            last = (await bus.js.stream_info(stream)).state.last_seq
+            if last:
+                async for entry in read(bus, stream, stored_filter, until_seq=last, idle_timeout=2):
+                    if entry.event is not None:
+                        seen.add(entry.event.id)
+                    if emit(message_line(entry.subject, entry.data, as_json)):
+                        return
+        while True:
+            msg = await live.get()
+            if seen:
+                try:
+                    if decode(msg.data).id in seen:
+                        continue
+                except DecodeError:
+                    pass
+            if emit(message_line(msg.subject, msg.data, as_json)):
+                return
+    finally:
+        await sub.stop()
+        sys.stdout.flush()
