@@ -103,13 +103,17 @@ class Bus:
 
         nc = NATS()
         try:
-            await nc.connect(
+            # Once connected, reconnect forever; but the first connect must answer in time
+            # (nats.py would otherwise keep retrying it too).
+            await asyncio.wait_for(nc.connect(
                 servers=url.split(","), name=name, connect_timeout=timeout,
                 allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
                 disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error,
-            )
+            ), timeout * 2)
         except (TimeoutError, OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as exc:
-            raise BusError(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
+            await nc.close()
+            reason = str(exc) or f"no answer in {timeout * 2:.0f}s"
+            raise BusError(f"cannot reach NATS at {url}: {reason}") from None
         return cls(nc, url)
 
     @property
@@ -177,9 +181,26 @@ class Bus:
             return await self._publish_js(event.subject(), encode(event), headers, timeout)
         except nats.js.errors.APIError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
+                # A retry of an append that was stored but whose ack was lost finds its own
+                # event last: the server checks the sequence before the duplicate id.
+                stored = await self._stored_last(event)
+                if stored is not None:
+                    return stored
                 raise ConflictError(event.subject(), expected_last_seq,
                                     exc.description or "") from None
             raise
+
+    async def _stored_last(self, event: Event) -> Stored | None:
+        """The aggregate's last stored message, if it is `event` itself."""
+        stream = streams.STREAM_BY_AGGREGATE[event.aggregate]
+        try:
+            last = await self.js.get_last_msg(stream, aggregate_events(event.aggregate,
+                                                                        event.aggregate_id))
+        except nats.js.errors.NotFoundError:
+            return None
+        if (last.headers or {}).get(api.Header.MSG_ID) == event.id:
+            return Stored(stream, last.seq or 0, duplicate=True)
+        return None
 
     async def append_batch(self, events: Sequence[Event], *, expected_last_seq: int | None = None,
                            traceparent: str | None = None, timeout: float = 15.0) -> Stored:

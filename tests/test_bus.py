@@ -291,3 +291,24 @@ async def test_live_and_audio_subjects_stay_off_the_log(bus: Bus) -> None:
                                                  ts=decode(got[0].data).ts, session_id=s, text="tok")
     assert got[1].subject == audio_in(s) and len(got[1].data) == 320
     assert await count(bus, s) == 0
+
+
+async def test_retried_conditional_append_is_not_a_false_conflict(bus: Bus) -> None:
+    # An append stored whose ack was lost is retried with the same event: it must
+    # come back as the stored duplicate, not as another writer's conflict.
+    s = sid()
+    event = UserText(session_id=s, text="once")
+    first = await bus.append(event, expected_last_seq=0)
+    again = await bus.append(event, expected_last_seq=0)
+    assert again.duplicate and again.seq == first.seq
+    assert await count(bus, s) == 1
+    with pytest.raises(ConflictError):
+        await bus.append(UserText(session_id=s, text="other"), expected_last_seq=0)
+
+
+async def test_unreachable_nats_is_a_clear_error() -> None:
+    from bus.errors import BusError
+    from bus.server import free_port
+
+    with pytest.raises(BusError, match="cannot reach NATS at nats://127.0.0.1"):
+        await Bus.connect(f"nats://127.0.0.1:{free_port()}", timeout=0.5)

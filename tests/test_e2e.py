@@ -1,0 +1,162 @@
+"""The issue's "done when", end to end through the real `vagent` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bus.server import EmbeddedServer, free_port
+from tests.openai_server import OpenAIServer
+from tests.procs import Proc, vagent
+
+
+@pytest.fixture(scope="module")
+def nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    """A server of this module's own, so its actors meet no other test's messages."""
+    server = EmbeddedServer(tmp_path_factory.mktemp("e2e") / "nats", port=free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(nats: EmbeddedServer, llm: OpenAIServer,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Path]]:
+    data = tmp_path_factory.mktemp("data")
+    proc = Proc(["up", "--nats", nats.url, "--data-dir", str(data)],
+                OPENAI_BASE_URL=llm.base_url)
+    proc.wait_for("vagent is up")
+    yield proc, data
+    assert proc.stop() == 0
+    assert "vagent: stopped" in proc.output()
+
+
+def test_say_streams_the_reply_and_the_log_holds_the_turn(stack: tuple[Proc, Path],
+                                                          nats: EmbeddedServer) -> None:
+    live = Proc(["tail", "vagent.session.s1.>", "--nats", nats.url, "--json", "--limit", "20"])
+    try:
+        said = vagent("say", "hello", "--session", "s1", "--nats", nats.url)
+        assert said.returncode == 0, said.stderr
+        assert said.stdout == "You said: hello.\n"
+        # The live tail saw the token deltas while they flowed.
+        live.wait_for('"type": "assistant.message"')
+        types = [json.loads(line)["type"] for line in live.lines if line.startswith("{")]
+        assert types.count("assistant.delta") == 3
+        assert types.index("user.text") < types.index("assistant.delta") < types.index("assistant.message")
+    finally:
+        live.stop()
+
+    logged = vagent("tail", "vagent.session.s1.evt.>", "--from-start", "--json", "--limit", "4",
+                    "--nats", nats.url)
+    events = [json.loads(line) for line in logged.stdout.splitlines()]
+    assert [e["type"] for e in events] == ["session.started", "user.text", "turn.started",
+                                           "assistant.message"]
+    user, final = events[1], events[3]
+    assert user["text"] == "hello" and final["text"] == "You said: hello."
+    assert final["causation_id"] == user["id"] and final["turn_id"] == user["id"]
+    assert final["usage"]["completion_tokens"] == 3 and final["ttft_ms"] > 0
+
+    readable = vagent("tail", "vagent.session.s1.evt.>", "--from-start", "--limit", "4",
+                      "--nats", nats.url)
+    assert "user.text" in readable.stdout and 'text="hello"' in readable.stdout
+
+
+def test_sessions_lists_it_and_rebuild_gives_the_same_table(stack: tuple[Proc, Path],
+                                                            nats: EmbeddedServer) -> None:
+    _, data = stack
+    assert vagent("say", "one more", "-s", "s2", "--nats", nats.url).returncode == 0
+    before = vagent("sessions", "--nats", nats.url, "--data-dir", str(data))
+    assert before.returncode == 0, before.stderr
+    rows = {line.split()[0]: line for line in before.stdout.splitlines()[2:]}
+    assert {"s1", "s2"} <= set(rows)
+    assert "You said: one more." in rows["s2"]
+    rebuilt = vagent("projections", "rebuild", "--nats", nats.url, "--data-dir", str(data))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "sessions" in rebuilt.stdout
+    after = vagent("sessions", "--nats", nats.url, "--data-dir", str(data))
+    assert after.stdout == before.stdout
+
+
+def test_health_and_streams_report_the_running_stack(stack: tuple[Proc, Path],
+                                                     nats: EmbeddedServer) -> None:
+    report = vagent("health", "--json", "--nats", nats.url)
+    assert report.returncode == 0, report.stdout
+    body = json.loads(report.stdout)
+    assert body["ok"] and body["nats"] and set(body["alive"]) >= {"dialogue", "projections"}
+    streams = vagent("streams", "--nats", nats.url)
+    assert streams.returncode == 0
+    assert "SESSIONS" in streams.stdout and "dialogue" in streams.stdout
+
+
+def test_undecodable_input_is_dead_lettered_and_the_stack_carries_on(
+        stack: tuple[Proc, Path], nats: EmbeddedServer) -> None:
+    import asyncio
+
+    from bus.client import Bus
+
+    async def poison() -> None:
+        bus = await Bus.connect(nats.url)
+        await bus.js.publish("vagent.session.bad.evt.user.text", b"{not msgpack")
+        await bus.close()
+
+    asyncio.run(poison())
+    proc, _ = stack
+    proc.wait_for("terminated undecodable message")
+    streams = vagent("streams", "--nats", nats.url)
+    assert "terminated" in streams.stdout and "undecodable" in streams.stdout
+    assert vagent("say", "still there?", "-s", "s3", "--nats", nats.url).stdout == \
+        "You said: still there?.\n"
+
+
+def test_health_fails_when_nothing_runs(tmp_path: Path) -> None:
+    report = vagent("health", "--nats", f"nats://127.0.0.1:{free_port()}")
+    assert report.returncode == 1 and "DOWN" in report.stdout
+
+
+def test_say_explains_an_unreachable_llm(nats: EmbeddedServer, tmp_path: Path) -> None:
+    proc = Proc(["actor", "run", "dialogue", "--nats", nats.url],
+                OPENAI_BASE_URL=f"http://127.0.0.1:{free_port()}/v1")
+    try:
+        proc.wait_for("running")
+        said = vagent("say", "anyone?", "-s", "nollm", "--nats", nats.url, "--timeout", "30")
+    finally:
+        proc.stop()
+    assert said.returncode == 1
+    assert "llm_unavailable" in said.stderr and "failed" in said.stderr
+
+
+def test_embedded_nats_crash_is_survived(llm: OpenAIServer, tmp_path: Path) -> None:
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    proc = Proc(["up", "--port", str(port), "--data-dir", str(tmp_path)],
+                OPENAI_BASE_URL=llm.base_url)
+    try:
+        proc.wait_for("vagent is up")
+        assert vagent("say", "before", "-s", "r1", "--nats", url).returncode == 0
+        server_pid = int(next(p for p in os.listdir("/proc") if p.isdigit()
+                              and _is_nats_on(int(p), port)))
+        os.kill(server_pid, signal.SIGKILL)
+        proc.wait_for("restarting")
+        proc.wait_for("nats reconnected")
+        after = vagent("say", "after", "-s", "r1", "--nats", url, "--timeout", "30")
+        assert after.returncode == 0 and after.stdout == "You said: after.\n"
+        logged = vagent("tail", "vagent.session.r1.evt.>", "--from-start", "--json",
+                        "--limit", "7", "--nats", url)
+        texts = [json.loads(line).get("text") for line in logged.stdout.splitlines()]
+        assert texts == [None, "before", None, "You said: before.", "after", None,
+                         "You said: after."]
+    finally:
+        assert proc.stop() == 0
+
+
+def _is_nats_on(pid: int, port: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return cmdline[0].endswith(b"nats-server") and str(port).encode() in cmdline
