@@ -65,6 +65,8 @@ async def tail(bus: Bus, subject: str, *, as_json: bool, from_start: bool,
 
     # Subscribe before reading history, so nothing falls between the two; ids dedupe the overlap.
     sub = await bus.subscribe(subject, collect)
+    await bus.flush()  # the server has the subscription: nothing published from now on is missed
+    print(f"following {subject}", file=sys.stderr, flush=True)
     try:
         if from_start:
             stored = _stored_part(subject)

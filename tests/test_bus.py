@@ -310,5 +310,5 @@ async def test_unreachable_nats_is_a_clear_error() -> None:
     from bus.errors import BusError
     from bus.server import free_port
 
-    with pytest.raises(BusError, match="cannot reach NATS at nats://127.0.0.1"):
+    with pytest.raises(BusError, match="cannot reach NATS at"):
         await Bus.connect(f"nats://127.0.0.1:{free_port()}", timeout=0.5)

@@ -40,6 +40,7 @@ def test_say_streams_the_reply_and_the_log_holds_the_turn(stack: tuple[Proc, Pat
                                                           nats: EmbeddedServer) -> None:
     live = Proc(["tail", "vagent.session.s1.>", "--nats", nats.url, "--json", "--limit", "20"])
     try:
+        live.wait_for("following")
         said = vagent("say", "hello", "--session", "s1", "--nats", nats.url)
         assert said.returncode == 0, said.stderr
         assert said.stdout == "You said: hello.\n"
@@ -118,7 +119,10 @@ def test_health_fails_when_nothing_runs(tmp_path: Path) -> None:
     assert report.returncode == 1 and "DOWN" in report.stdout
 
 
-def test_say_explains_an_unreachable_llm(nats: EmbeddedServer, tmp_path: Path) -> None:
+def test_say_explains_an_unreachable_llm(tmp_path: Path) -> None:
+    # A server of its own: the module's stack would otherwise share the dialogue's work.
+    nats = EmbeddedServer(tmp_path / "nats", port=free_port())
+    nats.start()
     proc = Proc(["actor", "run", "dialogue", "--nats", nats.url],
                 OPENAI_BASE_URL=f"http://127.0.0.1:{free_port()}/v1")
     try:
@@ -126,6 +130,7 @@ def test_say_explains_an_unreachable_llm(nats: EmbeddedServer, tmp_path: Path) -
         said = vagent("say", "anyone?", "-s", "nollm", "--nats", nats.url, "--timeout", "30")
     finally:
         proc.stop()
+        nats.stop()
     assert said.returncode == 1
     assert "llm_unavailable" in said.stderr and "failed" in said.stderr
 
