@@ -34,6 +34,7 @@ class ActorHost:
             self.runners.append(runner)
             self._tasks.append(asyncio.create_task(runner.run(), name=f"actor:{actor.name}"))
             log.info("actor started", extra={"actor": actor.name, "consumes": ",".join(actor.consumes)})
+        await self._beat_once()  # alive from the moment start() returns
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
 
     async def wait(self) -> None:
@@ -59,13 +60,16 @@ class ActorHost:
 
     async def _heartbeat(self) -> None:
         while True:
-            for actor, runner in zip(self.actors, self.runners, strict=True):
-                try:
-                    await beat(self.bus, Heartbeat(
-                        name=actor.name, instance=self.instance, pid=os.getpid(),
-                        started_ts=self.started_ts, ts=time.time_ns(),
-                        handled=runner.handled, failed=runner.failed,
-                    ))
-                except Exception as exc:  # NATS away: the next beat will tell
-                    log.debug("heartbeat failed: %r", exc)
             await asyncio.sleep(INTERVAL)
+            await self._beat_once()
+
+    async def _beat_once(self) -> None:
+        for actor, runner in zip(self.actors, self.runners, strict=True):
+            try:
+                await beat(self.bus, Heartbeat(
+                    name=actor.name, instance=self.instance, pid=os.getpid(),
+                    started_ts=self.started_ts, ts=time.time_ns(),
+                    handled=runner.handled, failed=runner.failed,
+                ))
+            except Exception as exc:  # NATS away: the next beat will tell
+                log.debug("heartbeat failed: %r", exc)

@@ -125,15 +125,18 @@ def say(text: str, session: Annotated[str, typer.Option("--session", "-s", help=
     """Send TEXT as the user of a session and print the streamed answer."""
     from cli.say import SayError
     from cli.say import say as run_say
+    from schemas import check_token
 
+    try:
+        check_token("session id", session)  # before connecting: it must be a subject token
+    except ValueError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
     try:
         run(with_bus(nats, lambda bus: run_say(bus, session, text, timeout=timeout)))
     except SayError as exc:
         typer.secho(f"\nerror: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
-    except ValueError as exc:  # an id that cannot be a subject token
-        typer.secho(f"error: {exc}", fg="red", err=True)
-        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -165,3 +165,16 @@ def _is_nats_on(pid: int, port: int) -> bool:
     except OSError:
         return False
     return cmdline[0].endswith(b"nats-server") and str(port).encode() in cmdline
+
+
+def test_version_names_vagent_and_the_bundled_server() -> None:
+    out = vagent("version")
+    assert out.returncode == 0
+    assert out.stdout.startswith("vagent 0.1.0") and "nats-server: v2.15.1" in out.stdout
+
+
+def test_bad_session_id_and_unknown_actor_are_refused_clearly() -> None:
+    bad = vagent("say", "hi", "--session", "a.b", "--nats", "nats://127.0.0.1:1")
+    assert bad.returncode == 2 and "invalid session id 'a.b'" in bad.stderr
+    unknown = vagent("actor", "run", "nope")
+    assert unknown.returncode == 2 and "unknown actor 'nope'" in unknown.stderr

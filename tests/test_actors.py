@@ -1,0 +1,75 @@
+"""The actor runtime with the real dialogue actor, in-process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from actors.runtime import ActorHost
+from bus.client import Bus
+from bus.health import health
+from bus.log import Entry, load
+from bus.trace import new_traceparent, trace_id
+from schemas import UserText, encode, new_id
+from tests.openai_server import OpenAIServer
+
+
+@pytest.fixture
+async def dialogue(bus: Bus, llm: OpenAIServer, monkeypatch: pytest.MonkeyPatch
+                   ) -> AsyncIterator[ActorHost]:
+    monkeypatch.setenv("OPENAI_BASE_URL", llm.base_url)
+    # A durable of its own, so no other test's dialogue shares this one's messages.
+    monkeypatch.setattr("actors.dialogue.Dialogue.name", "dialogue_" + new_id())
+    host = ActorHost(bus, ["dialogue"])
+    await host.start()
+    yield host
+    await host.stop()
+
+
+async def until_types(bus: Bus, session_id: str, count: int) -> list[Entry]:
+    async with asyncio.timeout(15):
+        while True:
+            entries, _ = await load(bus, "session", session_id)
+            if sum(e.event.type == "assistant.message" for e in entries) >= count:  # type: ignore[union-attr]
+                return entries
+            await asyncio.sleep(0.05)
+
+
+async def test_trace_and_cause_travel_with_every_emitted_event(bus: Bus, dialogue: ActorHost) -> None:
+    s = "a" + new_id()
+    question = UserText(session_id=s, text="hi")
+    traceparent = new_traceparent()
+    # Published as an integration would, with its own trace context.
+    await bus.js.publish(question.subject(), encode(question),
+                         headers={"Nats-Msg-Id": question.id, "traceparent": traceparent})
+    entries = await until_types(bus, s, 1)
+    emitted = [e for e in entries if e.event.id != question.id]  # type: ignore[union-attr]
+    assert [e.event.type for e in emitted] == ["turn.started", "assistant.message"]  # type: ignore[union-attr]
+    for entry in emitted:
+        assert entry.event.causation_id == question.id  # type: ignore[union-attr]
+        assert entry.event.turn_id == question.id  # type: ignore[union-attr]
+        assert trace_id(entry.headers["traceparent"]) == trace_id(traceparent)
+        assert entry.headers["traceparent"] != traceparent  # a span of its own
+        assert entry.headers["Nats-Msg-Id"] == entry.event.id  # type: ignore[union-attr]
+
+
+async def test_second_turn_sees_history_and_an_identical_system_prompt(
+        bus: Bus, dialogue: ActorHost, llm: OpenAIServer) -> None:
+    s = "a" + new_id()
+    await bus.publish(UserText(session_id=s, text="first"))
+    await until_types(bus, s, 1)
+    await bus.publish(UserText(session_id=s, text="second"))
+    await until_types(bus, s, 2)
+    first, second = [r["messages"] for r in llm.requests
+                     if any(m["content"] in ("first", "second") for m in r["messages"][-1:])][-2:]
+    assert first[0] == second[0] and first[0]["role"] == "system"
+    assert [m["content"] for m in second[1:]] == ["first", "You said: first.", "second"]
+
+
+async def test_running_actors_report_alive(bus: Bus, dialogue: ActorHost) -> None:
+    name = dialogue.actors[0].name
+    report = await health(bus, [name, "nobody"])
+    assert report.nats and name in report.actors and report.missing == ["nobody"]
+    assert not report.ok
