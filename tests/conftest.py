@@ -29,6 +29,16 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedSe
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def module_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    """A server for one test module alone, for tests whose actors must meet no other test's
+    messages (actors of the same name share a durable consumer)."""
+    server = EmbeddedServer(tmp_path_factory.mktemp("nats") / "store", port=free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 async def bus(nats_server: EmbeddedServer) -> AsyncIterator[Bus]:
     b = await Bus.connect(nats_server.url, name="test")

@@ -10,18 +10,15 @@ import pytest
 
 from bus.client import Bus, Message
 from bus.log import load
-from bus.server import EmbeddedServer, free_port
+from bus.server import EmbeddedServer
 from schemas import AssistantDelta, UserText, decode
 from tests.openai_server import OpenAIServer
 from tests.procs import Proc
 
 
 @pytest.fixture(scope="module")
-def nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
-    server = EmbeddedServer(tmp_path_factory.mktemp("crash") / "nats", port=free_port())
-    server.start()
-    yield server
-    server.stop()
+def nats(module_nats: EmbeddedServer) -> EmbeddedServer:
+    return module_nats
 
 
 @pytest.fixture

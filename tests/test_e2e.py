@@ -16,12 +16,8 @@ from tests.procs import Proc, vagent
 
 
 @pytest.fixture(scope="module")
-def nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
-    """A server of this module's own, so its actors meet no other test's messages."""
-    server = EmbeddedServer(tmp_path_factory.mktemp("e2e") / "nats", port=free_port())
-    server.start()
-    yield server
-    server.stop()
+def nats(module_nats: EmbeddedServer) -> EmbeddedServer:
+    return module_nats
 
 
 @pytest.fixture(scope="module")
