@@ -1,0 +1,148 @@
+"""vagent's settings file (`vagent.toml`, or the path in `VAGENT_CONFIG`), read once.
+
+Secrets never live here or in events: a provider names the environment variable
+holding its key (`api_key_env`), and `VAGENT_SECRETS_FILE` may point to a
+KEY=VALUE file that fills such variables.
+
+    [[llm.providers]]            # an ordered chain: the next one answers when one fails
+    name = "openai"
+    base_url = "https://api.openai.com/v1"
+    model = "gpt-4o-mini"
+    api_key_env = "OPENAI_API_KEY"
+
+    [[tools.webhooks]]
+    name = "weather"
+    description = "Current weather for a city"
+    url = "http://127.0.0.1:9000/weather"
+    parameters = { type = "object", properties = { city = { type = "string" } }, required = ["city"] }
+
+    [[tools.mcp]]
+    name = "files"
+    command = ["python", "my_mcp_server.py"]   # stdio; or url = "http://host/mcp" (streamable HTTP)
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+
+class ProviderConfig(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    base_url: str
+    model: str
+    api_key_env: str | None = None  # the environment variable that holds the key
+    timeout: float = 60.0  # whole request
+    first_token_timeout: float = 15.0  # until the stream's first chunk
+
+
+class BreakerConfig(msgspec.Struct, forbid_unknown_fields=True):
+    failures: int = 3  # this many failures …
+    window: float = 60.0  # … within this many seconds open the breaker
+    cooldown: float = 30.0  # then, after this long, one probe request may try again
+
+
+class LLMSettings(msgspec.Struct, forbid_unknown_fields=True):
+    providers: list[ProviderConfig] = msgspec.field(default_factory=list)
+    breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
+    local_model: str = "qwen2.5-0.5b"  # the offline default: qwen2.5-0.5b | smollm2-135m
+
+
+class WebhookTool(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    description: str
+    url: str
+    parameters: dict[str, Any] = msgspec.field(
+        default_factory=lambda: {"type": "object", "properties": {}})
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    timeout: float | None = None
+
+
+class McpServerConfig(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    command: list[str] | None = None  # stdio transport
+    url: str | None = None  # streamable HTTP transport
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    timeout: float | None = None
+
+
+class ToolSettings(msgspec.Struct, forbid_unknown_fields=True):
+    builtins: list[str] = msgspec.field(default_factory=lambda: ["get_time", "calculator"])
+    webhooks: list[WebhookTool] = msgspec.field(default_factory=list)
+    mcp: list[McpServerConfig] = msgspec.field(default_factory=list)
+    timeout: float = 10.0  # per call, unless the tool sets its own
+    max_steps: int = 4  # LLM → tools → LLM rounds in one turn
+    max_result_chars: int = 8000  # longer results are cut (the LLM's context is small)
+
+
+class DialogueSettings(msgspec.Struct, forbid_unknown_fields=True):
+    system_prompt: str = (
+        "You are vagent, a friendly voice assistant. Answer in one to three short, "
+        "spoken-style sentences. Use a tool when it helps."
+    )
+    history_tokens: int = 3000  # history budget; the oldest turns are dropped first
+    first_clause_chars: int = 24  # the first sentence may be cut at a comma after this many
+    exit_phrases: list[str] = msgspec.field(default_factory=lambda: [
+        "bye", "goodbye", "bye bye", "see you", "that's all", "再见", "拜拜"])
+    goodbye: str = "Goodbye!"
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True):
+    llm: LLMSettings = msgspec.field(default_factory=LLMSettings)
+    tools: ToolSettings = msgspec.field(default_factory=ToolSettings)
+    dialogue: DialogueSettings = msgspec.field(default_factory=DialogueSettings)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def config_path() -> Path | None:
+    explicit = os.environ.get("VAGENT_CONFIG")
+    if explicit:
+        return Path(explicit)
+    default = Path("vagent.toml")
+    return default if default.exists() else None
+
+
+def parse(text: str, source: str = "vagent.toml") -> Config:
+    try:
+        return msgspec.convert(tomllib.loads(text), Config)
+    except (tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+@functools.cache
+def load() -> Config:
+    path = config_path()
+    config = Config() if path is None else parse(path.read_text(), str(path))
+    if "VAGENT_SYSTEM_PROMPT" in os.environ:
+        config.dialogue.system_prompt = os.environ["VAGENT_SYSTEM_PROMPT"]
+    return config
+
+
+def secret(env_name: str | None) -> str | None:
+    """A key from the environment, or from the secrets file when the environment lacks it."""
+    if not env_name:
+        return None
+    if env_name in os.environ:
+        return os.environ[env_name]
+    return _secrets_file().get(env_name)
+
+
+def _secrets_file() -> dict[str, str]:
+    path = os.environ.get("VAGENT_SECRETS_FILE")
+    if not path:
+        return {}
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip().strip("'\"")
+    return out
