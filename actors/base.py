@@ -82,5 +82,9 @@ class Actor:
             ack_wait=float(os.environ.get("VAGENT_ACK_WAIT", self.ack_wait)),
         )
 
+    def ordering_key(self, event: Event) -> str:
+        """Events with the same key are handled one at a time, in log order (default: per session)."""
+        return event.aggregate_id
+
     async def on_event(self, event: Event, delivery: Delivery) -> None:
         await self.handle(event, Context(self, event, delivery))

@@ -30,7 +30,8 @@ class ActorHost:
         for actor in self.actors:
             await actor.setup()
             runner = ConsumerRunner(self.bus, actor.consumer_spec(), actor.on_event,
-                                    concurrency=actor.concurrency, name=actor.name)
+                                    concurrency=actor.concurrency, name=actor.name,
+                                    key=actor.ordering_key)
             self.runners.append(runner)
             self._tasks.append(asyncio.create_task(runner.run(), name=f"actor:{actor.name}"))
             log.info("actor started", extra={"actor": actor.name, "consumes": ",".join(actor.consumes)})

@@ -57,6 +57,11 @@ class Delivery:
 
 
 Handler = Callable[[Event, Delivery], Awaitable[None]]
+OrderingKey = Callable[[Event], str]
+
+
+def by_aggregate(event: Event) -> str:
+    return event.aggregate_id
 _CONNECTION_TROUBLE = (
     nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
     nats.errors.NoRespondersError, nats.errors.StaleConnectionError,
@@ -80,11 +85,13 @@ async def ensure_consumer(bus: Bus, spec: ConsumerSpec) -> None:
 
 class ConsumerRunner:
     def __init__(self, bus: Bus, spec: ConsumerSpec, handler: Handler, *,
-                 concurrency: int = 1, name: str | None = None) -> None:
+                 concurrency: int = 1, name: str | None = None,
+                 key: OrderingKey = by_aggregate) -> None:
         self.bus = bus
         self.spec = spec
         self.handler = handler
         self.concurrency = max(1, concurrency)
+        self.key = key  # messages with equal keys are handled one at a time, in order
         self.name = name or spec.durable
         self.handled = 0
         self.failed = 0
@@ -145,7 +152,7 @@ class ConsumerRunner:
                       extra={"actor": self.name, "subject": msg.subject, "seq": delivery.seq,
                              "error": str(exc)})
             return
-        key = event.aggregate_id
+        key = self.key(event)
         previous = self._tails.get(key)
         task = asyncio.create_task(self._handle(msg, event, delivery, previous))
         self._tails[key] = task

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import msgspec
 import nats.errors
-import nats.js.errors
 
+from bus import kv
 from bus.client import Bus
 
 BUCKET = "vagent_actors"
@@ -32,13 +32,11 @@ def instance_id() -> str:
 
 
 async def beat(bus: Bus, hb: Heartbeat) -> None:
-    kv = await bus.js.key_value(BUCKET)
-    await kv.put(f"{hb.name}.{hb.instance}", msgspec.json.encode(hb))
+    await kv.put(bus, BUCKET, f"{hb.name}.{hb.instance}", msgspec.json.encode(hb))
 
 
 async def forget(bus: Bus, name: str, instance: str) -> None:
-    kv = await bus.js.key_value(BUCKET)
-    await kv.delete(f"{name}.{instance}")
+    await kv.delete(bus, BUCKET, f"{name}.{instance}")
 
 
 @dataclass
@@ -58,17 +56,12 @@ async def health(bus: Bus | None, expected: list[str]) -> Health:
         return Health(nats=False, missing=list(expected), error="not connected to NATS")
     alive: dict[str, list[Heartbeat]] = {}
     try:
-        kv = await bus.js.key_value(BUCKET)
-        now = time.time_ns()
-        for key in await kv.keys():
-            entry = await kv.get(key)
-            if not entry.value:
-                continue
-            hb = msgspec.json.decode(entry.value, type=Heartbeat)
-            if now - hb.ts < 15 * 1_000_000_000:
-                alive.setdefault(hb.name, []).append(hb)
-    except nats.js.errors.NoKeysError:
-        pass
+        entries = await kv.items(bus, BUCKET)
     except (nats.errors.Error, TimeoutError) as exc:
         return Health(nats=False, missing=list(expected), error=str(exc) or type(exc).__name__)
+    now = time.time_ns()
+    for value in entries.values():
+        hb = msgspec.json.decode(value, type=Heartbeat)
+        if now - hb.ts < 15 * 1_000_000_000:
+            alive.setdefault(hb.name, []).append(hb)
     return Health(nats=True, actors=alive, missing=[n for n in expected if n not in alive])

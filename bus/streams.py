@@ -45,6 +45,7 @@ STREAMS: tuple[StreamSpec, ...] = (
 
 KV_BUCKETS: tuple[BucketSpec, ...] = (
     BucketSpec("vagent_actors", "actor heartbeats for the health probe", ttl=15.0),
+    BucketSpec("vagent_tools", "tool catalog: name -> JSON spec, kept by the tools actor"),
 )
 
 OBJECT_BUCKETS: tuple[BucketSpec, ...] = (
