@@ -2,6 +2,10 @@
 
 The real `openai` SDK talks to it in tests. It answers "You said: <last user text>"
 word by word, with `token_delay` seconds between tokens, and records every request.
+When the request offers tools and the user mentions one by name ("use get_time"), it
+streams a call to that tool instead (arguments from `tool_arguments`); after a tool
+result it answers "The tool said: <result>.". `fail_status` / `fail_times` make it
+answer with HTTP errors, `first_token_delay` makes it slow to start.
 Run it alone for a demo: `uv run python -m tests.openai_server --port 8080`.
 """
 
@@ -27,7 +31,10 @@ class OpenAIServer:
     def __init__(self, port: int = 0, token_delay: float = 0.0) -> None:
         self.port = port or free_port()
         self.token_delay = token_delay
-        self.fail_status: int | None = None  # answer every request with this HTTP error
+        self.fail_status: int | None = None  # answer with this HTTP error …
+        self.fail_times: int | None = None  # … this many times (None: every time)
+        self.first_token_delay = 0.0
+        self.tool_arguments: dict[str, str] = {}  # tool name -> arguments JSON it is called with
         self.requests: list[dict[str, Any]] = []
         self.app = Starlette(routes=[
             Route("/v1/chat/completions", self.completions, methods=["POST"]),
@@ -41,8 +48,20 @@ class OpenAIServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def reply_for(self, messages: list[dict[str, Any]]) -> str:
+        if messages and messages[-1]["role"] == "tool":
+            return f"The tool said: {messages[-1]['content']}."
         last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         return f"You said: {last}."
+
+    def tool_calls_for(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        messages = body["messages"]
+        if not body.get("tools") or messages[-1]["role"] != "user":
+            return []
+        names = [t["function"]["name"] for t in body["tools"]]
+        wanted = [n for n in names if n in messages[-1]["content"]]
+        return [{"index": i, "id": f"call_{len(self.requests)}_{i}", "type": "function",
+                 "function": {"name": n, "arguments": self.tool_arguments.get(n, "{}")}}
+                for i, n in enumerate(wanted)]
 
     async def models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": "echo", "object": "model"}]})
@@ -50,14 +69,16 @@ class OpenAIServer:
     async def completions(self, request: Request) -> Response:
         body = await request.json()
         self.requests.append(body)
-        if self.fail_status:
+        if self.fail_status and (self.fail_times is None or self.fail_times > 0):
+            if self.fail_times is not None:
+                self.fail_times -= 1
             return JSONResponse({"error": {"message": "unavailable", "type": "server_error"}},
                                 status_code=self.fail_status)
         text = self.reply_for(body["messages"])
         words = text.split(" ")
         tokens = [w if i == 0 else " " + w for i, w in enumerate(words)]
         model = body.get("model", "echo")
-        usage = {"prompt_tokens": sum(len(m["content"].split()) for m in body["messages"]),
+        usage = {"prompt_tokens": sum(len((m.get("content") or "").split()) for m in body["messages"]),
                  "completion_tokens": len(tokens), "total_tokens": 0}
         if not body.get("stream"):
             return JSONResponse({
@@ -75,6 +96,20 @@ class OpenAIServer:
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
                 }) + "\n\n"
 
+            if self.first_token_delay:
+                await asyncio.sleep(self.first_token_delay)
+            calls = self.tool_calls_for(body)
+            if calls:
+                for call in calls:  # name first, then the arguments in two pieces, like OpenAI
+                    args = call["function"]["arguments"]
+                    head = {**call, "function": {"name": call["function"]["name"], "arguments": ""}}
+                    yield chunk({"role": "assistant", "tool_calls": [head]})
+                    for part in (args[: len(args) // 2], args[len(args) // 2:]):
+                        yield chunk({"tool_calls": [{"index": call["index"],
+                                                     "function": {"arguments": part}}]})
+                yield chunk({}, "tool_calls")
+                yield "data: [DONE]\n\n"
+                return
             yield chunk({"role": "assistant", "content": ""})
             for token in tokens:
                 if self.token_delay:

@@ -1,0 +1,112 @@
+"""The provider chain with the real openai SDK against local chat-completions servers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from actors.config import BreakerConfig, ProviderConfig
+from actors.providers import CircuitBreaker, ProviderChain, ProviderFailed
+from bus.server import free_port
+from tests.openai_server import OpenAIServer
+
+MESSAGES = [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_after_failures_in_window_and_probes_after_cooldown() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(BreakerConfig(failures=3, window=10, cooldown=5), clock)
+    breaker.failure()
+    clock.now += 11  # outside the window: forgotten
+    breaker.failure()
+    breaker.failure()
+    assert breaker.state == "closed" and breaker.allow()
+    breaker.failure()
+    assert breaker.state == "open" and not breaker.allow()
+    clock.now += 5
+    assert breaker.state == "half_open"
+    assert breaker.allow() and not breaker.allow()  # exactly one probe
+    breaker.failure()  # the probe failed: open for another cooldown
+    assert breaker.state == "open" and not breaker.allow()
+    clock.now += 5
+    assert breaker.allow()
+    breaker.success()
+    assert breaker.state == "closed" and breaker.allow() and breaker.allow()
+
+
+@pytest.fixture
+def two() -> Iterator[tuple[OpenAIServer, OpenAIServer]]:
+    a, b = OpenAIServer().start(), OpenAIServer().start()
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def chain(*servers: OpenAIServer | str, clock: Clock | None = None, **breaker: float) -> ProviderChain:
+    configs = [ProviderConfig(name=f"p{i}", model="m", first_token_timeout=1.0,
+                              base_url=s if isinstance(s, str) else s.base_url)
+               for i, s in enumerate(servers)]
+    return ProviderChain(configs, BreakerConfig(**breaker), clock or Clock())  # type: ignore[arg-type]
+
+
+async def text_of(c: ProviderChain) -> tuple[str, str]:
+    answer = await c.open(MESSAGES)
+    parts = [ch.choices[0].delta.content or "" async for ch in answer.chunks if ch.choices]
+    return answer.provider.name, "".join(parts)
+
+
+@pytest.mark.parametrize("status", [429, 500])
+async def test_an_erroring_provider_falls_back_to_the_next(two: tuple[OpenAIServer, OpenAIServer],
+                                                          status: int) -> None:
+    a, b = two
+    a.fail_status = status
+    c = chain(a, b)
+    assert await text_of(c) == ("p1", "You said: hi.")
+    assert len(a.requests) == 1 and len(b.requests) == 1  # no SDK retries hidden in between
+    await c.close()
+
+
+async def test_unreachable_and_slow_providers_fall_back(two: tuple[OpenAIServer, OpenAIServer]) -> None:
+    a, b = two
+    a.first_token_delay = 3.0  # past the 1 s first-token timeout
+    c = chain(f"http://127.0.0.1:{free_port()}/v1", a, b)
+    assert await text_of(c) == ("p2", "You said: hi.")
+    await c.close()
+
+
+async def test_breaker_skips_a_failing_provider_then_lets_a_probe_through(
+        two: tuple[OpenAIServer, OpenAIServer]) -> None:
+    a, b = two
+    a.fail_status = 500
+    clock = Clock()
+    c = chain(a, b, clock=clock, failures=2, window=60, cooldown=30)
+    for _ in range(2):
+        assert (await text_of(c))[0] == "p1"
+    assert len(a.requests) == 2
+    assert (await text_of(c))[0] == "p1"
+    assert len(a.requests) == 2  # open: not even asked
+    a.fail_status = None
+    clock.now += 30
+    assert await text_of(c) == ("p0", "You said: hi.")  # the probe succeeds: closed again
+    assert c.providers[0].breaker.state == "closed"
+    await c.close()
+
+
+async def test_all_failing_names_every_reason(two: tuple[OpenAIServer, OpenAIServer]) -> None:
+    a, b = two
+    a.fail_status, b.fail_status = 500, 429
+    c = chain(a, b)
+    with pytest.raises(ProviderFailed) as caught:
+        await c.open(MESSAGES)
+    assert "p0" in str(caught.value) and "HTTP 500" in str(caught.value)
+    assert "p1" in str(caught.value) and "HTTP 429" in str(caught.value)
+    await c.close()
