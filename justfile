@@ -14,7 +14,7 @@ lint:
 
 # An OpenAI-compatible echo server on :8080, where vagent looks for a local LLM by default
 echo-llm:
-    uv run python -m tests.openai_server --port 8080
+    uv run vagent echo-llm --port 8080
 
 # Measured publish rates and actor-hop latency on this machine
 bench:

@@ -80,6 +80,7 @@ class Actor:
             subjects=tuple(event_type_filter(self.aggregate, t) for t in self.consumes),
             max_deliver=self.max_deliver,
             ack_wait=float(os.environ.get("VAGENT_ACK_WAIT", self.ack_wait)),
+            from_new=True,
         )
 
     def ordering_key(self, event: Event) -> str:

@@ -1,89 +1,284 @@
-"""The dialogue actor: a user's text becomes a streamed LLM answer.
+"""The dialogue actor: user input becomes a streamed LLM answer, with tools.
 
-`user.text` → `turn.started`, `assistant.delta` (live, per token) and
-`assistant.message` (final, in the log). The session's history comes from its
-own event log, so the actor keeps no state between events.
+- `user.text` / `transcript.final` open a turn: `turn.started`, token deltas on the live
+  subject, `assistant.sentence` as soon as each sentence is complete, and a final
+  `assistant.message` (text, provider, model, usage, time to first token, total time).
+- When the model calls tools, the step ends with an `assistant.message` carrying the
+  calls and one `tool.call` each; the tools actor answers with `tool.result`, and the
+  last missing result resumes the turn. At most `max_steps` rounds, then no tools.
+- Stateless: each step rebuilds its context from the session's own log.
+- One turn at a time per session: a new input (or a `turn.interrupted` from a client)
+  cancels the running stream; the log keeps only what was produced.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import ClassVar
-
-import openai
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from actors.base import Actor, Context
-from actors.llm import LLMConfig
+from actors.config import load
+from actors.history import build_messages
+from actors.intents import is_exit_intent
+from actors.llm import provider_configs
+from actors.providers import ProviderChain, ProviderFailed
+from actors.sentences import SentenceSplitter
+from actors.toolcall_adapter import parse_bare_tool_calls
+from actors.tools.catalog import catalog
+from actors.tools.spec import ToolSpec, openai_tool
+from bus.client import Message, Subscription
 from bus.log import Entry
-from schemas import AssistantDelta, AssistantMessage, Error, Event, TurnStarted, Usage, UserText
+from bus.log import load as load_log
+from schemas import (
+    AssistantDelta,
+    AssistantMessage,
+    AssistantSentence,
+    DecodeError,
+    Error,
+    Event,
+    SessionEnded,
+    ToolCall,
+    ToolCallRef,
+    ToolResult,
+    TranscriptFinal,
+    TurnInterrupted,
+    TurnStarted,
+    Usage,
+    UserText,
+    decode,
+    derived_id,
+)
+
+INPUTS = (UserText, TranscriptFinal)
+CATALOG_TTL = 5.0
+# Content that may be a bare JSON tool call (small local models): not spoken until known.
+_MAYBE_JSON = ("{", "[", "`", "<tool_call>")
 
 
-def chat_messages(system_prompt: str, history: list[Entry]) -> list[dict[str, str]]:
-    """The system prompt (byte-identical every turn, for the server's prompt cache) + the log."""
-    messages = [{"role": "system", "content": system_prompt}]
-    for entry in history:
-        event = entry.event
-        if isinstance(event, UserText):
-            messages.append({"role": "user", "content": event.text})
-        elif isinstance(event, AssistantMessage) and event.text:
-            messages.append({"role": "assistant", "content": event.text})
-    return messages
+def order_by_turn(entries: list[Entry]) -> list[Entry]:
+    """Log order, except that a turn's late events (an interrupted answer stored after the
+    next input) stay with their turn, so the history reads as the conversation went."""
+    opened = {e.event.id: e.seq for e in entries if isinstance(e.event, INPUTS)}
+
+    def key(entry: Entry) -> tuple[int, int]:
+        turn = getattr(entry.event, "turn_id", None)
+        return (opened.get(turn, entry.seq), entry.seq) if turn else (entry.seq, entry.seq)
+
+    return sorted((e for e in entries if e.event is not None), key=key)
+
+
+@dataclass
+class _Run:
+    """One streaming step of a turn, observable after a cancellation."""
+
+    session_id: str
+    turn_id: str
+    task: asyncio.Task[None] | None = None
+    interrupt_reason: str | None = None
+    parts: list[str] = field(default_factory=list)
+    sentences: int = 0
+
+    def interrupt(self, reason: str) -> None:
+        if self.task and not self.task.done() and self.interrupt_reason is None:
+            self.interrupt_reason = reason
+            self.task.cancel()
 
 
 class Dialogue(Actor):
     name: ClassVar[str] = "dialogue"
-    consumes: ClassVar[tuple[str, ...]] = ("user.text",)
-    emits: ClassVar[frozenset[str]] = frozenset({"turn.started", "assistant.message", "error"})
+    consumes: ClassVar[tuple[str, ...]] = ("user.text", "transcript.final", "tool.result")
+    emits: ClassVar[frozenset[str]] = frozenset({
+        "turn.started", "assistant.sentence", "assistant.message", "tool.call",
+        "turn.interrupted", "session.ended", "error"})
+    concurrency: ClassVar[int] = 64
 
     async def setup(self) -> None:
-        self.config = LLMConfig.from_env()
-        self.client = self.config.client()
+        self.config = load()
+        self.chain = ProviderChain(provider_configs(self.config), self.config.llm.breaker)
+        self.runs: dict[str, _Run] = {}
+        self._catalog: list[ToolSpec] = []
+        self._catalog_expires = 0.0
+        # Inputs are seen here as soon as they are stored, while this session's previous
+        # event may still be in the handler: that is how a new input interrupts a turn.
+        self._watch: list[Subscription] = [
+            await self.bus.subscribe(f"vagent.session.*.evt.{t}", self._watcher)
+            for t in ("user.text", "transcript.final", "turn.interrupted")
+        ]
 
     async def teardown(self) -> None:
-        await self.client.close()
+        for sub in self._watch:
+            await sub.stop()
+        await self.chain.close()
+
+    async def _watcher(self, msg: Message) -> None:
+        try:
+            event = decode(msg.data)
+        except DecodeError:
+            return
+        run = self.runs.get(getattr(event, "session_id", ""))
+        if run is None:
+            return
+        if isinstance(event, INPUTS) and event.id != run.turn_id:
+            run.interrupt("new_input")
+        elif isinstance(event, TurnInterrupted) and event.turn_id in (None, run.turn_id):
+            run.interrupt(event.reason)
+
+    # --- handling -------------------------------------------------------------------
 
     async def handle(self, event: Event, ctx: Context) -> None:
-        assert isinstance(event, UserText)
+        if isinstance(event, INPUTS):
+            await self._start_turn(event, ctx)
+        elif isinstance(event, ToolResult):
+            await self._resume_after_tools(event, ctx)
+
+    async def _start_turn(self, event: UserText | TranscriptFinal, ctx: Context) -> None:
         sid, turn_id = event.session_id, event.id  # a turn is named after its input
-        started = time.perf_counter()
-        await ctx.emit(TurnStarted(session_id=sid, turn_id=turn_id, input_id=event.id))
-        messages = chat_messages(self.config.system_prompt, await ctx.history())
-        parts: list[str] = []
-        usage = Usage()
-        ttft_ms: float | None = None
-        model = self.config.model
-        try:
-            stream = await self.client.chat.completions.create(
-                model=self.config.model, messages=messages, stream=True,  # type: ignore[arg-type]
-                stream_options={"include_usage": True},
-            )
-            async for chunk in stream:
-                model = chunk.model or model
-                if chunk.usage:
-                    usage = Usage(prompt_tokens=chunk.usage.prompt_tokens,
-                                  completion_tokens=chunk.usage.completion_tokens)
-                if not chunk.choices or not chunk.choices[0].delta.content:
-                    continue
-                if ttft_ms is None:
-                    ttft_ms = (time.perf_counter() - started) * 1000
-                text = chunk.choices[0].delta.content
-                await ctx.live(AssistantDelta(session_id=sid, turn_id=turn_id, text=text,
-                                              index=len(parts)))
-                parts.append(text)
-        except (openai.APIConnectionError, openai.APITimeoutError, openai.APIStatusError) as exc:
-            await ctx.emit(Error(
-                session_id=sid, turn_id=turn_id, code="llm_unavailable", retryable=True,
-                source=self.name, message=f"LLM at {self.config.base_url} failed: {_describe(exc)}",
-            ))
+        if not event.text.strip():
             return
+        await ctx.emit(TurnStarted(session_id=sid, turn_id=turn_id, input_id=event.id))
+        settings = self.config.dialogue
+        if is_exit_intent(event.text, settings.exit_phrases):
+            await ctx.emit(AssistantSentence(session_id=sid, turn_id=turn_id, text=settings.goodbye))
+            await ctx.emit(AssistantMessage(session_id=sid, turn_id=turn_id, text=settings.goodbye,
+                                            provider="vagent", total_ms=0.0))
+            await ctx.emit(SessionEnded(session_id=sid, turn_id=turn_id, reason="user_exit"))
+            return
+        await self._step(ctx, sid, turn_id, time.perf_counter())
+
+    async def _resume_after_tools(self, event: ToolResult, ctx: Context) -> None:
+        if event.turn_id is None:
+            return
+        entries, _ = await load_log(self.bus, "session", event.session_id)
+        turn = [e.event for e in entries if getattr(e.event, "turn_id", None) == event.turn_id]
+        if any(isinstance(e, TurnInterrupted) for e in turn):
+            return
+        asked = [i for i, e in enumerate(turn) if isinstance(e, AssistantMessage) and e.tool_calls]
+        if not asked:
+            return
+        step = turn[asked[-1]]
+        assert isinstance(step, AssistantMessage)
+        if any(isinstance(e, AssistantMessage) for e in turn[asked[-1] + 1:]):
+            return  # an earlier result already resumed this step
+        answered = {e.call_id for e in turn if isinstance(e, ToolResult)}
+        if all(call.call_id in answered for call in step.tool_calls):
+            await self._step(ctx, event.session_id, event.turn_id, time.perf_counter())
+
+    async def _step(self, ctx: Context, sid: str, turn_id: str, started: float) -> None:
+        run = _Run(sid, turn_id)
+        previous = self.runs.get(sid)
+        if previous is not None:
+            previous.interrupt("new_input")
+        self.runs[sid] = run
+        run.task = asyncio.create_task(self._stream(ctx, run, started))
+        try:
+            await run.task
+        except asyncio.CancelledError:
+            if run.interrupt_reason is None:
+                raise  # this handler itself is being cancelled (shutdown): redelivered later
+            await self._interrupted(ctx, run)
+        finally:
+            if self.runs.get(sid) is run:
+                del self.runs[sid]
+
+    async def _interrupted(self, ctx: Context, run: _Run) -> None:
+        """Record only what was produced before the interruption."""
+        await ctx.emit(AssistantMessage(session_id=run.session_id, turn_id=run.turn_id,
+                                        text="".join(run.parts), interrupted=True))
+        if run.interrupt_reason == "new_input":
+            await ctx.emit(TurnInterrupted(session_id=run.session_id, turn_id=run.turn_id,
+                                           reason="new_input", spoken_text="".join(run.parts)))
+
+    async def _stream(self, ctx: Context, run: _Run, started: float) -> None:
+        sid, turn_id = run.session_id, run.turn_id
+        settings, tool_settings = self.config.dialogue, self.config.tools
+        entries, _ = await load_log(self.bus, "session", sid)
+        turn = [e.event for e in entries if getattr(e.event, "turn_id", None) == turn_id]
+        steps = sum(1 for e in turn if isinstance(e, AssistantMessage) and e.tool_calls)
+        run.sentences = sum(1 for e in turn if isinstance(e, AssistantSentence))
+        specs = await self._tools() if steps < tool_settings.max_steps else []
+        known = {s.name for s in specs}
+        messages = build_messages(settings.system_prompt, order_by_turn(entries),
+                                  budget_tokens=settings.history_tokens)
+        try:
+            answer = await self.chain.open(messages, [openai_tool(s) for s in specs] or None)
+        except ProviderFailed as exc:
+            await ctx.emit(Error(session_id=sid, turn_id=turn_id, code="llm_unavailable",
+                                 message=f"no LLM provider answered: {exc}", retryable=True,
+                                 source=self.name))
+            return
+        splitter = SentenceSplitter(first_clause_chars=settings.first_clause_chars)
+        calls: dict[int, dict[str, Any]] = {}
+        usage, model = Usage(), answer.provider.config.model
+        ttft_ms: float | None = None
+        held = False  # content that may turn out to be a bare JSON tool call is not spoken yet
+        async for chunk in answer.chunks:
+            model = chunk.model or model
+            if chunk.usage:
+                usage = Usage(prompt_tokens=chunk.usage.prompt_tokens,
+                              completion_tokens=chunk.usage.completion_tokens)
+            if not chunk.choices:
+                continue
+            delta = chunk.choices[0].delta
+            for call in delta.tool_calls or []:
+                slot = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
+                slot["id"] = call.id or slot["id"]
+                if call.function:
+                    slot["name"] += call.function.name or ""
+                    slot["arguments"] += call.function.arguments or ""
+            if not delta.content:
+                continue
+            if ttft_ms is None:
+                ttft_ms = (time.perf_counter() - started) * 1000
+            if not run.parts and known and delta.content.lstrip().startswith(_MAYBE_JSON):
+                held = True
+            run.parts.append(delta.content)
+            if not held:
+                await ctx.live(AssistantDelta(session_id=sid, turn_id=turn_id,
+                                              text=delta.content, index=len(run.parts) - 1))
+                for sentence in splitter.feed(delta.content):
+                    await self._say(ctx, run, sentence, started)
+        text = "".join(run.parts)
+        found = [(c["id"], c["name"], c["arguments"] or "{}") for _, c in sorted(calls.items())]
+        if not found and held:
+            bare = parse_bare_tool_calls(text, known)
+            if bare:
+                found = [(derived_id(turn_id, "call", steps * 100 + i), name, arguments)
+                         for i, (name, arguments) in enumerate(bare)]
+                text = ""
+            else:  # it was ordinary text after all: speak it now
+                await ctx.live(AssistantDelta(session_id=sid, turn_id=turn_id, text=text))
+                for sentence in splitter.feed(text):
+                    await self._say(ctx, run, sentence, started)
+        if not found:
+            for sentence in splitter.flush():
+                await self._say(ctx, run, sentence, started)
+        total_ms = (time.perf_counter() - started) * 1000
         await ctx.emit(AssistantMessage(
-            session_id=sid, turn_id=turn_id, text="".join(parts), model=model,
-            provider=self.config.provider, usage=usage, ttft_ms=ttft_ms,
-            total_ms=(time.perf_counter() - started) * 1000,
+            session_id=sid, turn_id=turn_id, text=text, model=model,
+            provider=answer.provider.name, usage=usage, ttft_ms=ttft_ms, total_ms=total_ms,
+            tool_calls=[ToolCallRef(call_id=i, name=n, arguments=a) for i, n, a in found],
         ))
+        for call_id, name, arguments in found:
+            await ctx.emit(ToolCall(session_id=sid, turn_id=turn_id, call_id=call_id, name=name,
+                                    arguments=arguments))
 
+    async def _tools(self) -> list[ToolSpec]:
+        """The tool catalog, re-read at most every CATALOG_TTL seconds: it changes rarely,
+        and reading KV on every turn would cost each turn a few milliseconds."""
+        now = time.monotonic()
+        if now >= self._catalog_expires:
+            self._catalog = await catalog(self.bus)
+            self._catalog_expires = now + CATALOG_TTL
+        return self._catalog
 
-def _describe(exc: openai.APIError) -> str:
-    if isinstance(exc, openai.APIStatusError):
-        return f"HTTP {exc.status_code}: {exc.message}"
-    return str(exc) or type(exc).__name__
+    async def _say(self, ctx: Context, run: _Run, sentence: Any, started: float) -> None:
+        first = run.sentences == 0
+        await ctx.emit(AssistantSentence(
+            session_id=run.session_id, turn_id=run.turn_id, text=sentence.spoken,
+            display_text=sentence.display if sentence.display != sentence.spoken else None,
+            index=run.sentences,
+            ttfs_ms=(time.perf_counter() - started) * 1000 if first else None,
+        ))
+        run.sentences += 1

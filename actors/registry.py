@@ -8,6 +8,7 @@ from actors.base import Actor
 
 ACTORS: dict[str, str] = {
     "dialogue": "actors.dialogue:Dialogue",
+    "tools": "actors.tools.actor:Tools",
 }
 
 

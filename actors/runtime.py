@@ -18,9 +18,10 @@ log = logging.getLogger("vagent.actors")
 
 
 class ActorHost:
-    def __init__(self, bus: Bus, names: list[str]) -> None:
+    def __init__(self, bus: Bus, actors: list[str] | list[type[Actor]]) -> None:
         self.bus = bus
-        self.actors: list[Actor] = [actor_class(n)(bus) for n in names]
+        self.actors: list[Actor] = [(actor_class(a) if isinstance(a, str) else a)(bus)
+                                    for a in actors]
         self.runners: list[ConsumerRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.instance = instance_id()

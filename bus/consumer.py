@@ -41,6 +41,9 @@ class ConsumerSpec:
     ack_wait: float = 30.0
     backoff: tuple[float, ...] = (0.5, 2.0, 5.0, 15.0)  # nak delay after delivery 1, 2, …
     max_ack_pending: int = 1000
+    # A new actor starts at new messages: a consumer created today must not answer last
+    # month's questions. Once created, the durable consumer remembers its position.
+    from_new: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +75,8 @@ _CONNECTION_TROUBLE = (
 async def ensure_consumer(bus: Bus, spec: ConsumerSpec) -> None:
     config = api.ConsumerConfig(
         durable_name=spec.durable, ack_policy=api.AckPolicy.EXPLICIT,
-        deliver_policy=api.DeliverPolicy.ALL, filter_subjects=list(spec.subjects),
+        deliver_policy=api.DeliverPolicy.NEW if spec.from_new else api.DeliverPolicy.ALL,
+        filter_subjects=list(spec.subjects),
         max_deliver=spec.max_deliver, ack_wait=spec.ack_wait,
         max_ack_pending=spec.max_ack_pending,
     )
@@ -80,7 +84,12 @@ async def ensure_consumer(bus: Bus, spec: ConsumerSpec) -> None:
         await bus.js.add_consumer(spec.stream, config)
     except nats.js.errors.BadRequestError:
         # It exists with other settings (a new version of the actor): update it in place.
-        await bus.js.update_consumer(spec.stream, config)
+        try:
+            await bus.js.update_consumer(spec.stream, config)
+        except nats.js.errors.BadRequestError as exc:
+            # Some settings (the start position) cannot change: keep the existing consumer.
+            log.warning("consumer kept with its old settings",
+                        extra={"consumer": spec.durable, "error": exc.description})
 
 
 class ConsumerRunner:

@@ -16,13 +16,14 @@ afterwards. Against a running deployment every actor consuming `user.text`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
 import re
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -83,6 +84,15 @@ async def bench_bus(url: str | None, *, events: int = 5000, hops: int = 2000) ->
     """
     if events < 1 or hops < 1:
         raise ValueError("events and hops must be at least 1")
+    async with bench_nats(url) as (bus, embedded):
+        results = await _measure(bus, events, hops)
+    results["sync_always"] = float(sync_always_configured()) if embedded else math.nan
+    return results
+
+
+@contextlib.asynccontextmanager
+async def bench_nats(url: str | None) -> AsyncIterator[tuple[Bus, bool]]:
+    """A declared bus on `url`, or on a temporary embedded server when None (then True)."""
     with tempfile.TemporaryDirectory(prefix="vagent-bench-") as tmp:
         server: EmbeddedServer | None = None
         if url is None:
@@ -93,15 +103,12 @@ async def bench_bus(url: str | None, *, events: int = 5000, hops: int = 2000) ->
             bus = await Bus.connect(url, name="vagent-bench")
             try:
                 await bus.declare()
-                results = await _measure(bus, events, hops)
+                yield bus, server is not None
             finally:
                 await bus.close()
         finally:
             if server is not None:
                 await asyncio.to_thread(server.stop)
-    results["sync_always"] = (float(sync_always_configured()) if server is not None
-                              else math.nan)
-    return results
 
 
 async def _measure(bus: Bus, events: int, hops: int) -> dict[str, float]:

@@ -140,6 +140,28 @@ def say(text: str, session: Annotated[str, typer.Option("--session", "-s", help=
 
 
 @app.command()
+def chat(session: Annotated[str | None, typer.Option("--session", "-s",
+                                                     help="Continue this session.")] = None,
+         nats: NatsOpt = None,
+         timeout: Annotated[float, typer.Option(help="Seconds to wait for each answer.")] = 120.0
+         ) -> None:
+    """An interactive chat in the terminal (streamed answers, tool calls shown dimmed)."""
+    from cli.chat import chat as run_chat
+
+    run(with_bus(nats, lambda bus: run_chat(bus, session, timeout)), log_level="WARNING")
+
+
+@app.command("echo-llm")
+def echo_llm(port: Annotated[int, typer.Option(help="Port to listen on (127.0.0.1).")] = 8080,
+             token_delay: Annotated[float, typer.Option(help="Seconds between tokens.")] = 0.05
+             ) -> None:
+    """An OpenAI-compatible server that echoes: try vagent with no model at all."""
+    from cli.echo_llm import serve
+
+    serve(port, token_delay)
+
+
+@app.command()
 def streams(nats: NatsOpt = None) -> None:
     """Streams, message counts, consumers (pending / awaiting ack) and dead letters."""
     from cli.inspect import show_streams
@@ -201,6 +223,19 @@ def bench_bus(nats: NatsOpt = None,
 
     # A log line per hop would be measured too.
     print_report(run(run_bench(nats, events=events, hops=hops), log_level="WARNING"))
+
+
+@bench_app.command("dialogue")
+def bench_dialogue(nats: NatsOpt = None,
+                   turns: Annotated[int, typer.Option(help="Turns to time.")] = 200,
+                   local: Annotated[bool, typer.Option(
+                       "--local", help="Use the local model (at most 20 turns).")] = False
+                   ) -> None:
+    """Time from user.text to the first delta and sentence; tokens/s with --local."""
+    from cli.bench_dialogue import bench_dialogue as run_bench
+    from cli.bench_dialogue import print_report
+
+    print_report(run(run_bench(nats, turns=turns, local=local), log_level="WARNING"))
 
 
 def print_json(value: Any) -> None:

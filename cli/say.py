@@ -1,16 +1,29 @@
-"""`vagent say`: send a user's text into a session and print the answer as it streams."""
+"""`vagent say` and `vagent chat`: a user's text into a session, the answer streamed back."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 
 from bus.client import Bus, Message
 from bus.errors import ConflictError
 from bus.log import last_sequence
 from bus.streams import STREAM_BY_AGGREGATE
 from bus.subjects import aggregate_events
-from schemas import AssistantDelta, AssistantMessage, DecodeError, Error, SessionStarted, UserText, decode
+from schemas import (
+    AssistantDelta,
+    AssistantMessage,
+    DecodeError,
+    Error,
+    Event,
+    SessionEnded,
+    SessionStarted,
+    ToolCall,
+    ToolResult,
+    UserText,
+    decode,
+)
 
 
 class SayError(Exception):
@@ -28,9 +41,26 @@ async def start_session_if_new(bus: Bus, session_id: str, transport: str) -> Non
         pass  # someone else started it in the meantime
 
 
-async def say(bus: Bus, session_id: str, text: str, *, timeout: float = 120.0) -> AssistantMessage:
-    """Publish `user.text`, stream deltas to stdout, return the turn's final message."""
-    await start_session_if_new(bus, session_id, "cli")
+def _dim(text: str) -> str:
+    return f"\x1b[2m{text}\x1b[0m" if sys.stdout.isatty() else text
+
+
+def print_tools(event: Event) -> None:
+    """Tool activity, shown dimmed between the streamed words."""
+    if isinstance(event, ToolCall):
+        sys.stdout.write(_dim(f"[tool {event.name}({event.arguments})]") + "\n")
+    elif isinstance(event, ToolResult):
+        mark = "error" if event.is_error else "result"
+        sys.stdout.write(_dim(f"[{mark} {event.name}: {event.content[:200]}]") + "\n")
+    sys.stdout.flush()
+
+
+async def say(bus: Bus, session_id: str, text: str, *, timeout: float = 120.0,
+              on_tool: Callable[[Event], None] | None = None,
+              transport: str = "cli") -> AssistantMessage:
+    """Publish `user.text`, stream the answer to stdout, return the turn's final message
+    (the first `assistant.message` of the turn without tool calls)."""
+    await start_session_if_new(bus, session_id, transport)
     user_text = UserText(session_id=session_id, text=text, source="cli")
     done: asyncio.Future[AssistantMessage] = asyncio.get_running_loop().create_future()
     streamed = False
@@ -41,20 +71,25 @@ async def say(bus: Bus, session_id: str, text: str, *, timeout: float = 120.0) -
             event = decode(msg.data)
         except DecodeError:
             return
-        if event.turn_id != user_text.id or done.done():  # type: ignore[attr-defined]
+        if getattr(event, "turn_id", None) != user_text.id or done.done():
             return
         if isinstance(event, AssistantDelta):
             streamed = True
             sys.stdout.write(event.text)
             sys.stdout.flush()
-        elif isinstance(event, AssistantMessage):
+        elif isinstance(event, ToolCall | ToolResult) and on_tool:
+            on_tool(event)
+        elif isinstance(event, AssistantMessage) and not event.tool_calls:
             done.set_result(event)
         elif isinstance(event, Error):
             done.set_exception(SayError(f"{event.code}: {event.message}"))
+        elif isinstance(event, SessionEnded) and not done.done():
+            pass  # the goodbye message arrives before it
 
-    # Deltas are live-only; the final message is read as JetStream stores it.
+    # Deltas are live-only; the other events are read as JetStream stores them.
     sub = await bus.subscribe(f"vagent.session.{session_id}.>", on_message)
     try:
+        await bus.flush()
         await bus.publish(user_text)
         try:
             message = await asyncio.wait_for(done, timeout)

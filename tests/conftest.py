@@ -11,7 +11,7 @@ import uvloop
 
 from bus.client import Bus
 from bus.server import EmbeddedServer, free_port
-from tests.openai_server import OpenAIServer
+from cli.echo_llm import OpenAIServer
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item

@@ -12,8 +12,8 @@ from bus.client import Bus
 from bus.health import health
 from bus.log import Entry, load
 from bus.trace import new_traceparent, trace_id
+from cli.echo_llm import OpenAIServer
 from schemas import UserText, encode, new_id
-from tests.openai_server import OpenAIServer
 
 
 @pytest.fixture
@@ -46,7 +46,8 @@ async def test_trace_and_cause_travel_with_every_emitted_event(bus: Bus, dialogu
                          headers={"Nats-Msg-Id": question.id, "traceparent": traceparent})
     entries = await until_types(bus, s, 1)
     emitted = [e for e in entries if e.event.id != question.id]  # type: ignore[union-attr]
-    assert [e.event.type for e in emitted] == ["turn.started", "assistant.message"]  # type: ignore[union-attr]
+    assert [e.event.type for e in emitted] == ["turn.started", "assistant.sentence",  # type: ignore[union-attr]
+                                              "assistant.message"]
     for entry in emitted:
         assert entry.event.causation_id == question.id  # type: ignore[union-attr]
         assert entry.event.turn_id == question.id  # type: ignore[union-attr]

@@ -11,8 +11,8 @@ import pytest
 from bus.client import Bus, Message
 from bus.log import load
 from bus.server import EmbeddedServer
+from cli.echo_llm import OpenAIServer
 from schemas import AssistantDelta, UserText, decode
-from tests.openai_server import OpenAIServer
 from tests.procs import Proc
 
 
@@ -66,9 +66,9 @@ async def test_killed_actor_mid_turn_redelivers_and_stores_the_answer_once(
     entries, _ = await load(bus, "session", "crash1")
     types = [e.event.type for e in entries]  # type: ignore[union-attr]
     # The re-emitted turn.started had the same derived id: JetStream kept one.
-    assert types == ["user.text", "turn.started", "assistant.message"]
-    assert entries[2].event.text == "You said: tell me a long story."  # type: ignore[union-attr]
-    assert entries[2].event.causation_id == question.id  # type: ignore[union-attr]
+    assert types == ["user.text", "turn.started", "assistant.sentence", "assistant.message"]
+    assert entries[3].event.text == "You said: tell me a long story."  # type: ignore[union-attr]
+    assert entries[3].event.causation_id == question.id  # type: ignore[union-attr]
     assert "delivered=2" in restarted.output()
     assert len(slow_llm.requests) == 2  # asked once by each process
     info = await bus.js.consumer_info("SESSIONS", "dialogue")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bus.server import EmbeddedServer, free_port
-from tests.openai_server import OpenAIServer
+from cli.echo_llm import OpenAIServer
 from tests.procs import Proc, vagent
 
 
@@ -48,17 +48,18 @@ def test_say_streams_the_reply_and_the_log_holds_the_turn(stack: tuple[Proc, Pat
     finally:
         live.stop()
 
-    logged = vagent("tail", "vagent.session.s1.evt.>", "--from-start", "--json", "--limit", "4",
+    logged = vagent("tail", "vagent.session.s1.evt.>", "--from-start", "--json", "--limit", "5",
                     "--nats", nats.url)
     events = [json.loads(line) for line in logged.stdout.splitlines()]
     assert [e["type"] for e in events] == ["session.started", "user.text", "turn.started",
-                                           "assistant.message"]
-    user, final = events[1], events[3]
+                                           "assistant.sentence", "assistant.message"]
+    user, final = events[1], events[4]
+    assert events[3]["text"] == "You said: hello."
     assert user["text"] == "hello" and final["text"] == "You said: hello."
     assert final["causation_id"] == user["id"] and final["turn_id"] == user["id"]
     assert final["usage"]["completion_tokens"] == 3 and final["ttft_ms"] > 0
 
-    readable = vagent("tail", "vagent.session.s1.evt.>", "--from-start", "--limit", "4",
+    readable = vagent("tail", "vagent.session.s1.evt.>", "--from-start", "--limit", "5",
                       "--nats", nats.url)
     assert "user.text" in readable.stdout and 'text="hello"' in readable.stdout
 
@@ -128,7 +129,7 @@ def test_say_explains_an_unreachable_llm(tmp_path: Path) -> None:
         proc.stop()
         nats.stop()
     assert said.returncode == 1
-    assert "llm_unavailable" in said.stderr and "failed" in said.stderr
+    assert "llm_unavailable" in said.stderr and "Connection error" in said.stderr
 
 
 def test_embedded_nats_crash_is_survived(llm: OpenAIServer, tmp_path: Path) -> None:
@@ -146,11 +147,10 @@ def test_embedded_nats_crash_is_survived(llm: OpenAIServer, tmp_path: Path) -> N
         proc.wait_for("nats reconnected")
         after = vagent("say", "after", "-s", "r1", "--nats", url, "--timeout", "30")
         assert after.returncode == 0 and after.stdout == "You said: after.\n"
-        logged = vagent("tail", "vagent.session.r1.evt.>", "--from-start", "--json",
-                        "--limit", "7", "--nats", url)
-        texts = [json.loads(line).get("text") for line in logged.stdout.splitlines()]
-        assert texts == [None, "before", None, "You said: before.", "after", None,
-                         "You said: after."]
+        logged = vagent("tail", "vagent.session.r1.evt.assistant.message", "--from-start",
+                        "--json", "--limit", "2", "--nats", url)
+        texts = [json.loads(line)["text"] for line in logged.stdout.splitlines()]
+        assert texts == ["You said: before.", "You said: after."]
     finally:
         assert proc.stop() == 0
 

@@ -9,7 +9,7 @@ import pytest
 from actors.config import BreakerConfig, ProviderConfig
 from actors.providers import CircuitBreaker, ProviderChain, ProviderFailed
 from bus.server import free_port
-from tests.openai_server import OpenAIServer
+from cli.echo_llm import OpenAIServer
 
 MESSAGES = [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]
 

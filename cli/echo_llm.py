@@ -1,17 +1,18 @@
-"""A small server that speaks OpenAI's chat-completions wire protocol (streaming SSE).
+"""`vagent echo-llm`: a small server that speaks OpenAI's chat-completions wire protocol
+(streaming SSE), with no model behind it: for trying vagent without one, as the instant
+provider of `vagent bench dialogue` (so the figures are vagent's own overhead), and for
+the tests, where the real `openai` SDK talks to it.
 
-The real `openai` SDK talks to it in tests. It answers "You said: <last user text>"
+It answers "You said: <last user text>"
 word by word, with `token_delay` seconds between tokens, and records every request.
 When the request offers tools and the user mentions one by name ("use get_time"), it
 streams a call to that tool instead (arguments from `tool_arguments`); after a tool
 result it answers "The tool said: <result>.". `fail_status` / `fail_times` make it
 answer with HTTP errors, `first_token_delay` makes it slow to start.
-Run it alone for a demo: `uv run python -m tests.openai_server --port 8080`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import threading
@@ -145,12 +146,8 @@ class OpenAIServer:
             self._thread.join(5)
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--token-delay", type=float, default=0.05)
-    args = parser.parse_args()
-    server = OpenAIServer(args.port, args.token_delay).start()
+def serve(port: int, token_delay: float) -> None:
+    server = OpenAIServer(port, token_delay).start()
     print(f"OpenAI-compatible echo server at {server.base_url}", flush=True)
     try:
         threading.Event().wait()

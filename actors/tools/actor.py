@@ -1,0 +1,100 @@
+"""The tools actor: `tool.call` → `tool.result`, whatever the tool does.
+
+Every call gets exactly one result. A call older than STALE_AFTER (a new consumer
+reading the stream from the start, an actor down for long) is answered with an
+error instead of being run, and a call that already has a result is skipped.
+
+Its catalog (every tool's spec) is kept in KV `vagent_tools` for the dialogue.
+It is written again every REFRESH seconds: when one of several instances stops
+and withdraws the catalog, the others restore it, and MCP servers that were
+down at start-up join when they answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import ClassVar
+
+from actors import config
+from actors.base import Actor, Context
+from actors.tools.catalog import publish, withdraw
+from actors.tools.mcp_client import McpTool
+from actors.tools.toolset import Outcome, Toolset, build
+from bus.log import load
+from schemas import Event, ToolCall, ToolResult
+
+log = logging.getLogger("vagent.tools")
+
+REFRESH = 30.0
+STALE_AFTER = 300.0  # seconds after which a call is answered without running the tool
+
+
+class Tools(Actor):
+    name: ClassVar[str] = "tools"
+    consumes: ClassVar[tuple[str, ...]] = ("tool.call",)
+    emits: ClassVar[frozenset[str]] = frozenset({"tool.result", "error"})
+
+    toolset: Toolset | None = None
+    _refresher: asyncio.Task[None] | None = None
+
+    async def setup(self) -> None:
+        self.toolset = await build(config.load(), self.bus)
+        try:
+            await publish(self.bus, self.toolset.specs())
+        except BaseException:
+            await self.toolset.close()  # MCP servers are child processes: do not leave them
+            raise
+        self._refresher = asyncio.create_task(self._refresh(), name=f"{self.name}:catalog")
+        log.info("tools ready", extra={"actor": self.name,
+                                       "tools": ",".join(sorted(self.toolset.tools))})
+
+    async def teardown(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        if self.toolset is not None:
+            await withdraw(self.bus, list(self.toolset.tools))
+            await self.toolset.close()
+
+    def ordering_key(self, event: Event) -> str:
+        # The calls of one LLM step are independent: run them side by side.
+        return event.id
+
+    async def handle(self, event: Event, ctx: Context) -> None:
+        assert isinstance(event, ToolCall)
+        age = (time.time_ns() - event.ts) / 1e9
+        if (ctx.delivery.num_delivered > 1 or age > STALE_AFTER) and await self._answered(event):
+            return  # a redelivery, or a new consumer reading old calls: never run a tool twice
+        if age > STALE_AFTER:
+            # Whoever asked stopped waiting long ago; running it now would only cause side effects.
+            outcome = Outcome(f"{event.name} was not run: the call is {age:.0f} s old", True)
+        else:
+            assert self.toolset is not None  # setup() ran before the first event
+            outcome = await self.toolset.run(event.name, event.arguments)
+        await ctx.emit(ToolResult(
+            session_id=event.session_id, turn_id=event.turn_id, call_id=event.call_id,
+            name=event.name, content=outcome.content, is_error=outcome.is_error,
+        ))
+
+    async def _answered(self, call: ToolCall) -> bool:
+        entries, _ = await load(self.bus, "session", call.session_id)
+        return any(isinstance(e.event, ToolResult) and e.event.causation_id == call.id
+                   for e in entries)
+
+    async def _refresh(self) -> None:
+        toolset = self.toolset
+        assert toolset is not None
+        while True:
+            await asyncio.sleep(REFRESH)
+            try:
+                for server in toolset.mcp:
+                    if not any(isinstance(t, McpTool) and t.server is server
+                               for t in toolset.tools.values()):
+                        await toolset.add_mcp_tools(server)
+                await publish(self.bus, toolset.specs())
+            except Exception as exc:  # NATS away, a server still down: next round
+                log.debug("catalog refresh failed: %r", exc)

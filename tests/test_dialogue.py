@@ -1,0 +1,212 @@
+"""The dialogue actor on the bus: streamed turns, tools, fallback, interruption, exit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from actors import config as settings
+from actors.runtime import ActorHost
+from bus.client import Bus
+from bus.log import load
+from cli.echo_llm import OpenAIServer
+from schemas import (
+    AssistantMessage,
+    AssistantSentence,
+    Event,
+    ToolResult,
+    TurnInterrupted,
+    UserText,
+    new_id,
+)
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[OpenAIServer, OpenAIServer]]:
+    a, b = OpenAIServer().start(), OpenAIServer().start()
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def write_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    path = tmp_path / "vagent.toml"
+    path.write_text(text)
+    monkeypatch.setenv("VAGENT_CONFIG", str(path))
+    settings.load.cache_clear()
+
+
+def providers_toml(*servers: OpenAIServer) -> str:
+    return "".join(f'[[llm.providers]]\nname = "p{i}"\nbase_url = "{s.base_url}"\nmodel = "m{i}"\n'
+                   f"first_token_timeout = 2.0\n" for i, s in enumerate(servers))
+
+
+@pytest.fixture
+async def start(bus: Bus, monkeypatch: pytest.MonkeyPatch
+                ) -> AsyncIterator[Callable[..., Awaitable[ActorHost]]]:
+    """Start actors in this process; durables of their own, so no other test's actors
+    share these messages. Stopped (gracefully) after the test."""
+    hosts: list[ActorHost] = []
+    suffix = new_id()
+    monkeypatch.setattr("actors.dialogue.Dialogue.name", "dialogue_" + suffix)
+    monkeypatch.setattr("actors.tools.actor.Tools.name", "tools_" + suffix)
+
+    async def run(*names: str) -> ActorHost:
+        host = ActorHost(bus, list(names))
+        await host.start()
+        hosts.append(host)
+        return host
+
+    yield run
+    for host in hosts:
+        await host.stop()
+    settings.load.cache_clear()
+
+
+async def wait_for(bus: Bus, session_id: str, done: Callable[[list[Event]], bool],
+                   timeout: float = 20) -> list[Event]:
+    async with asyncio.timeout(timeout):
+        while True:
+            entries, _ = await load(bus, "session", session_id)
+            events = [e.event for e in entries if e.event is not None]
+            if done(events):
+                return events
+            await asyncio.sleep(0.05)
+
+
+def finals(events: list[Event]) -> list[AssistantMessage]:
+    return [e for e in events if isinstance(e, AssistantMessage) and not e.tool_calls]
+
+
+async def test_a_streamed_turn_emits_sentences_and_a_final_message(
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+    a, _ = servers
+    write_config(tmp_path, monkeypatch, providers_toml(a))
+    await start("dialogue")
+    s = "d" + new_id()
+    await bus.publish(UserText(session_id=s, text="good morning. how are you"))
+    events = await wait_for(bus, s, lambda ev: bool(finals(ev)))
+    final = finals(events)[0]
+    assert final.text == "You said: good morning. how are you."
+    assert final.provider == "p0" and final.model == "m0" and final.ttft_ms is not None
+    assert final.total_ms >= final.ttft_ms and final.usage.completion_tokens > 0  # type: ignore[operator]
+    sentences = [e for e in events if isinstance(e, AssistantSentence)]
+    assert [x.text for x in sentences] == ["You said: good morning.", "how are you."]
+    assert [x.index for x in sentences] == [0, 1] and sentences[0].ttfs_ms is not None
+    types = [e.type for e in events]
+    assert types.index("turn.started") < types.index("assistant.sentence") < types.index(
+        "assistant.message")
+
+
+async def test_a_tool_call_goes_through_the_tools_actor_and_the_turn_resumes(
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+    a, _ = servers
+    a.tool_arguments["calculator"] = json.dumps({"expression": "6*7"})
+    write_config(tmp_path, monkeypatch, providers_toml(a))
+    await start("tools")
+    await start("dialogue")
+    s = "d" + new_id()
+    await bus.publish(UserText(session_id=s, text="please use calculator for six times seven"))
+    events = await wait_for(bus, s, lambda ev: bool(finals(ev)))
+    types = [e.type for e in events]
+    assert types == ["user.text", "turn.started", "assistant.message", "tool.call", "tool.result",
+                     "assistant.sentence", "assistant.message"]
+    result = next(e for e in events if isinstance(e, ToolResult))
+    assert result.content == "6*7 = 42" and not result.is_error
+    assert finals(events)[0].text == "The tool said: 6*7 = 42."
+    # The resumed request carried the call and its result in OpenAI's shape.
+    last = a.requests[-1]["messages"]
+    assert last[-2]["tool_calls"][0]["function"]["name"] == "calculator"
+    assert last[-1]["role"] == "tool" and last[-1]["content"] == "6*7 = 42"
+
+
+async def test_a_failing_provider_hands_the_turn_to_the_next(
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+    a, b = servers
+    a.fail_status = 503
+    write_config(tmp_path, monkeypatch, providers_toml(a, b))
+    await start("dialogue")
+    s = "d" + new_id()
+    await bus.publish(UserText(session_id=s, text="hello"))
+    events = await wait_for(bus, s, lambda ev: bool(finals(ev)))
+    assert finals(events)[0].provider == "p1"
+
+
+async def test_no_provider_answering_is_an_error_event(
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+    a, _ = servers
+    a.fail_status = 500
+    write_config(tmp_path, monkeypatch, providers_toml(a))
+    await start("dialogue")
+    s = "d" + new_id()
+    await bus.publish(UserText(session_id=s, text="hello"))
+    events = await wait_for(bus, s, lambda ev: any(e.type == "error" for e in ev))
+    error = next(e for e in events if e.type == "error")
+    assert error.code == "llm_unavailable" and "HTTP 500" in error.message  # type: ignore[attr-defined]
+
+
+async def test_a_new_input_interrupts_the_running_turn(
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+    a, _ = servers
+    a.token_delay = 0.25
+    write_config(tmp_path, monkeypatch, providers_toml(a))
+    await start("dialogue")
+    s = "d" + new_id()
+    first = UserText(session_id=s, text="one two three four five six seven eight nine ten")
+    await bus.publish(first)
+    await wait_for(bus, s, lambda ev: any(e.type == "turn.started" for e in ev))
+    await asyncio.sleep(0.8)  # a few tokens out
+    await bus.publish(UserText(session_id=s, text="stop"))
+    events = await wait_for(bus, s, lambda ev: len([e for e in ev if isinstance(e, AssistantMessage)]) >= 2)
+    cut = next(e for e in events if isinstance(e, AssistantMessage) and e.turn_id == first.id)
+    assert cut.interrupted and 0 < len(cut.text) < len("You said: " + first.text)
+    assert "You said: one two three four five six seven eight nine ten." != cut.text
+    stop = next(e for e in events if isinstance(e, TurnInterrupted))
+    assert stop.turn_id == first.id and stop.reason == "new_input"
+    second = next(e for e in events if isinstance(e, AssistantMessage) and e.turn_id != first.id)
+    assert second.text == "You said: stop." and not second.interrupted
+    # The next request's history holds only what was produced of the first answer.
+    history = a.requests[-1]["messages"]
+    assert history[-2] == {"role": "assistant", "content": cut.text}
+
+
+async def test_a_client_abort_stops_the_stream(
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+    a, _ = servers
+    a.token_delay = 0.25
+    write_config(tmp_path, monkeypatch, providers_toml(a))
+    await start("dialogue")
+    s = "d" + new_id()
+    question = UserText(session_id=s, text="a long answer please with many many words")
+    await bus.publish(question)
+    await wait_for(bus, s, lambda ev: any(e.type == "turn.started" for e in ev))
+    await asyncio.sleep(0.6)
+    await bus.publish(TurnInterrupted(session_id=s, turn_id=question.id, reason="abort"))
+    events = await wait_for(bus, s, lambda ev: any(isinstance(e, AssistantMessage) for e in ev))
+    message = next(e for e in events if isinstance(e, AssistantMessage))
+    assert message.interrupted and len(message.text) < len("You said: " + question.text)
+
+
+async def test_goodbye_ends_the_session_politely(
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+    a, _ = servers
+    write_config(tmp_path, monkeypatch, providers_toml(a))
+    await start("dialogue")
+    s = "d" + new_id()
+    await bus.publish(UserText(session_id=s, text="ok, bye!"))
+    events = await wait_for(bus, s, lambda ev: any(e.type == "session.ended" for e in ev))
+    assert [e.type for e in events] == ["user.text", "turn.started", "assistant.sentence",
+                                        "assistant.message", "session.ended"]
+    assert events[-1].reason == "user_exit"  # type: ignore[attr-defined]
+    assert a.requests == []  # no LLM needed to say goodbye
