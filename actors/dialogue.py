@@ -39,6 +39,7 @@ from schemas import (
     Error,
     Event,
     SessionEnded,
+    SessionTools,
     ToolCall,
     ToolCallRef,
     ToolResult,
@@ -67,6 +68,18 @@ def order_by_turn(entries: list[Entry]) -> list[Entry]:
         return (opened.get(turn, entry.seq), entry.seq) if turn else (entry.seq, entry.seq)
 
     return sorted((e for e in entries if e.event is not None), key=key)
+
+
+def session_tools(shared: list[ToolSpec], entries: list[Entry]) -> tuple[list[ToolSpec], set[str]]:
+    """The shared catalog plus this session's own tools (the latest `session.tools`), and the
+    names of the latter, whose calls go back to the session's edge (a device's MCP tools)."""
+    latest = next((e.event for e in reversed(entries) if isinstance(e.event, SessionTools)), None)
+    if latest is None:
+        return shared, set()
+    taken = {s.name for s in shared}
+    own = [ToolSpec(name=t.name, description=t.description, parameters=t.parameters,
+                    source=latest.source) for t in latest.tools if t.name not in taken]
+    return sorted(shared + own, key=lambda s: s.name), {s.name for s in own}
 
 
 @dataclass
@@ -197,7 +210,9 @@ class Dialogue(Actor):
         turn = [e.event for e in entries if getattr(e.event, "turn_id", None) == turn_id]
         steps = sum(1 for e in turn if isinstance(e, AssistantMessage) and e.tool_calls)
         run.sentences = sum(1 for e in turn if isinstance(e, AssistantSentence))
-        specs = await self._tools() if steps < tool_settings.max_steps else []
+        specs, device = [], set()
+        if steps < tool_settings.max_steps:
+            specs, device = session_tools(await self._tools(), entries)
         known = {s.name for s in specs}
         messages = build_messages(settings.system_prompt, order_by_turn(entries),
                                   budget_tokens=settings.history_tokens)
@@ -262,7 +277,8 @@ class Dialogue(Actor):
         ))
         for call_id, name, arguments in found:
             await ctx.emit(ToolCall(session_id=sid, turn_id=turn_id, call_id=call_id, name=name,
-                                    arguments=arguments))
+                                    arguments=arguments,
+                                    route="device" if name in device else "tools"))
 
     async def _tools(self) -> list[ToolSpec]:
         """The tool catalog, re-read at most every CATALOG_TTL seconds: it changes rarely,

@@ -3,7 +3,7 @@ live-only `assistant.delta` and `transcript.partial`."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -123,6 +123,23 @@ class ToolCall(SessionEvent, tag="tool.call", kw_only=True):
     call_id: str
     name: str
     arguments: str = "{}"  # JSON text, as the model wrote it
+    route: str = "tools"  # who answers: "tools" (the tools actor) or "device" (the session's edge)
+
+
+class SessionToolSpec(msgspec.Struct, omit_defaults=True):
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = msgspec.field(
+        default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class SessionTools(SessionEvent, tag="session.tools", kw_only=True):
+    """Tools only this session has (a device's MCP tools, listed by the edge): they join
+    the dialogue's tool list for the session, and their calls are routed back to the edge.
+    The latest event replaces the earlier list."""
+
+    tools: list[SessionToolSpec] = msgspec.field(default_factory=list)
+    source: str = "device"
 
 
 class ToolResult(SessionEvent, tag="tool.result", kw_only=True):
@@ -162,7 +179,8 @@ class Error(SessionEvent, tag="error", kw_only=True):
 SESSION_EVENTS: tuple[type[SessionEvent], ...] = (
     SessionStarted, SessionEnded, ListenStarted, ListenStopped, SpeechStarted, SpeechStopped,
     TranscriptPartial, TranscriptFinal, UserText, TurnStarted, AssistantDelta, AssistantSentence,
-    AssistantMessage, ToolCall, ToolResult, TtsStarted, TtsSentence, TtsStopped, TurnInterrupted,
+    AssistantMessage, ToolCall, ToolResult, SessionTools, TtsStarted, TtsSentence, TtsStopped,
+    TurnInterrupted,
     Error,
 )
 

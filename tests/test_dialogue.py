@@ -18,6 +18,9 @@ from schemas import (
     AssistantMessage,
     AssistantSentence,
     Event,
+    SessionTools,
+    SessionToolSpec,
+    ToolCall,
     ToolResult,
     TurnInterrupted,
     UserText,
@@ -210,3 +213,31 @@ async def test_goodbye_ends_the_session_politely(
                                         "assistant.message", "session.ended"]
     assert events[-1].reason == "user_exit"  # type: ignore[attr-defined]
     assert a.requests == []  # no LLM needed to say goodbye
+
+
+async def test_a_sessions_device_tools_join_its_tool_list_and_are_routed_to_the_edge(
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+    a, _ = servers
+    a.tool_arguments["set_volume"] = json.dumps({"level": 30})
+    write_config(tmp_path, monkeypatch, providers_toml(a))
+    await start("tools")
+    await start("dialogue")
+    s = "d" + new_id()
+    await bus.publish(SessionTools(session_id=s, tools=[SessionToolSpec(
+        name="set_volume", description="Set the speaker volume",
+        parameters={"type": "object", "properties": {"level": {"type": "integer"}}})]))
+    await bus.publish(UserText(session_id=s, text="please set_volume to thirty"))
+    events = await wait_for(bus, s, lambda ev: any(e.type == "tool.call" for e in ev))
+    call = next(e for e in events if isinstance(e, ToolCall))
+    assert call.name == "set_volume" and call.route == "device"
+    offered = [t["function"]["name"] for t in a.requests[-1]["tools"]]
+    assert "set_volume" in offered and "calculator" in offered
+    await asyncio.sleep(0.5)  # the tools actor leaves a device's call alone
+    entries, _ = await load(bus, "session", s)
+    assert not any(isinstance(e.event, ToolResult) for e in entries)
+    # The edge answers for the device; the turn resumes.
+    await bus.publish(ToolResult(session_id=s, turn_id=call.turn_id, call_id=call.call_id,
+                                 name="set_volume", content="volume is 30"))
+    events = await wait_for(bus, s, lambda ev: bool(finals(ev)))
+    assert finals(events)[0].text == "The tool said: volume is 30."
