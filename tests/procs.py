@@ -22,9 +22,10 @@ def env(**extra: str) -> dict[str, str]:
     return out
 
 
-def vagent(*args: str, timeout: float = 60, **extra_env: str) -> subprocess.CompletedProcess[str]:
+def vagent(*args: str, timeout: float = 60, stdin: str | None = None,
+           **extra_env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*VAGENT, *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT, env=env(**extra_env), check=False)
+                          cwd=ROOT, env=env(**extra_env), check=False, input=stdin)
 
 
 class Proc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,3 +175,22 @@ def test_bad_session_id_and_unknown_actor_are_refused_clearly() -> None:
     assert bad.returncode == 2 and "invalid session id 'a.b'" in bad.stderr
     unknown = vagent("actor", "run", "nope")
     assert unknown.returncode == 2 and "unknown actor 'nope'" in unknown.stderr
+
+
+def test_chat_streams_answers_shows_tools_and_starts_new_sessions(stack: tuple[Proc, Path],
+                                                                 nats: EmbeddedServer,
+                                                                 llm: OpenAIServer) -> None:
+    llm.tool_arguments["calculator"] = json.dumps({"expression": "2+3"})
+    chat = vagent("chat", "--nats", nats.url,
+                  stdin="hello there\nuse calculator please\n/new\nfresh start\n/quit\n")
+    assert chat.returncode == 0, chat.stderr
+    out = chat.stdout
+    assert "assistant> You said: hello there." in out
+    assert '[tool calculator({"expression": "2+3"})]' in out
+    assert "[result calculator: 2+3 = 5]" in out and "The tool said: 2+3 = 5." in out
+    sessions = re.findall(r"new session (\S+)", out)
+    assert len(sessions) == 1
+    # The new session's log holds only what was said after /new.
+    logged = vagent("tail", f"vagent.session.{sessions[0]}.evt.user.text", "--from-start",
+                    "--json", "--limit", "1", "--nats", nats.url)
+    assert json.loads(logged.stdout)["text"] == "fresh start"
