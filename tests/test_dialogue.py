@@ -241,3 +241,31 @@ async def test_a_sessions_device_tools_join_its_tool_list_and_are_routed_to_the_
                                  name="set_volume", content="volume is 30"))
     events = await wait_for(bus, s, lambda ev: bool(finals(ev)))
     assert finals(events)[0].text == "The tool said: volume is 30."
+
+
+async def test_tools_that_raise_hang_or_flood_still_let_the_turn_complete(
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+    from actors.tools import builtin
+    from tests.test_tools_actor import TEST_BUILTINS
+
+    for name, target in TEST_BUILTINS.items():
+        monkeypatch.setitem(builtin.BUILTINS, name, target)
+    a, _ = servers
+    write_config(tmp_path, monkeypatch, providers_toml(a) + (
+        '[tools]\nbuiltins = ["explode", "stall", "flood"]\ntimeout = 1.0\n'
+        "max_result_chars = 500\n"))
+    await start("tools")
+    await start("dialogue")
+    s = "d" + new_id()
+    await bus.publish(UserText(session_id=s, text="use explode, stall and flood at once"))
+    events = await wait_for(bus, s, lambda ev: bool(finals(ev)))
+    results = {e.name: e for e in events if isinstance(e, ToolResult)}
+    assert set(results) == {"explode", "stall", "flood"}  # one call each, in parallel
+    assert results["explode"].is_error and "kaboom" in results["explode"].content
+    assert results["stall"].is_error and "1" in results["stall"].content
+    assert len(results["flood"].content) < 1000
+    final = finals(events)[0]
+    assert final.text.startswith("The tool said:") and not final.interrupted
+    types = [e.type for e in events]
+    assert types[-1] == "assistant.message" and types.count("tool.call") == 3
