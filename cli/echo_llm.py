@@ -36,6 +36,7 @@ class OpenAIServer:
         self.fail_times: int | None = None  # … this many times (None: every time)
         self.first_token_delay = 0.0
         self.tool_arguments: dict[str, str] = {}  # tool name -> arguments JSON it is called with
+        self.follow_ups: list[str] = []  # tools to call next, one per tool result, while offered
         self.requests: list[dict[str, Any]] = []
         self.app = Starlette(routes=[
             Route("/v1/chat/completions", self.completions, methods=["POST"]),
@@ -56,10 +57,15 @@ class OpenAIServer:
 
     def tool_calls_for(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         messages = body["messages"]
-        if not body.get("tools") or messages[-1]["role"] != "user":
+        if not body.get("tools"):
             return []
         names = [t["function"]["name"] for t in body["tools"]]
-        wanted = [n for n in names if n in messages[-1]["content"]]
+        if messages[-1]["role"] == "tool":
+            wanted = [self.follow_ups.pop(0)] if self.follow_ups else []
+        elif messages[-1]["role"] == "user":
+            wanted = [n for n in names if n in messages[-1]["content"]]
+        else:
+            return []
         return [{"index": i, "id": f"call_{len(self.requests)}_{i}", "type": "function",
                  "function": {"name": n, "arguments": self.tool_arguments.get(n, "{}")}}
                 for i, n in enumerate(wanted)]

@@ -269,3 +269,22 @@ async def test_tools_that_raise_hang_or_flood_still_let_the_turn_complete(
     assert final.text.startswith("The tool said:") and not final.interrupted
     types = [e.type for e in events]
     assert types[-1] == "assistant.message" and types.count("tool.call") == 3
+
+
+async def test_tool_steps_continue_up_to_the_limit_then_the_model_must_answer(
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+    a, _ = servers
+    a.tool_arguments["calculator"] = json.dumps({"expression": "1+1"})
+    a.follow_ups = ["calculator", "calculator", "calculator"]  # it would go on and on
+    write_config(tmp_path, monkeypatch, providers_toml(a) + "[tools]\nmax_steps = 3\n")
+    await start("tools")
+    await start("dialogue")
+    s = "d" + new_id()
+    await bus.publish(UserText(session_id=s, text="use calculator"))
+    events = await wait_for(bus, s, lambda ev: bool(finals(ev)))
+    assert [e.type for e in events].count("tool.result") == 3
+    assert "tools" in a.requests[-2] and "tools" not in a.requests[-1]  # the 4th request: none
+    assert finals(events)[0].text == "The tool said: 1+1 = 2."
+    steps = [e for e in events if isinstance(e, AssistantMessage) and e.tool_calls]
+    assert len({c.call_id for m in steps for c in m.tool_calls}) == 3
