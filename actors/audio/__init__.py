@@ -1,0 +1,1 @@
+"""Audio formats: decoding what clients send, encoding what they hear (PyAV, Opus)."""
