@@ -40,6 +40,8 @@ class ProviderConfig(msgspec.Struct, forbid_unknown_fields=True):
     timeout: float = 60.0  # whole request
     first_token_timeout: float = 15.0  # until the stream's first chunk
     max_tokens: int | None = None  # answer length cap; small local models may ramble on
+    # Ask small models for a tool call with the question alone first (see ProviderChain._probe).
+    tool_probe: bool = False
 
 
 class BreakerConfig(msgspec.Struct, forbid_unknown_fields=True):

@@ -23,7 +23,7 @@ from actors.config import load
 from actors.history import build_messages
 from actors.intents import is_exit_intent
 from actors.llm import provider_configs
-from actors.providers import ProviderChain, ProviderFailed
+from actors.providers import ProviderChain, ProviderFailed, may_be_tool_call
 from actors.sentences import SentenceSplitter
 from actors.toolcall_adapter import parse_bare_tool_calls
 from actors.tools.catalog import catalog
@@ -54,8 +54,6 @@ from schemas import (
 
 INPUTS = (UserText, TranscriptFinal)
 CATALOG_TTL = 5.0
-# Content that may be a bare JSON tool call (small local models): not spoken until known.
-_MAYBE_JSON = ("{", "[", "`", "<tool_call>")
 
 
 def order_by_turn(entries: list[Entry]) -> list[Entry]:
@@ -246,7 +244,7 @@ class Dialogue(Actor):
                 continue
             if ttft_ms is None:
                 ttft_ms = (time.perf_counter() - started) * 1000
-            if not run.parts and known and delta.content.lstrip().startswith(_MAYBE_JSON):
+            if not run.parts and known and may_be_tool_call(delta.content):
                 held = True
             run.parts.append(delta.content)
             if not held:

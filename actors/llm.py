@@ -27,4 +27,5 @@ def provider_configs(config: Config) -> list[ProviderConfig]:
                                model=os.environ.get("VAGENT_LLM_MODEL", "gpt-4o-mini"))]
     return [ProviderConfig(name="local", base_url=os.environ.get("VAGENT_LOCAL_LLM_URL", LOCAL_BASE_URL),
                            model=os.environ.get("VAGENT_LLM_MODEL", "local"),
-                           first_token_timeout=60.0, max_tokens=256)]
+                           first_token_timeout=60.0, max_tokens=256,
+                           tool_probe=True)]

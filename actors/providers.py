@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import openai
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletionChunk
 
 from actors.config import BreakerConfig, ProviderConfig, secret
@@ -103,12 +103,31 @@ class Answer:
 _FAILURES = (openai.APIError, TimeoutError)
 
 
+def may_be_tool_call(text: str) -> bool:
+    """Whether text beginning like this may be a bare JSON tool call (small local models
+    write them as content: `{"name": …}`, a list, a ```json fence or <tool_call>)."""
+    return text.lstrip()[:1] in ("{", "[", "`", "<")
+
+
 def describe(exc: BaseException) -> str:
     if isinstance(exc, openai.APIStatusError):
         return f"HTTP {exc.status_code}: {exc.message}"
     if isinstance(exc, TimeoutError):
         return "no first token in time"
     return str(exc) or type(exc).__name__
+
+
+def results_in_system_prompt(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation up to the last user message, with the tool results that followed it
+    written into the system prompt instead of tool-call and tool messages."""
+    last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    names = {c["id"]: c["function"]["name"] for m in messages[last_user:]
+             for c in m.get("tool_calls") or []}
+    results = [f"- {names.get(m.get('tool_call_id', ''), 'tool')}: {m['content']}"
+               for m in messages[last_user:] if m["role"] == "tool"]
+    system = (f"{messages[0]['content']}\n\nTool results for the user's last message:\n"
+              + "\n".join(results) + "\nAnswer the user's last message with them, in plain words.")
+    return [{"role": "system", "content": system}, *messages[1:last_user + 1]]
 
 
 class ProviderChain:
@@ -125,36 +144,76 @@ class ProviderChain:
                 reasons.append(f"{provider.name}: circuit open")
                 continue
             try:
-                stream = await asyncio.wait_for(self._create(provider, messages, tools),
-                                                provider.config.first_token_timeout)
-                first = await asyncio.wait_for(anext(stream), provider.config.first_token_timeout)
+                started, asked, tools_now = None, messages, tools
+                if provider.config.tool_probe and messages[-1]["role"] == "tool":
+                    # Small models answer from tool results well only when they are stated in
+                    # the system prompt; offered tools again, they keep calling them.
+                    asked, tools_now = results_in_system_prompt(messages), None
+                elif tools and provider.config.tool_probe and messages[-1]["role"] == "user":
+                    started = await self._probe(provider, messages, tools)
+                    tools_now = None  # the probe decided: no tool this time
+                if started is None:
+                    started = await self._start(provider, asked, tools_now)
             except (*_FAILURES, StopAsyncIteration) as exc:
                 provider.breaker.failure()
                 reasons.append(f"{provider.name} ({provider.config.base_url}): {describe(exc)}")
                 continue
-            return Answer(provider, self._rest(provider, first, stream))
+            return Answer(provider, self._rest(provider, *started))
         raise ProviderFailed(reasons)
 
+    async def _start(self, provider: Provider, messages: list[dict[str, Any]],
+                     tools: list[dict[str, Any]] | None
+                     ) -> tuple[list[ChatCompletionChunk], AsyncStream[ChatCompletionChunk]]:
+        timeout = provider.config.first_token_timeout
+        stream = await asyncio.wait_for(self._create(provider, messages, tools), timeout)
+        return [await asyncio.wait_for(anext(stream), timeout)], stream
+
+    async def _probe(self, provider: Provider, messages: list[dict[str, Any]],
+                     tools: list[dict[str, Any]]
+                     ) -> tuple[list[ChatCompletionChunk], AsyncStream[ChatCompletionChunk]] | None:
+        """Small local models call tools reliably only when the question stands alone: ask
+        with the system prompt and the question, and if the answer starts as a tool call it is
+        the answer; otherwise stop it at its first words (a few tokens' cost) and let the
+        caller ask again with the whole conversation and no tools."""
+        head, stream = await self._start(provider, [messages[0], messages[-1]], tools)
+        while True:
+            delta = head[-1].choices[0].delta if head[-1].choices else None
+            if delta is not None and delta.tool_calls:
+                return head, stream
+            text = "".join(c.choices[0].delta.content or "" for c in head if c.choices).lstrip()
+            if text:
+                if may_be_tool_call(text):
+                    return head, stream
+                await stream.close()
+                return None
+            try:
+                head.append(await asyncio.wait_for(anext(stream),
+                                                   provider.config.first_token_timeout))
+            except StopAsyncIteration:
+                return None
+
     async def _create(self, provider: Provider, messages: list[dict[str, Any]],
-                      tools: list[dict[str, Any]] | None) -> AsyncIterator[ChatCompletionChunk]:
+                      tools: list[dict[str, Any]] | None) -> AsyncStream[ChatCompletionChunk]:
         extra: dict[str, Any] = {"tools": tools} if tools else {}
         if provider.config.max_tokens:
             extra["max_tokens"] = provider.config.max_tokens
-        stream = await provider.client.chat.completions.create(
+        return await provider.client.chat.completions.create(
             model=provider.config.model, messages=messages, stream=True,  # type: ignore[arg-type]
             stream_options={"include_usage": True}, **extra,
         )
-        return stream.__aiter__()
 
-    async def _rest(self, provider: Provider, first: ChatCompletionChunk,
-                    stream: AsyncIterator[ChatCompletionChunk]) -> AsyncIterator[ChatCompletionChunk]:
-        yield first
+    async def _rest(self, provider: Provider, head: list[ChatCompletionChunk],
+                    stream: AsyncStream[ChatCompletionChunk]) -> AsyncIterator[ChatCompletionChunk]:
+        for chunk in head:
+            yield chunk
         try:
             async for chunk in stream:
                 yield chunk
         except _FAILURES:
             provider.breaker.failure()
             raise
+        finally:
+            await stream.close()
         provider.breaker.success()
 
     async def close(self) -> None:

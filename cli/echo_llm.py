@@ -37,6 +37,9 @@ class OpenAIServer:
         self.first_token_delay = 0.0
         self.tool_arguments: dict[str, str] = {}  # tool name -> arguments JSON it is called with
         self.follow_ups: list[str] = []  # tools to call next, one per tool result, while offered
+        # Like a small local model: tool calls as bare JSON in the text, and only when the
+        # question comes without earlier conversation.
+        self.small_model = False
         self.requests: list[dict[str, Any]] = []
         self.app = Starlette(routes=[
             Route("/v1/chat/completions", self.completions, methods=["POST"]),
@@ -60,6 +63,8 @@ class OpenAIServer:
         if not body.get("tools"):
             return []
         names = [t["function"]["name"] for t in body["tools"]]
+        if self.small_model and len(messages) > 2:
+            return []
         if messages[-1]["role"] == "tool":
             wanted = [self.follow_ups.pop(0)] if self.follow_ups else []
         elif messages[-1]["role"] == "user":
@@ -106,6 +111,14 @@ class OpenAIServer:
             if self.first_token_delay:
                 await asyncio.sleep(self.first_token_delay)
             calls = self.tool_calls_for(body)
+            if calls and self.small_model:
+                for call in calls:
+                    bare = {"name": call["function"]["name"],
+                            "arguments": json.loads(call["function"]["arguments"])}
+                    yield chunk({"content": json.dumps(bare)})
+                yield chunk({}, "stop")
+                yield "data: [DONE]\n\n"
+                return
             if calls:
                 for call in calls:  # name first, then the arguments in two pieces, like OpenAI
                     args = call["function"]["arguments"]

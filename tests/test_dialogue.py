@@ -288,3 +288,31 @@ async def test_tool_steps_continue_up_to_the_limit_then_the_model_must_answer(
     assert finals(events)[0].text == "The tool said: 1+1 = 2."
     steps = [e for e in events if isinstance(e, AssistantMessage) and e.tool_calls]
     assert len({c.call_id for m in steps for c in m.tool_calls}) == 3
+
+
+async def test_a_small_model_gets_the_question_alone_to_decide_on_a_tool(
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+    a, _ = servers
+    a.small_model = True  # bare JSON calls, and only for a question without history
+    a.tool_arguments["calculator"] = json.dumps({"expression": "17*23"})
+    write_config(tmp_path, monkeypatch, providers_toml(a) + "tool_probe = true\n")
+    await start("tools")
+    await start("dialogue")
+    s = "d" + new_id()
+    await bus.publish(UserText(session_id=s, text="hello"))
+    await wait_for(bus, s, lambda ev: len(finals(ev)) == 1)
+    # Probed without tools' luck ("hello" names none), then answered with the history.
+    assert [len(r["messages"]) for r in a.requests] == [2, 2]
+    assert "tools" in a.requests[0] and "tools" not in a.requests[1]
+    await bus.publish(UserText(session_id=s, text="use calculator for 17 times 23"))
+    events = await wait_for(bus, s, lambda ev: len(finals(ev)) == 2)
+    call = next(e for e in events if isinstance(e, ToolCall))
+    assert call.name == "calculator" and json.loads(call.arguments) == {"expression": "17*23"}
+    assert not any("{" in e.text for e in events if isinstance(e, AssistantSentence))  # JSON unspoken
+    assert len(a.requests[2]["messages"]) == 2  # the probe: system prompt and question alone
+    # The answer: results in the system prompt, the conversation, no tools offered again.
+    answer = a.requests[3]
+    assert "tools" not in answer and answer["messages"][-1]["content"].startswith("use calculator")
+    assert "- calculator: 17*23 = 391" in answer["messages"][0]["content"]
+    assert all(m["role"] != "tool" for m in answer["messages"])
