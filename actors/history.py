@@ -18,6 +18,7 @@ from schemas import (
     ToolCallRef,
     ToolResult,
     TranscriptFinal,
+    TtsSentence,
     TurnInterrupted,
     UserText,
 )
@@ -66,6 +67,7 @@ def build_messages(system_prompt: str, entries: list[Entry], *, budget_tokens: i
     announced: set[str] = set()  # call ids that some assistant.message carries
     last_answer: dict[str, int] = {}  # turn id → index of its last assistant.message
     spoken: dict[str, str] = {}  # turn id → what was said before the interruption
+    voiced: dict[str, list[TtsSentence]] = {}  # turn id → the sentences the TTS began to play
     for index, event in enumerate(events):
         if isinstance(event, ToolResult):
             results.setdefault(event.call_id, event)
@@ -75,6 +77,14 @@ def build_messages(system_prompt: str, entries: list[Entry], *, budget_tokens: i
                 last_answer[event.turn_id] = index
         elif isinstance(event, TurnInterrupted) and event.turn_id and event.spoken_text is not None:
             spoken[event.turn_id] = event.spoken_text
+        elif isinstance(event, TtsSentence) and event.turn_id:
+            voiced.setdefault(event.turn_id, []).append(event)
+    # In a voice session, what the user heard is what the TTS began to play before the
+    # interruption (its tts.sentence events), not everything the LLM had written by then.
+    for event in events:
+        if isinstance(event, TurnInterrupted) and event.turn_id in voiced:
+            heard = sorted(voiced[event.turn_id], key=lambda e: e.index)
+            spoken[event.turn_id] = " ".join(e.text for e in heard)
 
     turns: list[list[Message]] = [[]]  # the first holds whatever precedes the first user input
     used: set[str] = set()  # call ids already placed (a call is answered once)

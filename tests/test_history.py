@@ -294,3 +294,28 @@ def test_approx_tokens() -> None:
     assert approx_tokens("你好世界") == 4
     assert approx_tokens("你好 world") == 2 + 2  # two ideographs, then " world" in two
     assert approx_tokens("こんにちは") == 5
+
+
+def test_a_barge_in_keeps_what_the_tts_began_to_play() -> None:
+    # The LLM had written three sentences; the user heard the first two start.
+    entries = log(
+        user("tell me a story", "t1"),
+        TtsSentence(session_id=SID, turn_id="t1", text="Once upon a time.", index=0),
+        TtsSentence(session_id=SID, turn_id="t1", text="There was a fox.", index=1, offset_ms=900),
+        TurnInterrupted(session_id=SID, turn_id="t1", reason="barge_in"),
+        answer("Once upon a time. There was a fox. It lived in a wood.", "t1", interrupted=True),
+        user("stop", "t2"),
+    )
+    messages = build_messages(SYSTEM, entries, budget_tokens=BIG)
+    assert [m["content"] for m in messages if m["role"] == "assistant"] == [
+        "Once upon a time. There was a fox."]
+
+
+def test_tts_sentences_of_an_uninterrupted_turn_change_nothing() -> None:
+    entries = log(
+        user("hi", "t1"),
+        TtsSentence(session_id=SID, turn_id="t1", text="Hello.", index=0),
+        answer("Hello. **How** are you?", "t1"),
+    )
+    messages = build_messages(SYSTEM, entries, budget_tokens=BIG)
+    assert messages[-1]["content"] == "Hello. **How** are you?"
