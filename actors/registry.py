@@ -7,8 +7,10 @@ import importlib
 from actors.base import Actor
 
 ACTORS: dict[str, str] = {
+    "asr": "actors.asr.actor:Asr",
     "dialogue": "actors.dialogue:Dialogue",
     "tools": "actors.tools.actor:Tools",
+    "tts": "actors.tts.actor:Tts",
 }
 
 

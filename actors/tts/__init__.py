@@ -1,0 +1,1 @@
+"""The tts actor: assistant sentences become paced audio frames and tts.* events."""

@@ -1,0 +1,138 @@
+"""The tts actor: `assistant.sentence` → audio frames on `vagent.session.<sid>.audio.out`
+(core NATS, in the session's negotiated `audio_out`, paced at real time) and
+`tts.started`, `tts.sentence`, `tts.stopped` in the log.
+
+- Sentences synthesize as they arrive (ahead of playback, several at once) and are
+  spoken in log order; the turn's final `assistant.message` ends it once all is said.
+- A `turn.interrupted` (barge-in, abort, new input) is watched on core NATS, so it is
+  seen while this session's durable queue still waits: the sound stops within a frame,
+  queued sentences of that turn drop, and later ones are ignored.
+- Repeated sentences come from a bounded cache instead of the synthesizer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import ClassVar
+
+from actors.audio.encode import DEFAULT_OUT, check_params
+from actors.base import Actor, Context
+from actors.tts.cache import AudioCache
+from actors.tts.providers import TtsProvider, open_provider
+from actors.tts.speaker import Sentence, Speaker
+from actors.tts.synth import Synthesizer
+from bus.client import Message, Subscription
+from schemas import (
+    AssistantMessage,
+    AssistantSentence,
+    AudioParams,
+    DecodeError,
+    Error,
+    Event,
+    SessionStarted,
+    TurnInterrupted,
+    decode,
+)
+
+MAX_SPEAKERS = 4096  # idle sessions remembered (their audio params, closed turns)
+
+
+class Tts(Actor):
+    name: ClassVar[str] = "tts"
+    consumes: ClassVar[tuple[str, ...]] = ("assistant.sentence", "assistant.message")
+    emits: ClassVar[frozenset[str]] = frozenset({"tts.started", "tts.sentence", "tts.stopped", "error"})
+    concurrency: ClassVar[int] = 64
+
+    async def setup(self) -> None:
+        self.provider: TtsProvider = await open_provider()
+        self.cache = AudioCache(int(float(os.environ.get("VAGENT_TTS_CACHE_MB", "32")) * 2**20))
+        self.synthesizer = Synthesizer(self.provider, self.cache,
+                                       int(os.environ.get("VAGENT_TTS_PARALLEL", "1")))
+        self.encode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tts-encode")
+        self.speakers: OrderedDict[str, Speaker] = OrderedDict()
+        self._watch: Subscription = await self.bus.subscribe(
+            "vagent.session.*.evt.turn.interrupted", self._watcher)
+
+    async def teardown(self) -> None:
+        await self._watch.stop()
+        for speaker in list(self.speakers.values()):
+            await speaker.close()
+        await self.provider.close()
+        self.encode_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _watcher(self, msg: Message) -> None:
+        try:
+            event = decode(msg.data)
+        except DecodeError:
+            return
+        if isinstance(event, TurnInterrupted):
+            self._speaker(event.session_id).interrupt(event.turn_id, event.id, event.ts)
+
+    async def handle(self, event: Event, ctx: Context) -> None:
+        if isinstance(event, AssistantSentence):
+            await self._sentence(event, ctx)
+        elif isinstance(event, AssistantMessage) and not event.tool_calls and event.turn_id:
+            # The turn's last word (interrupted or not): stop once everything queued is said.
+            speaker = self.speakers.get(event.session_id)
+            if speaker is not None:
+                speaker.end(event.turn_id, event.id)
+
+    async def _sentence(self, event: AssistantSentence, ctx: Context) -> None:
+        speaker = self._speaker(event.session_id)
+        turn_id = event.turn_id or event.id
+        text = event.text.strip()
+        if not text or not speaker.accepts(turn_id, event.ts):
+            return
+        # Started before the session's params are read, so that costs no latency.
+        synthesis = self.synthesizer.start(text, first=speaker.first_of(turn_id))
+        try:
+            if speaker.params is None and speaker.params_error is None:
+                await self._read_params(speaker, ctx)
+        except BaseException:
+            synthesis.cancel()
+            raise
+        if speaker.params_error is not None:
+            synthesis.cancel()
+            return
+        # Acknowledged once queued, before it is spoken: a crash loses the rest of this
+        # sentence's audio instead of replaying it late. Live audio is useless late, and a
+        # redelivered sentence would speak over the next turn.
+        speaker.say(turn_id, Sentence(event.id, event.index, text, synthesis, ctx.traceparent))
+        if event.turn_id is None:
+            speaker.end(turn_id, event.id)  # a sentence of no turn is a whole utterance
+
+    async def _read_params(self, speaker: Speaker, ctx: Context) -> None:
+        params = audio_out_of([e.event for e in await ctx.history()])
+        try:
+            check_params(params)
+        except ValueError as exc:
+            speaker.params_error = str(exc)
+            await ctx.emit(Error(session_id=speaker.session_id, code="tts_audio_params",
+                                 message=f"cannot speak: {exc}", source="tts"))
+            return
+        speaker.params = params
+
+    def _speaker(self, session_id: str) -> Speaker:
+        speaker = self.speakers.get(session_id)
+        if speaker is None:
+            speaker = Speaker(session_id, self.bus, actor=self.name, voice=self.provider.voice,
+                              encode_pool=self.encode_pool)
+            self.speakers[session_id] = speaker
+            self._forget_idle()
+        self.speakers.move_to_end(session_id)
+        return speaker
+
+    def _forget_idle(self) -> None:
+        for sid in list(self.speakers)[:max(0, len(self.speakers) - MAX_SPEAKERS)]:
+            if self.speakers[sid].idle:
+                del self.speakers[sid]
+
+
+def audio_out_of(events: list[Event | None]) -> AudioParams:
+    """The session's negotiated downlink format (the latest session.started), or the default."""
+    for event in reversed(events):
+        if isinstance(event, SessionStarted):
+            return event.audio_out or DEFAULT_OUT
+    return DEFAULT_OUT
