@@ -107,13 +107,15 @@ def tail(subject: Annotated[str, typer.Argument(help="Subject or wildcard, e.g. 
          as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
          from_start: Annotated[bool, typer.Option("--from-start",
                                                   help="Replay the stored log first.")] = False,
-         limit: Annotated[int | None, typer.Option(help="Stop after this many lines.")] = None) -> None:
-    """Print the events on SUBJECT as they flow (decoded)."""
+         limit: Annotated[int | None, typer.Option(help="Stop after this many lines.")] = None,
+         audio: Annotated[bool, typer.Option("--audio", help="Also list audio frames.")] = False
+         ) -> None:
+    """Print the events on SUBJECT as they flow (decoded); audio frames with --audio."""
     from cli.tail import tail as run_tail
 
     try:
         run(with_bus(nats, lambda bus: run_tail(bus, subject, as_json=as_json, from_start=from_start,
-                                                limit=limit)))
+                                                limit=limit, audio=audio)))
     except KeyboardInterrupt:
         pass
 

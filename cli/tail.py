@@ -48,8 +48,13 @@ def _intersect(a: list[str], b: list[str]) -> list[str] | None:
     return out
 
 
+def _is_audio(subject: str) -> bool:
+    return subject.endswith((".audio.in", ".audio.out"))
+
+
 async def tail(bus: Bus, subject: str, *, as_json: bool, from_start: bool,
-               limit: int | None = None) -> None:
+               limit: int | None = None, audio: bool = False) -> None:
+    """Print decoded events; audio frames (dozens a second) only with `audio`."""
     printed = 0
     seen: set[str] = set()
     live: asyncio.Queue[Message] = asyncio.Queue()
@@ -61,7 +66,8 @@ async def tail(bus: Bus, subject: str, *, as_json: bool, from_start: bool,
         return limit is not None and printed >= limit
 
     async def collect(msg: Message) -> None:
-        live.put_nowait(msg)
+        if audio or not _is_audio(msg.subject):
+            live.put_nowait(msg)
 
     # Subscribe before reading history, so nothing falls between the two; ids dedupe the overlap.
     sub = await bus.subscribe(subject, collect)

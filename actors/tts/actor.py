@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -57,8 +58,7 @@ class Tts(Actor):
 
     async def teardown(self) -> None:
         await self._watch.stop()
-        for speaker in list(self.speakers.values()):
-            await speaker.close()
+        await asyncio.gather(*(speaker.close() for speaker in self.speakers.values()))
         await self.provider.close()
         self.encode_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -93,8 +93,8 @@ class Tts(Actor):
         except BaseException:
             synthesis.cancel()
             raise
-        if speaker.params_error is not None:
-            synthesis.cancel()
+        if speaker.params_error is not None or not speaker.accepts(turn_id, event.ts):
+            synthesis.cancel()  # unspeakable, or interrupted while the params were read
             return
         # Acknowledged once queued, before it is spoken: a crash loses the rest of this
         # sentence's audio instead of replaying it late. Live audio is useless late, and a

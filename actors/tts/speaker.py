@@ -246,6 +246,9 @@ class Speaker:
                            item.sentence, FAILED)
                 continue
             assert isinstance(item, bytes)
+            ahead = play_end - time.monotonic()
+            if ahead + frame_s > lead and await self._pause(turn, ahead + frame_s - lead):
+                break
             if not started:
                 # Stored before the first frame: whoever relays audio sees the start first.
                 self._emit(TtsStarted(session_id=self.session_id, turn_id=turn.turn_id,
@@ -261,9 +264,6 @@ class Speaker:
                                        duration_ms=synthesis.duration_ms if synthesis.done else 0),
                            starting, SENTENCE)
                 starting = None
-            ahead = play_end - time.monotonic()
-            if ahead + frame_s > lead and await self._pause(turn, ahead + frame_s - lead):
-                break
             try:
                 await self.bus.publish_core(subject, item)
             except Exception as exc:  # NATS away: this frame is lost, the next may pass
