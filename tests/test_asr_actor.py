@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from actors.asr.actor import Asr
-from actors.asr.blobs import get_blob
 from actors.runtime import ActorHost
+from bus.blobs import get_blob
 from bus.client import Bus, Message
 from bus.log import load
 from bus.subjects import audio_in, live

@@ -28,10 +28,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from actors.asr.blobs import put_pcm
 from actors.asr.engine import AsrError, Recognition
 from actors.asr.vad import Boundary, Segmenter, SpeechAudio, SpeechStart, SpeechStop
 from actors.audio.decode import AudioDecodeError, Decoder
+from bus.blobs import put_pcm
 from bus.client import Message, Subscription
 from bus.subjects import audio_in, session_events
 from schemas import (

@@ -1,8 +1,5 @@
-"""Utterance audio in the Object Store bucket `audio` (declared in bus/streams.py).
-
-Belongs in bus/ (it is the only code here that touches nats' API directly); it lives
-with the ASR actor until bus/ grows a blob module.
-"""
+"""Blobs in Object Store buckets (declared in bus/streams.py): each utterance's audio,
+referenced from the events by a BlobRef."""
 
 from __future__ import annotations
 
