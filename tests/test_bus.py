@@ -117,6 +117,16 @@ async def run_until(runner: ConsumerRunner, condition, timeout: float = 10.0) ->
         await task
 
 
+async def letters_for(bus: Bus, durable: str, timeout: float = 5.0) -> list:  # type: ignore[type-arg]
+    """The consumer's dead letters, once JetStream has stored its advisory (asynchronously)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            letters = [d for d in await dead_letters(bus, limit=10_000) if d.consumer == durable]
+            if letters:
+                return letters
+            await asyncio.sleep(0.05)
+
+
 async def consumer_state(bus: Bus, spec: ConsumerSpec) -> tuple[int, int]:
     info = await bus.js.consumer_info(spec.stream, spec.durable)
     return info.num_ack_pending, info.num_pending
@@ -176,7 +186,7 @@ async def test_undecodable_message_is_terminated_and_dead_lettered_never_looping
     await asyncio.sleep(1.0)  # long enough for a redelivery, were there one
     assert runner.terminated == 1 and [c.text for c in calls] == ["valid"]  # type: ignore[attr-defined]
     assert await consumer_state(bus, spec) == (0, 0)
-    letters = [d for d in await dead_letters(bus) if d.consumer == spec.durable]
+    letters = await letters_for(bus, spec.durable)
     assert len(letters) == 1
     assert letters[0].kind == "terminated" and letters[0].subject == subject
     assert letters[0].reason.startswith("undecodable")
@@ -192,7 +202,7 @@ async def test_handler_failing_every_time_ends_in_a_dead_letter(bus: Bus) -> Non
     await bus.publish(UserText(session_id=s, text="x"))
     runner = ConsumerRunner(bus, spec, handler)
     await run_until(runner, lambda: runner.terminated == 1)
-    letters = [d for d in await dead_letters(bus) if d.consumer == spec.durable]
+    letters = await letters_for(bus, spec.durable)
     assert len(letters) == 1
     assert letters[0].deliveries == 3 and "poison" in letters[0].reason
     assert letters[0].event_type == "user.text"
@@ -215,7 +225,7 @@ async def test_unacked_message_past_max_deliver_is_dead_lettered(bus: Bus) -> No
     with pytest.raises(TimeoutError):
         await psub.fetch(1, timeout=1.5)
     await psub.unsubscribe()
-    letters = [d for d in await dead_letters(bus) if d.consumer == spec.durable]
+    letters = await letters_for(bus, spec.durable)
     assert [(d.kind, d.deliveries) for d in letters] == [("max_deliveries", 2)]
 
 
