@@ -19,13 +19,13 @@ import threading
 import time
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from bus.server import free_port
+from cli.threaded_server import ThreadedServer
 
 
 class OpenAIServer:
@@ -45,8 +45,7 @@ class OpenAIServer:
             Route("/v1/chat/completions", self.completions, methods=["POST"]),
             Route("/v1/models", self.models),
         ])
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._runner: ThreadedServer | None = None
 
     @property
     def base_url(self) -> str:
@@ -146,23 +145,13 @@ class OpenAIServer:
         return StreamingResponse(events(), media_type="text/event-stream")
 
     def start(self) -> OpenAIServer:
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("openai test server did not start")
-            time.sleep(0.01)
+        self._runner = ThreadedServer(self.app, self.port)
+        self._runner.start()
         return self
 
     def stop(self) -> None:
-        if self._server:
-            self._server.should_exit = True
-        if self._thread:
-            self._thread.join(5)
+        if self._runner:
+            self._runner.stop()
 
 
 def serve(port: int, token_delay: float) -> None:

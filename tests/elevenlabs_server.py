@@ -12,18 +12,16 @@ opus, μ-law). A wrong key gets 401 in ElevenLabs' error shape; every request is
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from typing import Any
 
 import numpy as np
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from bus.server import free_port
+from cli.threaded_server import ThreadedServer
 
 PCM_RATES = {8000, 16000, 22050, 24000, 44100, 48000}
 
@@ -45,8 +43,7 @@ class ElevenLabsServer:
         self.app = Starlette(routes=[
             Route("/v1/text-to-speech/{voice_id}/stream", self.stream, methods=["POST"]),
         ])
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._runner: ThreadedServer | None = None
 
     @property
     def base_url(self) -> str:
@@ -78,20 +75,10 @@ class ElevenLabsServer:
         return StreamingResponse(chunks(), media_type="audio/pcm")
 
     def start(self) -> ElevenLabsServer:
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("elevenlabs test server did not start")
-            time.sleep(0.01)
+        self._runner = ThreadedServer(self.app, self.port)
+        self._runner.start()
         return self
 
     def stop(self) -> None:
-        if self._server:
-            self._server.should_exit = True
-        if self._thread:
-            self._thread.join(5)
+        if self._runner:
+            self._runner.stop()

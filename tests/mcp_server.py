@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import argparse
 import threading
-import time
 from typing import Any
 
 import anyio
 import mcp_types as types
-import uvicorn
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 
 from bus.server import free_port
+from cli.threaded_server import ThreadedServer
 
 PAGE_SIZE = 2
 FILLERS = 3
@@ -92,31 +91,20 @@ class HttpMcpServer:
 
     def __init__(self, port: int = 0) -> None:
         self.port = port or free_port()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._runner: ThreadedServer | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/mcp"
 
     def start(self) -> HttpMcpServer:
-        app = make_server().streamable_http_app()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("MCP test server did not start")
-            time.sleep(0.01)
+        self._runner = ThreadedServer(make_server().streamable_http_app(), self.port, lifespan="auto")
+        self._runner.start()
         return self
 
     def stop(self) -> None:
-        if self._server:
-            self._server.should_exit = True
-        if self._thread:
-            self._thread.join(5)
+        if self._runner:
+            self._runner.stop()
 
 
 if __name__ == "__main__":
