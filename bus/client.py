@@ -150,6 +150,8 @@ class Bus:
             await self.js.create_key_value(api.KeyValueConfig(
                 bucket=spec.name, description=spec.description, ttl=spec.ttl or None,
                 history=spec.history, replicas=r,
+                # a marker TTL turns on per-message TTLs for the bucket's stream
+                limit_marker_ttl=60.0 if spec.per_key_ttl else None,
             ))
         for spec in streams.OBJECT_BUCKETS:
             await self.js.create_object_store(spec.name, api.ObjectStoreConfig(

@@ -23,6 +23,7 @@ class BucketSpec:
     description: str
     ttl: float = 0.0  # seconds; 0 keeps forever
     history: int = 1
+    per_key_ttl: bool = False  # each write may carry its own TTL (bus.kv `ttl=`)
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -46,6 +47,14 @@ STREAMS: tuple[StreamSpec, ...] = (
 KV_BUCKETS: tuple[BucketSpec, ...] = (
     BucketSpec("vagent_actors", "actor heartbeats for the health probe", ttl=15.0),
     BucketSpec("vagent_tools", "tool catalog: name -> JSON spec, kept by the tools actor"),
+    # Identity secrets stay out of the event log, which is replayed, tailed and projected.
+    BucketSpec("vagent_credentials", "user id -> argon2id password hash"),
+    BucketSpec("vagent_emails", "sha256(email) -> user id: the unique email index"),
+    BucketSpec("vagent_devices", "sha256(device id) -> binding and its token id"),
+    BucketSpec("vagent_tokens", "refresh tokens, revocations, one-time codes, login failures",
+               per_key_ttl=True),
+    BucketSpec("vagent_idempotency", "Idempotency-Key -> stored response", ttl=DAY,
+               per_key_ttl=True),
 )
 
 OBJECT_BUCKETS: tuple[BucketSpec, ...] = (

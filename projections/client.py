@@ -11,7 +11,7 @@ from bus.client import Bus
 from bus.errors import BusError
 from bus.subjects import query as query_subject
 from projections.registry import PROJECTIONS
-from projections.runtime import store_path
+from projections.runtime import FRESH, FRESH_TIMEOUT, store_path
 from projections.store import ReadStore
 
 
@@ -27,12 +27,16 @@ def _sql(name: str) -> str:
     raise QueryError(f"no read query named {name!r}")
 
 
-async def run_query(bus: Bus | None, data_dir: Path, name: str,
-                    params: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+async def run_query(bus: Bus | None, data_dir: Path, name: str, params: dict[str, Any], *,
+                    fresh: bool = False) -> tuple[list[str], list[list[Any]]]:
+    """Run a named read query. `fresh` answers only after the read model has applied
+    every event stored before the call (read-your-writes), at the cost of one stream lookup."""
     sql = _sql(name)
     if bus is not None:
+        request = {**params, FRESH: True} if fresh else params
         try:
-            answer = json.loads(await bus.request(query_subject(name), json.dumps(params).encode()))
+            answer = json.loads(await bus.request(query_subject(name), json.dumps(request).encode(),
+                                                  timeout=FRESH_TIMEOUT + 5.0))
         except BusError:
             pass  # nobody serves it: read the file below
         else:

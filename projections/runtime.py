@@ -32,6 +32,8 @@ T = TypeVar("T")
 STORE_FILE = "read.duckdb"
 HEARTBEAT_NAME = "projections"
 BATCH = 1000
+FRESH = "$fresh"  # query parameter: answer only once the streams' current ends are applied
+FRESH_TIMEOUT = 5.0
 
 
 def stream_subjects(stream: str) -> str:
@@ -95,6 +97,9 @@ class ProjectionService:
         self.applied = 0
         self._db_calls: set[asyncio.Future[Any]] = set()
         self._instance = instance_id()
+        # The last sequence applied per (projection, stream): what a fresh query waits for.
+        self._applied_seq: dict[tuple[str, str], int] = {}
+        self._progress = asyncio.Condition()
         self._started_ts = time.time_ns()
 
     async def start(self) -> None:
@@ -102,7 +107,8 @@ class ProjectionService:
         self._start_feeders()
         for projection in self.projections:
             for name, sql in projection.queries().items():
-                self._subs.append(await self.bus.subscribe(query(name), self._query_handler(sql)))
+                self._subs.append(await self.bus.subscribe(query(name),
+                                                           self._query_handler(projection, sql)))
         self._subs.append(await self.bus.subscribe(control("projections.rebuild"), self._rebuild))
         self._heartbeat = asyncio.create_task(self._beat())
         log.info("projections started", extra={"store": str(self.path),
@@ -142,8 +148,11 @@ class ProjectionService:
                 await asyncio.sleep(0.02)
 
     def _start_feeders(self) -> None:
+        assert self.store is not None
         for projection in self.projections:
             for stream in projection.streams:
+                self._applied_seq[(projection.name, stream)] = self.store.checkpoint(projection.name,
+                                                                                     stream)
                 self._feeders.append(asyncio.create_task(self._feed(projection, stream)))
 
     async def _stop_feeders(self) -> None:
@@ -190,6 +199,9 @@ class ProjectionService:
                     batch.append(queue.get_nowait())
                 async with self._lock:
                     self.applied += await self._in_thread(self.store.apply, projection, stream, batch)
+                async with self._progress:
+                    self._applied_seq[(projection.name, stream)] = batch[-1].seq
+                    self._progress.notify_all()
         finally:
             reader.cancel()
             with contextlib.suppress(BaseException):
@@ -205,10 +217,23 @@ class ProjectionService:
                 ))
             await asyncio.sleep(INTERVAL)
 
-    def _query_handler(self, sql: str):  # type: ignore[no-untyped-def]
+    async def _fresh(self, projection: Projection, timeout: float = FRESH_TIMEOUT) -> None:
+        """Wait until the projection has applied everything its streams hold right now, so a
+        client reads its own writes (an API answers a GET right after its POST)."""
+        targets = {s: await stream_last_seq(self.bus, s) for s in projection.streams}
+
+        def reached() -> bool:
+            return all(self._applied_seq.get((projection.name, s), 0) >= seq for s, seq in targets.items())
+
+        async with asyncio.timeout(timeout), self._progress:
+            await self._progress.wait_for(reached)
+
+    def _query_handler(self, projection: Projection, sql: str):  # type: ignore[no-untyped-def]
         async def handle(msg: Message) -> None:
             try:
                 params: dict[str, Any] = json.loads(msg.data or b"{}")
+                if params.pop(FRESH, False):
+                    await self._fresh(projection)
                 async with self._lock:
                     assert self.store is not None
                     columns, rows = await self._in_thread(self.store.query, sql, params)

@@ -11,6 +11,7 @@ from schemas.base import AssistantEvent, DocumentEvent, UserEvent
 class UserRegistered(UserEvent, tag="user.registered", kw_only=True):
     email: str
     display_name: str | None = None
+    default_assistant_id: str | None = None  # created for the user at registration
 
 
 class UserEmailVerified(UserEvent, tag="user.email_verified", kw_only=True):

@@ -10,13 +10,42 @@ from projections.client import run_query
 from projections.registry import PROJECTIONS
 from projections.runtime import ProjectionService, rebuild, store_path
 from projections.store import ReadStore
-from schemas import AssistantMessage, TurnStarted, UserText, new_id
+from schemas import (
+    AssistantCreated,
+    AssistantDeleted,
+    AssistantMessage,
+    AssistantUpdated,
+    DeviceBound,
+    DeviceUnbound,
+    TurnStarted,
+    UserEmailVerified,
+    UserLocked,
+    UserRegistered,
+    UserText,
+    new_id,
+)
 
 
 async def turn(bus: Bus, session_id: str, n: int) -> None:
     await bus.publish(UserText(session_id=session_id, text=f"q{n}"))
     await bus.publish(TurnStarted(session_id=session_id))
     await bus.publish(AssistantMessage(session_id=session_id, text=f"a{n}"))
+
+
+async def account(bus: Bus, n: int) -> None:
+    """A user with a verified email, a lock, two assistants (one renamed, one deleted) and
+    two devices (one unbound): every kind of account event a read model folds."""
+    uid, kept, gone = new_id(), new_id(), new_id()
+    await bus.publish(UserRegistered(user_id=uid, email=f"u{n}@example.com", default_assistant_id=kept))
+    await bus.publish(UserEmailVerified(user_id=uid))
+    await bus.publish(UserLocked(user_id=uid, reason="failed_logins", until_ts=n))
+    for aid in (kept, gone):
+        await bus.publish(AssistantCreated(assistant_id=aid, owner_id=uid, persona="p", tools=["calc"]))
+    await bus.publish(AssistantUpdated(assistant_id=kept, name=f"renamed {n}", documents=["d1"]))
+    await bus.publish(AssistantDeleted(assistant_id=gone))
+    for device in ("aa:bb", "cc:dd"):
+        await bus.publish(DeviceBound(user_id=uid, device_id=f"{device}:{n}", assistant_id=kept))
+    await bus.publish(DeviceUnbound(user_id=uid, device_id=f"cc:dd:{n}"))
 
 
 def row(data_dir: Path, session_id: str) -> tuple[object, ...]:
@@ -92,6 +121,7 @@ async def test_rebuild_from_an_empty_directory_gives_identical_tables(bus: Bus, 
                                                                       tmp_path: Path) -> None:
     for i in range(3):
         await turn(bus, "p" + new_id(), i)
+        await account(bus, i)
     service = ProjectionService(bus, data_dir)
     await service.start()
     await service.caught_up()

@@ -1,0 +1,76 @@
+"""The `assistants` read model: each assistant's current persona and provider choice."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import duckdb
+
+from bus.log import Entry
+from projections.base import Projection
+from schemas import AssistantCreated, AssistantDeleted, AssistantUpdated, Event
+
+SETTINGS = ("name", "persona", "greeting", "voice", "llm", "asr", "tts", "tools", "documents")
+COLUMNS = "assistant_id, owner_id, " + ", ".join(SETTINGS) + ", created_ts, updated_ts"
+
+
+class Assistants(Projection):
+    name: ClassVar[str] = "assistants"
+    streams: ClassVar[tuple[str, ...]] = ("ASSISTANTS",)
+    tables: ClassVar[tuple[str, ...]] = ("assistants",)
+    ddl: ClassVar[str] = """
+        CREATE TABLE IF NOT EXISTS assistants (
+            assistant_id VARCHAR PRIMARY KEY,
+            owner_id VARCHAR,                -- NULL: the system's default assistant
+            name VARCHAR NOT NULL,
+            persona VARCHAR NOT NULL,
+            greeting VARCHAR,
+            voice VARCHAR,
+            llm VARCHAR,
+            asr VARCHAR,
+            tts VARCHAR,
+            tools VARCHAR[] NOT NULL,
+            documents VARCHAR[] NOT NULL,
+            created_ts BIGINT NOT NULL,
+            updated_ts BIGINT NOT NULL
+        )
+    """
+
+    def apply(self, db: duckdb.DuckDBPyConnection, event: Event, entry: Entry) -> None:
+        match event:
+            case AssistantCreated():
+                values = {k: getattr(event, k) for k in SETTINGS}
+                db.execute(
+                    f"INSERT INTO assistants ({COLUMNS}) VALUES ($assistant_id, $owner_id, "
+                    + ", ".join(f"${k}" for k in SETTINGS) + ", $ts, $ts) ON CONFLICT DO NOTHING",
+                    {"assistant_id": event.assistant_id, "owner_id": event.owner_id, "ts": event.ts,
+                     **values},
+                )
+            case AssistantUpdated():
+                changed = {k: getattr(event, k) for k in SETTINGS if getattr(event, k) is not None}
+                sets = "".join(f"{k} = ${k}, " for k in changed)
+                db.execute(f"UPDATE assistants SET {sets}updated_ts = $ts WHERE assistant_id = $aid",
+                           {"aid": event.assistant_id, "ts": event.ts, **changed})
+            case AssistantDeleted():
+                db.execute("DELETE FROM assistants WHERE assistant_id = $aid",
+                           {"aid": event.assistant_id})
+
+    def queries(self) -> dict[str, str]:
+        return {
+            # Every list and lookup is scoped to its owner: isolation lives in the SQL.
+            "assistants": f"""
+                SELECT {COLUMNS} FROM assistants
+                WHERE owner_id IS NOT DISTINCT FROM $owner_id AND assistant_id > $after
+                ORDER BY assistant_id LIMIT $limit
+            """,
+            "assistant": f"""
+                SELECT {COLUMNS} FROM assistants
+                WHERE assistant_id = $assistant_id AND owner_id IS NOT DISTINCT FROM $owner_id
+            """,
+            # For the actors, which read the assistant a session was started against.
+            "assistant_settings": f"SELECT {COLUMNS} FROM assistants WHERE assistant_id = $assistant_id",
+            "all_assistants": f"""
+                SELECT {COLUMNS} FROM assistants WHERE assistant_id > $after
+                ORDER BY assistant_id LIMIT $limit
+            """,
+        }
