@@ -95,10 +95,58 @@ class DialogueSettings(msgspec.Struct, forbid_unknown_fields=True):
     goodbye: str = "Goodbye!"
 
 
+class Argon2Settings(msgspec.Struct, forbid_unknown_fields=True):
+    """argon2id cost (RFC 9106's second recommended profile). Changing it rehashes each
+    password at its owner's next login."""
+
+    time_cost: int = 3
+    memory_kib: int = 65_536  # 64 MiB per hash
+    parallelism: int = 4
+
+
+class SmtpSettings(msgspec.Struct, forbid_unknown_fields=True):
+    host: str | None = None  # set to mail verification codes
+    port: int = 587
+    username: str | None = None
+    password_env: str | None = None  # the environment variable holding the SMTP password
+    sender: str = "vagent <no-reply@localhost>"
+    starttls: bool = True
+    timeout: float = 10.0
+
+
+class AuthSettings(msgspec.Struct, forbid_unknown_fields=True):
+    # Tokens are HS256 JWTs signed with this secret; without it, a random key is created
+    # once in the data directory (`jwt.key`, mode 0600). Every edge must share the key.
+    jwt_secret_env: str = "VAGENT_JWT_SECRET"
+    access_ttl: float = 900.0  # 15 min
+    refresh_ttl: float = 30 * 86_400.0
+    device_token_ttl: float = 365 * 86_400.0
+    password_min_length: int = 10
+    argon2: Argon2Settings = msgspec.field(default_factory=Argon2Settings)
+    lockout_failures: int = 5  # this many failed logins in a row …
+    lockout_seconds: float = 900.0  # … lock the account for this long
+    rate_limit: int = 20  # login/register/activation requests per client IP …
+    rate_window: float = 60.0  # … in this many seconds
+    trust_forwarded_for: bool = False  # behind a proxy: the client IP is X-Forwarded-For's first
+    # Email verification codes: "auto" mails them when [auth.smtp] has a host and is off
+    # otherwise; "log" writes them to the log (development); "off".
+    email_verification: str = "auto"
+    code_ttl: float = 900.0  # verification and device activation codes
+    smtp: SmtpSettings = msgspec.field(default_factory=SmtpSettings)
+
+
+class EdgeSettings(msgspec.Struct, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 1_048_576  # larger request bodies get 413
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     llm: LLMSettings = msgspec.field(default_factory=LLMSettings)
     tools: ToolSettings = msgspec.field(default_factory=ToolSettings)
     dialogue: DialogueSettings = msgspec.field(default_factory=DialogueSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    edge: EdgeSettings = msgspec.field(default_factory=EdgeSettings)
 
 
 class ConfigError(ValueError):

@@ -57,6 +57,9 @@ async def with_bus(nats: str | None, fn: Callable[[Bus], Awaitable[T]], name: st
 def up(nats: NatsOpt = None, data_dir: DataOpt = None,
        port: Annotated[int, typer.Option(help="Port of the embedded nats-server.")] = 4222,
        actors: Annotated[str, typer.Option(help="Comma-separated actors to run.")] = ",".join(ACTORS),
+       edge_port: Annotated[int | None, typer.Option(
+           "--edge-port", envvar="VAGENT_EDGE_PORT", help="Port of the API (default: edge.port, 8000).")
+           ] = None,
        ) -> None:
     """Start everything: NATS (embedded unless --nats), all actors, the read models."""
     from cli.up import up as run_up
@@ -67,7 +70,21 @@ def up(nats: NatsOpt = None, data_dir: DataOpt = None,
         typer.secho(f"unknown actor(s): {', '.join(unknown)}; known: {', '.join(ACTORS)}",
                     fg="red", err=True)
         raise typer.Exit(2)
-    run(run_up(nats=nats, port=port, data_dir=resolve_data_dir(data_dir), actors=names))
+    run(run_up(nats=nats, port=port, data_dir=resolve_data_dir(data_dir), actors=names,
+               edge_port=edge_port))
+
+
+@app.command()
+def edge(nats: NatsOpt = None, data_dir: DataOpt = None,
+         host: Annotated[str | None, typer.Option(help="Address to listen on (default: edge.host).")] = None,
+         port: Annotated[int | None, typer.Option(
+             envvar="VAGENT_EDGE_PORT", help="Port to listen on (default: edge.port, 8000).")] = None,
+         ) -> None:
+    """Serve the API on its own (the read models are served by `vagent up` or
+    `vagent projections serve`)."""
+    from cli.edge import serve_edge
+
+    run(serve_edge(nats, resolve_data_dir(data_dir), host, port))
 
 
 @actor_app.command("run")
@@ -186,6 +203,14 @@ def projections_rebuild(nats: NatsOpt = None, data_dir: DataOpt = None) -> None:
     from cli.inspect import rebuild_projections
 
     run(with_bus(nats, lambda bus: rebuild_projections(bus, resolve_data_dir(data_dir))))
+
+
+@projections_app.command("serve")
+def projections_serve(nats: NatsOpt = None, data_dir: DataOpt = None) -> None:
+    """Keep the read models up to date and answer their queries (what `vagent up` runs)."""
+    from cli.edge import serve_projections
+
+    run(serve_projections(nats, resolve_data_dir(data_dir)))
 
 
 @app.command()

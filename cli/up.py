@@ -16,13 +16,14 @@ from actors.local_llm import LocalLLMError, LocalLLMServer, Progress
 from actors.runtime import ActorHost
 from bus.client import Bus
 from bus.server import EmbeddedServer
+from edge.server import EdgeServer
 from projections.runtime import ProjectionService, store_path
 
 log = logging.getLogger("vagent.up")
 
 
 async def up(*, nats: str | None, port: int, data_dir: Path, actors: list[str],
-             ready: asyncio.Event | None = None) -> None:
+             ready: asyncio.Event | None = None, edge_port: int | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -40,6 +41,7 @@ async def up(*, nats: str | None, port: int, data_dir: Path, actors: list[str],
     projections: ProjectionService | None = None
     local_llm: LocalLLMServer | None = None
     llm_supervisor: asyncio.Task[None] | None = None
+    edge: EdgeServer | None = None
     try:
         await bus.declare()
         if wants_local_llm(actors):
@@ -50,7 +52,9 @@ async def up(*, nats: str | None, port: int, data_dir: Path, actors: list[str],
         await host.start()
         projections = ProjectionService(bus, data_dir)
         await projections.start()
-        _banner(url, server, data_dir, actors, local_llm)
+        edge = EdgeServer(bus, settings.load(), data_dir, port=edge_port)
+        await edge.start()
+        _banner(url, server, data_dir, actors, local_llm, edge)
         if ready:
             ready.set()
         waiter = asyncio.create_task(stop.wait())
@@ -62,6 +66,8 @@ async def up(*, nats: str | None, port: int, data_dir: Path, actors: list[str],
         failed.cancel()
     finally:
         print("vagent: stopping (finishing in-flight events)…", flush=True)
+        if edge:
+            await edge.stop()
         if host:
             await host.stop()
         if projections:
@@ -117,7 +123,7 @@ def _assembly_progress() -> Progress:
 
 
 def _banner(url: str, server: EmbeddedServer | None, data_dir: Path, actors: list[str],
-            local_llm: LocalLLMServer | None = None) -> None:
+            local_llm: LocalLLMServer | None = None, edge: EdgeServer | None = None) -> None:
     nats = f"{url}  (embedded nats-server, store {server.store_dir})" if server else f"{url}  (external)"
     lines = [
         "vagent is up",
@@ -125,6 +131,8 @@ def _banner(url: str, server: EmbeddedServer | None, data_dir: Path, actors: lis
         f"  data         {data_dir}",
         f"  actors       {', '.join(actors)}",
         f"  read models  {store_path(data_dir)}",
+        *([f"  API          {edge.url}/api/v1/  (OpenAPI: {edge.url}/api/v1/openapi.json)"]
+          if edge else []),
         *([f"  LLM          {local_llm.base_url}  (local llama-server, {local_llm.model_name}, "
            f"log {local_llm.log_file})"] if local_llm else []),
         "  try          vagent say \"hello\" --session s1"

@@ -12,6 +12,7 @@ import uvloop
 from bus.client import Bus
 from bus.server import EmbeddedServer, free_port
 from cli.echo_llm import OpenAIServer
+from tests.api_harness import Api, serve_api
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item
@@ -59,3 +60,9 @@ def data_dir(tmp_path: Path) -> Path:
     d = tmp_path / "data"
     d.mkdir()
     return d
+
+
+@pytest.fixture(scope="module")
+async def api(module_nats: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
+    async with serve_api(module_nats.url, tmp_path_factory.mktemp("api")) as served:
+        yield served

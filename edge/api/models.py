@@ -1,0 +1,138 @@
+"""The REST API's request and response bodies: msgspec Structs, which both validate
+requests and give the OpenAPI document its schemas."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from edge.identity.devices import Activation
+from edge.identity.tokens import TokenPair
+
+Email = Annotated[str, Meta(max_length=254, examples=["ada@example.com"])]
+Password = Annotated[str, Meta(min_length=1, max_length=1024)]
+Name = Annotated[str, Meta(min_length=1, max_length=100)]
+Text = Annotated[str, Meta(max_length=20_000)]
+Short = Annotated[str, Meta(min_length=1, max_length=128)]
+Names = Annotated[list[Annotated[str, Meta(min_length=1, max_length=128)]], Meta(max_length=64)]
+
+__all__ = ["Activation", "TokenPair"]
+
+
+class Register(msgspec.Struct, forbid_unknown_fields=True):
+    email: Email
+    password: Password
+    display_name: Name | None = None
+
+
+class Login(msgspec.Struct, forbid_unknown_fields=True):
+    email: Email
+    password: Password
+
+
+class Refresh(msgspec.Struct, forbid_unknown_fields=True):
+    refresh_token: Annotated[str, Meta(min_length=1, max_length=512)]
+
+
+class Logout(msgspec.Struct, forbid_unknown_fields=True):
+    refresh_token: Annotated[str, Meta(max_length=512)] | None = None
+
+
+class VerifyEmail(msgspec.Struct, forbid_unknown_fields=True):
+    code: Annotated[str, Meta(min_length=1, max_length=16)]
+
+
+class User(msgspec.Struct):
+    user_id: str
+    email: str
+    display_name: str | None
+    email_verified: bool
+    locked: bool
+    default_assistant_id: str | None
+    created_at: str  # ISO 8601, UTC
+
+
+class AssistantCreate(msgspec.Struct, forbid_unknown_fields=True):
+    name: Name = "Assistant"
+    persona: Text = ""  # the system prompt
+    greeting: Text | None = None
+    voice: Short | None = None
+    llm: Short | None = None  # a provider name from the server's configuration
+    asr: Short | None = None
+    tts: Short | None = None
+    tools: Names = msgspec.field(default_factory=list)
+    documents: Names = msgspec.field(default_factory=list)
+
+
+class AssistantPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Only the fields given change."""
+
+    name: Name | None = None
+    persona: Text | None = None
+    greeting: Text | None = None
+    voice: Short | None = None
+    llm: Short | None = None
+    asr: Short | None = None
+    tts: Short | None = None
+    tools: Names | None = None
+    documents: Names | None = None
+
+
+class Assistant(msgspec.Struct):
+    assistant_id: str
+    name: str
+    persona: str
+    greeting: str | None
+    voice: str | None
+    llm: str | None
+    asr: str | None
+    tts: str | None
+    tools: list[str]
+    documents: list[str]
+    created_at: str
+    updated_at: str
+
+
+class AssistantPage(msgspec.Struct):
+    items: list[Assistant]
+    next_cursor: str | None
+
+
+class ActivationRequest(msgspec.Struct, forbid_unknown_fields=True):
+    device_id: Short  # Device-Id: the device's MAC
+    client_id: Short  # Client-Id: a UUID the device keeps, so only it collects the token
+
+
+class DeviceBind(msgspec.Struct, forbid_unknown_fields=True):
+    code: Annotated[str, Meta(min_length=1, max_length=16)]
+    assistant_id: Short | None = None  # default: the user's default assistant
+    name: Name | None = None
+
+
+class Device(msgspec.Struct):
+    device_id: str
+    assistant_id: str
+    name: str | None
+    bound_at: str
+
+
+class BoundDevice(msgspec.Struct):
+    device: Device
+    token: str  # the device token (also handed to the device when it asks again)
+
+
+class DevicePage(msgspec.Struct):
+    items: list[Device]
+    next_cursor: str | None
+
+
+class ErrorBody(msgspec.Struct):
+    code: str
+    message: str
+    details: dict[str, Any]
+
+
+class Error(msgspec.Struct):
+    error: ErrorBody

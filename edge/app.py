@@ -1,0 +1,44 @@
+"""The edge's Starlette app: the REST API under /api/v1 (and, with #6, the real-time
+endpoints). Every route comes from the endpoint tables, which also make the OpenAPI
+document."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from edge.api import accounts, assistants, devices
+from edge.api.endpoint import Endpoint, bind, error_response, json_response
+from edge.api.openapi import document
+from edge.errors import ApiError
+from edge.services import Services
+
+ENDPOINTS: tuple[Endpoint, ...] = (*accounts.ENDPOINTS, *assistants.ENDPOINTS, *devices.ENDPOINTS)
+OPENAPI_PATH = "/api/v1/openapi.json"
+
+
+def create_app(services: Services) -> Starlette:
+    spec = document(ENDPOINTS, version("vagent"))
+
+    async def openapi(request: Request) -> Response:
+        return json_response(spec)
+
+    routes = [Route(e.path, bind(e, services), methods=[e.method]) for e in ENDPOINTS]
+    routes.append(Route(OPENAPI_PATH, openapi, methods=["GET"]))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = {404: f"no route {request.url.path}",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(
+                       exc.status_code, str(exc.detail))
+        return error_response(ApiError(exc.status_code, code, message, headers=dict(exc.headers or {})))
+
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    app.state.services = services
+    return app

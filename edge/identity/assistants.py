@@ -1,0 +1,137 @@
+"""Assistants: create, update and delete, each decided on the assistant's own log.
+
+Provider choices are names from the server's configuration (keys stay there); tools
+are names from the tool catalog; documents are the owner's own document ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.config import Config
+from actors.llm import provider_configs
+from actors.tools.catalog import catalog
+from actors.tts.providers import PROVIDERS as TTS_PROVIDERS
+from bus.client import Bus
+from bus.errors import ConflictError
+from bus.log import load
+from edge.errors import ApiError, not_found
+from schemas import (
+    AssistantCreated,
+    AssistantDeleted,
+    AssistantUpdated,
+    DocumentDeleted,
+    DocumentUploaded,
+    new_id,
+)
+
+ASR_PROVIDERS = ("moonshine", "deepgram")
+DEFAULT_ASSISTANT_ID = "default"  # the system's assistant, for sessions with no user
+
+
+@dataclass
+class AssistantState:
+    assistant_id: str
+    owner_id: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    deleted: bool = False
+    last_seq: int = 0
+
+
+async def load_assistant(bus: Bus, assistant_id: str) -> AssistantState | None:
+    entries, last = await load(bus, "assistant", assistant_id)
+    state: AssistantState | None = None
+    for entry in entries:
+        match entry.event:
+            case AssistantCreated() as created:
+                state = AssistantState(assistant_id, created.owner_id, last_seq=last)
+            case AssistantDeleted() if state:
+                state.deleted = True
+    return state
+
+
+class Assistants:
+    def __init__(self, bus: Bus, config: Config) -> None:
+        self.bus = bus
+        self.config = config
+
+    async def owned(self, owner_id: str, assistant_id: str) -> AssistantState:
+        """The assistant if it exists and is `owner_id`'s; 404 otherwise (also for others')."""
+        try:
+            state = await load_assistant(self.bus, assistant_id)
+        except ValueError:  # not a valid id token
+            state = None
+        if state is None or state.deleted or state.owner_id != owner_id:
+            raise not_found("assistant", assistant_id)
+        return state
+
+    async def create(self, owner_id: str, settings: dict[str, Any]) -> str:
+        await self.validate(owner_id, settings)
+        assistant_id = new_id()
+        await self.bus.append(AssistantCreated(assistant_id=assistant_id, owner_id=owner_id, **settings), 0)
+        return assistant_id
+
+    async def update(self, owner_id: str, assistant_id: str, settings: dict[str, Any]) -> None:
+        state = await self.owned(owner_id, assistant_id)
+        await self.validate(owner_id, settings)
+        try:
+            await self.bus.append(AssistantUpdated(assistant_id=assistant_id, **settings), state.last_seq)
+        except ConflictError:
+            raise ApiError(409, "conflict", "the assistant changed meanwhile: read it and retry") from None
+
+    async def delete(self, owner_id: str, assistant_id: str, default_assistant_id: str | None) -> None:
+        state = await self.owned(owner_id, assistant_id)
+        if assistant_id == default_assistant_id:
+            raise ApiError(409, "default_assistant", "the default assistant cannot be deleted")
+        try:
+            await self.bus.append(AssistantDeleted(assistant_id=assistant_id), state.last_seq)
+        except ConflictError:
+            raise ApiError(409, "conflict", "the assistant changed meanwhile: read it and retry") from None
+
+    async def ensure_default(self) -> None:
+        """The system's default assistant (for sessions nobody owns), created once."""
+        created = AssistantCreated(assistant_id=DEFAULT_ASSISTANT_ID, name="Assistant",
+                                   persona=self.config.dialogue.system_prompt)
+        try:
+            await self.bus.append(created, 0)
+        except ConflictError:
+            pass  # it exists
+
+    async def validate(self, owner_id: str, settings: dict[str, Any]) -> None:
+        choices = {
+            "llm": [p.name for p in provider_configs(self.config)],
+            "asr": list(ASR_PROVIDERS),
+            "tts": list(TTS_PROVIDERS),
+        }
+        for kind, known in choices.items():
+            name = settings.get(kind)
+            if name is not None and name not in known:
+                raise ApiError(422, "unknown_provider", f"no {kind} provider named {name!r}",
+                               {"field": kind, "known": known})
+        tools = settings.get("tools")
+        if tools:
+            known_tools = set(self.config.tools.builtins) | {w.name for w in self.config.tools.webhooks}
+            known_tools |= {spec.name for spec in await catalog(self.bus)}
+            unknown = sorted(set(tools) - known_tools)
+            if unknown:
+                raise ApiError(422, "unknown_tool", f"no tool named {', '.join(map(repr, unknown))}",
+                               {"field": "tools", "unknown": unknown, "known": sorted(known_tools)})
+        for document_id in settings.get("documents") or []:
+            if not await self._owns_document(owner_id, document_id):
+                raise ApiError(422, "unknown_document", f"no document {document_id!r}",
+                               {"field": "documents", "id": document_id})
+
+    async def _owns_document(self, owner_id: str, document_id: str) -> bool:
+        try:
+            entries, _ = await load(self.bus, "doc", document_id)
+        except ValueError:
+            return False
+        owner, alive = None, False
+        for entry in entries:
+            match entry.event:
+                case DocumentUploaded() as uploaded:
+                    owner, alive = uploaded.owner_id, True
+                case DocumentDeleted():
+                    alive = False
+        return alive and owner == owner_id

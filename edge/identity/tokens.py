@@ -1,0 +1,205 @@
+"""Access, refresh and device tokens.
+
+- Access tokens: HS256 JWTs, short-lived; each carries its id (`jti`) and its login
+  family (`fam`). Every request checks the revocation list in KV (`vagent_tokens`):
+  the token, its family and its user, each kept revoked only as long as it could live.
+- Refresh tokens: opaque `<id>.<secret>`, one record each in KV holding the secret's
+  hash. Using one marks it used and returns a new pair in the same family; presenting a
+  used one again means it was stolen, so the whole family is revoked.
+- Device tokens: JWTs naming the device; valid while the device's binding record
+  (`vagent_devices`) still names the token's id, so unbinding revokes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+
+import jwt
+import msgspec
+
+from actors.config import AuthSettings
+from bus import kv
+from bus.client import Bus
+from bus.errors import ConflictError
+from edge.errors import unauthorized
+from schemas import new_id
+
+BUCKET = "vagent_tokens"
+DEVICES = "vagent_devices"
+ALGORITHM = "HS256"
+ISSUER = "vagent"
+
+
+class TokenPair(msgspec.Struct):
+    access_token: str
+    refresh_token: str
+    token_type: str = "Bearer"
+    expires_in: int = 0  # seconds the access token lives
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a valid access token speaks for."""
+
+    user_id: str
+    jti: str
+    family: str
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceGrant:
+    user_id: str
+    device_id: str
+    assistant_id: str
+    jti: str
+
+
+class _RefreshRecord(msgspec.Struct):
+    user_id: str
+    family: str
+    secret_sha256: str
+    expires_at: float
+    used: bool = False
+
+
+class DeviceBinding(msgspec.Struct):
+    """KV record of a bound device: who owns it and which token id is valid."""
+
+    user_id: str
+    device_id: str
+    assistant_id: str
+    jti: str
+
+
+def device_key(device_id: str) -> str:
+    # KV keys allow few characters; a MAC has colons.
+    return hashlib.sha256(device_id.lower().encode()).hexdigest()
+
+
+class Tokens:
+    def __init__(self, bus: Bus, key: bytes, settings: AuthSettings) -> None:
+        self.bus = bus
+        self._key = key
+        self.settings = settings
+
+    # --- access and refresh ------------------------------------------------------------
+
+    async def issue(self, user_id: str, family: str | None = None) -> TokenPair:
+        family = family or new_id()
+        now = time.time()
+        access = jwt.encode({"iss": ISSUER, "sub": user_id, "typ": "access", "jti": new_id(),
+                             "fam": family, "iat": int(now), "exp": int(now + self.settings.access_ttl)},
+                            self._key, algorithm=ALGORITHM)
+        rid, secret = new_id(), secrets.token_urlsafe(32)
+        record = _RefreshRecord(user_id=user_id, family=family, expires_at=now + self.settings.refresh_ttl,
+                                secret_sha256=hashlib.sha256(secret.encode()).hexdigest())
+        await kv.create(self.bus, BUCKET, f"rt.{rid}", msgspec.json.encode(record),
+                        ttl=self.settings.refresh_ttl)
+        return TokenPair(access_token=access, refresh_token=f"{rid}.{secret}",
+                         expires_in=int(self.settings.access_ttl))
+
+    async def verify(self, token: str) -> Principal:
+        claims = self._decode(token, "access")
+        principal = Principal(user_id=claims["sub"], jti=claims["jti"], family=claims["fam"],
+                              expires_at=float(claims["exp"]))
+        revoked = await asyncio.gather(*(kv.get(self.bus, BUCKET, key) for key in (
+            f"revoked.{principal.jti}", f"family.{principal.family}", f"user.{principal.user_id}")))
+        if revoked[0] or revoked[1]:
+            raise unauthorized("token_revoked", "this token was revoked (logout or refresh reuse)")
+        if revoked[2] and int(revoked[2]) >= int(claims["iat"]):
+            raise unauthorized("token_revoked", "this account's tokens were revoked")
+        return principal
+
+    async def refresh(self, refresh_token: str) -> TokenPair:
+        rid, _, secret = refresh_token.partition(".")
+        entry = None
+        if rid and secret and len(rid) <= 64 and rid.isalnum():
+            entry = await kv.get_entry(self.bus, BUCKET, f"rt.{rid}")
+        if entry is None:
+            raise unauthorized("refresh_token_invalid", "unknown or expired refresh token")
+        record = msgspec.json.decode(entry.value, type=_RefreshRecord)
+        given = hashlib.sha256(secret.encode()).hexdigest()
+        if not hmac.compare_digest(given, record.secret_sha256):
+            raise unauthorized("refresh_token_invalid", "unknown or expired refresh token")
+        if await kv.get(self.bus, BUCKET, f"family.{record.family}"):
+            raise unauthorized("token_revoked", "this login was revoked")
+        remaining = record.expires_at - time.time()
+        if remaining <= 0:
+            raise unauthorized("refresh_token_invalid", "unknown or expired refresh token")
+        if record.used:
+            await self.revoke_family(record.family)
+            raise unauthorized("refresh_token_reused",
+                               "this refresh token was already used: every token of its login is revoked")
+        record.used = True
+        try:
+            await kv.update(self.bus, BUCKET, f"rt.{rid}", msgspec.json.encode(record),
+                            last=entry.revision, ttl=remaining)
+        except ConflictError:
+            # Two refreshes with one token raced: at most one may win, and a race is what
+            # a replayed stolen token looks like.
+            await self.revoke_family(record.family)
+            raise unauthorized("refresh_token_reused",
+                               "this refresh token was already used: every token of its login is revoked"
+                               ) from None
+        return await self.issue(record.user_id, record.family)
+
+    async def refresh_family(self, refresh_token: str) -> str | None:
+        """The login family of a refresh token (for logout), or None if it is unknown."""
+        rid, _, _ = refresh_token.partition(".")
+        if not rid.isalnum():
+            return None
+        entry = await kv.get_entry(self.bus, BUCKET, f"rt.{rid}")
+        return msgspec.json.decode(entry.value, type=_RefreshRecord).family if entry else None
+
+    async def revoke(self, principal: Principal) -> None:
+        """Logout: this access token and every token of its login."""
+        remaining = max(1.0, principal.expires_at - time.time())
+        await kv.put(self.bus, BUCKET, f"revoked.{principal.jti}", b"1", ttl=remaining)
+        await self.revoke_family(principal.family)
+
+    async def revoke_family(self, family: str) -> None:
+        await kv.put(self.bus, BUCKET, f"family.{family}", b"1", ttl=self.settings.refresh_ttl)
+
+    async def revoke_user(self, user_id: str) -> None:
+        """Every token issued to the user until now (an administrator's lock)."""
+        await kv.put(self.bus, BUCKET, f"user.{user_id}", str(int(time.time())).encode(),
+                     ttl=self.settings.refresh_ttl)
+
+    # --- devices ------------------------------------------------------------------------
+
+    def device_token(self, binding: DeviceBinding) -> str:
+        now = time.time()
+        return jwt.encode({"iss": ISSUER, "sub": binding.user_id, "typ": "device", "jti": binding.jti,
+                           "dev": binding.device_id, "ast": binding.assistant_id, "iat": int(now),
+                           "exp": int(now + self.settings.device_token_ttl)},
+                          self._key, algorithm=ALGORITHM)
+
+    async def verify_device(self, token: str, device_id: str | None = None) -> DeviceGrant:
+        """A device token's grant, if its device is still bound with it (and is `device_id`)."""
+        claims = self._decode(token, "device")
+        if device_id is not None and claims["dev"].lower() != device_id.lower():
+            raise unauthorized("token_invalid", "this token belongs to another device")
+        raw = await kv.get(self.bus, DEVICES, device_key(claims["dev"]))
+        binding = msgspec.json.decode(raw, type=DeviceBinding) if raw else None
+        if binding is None or binding.jti != claims["jti"]:
+            raise unauthorized("token_revoked", "this device was unbound")
+        return DeviceGrant(user_id=binding.user_id, device_id=binding.device_id,
+                           assistant_id=binding.assistant_id, jti=binding.jti)
+
+    def _decode(self, token: str, typ: str) -> dict[str, object]:
+        try:
+            claims = jwt.decode(token, self._key, algorithms=[ALGORITHM], issuer=ISSUER,
+                                options={"require": ["exp", "iat", "sub", "jti", "typ"]})
+        except jwt.ExpiredSignatureError:
+            raise unauthorized("token_expired", "the token has expired: refresh it") from None
+        except jwt.InvalidTokenError as exc:
+            raise unauthorized("token_invalid", f"invalid token: {exc}") from None
+        if claims.get("typ") != typ:
+            raise unauthorized("token_invalid", f"not an {typ} token")
+        return claims

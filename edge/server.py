@@ -1,0 +1,59 @@
+"""Serving the edge app with uvicorn inside the caller's event loop (so it shares the
+bus connection of `vagent up`), and `vagent edge` on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from actors.config import Config
+from bus.client import Bus
+from edge.app import create_app
+from edge.services import Services
+
+log = logging.getLogger("vagent.edge")
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the host process (vagent up / vagent edge) owns the signals
+
+
+class EdgeServer:
+    def __init__(self, bus: Bus, config: Config, data_dir: Path, *, host: str | None = None,
+                 port: int | None = None) -> None:
+        self.services = Services(bus, config, data_dir)
+        self.app = create_app(self.services)
+        self.host = host or config.edge.host
+        self.port = config.edge.port if port is None else port
+        self._server = _Server(uvicorn.Config(self.app, host=self.host, port=self.port, lifespan="off",
+                                              log_level="warning", access_log=False,
+                                              server_header=False))
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        await self.services.assistants.ensure_default()
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raise why it could not start (port taken, …)
+                raise RuntimeError(f"the edge did not start on {self.url}")
+            await asyncio.sleep(0.01)
+        if self.port == 0:
+            self.port = self._server.servers[0].sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task

@@ -1,0 +1,43 @@
+"""What the edge's request handlers share: the bus, settings and the command services."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from actors.config import Config
+from bus.client import Bus
+from edge.api.ratelimit import RateLimiter
+from edge.identity.accounts import Accounts
+from edge.identity.assistants import Assistants
+from edge.identity.devices import Devices
+from edge.identity.keys import signing_key
+from edge.identity.tokens import Tokens
+from projections.client import run_query
+
+
+@dataclass
+class Services:
+    bus: Bus
+    config: Config
+    data_dir: Path
+    tokens: Tokens = field(init=False)
+    accounts: Accounts = field(init=False)
+    assistants: Assistants = field(init=False)
+    devices: Devices = field(init=False)
+    limiter: RateLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        auth = self.config.auth
+        self.tokens = Tokens(self.bus, signing_key(auth, self.data_dir), auth)
+        self.accounts = Accounts(self.bus, self.tokens, auth)
+        self.assistants = Assistants(self.bus, self.config)
+        self.devices = Devices(self.bus, self.tokens, auth)
+        self.limiter = RateLimiter(auth.rate_limit, auth.rate_window)
+
+    async def query(self, name: str, **params: Any) -> list[dict[str, Any]]:
+        """Rows of a read query, after the read model caught up with every stored event
+        (so a client always reads its own writes)."""
+        columns, rows = await run_query(self.bus, self.data_dir, name, params, fresh=True)
+        return [dict(zip(columns, row, strict=True)) for row in rows]

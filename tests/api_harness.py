@@ -1,0 +1,61 @@
+"""The edge API served for tests: uvicorn on a free port over a real NATS and read store."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+
+from actors.config import Argon2Settings, Config
+from bus.client import Bus
+from edge.server import EdgeServer
+from projections.runtime import ProjectionService
+from schemas import new_id
+
+
+class Api:
+    """The edge app served by uvicorn on a free port, over a real NATS and read store."""
+
+    def __init__(self, edge: EdgeServer, client: httpx.AsyncClient) -> None:
+        self.edge = edge
+        self.services = edge.services
+        self.client = client
+
+    async def user(self, email: str | None = None, password: str = "correct horse 9") -> dict[str, str]:
+        """Register and log in a fresh user; their Authorization header."""
+        email = email or f"u{new_id().lower()}@example.com"
+        r = await self.client.post("/api/v1/auth/register", json={"email": email, "password": password})
+        assert r.status_code == 201, r.text
+        r = await self.client.post("/api/v1/auth/login", json={"email": email, "password": password})
+        assert r.status_code == 200, r.text
+        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def api_config(**auth: Any) -> Config:
+    """Cheap argon2 parameters (still argon2id) and a generous rate limit for tests."""
+    config = Config()
+    config.auth = msgspec.structs.replace(
+        config.auth, argon2=Argon2Settings(time_cost=1, memory_kib=1024, parallelism=1),
+        rate_limit=10_000, **auth)
+    return config
+
+
+@contextlib.asynccontextmanager
+async def serve_api(url: str, data_dir: Path, config: Config | None = None) -> AsyncIterator[Api]:
+    bus = await Bus.connect(url, name="test-api")
+    await bus.declare()
+    projections = ProjectionService(bus, data_dir)
+    await projections.start()
+    edge = EdgeServer(bus, config or api_config(), data_dir, port=0)
+    await edge.start()
+    try:
+        async with httpx.AsyncClient(base_url=edge.url, timeout=30) as client:
+            yield Api(edge, client)
+    finally:
+        await edge.stop()
+        await projections.stop()
+        await bus.close()
