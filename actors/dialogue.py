@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from actors.assistant import DEFAULT_ASSISTANT_ID, AssistantDirectory, AssistantProfile
 from actors.base import Actor, Context
 from actors.config import load
 from actors.history import build_messages
@@ -39,6 +40,7 @@ from schemas import (
     Error,
     Event,
     SessionEnded,
+    SessionStarted,
     SessionTools,
     ToolCall,
     ToolCallRef,
@@ -80,6 +82,14 @@ def session_tools(shared: list[ToolSpec], entries: list[Entry]) -> tuple[list[To
     return sorted(shared + own, key=lambda s: s.name), {s.name for s in own}
 
 
+def enabled_tools(shared: list[ToolSpec], profile: AssistantProfile | None) -> list[ToolSpec]:
+    """The assistant's enabled tools; an assistant that lists none gets every server tool."""
+    if profile is None or not profile.tools:
+        return shared
+    enabled = set(profile.tools)
+    return [spec for spec in shared if spec.name in enabled]
+
+
 @dataclass
 class _Run:
     """One streaming step of a turn, observable after a cancellation."""
@@ -99,7 +109,8 @@ class _Run:
 
 class Dialogue(Actor):
     name: ClassVar[str] = "dialogue"
-    consumes: ClassVar[tuple[str, ...]] = ("user.text", "transcript.final", "tool.result")
+    consumes: ClassVar[tuple[str, ...]] = ("session.started", "user.text", "transcript.final",
+                                           "tool.result")
     emits: ClassVar[frozenset[str]] = frozenset({
         "turn.started", "assistant.sentence", "assistant.message", "tool.call",
         "turn.interrupted", "session.ended", "error"})
@@ -109,6 +120,7 @@ class Dialogue(Actor):
         self.config = load()
         self.chain = ProviderChain(provider_configs(self.config), self.config.llm.breaker)
         self.runs: dict[str, _Run] = {}
+        self.assistants = AssistantDirectory(self.bus)
         self._catalog: list[ToolSpec] = []
         self._catalog_expires = 0.0
         # Inputs are seen here as soon as they are stored, while this session's previous
@@ -143,6 +155,18 @@ class Dialogue(Actor):
             await self._start_turn(event, ctx)
         elif isinstance(event, ToolResult):
             await self._resume_after_tools(event, ctx)
+        elif isinstance(event, SessionStarted):
+            await self._greet(event, ctx)
+
+    async def _greet(self, event: SessionStarted, ctx: Context) -> None:
+        """The assistant's greeting, spoken as a turn of its own (named after session.started)."""
+        profile = await self.assistants.get(event.assistant_id or DEFAULT_ASSISTANT_ID)
+        greeting = (profile.greeting or "").strip() if profile else ""
+        if greeting:
+            sid, turn_id = event.session_id, event.id
+            await ctx.emit(AssistantSentence(session_id=sid, turn_id=turn_id, text=greeting))
+            await ctx.emit(AssistantMessage(session_id=sid, turn_id=turn_id, text=greeting,
+                                            provider="vagent", total_ms=0.0))
 
     async def _start_turn(self, event: UserText | TranscriptFinal, ctx: Context) -> None:
         sid, turn_id = event.session_id, event.id  # a turn is named after its input
@@ -208,14 +232,17 @@ class Dialogue(Actor):
         turn = [e.event for e in entries if getattr(e.event, "turn_id", None) == turn_id]
         steps = sum(1 for e in turn if isinstance(e, AssistantMessage) and e.tool_calls)
         run.sentences = sum(1 for e in turn if isinstance(e, AssistantSentence))
+        profile = await self.assistants.for_session(entries)
         specs, device = [], set()
         if steps < tool_settings.max_steps:
-            specs, device = session_tools(await self._tools(), entries)
+            specs, device = session_tools(enabled_tools(await self._tools(), profile), entries)
         known = {s.name for s in specs}
-        messages = build_messages(settings.system_prompt, order_by_turn(entries),
+        system_prompt = (profile.persona if profile else "") or settings.system_prompt
+        messages = build_messages(system_prompt, order_by_turn(entries),
                                   budget_tokens=settings.history_tokens)
         try:
-            answer = await self.chain.open(messages, [openai_tool(s) for s in specs] or None)
+            answer = await self.chain.open(messages, [openai_tool(s) for s in specs] or None,
+                                           prefer=profile.llm if profile else None)
         except ProviderFailed as exc:
             await ctx.emit(Error(session_id=sid, turn_id=turn_id, code="llm_unavailable",
                                  message=f"no LLM provider answered: {exc}", retryable=True,

@@ -136,10 +136,11 @@ class ProviderChain:
         self.providers = [Provider(c, CircuitBreaker(breaker, clock)) for c in configs]
 
     async def open(self, messages: list[dict[str, Any]],
-                   tools: list[dict[str, Any]] | None = None) -> Answer:
-        """The first provider that starts streaming; raises ProviderFailed if none does."""
+                   tools: list[dict[str, Any]] | None = None, prefer: str | None = None) -> Answer:
+        """The first provider that starts streaming (`prefer`, an assistant's choice, is tried
+        first; the rest of the chain stays its fallback); raises ProviderFailed if none does."""
         reasons = []
-        for provider in self.providers:
+        for provider in sorted(self.providers, key=lambda p: p.name != prefer):
             if not provider.breaker.allow():
                 reasons.append(f"{provider.name}: circuit open")
                 continue

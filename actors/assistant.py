@@ -1,0 +1,84 @@
+"""The assistant a session talks to, as its read model (`assistants`) holds it.
+
+A session names its assistant in `session.started`; sessions that name none (the CLI's
+`say` and `chat`) get the system's default assistant. Profiles are cached a few
+seconds, so an edit applies to the next turns without a query per turn.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import duckdb
+import msgspec
+
+from bus.client import Bus
+from bus.config import data_dir
+from bus.log import Entry
+from projections.client import QueryError, run_query
+from schemas import SessionStarted
+
+log = logging.getLogger("vagent.assistant")
+DEFAULT_ASSISTANT_ID = "default"
+CACHE_SECONDS = 5.0
+
+
+class AssistantProfile(msgspec.Struct, kw_only=True):
+    assistant_id: str
+    owner_id: str | None = None
+    name: str = "Assistant"
+    persona: str = ""
+    greeting: str | None = None
+    voice: str | None = None
+    llm: str | None = None
+    asr: str | None = None
+    tts: str | None = None
+    tools: list[str] = msgspec.field(default_factory=list)
+    documents: list[str] = msgspec.field(default_factory=list)
+
+
+def session_assistant_id(entries: list[Entry]) -> str:
+    started = next((e.event for e in reversed(entries) if isinstance(e.event, SessionStarted)), None)
+    return (started.assistant_id if started else None) or DEFAULT_ASSISTANT_ID
+
+
+class AssistantDirectory:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self._cache: dict[str, tuple[float, AssistantProfile | None]] = {}
+        self._warned = False
+
+    async def for_session(self, entries: list[Entry]) -> AssistantProfile | None:
+        return await self.get(session_assistant_id(entries))
+
+    async def get(self, assistant_id: str) -> AssistantProfile | None:
+        """The profile, or None when it does not exist or no read model answers (the
+        actor then uses its configured defaults)."""
+        cached = self._cache.get(assistant_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        profile = await self._read(assistant_id, fresh=False)
+        if profile is None:  # created a moment ago? wait for the read model once
+            profile = await self._read(assistant_id, fresh=True)
+        self._cache[assistant_id] = (time.monotonic() + CACHE_SECONDS, profile)
+        return profile
+
+    async def _read(self, assistant_id: str, *, fresh: bool) -> AssistantProfile | None:
+        try:
+            columns, rows = await run_query(self.bus, data_dir(), "assistant_settings",
+                                            {"assistant_id": assistant_id}, fresh=fresh)
+        except (QueryError, OSError, duckdb.Error) as exc:  # e.g. the file is another's to write
+            if not self._warned:
+                self._warned = True
+                log.warning("no assistants read model: using the configured defaults",
+                            extra={"error": str(exc)})
+            return None
+        if not rows:
+            return None
+        row = dict(zip(columns, rows[0], strict=True))
+        return msgspec.convert({k: v for k, v in row.items() if v is not None and k in FIELDS},
+                               AssistantProfile)
+
+
+FIELDS = set(AssistantProfile.__struct_fields__)
