@@ -17,7 +17,7 @@ from bus.client import Bus
 from bus.config import data_dir
 from bus.log import Entry
 from projections.client import QueryError, run_query
-from schemas import SessionStarted
+from schemas import Event, SessionStarted
 
 log = logging.getLogger("vagent.assistant")
 DEFAULT_ASSISTANT_ID = "default"
@@ -38,8 +38,8 @@ class AssistantProfile(msgspec.Struct, kw_only=True):
     documents: list[str] = msgspec.field(default_factory=list)
 
 
-def session_assistant_id(entries: list[Entry]) -> str:
-    started = next((e.event for e in reversed(entries) if isinstance(e.event, SessionStarted)), None)
+def session_assistant_id(events: list[Event | None]) -> str:
+    started = next((e for e in reversed(events) if isinstance(e, SessionStarted)), None)
     return (started.assistant_id if started else None) or DEFAULT_ASSISTANT_ID
 
 
@@ -50,7 +50,10 @@ class AssistantDirectory:
         self._warned = False
 
     async def for_session(self, entries: list[Entry]) -> AssistantProfile | None:
-        return await self.get(session_assistant_id(entries))
+        return await self.for_events([e.event for e in entries])
+
+    async def for_events(self, events: list[Event | None]) -> AssistantProfile | None:
+        return await self.get(session_assistant_id(events))
 
     async def get(self, assistant_id: str) -> AssistantProfile | None:
         """The profile, or None when it does not exist or no read model answers (the

@@ -22,7 +22,9 @@ from bus.client import Bus, Message, Subscription
 from bus.log import load
 from bus.subjects import audio_out
 from cli.echo_llm import OpenAIServer
+from projections.runtime import ProjectionService
 from schemas import (
+    AssistantCreated,
     AssistantMessage,
     AssistantSentence,
     AudioParams,
@@ -412,3 +414,32 @@ class Recording:
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+async def test_a_session_speaks_in_its_assistants_voice(
+        bus: Bus, start_tts: StartTts, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = ElevenLabsServer(api_key="el-test-key").start()
+    monkeypatch.setenv("VAGENT_TTS_PROVIDER", "piper")  # the default voice stays local
+    monkeypatch.setenv("ELEVENLABS_API_KEY", "el-test-key")
+    monkeypatch.setenv("VAGENT_ELEVENLABS_URL", server.base_url)
+    projections = ProjectionService(bus, data_dir)
+    await projections.start()
+    try:
+        aid = new_id()
+        await bus.publish(AssistantCreated(assistant_id=aid, owner_id="u1", tts="elevenlabs",
+                                           voice="zed-voice"))
+        tts = await start_tts()
+        assert tts.provider.name == "piper"
+        mine, other = "t" + new_id(), "t" + new_id()
+        await bus.publish(SessionStarted(session_id=mine, assistant_id=aid))
+        for sid in (mine, other):
+            turn = new_id()
+            await bus.publish(sentence(sid, turn, "Hello there."))
+            await bus.publish(final(sid, turn, "Hello there."))
+        for sid, voice in ((mine, "zed-voice"), (other, "en_US-joe-medium")):
+            events = await wait_for(bus, sid, lambda ev: bool(stopped(ev)))
+            assert of_type(events, TtsStarted)[0].voice == voice
+        assert [r["voice_id"] for r in server.requests] == ["zed-voice"]
+    finally:
+        await projections.stop()
+        server.stop()

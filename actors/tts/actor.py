@@ -13,11 +13,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
+from actors.assistant import AssistantDirectory, AssistantProfile
 from actors.audio.encode import DEFAULT_OUT, check_params
 from actors.base import Actor, Context
 from actors.tts.cache import AudioCache
@@ -37,6 +39,7 @@ from schemas import (
     decode,
 )
 
+log = logging.getLogger("vagent.tts")
 MAX_SPEAKERS = 4096  # idle sessions remembered (their audio params, closed turns)
 
 
@@ -53,6 +56,8 @@ class Tts(Actor):
                                        int(os.environ.get("VAGENT_TTS_PARALLEL", "1")))
         self.encode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tts-encode")
         self.speakers: OrderedDict[str, Speaker] = OrderedDict()
+        self.voices: dict[tuple[str, str | None], Synthesizer] = {}  # assistants' own voices
+        self.assistants = AssistantDirectory(self.bus)
         self._watch: Subscription = await self.bus.subscribe(
             "vagent.session.*.evt.turn.interrupted", self._watcher)
 
@@ -60,6 +65,8 @@ class Tts(Actor):
         await self._watch.stop()
         await asyncio.gather(*(speaker.close() for speaker in self.speakers.values()))
         await self.provider.close()
+        for voice in self.voices.values():
+            await voice.provider.close()
         self.encode_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _watcher(self, msg: Message) -> None:
@@ -85,17 +92,14 @@ class Tts(Actor):
         text = event.text.strip()
         if not text or not speaker.accepts(turn_id, event.ts):
             return
-        # Started before the session's params are read, so that costs no latency.
-        synthesis = self.synthesizer.start(text, first=speaker.first_of(turn_id))
-        try:
-            if speaker.params is None and speaker.params_error is None:
-                await self._read_params(speaker, ctx)
-        except BaseException:
-            synthesis.cancel()
-            raise
+        if speaker.synthesizer is None:  # the session's first sentence: one history read
+            history = [e.event for e in await ctx.history()]
+            await self._read_params(speaker, history, ctx)
+            speaker.synthesizer = await self._voice(await self.assistants.for_events(history))
+            speaker.voice = speaker.synthesizer.provider.voice
         if speaker.params_error is not None or not speaker.accepts(turn_id, event.ts):
-            synthesis.cancel()  # unspeakable, or interrupted while the params were read
-            return
+            return  # unspeakable, or interrupted while the session was read
+        synthesis = speaker.synthesizer.start(text, first=speaker.first_of(turn_id))
         # Acknowledged once queued, before it is spoken: a crash loses the rest of this
         # sentence's audio instead of replaying it late. Live audio is useless late, and a
         # redelivered sentence would speak over the next turn.
@@ -103,8 +107,25 @@ class Tts(Actor):
         if event.turn_id is None:
             speaker.end(turn_id, event.id)  # a sentence of no turn is a whole utterance
 
-    async def _read_params(self, speaker: Speaker, ctx: Context) -> None:
-        params = audio_out_of([e.event for e in await ctx.history()])
+    async def _voice(self, profile: AssistantProfile | None) -> Synthesizer:
+        """The assistant's TTS provider and voice, loaded once and shared by its sessions;
+        the default one when it names none or its own cannot be loaded."""
+        if profile is None or (profile.tts is None and profile.voice is None):
+            return self.synthesizer
+        key = (profile.tts or self.provider.name, profile.voice)
+        if key not in self.voices:
+            try:
+                provider = await open_provider(*key)
+            except Exception as exc:
+                log.error("cannot load the assistant's voice: using the default",
+                          extra={"assistant_id": profile.assistant_id, "tts": key[0], "voice": key[1],
+                                 "error": str(exc)})
+                return self.synthesizer
+            self.voices[key] = Synthesizer(provider, self.cache, self.synthesizer.parallel)
+        return self.voices[key]
+
+    async def _read_params(self, speaker: Speaker, history: list[Event | None], ctx: Context) -> None:
+        params = audio_out_of(history)
         try:
             check_params(params)
         except ValueError as exc:

@@ -52,14 +52,14 @@ class ElevenLabsTts:
         await self._http.aclose()
 
 
-async def open_voice() -> ElevenLabsTts:
+async def open_voice(voice: str | None = None) -> ElevenLabsTts:
     key = secret("ELEVENLABS_API_KEY")
     if not key:
         raise ConfigError("the elevenlabs TTS provider needs ELEVENLABS_API_KEY "
                           "(environment or VAGENT_SECRETS_FILE)")
     return ElevenLabsTts(
         key,
-        voice=os.environ.get("VAGENT_TTS_VOICE") or DEFAULT_VOICE,
+        voice=voice or os.environ.get("VAGENT_TTS_VOICE") or DEFAULT_VOICE,
         model=os.environ.get("VAGENT_ELEVENLABS_MODEL") or DEFAULT_MODEL,
         sample_rate=int(os.environ.get("VAGENT_ELEVENLABS_SAMPLE_RATE", "24000")),
         base_url=os.environ.get("VAGENT_ELEVENLABS_URL") or None,

@@ -68,8 +68,8 @@ class PiperTts:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-async def open_voice() -> PiperTts:
-    voice = os.environ.get("VAGENT_TTS_VOICE") or BUNDLED
+async def open_voice(voice: str | None = None) -> PiperTts:
+    voice = voice or os.environ.get("VAGENT_TTS_VOICE") or BUNDLED
     model, config = voice_files(voice)
     loaded = await asyncio.to_thread(_load, model, config)
     name = BUNDLED if voice == BUNDLED else model.stem

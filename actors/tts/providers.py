@@ -43,10 +43,10 @@ def provider_name() -> str:
     return "elevenlabs" if secret("ELEVENLABS_API_KEY") else "piper"
 
 
-async def open_provider(name: str | None = None) -> TtsProvider:
-    """Load the chosen provider (a local voice loads its model here, once)."""
+async def open_provider(name: str | None = None, voice: str | None = None) -> TtsProvider:
+    """Load the chosen provider and voice (a local voice loads its model here, once)."""
     name = name or provider_name()
     if name not in PROVIDERS:
         raise ConfigError(f"VAGENT_TTS_PROVIDER={name!r} is unknown; known: {', '.join(PROVIDERS)}")
     module = importlib.import_module(PROVIDERS[name])
-    return await module.open_voice()
+    return await module.open_voice(voice)

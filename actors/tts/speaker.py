@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from actors.audio.encode import AudioEncoder
 from actors.tts.outbox import Outbox
-from actors.tts.synth import Synthesis, SynthesisFailed
+from actors.tts.synth import Synthesis, SynthesisFailed, Synthesizer
 from bus.client import Bus
 from bus.subjects import audio_out
 from schemas import AudioParams, Error, SessionEvent, TtsSentence, TtsStarted, TtsStopped, derived_id
@@ -95,6 +95,7 @@ class Speaker:
         self.bus = bus
         self.actor = actor
         self.voice = voice
+        self.synthesizer: Synthesizer | None = None  # the session assistant's voice, once chosen
         self.params: AudioParams | None = None  # the session's audio_out, once read
         self.params_error: str | None = None
         self.outbox = Outbox(bus)

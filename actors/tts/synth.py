@@ -111,6 +111,7 @@ class Synthesizer:
         self.provider = provider
         self.cache = cache
         self.runs = 0  # syntheses actually run (cache misses)
+        self.parallel = parallel
         self._slots = Slots(parallel)
 
     def start(self, text: str, *, first: bool = True) -> Synthesis:

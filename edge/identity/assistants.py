@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.assistant import DEFAULT_ASSISTANT_ID
 from actors.config import Config
 from actors.llm import provider_configs
 from actors.tools.catalog import catalog
@@ -27,7 +28,6 @@ from schemas import (
 )
 
 ASR_PROVIDERS = ("moonshine", "deepgram")
-DEFAULT_ASSISTANT_ID = "default"  # the system's assistant, for sessions with no user
 
 
 @dataclass
@@ -91,8 +91,9 @@ class Assistants:
 
     async def ensure_default(self) -> None:
         """The system's default assistant (for sessions nobody owns), created once."""
-        created = AssistantCreated(assistant_id=DEFAULT_ASSISTANT_ID, name="Assistant",
-                                   persona=self.config.dialogue.system_prompt)
+        # An empty persona: the dialogue then uses the configured system prompt, so editing
+        # the configuration still changes how the default assistant speaks.
+        created = AssistantCreated(assistant_id=DEFAULT_ASSISTANT_ID, name="Assistant", persona="")
         try:
             await self.bus.append(created, 0)
         except ConflictError:
