@@ -9,6 +9,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bus.server import EmbeddedServer, free_port
@@ -25,7 +26,7 @@ def nats(module_nats: EmbeddedServer) -> EmbeddedServer:
 def stack(nats: EmbeddedServer, llm: OpenAIServer,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Path]]:
     data = tmp_path_factory.mktemp("data")
-    proc = Proc(["up", "--nats", nats.url, "--data-dir", str(data)],
+    proc = Proc(["up", "--nats", nats.url, "--data-dir", str(data), "--edge-port", str(free_port())],
                 OPENAI_BASE_URL=llm.base_url)
     proc.wait_for("vagent is up")
     yield proc, data
@@ -142,7 +143,7 @@ def test_say_explains_an_unreachable_llm(tmp_path: Path) -> None:
 def test_embedded_nats_crash_is_survived(llm: OpenAIServer, tmp_path: Path) -> None:
     port = free_port()
     url = f"nats://127.0.0.1:{port}"
-    proc = Proc(["up", "--port", str(port), "--data-dir", str(tmp_path)],
+    proc = Proc(["up", "--port", str(port), "--data-dir", str(tmp_path), "--edge-port", str(free_port())],
                 OPENAI_BASE_URL=llm.base_url)
     try:
         proc.wait_for("vagent is up")
@@ -200,3 +201,36 @@ def test_chat_streams_answers_shows_tools_and_starts_new_sessions(stack: tuple[P
     logged = vagent("tail", f"vagent.session.{sessions[0]}.evt.user.text", "--from-start",
                     "--json", "--limit", "1", "--nats", nats.url)
     assert json.loads(logged.stdout)["text"] == "fresh start"
+
+
+def test_the_readme_api_walkthrough_against_vagent_up(stack: tuple[Proc, Path]) -> None:
+    """#5's "done when": register, log in, create an assistant and bind a device over HTTP."""
+    proc, _ = stack
+    api = re.search(r"API\s+(http://\S+/api/v1)/", proc.output())
+    assert api, proc.output()
+    with httpx.Client(base_url=api.group(1), timeout=30) as http:
+        password = "correct horse 9"
+        user = http.post("/auth/register", json={"email": "ada@example.com", "password": password,
+                                                  "display_name": "Ada"})
+        assert user.status_code == 201, user.text
+        tokens = http.post("/auth/login", json={"email": "ada@example.com", "password": password}).json()
+        auth = {"Authorization": f"Bearer {tokens['access_token']}"}
+        assert http.get("/me", headers=auth).json()["display_name"] == "Ada"
+        created = http.post("/assistants", headers={**auth, "Idempotency-Key": "create-kitchen-1"},
+                            json={"name": "Kitchen", "persona": "You are a terse cooking helper.",
+                                  "greeting": "Hi, what are we cooking?", "tools": ["calculator"]})
+        assert created.status_code == 201, created.text
+        assistant_id = created.json()["assistant_id"]
+        names = [a["name"] for a in http.get("/assistants", headers=auth).json()["items"]]
+        assert sorted(names) == ["Assistant", "Kitchen"]
+        device = {"device_id": "AA:BB:CC:DD:EE:FF", "client_id": "7d0c-uuid"}
+        code = http.post("/devices/activation", json=device).json()["code"]
+        bound = http.post("/devices", headers=auth, json={"code": code, "assistant_id": assistant_id,
+                                                          "name": "kitchen speaker"})
+        assert bound.status_code == 201, bound.text
+        collected = http.post("/devices/activation", json=device).json()
+        assert collected["status"] == "bound" and collected["token"] == bound.json()["token"]
+        assert [d["device_id"] for d in http.get("/devices", headers=auth).json()["items"]] == [
+            "aa:bb:cc:dd:ee:ff"]
+        assert http.post("/auth/logout", headers=auth).status_code == 204
+        assert http.get("/me", headers=auth).status_code == 401

@@ -165,7 +165,7 @@ def test_vagent_up_runs_the_local_llm_when_no_provider_is_configured(tmp_path: P
     data = tmp_path / "data"
     for stop in ("interrupt", "crash"):
         port = free_port()
-        proc = Proc(["up", "--port", str(port), "--data-dir", str(data)],
+        proc = Proc(["up", "--port", str(port), "--data-dir", str(data), "--edge-port", str(free_port())],
                     VAGENT_CONFIG=str(config))
         try:
             line = proc.wait_for("(local llama-server", timeout=60)
