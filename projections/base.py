@@ -15,6 +15,9 @@ class Projection:
     streams: ClassVar[tuple[str, ...]]  # streams it reads, each from sequence 1
     tables: ClassVar[tuple[str, ...]]  # the tables it owns (compared on rebuild)
     ddl: ClassVar[str]  # CREATE TABLE IF NOT EXISTS … for those tables
+    # Raise it whenever the tables or what apply() writes change: a store built by another
+    # version drops this projection's tables and rebuilds them from sequence 1.
+    version: ClassVar[int] = 1
 
     def apply(self, db: duckdb.DuckDBPyConnection, event: Event, entry: Entry) -> None:
         """Write the event's effect. Runs inside the transaction that also moves the checkpoint."""

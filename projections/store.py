@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ import duckdb
 
 from bus.log import Entry
 from projections.base import Projection
+
+log = logging.getLogger("vagent.projections")
 
 CHECKPOINTS = """
     CREATE TABLE IF NOT EXISTS _checkpoints (
@@ -21,6 +24,14 @@ CHECKPOINTS = """
 """
 
 
+VERSIONS = """
+    CREATE TABLE IF NOT EXISTS _versions (
+        projection VARCHAR PRIMARY KEY,
+        version INTEGER NOT NULL
+    )
+"""
+
+
 class ReadStore:
     def __init__(self, path: Path, projections: Sequence[Projection], read_only: bool = False) -> None:
         self.path = path
@@ -28,8 +39,26 @@ class ReadStore:
         self.db = duckdb.connect(str(path), read_only=read_only)
         if not read_only:
             self.db.execute(CHECKPOINTS)
+            self.db.execute(VERSIONS)
             for projection in self.projections:
+                self._migrate(projection)
                 self.db.execute(projection.ddl)
+
+    def _migrate(self, projection: Projection) -> None:
+        """Tables written by another version of a projection are dropped, and its checkpoints
+        with them: it rebuilds from the log (the log is the truth; tables are derived)."""
+        row = self.db.execute("SELECT version FROM _versions WHERE projection = ?",
+                              [projection.name]).fetchone()
+        if row is not None and row[0] == projection.version:
+            return
+        if row is not None:
+            log.warning("read model changed: rebuilding it from the log",
+                        extra={"projection": projection.name, "from": row[0], "to": projection.version})
+        for table in projection.tables:
+            self.db.execute(f'DROP TABLE IF EXISTS "{table}"')
+        self.db.execute("DELETE FROM _checkpoints WHERE projection = ?", [projection.name])
+        self.db.execute("INSERT OR REPLACE INTO _versions VALUES (?, ?)",
+                        [projection.name, projection.version])
 
     def checkpoint(self, projection: str, stream: str) -> int:
         row = self.db.execute(
