@@ -34,7 +34,10 @@ class EdgeServer:
         self.port = config.edge.port if port is None else port
         self._server = _Server(uvicorn.Config(self.app, host=self.host, port=self.port, lifespan="off",
                                               log_level="warning", access_log=False,
-                                              server_header=False))
+                                              server_header=False,
+                                              # the client address is the socket's unless
+                                              # auth.trust_forwarded_for says otherwise
+                                              proxy_headers=False))
         self._task: asyncio.Task[None] | None = None
 
     @property

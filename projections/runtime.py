@@ -186,6 +186,7 @@ class ProjectionService:
                 await queue.put(entry)
 
         reader = asyncio.create_task(follow())
+        get: asyncio.Future[Entry] | None = None
         try:
             while True:
                 get = asyncio.ensure_future(queue.get())
@@ -203,6 +204,8 @@ class ProjectionService:
                     self._applied_seq[(projection.name, stream)] = batch[-1].seq
                     self._progress.notify_all()
         finally:
+            if get is not None:
+                get.cancel()
             reader.cancel()
             with contextlib.suppress(BaseException):
                 await reader

@@ -47,7 +47,7 @@ async def logout(call: Call) -> Response:
     assert call.principal is not None
     await call.services.tokens.revoke(call.principal)
     if body is not None and body.refresh_token:
-        family = await call.services.tokens.refresh_family(body.refresh_token)
+        family = await call.services.tokens.refresh_family(body.refresh_token, call.user_id)
         if family is not None:
             await call.services.tokens.revoke_family(family)
     return Response(status_code=204)
@@ -72,14 +72,14 @@ ENDPOINTS = (
     Endpoint("POST", "/api/v1/auth/register", register, "Create an account", "auth", status=201,
              body=Register, answer=User, auth=False, rate_limited=True, errors=(409, 422, 429)),
     Endpoint("POST", "/api/v1/auth/login", login, "Log in: an access and a refresh token", "auth",
-             body=Login, answer=TokenPair, auth=False, rate_limited=True, errors=(423, 429)),
+             body=Login, answer=TokenPair, auth=False, rate_limited=True, errors=(401, 423, 429)),
     Endpoint("POST", "/api/v1/auth/refresh", refresh, "Trade a refresh token for a new pair", "auth",
-             body=Refresh, answer=TokenPair, auth=False, rate_limited=True, errors=(429,)),
+             body=Refresh, answer=TokenPair, auth=False, rate_limited=True, errors=(401, 429)),
     Endpoint("POST", "/api/v1/auth/logout", logout, "Revoke this login's tokens", "auth", status=204,
              body=Logout | None),
     Endpoint("POST", "/api/v1/auth/verify-email", verify_email, "Confirm the emailed code", "auth",
              body=VerifyEmail, answer=User, errors=(422,)),
     Endpoint("POST", "/api/v1/auth/verify-email/resend", resend_verification, "Send a new code", "auth",
-             status=202, errors=(409,)),
+             status=202, errors=(409, 503)),
     Endpoint("GET", "/api/v1/me", me, "The logged-in account", "auth", answer=User),
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import re
 import secrets
 import time
@@ -24,7 +25,7 @@ from bus.client import Bus
 from bus.errors import ConflictError
 from bus.log import load
 from edge.errors import ApiError, not_found, unauthorized
-from edge.identity.mail import send_code, verification_mode
+from edge.identity.mail import MailError, send_code, verification_mode
 from edge.identity.passwords import Hasher, check_strength
 from edge.identity.tokens import BUCKET, TokenPair, Tokens
 from schemas import (
@@ -145,7 +146,13 @@ class Accounts:
         state = fold_user(user_id, [registered], stored.seq)
         assert state is not None
         if verification_mode(self.settings) != "off":
-            await self.send_verification(state)
+            try:
+                await self.send_verification(state)
+            except ApiError as exc:
+                # The account exists now: failing the request would make its retry a 409.
+                # The user asks for a new code (verify-email/resend) once mail works.
+                log.warning("verification code not sent", extra={"user_id": user_id,
+                                                                 "error": exc.message})
         return state
 
     async def _claim_email(self, email: str, user_id: str) -> None:
@@ -198,7 +205,7 @@ class Accounts:
         details: dict[str, object] = {"reason": user.lock_reason}
         headers = {}
         if user.locked_until is not None:
-            retry = max(1, int((user.locked_until - time.time_ns()) / 1e9))
+            retry = max(1, math.ceil((user.locked_until - time.time_ns()) / 1e9))
             details["retry_after"] = retry
             headers["Retry-After"] = str(retry)
         return ApiError(423, "account_locked", "this account is locked"
@@ -246,7 +253,13 @@ class Accounts:
         record = _Code(sha256=hashlib.sha256(code.encode()).hexdigest())
         await kv.put(self.bus, BUCKET, f"verify.{user.user_id}", msgspec.json.encode(record),
                      ttl=self.settings.code_ttl)
-        await send_code(self.settings, user.email, code)
+        try:
+            await send_code(self.settings, user.email, code)
+        except MailError as exc:
+            log.error("sending a verification code failed", extra={"user_id": user.user_id,
+                                                                   "error": str(exc)})
+            raise ApiError(503, "mail_unavailable", "the verification email could not be sent: retry later",
+                           headers={"Retry-After": "60"}) from None
 
     async def verify_email(self, user: UserState, code: str) -> None:
         if user.email_verified:

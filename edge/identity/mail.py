@@ -12,6 +12,10 @@ from actors.config import AuthSettings, secret
 log = logging.getLogger("vagent.edge.mail")
 
 
+class MailError(Exception):
+    """The code could not be handed to the SMTP server (unreachable, refused, timed out)."""
+
+
 def verification_mode(settings: AuthSettings) -> str:
     """"smtp", "log" or "off" (see AuthSettings.email_verification)."""
     mode = settings.email_verification
@@ -27,7 +31,10 @@ async def send_code(settings: AuthSettings, to: str, code: str) -> None:
     if mode == "log":
         log.warning("email verification code for %s: %s (auth.email_verification = \"log\")", to, code)
     elif mode == "smtp":
-        await asyncio.to_thread(_smtp_send, settings, to, code)
+        try:
+            await asyncio.to_thread(_smtp_send, settings, to, code)
+        except (OSError, smtplib.SMTPException) as exc:  # socket errors and timeouts are OSErrors
+            raise MailError(f"{settings.smtp.host}:{settings.smtp.port}: {exc}") from exc
 
 
 def _smtp_send(settings: AuthSettings, to: str, code: str) -> None:

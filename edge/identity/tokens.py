@@ -6,6 +6,9 @@
 - Refresh tokens: opaque `<id>.<secret>`, one record each in KV holding the secret's
   hash. Using one marks it used and returns a new pair in the same family; presenting a
   used one again means it was stolen, so the whole family is revoked.
+- An administrator's lock revokes every token the user holds (`user.<id>`, holding the
+  lock's time in ms): access tokens carry their issue time in ms (`iat_ms`) and refresh
+  records theirs, so tokens issued after the lock (after an unlock) stay valid.
 - Device tokens: JWTs naming the device; valid while the device's binding record
   (`vagent_devices`) still names the token's id, so unbinding revokes them.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -66,6 +70,7 @@ class _RefreshRecord(msgspec.Struct):
     secret_sha256: str
     expires_at: float
     used: bool = False
+    issued_ms: int = 0  # when this refresh token was issued (ms since the epoch)
 
 
 class DeviceBinding(msgspec.Struct):
@@ -92,13 +97,17 @@ class Tokens:
 
     async def issue(self, user_id: str, family: str | None = None) -> TokenPair:
         family = family or new_id()
-        now = time.time()
+        now_ms = time.time_ns() // 1_000_000
+        now = now_ms / 1000
+        # exp rounded up: the token lives at least the `expires_in` the client is told.
         access = jwt.encode({"iss": ISSUER, "sub": user_id, "typ": "access", "jti": new_id(),
-                             "fam": family, "iat": int(now), "exp": int(now + self.settings.access_ttl)},
+                             "fam": family, "iat": int(now), "iat_ms": now_ms,
+                             "exp": math.ceil(now + self.settings.access_ttl)},
                             self._key, algorithm=ALGORITHM)
         rid, secret = new_id(), secrets.token_urlsafe(32)
         record = _RefreshRecord(user_id=user_id, family=family, expires_at=now + self.settings.refresh_ttl,
-                                secret_sha256=hashlib.sha256(secret.encode()).hexdigest())
+                                secret_sha256=hashlib.sha256(secret.encode()).hexdigest(),
+                                issued_ms=now_ms)
         await kv.create(self.bus, BUCKET, f"rt.{rid}", msgspec.json.encode(record),
                         ttl=self.settings.refresh_ttl)
         return TokenPair(access_token=access, refresh_token=f"{rid}.{secret}",
@@ -112,7 +121,11 @@ class Tokens:
             f"revoked.{principal.jti}", f"family.{principal.family}", f"user.{principal.user_id}")))
         if revoked[0] or revoked[1]:
             raise unauthorized("token_revoked", "this token was revoked (logout or refresh reuse)")
-        if revoked[2] and int(revoked[2]) >= int(claims["iat"]):
+        issued_ms = claims.get("iat_ms")
+        if not isinstance(issued_ms, int):  # a token without it: its whole second
+            iat = claims["iat"]
+            issued_ms = int(iat) * 1000 if isinstance(iat, int | float) else 0
+        if _revoked_since(revoked[2], issued_ms):
             raise unauthorized("token_revoked", "this account's tokens were revoked")
         return principal
 
@@ -127,8 +140,13 @@ class Tokens:
         given = hashlib.sha256(secret.encode()).hexdigest()
         if not hmac.compare_digest(given, record.secret_sha256):
             raise unauthorized("refresh_token_invalid", "unknown or expired refresh token")
-        if await kv.get(self.bus, BUCKET, f"family.{record.family}"):
+        family_revoked, user_revoked = await asyncio.gather(
+            kv.get(self.bus, BUCKET, f"family.{record.family}"),
+            kv.get(self.bus, BUCKET, f"user.{record.user_id}"))
+        if family_revoked:
             raise unauthorized("token_revoked", "this login was revoked")
+        if _revoked_since(user_revoked, record.issued_ms):
+            raise unauthorized("token_revoked", "this account's tokens were revoked")
         remaining = record.expires_at - time.time()
         if remaining <= 0:
             raise unauthorized("refresh_token_invalid", "unknown or expired refresh token")
@@ -149,13 +167,21 @@ class Tokens:
                                ) from None
         return await self.issue(record.user_id, record.family)
 
-    async def refresh_family(self, refresh_token: str) -> str | None:
-        """The login family of a refresh token (for logout), or None if it is unknown."""
-        rid, _, _ = refresh_token.partition(".")
-        if not rid.isalnum():
+    async def refresh_family(self, refresh_token: str, user_id: str) -> str | None:
+        """The login family of `user_id`'s refresh token (for logout), or None if it is
+        unknown, wrong or someone else's: knowing a token's id must not let anyone end
+        another user's login."""
+        rid, _, secret = refresh_token.partition(".")
+        if not (rid and secret and len(rid) <= 64 and rid.isalnum()):
             return None
         entry = await kv.get_entry(self.bus, BUCKET, f"rt.{rid}")
-        return msgspec.json.decode(entry.value, type=_RefreshRecord).family if entry else None
+        if entry is None:
+            return None
+        record = msgspec.json.decode(entry.value, type=_RefreshRecord)
+        given = hashlib.sha256(secret.encode()).hexdigest()
+        if not hmac.compare_digest(given, record.secret_sha256) or record.user_id != user_id:
+            return None
+        return record.family
 
     async def revoke(self, principal: Principal) -> None:
         """Logout: this access token and every token of its login."""
@@ -168,7 +194,9 @@ class Tokens:
 
     async def revoke_user(self, user_id: str) -> None:
         """Every token issued to the user until now (an administrator's lock)."""
-        await kv.put(self.bus, BUCKET, f"user.{user_id}", str(int(time.time())).encode(),
+        # In ms, compared with each token's issue time: a login right after an unlock, in
+        # the same second as the lock, must not count as revoked.
+        await kv.put(self.bus, BUCKET, f"user.{user_id}", str(time.time_ns() // 1_000_000).encode(),
                      ttl=self.settings.refresh_ttl)
 
     # --- devices ------------------------------------------------------------------------
@@ -203,3 +231,13 @@ class Tokens:
         if claims.get("typ") != typ:
             raise unauthorized("token_invalid", f"not an {typ} token")
         return claims
+
+
+def _revoked_since(revoked_ms: bytes | None, issued_ms: int) -> bool:
+    """Whether a user-wide revocation (its time in ms) covers a token issued at `issued_ms`."""
+    if not revoked_ms:
+        return False
+    try:
+        return issued_ms <= int(revoked_ms)
+    except ValueError:
+        return True  # unreadable: fail closed
