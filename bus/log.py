@@ -20,7 +20,7 @@ from bus.client import Bus
 from bus.errors import BusError
 from bus.streams import STREAM_BY_AGGREGATE
 from bus.subjects import aggregate_events
-from schemas import DecodeError, Event, decode
+from schemas import DecodeError, Event, check_token, decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +55,9 @@ async def last_sequence(bus: Bus, stream: str, subject_filter: str) -> int:
 
 
 async def load(bus: Bus, aggregate: str, aggregate_id: str) -> tuple[list[Entry], int]:
-    """One aggregate's events in order, and the last sequence (for a conditional append)."""
+    """One aggregate's events in order, and the last sequence (for a conditional append).
+    Raises ValueError for an id that is not a plain token (a wildcard would read many)."""
+    check_token(f"{aggregate} id", aggregate_id)
     stream = STREAM_BY_AGGREGATE[aggregate]
     subject = aggregate_events(aggregate, aggregate_id)
     last = await last_sequence(bus, stream, subject)

@@ -23,9 +23,15 @@ app = typer.Typer(help="vagent: an event-sourced voice-agent backend on NATS Jet
 actor_app = typer.Typer(help="Run one actor on its own.", no_args_is_help=True)
 projections_app = typer.Typer(help="The read models.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print measured numbers.", no_args_is_help=True)
+users_app = typer.Typer(help="Accounts: list, create, lock and unlock.", no_args_is_help=True)
+assistants_app = typer.Typer(help="Assistants: list and create.", no_args_is_help=True)
+devices_app = typer.Typer(help="Bound devices.", no_args_is_help=True)
 app.add_typer(actor_app, name="actor")
 app.add_typer(projections_app, name="projections")
 app.add_typer(bench_app, name="bench")
+app.add_typer(users_app, name="users")
+app.add_typer(assistants_app, name="assistants")
+app.add_typer(devices_app, name="devices")
 
 NatsOpt = Annotated[str | None, typer.Option("--nats", envvar="VAGENT_NATS_URL",
                                              help="NATS URL(s), comma-separated for a cluster.")]
@@ -221,6 +227,117 @@ def health(nats: NatsOpt = None,
 
     if not run(show_health(nats, as_json)):
         raise typer.Exit(1)
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+UserOpt = Annotated[str | None, typer.Option("--user", help="Only this user's (email or user id).")]
+WhoArg = Annotated[str, typer.Argument(metavar="EMAIL_OR_ID", help="The user's email or user id.")]
+
+
+def admin(nats: str | None, fn: Callable[[Bus], Awaitable[None]]) -> None:
+    """Run an account command; a refusal (unknown user, weak password, …) is printed in red."""
+    from cli.accounts import AdminError
+    from edge.errors import ApiError
+
+    try:
+        run(with_bus(nats, fn), log_level="WARNING")
+    except (ApiError, AdminError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+@users_app.command("list")
+def users_list(nats: NatsOpt = None, data_dir: DataOpt = None, as_json: JsonOpt = False) -> None:
+    """Every account (from the read model)."""
+    from cli.accounts import list_users
+
+    admin(nats, lambda bus: list_users(bus, resolve_data_dir(data_dir), as_json))
+
+
+@users_app.command("create")
+def users_create(
+    email: Annotated[str, typer.Argument(help="The new account's email.")],
+    password: Annotated[str | None, typer.Option(
+        help="The password (visible in the process list: prefer the prompt or --password-stdin).")
+        ] = None,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin",
+                                                 help="Read the password from stdin's first line.")
+                              ] = False,
+    display_name: Annotated[str | None, typer.Option("--name", help="A display name.")] = None,
+    nats: NatsOpt = None, data_dir: DataOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Create an account (with its default assistant), as the API's registration does."""
+    from cli.accounts import create_user
+
+    if password is not None and password_stdin:
+        typer.secho("error: give --password or --password-stdin, not both", fg="red", err=True)
+        raise typer.Exit(2)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif password is None:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    admin(nats, lambda bus: create_user(bus, resolve_data_dir(data_dir), email, password or "",
+                                        display_name, as_json))
+
+
+@users_app.command("lock")
+def users_lock(who: WhoArg,
+               minutes: Annotated[float | None, typer.Option(
+                   min=0.01, help="Lock for this many minutes (default: until unlocked).")] = None,
+               nats: NatsOpt = None, data_dir: DataOpt = None, as_json: JsonOpt = False) -> None:
+    """Lock an account: no login, and every token issued so far is revoked."""
+    from cli.accounts import lock_user
+
+    admin(nats, lambda bus: lock_user(bus, resolve_data_dir(data_dir), who, minutes, as_json))
+
+
+@users_app.command("unlock")
+def users_unlock(who: WhoArg, nats: NatsOpt = None, data_dir: DataOpt = None,
+                 as_json: JsonOpt = False) -> None:
+    """Unlock an account (also clears its failed-login count)."""
+    from cli.accounts import unlock_user
+
+    admin(nats, lambda bus: unlock_user(bus, resolve_data_dir(data_dir), who, as_json))
+
+
+@assistants_app.command("list")
+def assistants_list(user: UserOpt = None, nats: NatsOpt = None, data_dir: DataOpt = None,
+                    as_json: JsonOpt = False) -> None:
+    """Every assistant, or one user's."""
+    from cli.accounts import list_assistants
+
+    admin(nats, lambda bus: list_assistants(bus, resolve_data_dir(data_dir), user, as_json))
+
+
+@assistants_app.command("create")
+def assistants_create(
+    user: Annotated[str, typer.Option("--user", help="The owner (email or user id).")],
+    name: Annotated[str, typer.Option(help="The assistant's name.")],
+    persona: Annotated[str, typer.Option(help="Its system prompt.")],
+    greeting: Annotated[str | None, typer.Option(help="What it says first.")] = None,
+    voice: Annotated[str | None, typer.Option(help="A voice of its TTS provider.")] = None,
+    llm: Annotated[str | None, typer.Option(help="An LLM provider named in the configuration.")] = None,
+    asr: Annotated[str | None, typer.Option(help="An ASR provider (moonshine, deepgram).")] = None,
+    tts: Annotated[str | None, typer.Option(help="A TTS provider (piper, elevenlabs).")] = None,
+    tool: Annotated[list[str] | None, typer.Option("--tool", help="A tool it may call (repeatable).")
+                    ] = None,
+    nats: NatsOpt = None, data_dir: DataOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Create an assistant for a user (validated as the API validates it)."""
+    from cli.accounts import create_assistant
+
+    settings: dict[str, Any] = {"name": name, "persona": persona, "greeting": greeting, "voice": voice,
+                                "llm": llm, "asr": asr, "tts": tts, "tools": tool or []}
+    admin(nats, lambda bus: create_assistant(bus, resolve_data_dir(data_dir), user, settings, as_json))
+
+
+@devices_app.command("list")
+def devices_list(user: UserOpt = None, nats: NatsOpt = None, data_dir: DataOpt = None,
+                 as_json: JsonOpt = False) -> None:
+    """Every bound device, or one user's."""
+    from cli.accounts import list_devices
+
+    admin(nats, lambda bus: list_devices(bus, resolve_data_dir(data_dir), user, as_json))
 
 
 @app.command()

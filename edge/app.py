@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from importlib.metadata import version
 
+import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -13,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from edge.api import accounts, assistants, devices
-from edge.api.endpoint import Endpoint, bind, error_response, json_response
+from edge.api.endpoint import JSON, Endpoint, bind, error_response
 from edge.api.openapi import document
 from edge.errors import ApiError
 from edge.services import Services
@@ -23,10 +24,10 @@ OPENAPI_PATH = "/api/v1/openapi.json"
 
 
 def create_app(services: Services) -> Starlette:
-    spec = document(ENDPOINTS, version("vagent"))
+    spec = msgspec.json.encode(document(ENDPOINTS, version("vagent")))
 
     async def openapi(request: Request) -> Response:
-        return json_response(spec)
+        return Response(spec, media_type=JSON)
 
     routes = [Route(e.path, bind(e, services), methods=[e.method]) for e in ENDPOINTS]
     routes.append(Route(OPENAPI_PATH, openapi, methods=["GET"]))
@@ -37,7 +38,10 @@ def create_app(services: Services) -> Starlette:
         message = {404: f"no route {request.url.path}",
                    405: f"{request.method} is not allowed on {request.url.path}"}.get(
                        exc.status_code, str(exc.detail))
-        return error_response(ApiError(exc.status_code, code, message, headers=dict(exc.headers or {})))
+        headers = dict(exc.headers or {})
+        if "Allow" in headers:  # Starlette joins a set: give it one order
+            headers["Allow"] = ", ".join(sorted(m.strip() for m in headers["Allow"].split(",")))
+        return error_response(ApiError(exc.status_code, code, message, headers=headers))
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     app.state.services = services

@@ -78,8 +78,8 @@ ENDPOINTS = (
     Endpoint("POST", "/api/v1/auth/logout", logout, "Revoke this login's tokens", "auth", status=204,
              body=Logout | None),
     Endpoint("POST", "/api/v1/auth/verify-email", verify_email, "Confirm the emailed code", "auth",
-             body=VerifyEmail, answer=User, errors=(422,)),
+             body=VerifyEmail, answer=User, errors=(404, 422)),
     Endpoint("POST", "/api/v1/auth/verify-email/resend", resend_verification, "Send a new code", "auth",
              status=202, errors=(409, 503)),
-    Endpoint("GET", "/api/v1/me", me, "The logged-in account", "auth", answer=User),
+    Endpoint("GET", "/api/v1/me", me, "The logged-in account", "auth", answer=User, errors=(404,)),
 )

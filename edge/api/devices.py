@@ -65,5 +65,5 @@ ENDPOINTS = (
     Endpoint("GET", "/api/v1/devices/{device_id}", get_device, "One of your devices", "devices",
              answer=Device, errors=(404,)),
     Endpoint("DELETE", "/api/v1/devices/{device_id}", unbind_device,
-             "Unbind a device (its token stops working)", "devices", status=204, errors=(404,)),
+             "Unbind a device (its token stops working)", "devices", status=204, errors=(404, 409)),
 )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,12 +18,14 @@ from starlette.responses import Response
 
 from bus.errors import BusError
 from edge.api import idempotency
-from edge.errors import ApiError, unauthorized
+from edge.api.models import ID_PATTERN
+from edge.errors import ApiError, not_found, unauthorized
 from edge.identity.tokens import Principal
 from edge.services import Services
 
 log = logging.getLogger("vagent.edge.api")
 JSON = "application/json"
+PATH_ID = re.compile(ID_PATTERN)
 
 
 @dataclass
@@ -56,6 +59,7 @@ class QueryParam:
 class Endpoint:
     method: str
     path: str  # Starlette syntax, which is also OpenAPI's: /api/v1/assistants/{assistant_id}
+    # (every path parameter is an id: `{kind}_id`, ID_PATTERN)
     handler: Handler
     summary: str
     tag: str
@@ -114,6 +118,16 @@ def decode_body(raw: bytes, content_type: str, kind: type) -> Any:
         raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
 
 
+def path_params(request: Request) -> dict[str, str]:
+    """The path's ids; one that no id could be names nothing there is (and must not reach
+    the event log, where `*` or `a.b` would address other subjects): 404."""
+    params = {name: str(value) for name, value in request.path_params.items()}
+    for name, value in params.items():
+        if not PATH_ID.match(value):
+            raise not_found(name.removesuffix("_id"), value)
+    return params
+
+
 async def authenticate(request: Request, services: Services) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -131,6 +145,7 @@ def bind(endpoint: Endpoint, services: Services) -> Callable[[Request], Awaitabl
             if endpoint.rate_limited:
                 services.limiter.check(client_ip(request, services))
             principal = await authenticate(request, services) if endpoint.auth else None
+            params = path_params(request)
             raw = b""
             if request.method in ("POST", "PATCH", "PUT"):
                 raw = await read_body(request, services.config.edge.max_body_bytes)
@@ -138,15 +153,16 @@ def bind(endpoint: Endpoint, services: Services) -> Callable[[Request], Awaitabl
                     if endpoint.body is not None else None)
             key = request.headers.get("idempotency-key")
             if key is not None and request.method == "POST":
-                who = principal.user_id if principal else "anonymous"
+                who = principal.user_id if principal else f"anonymous@{client_ip(request, services)}"
                 scope = f"{who} {request.method} {request.url.path}"
                 slot = await idempotency.claim(services.bus, scope, key, raw)
                 if slot.replay is not None:
                     stored = slot.replay
-                    return Response(_b64(stored.body_b64), stored.status,
-                                    {**stored.headers, "Idempotent-Replayed": "true"}, media_type=JSON)
-            response = await endpoint.handler(Call(request, services, principal, body,
-                                                   dict(request.path_params)))
+                    content = _b64(stored.body_b64)
+                    return Response(content, stored.status,
+                                    {**stored.headers, "Idempotent-Replayed": "true"},
+                                    media_type=JSON if content else None)
+            response = await endpoint.handler(Call(request, services, principal, body, params))
         except ApiError as error:
             response = error_response(error)
         except BusError as exc:
@@ -171,5 +187,8 @@ def _b64(text: str) -> bytes:
     return base64.b64decode(text)
 
 
+KEPT_HEADERS = ("location", "retry-after", "www-authenticate")  # replayed with a stored response
+
+
 def _kept_headers(response: Response) -> dict[str, str]:
-    return {k: v for k, v in response.headers.items() if k.lower() in ("location", "retry-after")}
+    return {k: v for k, v in response.headers.items() if k.lower() in KEPT_HEADERS}

@@ -17,6 +17,13 @@ Name = Annotated[str, Meta(min_length=1, max_length=100)]
 Text = Annotated[str, Meta(max_length=20_000)]
 Short = Annotated[str, Meta(min_length=1, max_length=128)]
 Names = Annotated[list[Annotated[str, Meta(min_length=1, max_length=128)]], Meta(max_length=64)]
+# An id as the event log spells them (schemas.base._TOKEN): no dots, wildcards or spaces,
+# which would address other subjects than the one meant.
+ID_PATTERN = r"^[A-Za-z0-9_\-:@+=]{1,128}$"
+Id = Annotated[str, Meta(pattern=ID_PATTERN, examples=["01J9ZQ4V7C2M8K3N5P6R7S8T9V"])]
+# Tokens and codes are printable ASCII (codes may come with the spaces a person typed).
+TokenText = Annotated[str, Meta(min_length=1, max_length=512, pattern=r"^[!-~]+$")]
+CodeText = Annotated[str, Meta(min_length=1, max_length=16, pattern=r"^[ -~]+$")]
 
 __all__ = ["Activation", "TokenPair"]
 
@@ -33,11 +40,11 @@ class Login(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Refresh(msgspec.Struct, forbid_unknown_fields=True):
-    refresh_token: Annotated[str, Meta(min_length=1, max_length=512)]
+    refresh_token: TokenText
 
 
 class Logout(msgspec.Struct, forbid_unknown_fields=True):
-    refresh_token: Annotated[str, Meta(max_length=512)] | None = None
+    refresh_token: TokenText | None = None  # also end the login this refresh token belongs to
 
 
 class VerifyEmail(msgspec.Struct, forbid_unknown_fields=True):
@@ -106,8 +113,8 @@ class ActivationRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class DeviceBind(msgspec.Struct, forbid_unknown_fields=True):
-    code: Annotated[str, Meta(min_length=1, max_length=16)]
-    assistant_id: Short | None = None  # default: the user's default assistant
+    code: CodeText  # the activation code the device shows
+    assistant_id: Id | None = None  # default: the user's default assistant
     name: Name | None = None
 
 

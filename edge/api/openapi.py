@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import re
-from functools import cache
 from typing import Any
 
 import msgspec
 
 from edge.api.endpoint import Endpoint
-from edge.api.models import Error
+from edge.api.models import ID_PATTERN, Error
 
 REF = "#/components/schemas/{name}"
-COMMON_ERRORS = {400: "malformed request", 413: "body too large", 415: "not JSON",
-                 422: "invalid input", 500: "internal error", 503: "event log unreachable"}
-AUTH_ERRORS = {401: "missing, invalid, expired or revoked token"}
-DESCRIPTIONS = {404: "not found (or not yours)", 409: "conflict", 423: "account locked",
-                429: "rate limited"}
+DESCRIPTIONS = {400: "malformed request", 401: "missing, invalid, expired or revoked credentials",
+                404: "not found (or not yours)", 409: "conflict", 413: "body too large",
+                415: "not JSON", 422: "invalid input", 423: "account locked", 429: "rate limited",
+                500: "internal error", 503: "unavailable: retry"}
+TEXT = {"schema": {"type": "string"}}
+# Headers some answers always carry.
+HEADERS: dict[int, dict[str, Any]] = {
+    201: {"Location": {"description": "the created resource", "required": True, **TEXT}},
+    401: {"WWW-Authenticate": {"description": "the bearer scheme", "required": True, **TEXT}},
+    429: {"Retry-After": {"description": "seconds to wait", "required": True, **TEXT}},
+    503: {"Retry-After": {"description": "seconds to wait", "required": False, **TEXT}},
+}
 
 
 def document(endpoints: tuple[Endpoint, ...], version: str) -> dict[str, Any]:
@@ -47,13 +53,16 @@ def _operation(e: Endpoint, schemas: dict[Any, dict[str, Any]]) -> dict[str, Any
     ok: dict[str, Any] = {"description": "success"}
     if e.answer is not None:
         ok["content"] = {"application/json": {"schema": schemas[e.answer]}}
+    if e.status in HEADERS:
+        ok["headers"] = HEADERS[e.status]
     responses[str(e.status)] = ok
-    statuses = {**COMMON_ERRORS, **(AUTH_ERRORS if e.auth else {})}
-    statuses.update({s: DESCRIPTIONS.get(s, COMMON_ERRORS.get(s, "error")) for s in e.errors})
-    for status, text in sorted(statuses.items()):
-        responses[str(status)] = {"description": text, **error}
+    for status in sorted(_error_statuses(e)):
+        answer = {"description": DESCRIPTIONS.get(status, "error"), **error}
+        if status in HEADERS:
+            answer["headers"] = HEADERS[status]
+        responses[str(status)] = answer
     parameters = [{"name": name, "in": "path", "required": True,
-                   "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
+                   "schema": {"type": "string", "pattern": ID_PATTERN}}
                   for name in re.findall(r"{(\w+)}", e.path)]
     parameters += [{"name": q.name, "in": "query", "required": False, "description": q.description,
                     "schema": q.schema} for q in e.query]
@@ -73,10 +82,26 @@ def _operation(e: Endpoint, schemas: dict[Any, dict[str, Any]]) -> dict[str, Any
     return operation
 
 
+def _error_statuses(e: Endpoint) -> set[int]:
+    """The error statuses the wrapper (endpoint.bind) may answer for `e`, and its own."""
+    statuses = {500, 503, *e.errors}
+    post, body = e.method == "POST", e.body is not None
+    if e.auth:
+        statuses.add(401)  # the bearer token
+    if "{" in e.path:
+        statuses.add(404)  # no such id (or not a possible one)
+    if e.method in ("POST", "PATCH", "PUT"):
+        statuses.add(413)  # the body is read, and capped
+    if body or post:
+        statuses.add(400)  # malformed JSON; a bad Idempotency-Key
+    if body:
+        statuses.add(415)  # not application/json
+    if body or post or e.query:
+        statuses.add(422)  # the body's or the query's validation; an Idempotency-Key reused
+    if post:
+        statuses.add(409)  # the same Idempotency-Key is still running
+    return statuses
+
+
 def _optional(kind: Any) -> bool:
     return type(None) in getattr(kind, "__args__", ())
-
-
-@cache
-def _encoded(endpoints: tuple[Endpoint, ...], version: str) -> bytes:
-    return msgspec.json.encode(document(endpoints, version))

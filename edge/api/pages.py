@@ -10,6 +10,7 @@ from typing import Any
 
 from edge.api.endpoint import Call, QueryParam
 from edge.errors import ApiError
+from schemas import check_token
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -34,7 +35,10 @@ def page_request(call: Call) -> tuple[int, str]:
     if not cursor:
         return limit, ""
     try:
-        after = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        # validate: no silently dropped characters (a mangled cursor must not restart the list)
+        after = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_",
+                                 validate=True).decode()
+        check_token("cursor", after)  # every cursor this API gives is an id
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise ApiError(422, "validation_failed", "cursor is not one this API gave",
                        {"at": "cursor"}) from None

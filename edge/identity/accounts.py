@@ -14,6 +14,7 @@ import math
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -292,6 +293,21 @@ class Accounts:
 
     # --- administration -----------------------------------------------------------------
 
+    async def _append_fresh(self, user_id: str, decide: Callable[[UserState], Event | None]) -> None:
+        """Append what `decide` makes of the user's current state, re-reading the state when
+        another writer appended first (a login lockout, a device bind)."""
+        for _ in range(10):
+            user = await self.require(user_id)
+            event = decide(user)
+            if event is None:
+                return
+            try:
+                await self.bus.append(event, user.last_seq)
+                return
+            except ConflictError:
+                continue
+        raise ApiError(409, "conflict", "the account keeps changing: retry")
+
     async def require(self, user_id: str) -> UserState:
         user = await load_user(self.bus, user_id)
         if user is None:
@@ -299,14 +315,12 @@ class Accounts:
         return user
 
     async def lock(self, user_id: str, reason: str = "admin", until_ts: int | None = None) -> UserState:
-        user = await self.require(user_id)
-        await self.bus.append(UserLocked(user_id=user_id, reason=reason, until_ts=until_ts), user.last_seq)
+        await self._append_fresh(user_id, lambda user: UserLocked(user_id=user_id, reason=reason,
+                                                                  until_ts=until_ts))
         await self.tokens.revoke_user(user_id)
         return await self.require(user_id)
 
     async def unlock(self, user_id: str) -> UserState:
-        user = await self.require(user_id)
-        if user.locked:
-            await self.bus.append(UserUnlocked(user_id=user_id), user.last_seq)
+        await self._append_fresh(user_id, lambda user: UserUnlocked(user_id=user_id) if user.locked else None)
         await kv.delete(self.bus, BUCKET, f"fail.{user_id}")
         return await self.require(user_id)

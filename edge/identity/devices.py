@@ -27,6 +27,7 @@ from schemas import DeviceBound, DeviceUnbound, new_id
 
 DEVICE_ID = re.compile(r"^[A-Za-z0-9_\-:@+=]{1,128}$")  # a subject-safe token, e.g. a MAC
 CODE_DIGITS = 6
+APPEND_ATTEMPTS = 10  # conditional appends to the owner's log, retried on a concurrent change
 
 
 class _Activation(msgspec.Struct):
@@ -96,7 +97,7 @@ class Devices:
                    name: str | None) -> tuple[DeviceBinding, str]:
         """The owner's side: bind the device showing `code` to their assistant."""
         code = code.strip()
-        raw = await kv.get(self.bus, BUCKET, f"code.{code}") if code.isdigit() else None
+        raw = await kv.get(self.bus, BUCKET, f"code.{code}") if code.isascii() and code.isdigit() else None
         if raw is None:
             raise ApiError(422, "activation_code_invalid", "unknown or expired activation code",
                            {"field": "code"})
@@ -108,9 +109,12 @@ class Devices:
         if await kv.create(self.bus, DEVICES, device_key(record.device_id),
                            msgspec.json.encode(binding)) is None:
             raise ApiError(409, "device_bound", "this device is already bound")
+        bound = DeviceBound(user_id=user.user_id, device_id=record.device_id,
+                            assistant_id=assistant_id, name=name)
         try:
-            await self.bus.append(DeviceBound(user_id=user.user_id, device_id=record.device_id,
-                                              assistant_id=assistant_id, name=name), user.last_seq)
+            # The binding record above is this request's alone, so another change to the
+            # account meanwhile (another device bound, say) only means appending again.
+            await self._append_to_user(user.user_id, bound, user.last_seq)
         except ConflictError:
             await kv.delete(self.bus, DEVICES, device_key(record.device_id))
             raise ApiError(409, "conflict", "the account changed meanwhile: retry") from None
@@ -122,10 +126,28 @@ class Devices:
         return binding, token
 
     async def unbind(self, user_id: str, device_id: str) -> None:
-        user = await load_user(self.bus, user_id)
         device_id = device_id.lower()
-        if user is None or device_id not in user.devices:
-            raise not_found("device", device_id)
-        await self.bus.append(DeviceUnbound(user_id=user_id, device_id=device_id), user.last_seq)
+        for _ in range(APPEND_ATTEMPTS):
+            user = await load_user(self.bus, user_id)
+            if user is None or device_id not in user.devices:
+                raise not_found("device", device_id)
+            try:
+                await self.bus.append(DeviceUnbound(user_id=user_id, device_id=device_id), user.last_seq)
+                break
+            except ConflictError:
+                continue  # the account changed meanwhile: decide again on its new state
+        else:
+            raise ApiError(409, "conflict", "the account changed meanwhile: retry")
         await kv.delete(self.bus, DEVICES, device_key(device_id))  # the token dies with it
         await kv.delete(self.bus, BUCKET, f"act.{device_key(device_id)}")
+
+    async def _append_to_user(self, user_id: str, event: DeviceBound, last_seq: int) -> None:
+        for attempt in range(APPEND_ATTEMPTS):
+            try:
+                await self.bus.append(event, last_seq)
+                return
+            except ConflictError:
+                user = await load_user(self.bus, user_id)
+                if user is None or attempt == APPEND_ATTEMPTS - 1:
+                    raise
+                last_seq = user.last_seq

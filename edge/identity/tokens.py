@@ -132,7 +132,7 @@ class Tokens:
     async def refresh(self, refresh_token: str) -> TokenPair:
         rid, _, secret = refresh_token.partition(".")
         entry = None
-        if rid and secret and len(rid) <= 64 and rid.isalnum():
+        if rid and secret and len(rid) <= 64 and rid.isascii() and rid.isalnum():
             entry = await kv.get_entry(self.bus, BUCKET, f"rt.{rid}")
         if entry is None:
             raise unauthorized("refresh_token_invalid", "unknown or expired refresh token")
@@ -172,7 +172,7 @@ class Tokens:
         unknown, wrong or someone else's: knowing a token's id must not let anyone end
         another user's login."""
         rid, _, secret = refresh_token.partition(".")
-        if not (rid and secret and len(rid) <= 64 and rid.isalnum()):
+        if not (rid and secret and len(rid) <= 64 and rid.isascii() and rid.isalnum()):
             return None
         entry = await kv.get_entry(self.bus, BUCKET, f"rt.{rid}")
         if entry is None:

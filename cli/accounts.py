@@ -1,0 +1,211 @@
+"""`vagent users`, `vagent assistants`, `vagent devices`: administering accounts from a
+terminal, straight over NATS (no API, no token).
+
+Changes go through the same command services as the API (edge.identity), so they are
+decided on the same event logs; lists read the read models, fresh (after every stored
+event was applied), from the running projection service or else from the DuckDB file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from actors.config import Config
+from actors.config import load as load_config
+from bus.client import Bus
+from cli.display import shorten, table, when
+from edge.api.models import AssistantCreate
+from edge.errors import not_found
+from edge.identity.accounts import Accounts, UserState, normalize_email
+from edge.identity.assistants import Assistants
+from edge.identity.keys import signing_key
+from edge.identity.mail import MailError
+from edge.identity.tokens import Tokens
+from projections.client import QueryError, run_query
+
+PAGE = 1000
+
+
+class AdminError(Exception):
+    """What the CLI prints in red before exiting with 1."""
+
+
+def accounts(bus: Bus, config: Config, data_dir: Path) -> Accounts:
+    auth = config.auth
+    return Accounts(bus, Tokens(bus, signing_key(auth, data_dir), auth), auth)
+
+
+async def resolve_user(accts: Accounts, who: str) -> UserState:
+    """A user by email (anything with an @) or by id."""
+    who = who.strip()
+    if "@" in who:
+        user_id = await accts.user_for_email(normalize_email(who))
+        user = await accts.require(user_id) if user_id else None
+        if user is None:
+            raise not_found("user with email", who)
+        return user
+    return await accts.require(who)
+
+
+async def rows(bus: Bus, data_dir: Path, name: str, **params: Any) -> list[dict[str, Any]]:
+    """Every row of a paged read query (ordered by its first column), read fresh."""
+    out: list[dict[str, Any]] = []
+    after = ""
+    while True:
+        try:
+            columns, page = await run_query(bus, data_dir, name, {**params, "after": after, "limit": PAGE},
+                                            fresh=True)
+        except QueryError as exc:
+            raise AdminError(str(exc)) from None
+        out += [dict(zip(columns, row, strict=True)) for row in page]
+        if len(page) < PAGE:
+            return out
+        after = page[-1][0]
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, default=str, ensure_ascii=False))
+
+
+def user_json(user: UserState) -> dict[str, Any]:
+    return {"user_id": user.user_id, "email": user.email, "display_name": user.display_name,
+            "default_assistant_id": user.default_assistant_id, "email_verified": user.email_verified,
+            "locked": user.is_locked(), "locked_until": user.locked_until, "lock_reason": user.lock_reason,
+            "devices": sorted(user.devices), "created_ts": user.created_ts}
+
+
+def lock_text(locked: bool, until: int | None, reason: str | None) -> str:
+    if not locked:
+        return "no"
+    return f"until {when(until)}" if until else "yes" + (f" ({reason})" if reason else "")
+
+
+# --- users ------------------------------------------------------------------------------------
+
+
+async def list_users(bus: Bus, data_dir: Path, as_json: bool) -> None:
+    users = await rows(bus, data_dir, "users")
+    if as_json:
+        print_json(users)
+        return
+    if not users:
+        print("no users yet")
+        return
+    print(table(["user", "email", "name", "verified", "locked", "default assistant", "created"],
+                [[u["user_id"], u["email"], u["display_name"], "yes" if u["email_verified"] else "no",
+                  lock_text(u["locked"], u["locked_until"], u["lock_reason"]), u["default_assistant_id"],
+                  when(u["created_ts"])] for u in users]))
+
+
+async def create_user(bus: Bus, data_dir: Path, email: str, password: str, display_name: str | None,
+                      as_json: bool) -> None:
+    await bus.declare()
+    accts = accounts(bus, load_config(), data_dir)
+    warning = None
+    try:
+        user = await accts.register(email, password, display_name)
+    except MailError as exc:
+        # The account exists; only its verification email was not sent.
+        user = await resolve_user(accts, email)
+        warning = f"the verification email was not sent: {exc}"
+    if as_json:
+        print_json({**user_json(user), **({"warning": warning} if warning else {})})
+    else:
+        print(f"created user {user.email} ({user.user_id}), default assistant {user.default_assistant_id}")
+    if warning:
+        raise AdminError(warning)
+
+
+async def lock_user(bus: Bus, data_dir: Path, who: str, minutes: float | None, as_json: bool) -> None:
+    await bus.declare()
+    accts = accounts(bus, load_config(), data_dir)
+    user = await resolve_user(accts, who)
+    until = time.time_ns() + int(minutes * 60e9) if minutes else None
+    user = await accts.lock(user.user_id, "admin", until)
+    if as_json:
+        print_json(user_json(user))
+    else:
+        print(f"locked {user.email} ({user.user_id}) "
+              + (f"until {when(until)}" if until else "until unlocked")
+              + "; their tokens are revoked")
+
+
+async def unlock_user(bus: Bus, data_dir: Path, who: str, as_json: bool) -> None:
+    await bus.declare()
+    accts = accounts(bus, load_config(), data_dir)
+    user = await accts.unlock((await resolve_user(accts, who)).user_id)
+    if as_json:
+        print_json(user_json(user))
+    else:
+        print(f"unlocked {user.email} ({user.user_id})")
+
+
+# --- assistants -------------------------------------------------------------------------------
+
+
+async def _owner(bus: Bus, data_dir: Path, who: str | None) -> UserState | None:
+    if who is None:
+        return None
+    return await resolve_user(accounts(bus, load_config(), data_dir), who)
+
+
+async def _emails(bus: Bus, data_dir: Path) -> dict[str, str]:
+    return {u["user_id"]: u["email"] for u in await rows(bus, data_dir, "users")}
+
+
+async def list_assistants(bus: Bus, data_dir: Path, who: str | None, as_json: bool) -> None:
+    owner = await _owner(bus, data_dir, who)
+    found = (await rows(bus, data_dir, "assistants", owner_id=owner.user_id) if owner
+             else await rows(bus, data_dir, "all_assistants"))
+    if as_json:
+        print_json(found)
+        return
+    if not found:
+        print(f"{owner.email} has no assistants" if owner else "no assistants yet")
+        return
+    emails = {owner.user_id: owner.email} if owner else await _emails(bus, data_dir)
+    print(table(["assistant", "owner", "name", "persona", "llm", "asr", "tts", "tools", "updated"],
+                [[a["assistant_id"], emails.get(a["owner_id"], a["owner_id"]) or "(system)",
+                  a["name"], shorten(a["persona"], 32), a["llm"], a["asr"], a["tts"],
+                  ",".join(a["tools"] or []), when(a["updated_ts"])] for a in found]))
+
+
+async def create_assistant(bus: Bus, data_dir: Path, who: str, settings: dict[str, Any],
+                           as_json: bool) -> None:
+    try:  # the API's own limits (name length and so on)
+        body = msgspec.convert(settings, AssistantCreate)
+    except msgspec.ValidationError as exc:
+        raise AdminError(f"invalid assistant: {exc}") from None
+    await bus.declare()
+    config = load_config()
+    owner = await resolve_user(accounts(bus, config, data_dir), who)
+    values = msgspec.structs.asdict(body)
+    assistant_id = await Assistants(bus, config).create(owner.user_id, values)
+    if as_json:
+        print_json({"assistant_id": assistant_id, "owner_id": owner.user_id, **values})
+    else:
+        print(f"created assistant {assistant_id} ({body.name!r}) for {owner.email}")
+
+
+# --- devices ----------------------------------------------------------------------------------
+
+
+async def list_devices(bus: Bus, data_dir: Path, who: str | None, as_json: bool) -> None:
+    owner = await _owner(bus, data_dir, who)
+    found = (await rows(bus, data_dir, "devices", user_id=owner.user_id) if owner
+             else await rows(bus, data_dir, "all_devices"))
+    if as_json:
+        print_json(found)
+        return
+    if not found:
+        print(f"{owner.email} has no devices" if owner else "no devices bound")
+        return
+    emails = {owner.user_id: owner.email} if owner else await _emails(bus, data_dir)
+    print(table(["device", "owner", "assistant", "name", "bound"],
+                [[d["device_id"], emails.get(d["user_id"], d["user_id"]), d["assistant_id"], d["name"],
+                  when(d["bound_ts"])] for d in found]))

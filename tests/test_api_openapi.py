@@ -1,0 +1,305 @@
+"""The OpenAPI document describes exactly the served routes, is valid OpenAPI 3.1, and the
+live API keeps to it: schemathesis fuzzes every operation with a real user's token and
+checks that no input makes a 5xx, every status and body is the documented one, and every
+error has the one error shape."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from schemathesis import Case, GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from starlette.routing import Route
+
+from edge.api.openapi import document
+from edge.app import ENDPOINTS, OPENAPI_PATH
+from schemas import new_id
+from tests.api_harness import Api
+
+METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+EXAMPLES = int(os.environ.get("VAGENT_FUZZ_EXAMPLES", "25"))  # per operation and generation mode
+
+
+async def spec(api: Api) -> dict[str, Any]:
+    r = await api.client.get(OPENAPI_PATH)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    return r.json()
+
+
+def served_routes(api: Api) -> set[tuple[str, str]]:
+    """(path, method) of every route of the app; HEAD comes with GET and is not documented."""
+    routes = set()
+    for route in api.edge.app.routes:
+        assert isinstance(route, Route), route
+        if route.path == OPENAPI_PATH:
+            continue
+        routes |= {(route.path, m.lower()) for m in route.methods or () if m != "HEAD"}
+    return routes
+
+
+def documented(doc: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(path, method) for path, item in doc["paths"].items() for method in item if method in METHODS}
+
+
+def pointer(doc: Any, ref: str) -> Any:
+    assert ref.startswith("#/"), f"only local references are used: {ref}"
+    node = doc
+    for part in ref[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        assert isinstance(node, dict) and part in node, f"{ref} does not resolve"
+        node = node[part]
+    return node
+
+
+def refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [*([node["$ref"]] if isinstance(node.get("$ref"), str) else []),
+                *(r for v in node.values() for r in refs(v))]
+    if isinstance(node, list):
+        return [r for v in node for r in refs(v)]
+    return []
+
+
+async def test_document_matches_routes(api: Api) -> None:
+    doc = await spec(api)
+    assert served_routes(api) == documented(doc)
+    assert documented(doc) == {(e.path, e.method.lower()) for e in ENDPOINTS}
+    assert (OPENAPI_PATH, "get") not in documented(doc)
+    operation_ids = [op["operationId"] for item in doc["paths"].values() for op in item.values()]
+    assert len(operation_ids) == len(set(operation_ids)) == len(ENDPOINTS)
+    # Path parameters are declared exactly as the route has them.
+    for path, item in doc["paths"].items():
+        names = set(re.findall(r"{(\w+)}", path))
+        for op in item.values():
+            declared = {p["name"] for p in op.get("parameters", ()) if p["in"] == "path"}
+            assert declared == names, (path, declared)
+
+
+async def test_document_is_valid_openapi_31(api: Api) -> None:
+    doc = await spec(api)
+    assert doc["openapi"].startswith("3.1.")
+    assert doc == document(ENDPOINTS, doc["info"]["version"])
+    found = refs(doc)
+    assert found, "the schemas are shared through components"
+    for ref in found:
+        pointer(doc, ref)
+    schema = schemathesis.openapi.from_dict(doc)
+    schema.validate()  # against the OpenAPI 3.1 meta-schema
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) == len(ENDPOINTS)
+    # Every documented response that is not a success is the error shape.
+    error_ref = "#/components/schemas/Error"
+    for item in doc["paths"].values():
+        for op in item.values():
+            for status, response in op["responses"].items():
+                if int(status) >= 400:
+                    assert response["content"]["application/json"]["schema"] == {"$ref": error_ref}
+
+
+def error_shape(ctx: Any, response: schemathesis.Response, case: Case) -> bool | None:
+    """Every error is `{"error": {"code": str, "message": str, "details": object}}` and nothing else."""
+    if response.status_code < 400:
+        return None
+    check_error(response.status_code, response.json())
+    return True
+
+
+def check_error(status: int, body: Any) -> None:
+    assert isinstance(body, dict) and set(body) == {"error"}, (status, body)
+    error = body["error"]
+    assert isinstance(error, dict) and set(error) == {"code", "message", "details"}, (status, body)
+    assert isinstance(error["code"], str) and re.fullmatch(r"[a-z_]+", error["code"]), (status, body)
+    assert isinstance(error["message"], str) and error["message"], (status, body)
+    assert isinstance(error["details"], dict), (status, body)
+
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
+          response_schema_conformance, response_headers_conformance, error_shape]
+
+
+async def test_unknown_routes_and_methods_answer_the_error_shape(api: Api) -> None:
+    c = api.client
+    r = await c.get("/api/v1/nope")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/json"
+    check_error(404, r.json())
+    r = await c.put("/api/v1/me")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+    check_error(405, r.json())
+    r = await c.post(OPENAPI_PATH)
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+    check_error(405, r.json())
+
+
+def validate(schema: schemathesis.BaseSchema, r: httpx.Response) -> None:
+    """`r` against the operation of its method and path."""
+    method, path = r.request.method, r.request.url.path
+    operation = schema.find_operation_by_path(method, path)
+    assert operation is not None, (method, path)
+    template = re.sub(r"\\{(\w+)\\}", r"(?P<\1>[^/]+)", re.escape(operation.path))
+    match = re.fullmatch(template, path)
+    assert match, (operation.path, path)
+    operation.Case(path_parameters=match.groupdict()).validate_response(r, checks=CHECKS)
+
+
+async def test_a_real_flow_keeps_to_the_document(api: Api) -> None:
+    """Successes that fuzzing rarely reaches (a bound device, a refreshed token, a delete)
+    are checked against the document too: statuses, bodies and headers."""
+    schema = schemathesis.openapi.from_dict(await spec(api))
+    c = api.client
+
+    async def call(method: str, path: str, *, headers: dict[str, str] | None = None,
+                   body: Any = None, status: int) -> Any:
+        r = await c.request(method, path, headers=headers, json=body)
+        assert r.status_code == status, (method, path, r.text)
+        validate(schema, r)
+        return r.json() if r.content else None
+
+    email, password = f"f{new_id().lower()}@example.com", "correct horse 9"
+    credentials = {"email": email, "password": password}
+    await call("POST", "/api/v1/auth/register", body=credentials, status=201)
+    pair = await call("POST", "/api/v1/auth/login", headers={"Idempotency-Key": new_id()}, body=credentials,
+                      status=200)
+    # A replayed error keeps the headers its status documents (WWW-Authenticate on a 401).
+    key = {"Idempotency-Key": new_id()}
+    for _ in range(2):
+        await call("POST", "/api/v1/auth/login", headers=key, body={**credentials, "password": "wrong"},
+                   status=401)
+    pair = await call("POST", "/api/v1/auth/refresh", body={"refresh_token": pair["refresh_token"]},
+                      status=200)
+    h = {"Authorization": f"Bearer {pair['access_token']}"}
+    await call("GET", "/api/v1/me", headers=h, status=200)
+    aid = (await call("POST", "/api/v1/assistants", headers=h, body={"name": "Flow", "tools": ["calculator"]},
+                      status=201))["assistant_id"]
+    await call("GET", f"/api/v1/assistants/{aid}", headers=h, status=200)
+    await call("PATCH", f"/api/v1/assistants/{aid}", headers=h, body={"greeting": "hi"}, status=200)
+    page = await call("GET", "/api/v1/assistants?limit=1", headers=h, status=200)
+    assert page["next_cursor"]
+    await call("GET", f"/api/v1/assistants?limit=1&cursor={page['next_cursor']}", headers=h, status=200)
+    device = {"device_id": "AA:BB:CC:00:11:22", "client_id": new_id()}
+    code = (await call("POST", "/api/v1/devices/activation", body=device, status=200))["code"]
+    key = {"Idempotency-Key": new_id()}
+    bound = await call("POST", "/api/v1/devices", headers={**h, **key},
+                       body={"code": code, "assistant_id": aid, "name": "desk"}, status=201)
+    replay = await c.post("/api/v1/devices", headers={**h, **key},
+                          json={"code": code, "assistant_id": aid, "name": "desk"})
+    assert replay.headers["idempotent-replayed"] == "true" and replay.json() == bound
+    validate(schema, replay)
+    await call("POST", "/api/v1/devices/activation", body=device, status=200)  # now with its token
+    device_id = bound["device"]["device_id"]
+    await call("GET", "/api/v1/devices", headers=h, status=200)
+    await call("GET", f"/api/v1/devices/{device_id}", headers=h, status=200)
+    await call("DELETE", f"/api/v1/devices/{device_id}", headers=h, status=204)
+    await call("DELETE", f"/api/v1/assistants/{aid}", headers=h, status=204)
+    for path in ("/api/v1/assistants/*", "/api/v1/assistants/a.b", "/api/v1/devices/%2A"):
+        for method in ("GET", "DELETE"):
+            await call(method, path, headers=h, status=404)
+    await call("PATCH", "/api/v1/assistants/*", headers=h, body={}, status=404)
+    await call("POST", "/api/v1/auth/verify-email/resend", headers=h, status=409)  # not configured
+    await call("POST", "/api/v1/auth/logout", headers=h, body={"refresh_token": pair["refresh_token"]},
+               status=204)
+    await call("GET", "/api/v1/me", headers=h, status=401)
+    await call("POST", "/api/v1/auth/refresh", body={"refresh_token": pair["refresh_token"]}, status=401)
+
+
+async def test_ids_tokens_and_codes_outside_their_alphabet_are_refused(api: Api) -> None:
+    """What schemathesis once found: a Unicode letter or digit reached a KV key (500), and
+    `*` named every assistant's log at once (500, or worse)."""
+    schema = schemathesis.openapi.from_dict(await spec(api))
+    c, h = api.client, await api.user()
+    for method, path, body in (
+        ("POST", "/api/v1/auth/refresh", {"refresh_token": "é.secret"}),
+        ("POST", "/api/v1/devices", {"code": "²"}),
+        ("POST", "/api/v1/devices", {"code": "١٢٣٤٥٦"}),
+        ("POST", "/api/v1/devices", {"code": "123456", "assistant_id": "*"}),
+        ("POST", "/api/v1/devices", {"code": "123456", "assistant_id": "a.b"}),
+        ("POST", "/api/v1/auth/logout", {"refresh_token": "é.secret"}),
+    ):
+        r = await c.request(method, path, headers=h, json=body)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "validation_failed", (body, r.text)
+        validate(schema, r)
+    aid = (await c.get("/api/v1/me", headers=h)).json()["default_assistant_id"]
+    for method, path in (("PATCH", "/api/v1/assistants/*"), ("DELETE", "/api/v1/assistants/*"),
+                         ("GET", "/api/v1/assistants/*"), ("DELETE", "/api/v1/devices/é")):
+        r = await c.request(method, path, headers=h, json={} if method == "PATCH" else None)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", (path, r.text)
+        validate(schema, r)
+    assert (await c.get(f"/api/v1/assistants/{aid}", headers=h)).status_code == 200
+
+
+def sync_login(base_url: str, email: str, password: str) -> dict[str, str]:
+    r = httpx.post(f"{base_url}/api/v1/auth/login", json={"email": email, "password": password}, timeout=30)
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def fuzz(schema: schemathesis.BaseSchema, base_url: str, email: str, password: str,
+         fixed: dict[str, dict[str, str]]) -> list[str]:
+    """Every operation in both generation modes, a bounded number of examples each; the
+    failures, to report them all at once."""
+    failures: list[str] = []
+    session = sync_login(base_url, email, password)
+    # Deleting and logging out come last: the fixed assistant and the token are used until then.
+    operations = sorted((result.ok() for result in schema.get_all_operations()),
+                        key=lambda op: (op.method.upper() == "DELETE", op.path == "/api/v1/auth/logout",
+                                        op.label))
+    for operation in operations:
+        # Logging out revokes the token it is sent with: that operation logs in each time.
+        auth = (partial(sync_login, base_url, email, password) if operation.path == "/api/v1/auth/logout"
+                else partial(dict, session))
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            strategies = [operation.as_strategy(generation_mode=mode)]
+            if operation.path in fixed and mode is GenerationMode.POSITIVE:
+                strategies.append(operation.as_strategy(generation_mode=mode,
+                                                        path_parameters=fixed[operation.path]))
+            test = _fuzz_test(st.one_of(strategies), base_url, auth)
+            try:
+                test()
+            except (Exception, FailureGroup) as exc:
+                failures.append(f"{operation.label} [{mode.value}]: {exc}")
+    return failures
+
+
+def _fuzz_test(cases: st.SearchStrategy[Case], base_url: str,
+               auth: Callable[[], dict[str, str]]) -> Callable[[], None]:
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(case=cases)
+    def test(case: Case) -> None:
+        case.call_and_validate(base_url=base_url, headers=auth(), checks=CHECKS, timeout=30)
+
+    return test
+
+
+@pytest.mark.slow
+async def test_schemathesis_finds_nothing(api: Api) -> None:
+    doc = await spec(api)
+    email, password = f"s{new_id().lower()}@example.com", "correct horse 9"
+    r = await api.client.post("/api/v1/auth/register", json={"email": email, "password": password})
+    assert r.status_code == 201, r.text
+    r = await api.client.post("/api/v1/auth/login", json={"email": email, "password": password})
+    headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
+    r = await api.client.post("/api/v1/assistants", headers=headers, json={"name": "Fuzzed"})
+    assert r.status_code == 201, r.text
+    # Fuzzing the assistant's own path with its real id reaches the successes too.
+    fixed = {"/api/v1/assistants/{assistant_id}": {"assistant_id": r.json()["assistant_id"]}}
+    schema = schemathesis.openapi.from_dict(doc)
+    failures = await asyncio.to_thread(fuzz, schema, api.edge.url, email, password, fixed)
+    assert not failures, "\n\n".join(failures)

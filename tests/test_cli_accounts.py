@@ -1,0 +1,255 @@
+"""`vagent users`, `vagent assistants`, `vagent devices`: the real command in subprocesses,
+over a real NATS, with `vagent projections serve` keeping the read models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bus.client import Bus
+from bus.server import EmbeddedServer, free_port
+from edge.errors import ApiError
+from edge.services import Services
+from schemas import new_id
+from tests.api_harness import api_config
+from tests.procs import Proc, vagent
+
+PASSWORD = "correct horse 9"
+
+
+@pytest.fixture(scope="module")
+def stack(module_nats: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[tuple[EmbeddedServer, Path]]:
+    data = tmp_path_factory.mktemp("data")
+    proc = Proc(["projections", "serve", "--nats", module_nats.url, "--data-dir", str(data)])
+    proc.wait_for("vagent projections: serving")
+    yield module_nats, data
+    assert proc.stop() == 0, proc.output()
+
+
+@pytest.fixture
+async def services(stack: tuple[EmbeddedServer, Path]) -> AsyncIterator[Services]:
+    nats, data = stack
+    bus = await Bus.connect(nats.url, name="test-cli-accounts")
+    yield Services(bus, api_config(), data)
+    await bus.close()
+
+
+def cli(stack: tuple[EmbeddedServer, Path], *args: str, stdin: str | None = None,
+        ok: bool = True) -> subprocess.CompletedProcess[str]:
+    nats, data = stack
+    done = vagent(*args, "--nats", nats.url, "--data-dir", str(data), stdin=stdin)
+    if ok:
+        assert done.returncode == 0, f"vagent {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def cli_json(stack: tuple[EmbeddedServer, Path], *args: str, stdin: str | None = None) -> Any:
+    return json.loads(cli(stack, *args, "--json", stdin=stdin).stdout)
+
+
+def refused(stack: tuple[EmbeddedServer, Path], *args: str, stdin: str | None = None) -> str:
+    """The error a refused command printed (exit 1, nothing on stdout, no traceback)."""
+    done = cli(stack, *args, stdin=stdin, ok=False)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stderr.startswith("error: "), done.stderr
+    assert "Traceback" not in done.stderr
+    return done.stderr.strip()
+
+
+def email() -> str:
+    return f"cli{new_id().lower()}@example.com"
+
+
+def create_user(stack: tuple[EmbeddedServer, Path], address: str) -> dict[str, Any]:
+    return cli_json(stack, "users", "create", address, "--password-stdin", stdin=PASSWORD + "\n")
+
+
+def line_of(output: str, text: str) -> str:
+    lines = [line for line in output.splitlines() if text in line]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+# --- users ------------------------------------------------------------------------------------
+
+
+async def test_users_create_list_lock_unlock(stack: tuple[EmbeddedServer, Path], services: Services) -> None:
+    ada, bob = email(), email()
+    created = cli(stack, "users", "create", ada, "--password", PASSWORD, "--name", "Ada")
+    assert created.stdout.startswith(f"created user {ada} (")
+    bob_user = create_user(stack, bob)
+    assert bob_user["email"] == bob and bob_user["locked"] is False and bob_user["default_assistant_id"]
+
+    listed = cli(stack, "users", "list").stdout
+    header = listed.splitlines()[0].split()
+    assert header[:3] == ["user", "email", "name"] and set(listed.splitlines()[1]) <= {"-", " "}
+    ada_line = line_of(listed, ada)
+    assert "Ada" in ada_line and " no " in ada_line
+    users = {u["email"]: u for u in cli_json(stack, "users", "list")}
+    assert users[bob]["user_id"] == bob_user["user_id"]
+    assert users[ada]["display_name"] == "Ada" and users[ada]["locked"] is False
+    ada_id = users[ada]["user_id"]
+
+    # The account works as if registered through the API.
+    tokens = await services.accounts.login(ada, PASSWORD)
+    assert (await services.tokens.verify(tokens.access_token)).user_id == ada_id
+
+    locked = cli(stack, "users", "lock", ada, "--minutes", "30").stdout
+    assert locked.startswith(f"locked {ada} ({ada_id}) until ")
+    with pytest.raises(ApiError) as error:
+        await services.accounts.login(ada, PASSWORD)
+    assert error.value.status == 423
+    with pytest.raises(ApiError) as error:  # tokens issued before the lock are revoked
+        await services.tokens.verify(tokens.access_token)
+    assert error.value.status == 401
+    row = {u["email"]: u for u in cli_json(stack, "users", "list")}[ada]
+    assert row["locked"] is True and row["lock_reason"] == "admin" and row["locked_until"]
+    assert "until " in line_of(cli(stack, "users", "list").stdout, ada)
+
+    unlocked = cli(stack, "users", "unlock", ada_id).stdout  # by id this time
+    assert unlocked.strip() == f"unlocked {ada} ({ada_id})"
+    assert {u["email"]: u for u in cli_json(stack, "users", "list")}[ada]["locked"] is False
+    await services.accounts.login(ada, PASSWORD)
+
+    forever = cli_json(stack, "users", "lock", bob_user["user_id"])
+    assert forever["locked"] is True and forever["locked_until"] is None
+    assert "yes (admin)" in line_of(cli(stack, "users", "list").stdout, bob)
+    assert "until unlocked" in cli(stack, "users", "lock", bob).stdout  # again: still locked
+    assert cli_json(stack, "users", "unlock", bob)["locked"] is False
+
+
+def test_users_create_password_from_stdin_and_prompt(stack: tuple[EmbeddedServer, Path]) -> None:
+    address = email()
+    created = create_user(stack, address)
+    assert created["email"] == address
+    prompted = email()
+    done = cli(stack, "users", "create", prompted, stdin=f"{PASSWORD}\n{PASSWORD}\n")
+    assert f"created user {prompted}" in done.stdout
+    mismatch = cli(stack, "users", "create", email(), stdin=f"{PASSWORD}\nsomething else\n", ok=False)
+    assert mismatch.returncode != 0
+    both = cli(stack, "users", "create", email(), "--password", PASSWORD, "--password-stdin",
+               stdin=PASSWORD, ok=False)
+    assert both.returncode == 2 and "not both" in both.stderr
+
+
+def test_users_refusals(stack: tuple[EmbeddedServer, Path]) -> None:
+    taken = email()
+    create_user(stack, taken)
+    assert "an account with this email exists" in refused(
+        stack, "users", "create", taken.upper().replace("@EXAMPLE.COM", "@example.com"),
+        "--password-stdin", stdin=PASSWORD)
+    assert "not an email address" in refused(stack, "users", "create", "nobody", "--password", PASSWORD)
+    weak = refused(stack, "users", "create", email(), "--password", "short")
+    assert "password" in weak.lower()
+    ghost = email()
+    for command in (("users", "lock", ghost), ("users", "unlock", ghost),
+                    ("assistants", "list", "--user", ghost), ("devices", "list", "--user", ghost)):
+        assert ghost in refused(stack, *command)
+    assert "no user '01NOSUCHUSER'" in refused(stack, "users", "lock", "01NOSUCHUSER")
+
+
+# --- assistants -------------------------------------------------------------------------------
+
+
+def test_assistants_create_and_list(stack: tuple[EmbeddedServer, Path]) -> None:
+    owner, other = email(), email()
+    user = create_user(stack, owner)
+    create_user(stack, other)
+    created = cli(stack, "assistants", "create", "--user", owner, "--name", "Bob",
+                  "--persona", "You are Bob.", "--greeting", "Hi, I am Bob").stdout
+    assert created.startswith("created assistant ") and f"'Bob') for {owner}" in created
+    bob_id = created.split()[2]
+    full = cli_json(stack, "assistants", "create", "--user", user["user_id"], "--name", "Tooly",
+                    "--persona", "p", "--tool", "calculator", "--tool", "get_time", "--tts", "piper")
+    assert full["owner_id"] == user["user_id"] and full["tools"] == ["calculator", "get_time"]
+    assert full["tts"] == "piper" and full["greeting"] is None
+
+    mine = {a["assistant_id"]: a for a in cli_json(stack, "assistants", "list", "--user", owner)}
+    assert set(mine) == {bob_id, full["assistant_id"], user["default_assistant_id"]}
+    assert mine[bob_id]["name"] == "Bob" and mine[bob_id]["persona"] == "You are Bob."
+    assert mine[bob_id]["greeting"] == "Hi, I am Bob" and mine[bob_id]["owner_id"] == user["user_id"]
+    assert mine[full["assistant_id"]]["tools"] == ["calculator", "get_time"]
+
+    table = cli(stack, "assistants", "list", "--user", owner).stdout
+    assert table.splitlines()[0].split()[:3] == ["assistant", "owner", "name"]
+    assert owner in line_of(table, bob_id) and "Bob" in line_of(table, bob_id)
+    assert "calculator,get_time" in line_of(table, full["assistant_id"])
+    assert bob_id not in cli(stack, "assistants", "list", "--user", other).stdout
+
+    everything = {a["assistant_id"]: a for a in cli_json(stack, "assistants", "list")}
+    assert set(mine) <= set(everything)
+    assert any(a["owner_id"] != user["user_id"] for a in everything.values())
+    assert owner in line_of(cli(stack, "assistants", "list").stdout, bob_id)  # owners shown by email
+
+
+def test_assistants_create_refusals(stack: tuple[EmbeddedServer, Path]) -> None:
+    owner = email()
+    create_user(stack, owner)
+    base = ("assistants", "create", "--user", owner, "--name", "X", "--persona", "p")
+    assert "no llm provider named 'nope'" in refused(stack, *base, "--llm", "nope")
+    assert "no tts provider named 'nope'" in refused(stack, *base, "--tts", "nope")
+    assert "no tool named 'launch'" in refused(stack, *base, "--tool", "launch")
+    assert "invalid assistant" in refused(stack, "assistants", "create", "--user", owner, "--name", "",
+                                          "--persona", "p")
+    assert "no user" in refused(stack, "assistants", "create", "--user", "01NOSUCHUSER", "--name", "X",
+                                "--persona", "p")
+    assert len(cli_json(stack, "assistants", "list", "--user", owner)) == 1  # the default only
+
+
+# --- devices ----------------------------------------------------------------------------------
+
+
+async def test_devices_list(stack: tuple[EmbeddedServer, Path], services: Services) -> None:
+    owner, other = email(), email()
+    user = create_user(stack, owner)
+    assert cli(stack, "devices", "list", "--user", owner).stdout.strip() == f"{owner} has no devices"
+    state = await services.accounts.require(user["user_id"])
+    bound = []
+    for n in range(2):
+        device = f"AA:BB:CC:00:{n:02d}:{new_id()[-2:]}"
+        code = (await services.devices.activation(device, "client")).code
+        assert code
+        state = await services.accounts.require(user["user_id"])
+        binding, _ = await services.devices.bind(state, code, user["default_assistant_id"], f"room {n}")
+        bound.append(binding.device_id)
+
+    mine = cli_json(stack, "devices", "list", "--user", owner)
+    assert [d["device_id"] for d in mine] == sorted(bound)
+    assert {d["assistant_id"] for d in mine} == {user["default_assistant_id"]}
+    assert [d["name"] for d in mine] == ["room 0", "room 1"]
+    table = cli(stack, "devices", "list").stdout
+    assert table.splitlines()[0].split() == ["device", "owner", "assistant", "name", "bound"]
+    for device in bound:
+        assert owner in line_of(table, device)
+    create_user(stack, other)
+    assert cli_json(stack, "devices", "list", "--user", other) == []
+
+    await services.devices.unbind(user["user_id"], bound[0])
+    assert [d["device_id"] for d in cli_json(stack, "devices", "list", "--user", owner)] == bound[1:]
+    assert bound[0] not in cli(stack, "devices", "list").stdout
+
+
+# --- without a projection service -------------------------------------------------------------
+
+
+def test_without_a_projection_service_lists_read_the_file(tmp_path: Path) -> None:
+    server = EmbeddedServer(tmp_path / "store", port=free_port())
+    server.start()
+    try:
+        alone = (server, tmp_path / "data")
+        address = email()
+        create_user(alone, address)
+        # No service and no file yet: said plainly.
+        assert "vagent projections rebuild" in refused(alone, "users", "list")
+        cli(alone, "projections", "rebuild")
+        assert [u["email"] for u in cli_json(alone, "users", "list")] == [address]
+        assert len(cli_json(alone, "assistants", "list")) == 1
+    finally:
+        server.stop()
+
