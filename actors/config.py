@@ -139,6 +139,14 @@ class EdgeSettings(msgspec.Struct, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = 1_048_576  # larger request bodies get 413
+    # Real-time connections (xiaozhi, /ws, WebRTC) without a token are accepted and talk to
+    # the default assistant, as a local install expects; turn off before exposing the edge.
+    anonymous: bool = True
+    max_connections: int = 1000  # per edge process; more are refused (close code 1013)
+    max_frame_bytes: int = 65_536  # one WebSocket message, text or binary
+    max_messages_per_second: int = 100  # per connection, averaged over a few seconds
+    hello_timeout: float = 10.0  # xiaozhi: the device's hello must come this soon
+    ice_servers: list[str] = msgspec.field(default_factory=list)  # WebRTC, e.g. stun:host:3478
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):

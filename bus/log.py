@@ -54,6 +54,20 @@ async def last_sequence(bus: Bus, stream: str, subject_filter: str) -> int:
     return msg.seq or 0
 
 
+async def last_event(bus: Bus, aggregate: str, aggregate_id: str, event_type: str) -> Event | None:
+    """The aggregate's newest event of one type (a direct get: no consumer), or None."""
+    check_token(f"{aggregate} id", aggregate_id)
+    subject = f"vagent.{aggregate}.{aggregate_id}.evt.{event_type}"
+    try:
+        msg = await bus.js.get_last_msg(STREAM_BY_AGGREGATE[aggregate], subject)
+    except nats.js.errors.NotFoundError:
+        return None
+    try:
+        return decode(msg.data or b"")
+    except DecodeError:
+        return None
+
+
 async def load(bus: Bus, aggregate: str, aggregate_id: str) -> tuple[list[Entry], int]:
     """One aggregate's events in order, and the last sequence (for a conditional append).
     Raises ValueError for an id that is not a plain token (a wildcard would read many)."""

@@ -11,12 +11,14 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from edge.api import accounts, assistants, devices
 from edge.api.endpoint import JSON, Endpoint, bind, error_response
 from edge.api.openapi import document
 from edge.errors import ApiError
+from edge.realtime.ops import healthz, readyz
+from edge.realtime.ws_json import ws_endpoint
 from edge.services import Services
 
 ENDPOINTS: tuple[Endpoint, ...] = (*accounts.ENDPOINTS, *assistants.ENDPOINTS, *devices.ENDPOINTS)
@@ -31,6 +33,11 @@ def create_app(services: Services) -> Starlette:
 
     routes = [Route(e.path, bind(e, services), methods=[e.method]) for e in ENDPOINTS]
     routes.append(Route(OPENAPI_PATH, openapi, methods=["GET"]))
+    routes += [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        WebSocketRoute("/ws", ws_endpoint),
+    ]
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

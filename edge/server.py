@@ -37,7 +37,8 @@ class EdgeServer:
                                               server_header=False,
                                               # the client address is the socket's unless
                                               # auth.trust_forwarded_for says otherwise
-                                              proxy_headers=False))
+                                              proxy_headers=False,
+                                              ws_max_size=config.edge.max_frame_bytes * 2))
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -56,6 +57,10 @@ class EdgeServer:
             self.port = self._server.servers[0].sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        """Stop accepting real-time clients, tell the connected ones and record their
+        sessions' end, then let uvicorn finish the requests in flight."""
+        self.services.draining = True
+        await self.services.links.close_all("server_shutdown")
         self._server.should_exit = True
         if self._task is not None:
             with contextlib.suppress(Exception):

@@ -14,6 +14,7 @@ from edge.identity.assistants import Assistants
 from edge.identity.devices import Devices
 from edge.identity.keys import signing_key
 from edge.identity.tokens import Tokens
+from edge.realtime.session import LinkRegistry
 from projections.client import run_query
 
 
@@ -27,6 +28,8 @@ class Services:
     assistants: Assistants = field(init=False)
     devices: Devices = field(init=False)
     limiter: RateLimiter = field(init=False)
+    links: LinkRegistry = field(init=False)  # the real-time sessions this edge holds
+    draining: bool = False  # shutting down: no new real-time connections
 
     def __post_init__(self) -> None:
         auth = self.config.auth
@@ -35,6 +38,7 @@ class Services:
         self.assistants = Assistants(self.bus, self.config)
         self.devices = Devices(self.bus, self.tokens, auth)
         self.limiter = RateLimiter(auth.rate_limit, auth.rate_window)
+        self.links = LinkRegistry()
 
     async def query(self, name: str, **params: Any) -> list[dict[str, Any]]:
         """Rows of a read query, after the read model caught up with every stored event

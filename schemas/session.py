@@ -40,6 +40,7 @@ class SessionStarted(SessionEvent, tag="session.started", kw_only=True):
     client_id: str | None = None
     audio_in: AudioParams | None = None
     audio_out: AudioParams | None = None
+    resumed: bool = False  # a client reconnected to a session it had left (within 60 s)
 
 
 class SessionEnded(SessionEvent, tag="session.ended", kw_only=True):

@@ -1,0 +1,46 @@
+"""Who a real-time connection speaks for: an access token (browsers, integrations), a
+device token (xiaozhi), or nobody (anonymous, when `edge.anonymous` allows it)."""
+
+from __future__ import annotations
+
+from edge.errors import ApiError, unauthorized
+from edge.realtime.session import Caller
+from edge.services import Services
+
+
+def bearer(header: str | None, query_token: str | None) -> str | None:
+    """The token of an `Authorization: Bearer …` header, else of a `token` query parameter."""
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise unauthorized("token_invalid", "the Authorization header must be 'Bearer <token>'")
+        return token.strip()
+    return query_token or None
+
+
+async def user_caller(services: Services, token: str | None, assistant_id: str | None) -> Caller:
+    """A browser or integration: the user's chosen assistant (theirs), else their default."""
+    if token is None:
+        if not services.config.edge.anonymous:
+            raise unauthorized("token_missing", "sign in: this edge accepts no anonymous sessions")
+        return Caller()
+    principal = await services.tokens.verify(token)
+    user = await services.accounts.require(principal.user_id)
+    chosen = assistant_id or user.default_assistant_id
+    if chosen is None:
+        raise ApiError(404, "not_found", "no assistant to talk to")
+    await services.assistants.owned(user.user_id, chosen)
+    return Caller(user_id=user.user_id, assistant_id=chosen)
+
+
+async def device_caller(services: Services, token: str | None, device_id: str,
+                        client_id: str | None) -> Caller:
+    """A xiaozhi device: its token names its owner and assistant; without one (and when
+    anonymous connections are allowed) it talks to the default assistant."""
+    if token is None or token.lower() in ("", "test-token"):  # firmware sends a placeholder
+        if not services.config.edge.anonymous:
+            raise unauthorized("token_missing", "this device is not activated: bind it first")
+        return Caller(device_id=device_id.lower(), client_id=client_id)
+    grant = await services.tokens.verify_device(token, device_id)
+    return Caller(user_id=grant.user_id, assistant_id=grant.assistant_id, device_id=grant.device_id,
+                  client_id=client_id)

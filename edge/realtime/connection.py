@@ -1,0 +1,114 @@
+"""A real-time WebSocket connection with the edge's limits: admission (max connections),
+frame size, message rate, serialized sends, refusals with a reason and a close code, and
+being told to go when the edge shuts down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from edge.errors import ApiError
+from edge.realtime.limits import GOING_AWAY, POLICY, TOO_BIG, TRY_LATER, MessageRate, refusal
+from edge.realtime.session import LinkRegistry, SessionLink
+from edge.services import Services
+
+log = logging.getLogger("vagent.edge.connection")
+
+
+class Connection:
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+        self.services: Services = websocket.app.state.services
+        self.registry: LinkRegistry = self.services.links
+        edge = self.services.config.edge
+        self.max_frame = edge.max_frame_bytes
+        self.rate = MessageRate(edge.max_messages_per_second)
+        self.end_reason: str | None = None
+        self._send = asyncio.Lock()
+
+    async def admit(self, subprotocol: str | None = None) -> bool:
+        await self.websocket.accept(subprotocol=subprotocol)
+        if self.services.draining:
+            await self.close(GOING_AWAY, "the server is shutting down")
+            return False
+        if len(self.registry) >= self.services.config.edge.max_connections:
+            await self.send_error("too_many_connections", "this edge is full: retry later")
+            await self.close(TRY_LATER, "too many connections")
+            return False
+        return True
+
+    def attach(self, link: SessionLink) -> None:
+        async def go(reason: str) -> None:
+            self.end_reason = reason
+            await self.send_json({"type": "goodbye", "reason": reason})
+            await self.close(GOING_AWAY, reason)
+
+        self.registry.on_close(link, go)
+
+    async def receive(self) -> str | bytes | None:
+        """The next message within the limits; None once the client is gone or was closed."""
+        if self.websocket.client_state != WebSocketState.CONNECTED:
+            return None
+        try:
+            message = await self.websocket.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        data: str | bytes | None = message.get("text")
+        if data is None:
+            data = message.get("bytes") or b""
+        if len(data) > self.max_frame:
+            self.end_reason = "frame_too_large"
+            await self.send_error("frame_too_large", f"messages are limited to {self.max_frame} bytes")
+            await self.close(TOO_BIG, "frame too large")
+            return None
+        if not self.rate.allow():
+            self.end_reason = "rate_limited"
+            await self.send_error("rate_limited", "too many messages: slow down")
+            await self.close(POLICY, "message rate exceeded")
+            return None
+        return data
+
+    async def send_json(self, value: dict[str, Any]) -> None:
+        await self.send_bytes_text(json.dumps(value, ensure_ascii=False).encode())
+
+    async def send_bytes_text(self, data: bytes) -> None:
+        await self._deliver({"type": "websocket.send", "text": data.decode()})
+
+    async def send_audio(self, data: bytes) -> None:
+        await self._deliver({"type": "websocket.send", "bytes": data})
+
+    async def send_error(self, code: str, message: str) -> None:
+        await self.send_json({"type": "error", "code": code, "message": message})
+
+    async def refuse(self, error: ApiError) -> None:
+        """Tell why (the REST API's error shape), then close with 4000 + its status."""
+        self.end_reason = error.code
+        await self.send_json({"type": "error", "code": error.code, "message": error.message,
+                              "details": error.details})
+        await self.close(refusal(error.status), error.code)
+
+    async def close(self, code: int, reason: str = "") -> None:
+        async with self._send:
+            if self.websocket.application_state == WebSocketState.CONNECTED:
+                with contextlib.suppress(Exception):
+                    await self.websocket.close(code, reason[:120])
+
+    async def finish(self, link: SessionLink, reason: str) -> None:
+        await link.close(reason)
+        await self.close(1000, reason)
+
+    async def _deliver(self, message: dict[str, Any]) -> None:
+        async with self._send:
+            if self.websocket.application_state != WebSocketState.CONNECTED:
+                return
+            try:
+                await self.websocket.send(message)
+            except Exception:  # the client went away: the receive loop will notice
+                log.debug("send to a closed connection dropped")

@@ -1,0 +1,228 @@
+"""One client connection's side of a session, whatever its protocol.
+
+A `SessionLink` records `session.started` (who, which assistant, which audio formats),
+turns the client's input into events (`user.text`, `listen.*`, `turn.interrupted`,
+`session.tools`, `tool.result`) and audio frames on `audio.in`, and hands the session's
+events (durable and live) and its downlink audio to the transport. It keeps no
+conversation state: the log has it. Closing the link records `session.ended`.
+
+A client may resume its session within `RESUME_SECONDS` of leaving it: the log itself
+says whether that is allowed (the session's owner, and when its last connection ended).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from bus.client import Bus, Message, Subscription
+from bus.errors import BusError
+from bus.log import last_event
+from bus.subjects import audio_in, audio_out
+from edge.errors import ApiError
+from schemas import (
+    AudioParams,
+    DecodeError,
+    Event,
+    ListenStarted,
+    ListenStopped,
+    SessionEnded,
+    SessionStarted,
+    SessionTools,
+    SessionToolSpec,
+    ToolResult,
+    TurnInterrupted,
+    UserText,
+    decode,
+    new_id,
+)
+
+log = logging.getLogger("vagent.edge.session")
+RESUME_SECONDS = 60.0
+EventHandler = Callable[[Event], Awaitable[None]]
+AudioHandler = Callable[[bytes], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is on the line, once authenticated (all None: an anonymous local client)."""
+
+    user_id: str | None = None
+    assistant_id: str | None = None
+    device_id: str | None = None
+    client_id: str | None = None
+
+
+class SessionLink:
+    def __init__(self, bus: Bus, registry: LinkRegistry, caller: Caller, *, transport: str,
+                 audio_in: AudioParams | None, audio_out: AudioParams | None,
+                 on_event: EventHandler, on_audio: AudioHandler | None = None) -> None:
+        self.bus = bus
+        self.registry = registry
+        self.caller = caller
+        self.transport = transport
+        self.audio_in_params = audio_in
+        self.audio_out_params = audio_out
+        self.on_event = on_event
+        self.on_audio = on_audio
+        self.session_id = ""
+        self.resumed = False
+        self.closed = False
+        self._subs: list[Subscription] = []
+        self._frames = 0
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def open(self, session_id: str | None = None) -> str:
+        """Claim a new session id, or `session_id` to resume, and listen to it; the client
+        is told the id before `start()` records the session's start."""
+        self.resumed = False
+        if session_id:
+            await self.registry.release(session_id)  # a reconnect replaces a stale local link
+            await check_resumable(self.bus, session_id, self.caller)
+            self.resumed = True
+        self.session_id = session_id or new_id()
+        sid = self.session_id
+        self._subs = [
+            await self.bus.subscribe(f"vagent.session.{sid}.evt.>", self._event),
+            await self.bus.subscribe(f"vagent.session.{sid}.live.>", self._event),
+        ]
+        if self.on_audio is not None:
+            self._subs.append(await self.bus.subscribe(audio_out(sid), self._audio))
+        await self.bus.flush()  # subscribed before anything of the session can happen
+        self.registry.add(self)
+        return sid
+
+    async def start(self) -> None:
+        sid = self.session_id
+        await self.bus.publish(SessionStarted(
+            session_id=sid, transport=self.transport, user_id=self.caller.user_id,
+            assistant_id=self.caller.assistant_id, device_id=self.caller.device_id,
+            client_id=self.caller.client_id, audio_in=self.audio_in_params,
+            audio_out=self.audio_out_params, resumed=self.resumed))
+
+    async def close(self, reason: str) -> None:
+        """Record `session.ended` (once) and stop listening."""
+        if self.closed:
+            return
+        self.closed = True
+        self.registry.remove(self)
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.stop()
+        self._subs = []
+        if self.session_id:
+            try:
+                await self.bus.publish(SessionEnded(session_id=self.session_id, reason=reason))
+            except BusError:
+                log.warning("session.ended not recorded: NATS unreachable",
+                            extra={"session": self.session_id, "reason": reason})
+
+    # --- client → session ---------------------------------------------------------------
+
+    async def text(self, text: str, source: str = "text") -> UserText:
+        event = UserText(session_id=self.session_id, text=text, source=source)
+        await self.bus.publish(event)
+        return event
+
+    async def audio(self, payload: bytes) -> None:
+        await self.bus.publish_core(audio_in(self.session_id), payload)
+
+    async def listen_start(self, mode: str = "auto") -> None:
+        await self.bus.publish(ListenStarted(session_id=self.session_id, mode=mode))  # type: ignore[arg-type]
+
+    async def listen_stop(self) -> None:
+        await self.bus.publish(ListenStopped(session_id=self.session_id))
+
+    async def abort(self) -> None:
+        """The client stopped the answer: every actor of the turn stops (turn_id None: the
+        current turn, whichever it is)."""
+        await self.bus.publish(TurnInterrupted(session_id=self.session_id, reason="abort"))
+
+    async def tools(self, specs: list[SessionToolSpec], source: str = "device") -> None:
+        await self.bus.publish(SessionTools(session_id=self.session_id, tools=specs, source=source))
+
+    async def tool_result(self, call_id: str, name: str, content: str, *, turn_id: str | None,
+                          is_error: bool = False, causation_id: str | None = None) -> None:
+        await self.bus.publish(ToolResult(session_id=self.session_id, turn_id=turn_id, call_id=call_id,
+                                          name=name, content=content, is_error=is_error,
+                                          causation_id=causation_id))
+
+    # --- session → client ---------------------------------------------------------------
+
+    async def _event(self, msg: Message) -> None:
+        try:
+            event = decode(msg.data)
+        except DecodeError:
+            return
+        try:
+            await self.on_event(event)
+        except Exception:
+            log.exception("the transport failed to deliver an event", extra={"session": self.session_id})
+
+    async def _audio(self, msg: Message) -> None:
+        assert self.on_audio is not None
+        try:
+            await self.on_audio(msg.data)
+        except Exception:
+            log.exception("the transport failed to deliver audio", extra={"session": self.session_id})
+
+
+async def check_resumable(bus: Bus, session_id: str, caller: Caller) -> None:
+    """A session may be resumed by its own caller within RESUME_SECONDS of its last
+    connection's end. Read from the log's last `session.started` and `session.ended`."""
+    started = await last_event(bus, "session", session_id, "session.started")
+    if not isinstance(started, SessionStarted) or (started.user_id, started.device_id) != (
+            caller.user_id, caller.device_id):
+        # Someone else's session answers like one that never existed.
+        raise ApiError(404, "session_not_found", f"no session {session_id!r} to resume")
+    ended = await last_event(bus, "session", session_id, "session.ended")
+    if ended is None or ended.ts < started.ts:
+        raise ApiError(409, "session_active", "this session is connected elsewhere")
+    if time.time_ns() - ended.ts > RESUME_SECONDS * 1e9:
+        raise ApiError(410, "session_expired",
+                       f"the session ended over {RESUME_SECONDS:.0f} s ago: start a new one")
+
+
+class LinkRegistry:
+    """The links this edge process holds: for limits, replacing a stale link on reconnect,
+    and telling every client when the edge shuts down."""
+
+    def __init__(self) -> None:
+        self._links: dict[str, SessionLink] = {}
+        self._closers: dict[int, Callable[[str], Awaitable[None]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+    def add(self, link: SessionLink) -> None:
+        self._links[link.session_id] = link
+
+    def remove(self, link: SessionLink) -> None:
+        if self._links.get(link.session_id) is link:
+            del self._links[link.session_id]
+
+    def on_close(self, link: SessionLink, closer: Callable[[str], Awaitable[None]]) -> None:
+        """How to end the link's connection (with a reason) when the edge must."""
+        self._closers[id(link)] = closer
+
+    async def release(self, session_id: str) -> None:
+        """A client reconnecting with this session id: a link still held here is stale."""
+        link = self._links.get(session_id)
+        if link is not None:
+            await self._end(link, "replaced")
+
+    async def close_all(self, reason: str) -> None:
+        await asyncio.gather(*(self._end(link, reason) for link in list(self._links.values())),
+                             return_exceptions=True)
+
+    async def _end(self, link: SessionLink, reason: str) -> None:
+        closer = self._closers.pop(id(link), None)
+        if closer is not None:
+            with contextlib.suppress(Exception):
+                await closer(reason)
+        await link.close(reason)

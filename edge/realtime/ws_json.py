@@ -1,0 +1,123 @@
+"""`/ws`: text chat and integrations over one WebSocket, in the event vocabulary.
+
+Query parameters: `token` (an access token; or an `Authorization: Bearer` header),
+`assistant_id`, `session_id` (resume within 60 s), `audio` (`none` by default, `pcm16`
+for 16 kHz mono PCM frames up and 24 kHz down, `opus` for 16 kHz / 60 ms Opus up and
+24 kHz Opus down).
+
+Client → server, JSON text: `{"type":"user.text","text":…}`, `{"type":"abort"}`,
+`{"type":"listen.start","mode":"auto|manual|realtime"}`, `{"type":"listen.stop"}`; binary
+frames are audio. Server → client: `{"type":"session","session_id":…,"resumed":…}` first,
+then every event of the session as JSON (DESIGN §3), audio as binary frames, and
+`{"type":"error","code":…,"message":…}` for a refused message.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from edge.errors import ApiError
+from edge.realtime.auth import bearer, user_caller
+from edge.realtime.connection import Connection
+from edge.realtime.session import SessionLink
+from schemas import AudioParams, Event, to_json
+
+log = logging.getLogger("vagent.edge.ws")
+AUDIO = {
+    "none": (None, None),
+    "pcm16": (AudioParams(format="pcm16", sample_rate=16000, frame_duration=20),
+              AudioParams(format="pcm16", sample_rate=24000, frame_duration=20)),
+    "opus": (AudioParams(format="opus", sample_rate=16000, frame_duration=60),
+             AudioParams(format="opus", sample_rate=24000, frame_duration=60)),
+}
+
+
+class Incoming(msgspec.Struct):
+    type: str
+    text: str | None = None
+    mode: str = "auto"
+
+
+async def ws_endpoint(websocket: WebSocket) -> None:
+    conn = Connection(websocket)
+    if not await conn.admit():
+        return
+    services = conn.services
+    params = websocket.query_params
+    audio = params.get("audio", "none")
+    if audio not in AUDIO:
+        await conn.refuse(ApiError(422, "bad_audio", f"audio must be one of {', '.join(AUDIO)}"))
+        return
+    try:
+        caller = await user_caller(services, bearer(websocket.headers.get("authorization"),
+                                                    params.get("token")), params.get("assistant_id"))
+    except ApiError as error:
+        await conn.refuse(error)
+        return
+
+    async def deliver(event: Event) -> None:
+        await conn.send_bytes_text(to_json(event))
+
+    audio_in, audio_out = AUDIO[audio]
+    link = SessionLink(services.bus, conn.registry, caller, transport="ws", audio_in=audio_in,
+                       audio_out=audio_out, on_event=deliver,
+                       on_audio=conn.send_audio if audio_out else None)
+    try:
+        sid = await link.open(params.get("session_id") or None)
+    except ApiError as error:
+        await conn.refuse(error)
+        return
+    conn.attach(link)
+    await conn.send_json({"type": "session", "session_id": sid, "resumed": link.resumed})
+    await link.start()
+    reason = "client_closed"
+    try:
+        while True:
+            message = await conn.receive()
+            if message is None:
+                break
+            if isinstance(message, bytes):
+                if audio_in is None:
+                    await conn.send_error("audio_not_negotiated",
+                                          "connect with ?audio=pcm16 or opus to send audio")
+                    continue
+                await link.audio(message)
+                continue
+            await _command(conn, link, message)
+    except WebSocketDisconnect:
+        pass
+    except Exception:
+        log.exception("ws connection failed", extra={"session": sid})
+        reason = "error"
+    finally:
+        await conn.finish(link, conn.end_reason or reason)
+
+
+async def _command(conn: Connection, link: SessionLink, raw: str) -> None:
+    try:
+        command = msgspec.json.decode(raw, type=Incoming)
+    except msgspec.DecodeError as exc:
+        await conn.send_error("bad_message", f"not a valid message: {exc}")
+        return
+    match command.type:
+        case "user.text":
+            if not (command.text or "").strip():
+                await conn.send_error("bad_message", "user.text needs a non-empty text")
+                return
+            await link.text(command.text or "")
+        case "abort":
+            await link.abort()
+        case "listen.start":
+            if command.mode not in ("auto", "manual", "realtime"):
+                await conn.send_error("bad_message", "mode must be auto, manual or realtime")
+                return
+            await link.listen_start(command.mode)
+        case "listen.stop":
+            await link.listen_stop()
+        case other:
+            await conn.send_error("unknown_type", f"unknown message type {other!r}")
+
+
