@@ -159,7 +159,10 @@ class Dialogue(Actor):
             await self._greet(event, ctx)
 
     async def _greet(self, event: SessionStarted, ctx: Context) -> None:
-        """The assistant's greeting, spoken as a turn of its own (named after session.started)."""
+        """The assistant's greeting, spoken as a turn of its own (named after session.started);
+        not again when a client resumes the session."""
+        if event.resumed:
+            return
         profile = await self.assistants.get(event.assistant_id or DEFAULT_ASSISTANT_ID)
         greeting = (profile.greeting or "").strip() if profile else ""
         if greeting:

@@ -26,8 +26,8 @@ async def serve_edge(nats: str | None, data_dir: Path, host: str | None, port: i
         await bus.declare()
         edge = EdgeServer(bus, load(), data_dir, host=host, port=port)
         await edge.start()
-        print(f"vagent edge: API on {edge.url}/api/v1/  (OpenAPI: {edge.url}/api/v1/openapi.json)",
-              flush=True)
+        print(f"vagent edge: web page {edge.url}/  API {edge.url}/api/v1/  "
+              f"xiaozhi {edge.ws_url}/xiaozhi/v1/  WebSocket {edge.ws_url}/ws", flush=True)
         try:
             await _until_signal()
         finally:

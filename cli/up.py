@@ -131,8 +131,10 @@ def _banner(url: str, server: EmbeddedServer | None, data_dir: Path, actors: lis
         f"  data         {data_dir}",
         f"  actors       {', '.join(actors)}",
         f"  read models  {store_path(data_dir)}",
-        *([f"  API          {edge.url}/api/v1/  (OpenAPI: {edge.url}/api/v1/openapi.json)"]
-          if edge else []),
+        *([f"  web page     {edge.url}/",
+           f"  API          {edge.url}/api/v1/  (OpenAPI: {edge.url}/api/v1/openapi.json)",
+           f"  xiaozhi      {edge.ws_url}/xiaozhi/v1/",
+           f"  WebSocket    {edge.ws_url}/ws"] if edge else []),
         *([f"  LLM          {local_llm.base_url}  (local llama-server, {local_llm.model_name}, "
            f"log {local_llm.log_file})"] if local_llm else []),
         "  try          vagent say \"hello\" --session s1"

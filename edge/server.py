@@ -45,6 +45,10 @@ class EdgeServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
     async def start(self) -> None:
         await self.services.assistants.ensure_default()
         self._task = asyncio.create_task(self._server.serve())
