@@ -234,3 +234,21 @@ def test_the_readme_api_walkthrough_against_vagent_up(stack: tuple[Proc, Path]) 
             "aa:bb:cc:dd:ee:ff"]
         assert http.post("/auth/logout", headers=auth).status_code == 204
         assert http.get("/me", headers=auth).status_code == 401
+
+
+def test_vagent_edge_serves_the_api_on_its_own(stack: tuple[Proc, Path], nats: EmbeddedServer) -> None:
+    """A second edge process beside `vagent up`'s: same accounts, same read models."""
+    _, data = stack
+    port = free_port()
+    edge = Proc(["edge", "--nats", nats.url, "--data-dir", str(data), "--port", str(port)])
+    try:
+        edge.wait_for("vagent edge:")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=30) as http:
+            assert http.get("/openapi.json").json()["openapi"] == "3.1.0"
+            account = {"email": "grace@example.com", "password": "correct horse 9"}
+            r = http.post("/auth/register", json=account)
+            assert r.status_code == 201, r.text
+            r = http.post("/auth/login", json=account)
+            assert r.status_code == 200, r.text
+    finally:
+        assert edge.stop() == 0
