@@ -20,6 +20,7 @@ from edge.errors import ApiError
 from edge.realtime.ops import healthz, readyz
 from edge.realtime.ws_json import ws_endpoint
 from edge.services import Services
+from edge.webrtc import webrtc_offer
 
 ENDPOINTS: tuple[Endpoint, ...] = (*accounts.ENDPOINTS, *assistants.ENDPOINTS, *devices.ENDPOINTS)
 OPENAPI_PATH = "/api/v1/openapi.json"
@@ -37,6 +38,7 @@ def create_app(services: Services) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         WebSocketRoute("/ws", ws_endpoint),
+        Route("/webrtc/offer", webrtc_offer, methods=["POST"]),
     ]
 
     async def http_error(request: Request, exc: Exception) -> Response:

@@ -15,7 +15,12 @@ import msgspec
 from schemas.ids import new_id
 
 # A subject token: no dots, wildcards or white space (NATS would misroute them).
-_TOKEN = re.compile(r"^[A-Za-z0-9_\-:@+=]{1,128}$")
+TOKEN_PATTERN = r"^[A-Za-z0-9_\-:@+=]{1,128}$"
+_TOKEN = re.compile(TOKEN_PATTERN)
+
+
+def is_token(value: str) -> bool:
+    return bool(_TOKEN.match(value))
 
 
 def check_token(kind: str, value: str) -> str:

@@ -45,12 +45,13 @@ async def spec(api: Api) -> dict[str, Any]:
 
 
 def served_routes(api: Api) -> set[tuple[str, str]]:
-    """(path, method) of every route of the app; HEAD comes with GET and is not documented."""
+    """(path, method) of every REST route of the app (under /api/v1: the real-time endpoints,
+    the page and the probes are not REST); HEAD comes with GET and is not documented."""
     routes = set()
     for route in api.edge.app.routes:
-        assert isinstance(route, Route), route
-        if route.path == OPENAPI_PATH:
+        if not getattr(route, "path", "").startswith("/api/v1/") or route.path == OPENAPI_PATH:
             continue
+        assert isinstance(route, Route), route
         routes |= {(route.path, m.lower()) for m in route.methods or () if m != "HEAD"}
     return routes
 

@@ -10,6 +10,7 @@ from msgspec import Meta
 
 from edge.identity.devices import Activation
 from edge.identity.tokens import TokenPair
+from schemas import TOKEN_PATTERN
 
 Email = Annotated[str, Meta(max_length=254, examples=["ada@example.com"])]
 Password = Annotated[str, Meta(min_length=1, max_length=1024)]
@@ -19,7 +20,7 @@ Short = Annotated[str, Meta(min_length=1, max_length=128)]
 Names = Annotated[list[Annotated[str, Meta(min_length=1, max_length=128)]], Meta(max_length=64)]
 # An id as the event log spells them (schemas.base._TOKEN): no dots, wildcards or spaces,
 # which would address other subjects than the one meant.
-ID_PATTERN = r"^[A-Za-z0-9_\-:@+=]{1,128}$"
+ID_PATTERN = TOKEN_PATTERN  # every id is a subject token
 Id = Annotated[str, Meta(pattern=ID_PATTERN, examples=["01J9ZQ4V7C2M8K3N5P6R7S8T9V"])]
 # Tokens and codes are printable ASCII (codes may come with the spaces a person typed).
 TokenText = Annotated[str, Meta(min_length=1, max_length=512, pattern=r"^[!-~]+$")]

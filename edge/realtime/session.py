@@ -203,6 +203,7 @@ class LinkRegistry:
         self._links[link.session_id] = link
 
     def remove(self, link: SessionLink) -> None:
+        self._closers.pop(id(link), None)
         if self._links.get(link.session_id) is link:
             del self._links[link.session_id]
 

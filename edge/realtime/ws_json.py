@@ -23,7 +23,7 @@ from edge.errors import ApiError
 from edge.realtime.auth import bearer, user_caller
 from edge.realtime.connection import Connection
 from edge.realtime.session import SessionLink
-from schemas import AudioParams, Event, to_json
+from schemas import AudioParams, Event, is_token, to_json
 
 log = logging.getLogger("vagent.edge.ws")
 AUDIO = {
@@ -51,6 +51,11 @@ async def ws_endpoint(websocket: WebSocket) -> None:
     if audio not in AUDIO:
         await conn.refuse(ApiError(422, "bad_audio", f"audio must be one of {', '.join(AUDIO)}"))
         return
+    for name in ("session_id", "assistant_id"):
+        value = params.get(name)
+        if value and not is_token(value):
+            await conn.refuse(ApiError(422, "validation_failed", f"{name} is not an id", {"at": name}))
+            return
     try:
         caller = await user_caller(services, bearer(websocket.headers.get("authorization"),
                                                     params.get("token")), params.get("assistant_id"))

@@ -1,0 +1,109 @@
+"""`POST /webrtc/offer`: HTTP signaling for a browser peer.
+
+Body `{"sdp": …, "type": "offer", "assistant_id"?: …, "session_id"?: …}` (JSON; the
+offer made after ICE gathering completed: no trickle), optional `Authorization: Bearer
+<access token>` (required unless `edge.anonymous`). Answer 200 `{"sdp": …, "type":
+"answer", "session_id": …}` once every local candidate is gathered. Refusals in the REST
+API's error shape: 401 `token_*`, 404 (no such assistant, or session to resume), 409
+`session_active` / 410 `session_expired` (resume), 415 not JSON, 400 `malformed_json`,
+422 `validation_failed` / `bad_offer`, 503 `too_many_connections` / `draining` /
+`unavailable`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from bus.errors import BusError
+from edge.api.endpoint import decode_body, error_response, json_response, read_body
+from edge.api.models import Id
+from edge.errors import ApiError
+from edge.realtime.auth import bearer, user_caller
+from edge.services import Services
+from edge.webrtc.peer import Peer
+
+log = logging.getLogger("vagent.edge.webrtc")
+
+
+class Offer(msgspec.Struct):
+    sdp: str
+    type: Literal["offer"]
+    assistant_id: Id | None = None
+    session_id: Id | None = None  # resume this session (within 60 s of its end)
+
+
+class Answer(msgspec.Struct):
+    sdp: str
+    type: Literal["answer"]
+    session_id: str
+
+
+class Peers:
+    """The peers this app holds (kept referenced while they live) and offers in progress
+    (counted against `edge.max_connections` before their session exists)."""
+
+    def __init__(self) -> None:
+        self.active: set[Peer] = set()
+        self.pending = 0
+
+    def add(self, peer: Peer) -> None:
+        self.active.add(peer)
+        peer.on_closed = self.active.discard
+
+
+def peers_of(request: Request) -> Peers:
+    state = request.app.state
+    if not hasattr(state, "webrtc_peers"):
+        state.webrtc_peers = Peers()
+    peers: Peers = state.webrtc_peers
+    return peers
+
+
+async def webrtc_offer(request: Request) -> Response:
+    services: Services = request.app.state.services
+    peers = peers_of(request)
+    peer: Peer | None = None
+    counted = False
+    try:
+        if services.draining:
+            raise ApiError(503, "draining", "the server is shutting down: retry shortly",
+                           headers={"Retry-After": "1"})
+        if len(services.links) + peers.pending >= services.config.edge.max_connections:
+            raise ApiError(503, "too_many_connections", "this edge is full: retry later",
+                           headers={"Retry-After": "1"})
+        peers.pending += 1
+        counted = True
+        raw = await read_body(request, services.config.edge.max_body_bytes)
+        offer: Offer = decode_body(raw, request.headers.get("content-type", ""), Offer)
+        caller = await user_caller(services, bearer(request.headers.get("authorization"), None),
+                                   offer.assistant_id)
+        peer = Peer(services, caller)
+        sdp = await peer.negotiate(offer.sdp)
+        session_id = await peer.start(offer.session_id)
+        peers.add(peer)
+        return json_response(Answer(sdp=sdp, type="answer", session_id=session_id))
+    except ApiError as error:
+        await _discard(peer)
+        return error_response(error)
+    except BusError as exc:
+        log.warning("bus unavailable", extra={"path": request.url.path, "error": str(exc)})
+        await _discard(peer)
+        return error_response(ApiError(503, "unavailable", "the event log is unreachable: retry",
+                                       headers={"Retry-After": "1"}))
+    except Exception:
+        log.exception("webrtc offer failed")
+        await _discard(peer)
+        return error_response(ApiError(500, "internal", "internal error"))
+    finally:
+        if counted:
+            peers.pending -= 1
+
+
+async def _discard(peer: Peer | None) -> None:
+    if peer is not None:
+        await peer.close("error")

@@ -1,0 +1,345 @@
+"""`POST /webrtc/offer`: an aiortc peer in the test talks to the edge like a browser — a
+spoken question on its microphone track, the session's events on the `events` data
+channel, the spoken answer on its inbound track — through the real asr, dialogue (echo
+LLM) and tts actors.
+
+aioice leaves 127.0.0.1 out of its host candidates, and a CI machine may have no other
+interface: both peers here (the edge runs in the test's process) gather on loopback only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aioice.ice
+import av
+import numpy as np
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from actors import config as settings
+from actors.runtime import ActorHost
+from bus.client import Bus
+from bus.log import load
+from bus.server import EmbeddedServer
+from bus.subjects import audio_out
+from cli.echo_llm import OpenAIServer
+from edge.webrtc import peer
+from edge.webrtc.audio import DownlinkTrack
+from schemas import SessionEnded
+from tests.api_harness import Api, serve_api
+from tests.fixtures.audio import RATE, has_key_words, pcm
+
+FRAME = RATE // 50  # 20 ms of 16 kHz samples
+
+
+@pytest.fixture(scope="module")
+def loopback_ice() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(aioice.ice, "get_host_addresses",
+                      lambda use_ipv4=True, use_ipv6=True: ["127.0.0.1"])
+        yield
+
+
+@pytest.fixture(scope="module")
+async def stack(module_nats: EmbeddedServer, llm: OpenAIServer, loopback_ice: None,
+                tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
+    saved = os.environ.get("OPENAI_BASE_URL")
+    os.environ["OPENAI_BASE_URL"] = llm.base_url
+    settings.load.cache_clear()
+    bus = await Bus.connect(module_nats.url, name="test-webrtc-actors")
+    await bus.declare()
+    host = ActorHost(bus, ["asr", "dialogue", "tts"])
+    await host.start()
+    try:
+        async with serve_api(module_nats.url, tmp_path_factory.mktemp("webrtc")) as api:
+            yield api
+    finally:
+        await host.stop()
+        await bus.close()
+        if saved is None:
+            os.environ.pop("OPENAI_BASE_URL", None)
+        else:
+            os.environ["OPENAI_BASE_URL"] = saved
+        settings.load.cache_clear()
+
+
+def rms(samples: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(samples.astype(np.float64) ** 2)))
+
+
+class Microphone(MediaStreamTrack):
+    """16 kHz mono speech at real time, silence before and after (as a quiet room)."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending = np.zeros(0, np.int16)
+        self._start: float | None = None
+        self._pts = 0
+
+    def say(self, data: bytes) -> None:
+        self._pending = np.frombuffer(data, "<i2").copy()
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        await asyncio.sleep(max(0.0, self._start + self._pts / RATE - time.monotonic()))
+        chunk, self._pending = self._pending[:FRAME], self._pending[FRAME:]
+        chunk = np.concatenate([chunk, np.zeros(FRAME - len(chunk), np.int16)])
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, RATE)
+        self._pts += FRAME
+        return frame
+
+
+class Browser:
+    """The client side: a peer connection with the `events` channel and a microphone."""
+
+    def __init__(self, audio: bool = True) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.channel = self.pc.createDataChannel("events")
+        self.opened = asyncio.Event()
+        self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.seen: list[dict[str, Any]] = []
+        self.mic = Microphone()
+        self.heard: list[float] = []  # RMS of each inbound 20 ms frame
+        self._tasks: list[asyncio.Task[None]] = []
+        self.channel.on("open", self.opened.set)
+        self.channel.on("message", lambda m: self.messages.put_nowait(json.loads(m)))
+        self.pc.on("track", self._track)
+        if audio:
+            self.pc.addTrack(self.mic)
+
+    def _track(self, track: MediaStreamTrack) -> None:
+        async def listen() -> None:
+            while True:
+                try:
+                    frame = await track.recv()
+                except MediaStreamError:
+                    return
+                self.heard.append(rms(frame.to_ndarray()))
+
+        self._tasks.append(asyncio.ensure_future(listen()))
+
+    async def offer(self, api: Api, headers: dict[str, str] | None = None, **body: Any) -> Any:
+        if self.pc.localDescription is None:
+            await self.pc.setLocalDescription(await self.pc.createOffer())  # gathers candidates
+        return await api.client.post("/webrtc/offer", headers=headers or {}, json={
+            "sdp": self.pc.localDescription.sdp, "type": "offer", **body})
+
+    async def connect(self, api: Api, headers: dict[str, str] | None = None, **body: Any) -> str:
+        r = await self.offer(api, headers, **body)
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert answer["type"] == "answer" and answer["session_id"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        async with asyncio.timeout(15):
+            await self.opened.wait()
+        return str(answer["session_id"])
+
+    def send(self, value: dict[str, Any]) -> None:
+        self.channel.send(json.dumps(value))
+
+    async def until(self, kind: str, timeout: float = 30, **fields: Any) -> dict[str, Any]:
+        """Read messages up to the first of type `kind` (with `fields`)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await self.messages.get()
+                self.seen.append(message)
+                if message["type"] == kind and all(message.get(k) == v for k, v in fields.items()):
+                    return message
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.pc.close()
+
+
+async def ended(api: Api, sid: str, timeout: float = 10) -> SessionEnded:
+    async with asyncio.timeout(timeout):
+        while True:
+            entries, _ = await load(api.services.bus, "session", sid)
+            events = [e.event for e in entries if isinstance(e.event, SessionEnded)]
+            if events:
+                return events[-1]
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.slow
+async def test_a_spoken_question_gets_a_spoken_answer(stack: Api) -> None:
+    browser = Browser()
+    try:
+        sid = await browser.connect(stack)
+        hello = await browser.until("session")
+        assert hello == {"type": "session", "session_id": sid, "resumed": False}
+        started = await browser.until("session.started")
+        assert started["transport"] == "webrtc" and started["audio_in"] == {
+            "format": "pcm16", "sample_rate": 16000, "frame_duration": 20}
+        assert started["audio_out"]["sample_rate"] == 48000
+        sent: list[bytes] = []
+
+        async def collect(msg: Any) -> None:
+            sent.append(msg.data)
+
+        sub = await stack.services.bus.subscribe(audio_out(sid), collect)
+        await asyncio.sleep(0.3)  # the ASR worker subscribes to the session's audio
+        browser.mic.say(pcm("what_time"))
+        await browser.until("speech.started")
+        final = await browser.until("transcript.final")
+        assert has_key_words("what_time", final["text"]), final
+        heard_before, sent_before = len(browser.heard), len(sent)  # before the answer is spoken
+        answer = await browser.until("assistant.message")
+        assert answer["text"] == f"You said: {final['text']}."
+        await browser.until("tts.stopped")
+        assert browser.seen[0]["type"] == "session"  # nothing came before the session's id
+        # The answer was heard, all of it: as many loud 20 ms frames as the TTS actor sent.
+        spoken = [m for m in browser.seen if m["type"] == "tts.sentence"]
+        assert spoken
+        await asyncio.sleep(0.3)  # the last frames are still on their way
+        await sub.stop()
+        sent_loud = sum(rms(np.frombuffer(f, "<i2")) > 200 for f in sent[sent_before:])
+        heard_loud = sum(r > 200 for r in browser.heard[heard_before:])
+        assert sent_loud >= 0.5 * sum(s["duration_ms"] for s in spoken) / 20
+        assert abs(heard_loud - sent_loud) <= 0.15 * sent_loud, (heard_loud, sent_loud)
+        # Silence while nobody speaks: the track kept going, at real time.
+        assert max(browser.heard[:10]) < 50
+
+        # Typed text on the same channel gets an answer too.
+        browser.send({"type": "user.text", "text": "and now in writing"})
+        answer = await browser.until("assistant.message", text="You said: and now in writing.")
+        browser.send({"type": "hangup"})
+        assert (await ended(stack, sid)).reason == "hangup"
+    finally:
+        await browser.close()
+    async with asyncio.timeout(5):
+        while len(stack.services.links):
+            await asyncio.sleep(0.05)
+
+
+async def test_typed_turns_bad_messages_resume_and_replacement(stack: Api) -> None:
+    headers = await stack.user()
+    browser = Browser(audio=False)
+    try:
+        sid = await browser.connect(stack, headers)
+        started = await browser.until("session.started")
+        assert started["user_id"] and started["assistant_id"]
+        browser.send({"type": "user.text", "text": "hello there"})
+        assert (await browser.until("assistant.message"))["text"] == "You said: hello there."
+        browser.channel.send("{not json")
+        assert (await browser.until("error"))["code"] == "bad_message"
+        browser.send({"type": "dance"})
+        assert (await browser.until("error"))["code"] == "unknown_type"
+        browser.send({"type": "user.text", "text": "  "})
+        assert (await browser.until("error"))["code"] == "bad_message"
+    finally:
+        await browser.close()  # the peer connection closing ends the session
+    assert (await ended(stack, sid)).reason == "client_closed"
+
+    # Resumed within 60 s by its owner; someone else cannot take it.
+    stranger = Browser(audio=False)
+    r = await stranger.offer(stack, await stack.user(), session_id=sid)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "session_not_found"
+    await stranger.close()
+    again, third = Browser(audio=False), Browser(audio=False)
+    try:
+        assert await again.connect(stack, headers, session_id=sid) == sid
+        assert await again.until("session") == {"type": "session", "session_id": sid, "resumed": True}
+        await again.until("session.started", resumed=True)
+        # A reconnect replaces the link this edge still holds: the old peer is told why.
+        assert await third.connect(stack, headers, session_id=sid) == sid
+        assert (await again.until("goodbye"))["reason"] == "replaced"
+        await third.until("session.started", resumed=True)
+        entries, _ = await load(stack.services.bus, "session", sid)
+        assert [e.event.reason for e in entries if isinstance(e.event, SessionEnded)] == [
+            "client_closed", "replaced"]
+        # The edge shutting down ends every link the same way.
+        await stack.services.links.close_all("server_shutdown")
+        assert (await third.until("goodbye"))["reason"] == "server_shutdown"
+        assert (await ended(stack, sid)).reason == "server_shutdown"
+    finally:
+        await again.close()
+        await third.close()
+
+
+async def test_refusals_use_the_rest_error_shape(stack: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = stack.client
+    r = await client.post("/webrtc/offer", json={"sdp": "garbage", "type": "offer"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "bad_offer"
+    r = await client.post("/webrtc/offer", json={"type": "answer", "sdp": "x"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "validation_failed"
+    r = await client.post("/webrtc/offer", json={"sdp": "x", "type": "offer", "session_id": "a.*"})
+    assert r.status_code == 422 and r.json()["error"]["details"]["at"] == "$.session_id"
+    r = await client.post("/webrtc/offer", content=b"{nope", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_json"
+    # An offer without the events channel.
+    browser = Browser(audio=False)
+    no_channel = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    no_channel.addTransceiver("audio")
+    await no_channel.setLocalDescription(await no_channel.createOffer())
+    r = await client.post("/webrtc/offer", json={"sdp": no_channel.localDescription.sdp, "type": "offer"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "bad_offer"
+    await no_channel.close()
+
+    r = await browser.offer(stack, {"Authorization": "Bearer nonsense"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "token_invalid"
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    r = await browser.offer(stack, session_id="01NOSUCHSESSION")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "session_not_found"
+    monkeypatch.setattr(stack.services.config.edge, "anonymous", False)
+    r = await browser.offer(stack)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "token_missing"
+    monkeypatch.undo()
+
+    monkeypatch.setattr(stack.services.config.edge, "max_connections", len(stack.services.links))
+    r = await browser.offer(stack)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "too_many_connections"
+    assert r.headers["retry-after"] == "1"
+    monkeypatch.setattr(stack.services, "draining", True)
+    r = await browser.offer(stack)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "draining"
+    monkeypatch.undo()
+    await browser.close()
+    assert len(stack.services.links) == 0  # no refusal left a session behind
+
+
+async def test_a_peer_that_never_connects_ends_its_session(stack: Api,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(peer, "CONNECT_TIMEOUT", 0.5)
+    browser = Browser(audio=False)
+    try:
+        r = await browser.offer(stack)  # answered, but the answer is never applied
+        assert r.status_code == 200
+        assert (await ended(stack, r.json()["session_id"])).reason == "connect_timeout"
+    finally:
+        await browser.close()
+
+
+async def test_the_downlink_track_paces_and_fills_with_silence() -> None:
+    track = DownlinkTrack()
+    tone = (np.sin(np.arange(4800) / 10) * 8000).astype("<i2").tobytes()  # 100 ms
+    track.push(tone)
+    began = time.monotonic()
+    frames = [await track.recv() for _ in range(10)]
+    elapsed = time.monotonic() - began
+    assert 0.17 <= elapsed <= 0.3, elapsed  # 10 frames of 20 ms: the first one at once
+    assert [f.samples for f in frames] == [960] * 10 and frames[9].pts == 9 * 960
+    assert [rms(f.to_ndarray()) > 1000 for f in frames] == [True] * 5 + [False] * 5
+    track.push(tone)
+    track.flush()  # turn.interrupted: what was queued is not said
+    assert rms((await track.recv()).to_ndarray()) == 0
+    track.stop()
+    with pytest.raises(MediaStreamError):
+        await track.recv()
