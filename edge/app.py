@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
+from edge import web
 from edge.api import accounts, assistants, devices
 from edge.api.endpoint import JSON, Endpoint, bind, error_response
 from edge.api.openapi import document
@@ -40,6 +41,8 @@ def create_app(services: Services) -> Starlette:
         WebSocketRoute("/ws", ws_endpoint),
         Route("/webrtc/offer", webrtc_offer, methods=["POST"]),
     ]
+
+    routes += web.routes()  # the page at / and its /static/ assets (last: shadows nothing)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
