@@ -30,6 +30,7 @@ from schemas import (
     AudioParams,
     Error,
     Event,
+    SessionEnded,
     SessionStarted,
     ToolCallRef,
     TtsSentence,
@@ -248,6 +249,19 @@ async def test_an_abort_naming_no_turn_silences_the_session(bus: Bus, start_tts:
     assert count < 20 and stopped(events)[0].spoken_ms < 1000
     events = await wait_for(bus, sid, lambda ev: any(isinstance(e, AssistantMessage) for e in ev))
     assert len(of_type(events, TtsSentence)) == 1 and len(frames.frames) == count
+
+
+async def test_a_session_that_ended_stops_speaking(bus: Bus, start_tts: StartTts) -> None:
+    """The client hung up mid-answer: nobody listens, so the sound stops at once."""
+    await start_tts()
+    sid, turn = "t" + new_id(), new_id()
+    frames = await catch_frames(bus, sid)
+    await bus.publish(sentence(sid, turn, LONG, 0))
+    await frames.wait(5)
+    await bus.publish(SessionEnded(session_id=sid, reason="hangup"))
+    events = await wait_for(bus, sid, lambda ev: bool(stopped(ev)))
+    await asyncio.sleep(0.3)
+    assert len(frames.frames) < 20 and stopped(events)[0].spoken_ms < 1000
 
 
 async def test_stopping_the_actor_mid_sentence_still_records_tts_stopped(bus: Bus, start_tts: StartTts

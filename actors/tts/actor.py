@@ -34,6 +34,7 @@ from schemas import (
     DecodeError,
     Error,
     Event,
+    SessionEnded,
     SessionStarted,
     TurnInterrupted,
     decode,
@@ -58,11 +59,13 @@ class Tts(Actor):
         self.speakers: OrderedDict[str, Speaker] = OrderedDict()
         self.voices: dict[tuple[str, str | None], Synthesizer] = {}  # assistants' own voices
         self.assistants = AssistantDirectory(self.bus)
-        self._watch: Subscription = await self.bus.subscribe(
-            "vagent.session.*.evt.turn.interrupted", self._watcher)
+        self._watch: list[Subscription] = [
+            await self.bus.subscribe(f"vagent.session.*.evt.{kind}", self._watcher)
+            for kind in ("turn.interrupted", "session.ended")]
 
     async def teardown(self) -> None:
-        await self._watch.stop()
+        for sub in self._watch:
+            await sub.stop()
         await asyncio.gather(*(speaker.close() for speaker in self.speakers.values()))
         await self.provider.close()
         for voice in self.voices.values():
@@ -76,6 +79,9 @@ class Tts(Actor):
             return
         if isinstance(event, TurnInterrupted):
             self._speaker(event.session_id).interrupt(event.turn_id, event.id, event.ts)
+        elif isinstance(event, SessionEnded) and event.session_id in self.speakers:
+            # Nobody is listening any more: stop what is playing or queued (hang-up mid-answer).
+            self.speakers[event.session_id].interrupt(None, event.id, event.ts)
 
     async def handle(self, event: Event, ctx: Context) -> None:
         if isinstance(event, AssistantSentence):
