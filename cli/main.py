@@ -382,6 +382,20 @@ def bench_dialogue(nats: NatsOpt = None,
     print_report(run(run_bench(nats, turns=turns, local=local), log_level="WARNING"))
 
 
+@bench_app.command("edge")
+def bench_edge(nats: NatsOpt = None,
+               sessions: Annotated[int, typer.Option(help="Concurrent xiaozhi devices.")] = 10,
+               asr: Annotated[bool, typer.Option(
+                   "--asr/--no-asr", help="Speak the question (ASR) or type it (listen detect).")
+                              ] = True) -> None:
+    """N xiaozhi devices at once: connections held, end of speech → first audio p50/p95,
+    server CPU and memory per session."""
+    from cli.bench_edge import bench_edge as run_bench
+    from cli.bench_edge import print_report
+
+    print_report(run(run_bench(nats, sessions=sessions, asr=asr), log_level="WARNING"))
+
+
 def print_json(value: Any) -> None:
     print(json.dumps(value, default=str, ensure_ascii=False))
 

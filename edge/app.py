@@ -22,6 +22,8 @@ from edge.realtime.ops import healthz, readyz
 from edge.realtime.ws_json import ws_endpoint
 from edge.services import Services
 from edge.webrtc import webrtc_offer
+from edge.xiaozhi.endpoint import xiaozhi_endpoint
+from edge.xiaozhi.protocol import PATH as XIAOZHI_PATH
 
 ENDPOINTS: tuple[Endpoint, ...] = (*accounts.ENDPOINTS, *assistants.ENDPOINTS, *devices.ENDPOINTS)
 OPENAPI_PATH = "/api/v1/openapi.json"
@@ -39,6 +41,7 @@ def create_app(services: Services) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         WebSocketRoute("/ws", ws_endpoint),
+        WebSocketRoute(XIAOZHI_PATH, xiaozhi_endpoint),
         Route("/webrtc/offer", webrtc_offer, methods=["POST"]),
     ]
 

@@ -79,7 +79,8 @@ class Tts(Actor):
             return
         if isinstance(event, TurnInterrupted):
             self._speaker(event.session_id).interrupt(event.turn_id, event.id, event.ts)
-        elif isinstance(event, SessionEnded) and event.session_id in self.speakers:
+        elif (isinstance(event, SessionEnded) and event.session_id in self.speakers
+              and event.reason != "user_exit"):  # the dialogue's goodbye is still to be said
             # Nobody is listening any more: stop what is playing or queued (hang-up mid-answer).
             self.speakers[event.session_id].interrupt(None, event.id, event.ts)
 
