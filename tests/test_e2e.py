@@ -15,6 +15,7 @@ import pytest
 from bus.server import EmbeddedServer, free_port
 from cli.echo_llm import OpenAIServer
 from tests.procs import Proc, vagent
+from tests.xiaozhi_client import XiaozhiDevice
 
 
 @pytest.fixture(scope="module")
@@ -252,3 +253,18 @@ def test_vagent_edge_serves_the_api_on_its_own(stack: tuple[Proc, Path], nats: E
             assert r.status_code == 200, r.text
     finally:
         assert edge.stop() == 0
+
+
+async def test_a_xiaozhi_device_talks_to_vagent_up(stack: tuple[Proc, Path]) -> None:
+    """#6's "done when", device side: the printed xiaozhi URL, a typed turn, spoken back."""
+    proc, _ = stack
+    url = re.search(r"xiaozhi\s+(ws://\S+/xiaozhi/v1/)", proc.output())
+    assert url, proc.output()
+    async with XiaozhiDevice(url.group(1), version=1, device_id="AA:BB:CC:00:11:22") as device:
+        await device.hello()
+        await device.listen("detect", text="good evening")
+        assert (await device.wait_json("stt")).message["text"] == "good evening"
+        await device.wait_json("tts", state="stop", timeout=60)
+        assert device.audio()  # Opus frames came between tts start and stop
+        spoken = [m["text"] for m in device.messages("tts") if m["state"] == "sentence_start"]
+        assert " ".join(spoken) == "You said: good evening."
