@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ from schemas import (
 
 log = logging.getLogger("vagent.edge.session")
 RESUME_SECONDS = 60.0
+SEEN_IDS = 512  # recent event ids remembered per link
 EventHandler = Callable[[Event], Awaitable[None]]
 AudioHandler = Callable[[bytes], Awaitable[None]]
 
@@ -73,7 +75,7 @@ class SessionLink:
         self.resumed = False
         self.closed = False
         self._subs: list[Subscription] = []
-        self._frames = 0
+        self._seen: OrderedDict[str, None] = OrderedDict()
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -159,6 +161,13 @@ class SessionLink:
             event = decode(msg.data)
         except DecodeError:
             return
+        # A publish retried after a lost acknowledgement is stored once (its id dedupes it)
+        # but reaches subscribers twice: the client sees each event once.
+        if event.id in self._seen:
+            return
+        self._seen[event.id] = None
+        if len(self._seen) > SEEN_IDS:
+            self._seen.popitem(last=False)
         try:
             await self.on_event(event)
         except Exception:
