@@ -75,7 +75,9 @@ class McpServerConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ToolSettings(msgspec.Struct, forbid_unknown_fields=True):
-    builtins: list[str] = msgspec.field(default_factory=lambda: ["get_time", "calculator"])
+    # knowledge_search is offered only to assistants with documents (see actors/dialogue.py).
+    builtins: list[str] = msgspec.field(
+        default_factory=lambda: ["get_time", "calculator", "knowledge_search"])
     webhooks: list[WebhookTool] = msgspec.field(default_factory=list)
     mcp: list[McpServerConfig] = msgspec.field(default_factory=list)
     timeout: float = 10.0  # per call, unless the tool sets its own
@@ -139,6 +141,7 @@ class EdgeSettings(msgspec.Struct, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = 1_048_576  # larger request bodies get 413
+    max_upload_bytes: int = 20 * 1_048_576  # a larger document upload gets 413, nothing stored
     # Real-time connections (xiaozhi, /ws, WebRTC) without a token are accepted and talk to
     # the default assistant, as a local install expects; turn off before exposing the edge.
     anonymous: bool = True

@@ -83,11 +83,16 @@ def session_tools(shared: list[ToolSpec], entries: list[Entry]) -> tuple[list[To
 
 
 def enabled_tools(shared: list[ToolSpec], profile: AssistantProfile | None) -> list[ToolSpec]:
-    """The assistant's enabled tools; an assistant that lists none gets every server tool."""
+    """The assistant's enabled tools; an assistant that lists none gets every server tool.
+    Knowledge-base tools (`knowledge_search`) only for an assistant with documents, and
+    then whether or not it lists them: its documents are what it knows."""
+    has_documents = profile is not None and bool(profile.documents)
+    if not has_documents:
+        shared = [spec for spec in shared if spec.source != "kb"]
     if profile is None or not profile.tools:
         return shared
     enabled = set(profile.tools)
-    return [spec for spec in shared if spec.name in enabled]
+    return [spec for spec in shared if spec.name in enabled or spec.source == "kb"]
 
 
 @dataclass

@@ -1,7 +1,11 @@
 """Blobs in Object Store buckets (declared in bus/streams.py): each utterance's audio,
-referenced from the events by a BlobRef."""
+referenced from the events by a BlobRef, and uploaded documents (bucket `docs`)."""
 
 from __future__ import annotations
+
+from typing import BinaryIO
+
+import nats.js.errors
 
 from bus.client import Bus
 from schemas import BlobRef
@@ -22,3 +26,30 @@ async def get_blob(bus: Bus, ref: BlobRef) -> bytes:
     store = await bus.js.object_store(ref.bucket)
     result = await store.get(ref.name)
     return result.data or b""
+
+
+DOCS_BUCKET = "docs"
+
+
+async def put_document(bus: Bus, name: str, data: bytes | BinaryIO) -> int:
+    """Store an uploaded document's bytes (or a readable binary file) under `name` in
+    bucket `docs`; its size."""
+    store = await bus.js.object_store(DOCS_BUCKET)
+    info = await store.put(name, data)  # type: ignore[arg-type]
+    return info.size or 0
+
+
+async def get_document(bus: Bus, name: str) -> bytes:
+    """A stored document's bytes (NotFoundError from nats if there is none)."""
+    store = await bus.js.object_store(DOCS_BUCKET)
+    result = await store.get(name)
+    return result.data or b""
+
+
+async def delete_document(bus: Bus, name: str) -> None:
+    """Remove a stored document; nothing happens if there is none."""
+    store = await bus.js.object_store(DOCS_BUCKET)
+    try:
+        await store.delete(name)
+    except nats.js.errors.NotFoundError:
+        pass

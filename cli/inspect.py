@@ -1,4 +1,4 @@
-"""`vagent streams`, `sessions`, `health`, `projections rebuild`: looking at the system."""
+"""`vagent streams`, `health`, `projections rebuild`: looking at the system (sessions: cli/sessions.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from bus.deadletter import dead_letters
 from bus.errors import BusError
 from bus.health import health
 from bus.subjects import control
-from cli.display import shorten, table, when
-from projections.client import QueryError, run_query
+from cli.display import shorten, table
 from projections.runtime import HEARTBEAT_NAME as PROJECTIONS_HEARTBEAT
 from projections.runtime import rebuild, store_path
 
@@ -36,26 +35,6 @@ async def show_streams(bus: Bus) -> None:
                 [[d.ts[:19].replace("T", " "), d.kind, d.stream, d.stream_seq, d.consumer,
                   d.deliveries, d.event_type or d.subject or "?", shorten(d.reason, 60)]
                  for d in letters]))
-
-
-async def show_sessions(nats: str | None, data_dir: Path, limit: int) -> None:
-    try:
-        bus: Bus | None = await Bus.connect(nats, name="vagent-cli", timeout=2)
-    except BusError:
-        bus = None  # read the file directly
-    try:
-        try:
-            _, rows = await run_query(bus, data_dir, "sessions", {"limit": limit})
-        except QueryError as exc:
-            raise BusError(str(exc)) from None
-    finally:
-        if bus:
-            await bus.close()
-    if not rows:
-        print("no sessions yet")
-        return
-    print(table(["session", "started", "last event", "events", "turns", "last answer"],
-                [[r[0], when(r[1]), when(r[2]), r[3], r[4], shorten(r[5])] for r in rows]))
 
 
 async def rebuild_projections(bus: Bus, data_dir: Path) -> None:

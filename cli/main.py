@@ -26,12 +26,18 @@ bench_app = typer.Typer(help="Benchmarks that print measured numbers.", no_args_
 users_app = typer.Typer(help="Accounts: list, create, lock and unlock.", no_args_is_help=True)
 assistants_app = typer.Typer(help="Assistants: list and create.", no_args_is_help=True)
 devices_app = typer.Typer(help="Bound devices.", no_args_is_help=True)
+session_app = typer.Typer(help="One session: its timeline and latencies, its export.",
+                          no_args_is_help=True)
+docs_app = typer.Typer(help="The knowledge base: add, list, search and delete documents.",
+                       no_args_is_help=True)
 app.add_typer(actor_app, name="actor")
 app.add_typer(projections_app, name="projections")
 app.add_typer(bench_app, name="bench")
 app.add_typer(users_app, name="users")
 app.add_typer(assistants_app, name="assistants")
 app.add_typer(devices_app, name="devices")
+app.add_typer(session_app, name="session")
+app.add_typer(docs_app, name="docs")
 
 NatsOpt = Annotated[str | None, typer.Option("--nats", envvar="VAGENT_NATS_URL",
                                              help="NATS URL(s), comma-separated for a cluster.")]
@@ -196,11 +202,93 @@ def streams(nats: NatsOpt = None) -> None:
 
 @app.command()
 def sessions(nats: NatsOpt = None, data_dir: DataOpt = None,
-             limit: Annotated[int, typer.Option(help="Newest sessions to list.")] = 50) -> None:
-    """List sessions from the read model."""
-    from cli.inspect import show_sessions
+             user: Annotated[str | None, typer.Option(
+                 "--user", help="Only this owner's (email or user id).")] = None,
+             assistant: Annotated[str | None, typer.Option(
+                 "--assistant", help="Only sessions with this assistant id.")] = None,
+             since: Annotated[str | None, typer.Option(
+                 help="Started since: 30m, 2h, 7d, or a date/time (2025-01-31, 2025-01-31T09:00).")
+                 ] = None,
+             limit: Annotated[int, typer.Option(help="Newest sessions to list.")] = 50,
+             as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")
+                                ] = False) -> None:
+    """Sessions from the read model: when, owner, assistant, turns, median latency, end."""
+    from cli.sessions import list_sessions
 
-    run(show_sessions(nats, resolve_data_dir(data_dir), limit))
+    try:
+        run(list_sessions(nats, resolve_data_dir(data_dir), user=user, assistant=assistant,
+                          since=since, limit=limit, as_json=as_json), log_level="WARNING")
+    except ValueError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+SidArg = Annotated[str, typer.Argument(metavar="SID", help="The session id.")]
+
+
+@session_app.command("show")
+def session_show(session_id: SidArg, nats: NatsOpt = None,
+                 as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False
+                 ) -> None:
+    """A session's timeline from its log, with per-stage latency bars, tool calls,
+    interruptions and errors."""
+    from cli.sessions import show_session
+
+    run(with_bus(nats, lambda bus: show_session(bus, session_id, as_json)), log_level="WARNING")
+
+
+@session_app.command("export")
+def session_export(session_id: SidArg, nats: NatsOpt = None,
+                   wav: Annotated[Path | None, typer.Option(
+                       "--wav", help="Write the audio here: user left, assistant right (16 kHz).")
+                       ] = None,
+                   as_json: Annotated[bool, typer.Option("--json", help="The events as JSON lines.")
+                                      ] = False) -> None:
+    """Export a session: its events as JSON lines (--json) or its audio as a WAV (--wav)."""
+    from cli.sessions import export_json, export_wav
+
+    if (wav is None) == (not as_json):
+        typer.secho("error: give --wav FILE or --json", fg="red", err=True)
+        raise typer.Exit(2)
+    if as_json:
+        run(with_bus(nats, lambda bus: export_json(bus, session_id)), log_level="WARNING")
+        return
+    assert wav is not None
+    done = run(with_bus(nats, lambda bus: export_wav(bus, session_id, wav)), log_level="WARNING")
+    print(f"wrote {wav}: {done.duration_ms / 1000:.1f} s, {done.utterances} user utterance(s) on the "
+          "left channel")
+    if not done.assistant_audio:
+        print("note: the right channel (assistant) is silent: TTS audio is streamed live and not "
+              "stored; the answers' text is in `vagent session show`")
+
+
+@app.command()
+def replay(session_id: SidArg, nats: NatsOpt = None,
+           llm_base_url: Annotated[str | None, typer.Option(
+               "--llm-base-url", help="An OpenAI-compatible server for the replay's LLM.")] = None,
+           llm_model: Annotated[str | None, typer.Option(
+               "--llm-model", help="The model the replay asks for.")] = None,
+           assistant: Annotated[str | None, typer.Option(
+               "--assistant", help="Replay with this assistant (its persona, voice, tools) instead "
+                                   "of the session's.")] = None,
+           tts: Annotated[bool, typer.Option(
+               "--tts/--no-tts", help="Synthesize the answers (first-audio latency).")] = True,
+           timeout: Annotated[float, typer.Option(help="Seconds to wait for each turn.")] = 120.0,
+           as_json: Annotated[bool, typer.Option("--json", help="A machine-readable diff.")] = False
+           ) -> None:
+    """Re-run a session's user inputs (typed text, recorded utterances) through today's actors
+    in an isolated NATS of its own, then show each turn side by side: transcript, answer, tool
+    calls, latencies. Nothing is written to the original session."""
+    from cli.replay import ReplayError, print_report, replay_session
+
+    try:
+        report = run(with_bus(nats, lambda bus: replay_session(
+            bus, session_id, llm_base_url=llm_base_url, llm_model=llm_model, assistant_id=assistant,
+            tts=tts, timeout=timeout)), log_level="WARNING")
+    except ReplayError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    print_report(report, as_json)
 
 
 @projections_app.command("rebuild")
@@ -340,6 +428,64 @@ def devices_list(user: UserOpt = None, nats: NatsOpt = None, data_dir: DataOpt =
     admin(nats, lambda bus: list_devices(bus, resolve_data_dir(data_dir), user, as_json))
 
 
+DocsUserOpt = Annotated[str | None, typer.Option(
+    "--user", help="The owner (email or user id); without it, the documents nobody owns (the system's).")]
+
+
+@docs_app.command("add")
+def docs_add(
+    files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Documents: .txt, .md, .html, .pdf")],
+    user: DocsUserOpt = None,
+    title: Annotated[str | None, typer.Option(help="How answers cite it (one file; default: its name).")
+                     ] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until each is indexed (or failed).")
+                    ] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the indexer.")] = 300.0,
+    nats: NatsOpt = None, data_dir: DataOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Upload documents with a progress bar and follow each until it is indexed (or failed);
+    exit 1 if any did not make it."""
+    from cli.docs import add_documents
+
+    admin(nats, lambda bus: add_documents(bus, resolve_data_dir(data_dir), files, user, title, wait,
+                                          timeout, as_json))
+
+
+@docs_app.command("list")
+def docs_list(user: DocsUserOpt = None, nats: NatsOpt = None, data_dir: DataOpt = None,
+              as_json: JsonOpt = False) -> None:
+    """A user's documents (or the system's) with their indexing status."""
+    from cli.docs import list_documents
+
+    admin(nats, lambda bus: list_documents(bus, resolve_data_dir(data_dir), user, as_json))
+
+
+@docs_app.command("search")
+def docs_search(
+    query: Annotated[str, typer.Argument(help="A question or keywords.")],
+    user: DocsUserOpt = None,
+    assistant: Annotated[str | None, typer.Option("--assistant", help="Only this assistant's documents.")
+                         ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=50, help="Passages to show.")] = 5,
+    nats: NatsOpt = None, data_dir: DataOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Hybrid search (vectors and full text) over a user's documents, as the assistants search."""
+    from cli.docs import search_documents
+
+    admin(nats, lambda bus: search_documents(bus, resolve_data_dir(data_dir), query, user, assistant, limit,
+                                             as_json))
+
+
+@docs_app.command("delete")
+def docs_delete(document_id: Annotated[str, typer.Argument(help="The document's id.")],
+                user: DocsUserOpt = None, nats: NatsOpt = None, data_dir: DataOpt = None,
+                as_json: JsonOpt = False) -> None:
+    """Delete a document (its passages leave the knowledge base)."""
+    from cli.docs import delete_document
+
+    admin(nats, lambda bus: delete_document(bus, resolve_data_dir(data_dir), document_id, user, as_json))
+
+
 @app.command()
 def version() -> None:
     """Versions of vagent and of what it runs on."""
@@ -394,6 +540,26 @@ def bench_edge(nats: NatsOpt = None,
     from cli.bench_edge import print_report
 
     print_report(run(run_bench(nats, sessions=sessions, asr=asr), log_level="WARNING"))
+
+
+@bench_app.command("rag")
+def bench_rag(nats: NatsOpt = None,
+              index_chunks: Annotated[int, typer.Option(
+                  help="Chunks to index through the indexer actor (generated manuals).")] = 400,
+              chunks: Annotated[int, typer.Option(help="Chunks in the search table.")] = 10_000,
+              large: Annotated[bool, typer.Option(
+                  "--large", help="Also search 100k chunks.")] = False,
+              queries: Annotated[int, typer.Option(help="Queries timed per table.")] = 200,
+              events: Annotated[int, typer.Option(
+                  help="Session events for the projection catch-up (0: skip).")] = 50_000) -> None:
+    """Indexing chunks/s, hybrid search p50/p95 at 10k (and 100k) chunks, projection
+    catch-up events/s."""
+    from cli.bench_rag import bench_rag as run_bench
+    from cli.bench_rag import print_report
+
+    sizes = [chunks, 100_000] if large and chunks != 100_000 else [chunks]
+    print_report(run(run_bench(nats, chunks=sizes, index_chunks=index_chunks, queries=queries,
+                               events=events), log_level="WARNING"))
 
 
 def print_json(value: Any) -> None:

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from edge import web
-from edge.api import accounts, assistants, devices
+from edge.api import accounts, assistants, devices, documents, search, sessions
 from edge.api.endpoint import JSON, Endpoint, bind, error_response
 from edge.api.openapi import document
 from edge.errors import ApiError
@@ -25,7 +25,8 @@ from edge.webrtc import webrtc_offer
 from edge.xiaozhi.endpoint import xiaozhi_endpoint
 from edge.xiaozhi.protocol import PATH as XIAOZHI_PATH
 
-ENDPOINTS: tuple[Endpoint, ...] = (*accounts.ENDPOINTS, *assistants.ENDPOINTS, *devices.ENDPOINTS)
+ENDPOINTS: tuple[Endpoint, ...] = (*accounts.ENDPOINTS, *assistants.ENDPOINTS, *devices.ENDPOINTS,
+                                   *documents.ENDPOINTS, *sessions.ENDPOINTS, *search.ENDPOINTS)
 OPENAPI_PATH = "/api/v1/openapi.json"
 
 

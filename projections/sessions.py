@@ -7,15 +7,38 @@ from typing import ClassVar
 import duckdb
 
 from bus.log import Entry
-from projections.base import Projection
-from schemas import AssistantMessage, Event, SessionStarted, TurnStarted
+from projections.bulk import Folded, Row, fetch
+from schemas import AssistantMessage, Event, SessionEnded, SessionEvent, SessionStarted, TurnStarted
+
+COLUMNS = ("session_id, user_id, assistant_id, device_id, transport, started_ts, ended_ts, end_reason, "
+           "turns, events, last_assistant_text, first_event_ts, last_event_ts, last_seq")
+
+# Per session, over its turns (the `turns` read model): the median time from the end of the
+# user's input (end of speech for a voice turn, the turn's start for a typed one) to the
+# answer's first sentence and to its first audio, in ms.
+_LATENCY = """
+    SELECT session_id,
+           median((first_sentence_ts - coalesce(speech_stopped_ts, turn_started_ts)) / 1e6)
+               AS p50_first_sentence_ms,
+           median((first_audio_ts - coalesce(speech_stopped_ts, turn_started_ts)) / 1e6)
+               AS p50_first_audio_ms
+    FROM turns WHERE turn_started_ts IS NOT NULL GROUP BY session_id
+"""
 
 
-class Sessions(Projection):
+class Sessions(Folded):
     name: ClassVar[str] = "sessions"
     streams: ClassVar[tuple[str, ...]] = ("SESSIONS",)
     tables: ClassVar[tuple[str, ...]] = ("sessions",)
-    version: ClassVar[int] = 2
+    table: ClassVar[str] = "sessions"
+    key: ClassVar[str] = "session_id"
+    columns: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("session_id", "VARCHAR"), ("user_id", "VARCHAR"), ("assistant_id", "VARCHAR"),
+        ("device_id", "VARCHAR"), ("transport", "VARCHAR"), ("started_ts", "BIGINT"),
+        ("ended_ts", "BIGINT"), ("end_reason", "VARCHAR"), ("turns", "INTEGER"), ("events", "INTEGER"),
+        ("last_assistant_text", "VARCHAR"), ("first_event_ts", "BIGINT"), ("last_event_ts", "BIGINT"),
+        ("last_seq", "BIGINT"))
+    version: ClassVar[int] = 3
     ddl: ClassVar[str] = """
         CREATE TABLE IF NOT EXISTS sessions (
             session_id VARCHAR PRIMARY KEY,
@@ -23,46 +46,79 @@ class Sessions(Projection):
             assistant_id VARCHAR,
             device_id VARCHAR,
             transport VARCHAR,
+            started_ts BIGINT,                -- the first session.started (ns since the epoch)
+            ended_ts BIGINT,                  -- session.ended; NULL while open (a later start reopens)
+            end_reason VARCHAR,
+            turns INTEGER NOT NULL,           -- turn.started events
+            events INTEGER NOT NULL,          -- stored events of the session
+            last_assistant_text VARCHAR,      -- the latest non-empty assistant.message
             first_event_ts BIGINT NOT NULL,   -- ns since the epoch, from the events
             last_event_ts BIGINT NOT NULL,
-            events INTEGER NOT NULL,
-            turns INTEGER NOT NULL,
-            last_assistant_text VARCHAR,
             last_seq BIGINT NOT NULL          -- SESSIONS sequence of the last event applied
         )
     """
 
-    def apply(self, db: duckdb.DuckDBPyConnection, event: Event, entry: Entry) -> None:
-        turn = 1 if isinstance(event, TurnStarted) else 0
-        text = event.text if isinstance(event, AssistantMessage) else None
-        started = event if isinstance(event, SessionStarted) else None
-        db.execute(
-            """
-            INSERT INTO sessions VALUES ($sid, $uid, $aid, $did, $transport, $ts, $ts, 1, $turn, $text, $seq)
-            ON CONFLICT (session_id) DO UPDATE SET
-                user_id = coalesce(excluded.user_id, user_id),
-                assistant_id = coalesce(excluded.assistant_id, assistant_id),
-                device_id = coalesce(excluded.device_id, device_id),
-                transport = coalesce(excluded.transport, transport),
-                first_event_ts = least(first_event_ts, excluded.first_event_ts),
-                last_event_ts = greatest(last_event_ts, excluded.last_event_ts),
-                events = events + 1,
-                turns = turns + excluded.turns,
-                last_assistant_text = coalesce(excluded.last_assistant_text, last_assistant_text),
-                last_seq = excluded.last_seq
-            """,
-            {"sid": event.aggregate_id, "ts": event.ts, "turn": turn, "text": text, "seq": entry.seq,
-             "uid": started.user_id if started else None,
-             "aid": started.assistant_id if started else None,
-             "did": started.device_id if started else None,
-             "transport": started.transport if started else None},
-        )
+    def wants(self, event: Event) -> bool:
+        return isinstance(event, SessionEvent)
+
+    def load(self, db: duckdb.DuckDBPyConnection, pending: list[tuple[Event, Entry]]) -> list[Row]:
+        ids = sorted({e.aggregate_id for e, _ in pending})
+        return fetch(db, f"SELECT {COLUMNS} FROM sessions WHERE session_id IN (SELECT unnest($ids))",
+                     {"ids": ids})
+
+    def fold(self, rows: dict[str, Row], event: Event, entry: Entry) -> set[str]:
+        sid = event.aggregate_id
+        row = rows.get(sid)
+        if row is None:
+            row = rows[sid] = self.blank(session_id=sid, turns=0, events=0, first_event_ts=event.ts,
+                                         last_event_ts=event.ts)
+        row["events"] += 1
+        row["first_event_ts"] = min(row["first_event_ts"], event.ts)
+        row["last_event_ts"] = max(row["last_event_ts"], event.ts)
+        row["last_seq"] = entry.seq
+        match event:
+            case SessionStarted():
+                for name in ("user_id", "assistant_id", "device_id", "transport"):
+                    row[name] = getattr(event, name) or row[name]
+                row["started_ts"] = min(row["started_ts"] or event.ts, event.ts)
+                if row["ended_ts"] is not None and event.ts > row["ended_ts"]:
+                    row["ended_ts"] = row["end_reason"] = None  # a client came back: open again
+            case SessionEnded():
+                row["ended_ts"], row["end_reason"] = event.ts, event.reason
+            case TurnStarted():
+                row["turns"] += 1
+            case AssistantMessage() if event.text:
+                row["last_assistant_text"] = event.text
+        return {sid}
 
     def queries(self) -> dict[str, str]:
         return {
+            # The most recently active sessions, in brief (its columns are a stable contract).
             "sessions": """
-                SELECT session_id, first_event_ts, last_event_ts, events, turns,
-                       last_assistant_text
+                SELECT session_id, first_event_ts, last_event_ts, events, turns, last_assistant_text
                 FROM sessions ORDER BY last_event_ts DESC LIMIT $limit
             """,
+            # `vagent sessions`: newest first, each filter NULL for "any"; the owner's email
+            # (users read model) and the median latencies (turns read model) joined in.
+            "sessions_table": f"""
+                SELECT {", ".join("s." + c for c in COLUMNS.split(", "))}, u.email,
+                       l.p50_first_sentence_ms, l.p50_first_audio_ms
+                FROM sessions s
+                LEFT JOIN users u ON u.user_id = s.user_id
+                LEFT JOIN ({_LATENCY}) l ON l.session_id = s.session_id
+                WHERE ($user IS NULL OR s.user_id = $user OR lower(u.email) = lower($user))
+                  AND ($assistant_id IS NULL OR s.assistant_id = $assistant_id)
+                  AND ($since IS NULL OR coalesce(s.started_ts, s.first_event_ts) >= $since)
+                ORDER BY coalesce(s.started_ts, s.first_event_ts) DESC, s.session_id LIMIT $limit
+            """,
+            # The API: a user's own sessions, paged by id.
+            "user_sessions": f"""
+                SELECT {COLUMNS} FROM sessions
+                WHERE user_id = $user_id AND session_id > $after
+                ORDER BY session_id LIMIT $limit
+            """,
+            "user_session": f"""
+                SELECT {COLUMNS} FROM sessions WHERE session_id = $session_id AND user_id = $user_id
+            """,
+            "session": f"SELECT {COLUMNS} FROM sessions WHERE session_id = $session_id",
         }

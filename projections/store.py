@@ -84,6 +84,7 @@ class ReadStore:
                     projection.apply(db, entry.event, entry)
                     applied += 1
                 done = entry.seq
+            projection.flush(db)
             db.execute(
                 "INSERT INTO _checkpoints VALUES (?, ?, ?) "
                 "ON CONFLICT (projection, stream) DO UPDATE SET seq = excluded.seq",
@@ -91,6 +92,7 @@ class ReadStore:
             )
             db.commit()
         except BaseException:
+            projection.reset()
             db.rollback()
             raise
         return applied

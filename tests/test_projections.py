@@ -17,6 +17,8 @@ from schemas import (
     AssistantUpdated,
     DeviceBound,
     DeviceUnbound,
+    DocumentIndexed,
+    DocumentUploaded,
     TurnStarted,
     UserEmailVerified,
     UserLocked,
@@ -46,6 +48,9 @@ async def account(bus: Bus, n: int) -> None:
     for device in ("aa:bb", "cc:dd"):
         await bus.publish(DeviceBound(user_id=uid, device_id=f"{device}:{n}", assistant_id=kept))
     await bus.publish(DeviceUnbound(user_id=uid, device_id=f"cc:dd:{n}"))
+    for doc in (new_id(), new_id()):
+        await bus.publish(DocumentUploaded(document_id=doc, owner_id=uid, title=f"manual {n}", size=10))
+    await bus.publish(DocumentIndexed(document_id=doc, chunks=3))
 
 
 def row(data_dir: Path, session_id: str) -> tuple[object, ...]:

@@ -20,6 +20,7 @@ from typing import ClassVar
 
 from actors import config
 from actors.base import Actor, Context
+from actors.tools.builtin import current_call
 from actors.tools.catalog import publish, withdraw
 from actors.tools.mcp_client import McpTool
 from actors.tools.toolset import Outcome, Toolset, build
@@ -76,7 +77,11 @@ class Tools(Actor):
             outcome = Outcome(f"{event.name} was not run: the call is {age:.0f} s old", True)
         else:
             assert self.toolset is not None  # setup() ran before the first event
-            outcome = await self.toolset.run(event.name, event.arguments)
+            token = current_call.set(event)  # for tools that read their session
+            try:
+                outcome = await self.toolset.run(event.name, event.arguments)
+            finally:
+                current_call.reset(token)
         await ctx.emit(ToolResult(
             session_id=event.session_id, turn_id=event.turn_id, call_id=event.call_id,
             name=event.name, content=outcome.content, is_error=outcome.is_error,

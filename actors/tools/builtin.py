@@ -1,9 +1,8 @@
 """Built-in tools, and the registry the config's `tools.builtins` names are looked up in.
 
-Adding one (e.g. `knowledge_search` for #7): write a factory
-`def make(ctx: BuiltinContext) -> Tool` (it may be `async`; a slow model load is
-fine there) in any module, add `"knowledge_search": "package.module:make"` to
-BUILTINS, and list the name in `vagent.toml`'s `[tools] builtins`. Modules are
+Adding one: write a factory `def make(ctx: BuiltinContext) -> Tool` (it may be
+`async`; a slow model load is fine there) in any module, add `"name": "package.module:make"`
+to BUILTINS, and list the name in `vagent.toml`'s `[tools] builtins`. Modules are
 imported only when their tool is configured, so heavy dependencies load only
 where they are used.
 """
@@ -14,6 +13,7 @@ import asyncio
 import importlib
 import inspect
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,6 +23,11 @@ from actors.config import Config, ConfigError
 from actors.tools.calc import CalcError, evaluate, format_number
 from actors.tools.spec import Tool, ToolError, ToolSpec
 from bus.client import Bus
+from schemas import ToolCall
+
+# The call being answered, set by the tools actor around each run: a tool that needs the
+# session (knowledge_search reads the session's assistant) finds it here.
+current_call: ContextVar[ToolCall | None] = ContextVar("current_call", default=None)
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ BuiltinFactory = Callable[[BuiltinContext], Tool | Awaitable[Tool]]
 BUILTINS: dict[str, str] = {
     "get_time": "actors.tools.builtin:get_time",
     "calculator": "actors.tools.builtin:calculator",
+    "knowledge_search": "actors.tools.builtin:knowledge_search",
 }
 
 
@@ -125,3 +131,76 @@ def calculator(ctx: BuiltinContext) -> Tool:
             "type": "string", "description": "e.g. '(3 + 4) * sqrt(2)'",
         }}, "required": ["expression"]},
     ), _calculate)
+
+
+# --- knowledge_search: the session's assistant's documents ----------------------------
+
+KNOWLEDGE_HITS = 4
+KNOWLEDGE_HIT_CHARS = 700
+
+
+class KnowledgeSearch(Tool):
+    """Hybrid search in the documents of the session's assistant, scoped to its owner.
+    The dialogue offers it only to sessions whose assistant has documents. The search
+    stack (LanceDB, the embedding model) loads on the first call, not with the catalog."""
+
+    timeout = 30.0  # the first call loads the embedding model
+
+    def __init__(self, bus: Bus | None) -> None:
+        self.spec = ToolSpec(
+            name="knowledge_search",
+            description=("Search this assistant's documents (manuals, policies, notes) for "
+                         "passages that answer a question. Use it whenever the question may "
+                         "be answered by those documents, then answer from the passages and "
+                         "name the document title you used."),
+            parameters={"type": "object", "properties": {"query": {
+                "type": "string",
+                "description": "the question or the key words to look for",
+            }}, "required": ["query"]},
+            source="kb",
+        )
+        self.bus = bus
+        self._assistants: Any = None
+
+    async def call(self, arguments: dict[str, Any]) -> str:
+        from actors.assistant import AssistantDirectory
+        from actors.knowledge.search import search
+        from bus.log import load
+
+        query = arguments.get("query")
+        if isinstance(query, list):
+            query = " ".join(str(q) for q in query)
+        if not isinstance(query, str) or not query.strip():
+            raise ToolError("knowledge_search: give a non-empty 'query' string")
+        call = current_call.get()
+        if call is None or self.bus is None:
+            raise ToolError("knowledge_search works only within a session")
+        if self._assistants is None:
+            self._assistants = AssistantDirectory(self.bus)
+        entries, _ = await load(self.bus, "session", call.session_id)
+        profile = await self._assistants.for_session(entries)
+        if profile is None or not profile.documents:
+            return "This assistant has no documents to search."
+        hits = await search(query, owner_id=profile.owner_id, document_ids=profile.documents,
+                            limit=KNOWLEDGE_HITS)
+        if not hits:
+            return f"Nothing in the assistant's documents matches {query.strip()!r}."
+        return format_hits(hits)
+
+
+def format_hits(hits: list[Any]) -> str:
+    """One passage per hit, each led by its document's title in brackets, so the answer
+    can cite it."""
+    parts = []
+    for hit in hits:
+        text = " ".join(hit.text.split())
+        if len(text) > KNOWLEDGE_HIT_CHARS:
+            text = text[:KNOWLEDGE_HIT_CHARS].rsplit(" ", 1)[0] + " …"
+        section = (hit.heading or "").split(" › ")[-1]
+        where = f" ({section})" if section and section != hit.title else ""
+        parts.append(f"[{hit.title}]{where} {text}")
+    return "\n\n".join(parts)
+
+
+def knowledge_search(ctx: BuiltinContext) -> Tool:
+    return KnowledgeSearch(ctx.bus)

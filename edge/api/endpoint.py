@@ -1,11 +1,14 @@
 """One table of endpoints drives both the routing and the OpenAPI document, so the two
 cannot drift. Each endpoint states its body and answer types; the wrapper here does what
 every endpoint needs: the client-IP rate limit, the bearer token, a size-capped JSON
-body decoded into its Struct, `Idempotency-Key`, and errors of one shape."""
+body decoded into its Struct (or a size-capped multipart form, its files spooled to
+disk as they stream in), `Idempotency-Key`, and errors of one shape."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -13,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -49,10 +54,53 @@ Handler = Callable[[Call], Awaitable[Response]]
 
 
 @dataclass(frozen=True)
+class FormField:
+    """One part of a multipart/form-data body."""
+
+    name: str
+    description: str
+    file: bool = False  # a file (else a text field)
+    required: bool = False
+    max_length: int = 1000  # a text field's characters
+
+
+@dataclass
+class Form:
+    """A multipart body, read: its text fields, and its files spooled to temporary files
+    (in memory up to 1 MiB, then on disk)."""
+
+    fields: dict[str, str]
+    files: dict[str, UploadFile]
+
+    async def fingerprint(self) -> bytes:
+        """What `Idempotency-Key` compares: the parts' names, values, file names, types and
+        contents, not the bytes on the wire (every client picks a new boundary each time)."""
+        digest = hashlib.sha256()
+        for name, value in sorted(self.fields.items()):
+            digest.update(f"field {name!r} {value!r}\n".encode())
+        for name, upload in sorted(self.files.items()):
+            content = await asyncio.to_thread(_file_digest, upload)
+            digest.update(f"file {name!r} {upload.filename!r} {upload.content_type!r} {content}\n".encode())
+        return digest.hexdigest().encode()
+
+    async def close(self) -> None:
+        for upload in self.files.values():
+            await upload.close()
+
+
+def _file_digest(upload: UploadFile) -> str:
+    upload.file.seek(0)
+    digest = hashlib.file_digest(upload.file, "sha256")  # type: ignore[arg-type]
+    upload.file.seek(0)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
 class QueryParam:
     name: str
     description: str
     schema: dict[str, Any]
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,6 +113,7 @@ class Endpoint:
     tag: str
     status: int = 200  # the success status
     body: type | None = None  # the JSON request body's Struct
+    form: tuple[FormField, ...] = ()  # a multipart/form-data body instead (Call.body: a Form)
     answer: type | None = None  # the success body's Struct (None: no body)
     auth: bool = True  # needs `Authorization: Bearer <access token>`
     rate_limited: bool = False  # counted against the client IP's limit
@@ -118,6 +167,72 @@ def decode_body(raw: bytes, content_type: str, kind: type) -> Any:
         raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
 
 
+FORM_OVERHEAD = 65_536  # bytes a form may add to its files: boundaries, part headers, fields
+
+
+async def read_form(request: Request, spec: tuple[FormField, ...], max_file_bytes: int) -> Form:
+    """The multipart body as it streams in, refused (413) as soon as it outgrows what
+    `max_file_bytes` of files and the text fields can make; each file is checked again."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "multipart/form-data":
+        raise ApiError(415, "unsupported_media_type", "send the body as multipart/form-data")
+    limit = max_file_bytes * sum(1 for f in spec if f.file) + FORM_OVERHEAD
+    too_large = ApiError(413, "body_too_large", f"the upload exceeds {max_file_bytes} bytes",
+                         {"limit": max_file_bytes})
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+
+    async def capped() -> Any:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            yield chunk
+
+    # A few parts more than the form has, to name an unexpected one (422) rather than count it.
+    parser = MultiPartParser(request.headers, capped(), max_files=sum(1 for f in spec if f.file) + 2,
+                             max_fields=sum(1 for f in spec if not f.file) + 8, max_part_size=FORM_OVERHEAD)
+    try:
+        data = await parser.parse()
+    except MultiPartException as exc:
+        raise ApiError(400, "malformed_multipart", f"the body is not a valid form: {exc.message}") from None
+    form = Form({}, {})
+    try:
+        by_name = {f.name: f for f in spec}
+        for name, value in data.multi_items():
+            field_spec = by_name.get(name)
+            if field_spec is None or name in form.fields or name in form.files:
+                raise ApiError(422, "validation_failed",
+                               f"unexpected form field {name!r}" if field_spec is None
+                               else f"form field {name!r} is given twice", {"at": name})
+            if field_spec.file != isinstance(value, UploadFile):
+                raise ApiError(422, "validation_failed",
+                               f"form field {name!r} must be " + ("a file" if field_spec.file else "text"),
+                               {"at": name})
+            if isinstance(value, UploadFile):
+                form.files[name] = value
+                if (value.size or 0) > max_file_bytes:
+                    raise too_large
+            else:
+                if len(value) > field_spec.max_length:
+                    raise ApiError(422, "validation_failed",
+                                   f"{name} is longer than {field_spec.max_length} characters", {"at": name})
+                form.fields[name] = value
+        for field_spec in spec:
+            if field_spec.required and field_spec.name not in form.fields | form.files:
+                raise ApiError(422, "validation_failed", f"form field {field_spec.name!r} is required",
+                               {"at": field_spec.name})
+    except BaseException:
+        await form.close()
+        for _, value in data.multi_items():
+            if isinstance(value, UploadFile):
+                await value.close()
+        raise
+    return form
+
+
 def path_params(request: Request) -> dict[str, str]:
     """The path's ids; one that no id could be names nothing there is (and must not reach
     the event log, where `*` or `a.b` would address other subjects): 404."""
@@ -141,21 +256,25 @@ async def authenticate(request: Request, services: Services) -> Principal:
 def bind(endpoint: Endpoint, services: Services) -> Callable[[Request], Awaitable[Response]]:
     async def serve(request: Request) -> Response:
         slot: idempotency.Slot | None = None
+        form: Form | None = None
         try:
             if endpoint.rate_limited:
                 services.limiter.check(client_ip(request, services))
             principal = await authenticate(request, services) if endpoint.auth else None
             params = path_params(request)
             raw = b""
-            if request.method in ("POST", "PATCH", "PUT"):
+            if endpoint.form:
+                form = await read_form(request, endpoint.form, services.config.edge.max_upload_bytes)
+            elif request.method in ("POST", "PATCH", "PUT"):
                 raw = await read_body(request, services.config.edge.max_body_bytes)
             body = (decode_body(raw, request.headers.get("content-type", ""), endpoint.body)
-                    if endpoint.body is not None else None)
+                    if endpoint.body is not None else form)
             key = request.headers.get("idempotency-key")
             if key is not None and request.method == "POST":
                 who = principal.user_id if principal else f"anonymous@{client_ip(request, services)}"
                 scope = f"{who} {request.method} {request.url.path}"
-                slot = await idempotency.claim(services.bus, scope, key, raw)
+                slot = await idempotency.claim(services.bus, scope, key,
+                                               await form.fingerprint() if form is not None else raw)
                 if slot.replay is not None:
                     stored = slot.replay
                     content = _b64(stored.body_b64)
@@ -172,6 +291,9 @@ def bind(endpoint: Endpoint, services: Services) -> Callable[[Request], Awaitabl
         except Exception:
             log.exception("request failed", extra={"path": request.url.path})
             response = error_response(ApiError(500, "internal", "internal error"))
+        finally:
+            if form is not None:
+                await form.close()
         if slot is not None and slot.replay is None:
             try:
                 await slot.save(response.status_code, bytes(response.body), _kept_headers(response))

@@ -3,7 +3,7 @@ requests and give the OpenAPI document its schemas."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -144,3 +144,122 @@ class ErrorBody(msgspec.Struct):
 
 class Error(msgspec.Struct):
     error: ErrorBody
+
+
+# --- documents, search and sessions (#7) ------------------------------------------------------
+
+
+class Document(msgspec.Struct):
+    document_id: str
+    title: str
+    filename: str
+    content_type: str  # text/plain | text/markdown | text/html | application/pdf
+    size: int  # bytes
+    status: Literal["uploaded", "indexed", "failed"]  # uploaded: the indexer is on it
+    chunks: int  # passages in the knowledge base (once indexed)
+    error: str | None  # why indexing failed
+    uploaded_at: str
+    indexed_at: str | None
+
+
+class DocumentPage(msgspec.Struct):
+    items: list[Document]
+    next_cursor: str | None
+
+
+class Chunk(msgspec.Struct):
+    document_id: str
+    chunk_index: int  # its place in the document, from 0
+    heading: str | None  # the section it is under
+    text: str
+
+
+class ChunkPage(msgspec.Struct):
+    items: list[Chunk]
+    next_cursor: str | None
+
+
+class SearchHit(msgspec.Struct):
+    document_id: str
+    title: str
+    chunk_index: int
+    heading: str | None
+    text: str
+    score: float  # higher is better (reciprocal rank fusion of vector and full-text ranks)
+
+
+class SearchResults(msgspec.Struct):
+    query: str
+    hits: list[SearchHit]
+
+
+class Session(msgspec.Struct):
+    session_id: str
+    assistant_id: str | None
+    device_id: str | None
+    transport: str | None  # ws | xiaozhi | webrtc | nats
+    started_at: str | None
+    ended_at: str | None  # null while the session is open
+    end_reason: str | None
+    turns: int
+    events: int
+    last_answer: str | None
+    last_event_at: str
+
+
+class SessionPage(msgspec.Struct):
+    items: list[Session]
+    next_cursor: str | None
+
+
+class Message(msgspec.Struct):
+    message_id: str
+    turn_id: str | None
+    role: Literal["user", "assistant", "tool"]
+    text: str  # a tool call's arguments, a tool result's content
+    tool_name: str | None
+    tool_call_id: str | None
+    at: str
+
+
+class MessagePage(msgspec.Struct):
+    items: list[Message]
+    next_cursor: str | None
+
+
+class TurnLatencies(msgspec.Struct):
+    """Milliseconds from the end of the user's input (the end of speech for a voice turn,
+    the turn's start for a typed one); null for a stage the turn did not reach."""
+
+    transcript_ms: float | None  # end of speech → final transcript (voice turns)
+    first_token_ms: float | None  # the LLM's time to first token
+    first_sentence_ms: float | None  # → the answer's first sentence
+    first_audio_ms: float | None  # → its first audio
+    answer_ms: float | None  # → the whole answer
+
+
+class Turn(msgspec.Struct):
+    turn_id: str
+    input: Literal["text", "voice"]
+    input_text: str
+    answer_text: str | None
+    interrupted: bool
+    interrupt_reason: str | None  # barge_in | abort | new_input
+    provider: str | None
+    model: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    tool_calls: int
+    speech_started_at: str | None
+    speech_stopped_at: str | None
+    transcript_at: str | None
+    started_at: str | None  # turn.started
+    first_sentence_at: str | None
+    first_audio_at: str | None
+    answered_at: str | None
+    latencies: TurnLatencies
+
+
+class TurnPage(msgspec.Struct):
+    items: list[Turn]
+    next_cursor: str | None

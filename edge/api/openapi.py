@@ -7,18 +7,20 @@ from typing import Any
 
 import msgspec
 
-from edge.api.endpoint import Endpoint
+from edge.api.endpoint import Endpoint, FormField
 from edge.api.models import ID_PATTERN, Error
 
 REF = "#/components/schemas/{name}"
 DESCRIPTIONS = {400: "malformed request", 401: "missing, invalid, expired or revoked credentials",
                 404: "not found (or not yours)", 409: "conflict", 413: "body too large",
-                415: "not JSON", 422: "invalid input", 423: "account locked", 429: "rate limited",
+                415: "unsupported media type or file type", 422: "invalid input", 423: "account locked",
+                429: "rate limited",
                 500: "internal error", 503: "unavailable: retry"}
 TEXT = {"schema": {"type": "string"}}
 # Headers some answers always carry.
 HEADERS: dict[int, dict[str, Any]] = {
     201: {"Location": {"description": "the created resource", "required": True, **TEXT}},
+    202: {"Location": {"description": "the accepted resource, to follow", "required": False, **TEXT}},
     401: {"WWW-Authenticate": {"description": "the bearer scheme", "required": True, **TEXT}},
     429: {"Retry-After": {"description": "seconds to wait", "required": True, **TEXT}},
     503: {"Retry-After": {"description": "seconds to wait", "required": False, **TEXT}},
@@ -37,7 +39,8 @@ def document(endpoints: tuple[Endpoint, ...], version: str) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "vagent API", "version": version,
-                 "description": "Accounts, assistants and devices of a vagent deployment."},
+                 "description": "Accounts, assistants, devices, documents, search and sessions "
+                                "of a vagent deployment."},
         "servers": [{"url": "/"}],
         "paths": paths,
         "components": {
@@ -64,7 +67,7 @@ def _operation(e: Endpoint, schemas: dict[Any, dict[str, Any]]) -> dict[str, Any
     parameters = [{"name": name, "in": "path", "required": True,
                    "schema": {"type": "string", "pattern": ID_PATTERN}}
                   for name in re.findall(r"{(\w+)}", e.path)]
-    parameters += [{"name": q.name, "in": "query", "required": False, "description": q.description,
+    parameters += [{"name": q.name, "in": "query", "required": q.required, "description": q.description,
                     "schema": q.schema} for q in e.query]
     if e.method == "POST":
         parameters.append({"name": "Idempotency-Key", "in": "header", "required": False,
@@ -77,15 +80,29 @@ def _operation(e: Endpoint, schemas: dict[Any, dict[str, Any]]) -> dict[str, Any
     if e.body is not None:
         operation["requestBody"] = {"required": not _optional(e.body),
                                     "content": {"application/json": {"schema": schemas[e.body]}}}
+    elif e.form:
+        operation["requestBody"] = {"required": True,
+                                    "content": {"multipart/form-data": {"schema": _form_schema(e.form)}}}
     if e.auth:
         operation["security"] = [{"bearer": []}]
     return operation
 
 
+def _form_schema(form: tuple[FormField, ...]) -> dict[str, Any]:
+    binary = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
+    properties = {f.name: (binary if f.file else {"type": "string", "maxLength": f.max_length})
+                  | {"description": f.description} for f in form}
+    schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
+    required = [f.name for f in form if f.required]
+    if required:
+        schema["required"] = required
+    return schema
+
+
 def _error_statuses(e: Endpoint) -> set[int]:
     """The error statuses the wrapper (endpoint.bind) may answer for `e`, and its own."""
     statuses = {500, 503, *e.errors}
-    post, body = e.method == "POST", e.body is not None
+    post, body = e.method == "POST", e.body is not None or bool(e.form)
     if e.auth:
         statuses.add(401)  # the bearer token
     if "{" in e.path:
@@ -95,7 +112,7 @@ def _error_statuses(e: Endpoint) -> set[int]:
     if body or post:
         statuses.add(400)  # malformed JSON; a bad Idempotency-Key
     if body:
-        statuses.add(415)  # not application/json
+        statuses.add(415)  # not application/json (or multipart/form-data)
     if body or post or e.query:
         statuses.add(422)  # the body's or the query's validation; an Idempotency-Key reused
     if post:

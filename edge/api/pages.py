@@ -60,3 +60,20 @@ def iso(ns: int | None) -> str:
     if ns is None:
         return ""
     return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def page_rows(call: Call, rows: list[dict[str, Any]], key: str, convert: Callable[[dict[str, Any]], Any]
+              ) -> tuple[list[Any], str | None]:
+    """One page of rows already read in their order (not ordered by `key`): the cursor is
+    the `key` of the last row seen, and one that is not there is refused."""
+    limit, after = page_request(call)
+    start = 0
+    if after:
+        keys = [str(row[key]) for row in rows]
+        if after not in keys:
+            raise ApiError(422, "validation_failed", "cursor is not one this API gave", {"at": "cursor"})
+        start = keys.index(after) + 1
+    chosen = rows[start:start + limit]
+    more = start + limit < len(rows)
+    cursor = base64.urlsafe_b64encode(str(chosen[-1][key]).encode()).decode().rstrip("=") if more else None
+    return [convert(row) for row in chosen], cursor

@@ -1,0 +1,1 @@
+"""The knowledge base: parsing, chunking, offline embeddings, LanceDB storage and hybrid search."""

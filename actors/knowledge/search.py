@@ -1,0 +1,99 @@
+"""Hybrid search over the chunk table: vector top-k (MiniLM cosine) and full-text top-k
+(LanceDB's BM25 index) fused by reciprocal rank fusion.
+
+Always scoped to one owner: chunks of other users are filtered out inside LanceDB
+(prefilter), before ranking, and `document_ids` narrows further to an assistant's
+knowledge base. Safe to call from any process (the edge, the tools actor): the table is
+re-read at its latest version on every query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from actors.knowledge.embed import embedder
+from actors.knowledge.store import FTS_COLUMN, quote, store
+
+log = logging.getLogger("vagent.knowledge")
+
+RRF_K = 60  # the usual constant: rank 1 scores 1/61
+CANDIDATES = 20  # per retriever, at least
+COLUMNS = ["document_id", "owner_id", "title", "chunk_index", "heading", "text"]
+MAX_QUERY = 1000  # characters of the query used
+
+
+class Hit(msgspec.Struct, kw_only=True):
+    document_id: str
+    title: str
+    chunk_index: int
+    text: str
+    score: float  # reciprocal-rank-fusion score: higher is better (at most 2/61)
+    heading: str | None = None
+
+
+def scope(owner_id: str | None, document_ids: list[str] | None) -> str:
+    """The LanceDB filter: one owner (None: documents without an owner, the system's),
+    and when given only these documents."""
+    where = f"owner_id = {quote(owner_id or '')}"
+    if document_ids is not None:
+        where += f" AND document_id IN ({', '.join(quote(d) for d in document_ids)})"
+    return where
+
+
+async def search(query: str, *, owner_id: str | None, document_ids: list[str] | None = None,
+                 limit: int = 5, data_dir: Path | None = None) -> list[Hit]:
+    """The best `limit` chunks for `query` among `owner_id`'s documents (only
+    `document_ids` when given; an empty list finds nothing)."""
+    query = " ".join(query.split())[:MAX_QUERY]
+    if not query or limit <= 0 or document_ids == []:
+        return []
+    return await asyncio.to_thread(search_sync, query, owner_id=owner_id,
+                                   document_ids=document_ids, limit=limit, data_dir=data_dir)
+
+
+def search_sync(query: str, *, owner_id: str | None, document_ids: list[str] | None = None,
+                limit: int = 5, data_dir: Path | None = None) -> list[Hit]:
+    query = " ".join(query.split())[:MAX_QUERY]
+    if not query or limit <= 0 or document_ids == []:
+        return []
+    table = store(data_dir).table()
+    if table is None:
+        return []
+    where = scope(owner_id, document_ids)
+    k = max(CANDIDATES, limit * 4)
+    vector = embedder().embed_one(query)
+    ranked_lists = [
+        table.search(vector, vector_column_name="vector").distance_type("cosine")
+        .where(where, prefilter=True).select([*COLUMNS, "_distance"]).limit(k).to_list(),
+        _fts(table, query, where, k),
+    ]
+    return fuse(ranked_lists, limit)
+
+
+def _fts(table: Any, query: str, where: str, k: int) -> list[dict[str, Any]]:
+    try:
+        return (table.search(query, query_type="fts", fts_columns=FTS_COLUMN)
+                .where(where, prefilter=True).select([*COLUMNS, "_score"]).limit(k).to_list())
+    except Exception as exc:  # no full-text index yet (a table being created): vectors alone
+        log.debug("full-text search unavailable: %r", exc)
+        return []
+
+
+def fuse(ranked_lists: list[list[dict[str, Any]]], limit: int) -> list[Hit]:
+    scores: dict[tuple[str, int], float] = {}
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    for ranked in ranked_lists:
+        for rank, row in enumerate(ranked, start=1):
+            key = (row["document_id"], row["chunk_index"])
+            scores[key] = scores.get(key, 0.0) + 1.0 / (RRF_K + rank)
+            rows.setdefault(key, row)
+    best = sorted(scores, key=lambda key: (-scores[key], key))[:limit]
+    return [Hit(document_id=rows[key]["document_id"], title=rows[key]["title"] or "",
+                chunk_index=rows[key]["chunk_index"], text=rows[key]["text"] or "",
+                score=round(scores[key], 6), heading=rows[key]["heading"] or None)
+            for key in best]

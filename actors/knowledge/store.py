@@ -1,0 +1,201 @@
+"""The chunk table in LanceDB (`<data dir>/lance`, table `chunks`): one row per chunk with
+its document, owner, title, heading, text and 384-dim vector; a full-text index on
+`search_text` (title, heading and text) and scalar indexes for the filters.
+
+Writes come from the indexer; reads (search) from any process: a connection with a
+zero read-consistency interval sees every commit made by another process.
+"""
+
+from __future__ import annotations
+
+import os
+
+# lance logs warnings (deprecations, "no existing dataset") on stderr by default; 0.40 reads
+# LANCEDB_LOG (DESIGN.md names LANCE_LOG: set both).
+os.environ.setdefault("LANCEDB_LOG", os.environ.get("LANCE_LOG", "error"))
+os.environ.setdefault("LANCE_LOG", "error")
+
+import datetime
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+from lancedb.index import FTS, BTree
+
+from actors.knowledge.embed import DIMS
+from bus.config import data_dir
+
+log = logging.getLogger("vagent.knowledge")
+
+TABLE = "chunks"
+FTS_COLUMN = "search_text"
+# Rows written since the indexes were last brought up to date are still searched (flat);
+# past this many, the writer folds them into the indexes.
+REINDEX_AFTER = 2000
+
+SCHEMA = pa.schema([
+    pa.field("document_id", pa.string(), nullable=False),
+    pa.field("owner_id", pa.string(), nullable=False),
+    pa.field("title", pa.string()),
+    pa.field("chunk_index", pa.int32(), nullable=False),
+    pa.field("heading", pa.string()),
+    pa.field("text", pa.string()),
+    pa.field(FTS_COLUMN, pa.string()),
+    pa.field("vector", pa.list_(pa.float32(), DIMS)),
+])
+
+
+def lance_dir(base: Path | None = None) -> Path:
+    return (base or data_dir()) / "lance"
+
+
+def quote(value: str) -> str:
+    """A SQL string literal for LanceDB filters."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def search_text(title: str, heading: str, text: str) -> str:
+    return "\n".join(part for part in (title, heading, text) if part)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    document_id: str
+    owner_id: str
+    title: str
+    chunk_index: int
+    heading: str
+    text: str
+
+
+def arrow_rows(rows: Sequence[Row], vectors: np.ndarray) -> pa.Table:
+    assert len(rows) == len(vectors)
+    return pa.table({
+        "document_id": pa.array([r.document_id for r in rows], pa.string()),
+        "owner_id": pa.array([r.owner_id for r in rows], pa.string()),
+        "title": pa.array([r.title for r in rows], pa.string()),
+        "chunk_index": pa.array([r.chunk_index for r in rows], pa.int32()),
+        "heading": pa.array([r.heading for r in rows], pa.string()),
+        "text": pa.array([r.text for r in rows], pa.string()),
+        FTS_COLUMN: pa.array([search_text(r.title, r.heading, r.text) for r in rows], pa.string()),
+        "vector": pa.FixedSizeListArray.from_arrays(
+            pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel()), DIMS),
+    }, schema=SCHEMA)
+
+
+class ChunkStore:
+    """Thread-safe (LanceDB tables are); writes are serialised by a lock within a process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        self.db = lancedb.connect(str(path), read_consistency_interval=datetime.timedelta(0))
+        self._table: Any = None
+        self._write = threading.Lock()
+
+    @classmethod
+    def open(cls, base: Path | None = None) -> ChunkStore:
+        return cls(lance_dir(base))
+
+    def table(self, create: bool = False) -> Any:
+        """The chunk table, or None when nothing was ever indexed (and not `create`)."""
+        if self._table is None:
+            if create:
+                self._table = self.db.create_table(TABLE, schema=SCHEMA, exist_ok=True)
+            else:
+                try:
+                    self._table = self.db.open_table(TABLE)
+                except (FileNotFoundError, ValueError):
+                    return None
+        return self._table
+
+    # --- writing ----------------------------------------------------------------------
+
+    def replace_document(self, rows: Sequence[Row], vectors: np.ndarray, *,
+                         document_id: str) -> int:
+        """The document's chunks become exactly `rows` (a redelivery writes the same again).
+        Returns the number of rows written."""
+        assert len(rows) == len(vectors)
+        with self._write:
+            table = self.table(create=True)
+            table.delete(f"document_id = {quote(document_id)}")
+            if rows:
+                table.add(arrow_rows(rows, vectors))
+            self._index(table)
+        return len(rows)
+
+    def append(self, rows: Sequence[Row], vectors: np.ndarray) -> None:
+        """Bulk load (the benchmark): rows added as they are, indexes left to `optimize`."""
+        with self._write:
+            self.table(create=True).add(arrow_rows(rows, vectors))
+
+    def delete_document(self, document_id: str) -> None:
+        with self._write:
+            table = self.table()
+            if table is not None:
+                table.delete(f"document_id = {quote(document_id)}")
+
+    def _index(self, table: Any) -> None:
+        """Full-text and filter indexes: created with the first rows, then kept up to date
+        (new rows are searched without an index until REINDEX_AFTER of them piled up)."""
+        indices = {i.name: i for i in table.list_indices()}
+        fts = f"{FTS_COLUMN}_idx"
+        if fts not in indices:
+            table.create_index(FTS_COLUMN, config=FTS(with_position=False), replace=True)
+            for column in ("owner_id", "document_id"):
+                table.create_index(column, config=BTree(), replace=True)
+            return
+        stale = max((self._unindexed(table, name) for name in indices), default=0)
+        if stale >= REINDEX_AFTER:
+            table.optimize()
+
+    @staticmethod
+    def _unindexed(table: Any, name: str) -> int:
+        try:
+            return table.index_stats(name).num_unindexed_rows
+        except Exception:  # an index being replaced by another writer
+            return 0
+
+    def optimize(self) -> None:
+        """Create the indexes, or fold new rows into them, and compact the files."""
+        with self._write:
+            table = self.table()
+            if table is None:
+                return
+            if f"{FTS_COLUMN}_idx" not in {i.name for i in table.list_indices()}:
+                self._index(table)
+            table.optimize()
+
+    # --- reading ----------------------------------------------------------------------
+
+    def count(self, where: str | None = None) -> int:
+        table = self.table()
+        return 0 if table is None else table.count_rows(where)
+
+    def document_chunks(self, document_id: str) -> list[dict[str, Any]]:
+        table = self.table()
+        if table is None:
+            return []
+        rows = (table.search().where(f"document_id = {quote(document_id)}")
+                .select(["document_id", "owner_id", "title", "chunk_index", "heading", "text"])
+                .limit(100_000).to_list())
+        return sorted(rows, key=lambda r: r["chunk_index"])
+
+
+_stores: dict[Path, ChunkStore] = {}
+_stores_lock = threading.Lock()
+
+
+def store(base: Path | None = None) -> ChunkStore:
+    """One store per LanceDB directory and process."""
+    path = lance_dir(base).resolve()
+    with _stores_lock:
+        if path not in _stores:
+            _stores[path] = ChunkStore(path)
+        return _stores[path]

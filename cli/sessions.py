@@ -1,0 +1,331 @@
+"""`vagent sessions`, `vagent session show`, `vagent session export`: looking at sessions.
+
+The list reads the read models (sessions, with the owner's email from users and the median
+latencies from turns). `show` and `export` read the session's own log, so they work with
+no read model at all; the per-turn stages are folded by the `turns` projection's own code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import statistics
+import sys
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bus.blobs import get_blob
+from bus.client import Bus
+from bus.errors import BusError
+from bus.log import Entry, load
+from cli.display import clock, shorten, table, when
+from projections.bulk import Row
+from projections.client import QueryError, run_query
+from projections.turns import Turns
+from schemas import (
+    AssistantMessage,
+    BlobRef,
+    Error,
+    Event,
+    SessionEnded,
+    SessionStarted,
+    SpeechStopped,
+    ToolCall,
+    ToolResult,
+    TurnInterrupted,
+    to_builtins,
+)
+
+MS = 1_000_000
+_ENVELOPE = {"type", "id", "ts", "v", "causation_id", "session_id", "turn_id"}
+
+
+class SessionNotFound(BusError):
+    pass
+
+
+# --- the list ---------------------------------------------------------------------------
+
+_SINCE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+
+
+def parse_since(text: str | None, now: float | None = None) -> int | None:
+    """'30m', '2h', '7d', '1w' ago, or a date / ISO time (local), as ns since the epoch."""
+    if not text:
+        return None
+    text = text.strip()
+    match = _SINCE.match(text)
+    if match:
+        base = dt.datetime.now().timestamp() if now is None else now
+        return int((base - float(match[1]) * _UNIT[match[2]]) * 1e9)
+    try:
+        return int(dt.datetime.fromisoformat(text).timestamp() * 1e9)
+    except ValueError:
+        raise ValueError(f"--since {text!r}: use e.g. 30m, 2h, 7d, 2025-01-31 or 2025-01-31T09:00"
+                         ) from None
+
+
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} ms"
+
+
+async def list_sessions(nats: str | None, data_dir: Path, *, user: str | None, assistant: str | None,
+                        since: str | None, limit: int, as_json: bool) -> None:
+    params = {"user": user, "assistant_id": assistant, "since": parse_since(since), "limit": limit}
+    try:
+        bus: Bus | None = await Bus.connect(nats, name="vagent-cli", timeout=2)
+    except BusError:
+        bus = None  # read the file directly
+    try:
+        try:
+            columns, rows = await run_query(bus, data_dir, "sessions_table", params)
+        except QueryError as exc:
+            raise BusError(str(exc)) from None
+    finally:
+        if bus:
+            await bus.close()
+    records = [dict(zip(columns, r, strict=True)) for r in rows]
+    if as_json:
+        print(json.dumps(records, default=str, ensure_ascii=False))
+        return
+    if not records:
+        print("no sessions" + (" match" if any(v for k, v in params.items() if k != "limit") else " yet"))
+        return
+
+    def latency(r: dict[str, Any]) -> str:
+        if r["p50_first_audio_ms"] is not None:
+            return ms(r["p50_first_audio_ms"])
+        if r["p50_first_sentence_ms"] is not None:
+            return ms(r["p50_first_sentence_ms"]) + " (text)"
+        return "-"
+
+    print(table(
+        ["session", "started", "owner", "assistant", "transport", "turns", "p50 → first audio", "end",
+         "last answer"],
+        [[r["session_id"], when(r["started_ts"] or r["first_event_ts"]),
+          r["email"] or r["user_id"] or "-", r["assistant_id"] or "default", r["transport"] or "-",
+          r["turns"], latency(r), (r["end_reason"] or "ended") if r["ended_ts"] else "open",
+          shorten(r["last_assistant_text"], 40)] for r in records]))
+    print("p50 → first audio: median time from the end of the user's speech (or the typed "
+          "input's turn start) to the answer's first audio; (text): to its first sentence")
+
+
+# --- one session ------------------------------------------------------------------------
+
+
+async def session_log(bus: Bus, session_id: str) -> list[Entry]:
+    try:
+        entries, _ = await load(bus, "session", session_id)
+    except ValueError as exc:
+        raise SessionNotFound(str(exc)) from None
+    if not entries:
+        raise SessionNotFound(f"no session {session_id!r} in the log")
+    return entries
+
+
+def fold_turns(entries: list[Entry]) -> list[Row]:
+    """The session's turns, as the `turns` read model folds them (same code)."""
+    turns = Turns()
+    rows: dict[str, Row] = {}
+    for entry in entries:
+        if entry.event is not None and turns.wants(entry.event):
+            turns.fold(rows, entry.event, entry)
+    return sorted(rows.values(), key=lambda r: r["seq_start"])
+
+
+@dataclass
+class Stage:
+    name: str
+    ms: float
+
+
+def stages(turn: Row) -> list[Stage]:
+    """The per-stage latencies of a turn, in ms, for those it reached."""
+    voice = turn["speech_stopped_ts"] is not None
+    start = turn["speech_stopped_ts"] if voice else turn["turn_started_ts"]
+    origin = "end of speech" if voice else "input"
+    out = []
+    if voice and turn["transcript_final_ts"] is not None:
+        out.append(Stage("end of speech → transcript", (turn["transcript_final_ts"] - start) / MS))
+    if turn["first_delta_ms"] is not None:
+        out.append(Stage("LLM time to first token", turn["first_delta_ms"]))
+    for name, column in (("first sentence", "first_sentence_ts"), ("first audio", "first_audio_ts"),
+                         ("answer complete", "answer_ts")):
+        if start is not None and turn[column] is not None:
+            out.append(Stage(f"{origin} → {name}", (turn[column] - start) / MS))
+    return out
+
+
+def bar(value: float, scale: float, width: int = 24) -> str:
+    """A text bar, eighths of a block at the end: `████▌`."""
+    eighths = round(max(0.0, value) / scale * width * 8) if scale > 0 else 0
+    full, part = divmod(min(eighths, width * 8), 8)
+    return "█" * full + (" ▏▎▍▌▋▊▉"[part] if part else "")
+
+
+def summary(event: Event) -> str:
+    fields = {k: v for k, v in to_builtins(event).items() if k not in _ENVELOPE and v not in (None, [], {})}
+    for noisy in ("input_id", "speech_started_ts", "speech_stopped_ts"):
+        fields.pop(noisy, None)
+    if isinstance(fields.get("audio"), dict):
+        fields["audio"] = f"{fields['audio'].get('duration_ms', 0)} ms stored"
+    if isinstance(event, AssistantMessage):
+        fields.pop("usage", None)
+        if event.tool_calls:
+            fields["tool_calls"] = ", ".join(f"{c.name}({shorten(c.arguments, 40)})"
+                                             for c in event.tool_calls)
+    parts = []
+    for key, value in fields.items():
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        width = 70 if key in ("text", "content", "message") else 40
+        parts.append(f"{key}={shorten(text, width)}")
+    return " ".join(parts)
+
+
+def _turn_number(turns: list[Row]) -> dict[str, int]:
+    return {t["turn_id"]: n for n, t in enumerate(turns, start=1)}
+
+
+async def show_session(bus: Bus, session_id: str, as_json: bool) -> None:
+    entries = await session_log(bus, session_id)
+    events = [e.event for e in entries if e.event is not None]
+    turns = fold_turns(entries)
+    if as_json:
+        print(json.dumps({
+            "session_id": session_id,
+            "turns": [{**t, "stages_ms": {s.name: round(s.ms, 1) for s in stages(t)}} for t in turns],
+            "events": [{**to_builtins(e.event), "seq": e.seq} if e.event is not None
+                       else {"seq": e.seq, "error": e.error} for e in entries],
+        }, default=str, ensure_ascii=False))
+        return
+    started = next((e for e in events if isinstance(e, SessionStarted)), None)
+    ended = next((e for e in reversed(events) if isinstance(e, SessionEnded)), None)
+    t0 = events[0].ts if events else 0
+    print(f"session {session_id}")
+    if started is not None:
+        named = (("user", started.user_id), ("assistant", started.assistant_id),
+                 ("device", started.device_id))
+        who = ", ".join(f"{k} {v}" for k, v in named if v)
+        print(f"  {started.transport}{', ' + who if who else ''}; started {when(started.ts)}")
+    print(f"  {'ended ' + when(ended.ts) + ' (' + ended.reason + ')' if ended else 'not ended'}; "
+          f"{len(entries)} events, {len(turns)} turns")
+    number = _turn_number(turns)
+
+    print("\ntimeline")
+    for entry in entries:
+        event = entry.event
+        if event is None:
+            print(f"  {'':>9}  <undecodable seq {entry.seq}: {entry.error}>")
+            continue
+        turn = number.get(getattr(event, "turn_id", None) or getattr(event, "id", ""))
+        mark = "!" if isinstance(event, Error | TurnInterrupted) else " "
+        print(f"  {(event.ts - t0) / 1e9:>8.3f}s {mark}{clock(event.ts)} "
+              f"{'t' + str(turn) if turn else '':<4} {event.type:<19} {summary(event)}".rstrip())
+
+    all_stages = [s for t in turns for s in stages(t)]
+    scale = max((s.ms for s in all_stages if "complete" not in s.name), default=0.0)
+    for n, turn in enumerate(turns, start=1):
+        kind = "voice" if turn["input_type"] == "transcript.final" else "typed"
+        print(f"\nturn {n} ({kind}): {shorten(turn['input_text'], 70)!r}")
+        for stage in stages(turn):
+            print(f"  {stage.name:<32} {bar(stage.ms, max(scale, stage.ms)):<25} {stage.ms:,.0f} ms")
+        tid = turn["turn_id"]
+        results = {e.call_id: e for e in events if isinstance(e, ToolResult) and e.turn_id == tid}
+        for call in (e for e in events if isinstance(e, ToolCall) and e.turn_id == tid):
+            result = results.get(call.call_id)
+            outcome = ("(no result)" if result is None else
+                       ("error: " if result.is_error else "") + shorten(result.content, 50))
+            print(f"  tool {call.name}({shorten(call.arguments, 40)}) → {outcome}")
+        if turn["interrupted"]:
+            print(f"  interrupted ({turn['interrupt_reason'] or 'abort'})")
+        for error in (e for e in events if isinstance(e, Error) and e.turn_id == tid):
+            print(f"  error {error.code}: {shorten(error.message, 70)}")
+        if turn["answer_text"] is not None:
+            model = "/".join(x for x in (turn["provider"], turn["model"]) if x)
+            tokens = (f", {turn['prompt_tokens']}+{turn['completion_tokens']} tokens"
+                      if turn["prompt_tokens"] or turn["completion_tokens"] else "")
+            print(f"  answer{' (' + model + tokens + ')' if model else ''}: "
+                  f"{shorten(turn['answer_text'], 90)!r}")
+        elif turn["turn_started_ts"] is None:
+            print("  (no turn: the dialogue did not take this input)")
+        else:
+            print("  (no answer)")
+    loose = [e for e in events if isinstance(e, Error) and (e.turn_id is None or e.turn_id not in number)]
+    for error in loose:
+        print(f"\nerror {error.code} ({error.source or '?'}): {shorten(error.message, 90)}")
+    if turns:
+        voice = [s.ms for t in turns for s in stages(t) if s.name.endswith("→ first audio")]
+        if voice:
+            print(f"\nmedian → first audio: {statistics.median(voice):,.0f} ms over {len(voice)} turns")
+
+
+# --- export -----------------------------------------------------------------------------
+
+RATE = 16000
+
+
+async def export_json(bus: Bus, session_id: str) -> None:
+    for entry in await session_log(bus, session_id):
+        if entry.event is not None:
+            print(json.dumps({**to_builtins(entry.event), "seq": entry.seq}, ensure_ascii=False))
+        else:
+            print(json.dumps({"seq": entry.seq, "subject": entry.subject, "error": entry.error}))
+
+
+@dataclass
+class Exported:
+    utterances: int
+    duration_ms: int
+    assistant_audio: bool
+
+
+def _resample(pcm: bytes, rate: int) -> bytes:
+    if rate == RATE or not pcm:
+        return pcm
+    import numpy as np
+
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
+    n = int(len(samples) * RATE / rate)
+    out = np.interp(np.linspace(0, len(samples) - 1, n), np.arange(len(samples)), samples)
+    return out.astype("<i2").tobytes()
+
+
+async def export_wav(bus: Bus, session_id: str, path: Path) -> Exported:
+    """A stereo 16 kHz WAV: the user's utterances on the left channel at their offsets in the
+    session's inbound audio; the right channel is the assistant's, silent (TTS audio is
+    streamed live and not stored)."""
+    import numpy as np
+
+    entries = await session_log(bus, session_id)
+    clips: list[tuple[int, bytes]] = []
+    seen: set[str] = set()
+    for entry in entries:
+        event = entry.event
+        if (isinstance(event, SpeechStopped) and isinstance(event.audio, BlobRef)
+                and event.audio.name not in seen):
+            seen.add(event.audio.name)
+            try:
+                pcm = _resample(await get_blob(bus, event.audio), event.audio.sample_rate)
+            except Exception as exc:  # a blob removed from the bucket: say so, keep the rest
+                print(f"warning: utterance {event.audio.name} not readable: {exc}", file=sys.stderr)
+                continue
+            duration_ms = len(pcm) * 1000 // (2 * RATE)
+            clips.append((max(0, event.audio_ms - duration_ms), pcm))
+    end_ms = max((start + len(pcm) * 1000 // (2 * RATE) for start, pcm in clips), default=0)
+    left = np.zeros(end_ms * RATE // 1000 + 1, dtype=np.int16)
+    for start_ms, pcm in clips:
+        samples = np.frombuffer(pcm, dtype="<i2")
+        at = start_ms * RATE // 1000
+        left[at:at + len(samples)] = samples[: len(left) - at]
+    stereo = np.zeros((len(left), 2), dtype="<i2")
+    stereo[:, 0] = left
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(2)
+        out.setsampwidth(2)
+        out.setframerate(RATE)
+        out.writeframes(stereo.tobytes())
+    return Exported(utterances=len(clips), duration_ms=end_ms, assistant_audio=False)

@@ -1,0 +1,146 @@
+"""Documents: uploading (the file into Object Store bucket `docs`, then `document.uploaded`
+on the document's own log) and deleting. The API (`POST /api/v1/documents`) and
+`vagent docs add` both upload through `Documents.upload`, so both refuse the same files.
+
+The indexer actor takes it from `document.uploaded`: it parses, chunks and embeds the file
+and records `document.indexed` or `document.failed`; `document.deleted` removes the chunks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import BinaryIO
+
+from bus.blobs import delete_document, put_document
+from bus.client import Bus
+from bus.errors import ConflictError
+from bus.log import load
+from edge.errors import ApiError, not_found
+from schemas import DocumentDeleted, DocumentFailed, DocumentIndexed, DocumentUploaded, new_id
+
+# The types the indexer reads, by file extension and, for a name without one of these, by
+# the declared content type.
+BY_EXTENSION = {".txt": "text/plain", ".text": "text/plain", ".md": "text/markdown",
+                ".markdown": "text/markdown", ".html": "text/html", ".htm": "text/html",
+                ".pdf": "application/pdf"}
+BY_CONTENT_TYPE = {"text/plain": "text/plain", "text/markdown": "text/markdown",
+                   "text/x-markdown": "text/markdown", "text/html": "text/html",
+                   "application/xhtml+xml": "text/html", "application/pdf": "application/pdf"}
+SUPPORTED = ("txt", "md", "html", "pdf")
+MAX_TITLE = 200
+MAX_FILENAME = 255
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def document_type(filename: str, content_type: str | None) -> str:
+    """The document's content type, from its extension or else its declared type; 415 for
+    anything the indexer cannot read."""
+    by_extension = BY_EXTENSION.get(PurePosixPath(filename).suffix.lower())
+    if by_extension:
+        return by_extension
+    declared = (content_type or "").split(";")[0].strip().lower()
+    if declared in BY_CONTENT_TYPE:
+        return BY_CONTENT_TYPE[declared]
+    raise ApiError(415, "unsupported_type",
+                   f"{filename or 'the file'!s} is not a document vagent reads: "
+                   f"send {', '.join(SUPPORTED)}",
+                   {"field": "file", "filename": filename, "content_type": declared,
+                    "supported": list(SUPPORTED)})
+
+
+def clean_filename(filename: str) -> str:
+    """The name's last path component, printable, at most 255 characters."""
+    name = _UNPRINTABLE.sub("", filename.replace("\\", "/").rsplit("/", 1)[-1]).strip()
+    if len(name) > MAX_FILENAME:
+        stem, dot, ext = name.rpartition(".")
+        keep = dot and len(ext) < 16
+        name = stem[: MAX_FILENAME - len(ext) - 1] + dot + ext if keep else name[:MAX_FILENAME]
+    return name
+
+
+def default_title(filename: str) -> str:
+    stem = PurePosixPath(filename).stem if filename else ""
+    return (" ".join(stem.replace("_", " ").split()) or "Untitled")[:MAX_TITLE]
+
+
+@dataclass
+class DocumentState:
+    document_id: str
+    owner_id: str | None
+    object_name: str
+    status: str = "uploaded"  # uploaded | indexed | failed
+    deleted: bool = False
+    last_seq: int = 0
+
+
+async def load_document(bus: Bus, document_id: str) -> DocumentState | None:
+    """The document as its log has it, None if it never existed (or the id is no id)."""
+    try:
+        entries, last = await load(bus, "doc", document_id)
+    except ValueError:  # not a valid id token
+        return None
+    state: DocumentState | None = None
+    for entry in entries:
+        match entry.event:
+            case DocumentUploaded() as uploaded:
+                state = DocumentState(document_id, uploaded.owner_id,
+                                      uploaded.object_name or document_id, last_seq=last)
+            case DocumentIndexed() if state:
+                state.status = "indexed"
+            case DocumentFailed() if state:
+                state.status = "failed"
+            case DocumentDeleted() if state:
+                state.deleted = True
+    return state
+
+
+class Documents:
+    def __init__(self, bus: Bus, max_bytes: int) -> None:
+        self.bus = bus
+        self.max_bytes = max_bytes
+
+    async def upload(self, owner_id: str | None, filename: str, data: bytes | BinaryIO, *, size: int,
+                     title: str | None = None, content_type: str | None = None,
+                     document_id: str | None = None) -> DocumentUploaded:
+        """Store the file, then record `document.uploaded`; the event. 415 for a type the
+        indexer does not read, 413 over the size limit: nothing is stored then."""
+        filename = clean_filename(filename)
+        kind = document_type(filename, content_type)
+        if size > self.max_bytes:
+            raise ApiError(413, "body_too_large", f"the upload exceeds {self.max_bytes} bytes",
+                           {"limit": self.max_bytes})
+        title = " ".join((title or "").split())[:MAX_TITLE] or default_title(filename)
+        document_id = document_id or new_id()
+        stored = await put_document(self.bus, document_id, data)
+        event = DocumentUploaded(document_id=document_id, owner_id=owner_id, title=title,
+                                 filename=filename, content_type=kind, size=stored,
+                                 object_name=document_id)
+        try:
+            await self.bus.append(event, 0)
+        except BaseException:
+            with contextlib.suppress(Exception):  # no event, no file (if NATS lets us)
+                await delete_document(self.bus, document_id)
+            raise
+        return event
+
+    async def owned(self, owner_id: str | None, document_id: str) -> DocumentState:
+        """The document if it exists and is `owner_id`'s; 404 otherwise (also for others')."""
+        state = await load_document(self.bus, document_id)
+        if state is None or state.deleted or state.owner_id != owner_id:
+            raise not_found("document", document_id)
+        return state
+
+    async def delete(self, owner_id: str | None, document_id: str) -> None:
+        """Record `document.deleted` (the indexer then removes its chunks) and remove the file."""
+        for _ in range(5):
+            state = await self.owned(owner_id, document_id)
+            try:
+                await self.bus.append(DocumentDeleted(document_id=document_id), state.last_seq)
+            except ConflictError:
+                continue  # the indexer recorded its result meanwhile: decide again
+            await delete_document(self.bus, state.object_name)
+            return
+        raise ApiError(409, "conflict", "the document changed meanwhile: retry")

@@ -1,0 +1,323 @@
+"""The knowledge base: parsing, chunking, embeddings, hybrid search (quality on a committed
+corpus, isolation between owners, reads from another process) and `knowledge_search` as a
+tool of the dialogue, end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from actors.indexer import index_document
+from actors.knowledge.chunk import MAX, OVERLAP, chunk, sentences
+from actors.knowledge.embed import DIMS, embedder
+from actors.knowledge.parse import Block, ParseError, media_type, parse
+from actors.knowledge.search import Hit, search
+from actors.knowledge.store import ChunkStore, store
+from actors.runtime import ActorHost
+from actors.tools.builtin import format_hits
+from bus.blobs import put_document
+from bus.client import Bus
+from cli.echo_llm import OpenAIServer
+from projections.runtime import ProjectionService
+from schemas import (
+    AssistantCreated,
+    DocumentIndexed,
+    DocumentUploaded,
+    SessionStarted,
+    ToolResult,
+    UserText,
+    new_id,
+)
+from tests.fixtures.pdf import make_pdf
+from tests.test_dialogue import finals, providers_toml, servers, start, wait_for, write_config
+
+__all__ = ["servers", "start"]  # fixtures
+
+CORPUS = Path(__file__).parent / "fixtures" / "corpus"
+QUESTIONS = json.loads((CORPUS / "questions.json").read_text())
+
+
+def corpus_files() -> list[Path]:
+    return sorted(p for p in CORPUS.iterdir() if p.suffix in (".md", ".txt", ".html", ".pdf")
+                  and p.name != "README.md")
+
+
+def title_of(path: Path) -> str:
+    return path.stem.replace("-", " ").title()
+
+
+def index_corpus(chunks: ChunkStore, owner: str, prefix: str = "",
+                 files: list[Path] | None = None) -> dict[str, str]:
+    """Every corpus file (or `files`) indexed for `owner`; document id → file name."""
+    ids = {}
+    for path in files or corpus_files():
+        document_id = prefix + path.stem
+        index_document(chunks, path.read_bytes(), document_id=document_id, owner_id=owner,
+                       title=title_of(path), content_type=media_type(None, path.name),
+                       filename=path.name)
+        ids[document_id] = path.name
+    return ids
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The corpus indexed for user A, and three of its documents under other ids for B."""
+    base = tmp_path_factory.mktemp("kb")
+    chunks = store(base)
+    index_corpus(chunks, "user-a", "a-")
+    index_corpus(chunks, "user-b", "b-", corpus_files()[::4])
+    return base
+
+
+# --- parsing and chunking ----------------------------------------------------------
+
+def test_formats_parse_to_clean_blocks() -> None:
+    md = b"# Title\n\nSome **bold** and [a link](http://x) and `code`.\n\n## Part\n\n- one\n- two\n"
+    assert parse(md, "text/markdown") == [
+        Block("Title", 1), Block("Some bold and a link and code.", 0), Block("Part", 2),
+        Block("one.", 0), Block("two.", 0)]
+    html = (b"<html><head><title>T</title><style>p{}</style><script>x()</script></head><body>"
+            b"<h2>Hello</h2><p>caf&eacute; &amp; tea</p><ul><li>a</li></ul></body></html>")
+    assert parse(html, "text/html") == [Block("Hello", 2), Block("café & tea", 0), Block("a.", 0)]
+    text = "Heading\nFirst line\nwrapped here.\n\nSecond paragraph.".encode("utf-16")
+    assert parse(text, "text/plain") == [Block("Heading", 1), Block("First line wrapped here.", 0),
+                                         Block("Second paragraph.", 0)]
+    pdf = make_pdf(["Guide", "Line one of the body is long enough to look like running text. " * 3])
+    blocks = parse(pdf, "application/pdf")
+    assert blocks[0] == Block("Guide", 2) and "Line one of the body" in blocks[1].text
+    assert parse("Ünïcödé ½\u00a0text".encode("cp1252"), "text/plain")[0].text == "Ünïcödé 1⁄2 text"
+
+
+def test_types_and_unreadable_files() -> None:
+    assert media_type("application/octet-stream", "a.PDF") == "application/pdf"
+    assert media_type("text/plain", "notes.md") == "text/markdown"
+    assert media_type("text/html; charset=utf-8", "x") == "text/html"
+    for data, kind, reason in [
+        (b"", "text/plain", "empty file"),
+        (b"x", "image/png", "unsupported type 'image/png'"),
+        (b"%PDF-1.4\nnot really", "application/pdf", "cannot read the PDF"),
+        (b"GIF89a", "application/pdf", "not a PDF file"),
+        (b"   \n\n  ", "text/plain", "no text found"),
+    ]:
+        with pytest.raises(ParseError, match=reason):
+            parse(data, kind)
+
+
+def test_chunks_follow_the_structure() -> None:
+    long_section = " ".join(f"Sentence {i} describes step {i} of the procedure in some detail."
+                            for i in range(40))
+    blocks = [Block("Manual", 1), Block("Intro text."), Block("Setup", 2), Block(long_section),
+              Block("Wi-Fi", 3), Block("Join the network."), Block("Care", 2), Block("Wipe it.")]
+    chunks = chunk(blocks)
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    headings = [c.heading for c in chunks]
+    assert headings[0] == "Manual" and headings[-1] == "Manual › Care"
+    assert "Manual › Setup › Wi-Fi" in headings
+    setup = [c for c in chunks if c.heading == "Manual › Setup"]
+    assert len(setup) >= 3  # ~2,600 characters cut into 500-800
+    for c in setup:
+        assert len(c.text) <= MAX
+        assert c.text.startswith("Sentence ") and c.text.endswith("detail.")  # whole sentences
+    for before, after in itertools.pairwise(setup):
+        first = sentences(after.text)[0]
+        repeated = before.text[before.text.index(first):]  # overlap: the end of the previous one
+        assert after.text.startswith(repeated) and 0 < len(repeated) <= OVERLAP
+    covered = " ".join(c.text for c in setup)
+    assert all(f"Sentence {i} " in covered for i in range(40))
+
+
+def test_sentences_are_split_sensibly() -> None:
+    assert sentences("It costs 3.5 euros. Then e.g. more. 第一句。第二句！") == [
+        "It costs 3.5 euros.", "Then e.g. more.", "第一句。", "第二句！"]
+    long = "word " * 400
+    assert all(len(s) <= MAX for s in sentences(long))
+
+
+def test_embeddings_are_normalised_and_meaningful() -> None:
+    vectors = embedder().embed(["How do I reset the router?",
+                                "Hold the reset button of the router for ten seconds.",
+                                "Oil the bicycle chain after rain."])
+    assert vectors.shape == (3, DIMS) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
+    assert np.allclose(embedder().embed_one("How do I reset the router?"), vectors[0], atol=1e-5)
+
+
+# --- search -------------------------------------------------------------------------
+
+async def test_the_right_document_is_in_the_top_three(corpus_dir: Path) -> None:
+    found = 0
+    misses = []
+    for item in QUESTIONS:
+        hits = await search(item["question"], owner_id="user-a", limit=3, data_dir=corpus_dir)
+        names = [h.document_id for h in hits]
+        if "a-" + Path(item["document"]).stem in names:
+            found += 1
+        else:
+            misses.append((item["question"], names))
+    assert found >= 9, misses
+    assert len(QUESTIONS) == 10 and len(corpus_files()) == 10
+
+
+async def test_hits_carry_their_document(corpus_dir: Path) -> None:
+    hits = await search("factory reset with a paperclip", owner_id="user-a", data_dir=corpus_dir)
+    assert 0 < len(hits) <= 5 and isinstance(hits[0], Hit)
+    top = hits[0]
+    assert (top.document_id, top.title) == ("a-nimbus-router", "Nimbus Router")
+    assert "paperclip" in top.text and top.heading and top.heading.endswith("Factory reset")
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert format_hits(hits[:1]).startswith("[Nimbus Router] (Factory reset) A factory reset")
+
+
+async def test_one_owner_never_sees_another_owners_chunks(corpus_dir: Path) -> None:
+    for item in QUESTIONS:
+        hits = await search(item["question"], owner_id="user-b", limit=10, data_dir=corpus_dir)
+        assert hits and all(h.document_id.startswith("b-") for h in hits)
+    # Naming A's documents does not help B.
+    a_docs = ["a-" + p.stem for p in corpus_files()]
+    assert await search("router reset", owner_id="user-b", document_ids=a_docs,
+                        data_dir=corpus_dir) == []
+    assert await search("router reset", owner_id=None, data_dir=corpus_dir) == []
+    assert await search("router reset", owner_id="nobody", data_dir=corpus_dir) == []
+    assert await search("router reset", owner_id="user-a'; --", data_dir=corpus_dir) == []
+    # A's knowledge base narrowed to two documents.
+    hits = await search("router reset", owner_id="user-a", limit=10,
+                        document_ids=["a-aurora-dishwasher", "a-harbor-kayak"], data_dir=corpus_dir)
+    assert hits and {h.document_id for h in hits} <= {"a-aurora-dishwasher", "a-harbor-kayak"}
+    assert await search("router", owner_id="user-a", document_ids=[], data_dir=corpus_dir) == []
+    assert await search("   ", owner_id="user-a", data_dir=corpus_dir) == []
+
+
+async def test_search_before_anything_was_indexed(tmp_path: Path) -> None:
+    assert await search("anything", owner_id="u", data_dir=tmp_path) == []
+
+
+def test_another_process_sees_new_chunks(tmp_path: Path) -> None:
+    """The edge searches while the indexer writes: each query sees the latest commit."""
+    chunks = ChunkStore.open(tmp_path)
+    script = ("import asyncio, sys; from pathlib import Path; "
+              "from actors.knowledge.search import search; "
+              "print(','.join(h.document_id for h in asyncio.run(search("
+              "sys.argv[1], owner_id='u', data_dir=Path(sys.argv[2])))))")
+    reader = ChunkStore.open(tmp_path)  # a second connection, as another process holds
+
+    def index(did: str, text: str) -> None:
+        index_document(chunks, text.encode(), document_id=did, owner_id="u", title=did,
+                       content_type="text/plain")
+
+    index("espresso", "Descale the espresso machine every two months.")
+    assert reader.count() == 1
+    index("kayak", "Inflate the kayak floor to 0.4 bar.")
+    assert reader.count() == 2  # the same open connection sees the new commit
+    out = subprocess.run([sys.executable, "-c", script, "kayak floor pressure", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().split(",")[0] == "kayak"
+    assert "WARN" not in out.stderr
+
+
+# --- knowledge_search through the dialogue ----------------------------------------------
+
+@pytest.fixture
+async def projections(bus: Bus, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+                      ) -> AsyncIterator[ProjectionService]:
+    monkeypatch.setenv("VAGENT_DATA_DIR", str(data_dir))
+    service = ProjectionService(bus, data_dir)
+    await service.start()
+    yield service
+    await service.stop()
+
+
+async def wait_indexed(bus: Bus, document_id: str) -> DocumentIndexed:
+    from bus.log import load
+
+    async with asyncio.timeout(60):
+        while True:
+            entries, _ = await load(bus, "doc", document_id)
+            for entry in entries:
+                if isinstance(entry.event, DocumentIndexed):
+                    return entry.event
+                assert entry.event is None or entry.event.type != "document.failed", entry.event
+            await asyncio.sleep(0.05)
+
+
+async def test_knowledge_search_answers_with_the_document_title(
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]],
+        projections: ProjectionService) -> None:
+    llm, _ = servers
+    question = "how often should the dishwasher filter be cleaned"
+    llm.tool_arguments["knowledge_search"] = json.dumps({"query": question})
+    write_config(tmp_path, monkeypatch, providers_toml(llm))  # default builtins
+    monkeypatch.setattr("actors.indexer.Indexer.name", "indexer_" + new_id())
+    await start("indexer", "tools", "dialogue")
+
+    owner, other = "kb-owner-" + new_id(), "kb-other-" + new_id()
+    uploads = []
+    for path, who in [(CORPUS / "aurora-dishwasher.md", owner), (CORPUS / "nimbus-router.html", owner),
+                      (CORPUS / "zenith-robot-vacuum.md", owner), (CORPUS / "aurora-dishwasher.md", other)]:
+        did = "doc" + new_id()
+        await put_document(bus, did, path.read_bytes())
+        title = "Theirs: " + title_of(path) if who == other else title_of(path)
+        uploads.append(DocumentUploaded(document_id=did, owner_id=who, title=title,
+                                        filename=path.name, content_type=media_type(None, path.name),
+                                        object_name=did))
+        await bus.publish(uploads[-1])
+    for doc in uploads:
+        await wait_indexed(bus, doc.document_id)
+    dishwasher, router, _vacuum, _theirs = uploads
+
+    with_docs, without = new_id(), new_id()
+    await bus.publish(AssistantCreated(assistant_id=with_docs, owner_id=owner, name="Helper",
+                                       persona="You answer from the manuals.",
+                                       documents=[dishwasher.document_id, router.document_id]))
+    await bus.publish(AssistantCreated(assistant_id=without, owner_id=owner, name="Plain",
+                                       persona="You chat."))
+
+    s = "kb" + new_id()
+    await bus.publish(SessionStarted(session_id=s, assistant_id=with_docs))
+    await bus.publish(UserText(session_id=s, text=f"use knowledge_search: {question}?"))
+    events = await wait_for(bus, s, lambda ev: bool(finals(ev)), timeout=60)
+    result = next(e for e in events if isinstance(e, ToolResult))
+    assert not result.is_error and result.name == "knowledge_search"
+    assert result.content.startswith("[Aurora Dishwasher] (Cleaning the filter)"), result.content
+    assert "once a month" in result.content
+    assert "Theirs" not in result.content and "Zenith" not in result.content  # other owner, not in KB
+    assert finals(events)[-1].text.startswith("The tool said: [Aurora Dishwasher]")
+    offered = [t["function"]["name"] for t in llm.requests[0].get("tools", [])]
+    assert "knowledge_search" in offered
+
+    # An assistant without documents is not offered the tool, though it is in the catalog.
+    s2 = "kb" + new_id()
+    await bus.publish(SessionStarted(session_id=s2, assistant_id=without))
+    await bus.publish(UserText(session_id=s2, text="use knowledge_search: dishwasher filter"))
+    events = await wait_for(bus, s2, lambda ev: bool(finals(ev)), timeout=60)
+    assert not any(isinstance(e, ToolResult) for e in events)
+    assert finals(events)[-1].text.startswith("You said:")
+    offered = [t["function"]["name"] for t in llm.requests[-1].get("tools", [])]
+    assert "knowledge_search" not in offered and "get_time" in offered
+
+
+# --- the benchmark ------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_bench_rag_runs_with_tiny_sizes() -> None:
+    """`vagent bench rag` end to end on its own embedded server; figures are reported,
+    never asserted."""
+    out = subprocess.run(
+        [sys.executable, "-m", "cli.main", "bench", "rag", "--index-chunks", "10",
+         "--chunks", "300", "--queries", "5", "--events", "300"],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("machine") and "chunks/s" in lines[1]
+    assert lines[2].startswith("search 300") and "hybrid p50" in lines[2]
+    assert "(one owner's 300 chunks)" in lines[2]
+    assert "events/s" in lines[3] and "caught up with 300 " in lines[3]

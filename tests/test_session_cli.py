@@ -1,0 +1,128 @@
+"""`vagent sessions`, `vagent session show`, `vagent session export`: the commands, as a user
+runs them, on a session with a greeting, a tool call, a voice turn with barge-in, a turn
+interrupted by the next input, an error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bus.blobs import put_pcm
+from bus.client import Bus
+from bus.server import EmbeddedServer
+from cli.sessions import bar, parse_since
+from projections.runtime import ProjectionService
+from schemas import SpeechStopped, UserRegistered, new_id
+from tests.fixtures.audio import pcm
+from tests.procs import vagent
+from tests.test_read_models import publish_all, rich_session
+
+
+def test_bars_and_since() -> None:
+    assert bar(100, 100, width=4) == "████"
+    assert bar(50, 100, width=4) == "██"
+    assert bar(30, 100, width=4) == "█▎"  # 1.2 blocks: one and a quarter (in eighths, rounded)
+    assert bar(0, 100) == "" and bar(5, 0) == ""
+    assert parse_since("2h", now=10_000.0) == int((10_000 - 7200) * 1e9)
+    assert parse_since("2025-01-31") is not None and parse_since(None) is None
+    with pytest.raises(ValueError):
+        parse_since("yesterday")
+
+
+async def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command in a thread: this test's loop serves the read models meanwhile."""
+    return await asyncio.to_thread(vagent, *args)
+
+
+@pytest.fixture
+async def recorded(bus: Bus) -> tuple[str, str]:
+    uid, sid = new_id(), "cli" + new_id()
+    email = f"{uid.lower()}@example.com"
+    await bus.publish(UserRegistered(user_id=uid, email=email))
+    events = rich_session(sid, uid)
+    stopped = next(e for e in events if isinstance(e, SpeechStopped))
+    assert stopped.audio is not None
+    await put_pcm(bus, stopped.audio.name, pcm("what_time"))
+    await publish_all(bus, events)
+    return sid, email
+
+
+async def test_show_prints_the_timeline_with_latency_bars(recorded: tuple[str, str],
+                                                          nats_server: EmbeddedServer) -> None:
+    sid, _ = recorded
+    shown = vagent("session", "show", sid, "--nats", nats_server.url)
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert f"session {sid}" in out and "ended" in out and "user_exit" in out
+    assert "transcript.final" in out and "t2" in out  # events numbered by turn
+    assert "turn 1 (typed): 'what time is it?'" in out
+    assert "input → first sentence" in out and "198 ms" in out and "█" in out
+    assert "end of speech → transcript" in out and "150 ms" in out
+    assert "end of speech → first audio" in out and "600 ms" in out
+    assert "tool get_time({}) → 12:00" in out
+    assert "interrupted (barge_in)" in out and "interrupted (new_input)" in out
+    assert "error llm_unavailable: down" in out
+    assert "answer (echo/m, 30+6 tokens): 'It is noon.'" in out
+
+    as_json = vagent("session", "show", sid, "--json", "--nats", nats_server.url)
+    body = json.loads(as_json.stdout)
+    assert [t["input_text"] for t in body["turns"]][:2] == ["what time is it?", "tell me a story"]
+    assert body["turns"][1]["stages_ms"]["end of speech → first audio"] == 600.0
+
+    missing = vagent("session", "show", "nosuch" + new_id(), "--nats", nats_server.url)
+    assert missing.returncode == 1 and "no session" in missing.stderr
+
+
+async def test_export_writes_json_lines_and_a_two_channel_wav(recorded: tuple[str, str], tmp_path: Path,
+                                                              nats_server: EmbeddedServer) -> None:
+    sid, _ = recorded
+    lines = vagent("session", "export", sid, "--json", "--nats", nats_server.url).stdout.splitlines()
+    events = [json.loads(line) for line in lines]
+    assert events[0]["type"] == "session.started" and events[-1]["type"] == "session.ended"
+    assert len(events) == 30 and [e["seq"] for e in events] == sorted(e["seq"] for e in events)
+
+    out = tmp_path / "s.wav"
+    done = vagent("session", "export", sid, "--wav", str(out), "--nats", nats_server.url)
+    assert done.returncode == 0, done.stderr
+    assert "1 user utterance(s)" in done.stdout and "TTS audio" in done.stdout
+    with wave.open(str(out)) as w:
+        assert (w.getnchannels(), w.getframerate(), w.getsampwidth()) == (2, 16000, 2)
+        frames = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
+    assert abs(len(frames) / 16 - 3500) <= 2  # the utterance ends at its offset, 3.5 s in
+    left, right = frames[:, 0], frames[:, 1]
+    original = np.frombuffer(pcm("what_time"), "<i2")
+    assert np.array_equal(left[-len(original) - 1:-1], original)  # at its offset, unchanged
+    assert not left[:16 * 400].any() and not right.any()
+    assert vagent("session", "export", sid, "--nats", nats_server.url).returncode == 2
+
+
+async def test_sessions_lists_with_owner_latency_and_filters(recorded: tuple[str, str], bus: Bus,
+                                                             data_dir: Path,
+                                                             nats_server: EmbeddedServer) -> None:
+    sid, email = recorded
+    service = ProjectionService(bus, data_dir)
+    await service.start()
+    try:
+        await service.caught_up()
+        common = ("--nats", nats_server.url, "--data-dir", str(data_dir))
+        listed = await cli("sessions", "--user", email.upper(), *common)
+        assert listed.returncode == 0, listed.stderr
+        header, _, row = listed.stdout.splitlines()[:3]
+        assert header.split()[:3] == ["session", "started", "owner"]
+        assert row.split()[0] == sid and email in row and "a1" in row and "user_exit" in row
+        assert "464 ms" in row  # median of 328 ms (typed) and 600 ms (voice) to first audio
+        as_json = json.loads((await cli("sessions", "--user", email, "--json", *common)).stdout)
+        assert [(r["session_id"], r["turns"], r["transport"]) for r in as_json] == [(sid, 4, "test")]
+        none = await cli("sessions", "--user", email, "--since", "1h", *common)  # it was in 2023
+        assert "no sessions match" in none.stdout
+        other = await cli("sessions", "--assistant", "other" + new_id(), "--json", *common)
+        assert other.stdout.strip() == "[]"
+        assert (await cli("sessions", "--since", "soon", *common)).returncode == 2
+    finally:
+        await service.stop()
