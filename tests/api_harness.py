@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aioice.ice
 import httpx
 import msgspec
+import pytest
 
+from actors import config as settings
 from actors.config import Argon2Settings, Config
+from actors.runtime import ActorHost
 from bus.client import Bus
 from edge.server import EdgeServer
 from projections.runtime import ProjectionService
@@ -59,3 +64,37 @@ async def serve_api(url: str, data_dir: Path, config: Config | None = None) -> A
         await edge.stop()
         await projections.stop()
         await bus.close()
+
+
+@contextlib.asynccontextmanager
+async def serve_stack(url: str, data_dir: Path, llm_base_url: str, actors: list[str],
+                      config: Config | None = None) -> AsyncIterator[Api]:
+    """The edge with actors beside it on the same NATS; the dialogue talks to `llm_base_url`."""
+    saved = os.environ.get("OPENAI_BASE_URL")
+    os.environ["OPENAI_BASE_URL"] = llm_base_url
+    settings.load.cache_clear()
+    bus = await Bus.connect(url, name="test-stack-actors")
+    await bus.declare()
+    host = ActorHost(bus, actors)
+    await host.start()
+    try:
+        async with serve_api(url, data_dir, config) as api:
+            yield api
+    finally:
+        await host.stop()
+        await bus.close()
+        if saved is None:
+            os.environ.pop("OPENAI_BASE_URL", None)
+        else:
+            os.environ["OPENAI_BASE_URL"] = saved
+        settings.load.cache_clear()
+
+
+@contextlib.contextmanager
+def loopback_ice() -> Iterator[None]:
+    """aioice leaves 127.0.0.1 out of its host candidates and a CI machine may have no other
+    interface: WebRTC peers in this process gather on loopback."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(aioice.ice, "get_host_addresses",
+                      lambda use_ipv4=True, use_ipv6=True: ["127.0.0.1"])
+        yield

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -15,14 +14,11 @@ import pytest
 import schemathesis
 import websockets
 
-from actors import config as settings
-from actors.runtime import ActorHost
-from bus.client import Bus
 from bus.server import EmbeddedServer
 from cli.echo_llm import OpenAIServer
 from edge.app import OPENAPI_PATH
 from schemas import SessionStarted, new_id
-from tests.api_harness import Api, serve_api
+from tests.api_harness import Api, serve_stack
 from tests.test_api_openapi import validate
 from tests.test_ws import until, ws_url
 
@@ -32,24 +28,9 @@ Headers = dict[str, str]
 @pytest.fixture(scope="module")
 async def stack(module_nats: EmbeddedServer, llm: OpenAIServer,
                 tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
-    saved = os.environ.get("OPENAI_BASE_URL")
-    os.environ["OPENAI_BASE_URL"] = llm.base_url
-    settings.load.cache_clear()
-    bus = await Bus.connect(module_nats.url, name="test-api-sessions-actors")
-    await bus.declare()
-    host = ActorHost(bus, ["dialogue", "tools"])
-    await host.start()
-    try:
-        async with serve_api(module_nats.url, tmp_path_factory.mktemp("sessions")) as api:
-            yield api
-    finally:
-        await host.stop()
-        await bus.close()
-        if saved is None:
-            os.environ.pop("OPENAI_BASE_URL", None)
-        else:
-            os.environ["OPENAI_BASE_URL"] = saved
-        settings.load.cache_clear()
+    async with serve_stack(module_nats.url, tmp_path_factory.mktemp("sessions"), llm.base_url,
+                           ['dialogue', 'tools']) as api:
+        yield api
 
 
 @pytest.fixture(scope="module")

@@ -15,18 +15,15 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import aioice.ice
 import pytest
 from playwright.async_api import async_playwright, expect
 
-from actors import config as settings
-from actors.runtime import ActorHost
-from bus.client import Bus
 from bus.log import load
 from bus.server import EmbeddedServer
 from cli.echo_llm import OpenAIServer
 from schemas import new_id
-from tests.api_harness import Api, api_config, serve_api
+from tests.api_harness import Api, api_config, serve_api, serve_stack
+from tests.api_harness import loopback_ice as loopback_ice_patch
 from tests.fixtures.audio import has_key_words, pcm, resample
 
 CHROMIUM = os.environ.get("VAGENT_CHROMIUM", "/usr/bin/chromium")
@@ -57,35 +54,16 @@ def fake_mic(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def loopback_ice() -> Iterator[None]:
-    """aioice leaves 127.0.0.1 out of its host candidates and a CI machine may have no other
-    interface: the edge (in this process) gathers on loopback, and so may Chromium."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(aioice.ice, "get_host_addresses",
-                      lambda use_ipv4=True, use_ipv6=True: ["127.0.0.1"])
+    with loopback_ice_patch():
         yield
 
 
 @pytest.fixture(scope="module")
 async def stack(module_nats: EmbeddedServer, llm: OpenAIServer, loopback_ice: None,
                 tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
-    saved = os.environ.get("OPENAI_BASE_URL")
-    os.environ["OPENAI_BASE_URL"] = llm.base_url
-    settings.load.cache_clear()
-    bus = await Bus.connect(module_nats.url, name="test-web-actors")
-    await bus.declare()
-    host = ActorHost(bus, ["asr", "dialogue", "tts"])
-    await host.start()
-    try:
-        async with serve_api(module_nats.url, tmp_path_factory.mktemp("web")) as api:
-            yield api
-    finally:
-        await host.stop()
-        await bus.close()
-        if saved is None:
-            os.environ.pop("OPENAI_BASE_URL", None)
-        else:
-            os.environ["OPENAI_BASE_URL"] = saved
-        settings.load.cache_clear()
+    async with serve_stack(module_nats.url, tmp_path_factory.mktemp("web"), llm.base_url,
+                           ['asr', 'dialogue', 'tts']) as api:
+        yield api
 
 
 @pytest.fixture(scope="module")

@@ -12,21 +12,16 @@ from __future__ import annotations
 import asyncio
 import fractions
 import json
-import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import aioice.ice
 import av
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from actors import config as settings
-from actors.runtime import ActorHost
-from bus.client import Bus
 from bus.log import load
 from bus.server import EmbeddedServer
 from bus.subjects import audio_out
@@ -34,7 +29,8 @@ from cli.echo_llm import OpenAIServer
 from edge.webrtc import peer
 from edge.webrtc.audio import DownlinkTrack
 from schemas import SessionEnded
-from tests.api_harness import Api, serve_api
+from tests.api_harness import Api, serve_stack
+from tests.api_harness import loopback_ice as loopback_ice_patch
 from tests.fixtures.audio import RATE, has_key_words, pcm
 
 FRAME = RATE // 50  # 20 ms of 16 kHz samples
@@ -42,33 +38,16 @@ FRAME = RATE // 50  # 20 ms of 16 kHz samples
 
 @pytest.fixture(scope="module")
 def loopback_ice() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(aioice.ice, "get_host_addresses",
-                      lambda use_ipv4=True, use_ipv6=True: ["127.0.0.1"])
+    with loopback_ice_patch():
         yield
 
 
 @pytest.fixture(scope="module")
 async def stack(module_nats: EmbeddedServer, llm: OpenAIServer, loopback_ice: None,
                 tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
-    saved = os.environ.get("OPENAI_BASE_URL")
-    os.environ["OPENAI_BASE_URL"] = llm.base_url
-    settings.load.cache_clear()
-    bus = await Bus.connect(module_nats.url, name="test-webrtc-actors")
-    await bus.declare()
-    host = ActorHost(bus, ["asr", "dialogue", "tts"])
-    await host.start()
-    try:
-        async with serve_api(module_nats.url, tmp_path_factory.mktemp("webrtc")) as api:
-            yield api
-    finally:
-        await host.stop()
-        await bus.close()
-        if saved is None:
-            os.environ.pop("OPENAI_BASE_URL", None)
-        else:
-            os.environ["OPENAI_BASE_URL"] = saved
-        settings.load.cache_clear()
+    async with serve_stack(module_nats.url, tmp_path_factory.mktemp("webrtc"), llm.base_url,
+                           ['asr', 'dialogue', 'tts']) as api:
+        yield api
 
 
 def rms(samples: np.ndarray) -> float:

@@ -4,43 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import websockets
 
-from actors import config as settings
-from actors.runtime import ActorHost
-from bus.client import Bus
 from bus.log import load
 from bus.server import EmbeddedServer
 from cli.echo_llm import OpenAIServer
-from tests.api_harness import Api, serve_api
+from tests.api_harness import Api, serve_stack
 
 
 @pytest.fixture(scope="module")
 async def stack(module_nats: EmbeddedServer, llm: OpenAIServer,
                 tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
-    saved = os.environ.get("OPENAI_BASE_URL")
-    os.environ["OPENAI_BASE_URL"] = llm.base_url
-    settings.load.cache_clear()
-    bus = await Bus.connect(module_nats.url, name="test-ws-actors")
-    await bus.declare()
-    host = ActorHost(bus, ["dialogue", "tools"])
-    await host.start()
-    try:
-        async with serve_api(module_nats.url, tmp_path_factory.mktemp("ws")) as api:
-            yield api
-    finally:
-        await host.stop()
-        await bus.close()
-        if saved is None:
-            os.environ.pop("OPENAI_BASE_URL", None)
-        else:
-            os.environ["OPENAI_BASE_URL"] = saved
-        settings.load.cache_clear()
+    async with serve_stack(module_nats.url, tmp_path_factory.mktemp("ws"), llm.base_url,
+                           ['dialogue', 'tools']) as api:
+        yield api
 
 
 def ws_url(api: Api, query: str = "") -> str:
