@@ -137,15 +137,9 @@ class ProjectionService:
 
     async def caught_up(self, timeout: float = 10.0) -> None:
         """Wait until every projection has applied its streams' current ends."""
-        targets = {s: await stream_last_seq(self.bus, s) for p in self.projections for s in p.streams}
         async with asyncio.timeout(timeout):
-            while True:
-                async with self._lock:
-                    behind = any(self.store is None or self.store.checkpoint(p.name, s) < targets[s]
-                                 for p in self.projections for s in p.streams)
-                if not behind:
-                    return
-                await asyncio.sleep(0.02)
+            for projection in self.projections:
+                await self._fresh(projection, timeout)
 
     def _start_feeders(self) -> None:
         assert self.store is not None

@@ -91,7 +91,7 @@ async def serve_stack(url: str, data_dir: Path, llm_base_url: str, actors: list[
 
 
 @contextlib.contextmanager
-def loopback_ice() -> Iterator[None]:
+def loopback_ice_patch() -> Iterator[None]:
     """aioice leaves 127.0.0.1 out of its host candidates and a CI machine may have no other
     interface: WebRTC peers in this process gather on loopback."""
     with pytest.MonkeyPatch.context() as patch:

@@ -12,7 +12,7 @@ import uvloop
 from bus.client import Bus
 from bus.server import EmbeddedServer, free_port
 from cli.echo_llm import OpenAIServer
-from tests.api_harness import Api, serve_api
+from tests.api_harness import Api, loopback_ice_patch, serve_api
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item
@@ -66,3 +66,10 @@ def data_dir(tmp_path: Path) -> Path:
 async def api(module_nats: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
     async with serve_api(module_nats.url, tmp_path_factory.mktemp("api")) as served:
         yield served
+
+
+@pytest.fixture(scope="module")
+def loopback_ice() -> Iterator[None]:
+    """WebRTC peers of the module gather ICE candidates on loopback (see api_harness)."""
+    with loopback_ice_patch():
+        yield

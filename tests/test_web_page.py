@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 import wave
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,6 @@ from bus.server import EmbeddedServer
 from cli.echo_llm import OpenAIServer
 from schemas import new_id
 from tests.api_harness import Api, api_config, serve_api, serve_stack
-from tests.api_harness import loopback_ice as loopback_ice_patch
 from tests.fixtures.audio import has_key_words, pcm, resample
 
 CHROMIUM = os.environ.get("VAGENT_CHROMIUM", "/usr/bin/chromium")
@@ -50,12 +49,6 @@ def fake_mic(path: Path) -> Path:
         w.setframerate(48000)
         w.writeframes(bytes(48000 * 2 // 2) + speech + bytes(48000 * 2 * 60))
     return path
-
-
-@pytest.fixture(scope="module")
-def loopback_ice() -> Iterator[None]:
-    with loopback_ice_patch():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import asyncio
 import fractions
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import av
@@ -30,16 +30,9 @@ from edge.webrtc import peer
 from edge.webrtc.audio import DownlinkTrack
 from schemas import SessionEnded
 from tests.api_harness import Api, serve_stack
-from tests.api_harness import loopback_ice as loopback_ice_patch
 from tests.fixtures.audio import RATE, has_key_words, pcm
 
 FRAME = RATE // 50  # 20 ms of 16 kHz samples
-
-
-@pytest.fixture(scope="module")
-def loopback_ice() -> Iterator[None]:
-    with loopback_ice_patch():
-        yield
 
 
 @pytest.fixture(scope="module")
