@@ -256,10 +256,10 @@ def session_export(session_id: SidArg, nats: NatsOpt = None,
     assert wav is not None
     done = run(with_bus(nats, lambda bus: export_wav(bus, session_id, wav)), log_level="WARNING")
     print(f"wrote {wav}: {done.duration_ms / 1000:.1f} s, {done.utterances} user utterance(s) on the "
-          "left channel")
-    if not done.assistant_audio:
-        print("note: the right channel (assistant) is silent: TTS audio is streamed live and not "
-              "stored; the answers' text is in `vagent session show`")
+          f"left channel, {done.answers} spoken answer(s) on the right")
+    if done.unrecorded:
+        print(f"note: {done.unrecorded} spoken answer(s) have no recording (logged before vagent kept "
+              "them, or not stored); their text is in `vagent session show`")
 
 
 @app.command()

@@ -32,9 +32,12 @@ from schemas import (
     Event,
     SessionEnded,
     SessionStarted,
+    SpeechStarted,
     SpeechStopped,
     ToolCall,
     ToolResult,
+    TtsStarted,
+    TtsStopped,
     TurnInterrupted,
     to_builtins,
 )
@@ -278,9 +281,10 @@ async def export_json(bus: Bus, session_id: str) -> None:
 
 @dataclass
 class Exported:
-    utterances: int
+    utterances: int  # the user's, on the left channel
+    answers: int  # the assistant's spoken turns, on the right
+    unrecorded: int  # spoken turns with no recording (older logs, or storing failed)
     duration_ms: int
-    assistant_audio: bool
 
 
 def _resample(pcm: bytes, rate: int) -> bytes:
@@ -294,38 +298,71 @@ def _resample(pcm: bytes, rate: int) -> bytes:
     return out.astype("<i2").tobytes()
 
 
-async def export_wav(bus: Bus, session_id: str, path: Path) -> Exported:
-    """A stereo 16 kHz WAV: the user's utterances on the left channel at their offsets in the
-    session's inbound audio; the right channel is the assistant's, silent (TTS audio is
-    streamed live and not stored)."""
+async def _clip(bus: Bus, ref: BlobRef) -> bytes | None:
+    try:
+        return _resample(await get_blob(bus, ref), ref.sample_rate)
+    except Exception as exc:  # a blob removed from the bucket: say so, keep the rest
+        print(f"warning: audio {ref.name} not readable: {exc}", file=sys.stderr)
+        return None
+
+
+def _track(clips: list[tuple[int, bytes]], length: int) -> Any:
     import numpy as np
 
-    entries = await session_log(bus, session_id)
-    clips: list[tuple[int, bytes]] = []
-    seen: set[str] = set()
-    for entry in entries:
-        event = entry.event
-        if (isinstance(event, SpeechStopped) and isinstance(event.audio, BlobRef)
-                and event.audio.name not in seen):
-            seen.add(event.audio.name)
-            try:
-                pcm = _resample(await get_blob(bus, event.audio), event.audio.sample_rate)
-            except Exception as exc:  # a blob removed from the bucket: say so, keep the rest
-                print(f"warning: utterance {event.audio.name} not readable: {exc}", file=sys.stderr)
-                continue
-            duration_ms = len(pcm) * 1000 // (2 * RATE)
-            clips.append((max(0, event.audio_ms - duration_ms), pcm))
-    end_ms = max((start + len(pcm) * 1000 // (2 * RATE) for start, pcm in clips), default=0)
-    left = np.zeros(end_ms * RATE // 1000 + 1, dtype=np.int16)
+    track = np.zeros(length, dtype="<i2")
     for start_ms, pcm in clips:
         samples = np.frombuffer(pcm, dtype="<i2")
         at = start_ms * RATE // 1000
-        left[at:at + len(samples)] = samples[: len(left) - at]
-    stereo = np.zeros((len(left), 2), dtype="<i2")
-    stereo[:, 0] = left
+        track[at:at + len(samples)] = samples[:max(0, length - at)]
+    return track
+
+
+async def export_wav(bus: Bus, session_id: str, path: Path) -> Exported:
+    """A stereo 16 kHz WAV on the session's clock (0 = session.started): the user's utterances
+    on the left, each ending where its speech ended (speech.started's time plus the speech's
+    duration: the clip's pre-roll comes before); the assistant's answers on the right, each
+    from its turn's tts.started, as recorded by the TTS (`tts.stopped`'s audio, cut where the
+    listener stopped hearing it)."""
+    import numpy as np
+
+    events = [e.event for e in await session_log(bus, session_id) if e.event is not None]
+    origin = events[0].ts if events else 0
+
+    def at_ms(ts: int) -> int:
+        return max(0, (ts - origin) // MS)
+
+    speech_at = {e.id: e.ts for e in events if isinstance(e, SpeechStarted)}
+    speaking_at: dict[str | None, int] = {}
+    user: list[tuple[int, bytes]] = []
+    assistant: list[tuple[int, bytes]] = []
+    seen: set[str] = set()
+    unrecorded = 0
+    for event in events:
+        if isinstance(event, TtsStarted):
+            speaking_at[event.turn_id] = event.ts
+        elif isinstance(event, TtsStopped) and event.turn_id in speaking_at and event.spoken_ms:
+            pcm = await _clip(bus, event.audio) if event.audio is not None else None
+            if pcm is None:
+                unrecorded += 1
+                continue
+            assistant.append((at_ms(speaking_at[event.turn_id]), pcm))
+        elif (isinstance(event, SpeechStopped) and event.audio is not None
+              and event.audio.name not in seen):
+            seen.add(event.audio.name)
+            pcm = await _clip(bus, event.audio)
+            if pcm is None:
+                continue
+            begun = speech_at.get(event.causation_id or "")
+            end_ms = at_ms(begun) + event.duration_ms if begun is not None else at_ms(event.ts)
+            user.append((max(0, end_ms - len(pcm) * 1000 // (2 * RATE)), pcm))
+    end_ms = max((start + len(pcm) * 1000 // (2 * RATE) for start, pcm in user + assistant),
+                 default=0)
+    length = end_ms * RATE // 1000 + 1
+    stereo = np.stack([_track(user, length), _track(assistant, length)], axis=1)
     with wave.open(str(path), "wb") as out:
         out.setnchannels(2)
         out.setsampwidth(2)
         out.setframerate(RATE)
-        out.writeframes(stereo.tobytes())
-    return Exported(utterances=len(clips), duration_ms=end_ms, assistant_audio=False)
+        out.writeframes(stereo.astype("<i2").tobytes())
+    return Exported(utterances=len(user), answers=len(assistant), unrecorded=unrecorded,
+                    duration_ms=end_ms)

@@ -163,6 +163,7 @@ class TtsSentence(SessionEvent, tag="tts.sentence", kw_only=True):
 
 class TtsStopped(SessionEvent, tag="tts.stopped", kw_only=True):
     spoken_ms: int = 0
+    audio: BlobRef | None = None  # what the listener heard; None in older logs or if not stored
 
 
 class TurnInterrupted(SessionEvent, tag="turn.interrupted", kw_only=True):

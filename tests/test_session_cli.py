@@ -18,7 +18,7 @@ from bus.client import Bus
 from bus.server import EmbeddedServer
 from cli.sessions import bar, parse_since
 from projections.runtime import ProjectionService
-from schemas import SpeechStopped, UserRegistered, new_id
+from schemas import SpeechStopped, TtsStopped, UserRegistered, new_id
 from tests.fixtures.audio import pcm
 from tests.procs import vagent
 from tests.test_read_models import publish_all, rich_session
@@ -35,6 +35,12 @@ def test_bars_and_since() -> None:
         parse_since("yesterday")
 
 
+def tone(rate: int, ms: int) -> bytes:
+    """What the assistant said, as far as this test cares: 440 Hz at half scale."""
+    t = np.arange(rate * ms // 1000) / rate
+    return (np.sin(2 * np.pi * 440 * t) * 16000).astype("<i2").tobytes()
+
+
 async def cli(*args: str) -> subprocess.CompletedProcess[str]:
     """The command in a thread: this test's loop serves the read models meanwhile."""
     return await asyncio.to_thread(vagent, *args)
@@ -49,6 +55,10 @@ async def recorded(bus: Bus) -> tuple[str, str]:
     stopped = next(e for e in events if isinstance(e, SpeechStopped))
     assert stopped.audio is not None
     await put_pcm(bus, stopped.audio.name, pcm("what_time"))
+    answer = next(e for e in events if isinstance(e, TtsStopped) and e.audio is not None)
+    assert answer.audio is not None
+    await put_pcm(bus, answer.audio.name, tone(answer.audio.sample_rate, answer.spoken_ms),
+                  sample_rate=answer.audio.sample_rate)
     await publish_all(bus, events)
     return sid, email
 
@@ -90,15 +100,21 @@ async def test_export_writes_json_lines_and_a_two_channel_wav(recorded: tuple[st
     out = tmp_path / "s.wav"
     done = vagent("session", "export", sid, "--wav", str(out), "--nats", nats_server.url)
     assert done.returncode == 0, done.stderr
-    assert "1 user utterance(s)" in done.stdout and "TTS audio" in done.stdout
+    assert "1 user utterance(s)" in done.stdout and "1 spoken answer(s)" in done.stdout
+    assert "1 spoken answer(s) have no recording" in done.stdout  # the barged-in turn's
     with wave.open(str(out)) as w:
         assert (w.getnchannels(), w.getframerate(), w.getsampwidth()) == (2, 16000, 2)
         frames = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
-    assert abs(len(frames) / 16 - 3500) <= 2  # the utterance ends at its offset, 3.5 s in
+    # On the session's clock: the speech started 3 s in and lasted 1 s.
+    assert abs(len(frames) / 16 - 4000) <= 2
     left, right = frames[:, 0], frames[:, 1]
     original = np.frombuffer(pcm("what_time"), "<i2")
-    assert np.array_equal(left[-len(original) - 1:-1], original)  # at its offset, unchanged
-    assert not left[:16 * 400].any() and not right.any()
+    assert np.array_equal(left[-len(original) - 1:-1], original)  # where it ended, unchanged
+    assert not left[:16 * 400].any()
+    # The answer, from its tts.started (1.33 s) for its 900 ms, resampled to 16 kHz.
+    spoken = np.flatnonzero(right)
+    assert abs(spoken[0] / 16 - 1330) <= 2 and abs(spoken[-1] / 16 - 2230) <= 2
+    assert 0.3 < np.abs(right[spoken[0]:spoken[-1]]).mean() / 16000 < 0.9
     assert vagent("session", "export", sid, "--nats", nats_server.url).returncode == 2
 
 

@@ -18,6 +18,7 @@ from actors import config as settings
 from actors.runtime import ActorHost
 from actors.tts.actor import Tts
 from actors.tts.providers import TtsProvider
+from bus.blobs import get_blob
 from bus.client import Bus, Message, Subscription
 from bus.log import load
 from bus.subjects import audio_out
@@ -166,6 +167,13 @@ async def test_a_sentence_becomes_paced_opus_that_decodes_to_its_length(
     assert abs(said.duration_ms - seconds * 1000) < 61
     stop = stopped(events)[0]
     assert stop.spoken_ms == len(frames.frames) * 60 and stop.turn_id == turn
+    # What was heard is kept: the synthesized speech, padded to the frames sent.
+    assert stop.audio is not None and stop.audio.name == f"{sid}/out/{turn}.pcm"
+    kept = np.frombuffer(await get_blob(bus, stop.audio), dtype="<i2") / 32768
+    assert len(kept) == -(-stop.spoken_ms * stop.audio.sample_rate // 1000)
+    assert stop.audio.duration_ms == stop.spoken_ms
+    spoken = kept[:said.duration_ms * stop.audio.sample_rate // 1000]
+    assert np.sqrt(np.mean(spoken ** 2)) > 0.01
     started = of_type(events, TtsStarted)[0]
     assert started.voice == "en_US-joe-medium" and started.causation_id is not None
 
@@ -228,6 +236,7 @@ async def test_an_interruption_stops_the_sound_within_a_frame(bus: Bus, start_tt
     full = of_type(events, TtsSentence)[0].duration_ms
     assert 0 < stop.spoken_ms < full / 2
     assert stop.spoken_ms <= len(frames.frames) * 60  # what was sent, less what was not yet heard
+    assert stop.audio is not None and stop.audio.duration_ms == stop.spoken_ms  # cut where heard
     events = await wait_for(bus, sid, lambda ev: any(isinstance(e, AssistantMessage) for e in ev))
     assert [s.index for s in of_type(events, TtsSentence)] == [0]
     assert len(stopped(events)) == 1

@@ -21,15 +21,26 @@ from dataclasses import dataclass, field
 from actors.audio.encode import AudioEncoder
 from actors.tts.outbox import Outbox
 from actors.tts.synth import Synthesis, SynthesisFailed, Synthesizer
+from bus.blobs import put_pcm
 from bus.client import Bus
 from bus.subjects import audio_out
-from schemas import AudioParams, Error, SessionEvent, TtsSentence, TtsStarted, TtsStopped, derived_id
+from schemas import (
+    AudioParams,
+    BlobRef,
+    Error,
+    SessionEvent,
+    TtsSentence,
+    TtsStarted,
+    TtsStopped,
+    derived_id,
+)
 
 log = logging.getLogger("vagent.tts")
 
 LEAD_FRAMES = 2  # frames the client may hold beyond the one playing: jitter margin
 TURN_IDLE = 120.0  # seconds without a sentence or the final message: the turn is over
 PIECE_SECONDS = 0.25  # audio encoded per step, so frames flow while the rest is encoded
+STORE_TIMEOUT = 5.0  # seconds to store a turn's recording before tts.stopped goes without it
 # Slots of derived_id(cause, actor, n) for events emitted outside handle();
 # ctx.emit inside handle() uses 0, 1, …
 STARTED, SENTENCE, STOPPED, FAILED = 10, 11, 12, 13
@@ -42,6 +53,7 @@ class Sentence:
     text: str
     synthesis: Synthesis
     traceparent: str | None = None
+    recorded: bytearray = field(default_factory=bytearray)  # its PCM, as synthesized
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,7 @@ class Turn:
     end_cause: str | None = None  # the final assistant.message
     stop_cause: str | None = None  # the interruption, or the newer turn's first sentence
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    placed: list[tuple[Sentence, int]] = field(default_factory=list)  # (sentence, offset_ms) as sent
 
     @property
     def open(self) -> bool:
@@ -209,6 +222,7 @@ class Speaker:
             urgent = int(rate * encoder.frame_ms * 1.25 / 1000) * 2
             try:
                 async for pcm in sentence.synthesis.read():
+                    sentence.recorded += pcm
                     start = 0
                     if turn.frames.qsize() <= 1:
                         # The sender is waiting: its next frame is encoded here on the loop
@@ -257,6 +271,7 @@ class Speaker:
                 await self.outbox.flush()
                 started = True
             if starting is not None:
+                turn.placed.append((starting, sent * frame_ms))
                 synthesis = starting.synthesis
                 self._emit(TtsSentence(session_id=self.session_id, turn_id=turn.turn_id,
                                        text=starting.text, index=starting.index,
@@ -274,9 +289,32 @@ class Speaker:
         if started:
             unheard = max(0.0, play_end - time.monotonic()) if turn.stop.is_set() else 0.0
             cause = turn.stop_cause or turn.end_cause or turn.sentences[-1].event_id
+            spoken_ms = max(0, round(sent * frame_ms - unheard * 1000))
             self._emit(TtsStopped(session_id=self.session_id, turn_id=turn.turn_id,
-                                  spoken_ms=max(0, round(sent * frame_ms - unheard * 1000))),
+                                  spoken_ms=spoken_ms, audio=await self._store(turn, spoken_ms)),
                        turn.sentences[-1], STOPPED, cause=cause)
+
+    async def _store(self, turn: Turn, spoken_ms: int) -> BlobRef | None:
+        """Keep what the listener heard of the turn (each sentence at its offset, cut where an
+        interruption stopped it), so a session can be listened to again (`vagent session
+        export --wav`). The answer matters more than its recording: a failure is logged."""
+        if not turn.placed or spoken_ms <= 0:
+            return None
+        rate = turn.placed[0][0].synthesis.sample_rate
+        pcm = bytearray(-(-spoken_ms * rate // 1000) * 2)  # rounded up: duration_ms is spoken_ms
+        for sentence, offset_ms in turn.placed:
+            if sentence.synthesis.sample_rate != rate:  # one voice a session: not expected
+                continue
+            at = offset_ms * rate // 1000 * 2
+            piece = sentence.recorded[:max(0, len(pcm) - at)]
+            pcm[at:at + len(piece)] = piece
+        name = f"{self.session_id}/out/{turn.turn_id}.pcm"
+        try:
+            return await asyncio.wait_for(put_pcm(self.bus, name, bytes(pcm), sample_rate=rate),
+                                          STORE_TIMEOUT)
+        except Exception as exc:
+            log.warning("turn audio not stored: %r", exc, extra={"aggregate": self.session_id})
+            return None
 
     @staticmethod
     async def _pause(turn: Turn, seconds: float) -> bool:
