@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from importlib.metadata import version as package_version
@@ -41,7 +42,19 @@ app.add_typer(docs_app, name="docs")
 
 NatsOpt = Annotated[str | None, typer.Option("--nats", envvar="VAGENT_NATS_URL",
                                              help="NATS URL(s), comma-separated for a cluster.")]
+
+
+def _export_data_dir(value: Path | None) -> Path | None:
+    """Actors started in this process find the data directory in the environment (the
+    indexer's and the knowledge search's LanceDB, the assistants' read model): --data-dir
+    must reach them too, not only the command's own code."""
+    if value is not None:
+        os.environ["VAGENT_DATA_DIR"] = str(value.resolve())
+    return value
+
+
 DataOpt = Annotated[Path | None, typer.Option("--data-dir", envvar="VAGENT_DATA_DIR",
+                                              callback=_export_data_dir,
                                               help="Where the embedded server and read models keep data.")]
 T = TypeVar("T")
 
@@ -101,7 +114,7 @@ def edge(nats: NatsOpt = None, data_dir: DataOpt = None,
 
 @actor_app.command("run")
 def actor_run(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(ACTORS)}")],
-              nats: NatsOpt = None) -> None:
+              nats: NatsOpt = None, data_dir: DataOpt = None) -> None:
     """Run one actor alone against a NATS server."""
     if name not in ACTORS:
         typer.secho(f"unknown actor {name!r}; known: {', '.join(ACTORS)}", fg="red", err=True)
@@ -263,7 +276,7 @@ def session_export(session_id: SidArg, nats: NatsOpt = None,
 
 
 @app.command()
-def replay(session_id: SidArg, nats: NatsOpt = None,
+def replay(session_id: SidArg, nats: NatsOpt = None, data_dir: DataOpt = None,
            llm_base_url: Annotated[str | None, typer.Option(
                "--llm-base-url", help="An OpenAI-compatible server for the replay's LLM.")] = None,
            llm_model: Annotated[str | None, typer.Option(
@@ -484,6 +497,15 @@ def docs_delete(document_id: Annotated[str, typer.Argument(help="The document's 
     from cli.docs import delete_document
 
     admin(nats, lambda bus: delete_document(bus, resolve_data_dir(data_dir), document_id, user, as_json))
+
+
+@docs_app.command("reindex")
+def docs_reindex(nats: NatsOpt = None, data_dir: DataOpt = None, as_json: JsonOpt = False) -> None:
+    """Rebuild the knowledge base's chunks from the log and the stored files (after the
+    LanceDB directory was lost, or to re-embed everything)."""
+    from cli.docs import reindex_documents
+
+    admin(nats, lambda bus: reindex_documents(bus, resolve_data_dir(data_dir), as_json))
 
 
 @app.command()
