@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import duckdb
+import pyarrow as pa
 
 from bus.log import Entry
 from projections.base import Projection
@@ -18,16 +19,34 @@ from schemas import Event
 Row = dict[str, Any]
 
 
+# Arrow types of the DuckDB column types the read models use.
+ARROW_TYPES = {"VARCHAR": pa.string(), "BIGINT": pa.int64(), "INTEGER": pa.int32(),
+               "DOUBLE": pa.float64(), "BOOLEAN": pa.bool_()}
+
+
 def upsert(db: duckdb.DuckDBPyConnection, table: str, columns: tuple[tuple[str, str], ...],
-           rows: Iterable[Row], *, replace: bool = True) -> None:
-    """Write whole rows (INSERT OR REPLACE by primary key; OR IGNORE with `replace=False`)."""
+           rows: Iterable[Row], *, replace: bool = True, key: str | None = None) -> None:
+    """Write whole rows by primary key: a row replaces the stored one (with `replace=False`
+    the stored one is kept). Naming the `key` column replaces with a DELETE and an INSERT,
+    cheaper in DuckDB than INSERT OR REPLACE.
+
+    The rows go in as one Arrow table: binding them as list parameters costs several times
+    more per row."""
     rows = list(rows)
     if not rows:
         return
+    batch = pa.table({name: pa.array([row[name] for row in rows], ARROW_TYPES[kind])
+                      for name, kind in columns})
     names = ", ".join(name for name, _ in columns)
-    select = ", ".join(f"unnest($c{i}::{kind}[])" for i, (_, kind) in enumerate(columns))
-    db.execute(f'INSERT OR {"REPLACE" if replace else "IGNORE"} INTO "{table}" ({names}) SELECT {select}',
-               {f"c{i}": [row[name] for row in rows] for i, (name, _) in enumerate(columns)})
+    conflict = "OR REPLACE " if replace else "OR IGNORE "
+    db.register("_upsert", batch)
+    try:
+        if replace and key is not None:
+            db.execute(f'DELETE FROM "{table}" WHERE "{key}" IN (SELECT "{key}" FROM _upsert)')
+            conflict = ""
+        db.execute(f'INSERT {conflict}INTO "{table}" ({names}) SELECT {names} FROM _upsert')
+    finally:
+        db.unregister("_upsert")
 
 
 def fetch(db: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> list[Row]:
@@ -62,7 +81,7 @@ class Folded(Projection):
         touched: set[str] = set()
         for event, entry in pending:
             touched |= self.fold(rows, event, entry)
-        upsert(db, self.table, self.columns, (rows[k] for k in sorted(touched)))
+        upsert(db, self.table, self.columns, (rows[k] for k in sorted(touched)), key=self.key)
 
     def load(self, db: duckdb.DuckDBPyConnection, pending: list[tuple[Event, Entry]]) -> list[Row]:
         """The stored rows the batch may change."""

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +25,7 @@ from bus.streams import STREAMS
 from bus.subjects import control, query
 from projections.base import Projection
 from projections.registry import PROJECTIONS
-from projections.store import ReadStore
+from projections.store import ProjectionFailed, ReadStore
 
 log = logging.getLogger("vagent.projections")
 T = TypeVar("T")
@@ -48,20 +48,29 @@ async def stream_last_seq(bus: Bus, stream: str) -> int:
     return (await bus.js.stream_info(stream)).state.last_seq
 
 
-async def catch_up(bus: Bus, store: ReadStore, projection: Projection, stream: str) -> None:
-    """Apply everything up to the stream's current end (no live follow)."""
+def by_stream(projections: Sequence[Projection]) -> dict[str, list[Projection]]:
+    """The projections that read each stream: the stream is read once for all of them."""
+    groups: dict[str, list[Projection]] = {}
+    for projection in projections:
+        for stream in projection.streams:
+            groups.setdefault(stream, []).append(projection)
+    return groups
+
+
+async def catch_up(bus: Bus, store: ReadStore, projections: Sequence[Projection], stream: str) -> None:
+    """Apply everything up to the stream's current end to its projections (no live follow)."""
     last = await stream_last_seq(bus, stream)
-    start = store.checkpoint(projection.name, stream) + 1
+    start = min(store.checkpoint(p.name, stream) for p in projections) + 1
     if last < start:
         return
     batch: list[Entry] = []
     async for entry in read(bus, stream, stream_subjects(stream), from_seq=start, until_seq=last):
         batch.append(entry)
         if len(batch) >= BATCH:
-            await asyncio.to_thread(store.apply, projection, stream, batch)
+            await asyncio.to_thread(store.apply_all, projections, stream, batch)
             batch = []
     if batch:
-        await asyncio.to_thread(store.apply, projection, stream, batch)
+        await asyncio.to_thread(store.apply_all, projections, stream, batch)
 
 
 async def rebuild(bus: Bus, path: Path) -> dict[str, int]:
@@ -72,9 +81,8 @@ async def rebuild(bus: Bus, path: Path) -> dict[str, int]:
     projections = [cls() for cls in PROJECTIONS]
     store = ReadStore(fresh, projections)
     try:
-        for projection in projections:
-            for stream in projection.streams:
-                await catch_up(bus, store, projection, stream)
+        for stream, group in by_stream(projections).items():
+            await catch_up(bus, store, group, stream)
         counts = {t: len(store.table(t)) for p in projections for t in p.tables}
         store.db.execute("CHECKPOINT")
     finally:
@@ -143,11 +151,11 @@ class ProjectionService:
 
     def _start_feeders(self) -> None:
         assert self.store is not None
-        for projection in self.projections:
-            for stream in projection.streams:
+        for stream, group in by_stream(self.projections).items():
+            for projection in group:
                 self._applied_seq[(projection.name, stream)] = self.store.checkpoint(projection.name,
                                                                                      stream)
-                self._feeders.append(asyncio.create_task(self._feed(projection, stream)))
+            self._feeders.append(asyncio.create_task(self._feed(group, stream)))
 
     async def _stop_feeders(self) -> None:
         for task in self._feeders:
@@ -157,23 +165,26 @@ class ProjectionService:
                 await task
         self._feeders = []
 
-    async def _feed(self, projection: Projection, stream: str) -> None:
+    async def _feed(self, projections: list[Projection], stream: str) -> None:
         while True:
             try:
-                await self._follow(projection, stream)
+                await self._follow(projections, stream)
             except (asyncio.CancelledError, KeyboardInterrupt):
                 raise
             except Exception:
-                # A failing projection must not stop the others; its checkpoint did not
-                # move, so it resumes from the same event after a pause.
+                # The stream's reader failed (NATS away): its checkpoints did not move, so
+                # it resumes from the same events after a pause.
                 self.errors += 1
-                log.exception("projection failed", extra={"projection": projection.name})
+                log.exception("projection feed failed", extra={"stream": stream})
                 await asyncio.sleep(1)
 
-    async def _follow(self, projection: Projection, stream: str) -> None:
+    async def _follow(self, projections: list[Projection], stream: str) -> None:
+        """Read the stream once for all its projections, from the oldest of their checkpoints
+        (each skips what it applied before), and apply each batch to all of them in one
+        transaction."""
         assert self.store is not None
         queue: asyncio.Queue[Entry] = asyncio.Queue(maxsize=10 * BATCH)
-        start = self.store.checkpoint(projection.name, stream) + 1
+        start = min(self.store.checkpoint(p.name, stream) for p in projections) + 1
 
         async def follow() -> None:
             async for entry in read(self.bus, stream, stream_subjects(stream), from_seq=start):
@@ -192,17 +203,44 @@ class ProjectionService:
                 batch = [get.result()]
                 while not queue.empty() and len(batch) < BATCH:
                     batch.append(queue.get_nowait())
-                async with self._lock:
-                    self.applied += await self._in_thread(self.store.apply, projection, stream, batch)
-                async with self._progress:
-                    self._applied_seq[(projection.name, stream)] = batch[-1].seq
-                    self._progress.notify_all()
+                failed = await self._apply(projections, stream, batch)
+                if failed:
+                    # A failing projection must not stop the others: they have applied the
+                    # batch; it resumes from the same event after a pause (a new read from
+                    # the oldest checkpoint, which the others skip).
+                    self.errors += 1
+                    await asyncio.sleep(1)
+                    return
         finally:
             if get is not None:
                 get.cancel()
             reader.cancel()
             with contextlib.suppress(BaseException):
                 await reader
+
+    async def _apply(self, projections: list[Projection], stream: str, batch: list[Entry]) -> bool:
+        """Apply a batch to the stream's projections; True when one of them raised (the
+        others are applied one by one then, so the healthy ones move on)."""
+        assert self.store is not None
+        applied: list[Projection] = []
+        failed = False
+        async with self._lock:
+            try:
+                self.applied += await self._in_thread(self.store.apply_all, projections, stream, batch)
+                applied = projections
+            except ProjectionFailed:
+                for projection in projections:
+                    try:
+                        self.applied += await self._in_thread(self.store.apply, projection, stream, batch)
+                        applied.append(projection)
+                    except Exception:
+                        failed = True
+                        log.exception("projection failed", extra={"projection": projection.name})
+        async with self._progress:
+            for projection in applied:
+                self._applied_seq[(projection.name, stream)] = batch[-1].seq
+            self._progress.notify_all()
+        return failed
 
     async def _beat(self) -> None:
         while True:

@@ -32,6 +32,15 @@ VERSIONS = """
 """
 
 
+class ProjectionFailed(Exception):
+    """A projection raised while applying a batch: the whole batch was rolled back."""
+
+    def __init__(self, projection: Projection, error: Exception) -> None:
+        super().__init__(f"projection {projection.name} failed: {type(error).__name__}: {error}")
+        self.projection = projection
+        self.error = error
+
+
 class ReadStore:
     def __init__(self, path: Path, projections: Sequence[Projection], read_only: bool = False) -> None:
         self.path = path
@@ -61,40 +70,67 @@ class ReadStore:
                         [projection.name, projection.version])
 
     def checkpoint(self, projection: str, stream: str) -> int:
-        row = self.db.execute(
-            "SELECT seq FROM _checkpoints WHERE projection = ? AND stream = ?", [projection, stream]
-        ).fetchone()
-        return row[0] if row else 0
+        return self.checkpoints(stream).get(projection, 0)
+
+    def checkpoints(self, stream: str) -> dict[str, int]:
+        """The last sequence of `stream` applied, per projection."""
+        rows = self.db.execute("SELECT projection, seq FROM _checkpoints WHERE stream = ?",
+                               [stream]).fetchall()
+        return dict(rows)
 
     def apply(self, projection: Projection, stream: str, entries: Sequence[Entry]) -> int:
-        """Apply entries past the checkpoint and move it, all in one transaction.
+        """`apply_all` for one projection, raising that projection's own error."""
+        try:
+            return self.apply_all((projection,), stream, entries)
+        except ProjectionFailed as failed:
+            raise failed.error from None
 
-        An entry at or below the checkpoint was applied before (a redelivery after a
-        restart) and is skipped, so nothing is ever applied twice.
+    def apply_all(self, projections: Sequence[Projection], stream: str, entries: Sequence[Entry]) -> int:
+        """Apply entries past each projection's checkpoint and move the checkpoints, all in one
+        transaction (one commit per batch of the stream, not one per projection).
+
+        An entry at or below a checkpoint was applied before (a redelivery after a restart)
+        and is skipped, so nothing is ever applied twice. If a projection raises, nothing of
+        the batch is kept and ProjectionFailed names it.
         """
         db = self.db
         db.begin()
         try:
-            done = self.checkpoint(projection.name, stream)
+            done = self.checkpoints(stream)
             applied = 0
-            for entry in entries:
-                if entry.seq <= done:
-                    continue
-                if entry.event is not None:  # undecodable bytes: the consumers dead-letter them
-                    projection.apply(db, entry.event, entry)
-                    applied += 1
-                done = entry.seq
-            projection.flush(db)
+            for projection in projections:
+                applied += self._apply(projection, done, entries)
             db.execute(
-                "INSERT INTO _checkpoints VALUES (?, ?, ?) "
+                "INSERT INTO _checkpoints SELECT p, $stream, s "
+                "FROM (SELECT unnest($p) AS p, unnest($s) AS s) "
                 "ON CONFLICT (projection, stream) DO UPDATE SET seq = excluded.seq",
-                [projection.name, stream, done],
+                {"stream": stream, "p": [p.name for p in projections],
+                 "s": [done.get(p.name, 0) for p in projections]},
             )
             db.commit()
         except BaseException:
-            projection.reset()
+            for projection in projections:
+                projection.reset()
             db.rollback()
             raise
+        return applied
+
+    def _apply(self, projection: Projection, done: dict[str, int], entries: Sequence[Entry]) -> int:
+        """Apply to one projection inside the caller's transaction; moves done[projection]."""
+        try:
+            last = done.get(projection.name, 0)
+            applied = 0
+            for entry in entries:
+                if entry.seq <= last:
+                    continue
+                if entry.event is not None:  # undecodable bytes: the consumers dead-letter them
+                    projection.apply(self.db, entry.event, entry)
+                    applied += 1
+                last = entry.seq
+            projection.flush(self.db)
+        except Exception as exc:
+            raise ProjectionFailed(projection, exc) from exc
+        done[projection.name] = last
         return applied
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[list[Any]]]:

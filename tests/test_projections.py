@@ -122,6 +122,46 @@ async def test_a_failed_batch_moves_neither_rows_nor_checkpoint(bus: Bus, tmp_pa
     store.close()
 
 
+async def test_a_failing_projection_does_not_hold_back_the_others_on_its_stream(
+        bus: Bus, tmp_path: Path) -> None:
+    """The service reads each stream once for all its projections: when one of them raises,
+    the others still apply the batch, and the broken one stays at its checkpoint."""
+    sessions = next(cls for cls in PROJECTIONS if cls.name == "sessions")
+
+    class Broken(sessions):  # type: ignore[misc, valid-type]
+        name = "broken_sessions"
+        tables = ("broken_sessions",)
+        table = "broken_sessions"
+        ddl = sessions.ddl.replace("sessions", "broken_sessions")
+
+        def apply(self, db, event, entry):  # type: ignore[no-untyped-def]
+            if isinstance(event, AssistantMessage):
+                raise RuntimeError("bug in a projection")
+            super().apply(db, event, entry)
+
+    s = "p" + new_id()
+    await turn(bus, s, 1)
+    service = ProjectionService(bus, tmp_path)
+    service.projections = [Broken(), *service.projections]
+    await service.start()
+    try:
+        await service.caught_up(timeout=3)  # every projection but the broken one
+    except TimeoutError:
+        pass
+    else:
+        raise AssertionError("the broken projection cannot have caught up")
+    finally:
+        await service.stop()
+    assert service.errors >= 1
+    assert row(tmp_path, s) == (3, 1, "a1")
+    store = ReadStore(store_path(tmp_path), [], read_only=True)
+    try:
+        stream_end = store.checkpoint("sessions", "SESSIONS")
+        assert 0 <= store.checkpoint("broken_sessions", "SESSIONS") < stream_end
+    finally:
+        store.close()
+
+
 async def test_rebuild_from_an_empty_directory_gives_identical_tables(bus: Bus, data_dir: Path,
                                                                       tmp_path: Path) -> None:
     for i in range(3):
