@@ -32,6 +32,10 @@ log = logging.getLogger("vagent.indexer")
 MAX_CHUNKS = 5000  # ~3 MB of text; a longer document fails with its count (VAGENT_KB_MAX_CHUNKS)
 
 
+def max_chunks() -> int:
+    return int(os.environ.get("VAGENT_KB_MAX_CHUNKS", MAX_CHUNKS))
+
+
 def embedding_text(title: str, heading: str, text: str) -> str:
     """What is embedded for a chunk: its text in the context of its document and section."""
     context = " — ".join(part for part in (title, heading) if part)
@@ -74,7 +78,7 @@ class Indexer(Actor):
     async def setup(self) -> None:
         self.data = data_dir()
         self.chunks = store(self.data)
-        self.max_chunks = int(os.environ.get("VAGENT_KB_MAX_CHUNKS", MAX_CHUNKS))
+        self.max_chunks = max_chunks()
         await asyncio.to_thread(embedder)  # load the model before the first document
 
     async def handle(self, event: Event, ctx: Context) -> None:

@@ -295,3 +295,34 @@ async def delete_document(bus: Bus, data_dir: Path, document_id: str, who: str |
         print_json({"document_id": document_id, "deleted": True})
     else:
         print(f"deleted document {document_id} of {owner_name}")
+
+
+# --- reindex ----------------------------------------------------------------------------------
+
+
+async def reindex_documents(bus: Bus, data_dir: Path, as_json: bool) -> None:
+    from actors.indexer import max_chunks
+    from actors.knowledge.embed import embedder
+    from actors.knowledge.reindex import reindex
+    from actors.knowledge.store import store
+
+    await bus.declare()
+    await asyncio.to_thread(embedder)
+
+    def progress(title: str, n: int, total: int) -> None:
+        if not as_json:
+            print(f"\r[{n}/{total}] {shorten(title, 60):<60}", end="", file=sys.stderr, flush=True)
+
+    done = await reindex(bus, store(data_dir), max_chunks=max_chunks(), progress=progress)
+    if as_json:
+        print_json(done.as_json())
+        return
+    if done.indexed or done.failed:
+        print(file=sys.stderr)
+    print(f"{len(done.indexed)} document(s) indexed ({sum(done.indexed.values())} chunks), "
+          f"{len(done.failed)} failed, {len(done.missing)} without their file, "
+          f"{done.removed} stray chunk(s) removed; {len(done.recorded)} new outcome(s) recorded")
+    for document_id, reason in done.failed.items():
+        print(f"  failed  {document_id}: {reason}")
+    for document_id in done.missing:
+        print(f"  missing {document_id}: the file is not in the docs bucket")

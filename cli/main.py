@@ -568,7 +568,7 @@ def bench_edge(nats: NatsOpt = None,
 def bench_rag(nats: NatsOpt = None,
               index_chunks: Annotated[int, typer.Option(
                   help="Chunks to index through the indexer actor (generated manuals).")] = 400,
-              chunks: Annotated[int, typer.Option(help="Chunks in the search table.")] = 10_000,
+              chunks: Annotated[int, typer.Option(help="Chunks in the search table (0: skip).")] = 10_000,
               large: Annotated[bool, typer.Option(
                   "--large", help="Also search 100k chunks.")] = False,
               queries: Annotated[int, typer.Option(help="Queries timed per table.")] = 200,
@@ -579,7 +579,8 @@ def bench_rag(nats: NatsOpt = None,
     from cli.bench_rag import bench_rag as run_bench
     from cli.bench_rag import print_report
 
-    sizes = [chunks, 100_000] if large and chunks != 100_000 else [chunks]
+    sizes = [size for size in (chunks, 100_000 if large else 0) if size]
+    sizes = sorted(set(sizes))
     print_report(run(run_bench(nats, chunks=sizes, index_chunks=index_chunks, queries=queries,
                                events=events), log_level="WARNING"))
 
