@@ -3,7 +3,8 @@
 Isolation: the replay starts a NATS server of its own (embedded `nats-server`, a temporary
 store, its own streams and buckets) and runs the actors (asr, dialogue, tools, tts) and the
 read models in this process against it. The original server is only read: the session's log,
-its utterance blobs, the assistant's events. Nothing is written there.
+its utterance blobs, the assistant's events, and the knowledge base of the data directory (its
+LanceDB chunks, for the assistant's documents). Nothing is written there.
 
 Per original turn, in order:
 - a typed input (`user.text`) is published as `user.text` (source `replay`);
