@@ -182,7 +182,7 @@ def bench_search(pool_dir: Path, base: Path, size: int, queries: int) -> dict[st
                                          min(KB_DOCS, max(1, size // CHUNKS_PER_DOC)))]
     for q in asked[:5]:  # warm caches
         search_sync(q, owner_id="bench", data_dir=base)
-    whole, in_kb, embed = [], [], []
+    whole, in_kb, embed, found = [], [], [], []  # found: the exact top-5's share in the top-5
     for q in asked:
         t0 = time.perf_counter()
         embedder().embed_one(q)
@@ -195,13 +195,16 @@ def bench_search(pool_dir: Path, base: Path, size: int, queries: int) -> dict[st
         embed.append((t1 - t0) * 1000)
         whole.append((t2 - t1) * 1000)
         in_kb.append((t3 - t2) * 1000)
+        exact = search_sync(q, owner_id="bench", data_dir=base, exact=True)
+        found.append(len({h.text for h in hits} & {h.text for h in exact}) / max(1, len(exact)))
     whole.sort()
     in_kb.sort()
     embed.sort()
     return {"rows": float(store.count()), "load_s": load_s, "index_s": index_s,
             "p50_ms": percentile(whole, 50), "p95_ms": percentile(whole, 95),
             "kb_p50_ms": percentile(in_kb, 50), "kb_p95_ms": percentile(in_kb, 95),
-            "embed_p50_ms": percentile(embed, 50)}
+            "embed_p50_ms": percentile(embed, 50), "recall": sum(found) / len(found),
+            "vector_index": float(store.has_vector_index())}
 
 
 # --- projection catch-up ------------------------------------------------------------------
@@ -305,7 +308,9 @@ def print_report(results: dict[str, float]) -> None:
         print(f"search {label:<8}hybrid p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms "
               f"(one owner's {r['rows']:.0f} chunks); in a {KB_DOCS}-document knowledge base "
               f"p50 {r['kb_p50_ms']:.1f} ms, p95 {r['kb_p95_ms']:.1f} ms; query embedding "
-              f"p50 {r['embed_p50_ms']:.1f} ms; load {r['load_s']:.1f} s, indexes {r['index_s']:.1f} s")
+              f"p50 {r['embed_p50_ms']:.1f} ms; load {r['load_s']:.1f} s, indexes {r['index_s']:.1f} s "
+              f"({'with' if r['vector_index'] else 'no'} vector index; the exact top-5's share in "
+              f"the whole-table top-5: {r['recall']:.1%})")
     if "projection_events" in results:
         print(f"projections    {results['projection_events']:.0f} session events generated "
               f"({results['projection_publish_per_s']:.0f}/s published); read models caught up with "

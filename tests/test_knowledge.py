@@ -196,6 +196,45 @@ async def test_one_owner_never_sees_another_owners_chunks(corpus_dir: Path) -> N
     assert await search("   ", owner_id="user-a", data_dir=corpus_dir) == []
 
 
+async def test_a_large_table_searches_through_its_vector_index(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past VECTOR_INDEX_AT rows the table gets an approximate vector index; scopes of at
+    least EXACT_BELOW rows search through it, smaller ones scan exactly. Both find the right
+    documents and stay within their owner (thresholds lowered: the real ones are 50k/20k)."""
+    import actors.knowledge.search as search_module
+    import actors.knowledge.store as store_module
+
+    monkeypatch.setattr(store_module, "VECTOR_INDEX_AT", 3000)
+    monkeypatch.setattr(search_module, "EXACT_BELOW", 2000)
+    chunks = store(tmp_path)
+    index_corpus(chunks, "user-c", "c-")
+    index_corpus(chunks, "user-d", "d-", corpus_files()[:3])
+    rng = np.random.default_rng(3)
+    filler = rng.normal(size=(3000, DIMS)).astype(np.float32)
+    filler /= np.linalg.norm(filler, axis=1, keepdims=True)
+    chunks.append([store_module.Row(f"c-filler{i // 50}", "user-c", "Filler", i % 50, "",
+                                    f"Filler passage number {i} about nothing in particular.")
+                   for i in range(len(filler))], filler)
+    assert not chunks.has_vector_index()
+    chunks.optimize()
+    assert chunks.has_vector_index() and chunks.count("owner_id = 'user-c'") >= 3000
+
+    def plan(owner: str) -> str:
+        where = search_module.scope(owner, None)
+        return search_module.nearest_query(chunks, chunks.table(), filler[0], where, 20).explain_plan(True)
+
+    assert "ANN" in plan("user-c") and "ANN" not in plan("user-d")
+    found = 0
+    for item in QUESTIONS:  # through the index
+        hits = await search(item["question"], owner_id="user-c", limit=3, data_dir=tmp_path)
+        found += "c-" + Path(item["document"]).stem in [h.document_id for h in hits]
+        assert all(h.document_id.startswith("c-") for h in hits)
+    assert found >= 9
+    for path in corpus_files()[:3]:  # user-d's few chunks: an exact scan
+        hits = await search(path.stem.replace("-", " "), owner_id="user-d", limit=5, data_dir=tmp_path)
+        assert hits and all(h.document_id.startswith("d-") for h in hits)
+
+
 async def test_search_before_anything_was_indexed(tmp_path: Path) -> None:
     assert await search("anything", owner_id="u", data_dir=tmp_path) == []
 

@@ -18,6 +18,7 @@ os.environ.setdefault("LANCE_LOG", "error")
 import datetime
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 import lancedb
 import numpy as np
 import pyarrow as pa
-from lancedb.index import FTS, BTree
+from lancedb.index import FTS, BTree, IvfHnswSq
 
 from actors.knowledge.embed import DIMS
 from bus.config import data_dir
@@ -38,6 +39,11 @@ FTS_COLUMN = "search_text"
 # Rows written since the indexes were last brought up to date are still searched (flat);
 # past this many, the writer folds them into the indexes.
 REINDEX_AFTER = 2000
+# Below this many rows an exact (flat) vector scan is fast enough and always right; from it
+# on the table gets an approximate index (IVF partitions, HNSW within each, 8-bit scalar
+# quantisation), which searches use for scopes this large (see search.EXACT_BELOW).
+VECTOR_INDEX_AT = 50_000
+VECTOR_INDEX = "vector_idx"
 
 SCHEMA = pa.schema([
     pa.field("document_id", pa.string(), nullable=False),
@@ -143,17 +149,31 @@ class ChunkStore:
 
     def _index(self, table: Any) -> None:
         """Full-text and filter indexes: created with the first rows, then kept up to date
-        (new rows are searched without an index until REINDEX_AFTER of them piled up)."""
-        indices = {i.name: i for i in table.list_indices()}
-        fts = f"{FTS_COLUMN}_idx"
-        if fts not in indices:
+        (new rows are searched without an index until REINDEX_AFTER of them piled up); the
+        vector index once the table reaches VECTOR_INDEX_AT rows."""
+        indices = {i.name for i in table.list_indices()}
+        created = False
+        if f"{FTS_COLUMN}_idx" not in indices:
             table.create_index(FTS_COLUMN, config=FTS(with_position=False), replace=True)
             for column in ("owner_id", "document_id"):
                 table.create_index(column, config=BTree(), replace=True)
+            created = True
+        if VECTOR_INDEX not in indices and table.count_rows() >= VECTOR_INDEX_AT:
+            self._vector_index(table)
+            created = True
+        if created:
             return
         stale = max((self._unindexed(table, name) for name in indices), default=0)
         if stale >= REINDEX_AFTER:
             table.optimize()
+
+    @staticmethod
+    def _vector_index(table: Any) -> None:
+        started = time.perf_counter()
+        table.create_index("vector", config=IvfHnswSq(distance_type="cosine"), name=VECTOR_INDEX,
+                           replace=True)
+        log.info("vector index built", extra={"rows": table.count_rows(),
+                                              "ms": round((time.perf_counter() - started) * 1000)})
 
     @staticmethod
     def _unindexed(table: Any, name: str) -> int:
@@ -168,11 +188,14 @@ class ChunkStore:
             table = self.table()
             if table is None:
                 return
-            if f"{FTS_COLUMN}_idx" not in {i.name for i in table.list_indices()}:
-                self._index(table)
+            self._index(table)
             table.optimize()
 
     # --- reading ----------------------------------------------------------------------
+
+    def has_vector_index(self) -> bool:
+        table = self.table()
+        return table is not None and VECTOR_INDEX in {i.name for i in table.list_indices()}
 
     def count(self, where: str | None = None) -> int:
         table = self.table()
