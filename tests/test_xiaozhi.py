@@ -290,6 +290,18 @@ async def test_a_bound_device_talks_for_its_owner_and_a_bad_token_is_refused(sta
     started = (await until_logged(stack, device.session_id, "session.started"))[0]
     assert started.assistant_id == bound["device"]["assistant_id"]  # type: ignore[attr-defined]
 
+    # The owner locked by an administrator: the device is refused until the unlock.
+    await stack.services.accounts.lock(started.user_id)  # type: ignore[attr-defined]
+    async with XiaozhiDevice(url(stack), device_id=device_id, client_id="c1",
+                             token=bound["token"]) as refused:
+        error = await refused.wait_json("error")
+        assert error.message["code"] == "account_locked"
+        assert await refused.wait_closed() == 4423
+    await stack.services.accounts.unlock(started.user_id)  # type: ignore[attr-defined]
+    async with XiaozhiDevice(url(stack), device_id=device_id, client_id="c1",
+                             token=bound["token"]) as device:
+        await device.hello()
+
     for token, device in ((bound["token"], mac()), ("nonsense", device_id)):
         async with XiaozhiDevice(url(stack), device_id=device, token=token) as refused:
             error = await refused.wait_json("error")

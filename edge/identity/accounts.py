@@ -188,7 +188,7 @@ class Accounts:
         user_id = await self.user_for_email(email)
         user = await load_user(self.bus, user_id) if user_id else None
         if user is not None and user.is_locked():
-            raise self._locked(user)
+            raise self.locked_error(user)
         stored = await kv.get(self.bus, CREDENTIALS, user.user_id) if user else None
         hashed = stored.decode() if stored else None
         if not await self.hasher.verify(hashed, password) or user is None or hashed is None:
@@ -202,7 +202,7 @@ class Accounts:
                      extra={"user_id": user.user_id})
         return await self.tokens.issue(user.user_id)
 
-    def _locked(self, user: UserState) -> ApiError:
+    def locked_error(self, user: UserState) -> ApiError:
         details: dict[str, object] = {"reason": user.lock_reason}
         headers = {}
         if user.locked_until is not None:

@@ -42,5 +42,10 @@ async def device_caller(services: Services, token: str | None, device_id: str,
             raise unauthorized("token_missing", "this device is not activated: bind it first")
         return Caller(device_id=device_id.lower(), client_id=client_id)
     grant = await services.tokens.verify_device(token, device_id)
+    # A lock suspends the owner's devices too (their tokens outlive the lock's revocation
+    # record); after an unlock they connect again without being bound anew.
+    owner = await services.accounts.require(grant.user_id)
+    if owner.is_locked():
+        raise services.accounts.locked_error(owner)
     return Caller(user_id=grant.user_id, assistant_id=grant.assistant_id, device_id=grant.device_id,
                   client_id=client_id)
