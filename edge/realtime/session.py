@@ -74,6 +74,7 @@ class SessionLink:
         self.session_id = ""
         self.resumed = False
         self.closed = False
+        self.ended = False  # an actor recorded session.ended (the user said goodbye)
         self._subs: list[Subscription] = []
         self._seen: OrderedDict[str, None] = OrderedDict()
 
@@ -108,7 +109,8 @@ class SessionLink:
             audio_out=self.audio_out_params, resumed=self.resumed))
 
     async def close(self, reason: str) -> None:
-        """Record `session.ended` (once) and stop listening."""
+        """Record `session.ended` (once: not again when an actor already ended the session)
+        and stop listening."""
         if self.closed:
             return
         self.closed = True
@@ -117,7 +119,7 @@ class SessionLink:
             with contextlib.suppress(Exception):
                 await sub.stop()
         self._subs = []
-        if self.session_id:
+        if self.session_id and not self.ended:
             try:
                 await self.bus.publish(SessionEnded(session_id=self.session_id, reason=reason))
             except BusError:
@@ -168,6 +170,8 @@ class SessionLink:
         self._seen[event.id] = None
         if len(self._seen) > SEEN_IDS:
             self._seen.popitem(last=False)
+        if isinstance(event, SessionEnded):
+            self.ended = True
         try:
             await self.on_event(event)
         except Exception:
