@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import re
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from actors.llm import provider_configs
 from bus import kv
 from bus.client import Bus
 from bus.server import EmbeddedServer
+from edge.api import idempotency
 from edge.app import ENDPOINTS
 from edge.errors import ApiError
 from edge.identity.tokens import BUCKET, device_key
@@ -472,6 +474,34 @@ async def test_idempotency_key_replays_the_first_answer(api: Api) -> None:
     # A new key is a new request.
     r = await c.post("/api/v1/assistants", headers={**h, "Idempotency-Key": new_id()}, json=body)
     assert r.status_code == 201 and r.json()["assistant_id"] != first.json()["assistant_id"]
+
+
+async def test_idempotency_records_keep_no_token_readable(api: Api) -> None:
+    """A retried login gets the same tokens back, yet the bucket holds them only sealed: read
+    without the server's secret and the request's key, it gives no token away."""
+    c = api.client
+    email = f"u{new_id().lower()}@example.com"
+    account = {"email": email, "password": "correct horse 9"}
+    assert (await c.post("/api/v1/auth/register", json=account)).status_code == 201
+    key = {"Idempotency-Key": new_id()}
+    first = await c.post("/api/v1/auth/login", headers=key, json=account)
+    again = await c.post("/api/v1/auth/login", headers=key, json=account)
+    assert first.status_code == again.status_code == 200, (first.text, again.text)
+    assert again.headers["idempotent-replayed"] == "true" and again.json() == first.json()
+    records = list((await kv.items(api.services.bus, idempotency.BUCKET)).values())
+    stored = b"".join(records)
+    tokens = first.json()
+    for secret in (tokens["access_token"], tokens["refresh_token"], email):
+        assert secret.encode() not in stored
+    assert base64.b64encode(first.content) not in stored
+    assert all(set(json.loads(r)) <= {"body_sha256", "done", "nonce_b64", "sealed_b64"} for r in records)
+
+    # Under another server secret the record cannot be opened: the request runs anew.
+    other = await idempotency.claim(api.services.bus, b"another secret", "x", "k", b"{}")
+    await other.save(200, b'{"token": "t"}', {})
+    again = await idempotency.claim(api.services.bus, b"a third secret", "x", "k", b"{}")
+    assert again.replay is None and again.revision is not None
+    await again.release()
 
 
 async def test_idempotency_key_replays_a_refusal(api: Api) -> None:

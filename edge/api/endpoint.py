@@ -273,7 +273,8 @@ def bind(endpoint: Endpoint, services: Services) -> Callable[[Request], Awaitabl
             if key is not None and request.method == "POST":
                 who = principal.user_id if principal else f"anonymous@{client_ip(request, services)}"
                 scope = f"{who} {request.method} {request.url.path}"
-                slot = await idempotency.claim(services.bus, scope, key,
+                slot = await idempotency.claim(services.bus, services.tokens.subkey("idempotency"),
+                                               scope, key,
                                                await form.fingerprint() if form is not None else raw)
                 if slot.replay is not None:
                     stored = slot.replay

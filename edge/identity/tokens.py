@@ -93,6 +93,10 @@ class Tokens:
         self._key = key
         self.settings = settings
 
+    def subkey(self, purpose: str) -> bytes:
+        """A key for another use, derived from the signing key (one secret to manage)."""
+        return hmac.new(self._key, f"vagent {purpose}".encode(), hashlib.sha256).digest()
+
     # --- access and refresh ------------------------------------------------------------
 
     async def issue(self, user_id: str, family: str | None = None) -> TokenPair:
