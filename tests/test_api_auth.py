@@ -471,7 +471,8 @@ async def test_the_client_ip_is_rate_limited(module_nats: EmbeddedServer, tmp_pa
               401, "invalid_credentials")  # 3
         for attempt in (c.post(LOGIN, json={"email": email, "password": PASSWORD}),
                         c.post(REGISTER, json={"email": new_email(), "password": PASSWORD}),
-                        refresh(c, pair["refresh_token"])):
+                        refresh(c, pair["refresh_token"]),
+                        c.post("/webrtc/offer", json={"sdp": "v=0", "type": "offer"})):
             r = await attempt
             details = error(r, 429, "rate_limited")
             assert 1 <= int(r.headers["retry-after"]) <= 60

@@ -6,8 +6,8 @@ offer made after ICE gathering completed: no trickle), optional `Authorization: 
 "answer", "session_id": …}` once every local candidate is gathered. Refusals in the REST
 API's error shape: 401 `token_*`, 404 (no such assistant, or session to resume), 409
 `session_active` / 410 `session_expired` (resume), 415 not JSON, 400 `malformed_json`,
-422 `validation_failed` / `bad_offer`, 503 `too_many_connections` / `draining` /
-`unavailable`.
+422 `validation_failed` / `bad_offer`, 429 `rate_limited` (the API's per-IP limit), 503
+`too_many_connections` / `draining` / `unavailable`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from bus.errors import BusError
-from edge.api.endpoint import decode_body, error_response, json_response, read_body
+from edge.api.endpoint import client_ip, decode_body, error_response, json_response, read_body
 from edge.api.models import Id
 from edge.errors import ApiError
 from edge.realtime.auth import bearer, user_caller
@@ -70,6 +70,8 @@ async def webrtc_offer(request: Request) -> Response:
     peer: Peer | None = None
     counted = False
     try:
+        # A peer costs far more than a login (ICE, DTLS, codecs): the same per-IP limit.
+        services.limiter.check(client_ip(request, services))
         if services.draining:
             raise ApiError(503, "draining", "the server is shutting down: retry shortly",
                            headers={"Retry-After": "1"})
