@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -19,29 +19,15 @@ from bus.client import Bus
 from bus.server import EmbeddedServer
 from schemas import DocumentDeleted, DocumentFailed, DocumentIndexed
 from tests.procs import vagent
-from tests.test_indexer import HTML, MARKDOWN, TEXT, doc_events, outcome, upload
+from tests.test_indexer import HTML, MARKDOWN, TEXT, doc_events, lance_data, mbus, outcome, upload
+
+__all__ = ["lance_data", "mbus"]  # fixtures, for this module's own server
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def indexer_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("indexer-data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VAGENT_DATA_DIR", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module")
-async def mbus(module_nats: EmbeddedServer) -> AsyncIterator[Bus]:
-    b = await Bus.connect(module_nats.url, name="test-reindex")
-    await b.declare()
-    yield b
-    await b.close()
-
-
-@pytest.fixture(scope="module")
-async def indexed(mbus: Bus, indexer_data: Path) -> AsyncIterator[dict[str, str]]:
+async def indexed(mbus: Bus, lance_data: Path) -> AsyncIterator[dict[str, str]]:
     """Three documents indexed, one failed, one indexed then deleted: name → document id."""
     host = ActorHost(mbus, ["indexer"])
     await host.start()
@@ -57,7 +43,7 @@ async def indexed(mbus: Bus, indexer_data: Path) -> AsyncIterator[dict[str, str]
             await outcome(mbus, doc.document_id)
         await mbus.publish(DocumentDeleted(document_id=docs["gone"].document_id))
         async with asyncio.timeout(30):
-            while store(indexer_data).document_chunks(docs["gone"].document_id):
+            while store(lance_data).document_chunks(docs["gone"].document_id):
                 await asyncio.sleep(0.05)
         yield {name: doc.document_id for name, doc in docs.items()}
     finally:
@@ -71,11 +57,11 @@ def reindex(nats: str, data: Path, **env: str) -> dict[str, object]:
 
 
 async def test_an_empty_directory_gets_the_same_chunks(module_nats: EmbeddedServer, mbus: Bus,
-                                                       indexed: dict[str, str], indexer_data: Path,
+                                                       indexed: dict[str, str], lance_data: Path,
                                                        tmp_path: Path) -> None:
     rebuilt = tmp_path / "data"
     report = reindex(module_nats.url, rebuilt)
-    original = store(indexer_data)
+    original = store(lance_data)
     live = ("kettle", "lamp", "hose")
     assert report["indexed"] == {indexed[n]: len(original.document_chunks(indexed[n])) for n in live}
     assert set(report["failed"]) == {indexed["broken"]}
