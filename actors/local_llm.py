@@ -15,7 +15,6 @@ is never served.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import hashlib
 import importlib.util
@@ -31,6 +30,8 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from bus.child import ChildProcess
 
 log = logging.getLogger("vagent.local_llm")
 
@@ -204,8 +205,13 @@ def _die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
-class LocalLLMServer:
-    """One llama-server child process on a free loopback port, serving one local model."""
+class LocalLLMServer(ChildProcess):
+    """One llama-server child process on a free loopback port, serving one local model;
+    restarted by `supervise()` on the same port if it dies (clients see a short outage)."""
+
+    label = "llama-server"
+    retry_after = 5.0
+    start_errors = (LocalLLMError,)
 
     def __init__(self, model: str, data_dir: Path, *, host: str = "127.0.0.1", port: int | None = None,
                  threads: int = 2, context: int = 4096, max_tokens: int = 512,
@@ -225,8 +231,7 @@ class LocalLLMServer:
         self.progress = progress
         self.extra_args = extra_args
         self.log_file = data_dir / "llama-server.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._stopping = False
+        super().__init__()
 
     @property
     def model_name(self) -> str:
@@ -294,31 +299,3 @@ class LocalLLMServer:
         except FileNotFoundError:
             return ""
         return " | ".join(text[-lines:])
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stopping = True
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    async def supervise(self) -> None:
-        """Restart the server on the same port if it dies; clients see a short outage."""
-        while not self._stopping:
-            await asyncio.sleep(1.0)
-            if self._stopping or self.running():
-                continue
-            log.error("llama-server exited (%s); restarting (log: %s)",
-                      self.proc.returncode if self.proc else "?", self.log_file)
-            try:
-                await asyncio.to_thread(self.start)
-            except LocalLLMError as exc:
-                log.error("llama-server restart failed: %s", exc)
-                await asyncio.sleep(5)

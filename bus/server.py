@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shutil
 import socket
@@ -11,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from bus.child import ChildProcess
 from bus.errors import BusError
 
 log = logging.getLogger("vagent.nats")
@@ -44,8 +44,13 @@ def port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-class EmbeddedServer:
-    """One nats-server child process; restarted by `supervise()` if it dies."""
+class EmbeddedServer(ChildProcess):
+    """One nats-server child process; restarted by `supervise()` if it dies (clients
+    reconnect by themselves), with the same store."""
+
+    label = "nats-server"
+    check_every = 0.5
+    start_errors = (BusError,)
 
     def __init__(self, store_dir: Path, port: int = 4222, host: str = "127.0.0.1",
                  extra_args: tuple[str, ...] = ()) -> None:
@@ -54,8 +59,7 @@ class EmbeddedServer:
         self.host = host
         self.extra_args = extra_args
         self.log_file = store_dir.with_name(store_dir.name + ".log")  # one log per server
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._stopping = False
+        super().__init__()
 
     @property
     def url(self) -> str:
@@ -92,36 +96,5 @@ class EmbeddedServer:
         except FileNotFoundError:
             return ""
 
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop cleanly: SIGTERM lets JetStream flush and close its store."""
-        self._stopping = True
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    async def supervise(self) -> None:
-        """Restart the server with the same store if it dies; clients reconnect by themselves."""
-        while not self._stopping:
-            await asyncio.sleep(0.5)
-            if self._stopping or self.running():
-                continue
-            log.error("nats-server exited (%s); restarting", self.proc.returncode if self.proc else "?")
-            self.log_file.write_text("")  # so readiness waits for the new process
-            try:
-                await asyncio.to_thread(self.start)
-            except BusError as exc:
-                log.error("nats-server restart failed: %s", exc)
-                await asyncio.sleep(2)
+    def before_restart(self) -> None:
+        self.log_file.write_text("")  # so readiness waits for the new process
