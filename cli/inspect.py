@@ -50,7 +50,10 @@ async def rebuild_projections(bus: Bus, data_dir: Path) -> None:
     print(table(["table", "rows"], [[t, n] for t, n in answer["tables"].items()]))
 
 
-async def show_health(nats: str | None, as_json: bool) -> bool:
+async def show_health(nats: str | None, as_json: bool, actors: list[str] | None = None) -> bool:
+    """Report NATS and the heartbeats of `actors` and the projections; others found alive
+    (not expected) are listed too but do not count."""
+    expected = [*(list(ACTORS) if actors is None else actors), PROJECTIONS_HEARTBEAT]
     try:
         bus: Bus | None = await Bus.connect(nats, name="vagent-health", timeout=2)
     except BusError as exc:
@@ -58,7 +61,7 @@ async def show_health(nats: str | None, as_json: bool) -> bool:
     else:
         error = None
     try:
-        report = await health(bus, [*ACTORS, PROJECTIONS_HEARTBEAT])
+        report = await health(bus, expected)
     finally:
         if bus:
             await bus.close()
@@ -70,7 +73,7 @@ async def show_health(nats: str | None, as_json: bool) -> bool:
         }))
         return report.ok
     print(f"NATS        {'ok' if report.nats else 'DOWN: ' + (error or report.error or '')}")
-    for name in [*ACTORS, PROJECTIONS_HEARTBEAT]:
+    for name in [*expected, *sorted(set(report.actors) - set(expected))]:
         beats = report.actors.get(name, [])
         state = (f"alive ({len(beats)} instance{'s' if len(beats) != 1 else ''}, "
                  f"{sum(b.handled for b in beats)} handled)") if beats else "NOT RUNNING"

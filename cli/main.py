@@ -322,11 +322,20 @@ def projections_serve(nats: NatsOpt = None, data_dir: DataOpt = None) -> None:
 
 @app.command()
 def health(nats: NatsOpt = None,
-           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Is NATS reachable and is every actor alive? Exit code 0 if so."""
+           as_json: Annotated[bool, typer.Option("--json")] = False,
+           actors: Annotated[str, typer.Option(
+               help="Comma-separated actors expected alive (as given to `vagent up --actors`); "
+                    "the projections always are.")] = ",".join(ACTORS)) -> None:
+    """Is NATS reachable and is every expected actor alive? Exit code 0 if so."""
     from cli.inspect import show_health
 
-    if not run(show_health(nats, as_json)):
+    names = [a.strip() for a in actors.split(",") if a.strip()]
+    unknown = [a for a in names if a not in ACTORS]
+    if unknown:
+        typer.secho(f"unknown actor(s): {', '.join(unknown)}; known: {', '.join(ACTORS)}",
+                    fg="red", err=True)
+        raise typer.Exit(2)
+    if not run(show_health(nats, as_json, names)):
         raise typer.Exit(1)
 
 

@@ -120,6 +120,29 @@ def test_undecodable_input_is_dead_lettered_and_the_stack_carries_on(
         "You said: still there?.\n"
 
 
+def test_health_of_a_subset_of_actors(tmp_path: Path) -> None:
+    """A box that runs some actors alone: health expects all of them unless told which."""
+    server = EmbeddedServer(tmp_path / "nats", port=free_port())
+    server.start()
+    procs = [Proc(["projections", "serve", "--nats", server.url, "--data-dir", str(tmp_path / "data")]),
+             Proc(["actor", "run", "tools", "--nats", server.url])]
+    try:
+        procs[0].wait_for("projections started")
+        procs[1].wait_for("actor started")
+        whole = vagent("health", "--json", "--nats", server.url)
+        assert whole.returncode == 1 and "dialogue" in json.loads(whole.stdout)["missing"]
+        subset = vagent("health", "--actors", "tools", "--nats", server.url)
+        assert subset.returncode == 0, subset.stdout
+        assert re.search(r"^tools\s+alive \(1 instance", subset.stdout, re.M), subset.stdout
+        assert "dialogue" not in subset.stdout
+        wrong = vagent("health", "--actors", "tools,nosuch", "--nats", server.url)
+        assert wrong.returncode == 2 and "unknown actor(s): nosuch" in wrong.stderr
+    finally:
+        for proc in procs:
+            proc.stop()
+        server.stop()
+
+
 def test_health_fails_when_nothing_runs(tmp_path: Path) -> None:
     report = vagent("health", "--nats", f"nats://127.0.0.1:{free_port()}")
     assert report.returncode == 1 and "DOWN" in report.stdout
