@@ -27,7 +27,7 @@ import functools
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -132,7 +132,7 @@ class AuthSettings(msgspec.Struct, forbid_unknown_fields=True):
     trust_forwarded_for: bool = False  # behind a proxy: the client IP is X-Forwarded-For's first
     # Email verification codes: "auto" mails them when [auth.smtp] has a host and is off
     # otherwise; "log" writes them to the log (development); "off".
-    email_verification: str = "auto"
+    email_verification: Literal["auto", "smtp", "log", "off"] = "auto"  # checked when read
     code_ttl: float = 900.0  # verification and device activation codes
     smtp: SmtpSettings = msgspec.field(default_factory=SmtpSettings)
 

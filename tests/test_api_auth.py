@@ -22,7 +22,7 @@ import jwt
 import msgspec
 import pytest
 
-from actors.config import Argon2Settings, AuthSettings, Config, SmtpSettings
+from actors.config import Argon2Settings, AuthSettings, Config, ConfigError, SmtpSettings, parse
 from bus import kv
 from bus.log import load
 from bus.server import EmbeddedServer, free_port
@@ -510,6 +510,12 @@ def logged_code(caplog: pytest.LogCaptureFixture, email: str) -> str:
 
 def other_code(code: str) -> str:
     return f"{(int(code) + 1) % 1_000_000:06d}"
+
+
+def test_a_wrong_email_verification_mode_is_refused_when_the_settings_are_read() -> None:
+    with pytest.raises(ConfigError, match=r"auth.email_verification"):
+        parse('[auth]\nemail_verification = "sms"\n')
+    assert parse('[auth]\nemail_verification = "log"\n').auth.email_verification == "log"
 
 
 async def test_email_verification_by_log(module_nats: EmbeddedServer, tmp_path: Path,
