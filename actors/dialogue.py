@@ -269,6 +269,10 @@ class Dialogue(Actor):
             if not chunk.choices:
                 continue
             delta = chunk.choices[0].delta
+            if ttft_ms is None and (delta.content or delta.tool_calls):
+                # A tool call is the model's first token too: a tool turn's first step has
+                # no text, and its later steps start only after the tools answered.
+                ttft_ms = (time.perf_counter() - started) * 1000
             for call in delta.tool_calls or []:
                 slot = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
                 slot["id"] = call.id or slot["id"]
@@ -277,8 +281,6 @@ class Dialogue(Actor):
                     slot["arguments"] += call.function.arguments or ""
             if not delta.content:
                 continue
-            if ttft_ms is None:
-                ttft_ms = (time.perf_counter() - started) * 1000
             if not run.parts and known and may_be_tool_call(delta.content):
                 held = True
             run.parts.append(delta.content)

@@ -127,6 +127,9 @@ async def test_a_tool_call_goes_through_the_tools_actor_and_the_turn_resumes(
     last = a.requests[-1]["messages"]
     assert last[-2]["tool_calls"][0]["function"]["name"] == "calculator"
     assert last[-1]["role"] == "tool" and last[-1]["content"] == "6*7 = 42"
+    # The step that called the tool timed the model's first token: the turn's, as it happened.
+    step = next(e for e in events if isinstance(e, AssistantMessage) and e.tool_calls)
+    assert step.ttft_ms is not None and 0 < step.ttft_ms <= step.total_ms  # type: ignore[operator]
 
 
 async def test_a_failing_provider_hands_the_turn_to_the_next(
