@@ -7,6 +7,7 @@ redelivered input re-emits identical ids and JetStream stores each effect once.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import ClassVar
 
@@ -14,7 +15,7 @@ import msgspec
 
 from bus.client import Bus, Stored
 from bus.consumer import ConsumerSpec, Delivery
-from bus.log import Entry, load
+from bus.log import Entry, LogCache
 from bus.streams import STREAM_BY_AGGREGATE
 from bus.subjects import event_type_filter
 from bus.trace import child_traceparent
@@ -33,6 +34,15 @@ class Context:
 
     async def emit(self, event: Event) -> Stored:
         """Append an effect to the log; returns once JetStream has it on disk."""
+        return await self.actor.bus.publish(self._stamped(event), traceparent=self.traceparent)
+
+    def emit_soon(self, event: Event) -> asyncio.Task[Stored]:
+        """`emit` begun now and awaited later, so the append overlaps other work. Numbered
+        now: ids still follow the order of the calls."""
+        return asyncio.create_task(self.actor.bus.publish(self._stamped(event),
+                                                          traceparent=self.traceparent))
+
+    def _stamped(self, event: Event) -> Event:
         if event.type not in self.actor.emits:
             raise ValueError(f"actor {self.actor.name} does not declare {event.type!r} in emits")
         event = msgspec.structs.replace(
@@ -40,7 +50,7 @@ class Context:
             causation_id=self.cause.id,
         )
         self._emitted += 1
-        return await self.actor.bus.publish(event, traceparent=self.traceparent)
+        return event
 
     async def live(self, event: Event) -> None:
         """Publish a derivable, live-only event (token deltas, partial transcripts)."""
@@ -48,7 +58,7 @@ class Context:
 
     async def history(self) -> list[Entry]:
         """The cause's aggregate log, up to and including the cause."""
-        entries, _ = await load(self.actor.bus, self.cause.aggregate, self.cause.aggregate_id)
+        entries, _ = await self.actor.log.load(self.cause.aggregate, self.cause.aggregate_id)
         return [e for e in entries if e.seq <= self.delivery.seq]
 
 
@@ -63,6 +73,7 @@ class Actor:
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
+        self.log = LogCache(bus)  # aggregates this actor handles again and again (a session's turns)
 
     async def setup(self) -> None:
         """Open clients and load models before the first event."""

@@ -31,7 +31,6 @@ from actors.tools.catalog import catalog
 from actors.tools.spec import ToolSpec, openai_tool
 from bus.client import Message, Subscription
 from bus.log import Entry
-from bus.log import load as load_log
 from schemas import (
     AssistantDelta,
     AssistantMessage,
@@ -105,6 +104,13 @@ class _Run:
     interrupt_reason: str | None = None
     parts: list[str] = field(default_factory=list)
     sentences: int = 0
+    began: asyncio.Task[Any] | None = None  # the turn.started append, still in flight
+
+    async def stored(self) -> None:
+        """Wait for turn.started to be durable: nothing of the turn is published before it.
+        Shielded: an interruption must not cancel the append itself."""
+        if self.began is not None:
+            await asyncio.shield(self.began)
 
     def interrupt(self, reason: str) -> None:
         if self.task and not self.task.done() and self.interrupt_reason is None:
@@ -180,20 +186,27 @@ class Dialogue(Actor):
         sid, turn_id = event.session_id, event.id  # a turn is named after its input
         if not event.text.strip():
             return
-        await ctx.emit(TurnStarted(session_id=sid, turn_id=turn_id, input_id=event.id))
+        started = time.perf_counter()
         settings = self.config.dialogue
         if is_exit_intent(event.text, settings.exit_phrases):
+            await ctx.emit(TurnStarted(session_id=sid, turn_id=turn_id, input_id=event.id))
             await ctx.emit(AssistantSentence(session_id=sid, turn_id=turn_id, text=settings.goodbye))
             await ctx.emit(AssistantMessage(session_id=sid, turn_id=turn_id, text=settings.goodbye,
                                             provider="vagent", total_ms=0.0))
             await ctx.emit(SessionEnded(session_id=sid, turn_id=turn_id, reason="user_exit"))
             return
-        await self._step(ctx, sid, turn_id, time.perf_counter())
+        # Appended while the log is read and the provider opens its stream: its fsync is
+        # off the path to the first token. The handler still returns (and acks) only after.
+        began = ctx.emit_soon(TurnStarted(session_id=sid, turn_id=turn_id, input_id=event.id))
+        try:
+            await self._step(ctx, sid, turn_id, started, began=began)
+        finally:
+            await began
 
     async def _resume_after_tools(self, event: ToolResult, ctx: Context) -> None:
         if event.turn_id is None:
             return
-        entries, _ = await load_log(self.bus, "session", event.session_id)
+        entries, _ = await self.log.load("session", event.session_id)
         turn = [e.event for e in entries if getattr(e.event, "turn_id", None) == event.turn_id]
         if any(isinstance(e, TurnInterrupted) for e in turn):
             return
@@ -208,8 +221,9 @@ class Dialogue(Actor):
         if all(call.call_id in answered for call in step.tool_calls):
             await self._step(ctx, event.session_id, event.turn_id, time.perf_counter())
 
-    async def _step(self, ctx: Context, sid: str, turn_id: str, started: float) -> None:
-        run = _Run(sid, turn_id)
+    async def _step(self, ctx: Context, sid: str, turn_id: str, started: float, *,
+                    began: asyncio.Task[Any] | None = None) -> None:
+        run = _Run(sid, turn_id, began=began)
         previous = self.runs.get(sid)
         if previous is not None:
             previous.interrupt("new_input")
@@ -227,6 +241,7 @@ class Dialogue(Actor):
 
     async def _interrupted(self, ctx: Context, run: _Run) -> None:
         """Record only what was produced before the interruption."""
+        await run.stored()
         await ctx.emit(AssistantMessage(session_id=run.session_id, turn_id=run.turn_id,
                                         text="".join(run.parts), interrupted=True))
         if run.interrupt_reason == "new_input":
@@ -236,7 +251,7 @@ class Dialogue(Actor):
     async def _stream(self, ctx: Context, run: _Run, started: float) -> None:
         sid, turn_id = run.session_id, run.turn_id
         settings, tool_settings = self.config.dialogue, self.config.tools
-        entries, _ = await load_log(self.bus, "session", sid)
+        entries, _ = await self.log.load("session", sid)
         turn = [e.event for e in entries if getattr(e.event, "turn_id", None) == turn_id]
         steps = sum(1 for e in turn if isinstance(e, AssistantMessage) and e.tool_calls)
         run.sentences = sum(1 for e in turn if isinstance(e, AssistantSentence))
@@ -252,10 +267,12 @@ class Dialogue(Actor):
             answer = await self.chain.open(messages, [openai_tool(s) for s in specs] or None,
                                            prefer=profile.llm if profile else None)
         except ProviderFailed as exc:
+            await run.stored()
             await ctx.emit(Error(session_id=sid, turn_id=turn_id, code="llm_unavailable",
                                  message=f"no LLM provider answered: {exc}", retryable=True,
                                  source=self.name))
             return
+        await run.stored()
         splitter = SentenceSplitter(first_clause_chars=settings.first_clause_chars)
         calls: dict[int, dict[str, Any]] = {}
         usage, model = Usage(), answer.provider.config.model

@@ -1,16 +1,21 @@
 """Reading the durable log: one aggregate's history, or a stream from a sequence on.
 
-Both use ordered consumers: ephemeral, flow-controlled, re-created by the client
-on a gap, so the reader sees every event exactly once and in order.
+An aggregate's history is read with batched direct gets (no consumer to create: one
+round trip per thousand events), checked against the last sequence the stream's leader
+reports; `LogCache` then keeps it and reads only what was appended since. Following a
+stream uses ordered consumers: ephemeral, flow-controlled, re-created by the client on a
+gap, so the reader sees every event exactly once and in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -38,11 +43,15 @@ class Entry:
 
 
 def _entry(stream: str, msg: Msg) -> Entry:
-    seq = msg.metadata.sequence.stream
+    return _decoded(stream, msg.metadata.sequence.stream, msg.subject, dict(msg.headers or {}),
+                    msg.data)
+
+
+def _decoded(stream: str, seq: int, subject: str, headers: dict[str, str], data: bytes) -> Entry:
     try:
-        return Entry(stream, seq, msg.subject, dict(msg.headers or {}), msg.data, decode(msg.data))
+        return Entry(stream, seq, subject, headers, data, decode(data))
     except DecodeError as exc:
-        return Entry(stream, seq, msg.subject, dict(msg.headers or {}), msg.data, None, str(exc))
+        return Entry(stream, seq, subject, headers, data, None, str(exc))
 
 
 async def last_sequence(bus: Bus, stream: str, subject_filter: str) -> int:
@@ -71,14 +80,101 @@ async def last_event(bus: Bus, aggregate: str, aggregate_id: str, event_type: st
 async def load(bus: Bus, aggregate: str, aggregate_id: str) -> tuple[list[Entry], int]:
     """One aggregate's events in order, and the last sequence (for a conditional append).
     Raises ValueError for an id that is not a plain token (a wildcard would read many)."""
-    check_token(f"{aggregate} id", aggregate_id)
-    stream = STREAM_BY_AGGREGATE[aggregate]
-    subject = aggregate_events(aggregate, aggregate_id)
+    stream, subject = _aggregate(aggregate, aggregate_id)
     last = await last_sequence(bus, stream, subject)
     if last == 0:
         return [], 0
-    entries = [entry async for entry in read(bus, stream, subject, until_seq=last)]
-    return entries, last
+    return await _range(bus, stream, subject, 1, last), last
+
+
+class LogCache:
+    """The aggregate logs this process read lately, each brought up to date on the next
+    load by reading only the events appended since: a long session's every turn no longer
+    reads its whole history again. Every load still asks the stream's leader for the last
+    sequence, so what it returns is never stale.
+
+    An aggregate's log only grows; one found shorter than its copy (purged) is read again.
+    """
+
+    def __init__(self, bus: Bus, size: int = 256) -> None:
+        self.bus = bus
+        self.size = size
+        self._logs: OrderedDict[tuple[str, str], tuple[list[Entry], int]] = OrderedDict()
+
+    async def load(self, aggregate: str, aggregate_id: str) -> tuple[list[Entry], int]:
+        """As `load`, from the cached copy plus what is new."""
+        stream, subject = _aggregate(aggregate, aggregate_id)
+        last = await last_sequence(self.bus, stream, subject)
+        key = (aggregate, aggregate_id)
+        entries, seen = self._logs.pop(key, ([], 0))
+        if last < seen:
+            entries, seen = [], 0
+        if last > seen:
+            entries = entries + await _range(self.bus, stream, subject, seen + 1, last)
+        if last:
+            self._logs[key] = (entries, last)
+            if len(self._logs) > self.size:
+                self._logs.popitem(last=False)
+        return list(entries), last
+
+
+def _aggregate(aggregate: str, aggregate_id: str) -> tuple[str, str]:
+    check_token(f"{aggregate} id", aggregate_id)
+    return STREAM_BY_AGGREGATE[aggregate], aggregate_events(aggregate, aggregate_id)
+
+
+async def _range(bus: Bus, stream: str, subject: str, first: int, last: int) -> list[Entry]:
+    """The entries matching `subject` from sequence `first` through `last`."""
+    entries = await _direct_range(bus, stream, subject, first, last)
+    if entries is None:  # a lagging replica answered, or none did: the leader's consumer
+        entries = [e async for e in read(bus, stream, subject, from_seq=first, until_seq=last)]
+    return entries
+
+
+_BATCH = 1024  # messages per direct-get request
+_DIRECT_HEADERS = frozenset({"Nats-Stream", "Nats-Subject", "Nats-Sequence", "Nats-Time-Stamp",
+                             "Nats-Num-Pending", "Nats-Last-Sequence"})
+
+
+async def _direct_range(bus: Bus, stream: str, subject: str, first: int,
+                        last: int) -> list[Entry] | None:
+    """`_range` by batched direct gets; None when the answers stop short of `last`: any
+    replica may answer a direct get, and a follower can be behind the leader."""
+    entries: list[Entry] = []
+    inbox = bus.nc.new_inbox()
+    sub = await bus.nc.subscribe(inbox)
+    try:
+        seq = first
+        while seq <= last:
+            request = {"seq": seq, "next_by_subj": subject, "batch": min(_BATCH, last - seq + 1)}
+            await bus.nc.publish(f"$JS.API.DIRECT.GET.{stream}", msgspec.json.encode(request),
+                                 reply=inbox)
+            while True:
+                msg = await sub.next_msg(timeout=_DIRECT_TIMEOUT)
+                headers = msg.headers or {}
+                if "Status" in headers:
+                    break  # 204: the end of this batch; 404: nothing (more) matches
+                seq = int(headers["Nats-Sequence"])
+                if seq <= last:
+                    entries.append(_direct_entry(stream, seq, msg))
+                seq += 1
+            if "Status" in headers and headers["Status"] != "204":
+                break
+    except (nats.errors.Error, TimeoutError, KeyError, ValueError):
+        return None
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+    return entries if entries and entries[-1].seq == last else None
+
+
+_DIRECT_TIMEOUT = 2.0  # seconds without an answer before the consumer path is taken
+
+
+def _direct_entry(stream: str, seq: int, msg: Msg) -> Entry:
+    headers = msg.headers or {}
+    return _decoded(stream, seq, headers["Nats-Subject"],
+                    {k: v for k, v in headers.items() if k not in _DIRECT_HEADERS}, msg.data)
 
 
 async def read(bus: Bus, stream: str, subject_filter: str, *, from_seq: int = 1,

@@ -11,7 +11,7 @@ from bus.client import Bus, Message
 from bus.consumer import ConsumerRunner, ConsumerSpec, Delivery
 from bus.deadletter import dead_letters
 from bus.errors import BatchError, ConflictError
-from bus.log import load, read
+from bus.log import LogCache, load, read
 from bus.subjects import audio_in, event_type_filter, live
 from schemas import AssistantDelta, Event, UserText, decode, new_id
 
@@ -96,6 +96,44 @@ async def test_read_follows_from_a_sequence(bus: Bus) -> None:
     tail = [e async for e in read(bus, "SESSIONS", f"vagent.session.{s}.evt.>",
                                   from_seq=entries[2].seq, idle_timeout=0.5)]
     assert [e.event.text for e in tail] == ["2", "3"]  # type: ignore[union-attr]
+
+
+async def test_load_of_a_long_log_matches_the_stream_in_more_than_one_batch(bus: Bus) -> None:
+    s, other = sid(), sid()
+    for i in range(1100):  # over one direct-get batch of 1024
+        await bus.publish(UserText(session_id=s, text=str(i)))
+        if i % 100 == 0:
+            await bus.publish(UserText(session_id=other, text="noise"))
+    entries, last = await load(bus, "session", s)
+    streamed = [e async for e in read(bus, "SESSIONS", f"vagent.session.{s}.evt.>",
+                                      until_seq=last)]
+    assert entries == streamed
+    assert [e.event.text for e in entries] == [str(i) for i in range(1100)]  # type: ignore[union-attr]
+    assert "Nats-Sequence" not in entries[0].headers  # direct-get bookkeeping is not the event's
+    assert entries[0].headers["Nats-Msg-Id"] == entries[0].event.id  # type: ignore[union-attr]
+
+
+async def test_log_cache_reads_only_what_was_appended_since(bus: Bus) -> None:
+    s = sid()
+    cache = LogCache(bus, size=2)
+    for i in range(3):
+        await bus.publish(UserText(session_id=s, text=str(i)))
+    first, _ = await cache.load("session", s)
+    await bus.publish(UserText(session_id=s, text="3"))
+    second, last = await cache.load("session", s)
+    assert (second, last) == await load(bus, "session", s)
+    assert all(a is b for a, b in zip(first, second, strict=False))  # the old entries, kept
+    assert [e.event.text for e in second] == ["0", "1", "2", "3"]  # type: ignore[union-attr]
+    second.clear()  # a caller's copy: the cache's own is untouched
+    assert len((await cache.load("session", s))[0]) == 4
+    # Purged (a shorter log than the copy): read again, not served from memory.
+    await bus.js.purge_stream("SESSIONS", subject=f"vagent.session.{s}.evt.>")
+    assert await cache.load("session", s) == ([], 0)
+    # Bounded: the least recently loaded aggregates are dropped.
+    for other in (sid(), sid(), sid()):
+        await bus.publish(UserText(session_id=other, text="x"))
+        await cache.load("session", other)
+    assert len(cache._logs) == 2
 
 
 # --- consumers -------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -22,7 +23,7 @@ import pytest
 
 from bus.client import Bus, Stored
 from bus.errors import BusError
-from bus.log import read
+from bus.log import LogCache, load, read
 from bus.server import free_port, port_open, server_binary
 from schemas import UserText, new_id
 
@@ -263,3 +264,34 @@ async def test_acknowledged_events_survive_killing_the_stream_leader(
     print(f"\n{len(acked)} acked ({retried} as duplicates), {len(refused)} refused, leader "
           f"{victim.name} killed after {killed_at} acks, new leader {new_leader}, "
           f"publishing took {publish_s:.1f}s")
+
+
+@pytest.mark.slow
+async def test_a_load_right_after_an_append_sees_it_even_from_a_lagging_replica(
+        cluster: list[Node], cluster_bus: Bus) -> None:
+    # Direct gets may be answered by any replica, and an ack only waits for a quorum: a
+    # follower can be behind. A client is answered by the node it is connected to first, and
+    # this follower is paused during each append, so it may still be catching up when asked.
+    leader = (await cluster_bus.js.stream_info(STREAM)).cluster.leader  # type: ignore[union-attr]
+    follower = next(n for n in cluster if n.name != leader)
+    assert follower.proc is not None
+    reader = await Bus.connect(follower.url, name="reader")
+    cache = LogCache(reader)
+    try:
+        session_id = "c" + new_id()
+        for i in range(20):
+            await cluster_bus.publish(UserText(session_id=session_id, text=f"{i}-a"))
+            assert len((await cache.load("session", session_id))[0]) == 2 * i + 1
+            follower.proc.send_signal(signal.SIGSTOP)  # falls behind while the others go on
+            try:
+                stored = await cluster_bus.publish(UserText(session_id=session_id, text=f"{i}-b"))
+            finally:
+                follower.proc.send_signal(signal.SIGCONT)
+            entries, last = await load(reader, "session", session_id)
+            cached, _ = await cache.load("session", session_id)
+            assert last == stored.seq
+            assert [e.event.text for e in entries][-2:] == [f"{i}-a", f"{i}-b"]  # type: ignore[union-attr]
+            assert len(entries) == 2 * (i + 1)
+            assert cached == entries
+    finally:
+        await reader.close()

@@ -24,7 +24,6 @@ from actors.tools.builtin import current_call
 from actors.tools.catalog import publish, withdraw
 from actors.tools.mcp_client import McpTool
 from actors.tools.toolset import Outcome, Toolset, build
-from bus.log import load
 from schemas import Event, ToolCall, ToolResult
 
 log = logging.getLogger("vagent.tools")
@@ -88,7 +87,7 @@ class Tools(Actor):
         ))
 
     async def _answered(self, call: ToolCall) -> bool:
-        entries, _ = await load(self.bus, "session", call.session_id)
+        entries, _ = await self.log.load("session", call.session_id)
         return any(isinstance(e.event, ToolResult) and e.event.causation_id == call.id
                    for e in entries)
 
