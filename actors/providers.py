@@ -16,7 +16,7 @@ from typing import Any
 
 import openai
 from openai import AsyncOpenAI, AsyncStream
-from openai.types.chat import ChatCompletionChunk
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from actors.config import BreakerConfig, ProviderConfig, secret
 
@@ -195,13 +195,18 @@ class ProviderChain:
 
     async def _create(self, provider: Provider, messages: list[dict[str, Any]],
                       tools: list[dict[str, Any]] | None) -> AsyncStream[ChatCompletionChunk]:
-        extra: dict[str, Any] = {"tools": tools} if tools else {}
+        body: dict[str, Any] = {"model": provider.config.model, "messages": messages,
+                                "stream": True, "stream_options": {"include_usage": True}}
+        if tools:
+            body["tools"] = tools
         if provider.config.max_tokens:
-            extra["max_tokens"] = provider.config.max_tokens
-        return await provider.client.chat.completions.create(
-            model=provider.config.model, messages=messages, stream=True,  # type: ignore[arg-type]
-            stream_options={"include_usage": True}, **extra,
-        )
+            body["max_tokens"] = provider.config.max_tokens
+        # The SDK's `chat.completions.create` first walks every message through its typed
+        # parameter transformer: 25 ms for a 177-message history, measured, on every turn.
+        # These messages are plain JSON already, so they take the SDK's generic `post`
+        # (what `create` ends in): the same client, auth, timeouts, errors and SSE parsing.
+        return await provider.client.post("/chat/completions", body=body, cast_to=ChatCompletion,
+                                          stream=True, stream_cls=AsyncStream[ChatCompletionChunk])
 
     async def _rest(self, provider: Provider, head: list[ChatCompletionChunk],
                     stream: AsyncStream[ChatCompletionChunk]) -> AsyncIterator[ChatCompletionChunk]:

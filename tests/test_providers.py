@@ -110,3 +110,20 @@ async def test_all_failing_names_every_reason(two: tuple[OpenAIServer, OpenAISer
     assert "p0" in str(caught.value) and "HTTP 500" in str(caught.value)
     assert "p1" in str(caught.value) and "HTTP 429" in str(caught.value)
     await c.close()
+
+
+async def test_the_request_carries_the_key_the_model_and_the_options(
+        two: tuple[OpenAIServer, OpenAIServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    a, _ = two
+    monkeypatch.setenv("TEST_LLM_KEY", "sk-test-123")
+    config = ProviderConfig(name="p", model="m-1", base_url=a.base_url, api_key_env="TEST_LLM_KEY",
+                            max_tokens=64, first_token_timeout=1.0)
+    c = ProviderChain([config], BreakerConfig(), Clock())
+    tools = [{"type": "function", "function": {"name": "get_time", "parameters": {}}}]
+    answer = await c.open(MESSAGES, tools)
+    usage = [ch.usage async for ch in answer.chunks if ch.usage]
+    assert a.authorizations == ["Bearer sk-test-123"]
+    assert a.requests == [{"model": "m-1", "messages": MESSAGES, "stream": True,
+                           "stream_options": {"include_usage": True}, "tools": tools,
+                           "max_tokens": 64}]
+    assert usage and usage[0].completion_tokens > 0  # the chunks are the SDK's typed models
