@@ -28,7 +28,8 @@ OVERHEAD_GOAL_P95_MS = 5.0
 
 
 async def bench_dialogue(url: str | None, *, turns: int = 200, local: bool = False,
-                         local_model: str | None = None) -> dict[str, Any]:
+                         local_model: str | None = None,
+                         conversation: bool = False) -> dict[str, Any]:
     if turns < 1:
         raise ValueError("turns must be at least 1")
     echo: subprocess.Popen[bytes] | None = None
@@ -54,7 +55,7 @@ async def bench_dialogue(url: str | None, *, turns: int = 200, local: bool = Fal
             host = ActorHost(bus, [BenchDialogue])
             await host.start()
             try:
-                rows = await _turns(bus, turns if not local else min(turns, 20))
+                rows = await _turns(bus, turns if not local else min(turns, 20), conversation)
             finally:
                 await host.stop()
                 await bus.js.delete_consumer("SESSIONS", BenchDialogue.name)
@@ -75,6 +76,7 @@ async def bench_dialogue(url: str | None, *, turns: int = 200, local: bool = Fal
     model = local_model or settings.load().llm.local_model
     results: dict[str, Any] = {
         "provider": f"local {model}" if local else "echo (instant)",
+        "sessions": "one conversation" if conversation else "a fresh session a turn",
         "turns": len(rows), "cores": os.cpu_count() or 0,
         "first_delta_p50_ms": percentile(delta, 50), "first_delta_p95_ms": percentile(delta, 95),
         "first_sentence_p50_ms": percentile(sentence, 50),
@@ -100,32 +102,39 @@ def _start_echo() -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"http://127.0.0.1:{port}/v1"
 
 
-async def _turns(bus: Bus, turns: int) -> list[dict[str, float]]:
+async def _turns(bus: Bus, turns: int, conversation: bool) -> list[dict[str, float]]:
+    """Each turn in a fresh session (the same small history every turn), or all of them in
+    one conversation whose history grows turn by turn."""
     rows = []
+    session = f"bench-{new_id()}"
     for _ in range(turns + 3):  # three warm-up turns, not counted
-        session = f"bench-{new_id()}"  # a fresh session: the same small history every turn
+        if not conversation:
+            session = f"bench-{new_id()}"
+        question = UserText(session_id=session, text="Say hello to the benchmark, in one sentence.")
         seen: dict[str, float] = {}
         done: asyncio.Future[AssistantMessage] = asyncio.get_running_loop().create_future()
 
         async def on_message(msg: Message, seen: dict[str, float] = seen,
-                             done: asyncio.Future[AssistantMessage] = done) -> None:
+                             done: asyncio.Future[AssistantMessage] = done,
+                             turn: str = question.id) -> None:
             now = time.perf_counter()
             try:
                 event = decode(msg.data)
             except DecodeError:
                 return
+            if getattr(event, "turn_id", None) != turn:
+                return  # the previous turn's late events, in a conversation
             seen.setdefault(event.type, now)
             if isinstance(event, AssistantMessage) and not done.done():
                 done.set_result(event)
 
         sub = await bus.subscribe(f"vagent.session.{session}.>", on_message)
         await bus.flush()
-        question = UserText(session_id=session, text="Say hello to the benchmark, in one sentence.")
         started = time.perf_counter()
         await bus.publish(question)
         final = await asyncio.wait_for(done, 120)
         await sub.stop()
-        if "assistant.delta" not in seen or "assistant.sentence" not in seen:
+        if "assistant.delta" not in seen or "assistant.sentence" not in seen or final.interrupted:
             raise RuntimeError(f"the turn produced no delta or sentence: {final}")
         generation_s = ((final.total_ms or 0) - (final.ttft_ms or 0)) / 1000
         rows.append({
@@ -140,6 +149,7 @@ def print_report(results: dict[str, Any]) -> None:
     print("vagent bench dialogue")
     print(f"  provider              {results['provider']}")
     print(f"  cores / turns         {results['cores']} / {results['turns']}")
+    print(f"  sessions              {results['sessions']}")
     print(f"  user.text → first delta      p50 {results['first_delta_p50_ms']:8.2f} ms   "
           f"p95 {results['first_delta_p95_ms']:8.2f} ms")
     print(f"  user.text → first sentence   p50 {results['first_sentence_p50_ms']:8.2f} ms   "

@@ -550,13 +550,17 @@ def bench_bus(nats: NatsOpt = None,
 def bench_dialogue(nats: NatsOpt = None,
                    turns: Annotated[int, typer.Option(help="Turns to time.")] = 200,
                    local: Annotated[bool, typer.Option(
-                       "--local", help="Use the local model (at most 20 turns).")] = False
+                       "--local", help="Use the local model (at most 20 turns).")] = False,
+                   conversation: Annotated[bool, typer.Option(
+                       "--conversation",
+                       help="All turns in one session: the history grows turn by turn.")] = False,
                    ) -> None:
     """Time from user.text to the first delta and sentence; tokens/s with --local."""
     from cli.bench_dialogue import bench_dialogue as run_bench
     from cli.bench_dialogue import print_report
 
-    print_report(run(run_bench(nats, turns=turns, local=local), log_level="WARNING"))
+    print_report(run(run_bench(nats, turns=turns, local=local, conversation=conversation),
+                     log_level="WARNING"))
 
 
 @bench_app.command("edge")

@@ -19,3 +19,34 @@ async def test_bench_bus_reports_every_figure(nats_server: EmbeddedServer, capsy
     assert math.isnan(results["sync_always"])  # an external server's fsync policy is unknown
     print_report(results)
     assert "one hop" in capsys.readouterr().out
+
+
+async def test_bench_dialogue_times_a_conversation_whose_history_grows(
+        nats_server: EmbeddedServer, capsys) -> None:  # type: ignore[no-untyped-def]
+    from cli.bench_dialogue import bench_dialogue
+    from cli.bench_dialogue import print_report as print_dialogue
+
+    results = await bench_dialogue(nats_server.url, turns=5, conversation=True)
+    assert results["turns"] == 5 and results["sessions"] == "one conversation"
+    assert 0 < results["first_delta_p50_ms"] <= results["first_delta_p95_ms"]
+    assert results["first_delta_p50_ms"] <= results["first_sentence_p50_ms"]
+    entries = await _bench_sessions(nats_server)
+    assert max(entries.values()) >= 5 * 2  # every turn in one session: its log grew
+    print_dialogue(results)
+    assert "one conversation" in capsys.readouterr().out
+
+
+async def _bench_sessions(nats_server: EmbeddedServer) -> dict[str, int]:
+    from bus.client import Bus
+    from bus.log import read
+
+    bus = await Bus.connect(nats_server.url)
+    try:
+        counts: dict[str, int] = {}
+        async for entry in read(bus, "SESSIONS", "vagent.session.*.evt.>", idle_timeout=0.5):
+            if entry.subject.startswith("vagent.session.bench-"):
+                session = entry.subject.split(".")[2]
+                counts[session] = counts.get(session, 0) + 1
+        return counts
+    finally:
+        await bus.close()
