@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -143,11 +143,14 @@ class ProjectionService:
             self.store.close()
             self.store = None
 
-    async def caught_up(self, timeout: float = 10.0) -> None:
-        """Wait until every projection has applied its streams' current ends."""
+    async def caught_up(self, timeout: float = 10.0, *, only: Iterable[str] | None = None) -> None:
+        """Wait until every projection (or those named in `only`) has applied its streams'
+        current ends."""
+        names = set(only) if only is not None else None
         async with asyncio.timeout(timeout):
             for projection in self.projections:
-                await self._fresh(projection, timeout)
+                if names is None or projection.name in names:
+                    await self._fresh(projection, timeout)
 
     def _start_feeders(self) -> None:
         assert self.store is not None
@@ -168,7 +171,7 @@ class ProjectionService:
     async def _feed(self, projections: list[Projection], stream: str) -> None:
         while True:
             try:
-                await self._follow(projections, stream)
+                failed = await self._follow(projections, stream)
             except (asyncio.CancelledError, KeyboardInterrupt):
                 raise
             except Exception:
@@ -177,11 +180,21 @@ class ProjectionService:
                 self.errors += 1
                 log.exception("projection feed failed", extra={"stream": stream})
                 await asyncio.sleep(1)
+                continue
+            if len(failed) < len(projections):
+                # The others go on at once on a reader of their own: were they to re-read
+                # from the failing one's checkpoint, they would gain one batch per retry.
+                # Each failing projection retries alone, from its own checkpoint.
+                projections = [p for p in projections if p not in failed]
+                self._feeders.extend(asyncio.create_task(self._feed([p], stream))
+                                     for p in failed)
+            else:
+                await asyncio.sleep(1)  # a bug or a bad event: retry the same event later
 
-    async def _follow(self, projections: list[Projection], stream: str) -> None:
+    async def _follow(self, projections: list[Projection], stream: str) -> list[Projection]:
         """Read the stream once for all its projections, from the oldest of their checkpoints
         (each skips what it applied before), and apply each batch to all of them in one
-        transaction."""
+        transaction. Returns the projections that raised, once one did."""
         assert self.store is not None
         queue: asyncio.Queue[Entry] = asyncio.Queue(maxsize=10 * BATCH)
         start = min(self.store.checkpoint(p.name, stream) for p in projections) + 1
@@ -205,12 +218,8 @@ class ProjectionService:
                     batch.append(queue.get_nowait())
                 failed = await self._apply(projections, stream, batch)
                 if failed:
-                    # A failing projection must not stop the others: they have applied the
-                    # batch; it resumes from the same event after a pause (a new read from
-                    # the oldest checkpoint, which the others skip).
                     self.errors += 1
-                    await asyncio.sleep(1)
-                    return
+                    return failed
         finally:
             if get is not None:
                 get.cancel()
@@ -218,12 +227,13 @@ class ProjectionService:
             with contextlib.suppress(BaseException):
                 await reader
 
-    async def _apply(self, projections: list[Projection], stream: str, batch: list[Entry]) -> bool:
-        """Apply a batch to the stream's projections; True when one of them raised (the
-        others are applied one by one then, so the healthy ones move on)."""
+    async def _apply(self, projections: list[Projection], stream: str,
+                     batch: list[Entry]) -> list[Projection]:
+        """Apply a batch to the stream's projections; those that raised (the others are
+        applied one by one then, so the healthy ones move on)."""
         assert self.store is not None
         applied: list[Projection] = []
-        failed = False
+        failed: list[Projection] = []
         async with self._lock:
             try:
                 self.applied += await self._in_thread(self.store.apply_all, projections, stream, batch)
@@ -234,7 +244,7 @@ class ProjectionService:
                         self.applied += await self._in_thread(self.store.apply, projection, stream, batch)
                         applied.append(projection)
                     except Exception:
-                        failed = True
+                        failed.append(projection)
                         log.exception("projection failed", extra={"projection": projection.name})
         async with self._progress:
             for projection in applied:
