@@ -132,6 +132,7 @@ async def _range(bus: Bus, stream: str, subject: str, first: int, last: int) -> 
 
 
 _BATCH = 1024  # messages per direct-get request
+_DIRECT_TIMEOUT = 2.0  # seconds without an answer before the consumer path is taken
 _DIRECT_HEADERS = frozenset({"Nats-Stream", "Nats-Subject", "Nats-Sequence", "Nats-Time-Stamp",
                              "Nats-Num-Pending", "Nats-Last-Sequence"})
 
@@ -151,29 +152,26 @@ async def _direct_range(bus: Bus, stream: str, subject: str, first: int,
                                  reply=inbox)
             while True:
                 msg = await sub.next_msg(timeout=_DIRECT_TIMEOUT)
-                headers = msg.headers or {}
-                if "Status" in headers:
-                    break  # 204: the end of this batch; 404: nothing (more) matches
-                seq = int(headers["Nats-Sequence"])
-                if seq <= last:
-                    entries.append(_direct_entry(stream, seq, msg))
-                seq += 1
-            if "Status" in headers and headers["Status"] != "204":
-                break
+                status = (msg.headers or {}).get("Status")
+                if status == "204":
+                    break  # the end of this batch
+                if status is not None:
+                    return None  # 404: this replica has nothing more; or an error
+                entry = _direct_entry(stream, msg)
+                if entry.seq <= last:
+                    entries.append(entry)
+                seq = entry.seq + 1
     except (nats.errors.Error, TimeoutError, KeyError, ValueError):
         return None
     finally:
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
-    return entries if entries and entries[-1].seq == last else None
+    return entries
 
 
-_DIRECT_TIMEOUT = 2.0  # seconds without an answer before the consumer path is taken
-
-
-def _direct_entry(stream: str, seq: int, msg: Msg) -> Entry:
+def _direct_entry(stream: str, msg: Msg) -> Entry:
     headers = msg.headers or {}
-    return _decoded(stream, seq, headers["Nats-Subject"],
+    return _decoded(stream, int(headers["Nats-Sequence"]), headers["Nats-Subject"],
                     {k: v for k, v in headers.items() if k not in _DIRECT_HEADERS}, msg.data)
 
 
