@@ -339,6 +339,28 @@ def health(nats: NatsOpt = None,
         raise typer.Exit(1)
 
 
+@app.command()
+def doctor(nats: NatsOpt = None, data_dir: DataOpt = None,
+           port: Annotated[int, typer.Option("--port", "--nats-port",
+                                             help="Port of the embedded nats-server.")] = 4222,
+           actors: Annotated[str, typer.Option(help="Comma-separated actors to run.")] = ",".join(ACTORS),
+           edge_port: Annotated[int | None, typer.Option(
+               "--edge-port", envvar="VAGENT_EDGE_PORT", help="Port of the API (default: edge.port, 8000).")
+               ] = None,
+           dev: Annotated[bool, typer.Option(
+               "--dev", help="Also require what the test suite needs (uv, Chromium).")] = False,
+           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Can `vagent up` start here? One line per check, with a fix under each failure; takes
+    `vagent up`'s options so it checks what you will start. Exit code 0 if nothing failed."""
+    from cli.doctor import Options, exit_code, render, resolve_data_dir, run_checks, to_json
+
+    checks = run_checks(Options(
+        data_dir=resolve_data_dir(data_dir), nats_port=port, nats_url=nats, edge_port=edge_port,
+        actors=tuple(a.strip() for a in actors.split(",") if a.strip()), dev=dev))
+    print(to_json(checks) if as_json else render(checks, color=sys.stdout.isatty()))
+    raise typer.Exit(exit_code(checks))
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 UserOpt = Annotated[str | None, typer.Option("--user", help="Only this user's (email or user id).")]
 WhoArg = Annotated[str, typer.Argument(metavar="EMAIL_OR_ID", help="The user's email or user id.")]
