@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -24,9 +25,9 @@ from actors.config import load
 from actors.history import build_messages
 from actors.intents import is_exit_intent
 from actors.llm import provider_configs
-from actors.providers import ProviderChain, ProviderFailed, may_be_tool_call
+from actors.providers import ProviderChain, ProviderFailed
 from actors.sentences import SentenceSplitter
-from actors.toolcall_adapter import parse_bare_tool_calls
+from actors.toolcall_adapter import ToolTextGuard, repair
 from actors.tools.catalog import catalog
 from actors.tools.spec import ToolSpec, openai_tool
 from bus.client import Message, Subscription
@@ -55,6 +56,9 @@ from schemas import (
 
 INPUTS = (UserText, TranscriptFinal)
 CATALOG_TTL = 5.0
+# Said instead of a tool call that cannot be run (a tool that does not exist, unreadable
+# JSON) when the model has no second chance: better than silence, never the JSON itself.
+UNUSABLE_CALL_ANSWER = "Sorry, I couldn't work that out. Could you ask me another way?"
 
 
 def order_by_turn(entries: list[Entry]) -> list[Entry]:
@@ -94,6 +98,27 @@ def enabled_tools(shared: list[ToolSpec], profile: AssistantProfile | None) -> l
     return [spec for spec in shared if spec.name in enabled or spec.source == "kb"]
 
 
+def resolve_calls(calls: list[ToolCallRef], known: set[str]
+                  ) -> tuple[list[ToolCallRef], list[ToolCallRef], str | None]:
+    """The calls to make, those among them naming no offered tool (to be refused), and the
+    model's originals of the calls that were changed (as JSON), if any. A call to a tool
+    that does not exist becomes a call to one that does what it asks when its arguments
+    fit (`square_root` → `calculator`)."""
+    asked: list[ToolCallRef] = []
+    refused: list[ToolCallRef] = []
+    changed: list[dict[str, str]] = []
+    for call in calls:
+        fixed = None if call.name in known else repair(call.name, call.arguments, known)
+        if fixed is not None:
+            changed.append({"name": call.name, "arguments": call.arguments})
+            call = ToolCallRef(call_id=call.call_id, name=fixed[0], arguments=fixed[1])
+        elif call.name not in known:
+            refused.append(call)
+        asked.append(call)
+    originals = json.dumps(changed, ensure_ascii=False) if changed else None
+    return asked, refused, originals
+
+
 @dataclass
 class _Run:
     """One streaming step of a turn, observable after a cancellation."""
@@ -123,7 +148,7 @@ class Dialogue(Actor):
     consumes: ClassVar[tuple[str, ...]] = ("session.started", "user.text", "transcript.final",
                                            "tool.result")
     emits: ClassVar[frozenset[str]] = frozenset({
-        "turn.started", "assistant.sentence", "assistant.message", "tool.call",
+        "turn.started", "assistant.sentence", "assistant.message", "tool.call", "tool.result",
         "turn.interrupted", "session.ended", "error"})
     concurrency: ClassVar[int] = 64
 
@@ -274,10 +299,10 @@ class Dialogue(Actor):
             return
         await run.stored()
         splitter = SentenceSplitter(first_clause_chars=settings.first_clause_chars)
+        guard = ToolTextGuard()  # tool calls written as text are never shown or spoken
         calls: dict[int, dict[str, Any]] = {}
         usage, model = Usage(), answer.provider.config.model
         ttft_ms: float | None = None
-        held = False  # content that may turn out to be a bare JSON tool call is not spoken yet
         async for chunk in answer.chunks:
             model = chunk.model or model
             if chunk.usage:
@@ -296,41 +321,57 @@ class Dialogue(Actor):
                 if call.function:
                     slot["name"] += call.function.name or ""
                     slot["arguments"] += call.function.arguments or ""
-            if not delta.content:
-                continue
-            if not run.parts and known and may_be_tool_call(delta.content):
-                held = True
-            run.parts.append(delta.content)
-            if not held:
-                await ctx.live(AssistantDelta(session_id=sid, turn_id=turn_id,
-                                              text=delta.content, index=len(run.parts) - 1))
-                for sentence in splitter.feed(delta.content):
-                    await self._say(ctx, run, sentence, started)
+            if delta.content:
+                await self._show(ctx, run, splitter, guard.feed(delta.content), started)
+        await self._show(ctx, run, splitter, guard.finish(), started)
         text = "".join(run.parts)
-        found = [(c["id"], c["name"], c["arguments"] or "{}") for _, c in sorted(calls.items())]
-        if not found and held:
-            bare = parse_bare_tool_calls(text, known)
-            if bare:
-                found = [(derived_id(turn_id, "call", steps * 100 + i), name, arguments)
-                         for i, (name, arguments) in enumerate(bare)]
-                text = ""
-            else:  # it was ordinary text after all: speak it now
-                await ctx.live(AssistantDelta(session_id=sid, turn_id=turn_id, text=text))
-                for sentence in splitter.feed(text):
-                    await self._say(ctx, run, sentence, started)
-        if not found:
+        found = [ToolCallRef(call_id=c["id"], name=c["name"], arguments=c["arguments"] or "{}")
+                 for _, c in sorted(calls.items())]
+        bare = guard.calls() if not found else None
+        if bare:
+            found = [ToolCallRef(call_id=derived_id(turn_id, "call", steps * 100 + i), name=name,
+                                 arguments=arguments) for i, (name, arguments) in enumerate(bare)]
+        asked, refused, originals = resolve_calls(found, known)
+        withheld = "".join(guard.withheld) or originals
+        retry = bool(specs) and not any(isinstance(e, ToolCall) and e.route == "dialogue" for e in turn)
+        if refused and not retry:
+            asked, refused = [], []  # no second chance: the model answers without them
+        if not asked and not text.strip() and withheld:
+            # Nothing to say and nothing to run: a short apology, never the call's JSON.
+            await self._show(ctx, run, splitter, UNUSABLE_CALL_ANSWER, started)
+            text = "".join(run.parts)
+        if not asked:
             for sentence in splitter.flush():
                 await self._say(ctx, run, sentence, started)
         total_ms = (time.perf_counter() - started) * 1000
         await ctx.emit(AssistantMessage(
             session_id=sid, turn_id=turn_id, text=text, model=model,
             provider=answer.provider.name, usage=usage, ttft_ms=ttft_ms, total_ms=total_ms,
-            tool_calls=[ToolCallRef(call_id=i, name=n, arguments=a) for i, n, a in found],
+            tool_calls=asked, withheld=withheld,
         ))
-        for call_id, name, arguments in found:
-            await ctx.emit(ToolCall(session_id=sid, turn_id=turn_id, call_id=call_id, name=name,
-                                    arguments=arguments,
-                                    route="device" if name in device else "tools"))
+        unknown = {call.call_id for call in refused}
+        for call in asked:
+            route = ("dialogue" if call.call_id in unknown else "device" if call.name in device
+                     else "tools")
+            await ctx.emit(ToolCall(session_id=sid, turn_id=turn_id, call_id=call.call_id,
+                                    name=call.name, arguments=call.arguments, route=route))
+        for call in refused:
+            # Answered here, so the model can try again within the step budget.
+            await ctx.emit(ToolResult(
+                session_id=sid, turn_id=turn_id, call_id=call.call_id, name=call.name,
+                content=f"unknown tool {call.name!r}; available: {', '.join(sorted(known))}",
+                is_error=True))
+
+    async def _show(self, ctx: Context, run: _Run, splitter: SentenceSplitter, text: str,
+                    started: float) -> None:
+        """Stream `text` to the client and speak its complete sentences."""
+        if not text:
+            return
+        run.parts.append(text)
+        await ctx.live(AssistantDelta(session_id=run.session_id, turn_id=run.turn_id, text=text,
+                                      index=len(run.parts) - 1))
+        for sentence in splitter.feed(text):
+            await self._say(ctx, run, sentence, started)
 
     async def _tools(self) -> list[ToolSpec]:
         """The tool catalog, re-read at most every CATALOG_TTL seconds: it changes rarely,

@@ -118,13 +118,18 @@ class AssistantMessage(SessionEvent, tag="assistant.message", kw_only=True):
     total_ms: float | None = None
     interrupted: bool = False
     tool_calls: list[ToolCallRef] = msgspec.field(default_factory=list)
+    # What the model wrote that nobody saw or heard: tool calls written as text (taken out
+    # of the answer), the original of a call that was repaired, or of a call that was refused.
+    withheld: str | None = None
 
 
 class ToolCall(SessionEvent, tag="tool.call", kw_only=True):
     call_id: str
     name: str
     arguments: str = "{}"  # JSON text, as the model wrote it
-    route: str = "tools"  # who answers: "tools" (the tools actor) or "device" (the session's edge)
+    # Who answers: "tools" (the tools actor), "device" (the session's edge), or "dialogue"
+    # (a call to a tool that was not offered: the dialogue answers it with an error).
+    route: str = "tools"
 
 
 class SessionToolSpec(msgspec.Struct, omit_defaults=True):

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from actors import config as settings
+from actors.dialogue import UNUSABLE_CALL_ANSWER
 from actors.runtime import ActorHost
-from bus.client import Bus
+from bus.client import Bus, Message
 from bus.log import load
 from cli.echo_llm import OpenAIServer
 from schemas import (
+    AssistantDelta,
     AssistantMessage,
     AssistantSentence,
     Event,
@@ -24,6 +28,7 @@ from schemas import (
     ToolResult,
     TurnInterrupted,
     UserText,
+    decode,
     new_id,
 )
 
@@ -319,3 +324,167 @@ async def test_a_small_model_gets_the_question_alone_to_decide_on_a_tool(
     assert "tools" not in answer and answer["messages"][-1]["content"].startswith("use calculator")
     assert "- calculator: 17*23 = 391" in answer["messages"][0]["content"]
     assert all(m["role"] != "tool" for m in answer["messages"])
+
+
+# --- tool calls written as text, naming tools that do not exist ---------------------------
+
+class Scripted(OpenAIServer):
+    """Answers with `script`'s texts in turn (streamed word by word, as the echo server
+    does), then echoes."""
+
+    def __init__(self, *script: str) -> None:
+        super().__init__()
+        self.script = list(script)
+
+    def reply_for(self, messages: list[dict[str, Any]]) -> str:
+        return self.script.pop(0) if self.script else super().reply_for(messages)
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., Scripted]]:
+    started: list[Scripted] = []
+
+    def make(*script: str) -> Scripted:
+        started.append(Scripted(*script).start())
+        return started[-1]
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@contextlib.asynccontextmanager
+async def live_deltas(bus: Bus, session_id: str) -> AsyncIterator[list[str]]:
+    """The text of every assistant.delta published for the session meanwhile."""
+    seen: list[str] = []
+
+    async def on_message(msg: Message) -> None:
+        event = decode(msg.data)
+        if isinstance(event, AssistantDelta):
+            seen.append(event.text)
+
+    sub = await bus.subscribe(f"vagent.session.{session_id}.live.assistant.delta", on_message)
+    await bus.flush()
+    try:
+        yield seen
+    finally:
+        await asyncio.sleep(0.2)  # deltas still on their way
+        await sub.stop()
+
+
+def unseen(deltas: list[str], events: list[Event], *fragments: str) -> None:
+    """None of `fragments` was shown (a delta) or spoken or displayed (a sentence)."""
+    sentences = [t for e in events if isinstance(e, AssistantSentence)
+                 for t in (e.text, e.display_text or "")]
+    shown = "".join(deltas)
+    for fragment in fragments:
+        assert fragment not in shown, (fragment, deltas)
+        assert not any(fragment in t for t in sentences), (fragment, sentences)
+
+
+async def test_a_call_to_an_unknown_tool_is_never_shown_or_spoken_and_the_model_is_told(
+        bus: Bus, scripted: Callable[..., Scripted], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+    bare = '{"name": "lookup_weather", "arguments": {"city": "Oslo"}}'
+    llm = scripted(bare, "I cannot look up the weather, sorry.")
+    write_config(tmp_path, monkeypatch, providers_toml(llm))
+    await start("tools")
+    await start("dialogue")
+    s = "d" + new_id()
+    async with live_deltas(bus, s) as deltas:
+        await bus.publish(UserText(session_id=s, text="what is the weather in Oslo?"))
+        events = await wait_for(bus, s, lambda ev: bool(finals(ev)))
+    unseen(deltas, events, "{", "lookup_weather")
+    step = next(e for e in events if isinstance(e, AssistantMessage) and e.tool_calls)
+    assert step.text == "" and step.withheld == bare  # recorded, word for word
+    call = next(e for e in events if isinstance(e, ToolCall))
+    assert (call.name, call.route) == ("lookup_weather", "dialogue")
+    results = [e for e in events if isinstance(e, ToolResult)]
+    assert len(results) == 1 and results[0].is_error  # the tools actor left it alone
+    assert results[0].content.startswith("unknown tool 'lookup_weather'; available: ")
+    assert "calculator" in results[0].content and "get_time" in results[0].content
+    # The model read the refusal and answered in words.
+    assert llm.requests[-1]["messages"][-1]["content"] == results[0].content
+    assert finals(events)[0].text == "I cannot look up the weather, sorry."
+    assert " ".join(e.text for e in events if isinstance(e, AssistantSentence)) == (
+        "I cannot look up the weather, sorry.")
+
+
+async def test_unknown_tool_calls_without_a_second_chance_end_in_a_short_apology(
+        bus: Bus, scripted: Callable[..., Scripted], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+    fenced = '```json {"name": "Ada"} ```'
+    llm = scripted(fenced, "\n" + fenced)  # it does it again after being told
+    write_config(tmp_path, monkeypatch, providers_toml(llm))
+    await start("tools")
+    await start("dialogue")
+    s = "d" + new_id()
+    async with live_deltas(bus, s) as deltas:
+        await bus.publish(UserText(session_id=s, text="my name is Ada"))
+        events = await wait_for(bus, s, lambda ev: bool(finals(ev)))
+    unseen(deltas, events, "{", "`", "Ada")
+    assert len(llm.requests) == 2  # one retry, then no more
+    final = finals(events)[0]
+    assert final.text == UNUSABLE_CALL_ANSWER and final.withheld and "Ada" in final.withheld
+    assert "".join(deltas) == UNUSABLE_CALL_ANSWER
+    assert [e.text for e in events if isinstance(e, AssistantSentence)] == [
+        "Sorry, I couldn't work that out.", "Could you ask me another way?"]
+
+
+
+async def test_a_call_with_no_tools_to_offer_is_answered_with_the_apology_at_once(
+        bus: Bus, scripted: Callable[..., Scripted], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+    llm = scripted('{"name": "calculate", "arguments": {"expression": "2+2"}}')
+    write_config(tmp_path, monkeypatch, providers_toml(llm) + "[tools]\nmax_steps = 0\n")
+    await start("dialogue")
+    s = "d" + new_id()
+    async with live_deltas(bus, s) as deltas:
+        await bus.publish(UserText(session_id=s, text="two plus two"))
+        events = await wait_for(bus, s, lambda ev: bool(finals(ev)))
+    unseen(deltas, events, "{", "calculate")
+    assert "tools" not in llm.requests[0] and len(llm.requests) == 1
+    assert finals(events)[0].text == UNUSABLE_CALL_ANSWER
+    assert not any(isinstance(e, ToolCall) for e in events)
+
+async def test_a_misnamed_call_is_repaired_onto_the_tool_that_does_it(
+        bus: Bus, scripted: Callable[..., Scripted], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+    bare = '{"name": "square_root", "arguments": {"number": 16}}'
+    llm = scripted(bare)
+    write_config(tmp_path, monkeypatch, providers_toml(llm))
+    await start("tools")
+    await start("dialogue")
+    s = "d" + new_id()
+    async with live_deltas(bus, s) as deltas:
+        await bus.publish(UserText(session_id=s, text="what is the square root of sixteen?"))
+        events = await wait_for(bus, s, lambda ev: bool(finals(ev)))
+    unseen(deltas, events, "{", "square_root")
+    call = next(e for e in events if isinstance(e, ToolCall))
+    assert (call.name, json.loads(call.arguments), call.route) == (
+        "calculator", {"expression": "sqrt(16)"}, "tools")
+    step = next(e for e in events if isinstance(e, AssistantMessage) and e.tool_calls)
+    assert step.withheld == bare
+    assert next(e for e in events if isinstance(e, ToolResult)).content == "sqrt(16) = 4"
+    assert finals(events)[0].text == "The tool said: sqrt(16) = 4."
+
+
+async def test_prose_streams_at_once_and_json_inside_it_is_taken_out(
+        bus: Bus, scripted: Callable[..., Scripted], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+    llm = scripted('Let me check. {"name": "get_time", "arguments": {}} One moment please.')
+    llm.token_delay = 0.3
+    write_config(tmp_path, monkeypatch, providers_toml(llm))
+    await start("dialogue")
+    s = "d" + new_id()
+    async with live_deltas(bus, s) as deltas:
+        await bus.publish(UserText(session_id=s, text="what time is it?"))
+        await wait_for(bus, s, lambda ev: any(isinstance(e, AssistantSentence) for e in ev))
+        first_sentence_at = len(deltas)
+        events = await wait_for(bus, s, lambda ev: bool(finals(ev)))
+    # The first sentence was out before the JSON that follows it had even arrived.
+    assert "".join(deltas[:first_sentence_at]) == "Let me check. "
+    unseen(deltas, events, "{", "get_time")
+    final = finals(events)[0]
+    assert final.text == "Let me check.  One moment please." and "get_time" in (final.withheld or "")
+    assert not any(isinstance(e, ToolCall) for e in events)  # mixed with prose: not run

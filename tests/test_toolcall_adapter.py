@@ -1,10 +1,13 @@
-"""Bare tool calls in `content`: recovered only when the whole content is calls to known tools."""
+"""Bare tool calls in `content`: recovered only when the whole content is calls to known tools;
+taken out of a streamed answer as they arrive; calls to tools that do not exist repaired."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from actors.toolcall_adapter import parse_bare_tool_calls
+from actors.toolcall_adapter import ToolTextGuard, bare_tool_calls, parse_bare_tool_calls, repair
 
 TOOLS = {"get_time", "calculator"}
 
@@ -81,3 +84,109 @@ def test_not_calls(content: str) -> None:
 
 def test_no_known_tools_means_no_calls() -> None:
     assert parse_bare_tool_calls('{"name": "get_time", "arguments": {}}', set()) is None
+
+
+def test_calls_to_any_tool_are_read_but_only_known_ones_recovered() -> None:
+    text = '{"name": "square_root", "arguments": {"number": 16}}'
+    assert bare_tool_calls(text) == [("square_root", '{"number": 16}')]
+    assert parse_bare_tool_calls(text, TOOLS) is None
+    assert bare_tool_calls("```json {\"name\": \"Ada\"} ```") == [("Ada", "{}")]
+    assert bare_tool_calls("{'name': 'get_time', 'arguments': {}}") == [("get_time", "{}")]
+
+
+# --- the stream guard --------------------------------------------------------------------
+
+GUARDED: list[tuple[str, str, str, list[tuple[str, str]] | None]] = [
+    # (case, content, shown, calls)
+    ("prose", "It is ten thirty.", "It is ten thirty.", None),
+    ("a bare call", '{"name": "get_time", "arguments": {}}', "", [("get_time", "{}")]),
+    ("an unknown tool", '\n {"name": "square_root", "arguments": {"number": 16}}', "",
+     [("square_root", '{"number": 16}')]),
+    ("a fence on one line", '```json {"name": "Ada"} ```', "", [("Ada", "{}")]),
+    ("a fence", '```json\n{"name": "calculate", "arguments": {"expression": "2+2"}}\n```', "",
+     [("calculate", '{"expression": "2+2"}')]),
+    ("tags", '<tool_call>\n{"name": "get_time"}\n</tool_call>\n<tool_call>{"name": "calculator", '
+     '"arguments": {"expr": "3*4"}}</tool_call>', "",
+     [("get_time", "{}"), ("calculator", '{"expr": "3*4"}')]),
+    ("objects with a comma", '{"name": "get_time"}, {"name": "get_time", "arguments": {"tz": "UTC"}}',
+     "", [("get_time", "{}"), ("get_time", '{"tz": "UTC"}')]),
+    ("a list", '[{"name": "get_time"}, {"name": "calculator", "arguments": {"expr": "2"}}]', "",
+     [("get_time", "{}"), ("calculator", '{"expr": "2"}')]),
+    ("python quotes", "{'name': 'get_time', 'arguments': {}}", "", [("get_time", "{}")]),
+    ("cut off", '{"name": "get_time", "arguments": {"timezone": "Eu', "", None),
+    ("prose before", 'Sure: {"name": "get_time", "arguments": {}}', "Sure: ", None),
+    ("prose after", '{"name": "get_time"} I will check.', " I will check.", None),
+    ("a placeholder", "Use {name} as a placeholder.", "Use {name} as a placeholder.", None),
+    ("data", '{"answer": 42}', '{"answer": 42}', None),
+    ("data with a name", '{"name": "John", "age": 30}', '{"name": "John", "age": 30}', None),
+    ("a list of numbers", "[1, 2, 3] are numbers.", "[1, 2, 3] are numbers.", None),
+    ("inline code", "`ls` lists files.", "`ls` lists files.", None),
+    ("a code block", "Code:\n```python\nprint(1)\n```\nDone.", "Code:\n```python\nprint(1)\n```\nDone.",
+     None),
+    ("html", "<b>bold</b> a < b", "<b>bold</b> a < b", None),
+]
+
+
+def guarded(parts: list[str]) -> tuple[str, ToolTextGuard]:
+    guard = ToolTextGuard()
+    shown = "".join(guard.feed(part) for part in parts) + guard.finish()
+    return shown, guard
+
+
+@pytest.mark.parametrize(("content", "shown", "calls"), [c[1:] for c in GUARDED], ids=[c[0] for c in GUARDED])
+def test_guard_takes_call_text_out_however_the_stream_is_cut(
+        content: str, shown: str, calls: list[tuple[str, str]] | None) -> None:
+    cuts = [[content], list(content)]
+    rng = random.Random(content)
+    for _ in range(30):
+        points = sorted(rng.sample(range(1, len(content)), min(len(content) - 1, rng.randint(1, 8))))
+        cuts.append([content[a:b] for a, b in zip([0, *points], [*points, len(content)], strict=True)])
+    for parts in cuts:
+        out, guard = guarded(parts)
+        assert out == shown, parts
+        assert guard.calls() == calls, parts
+        assert len(out) + sum(map(len, guard.withheld)) == len(content)  # nothing lost
+
+
+def test_guard_holds_back_only_what_may_begin_a_call() -> None:
+    guard = ToolTextGuard()
+    assert guard.feed("Hello there.") == "Hello there."  # prose: at once
+    assert guard.feed(" It is") == " It is"
+    assert guard.feed(" {") == " "  # may be JSON: wait for the next character
+    assert guard.feed('"name": "get_time"') == ""  # JSON: wait for its end
+    assert guard.feed("}") == ""  # a call: never shown
+    assert guard.feed(" or `") == " or "
+    assert guard.feed("x`.") == "`x`."  # inline code, not a fence
+    assert guard.finish() == ""
+    assert guard.withheld == ['{"name": "get_time"}'] and guard.calls() is None  # not only calls
+    opening = ToolTextGuard()
+    assert opening.feed("\n") == ""  # white space waits for what follows it
+    assert opening.feed("Hi") == "\nHi"
+
+
+@pytest.mark.parametrize(("name", "arguments", "expected"), [
+    ("square_root", '{"number": 16}', ("calculator", '{"expression": "sqrt(16)"}')),
+    ("sqrt", '{"x": "2.5"}', ("calculator", '{"expression": "sqrt(2.5)"}')),
+    ("calculate", '{"expression": "17*23"}', ("calculator", '{"expression": "17*23"}')),
+    ("math", '{"input": "2 + 2"}', ("calculator", '{"expression": "2 + 2"}')),
+    ("add", '{"a": 2, "b": 3}', ("calculator", '{"expression": "2 + 3"}')),
+    ("sum", '{"numbers": [1, 2, 3]}', ("calculator", '{"expression": "1 + 2 + 3"}')),
+    ("power", '{"base": 2, "exponent": 10}', ("calculator", '{"expression": "2 ** 10"}')),
+    ("get_current_time", "{}", ("get_time", "{}")),
+    ("current_time", '{"location": "Asia/Tokyo"}', ("get_time", '{"timezone": "Asia/Tokyo"}')),
+    ("functions.get_time", "{}", ("get_time", "{}")),
+    ("Calculator", '{"expression": "1"}', ("calculator", '{"expression": "1"}')),
+    ("Ada", "{}", None),
+    ("lookup_weather", '{"city": "Oslo"}', None),
+    ("square_root", '{"number": "sixteen"}', None),  # the arguments do not fit
+    ("subtract", '{"a": 1, "b": 2, "c": 3}', None),  # which order? not a guess to make
+    ("calculate", "{}", None),
+    ("calculate", "[1]", None),
+])
+def test_repair(name: str, arguments: str, expected: tuple[str, str] | None) -> None:
+    assert repair(name, arguments, TOOLS) == expected
+
+
+def test_repair_only_onto_offered_tools() -> None:
+    assert repair("square_root", '{"number": 16}', {"get_time"}) is None
+    assert repair("get_current_time", "{}", {"calculator"}) is None
