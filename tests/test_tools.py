@@ -4,6 +4,8 @@ server, MCP servers over stdio and streamable HTTP (tests/mcp_server.py)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import sys
 import threading
 import time
@@ -137,6 +139,60 @@ async def test_get_time_unknown_zone_is_a_clear_error(zone: str) -> None:
     tool = get_time(BuiltinContext(Config()))
     with pytest.raises(ToolError, match=r"unknown time zone .* IANA name"):
         await tool.call({"timezone": zone})
+
+
+@pytest.fixture
+def bogota_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The server's local zone is America/Bogota (UTC-5 all year), so "local" is told apart
+    from any zone a test names."""
+    monkeypatch.setenv("TZ", "America/Bogota")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_get_time_offers_no_example_zone_to_copy() -> None:
+    spec = openai_tool(get_time(BuiltinContext(Config())).spec)
+    text = json.dumps(spec)
+    assert not re.search(r"[A-Z][a-z]+/[A-Z]", text), text  # no Europe/Paris, no Area/City
+    assert "only when the user names a place" in text
+
+
+@pytest.mark.parametrize(("said", "zone", "expected"), [
+    (["what time is it?"], "Europe/Paris", "local"),
+    (["What's the time now, please?"], "America/New_York", "local"),
+    (["use get_time"], "UTC", "local"),
+    (["现在几点了？"], "Asia/Shanghai", "local"),
+    (["what time is it?"], "Area/City", "local"),  # a placeholder copied: no error either
+    (["what time is it in Paris?"], "Europe/Paris", "Europe/Paris"),
+    (["what time is it in france"], "Europe/Paris", "Europe/Paris"),  # the country
+    (["time in Tokyo please", "and now?"], "Asia/Tokyo", "Asia/Tokyo"),  # named a turn before
+    (["what's the time in Beijing"], "Asia/Shanghai", "Asia/Shanghai"),  # a place it cannot map
+    (["北京现在几点"], "Asia/Shanghai", "Asia/Shanghai"),
+    (["what time is it in tokyo"], "tokyo", "Asia/Tokyo"),  # a city for a zone
+    (["what time is it?"], "local", "local"),
+    (None, "Europe/Paris", "Europe/Paris"),  # outside a session: as asked
+])
+def test_get_time_uses_a_zone_only_when_the_user_asked_for_it(
+        bogota_clock: None, said: list[str] | None, zone: str, expected: str) -> None:
+    from actors.tools.clock import answer
+
+    result = answer({"timezone": zone}, said)
+    if expected == "local":
+        assert "time zone -05 (server local time), UTC-05:00" in result, result
+        assert zone == "local" or "not used: the user named no place" in result
+        assert "Paris" not in result and "/" not in result.split(";")[0]
+    else:
+        assert f"time zone {expected}," in result and "server local" not in result, result
+
+
+def test_get_time_refuses_a_zone_it_cannot_find_when_the_user_named_one(bogota_clock: None) -> None:
+    from actors.tools.clock import answer
+
+    with pytest.raises(ToolError, match=r"unknown time zone 'Narnia/Cair'.*IANA name"):
+        answer({"timezone": "Narnia/Cair"}, ["what time is it in Narnia?"])
+    assert "time zone UTC," in answer({"tz": "UTC"}, None)  # what small models call it
 
 
 async def test_unknown_builtin_is_a_config_error() -> None:

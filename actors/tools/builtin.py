@@ -15,15 +15,13 @@ import inspect
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from actors.config import Config, ConfigError
 from actors.tools.calc import CalcError, evaluate, format_number
 from actors.tools.spec import Tool, ToolError, ToolSpec
 from bus.client import Bus
-from schemas import ToolCall
+from schemas import ToolCall, TranscriptFinal, UserText
 
 # The call being answered, set by the tools actor around each run: a tool that needs the
 # session (knowledge_search reads the session's assistant) finds it here.
@@ -80,34 +78,51 @@ class FunctionTool(Tool):
         return result if isinstance(result, str) else str(result)
 
 
-def _now(timezone: str | None = None) -> str:
-    if timezone is not None and not isinstance(timezone, str):
-        raise ToolError("timezone must be a string such as 'Europe/Paris'")
-    if timezone and timezone.strip() and timezone.strip().lower() != "local":
-        try:
-            zone = ZoneInfo(timezone.strip())
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ToolError(f"unknown time zone {timezone!r}; use an IANA name such as "
-                            "'Europe/Paris', 'America/New_York' or 'UTC'") from None
-        now = datetime.now(zone)
-        label = zone.key
-    else:
-        now = datetime.now().astimezone()
-        label = f"{now.tzname()} (server local time)"
-    offset = now.strftime("%z")
-    return (f"{now:%A %d %B %Y, %H:%M:%S} {label}, UTC{offset[:3]}:{offset[3:]}; "
-            f"ISO {now.isoformat(timespec='seconds')}")
+class TimeTool(Tool):
+    """The current date and time, in the local zone unless the user asked for another
+    (see actors/tools/clock.py for how a zone the model passes is judged)."""
+
+    SAID_TURNS = 3  # the user inputs that may name the place: this turn's and the two before
+
+    def __init__(self, bus: Bus | None) -> None:
+        # No example zone anywhere: small models copy it into every call (issue #13).
+        self.spec = ToolSpec(
+            name="get_time",
+            description=("The current date and time. Without a time zone it is the user's "
+                         "local time. Pass a time zone only when the user names a place or "
+                         "a time zone."),
+            parameters={"type": "object", "properties": {"timezone": {
+                "type": "string",
+                "description": ("only when the user names a place or time zone: the IANA time "
+                                "zone name of that place; leave it out otherwise"),
+            }}},
+        )
+        self.bus = bus
+
+    async def call(self, arguments: dict[str, Any]) -> str:
+        from actors.tools.clock import answer
+
+        said = await self._said()
+        # The first call reads tzdata's tables: off the event loop.
+        return await asyncio.to_thread(answer, arguments, said)
+
+    async def _said(self) -> list[str] | None:
+        """What the user said up to this call's turn, or None outside a session."""
+        from bus.log import load
+
+        call = current_call.get()
+        if call is None or self.bus is None:
+            return None
+        entries, _ = await load(self.bus, "session", call.session_id)
+        inputs = [e.event for e in entries if isinstance(e.event, UserText | TranscriptFinal)]
+        upto = next((i for i, e in enumerate(inputs) if e.id == call.turn_id), None)
+        if upto is None:
+            return None
+        return [e.text for e in inputs[max(0, upto + 1 - self.SAID_TURNS):upto + 1]]
 
 
 def get_time(ctx: BuiltinContext) -> Tool:
-    return FunctionTool(ToolSpec(
-        name="get_time",
-        description="The current date and time, in a given time zone or the server's local time.",
-        parameters={"type": "object", "properties": {"timezone": {
-            "type": "string",
-            "description": "IANA time zone name such as 'Europe/Paris'; omit for local time",
-        }}},
-    ), _now)
+    return TimeTool(ctx.bus)
 
 
 def _calculate(expression: str) -> str:
