@@ -585,6 +585,35 @@ def bench_dialogue(nats: NatsOpt = None,
                      log_level="WARNING"))
 
 
+@bench_app.command("local-llm")
+def bench_local_llm(
+        model: Annotated[list[str] | None, typer.Option(
+            "--model", help="A local model to measure (repeat; default: every known model).")] = None,
+        base_url: Annotated[str | None, typer.Option(
+            help="Measure a llama.cpp server already running here instead (its /v1 URL).")] = None,
+        served_name: Annotated[str, typer.Option(help="The model name that server answers to.")] = "local",
+        pid: Annotated[int | None, typer.Option(help="That server's pid, for its peak RSS.")] = None,
+        eval_set: Annotated[bool, typer.Option(
+            "--eval/--no-eval", help="Ask the eval set through the dialogue (else the runtime only).")
+                            ] = True,
+        threads: Annotated[int, typer.Option(help="Threads for the local server.")] = 2,
+        answers: Annotated[Path | None, typer.Option(help="Write every answer to this JSON file.")] = None,
+        ) -> None:
+    """Local model candidates side by side: eval score, first delta and first sentence
+    p50/p95, generation and prompt tokens/s, peak RSS."""
+    from actors.local_llm import MODELS
+    from benches.local_llm import bench_local_llm as run_bench
+    from benches.local_llm import print_report
+
+    models = model or list(MODELS)
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise typer.BadParameter(f"unknown local model {unknown[0]!r}; known: {', '.join(MODELS)}")
+    print_report(run(run_bench(models, base_url=base_url, served_name=served_name, pid=pid,
+                               run_eval_set=eval_set, threads=threads), log_level="WARNING"),
+                 answers_file=answers)
+
+
 @bench_app.command("edge")
 def bench_edge(nats: NatsOpt = None,
                sessions: Annotated[int, typer.Option(help="Concurrent xiaozhi devices.")] = 10,
