@@ -6,6 +6,11 @@
 - When the model calls tools, the step ends with an `assistant.message` carrying the
   calls and one `tool.call` each; the tools actor answers with `tool.result`, and the
   last missing result resumes the turn. At most `max_steps` rounds, then no tools.
+- Tool calls written as text are never shown or spoken (`ToolTextGuard`); a call to a tool
+  that was not offered is repaired, or answered with an error once, or the user hears a
+  short apology; what the model wrote is kept in `assistant.message.withheld`.
+- An assistant with documents has the question looked up before the model's first step:
+  the dialogue calls the search tool itself, and the model starts with its result.
 - Stateless: each step rebuilds its context from the session's own log.
 - One turn at a time per session: a new input (or a `turn.interrupted` from a client)
   cancels the running stream; the log keeps only what was produced.
@@ -58,6 +63,7 @@ INPUTS = (UserText, TranscriptFinal)
 CATALOG_TTL = 5.0
 # Said instead of a tool call that cannot be run (a tool that does not exist, unreadable
 # JSON) when the model has no second chance: better than silence, never the JSON itself.
+SELF = "vagent"  # assistant.message.provider of what the dialogue says or does itself
 UNUSABLE_CALL_ANSWER = "Sorry, I couldn't work that out. Could you ask me another way?"
 
 
@@ -205,7 +211,7 @@ class Dialogue(Actor):
             sid, turn_id = event.session_id, event.id
             await ctx.emit(AssistantSentence(session_id=sid, turn_id=turn_id, text=greeting))
             await ctx.emit(AssistantMessage(session_id=sid, turn_id=turn_id, text=greeting,
-                                            provider="vagent", total_ms=0.0))
+                                            provider=SELF, total_ms=0.0))
 
     async def _start_turn(self, event: UserText | TranscriptFinal, ctx: Context) -> None:
         sid, turn_id = event.session_id, event.id  # a turn is named after its input
@@ -217,7 +223,7 @@ class Dialogue(Actor):
             await ctx.emit(TurnStarted(session_id=sid, turn_id=turn_id, input_id=event.id))
             await ctx.emit(AssistantSentence(session_id=sid, turn_id=turn_id, text=settings.goodbye))
             await ctx.emit(AssistantMessage(session_id=sid, turn_id=turn_id, text=settings.goodbye,
-                                            provider="vagent", total_ms=0.0))
+                                            provider=SELF, total_ms=0.0))
             await ctx.emit(SessionEnded(session_id=sid, turn_id=turn_id, reason="user_exit"))
             return
         # Appended while the log is read and the provider opens its stream: its fsync is
@@ -244,7 +250,14 @@ class Dialogue(Actor):
             return  # an earlier result already resumed this step
         answered = {e.call_id for e in turn if isinstance(e, ToolResult)}
         if all(call.call_id in answered for call in step.tool_calls):
-            await self._step(ctx, event.session_id, event.turn_id, time.perf_counter())
+            started = time.perf_counter()
+            opened = next((e for e in turn if isinstance(e, TurnStarted)), None)
+            if opened is not None and all(m.provider == SELF for m in turn
+                                          if isinstance(m, AssistantMessage)):
+                # Only the dialogue's own search came before: the model's first token is the
+                # turn's, so it is timed from the turn's start, as the user waited.
+                started -= max(0.0, (time.time_ns() - opened.ts) / 1e9)
+            await self._step(ctx, event.session_id, event.turn_id, started)
 
     async def _step(self, ctx: Context, sid: str, turn_id: str, started: float, *,
                     began: asyncio.Task[Any] | None = None) -> None:
@@ -285,6 +298,14 @@ class Dialogue(Actor):
         if steps < tool_settings.max_steps:
             specs, device = session_tools(enabled_tools(await self._tools(), profile), entries)
         known = {s.name for s in specs}
+        if profile is not None and profile.documents and not any(
+                isinstance(e, AssistantMessage) for e in turn):
+            search = next((s for s in specs if s.source == "kb"), None)
+            question = next((e.event for e in entries if e.event is not None and e.event.id == turn_id),
+                            None)
+            if search is not None and isinstance(question, INPUTS):
+                await self._retrieve(ctx, run, search.name, question.text, started)
+                return
         system_prompt = (profile.persona if profile else "") or settings.system_prompt
         messages = build_messages(system_prompt, order_by_turn(entries),
                                   budget_tokens=settings.history_tokens)
@@ -361,6 +382,22 @@ class Dialogue(Actor):
                 session_id=sid, turn_id=turn_id, call_id=call.call_id, name=call.name,
                 content=f"unknown tool {call.name!r}; available: {', '.join(sorted(known))}",
                 is_error=True))
+
+    async def _retrieve(self, ctx: Context, run: _Run, tool: str, question: str,
+                        started: float) -> None:
+        """Search the assistant's documents for the question before the model's first step.
+        Small models do not call the search on their own (issue #13: "every 15–30 minutes"
+        instead of the manual's answer), and the search costs ~25 ms. It is an ordinary call of
+        the search tool, made by the dialogue: the log, `session show` and replay see it, the
+        model reads its result as a tool result, and the turn goes on when it arrives."""
+        call = ToolCallRef(call_id=derived_id(run.turn_id, "retrieve", 0), name=tool,
+                           arguments=json.dumps({"query": question}, ensure_ascii=False))
+        await run.stored()
+        await ctx.emit(AssistantMessage(session_id=run.session_id, turn_id=run.turn_id, text="",
+                                        provider=SELF, tool_calls=[call],
+                                        total_ms=(time.perf_counter() - started) * 1000))
+        await ctx.emit(ToolCall(session_id=run.session_id, turn_id=run.turn_id,
+                                call_id=call.call_id, name=call.name, arguments=call.arguments))
 
     async def _show(self, ctx: Context, run: _Run, splitter: SentenceSplitter, text: str,
                     started: float) -> None:

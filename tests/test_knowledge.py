@@ -29,9 +29,11 @@ from cli.echo_llm import OpenAIServer
 from projections.runtime import ProjectionService
 from schemas import (
     AssistantCreated,
+    AssistantMessage,
     DocumentIndexed,
     DocumentUploaded,
     SessionStarted,
+    ToolCall,
     ToolResult,
     UserText,
     new_id,
@@ -287,13 +289,13 @@ async def wait_indexed(bus: Bus, document_id: str) -> DocumentIndexed:
             await asyncio.sleep(0.05)
 
 
-async def test_knowledge_search_answers_with_the_document_title(
+async def test_an_assistant_with_documents_looks_the_question_up_and_cites_the_title(
         bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]],
         projections: ProjectionService) -> None:
     llm, _ = servers
     question = "how often should the dishwasher filter be cleaned"
-    llm.tool_arguments["knowledge_search"] = json.dumps({"query": question})
+    llm.tool_arguments["knowledge_search"] = json.dumps({"query": "router password"})
     write_config(tmp_path, monkeypatch, providers_toml(llm))  # default builtins
     monkeypatch.setattr("actors.indexer.Indexer.name", "indexer_" + new_id())
     await start("indexer", "tools", "dialogue")
@@ -320,25 +322,47 @@ async def test_knowledge_search_answers_with_the_document_title(
     await bus.publish(AssistantCreated(assistant_id=without, owner_id=owner, name="Plain",
                                        persona="You chat."))
 
+    # A plain question (the model calls no tool): its answer is looked up before the model's
+    # first step, as a call and result of the search tool in the log.
     s = "kb" + new_id()
     await bus.publish(SessionStarted(session_id=s, assistant_id=with_docs))
-    await bus.publish(UserText(session_id=s, text=f"use knowledge_search: {question}?"))
+    await bus.publish(UserText(session_id=s, text=f"{question}?"))
     events = await wait_for(bus, s, lambda ev: bool(finals(ev)), timeout=60)
+    types = [e.type for e in events]
+    assert types[2:7] == ["turn.started", "assistant.message", "tool.call", "tool.result",
+                          "assistant.sentence"] and types[-1] == "assistant.message", types
+    step = next(e for e in events if isinstance(e, AssistantMessage))
+    assert step.provider == "vagent" and [c.name for c in step.tool_calls] == ["knowledge_search"]
+    call = next(e for e in events if isinstance(e, ToolCall))
+    assert json.loads(call.arguments) == {"query": f"{question}?"} and call.route == "tools"
     result = next(e for e in events if isinstance(e, ToolResult))
     assert not result.is_error and result.name == "knowledge_search"
     assert result.content.startswith("[Aurora Dishwasher] (Cleaning the filter)"), result.content
     assert "once a month" in result.content
     assert "Theirs" not in result.content and "Zenith" not in result.content  # other owner, not in KB
+    first = llm.requests[0]  # the model's first request already holds the passages …
+    assert first["messages"][-1] == {"role": "tool", "tool_call_id": call.call_id,
+                                     "content": result.content}
+    assert first["messages"][-3] == {"role": "user", "content": f"{question}?"}
+    assert "knowledge_search" in [t["function"]["name"] for t in first["tools"]]  # … and may search on
     assert finals(events)[-1].text.startswith("The tool said: [Aurora Dishwasher]")
-    offered = [t["function"]["name"] for t in llm.requests[0].get("tools", [])]
-    assert "knowledge_search" in offered
+    final = finals(events)[-1]
+    assert final.ttft_ms is not None and final.ttft_ms > step.total_ms  # timed from the turn's start
+
+    # The model may still search on its own, after the look-up.
+    llm.follow_ups = ["knowledge_search"]
+    await bus.publish(UserText(session_id=s, text="and the router?"))
+    events = await wait_for(bus, s, lambda ev: len(finals(ev)) == 2, timeout=60)
+    searched = [e for e in events if isinstance(e, ToolCall)][1:]
+    assert [json.loads(e.arguments)["query"] for e in searched] == ["and the router?", "router password"]
+    assert [e.is_error for e in events if isinstance(e, ToolResult)] == [False] * 3
 
     # An assistant without documents is not offered the tool, though it is in the catalog.
     s2 = "kb" + new_id()
     await bus.publish(SessionStarted(session_id=s2, assistant_id=without))
     await bus.publish(UserText(session_id=s2, text="use knowledge_search: dishwasher filter"))
     events = await wait_for(bus, s2, lambda ev: bool(finals(ev)), timeout=60)
-    assert not any(isinstance(e, ToolResult) for e in events)
+    assert not any(isinstance(e, ToolCall | ToolResult) for e in events)  # nor is anything looked up
     assert finals(events)[-1].text.startswith("You said:")
     offered = [t["function"]["name"] for t in llm.requests[-1].get("tools", [])]
     assert "knowledge_search" not in offered and "get_time" in offered
