@@ -18,6 +18,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import api
 
 from bus import streams
@@ -76,6 +77,40 @@ class Subscription:
             await self._sub.unsubscribe()  # type: ignore[attr-defined]
         except (nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
             pass
+
+
+async def next_message(sub: NatsSubscription, timeout: float) -> Msg:
+    """The next message of a subscription made without a callback; TimeoutError after
+    `timeout` seconds without one.
+
+    In place of nats-py's `Subscription.next_msg`, which reads in a task of its own under
+    `asyncio.wait_for`: on Python 3.11 that swallows a cancellation meeting an arriving
+    message (CPython gh-86296), so a cancelled reader got the message and read on, and
+    whoever awaited its end (ProjectionService.stop, so `vagent up`'s Ctrl-C) waited forever.
+    Here the caller's own task awaits the subscription's queue under `asyncio.timeout`: a
+    cancellation always ends the wait, and a message it met stays queued. The bookkeeping is
+    nats-py's own for a consumed message (as its `messages` iterator does): the pending size
+    counts toward its slow-consumer limit, and an ordered consumer answers flow control by
+    what left the queue.
+    """
+    if sub._cb is not None:
+        raise BusError("next_message reads a subscription made without a callback")
+    if sub._conn.is_closed:
+        raise nats.errors.ConnectionClosedError
+    queue = sub._pending_queue
+    if queue.empty():
+        try:
+            async with asyncio.timeout(timeout):
+                msg = await queue.get()
+        except TimeoutError:
+            if sub._conn.is_closed:
+                raise nats.errors.ConnectionClosedError from None
+            raise
+    else:
+        msg = queue.get_nowait()
+    sub._pending_size -= len(msg.data)
+    queue.task_done()
+    return msg
 
 
 class Bus:
@@ -244,7 +279,9 @@ class Bus:
                 if remaining <= 0:
                     raise BusError(f"no answer to batch {batch_id} in {timeout}s")
                 try:
-                    reply_msg = await asyncio.wait_for(replies.get(), remaining)
+                    # Not wait_for: on 3.11 it can swallow a cancellation (see next_message).
+                    async with asyncio.timeout(remaining):
+                        reply_msg = await replies.get()
                 except TimeoutError:
                     continue
                 if not reply_msg.data:

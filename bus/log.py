@@ -21,7 +21,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import api
 
-from bus.client import Bus
+from bus.client import Bus, next_message
 from bus.errors import BusError
 from bus.streams import STREAM_BY_AGGREGATE
 from bus.subjects import aggregate_events
@@ -151,7 +151,7 @@ async def _direct_range(bus: Bus, stream: str, subject: str, first: int,
             await bus.nc.publish(f"$JS.API.DIRECT.GET.{stream}", msgspec.json.encode(request),
                                  reply=inbox)
             while True:
-                msg = await sub.next_msg(timeout=_DIRECT_TIMEOUT)
+                msg = await next_message(sub, _DIRECT_TIMEOUT)
                 status = (msg.headers or {}).get("Status")
                 if status == "204":
                     break  # the end of this batch
@@ -189,7 +189,7 @@ async def read(bus: Bus, stream: str, subject_filter: str, *, from_seq: int = 1,
         try:
             while True:
                 try:
-                    msg = await sub.next_msg(timeout=idle_timeout or _STALL_CHECK)
+                    msg = await next_message(sub, idle_timeout or _STALL_CHECK)
                 except (nats.errors.TimeoutError, TimeoutError):
                     if idle_timeout is not None:
                         return

@@ -161,12 +161,18 @@ class ProjectionService:
             self._feeders.append(asyncio.create_task(self._feed(group, stream)))
 
     async def _stop_feeders(self) -> None:
-        for task in self._feeders:
-            task.cancel()
-        for task in self._feeders:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._feeders = []
+        # A feeder adds feeders (a failing projection goes on alone), so the list is taken
+        # whole, and again should one have been added meanwhile. asyncio.wait, not awaiting
+        # each task under suppress(CancelledError): that would swallow a cancellation of
+        # this stop itself.
+        while self._feeders:
+            feeders, self._feeders = self._feeders, []
+            for task in feeders:
+                task.cancel()
+            await asyncio.wait(feeders)
+            for task in feeders:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("projection feed ended", exc_info=task.exception())
 
     async def _feed(self, projections: list[Projection], stream: str) -> None:
         while True:
@@ -224,8 +230,11 @@ class ProjectionService:
             if get is not None:
                 get.cancel()
             reader.cancel()
-            with contextlib.suppress(BaseException):
-                await reader
+            # The reader ends promptly: bus.log reads cancellation-safely (bus.next_message).
+            # Waited for with asyncio.wait, which leaves a cancellation of this task its own.
+            await asyncio.wait({reader})
+            if not reader.cancelled():
+                reader.exception()  # retrieved: its error, if any, was raised above
 
     async def _apply(self, projections: list[Projection], stream: str,
                      batch: list[Entry]) -> list[Projection]:
