@@ -166,8 +166,12 @@ class ProviderChain:
                      tools: list[dict[str, Any]] | None
                      ) -> tuple[list[ChatCompletionChunk], AsyncStream[ChatCompletionChunk]]:
         timeout = provider.config.first_token_timeout
-        stream = await asyncio.wait_for(self._create(provider, messages, tools), timeout)
-        return [await asyncio.wait_for(anext(stream), timeout)], stream
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the cancellation
+        # of an interrupted turn, which would then go on answering.
+        async with asyncio.timeout(timeout):
+            stream = await self._create(provider, messages, tools)
+        async with asyncio.timeout(timeout):
+            return [await anext(stream)], stream
 
     async def _probe(self, provider: Provider, messages: list[dict[str, Any]],
                      tools: list[dict[str, Any]]
@@ -188,8 +192,8 @@ class ProviderChain:
                 await stream.close()
                 return None
             try:
-                head.append(await asyncio.wait_for(anext(stream),
-                                                   provider.config.first_token_timeout))
+                async with asyncio.timeout(provider.config.first_token_timeout):
+                    head.append(await anext(stream))
             except StopAsyncIteration:
                 return None
 

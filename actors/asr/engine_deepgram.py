@@ -100,7 +100,9 @@ class DeepgramRecognition:
             try:
                 while True:
                     try:
-                        chunk = await asyncio.wait_for(self._audio.get(), KEEPALIVE_S)
+                        # Not wait_for: on Python 3.11 it can swallow cancel()'s cancellation.
+                        async with asyncio.timeout(KEEPALIVE_S):
+                            chunk = await self._audio.get()
                     except TimeoutError:
                         await socket.send_keep_alive()
                         continue

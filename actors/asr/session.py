@@ -144,7 +144,10 @@ class SessionPipeline:
         try:
             while True:
                 try:
-                    kind, item = await asyncio.wait_for(self.queue.get(), IDLE_S)
+                    # Not wait_for: on Python 3.11 it can swallow the cancellation stop()
+                    # sends, and this loop would read on.
+                    async with asyncio.timeout(IDLE_S):
+                        kind, item = await self.queue.get()
                 except TimeoutError:
                     log.info("asr session idle, dropped", extra={"session": self.session_id})
                     return

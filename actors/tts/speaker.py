@@ -210,7 +210,10 @@ class Speaker:
 
         while True:
             try:
-                sentence = await asyncio.wait_for(turn.inbox.get(), TURN_IDLE)
+                # Not wait_for: on Python 3.11 it can swallow _play's cancellation of this
+                # producer, which would then wait for the next sentence instead of ending.
+                async with asyncio.timeout(TURN_IDLE):
+                    sentence = await turn.inbox.get()
             except TimeoutError:
                 sentence = None
             if sentence is None or turn.stop.is_set():
@@ -321,7 +324,8 @@ class Speaker:
         """Sleep unless interrupted; True if the turn was stopped."""
         if seconds > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(turn.stop.wait(), seconds)
+                async with asyncio.timeout(seconds):  # cancellation-safe, unlike 3.11's wait_for
+                    await turn.stop.wait()
         return turn.stop.is_set()
 
     def _emit(self, event: SessionEvent, sentence: Sentence, slot: int, *,

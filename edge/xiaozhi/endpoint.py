@@ -325,7 +325,9 @@ class DeviceSession:
         not spoken at all, or after a grace period."""
         if self.exit_turn is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.exit_spoken.wait(), EXIT_START_S)
+                # asyncio.timeout: 3.11's wait_for can swallow _wind_down's cancellation.
+                async with asyncio.timeout(EXIT_START_S):
+                    await self.exit_spoken.wait()
                 await asyncio.sleep(EXIT_GRACE_S)
         await self._leave(reason)
 

@@ -86,7 +86,9 @@ class McpClient:
         try:
             await self._send({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
             try:
-                answer = await asyncio.wait_for(future, timeout)
+                # asyncio.timeout: 3.11's wait_for can swallow the call task's cancellation.
+                async with asyncio.timeout(timeout):
+                    answer = await future
             except TimeoutError:
                 raise McpError(f"the device did not answer {method} within {timeout:.0f} s") from None
         finally:
