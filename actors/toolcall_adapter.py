@@ -31,14 +31,21 @@ from typing import Any
 
 from actors.tools.calc import FUNCTIONS
 
-_FENCE = re.compile(r"\A```[\w-]*[ \t]*\n?(.*?)\n?[ \t]*```\Z", re.S)
+# The closing fence may be missing: small models stop right after the JSON.
+_FENCE = re.compile(r"\A```[\w-]*[ \t]*\n?(.*?)\n?[ \t]*(?:```)?\Z", re.S)
 _OPEN, _CLOSE = "<tool_call>", "</tool_call>"
+# Tags of chat templates' tool plumbing, which small models echo (Qwen's <tools> list of
+# tool definitions, for one): never prose, whatever is inside.
+_TAGS = {tag: f"</{tag[1:]}" for tag in (_OPEN, "<tools>", "<tool_response>", "<function_call>")}
+# Keys that make a JSON object tool plumbing (a tool's definition, a call) rather than data.
+_TOOLING_KEYS = frozenset({"function", "arguments", "parameters", "tool_calls"})
+_MAX_CLOSERS = 3  # brackets a model may have left unclosed at the end of a call
 _TICKS = "```"
 # Keys a call object may have besides its name; any other key means it is data, not a call.
 _CALL_KEYS = frozenset({"name", "arguments", "parameters", "type", "id", "function"})
 # How a call begins, for text that cannot be read (cut off at max_tokens, Python quotes).
 _CALL_START = re.compile(
-    r"""\A\s*(?:```[\w-]*\s*)?(?:<tool_call>\s*)?\[?\s*\{\s*["']?(?:name|function|tool|tool_name)["']?\s*:""")
+    r"""\A\s*(?:```[\w-]*\s*)?(?:<tool_call>\s*)?\[?\s*\{\s*["']?(?:name|function|tool|tool_name|type)["']?\s*:""")
 _MAX_LITERAL = 4000  # Python literals are parsed only this long: ast costs memory per node
 _decoder = json.JSONDecoder()
 
@@ -109,14 +116,43 @@ def _tagged(text: str) -> list[str] | None:
 
 def _values(text: str) -> list[Any] | None:
     """Every JSON value in `text`, one after another (white space or commas between), or
-    one Python literal; None if anything else is there."""
+    one Python literal; None if anything else is there. A model that stopped before its
+    last closing brackets gets them added (`{"name": "calculator", "arguments": {…}`)."""
     values = _json_values(text)
     if values is None and text[:1] in ("{", "[") and len(text) <= _MAX_LITERAL:
         try:
             values = [ast.literal_eval(text)]
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-            return None
+            values = None
+    if values is None and (closers := _missing_closers(text)):
+        values = _json_values(text + closers)
     return values
+
+
+def _missing_closers(text: str) -> str:
+    """The brackets that would close `text` when it ends outside a string with a few left
+    open; "" otherwise (a value cut inside a string is not guessed at)."""
+    stack: list[str] = []
+    quote, escaped = False, False
+    for char in text:
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                quote = False
+        elif char == '"':
+            quote = True
+        elif char in "{[":
+            stack.append("}" if char == "{" else "]")
+        elif char in "}]":
+            if not stack or stack.pop() != char:
+                return ""
+    # Cut right after a comma, a colon or an opening bracket, the rest is not known.
+    if quote or not stack or len(stack) > _MAX_CLOSERS or text.rstrip()[-1:] in (",", ":", "{", "["):
+        return ""
+    return "".join(reversed(stack))
 
 
 def _json_values(text: str) -> list[Any] | None:
@@ -163,9 +199,13 @@ def is_call_text(text: str) -> bool:
     tagged, call-shaped JSON, or JSON that starts like a call but cannot be read (cut off,
     broken). JSON that reads as something else (data) is not."""
     body = text.lstrip(" \t\r\n,")
-    if body.startswith(_OPEN) or bare_tool_calls(body) is not None:
+    if body.startswith(tuple(_TAGS)) or bare_tool_calls(body) is not None:
         return True
-    return _values(_unfence(body.strip())) is None and _CALL_START.match(body) is not None
+    values = _values(_unfence(body.strip()))
+    if values is None:
+        return _CALL_START.match(body) is not None
+    return any(isinstance(item, dict) and set(item) & _TOOLING_KEYS
+               for value in values for item in (value if isinstance(value, list) else [value]))
 
 
 # --- holding call text back from a stream -----------------------------------------------
@@ -266,10 +306,10 @@ class ToolTextGuard:
                 if not final and len(rest) < 3 and rest == "`" * len(rest) and i + len(rest) == n:
                     return i, False
             elif char == "<":
-                rest = text[i:i + len(_OPEN)]
-                if rest == _OPEN:
+                if any(text.startswith(tag, i) for tag in _TAGS):
                     return i, True
-                if not final and i + len(rest) == n and _OPEN.startswith(rest):
+                rest = text[i:]
+                if not final and len(rest) < len(_OPEN) and any(tag.startswith(rest) for tag in _TAGS):
                     return i, False
             elif char in "{[":
                 if opening and not text[self._pos:i].strip() and char == "{":
@@ -311,9 +351,9 @@ class ToolTextGuard:
         elif text.startswith(_TICKS, k):
             close = text.find(_TICKS, k + 3)
             end = close + 3 if close >= 0 else None
-        elif text.startswith(_OPEN, k):
-            close = text.find(_CLOSE, k)
-            end = close + len(_CLOSE) if close >= 0 else None
+        elif tag := next((t for t in _TAGS if text.startswith(t, k)), None):
+            close = text.find(_TAGS[tag], k)
+            end = close + len(_TAGS[tag]) if close >= 0 else None
         else:
             end = _balanced_end(text, k)
         if end is None and final:

@@ -44,6 +44,9 @@ CALLS: list[tuple[str, str, list[tuple[str, str]]]] = [
      [("get_time", "{}"), ("get_time", '{"tz": "UTC"}')]),
     ("a list", '[{"name": "get_time", "arguments": {}}, {"name": "calculator", "arguments": {"expr": "2"}}]',
      [("get_time", "{}"), ("calculator", '{"expr": "2"}')]),
+    ("the last brace missing", '{"name": "calculator", "arguments": {"expression": "(17 * 23)"}',
+     [("calculator", '{"expression": "(17 * 23)"}')]),
+    ("the closing fence missing", '```json\n{"name": "get_time", "arguments": {}}', [("get_time", "{}")]),
 ]
 
 NOT_CALLS: list[tuple[str, str]] = [
@@ -64,6 +67,8 @@ NOT_CALLS: list[tuple[str, str]] = [
     ("arguments string not json", '{"name": "get_time", "arguments": "tz=UTC"}'),
     ("arguments string a list", '{"name": "get_time", "arguments": "[1]"}'),
     ("broken json", '{"name": "get_time", "arguments": {'),
+    ("cut inside a string", '{"name": "get_time", "arguments": {"timezone": "Eu'),
+    ("cut after a comma", '{"name": "get_time",'),
     ("empty list", "[]"),
     ("list of numbers", "[1, 2, 3]"),
     ("json string", '"get_time"'),
@@ -124,6 +129,10 @@ GUARDED: list[tuple[str, str, str, list[tuple[str, str]] | None]] = [
     ("a code block", "Code:\n```python\nprint(1)\n```\nDone.", "Code:\n```python\nprint(1)\n```\nDone.",
      None),
     ("html", "<b>bold</b> a < b", "<b>bold</b> a < b", None),
+    ("a brace missing", '{"name": "calculator", "arguments": {"expression": "17 * 23"}', "",
+     [("calculator", '{"expression": "17 * 23"}')]),
+    ("the tool list echoed", '<tools> {"type": "function", "function": {"name": "get_time", "desc', "", None),
+    ("a definition", 'See {"type": "function", "function": {"name": "f", "parameters": {}}}', "See ", None),
 ]
 
 
