@@ -380,7 +380,8 @@ class Dialogue(Actor):
             # Answered here, so the model can try again within the step budget.
             await ctx.emit(ToolResult(
                 session_id=sid, turn_id=turn_id, call_id=call.call_id, name=call.name,
-                content=f"unknown tool {call.name!r}; available: {', '.join(sorted(known))}",
+                content=(f"unknown tool {call.name!r}; available: {', '.join(sorted(known))}. "
+                         "If none of them helps, answer in words."),
                 is_error=True))
 
     async def _retrieve(self, ctx: Context, run: _Run, tool: str, question: str,

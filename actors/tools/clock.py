@@ -5,7 +5,7 @@ tool's description (Europe/Paris, issue #13) or make one up. So a zone the model
 used only when the user's words could be asking for it: they name it (its city, region or
 country, or its abbreviation), or they name something that is not part of asking the time
 ("… in Beijing"). "What time is it?" names nothing, and gets the local time whatever the
-model passed. The answer always says which zone it is in.
+model passed. The answer always says which zone it is in, and only that.
 
 The local zone is the server's: neither a session nor a user carries a time zone today.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.resources
+import logging
 import re
 from collections.abc import Iterable
 from datetime import datetime, tzinfo
@@ -22,6 +23,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from actors.tools.spec import ToolError
+
+log = logging.getLogger("vagent.tools")
 
 # Words of asking the time (and of asking a tool for it) that name no place.
 _ASKING = frozenset("""
@@ -49,20 +52,21 @@ def answer(arguments: dict[str, object], said: list[str] | None) -> str:
     if said is not None and said:
         asked_for = zone is not None and any(names_zone(text, zone) for text in said)
         if not asked_for and names_nothing(said[-1]):
-            # Not naming the ignored zone: a small model would read it out.
-            return _describe(datetime.now().astimezone(), None,
-                             "; the time zone in the call was not used: the user named no place")
+            # The result says only which zone it is in: told why, a small model reads the
+            # reason out ("the time in your call is …"). The log says why.
+            log.info("get_time: local time instead of %r, as the user named no place", wanted)
+            return _describe(datetime.now().astimezone(), None)
     if zone is None:
         raise ToolError(f"unknown time zone {wanted!r}: give the IANA name (Area/City) of the "
                         "place the user named, or leave it out for the local time")
     return _describe(datetime.now(zone), zone)
 
 
-def _describe(now: datetime, zone: ZoneInfo | None, note: str = "") -> str:
+def _describe(now: datetime, zone: ZoneInfo | None) -> str:
     offset = now.strftime("%z")
     where = zone.key if zone else f"{now.tzname()} (server local time)"
     return (f"{now:%A %d %B %Y, %H:%M:%S}, time zone {where}, UTC{offset[:3]}:{offset[3:]}"
-            f"{note}; ISO {now.isoformat(timespec='seconds')}")
+            f"; ISO {now.isoformat(timespec='seconds')}")
 
 
 def find_zone(name: str) -> ZoneInfo | None:
