@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -491,29 +492,38 @@ async def test_prose_streams_at_once_and_json_inside_it_is_taken_out(
     assert not any(isinstance(e, ToolCall) for e in events)  # mixed with prose: not run
 
 
-async def test_what_time_is_it_is_answered_in_the_local_zone_whatever_zone_the_model_copies(
-        bus: Bus, scripted: Callable[..., Scripted], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
-    monkeypatch.setenv("TZ", "America/Bogota")  # the server's zone: UTC-5, not Paris
+@pytest.fixture
+def bogota() -> Iterator[None]:
+    """The server's local zone is America/Bogota (UTC-5 all year, not Paris) for the tools
+    actors this process runs, so the local time is told apart from any zone a test names."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "America/Bogota"
     time.tzset()
+    yield
+    if before is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = before
+    time.tzset()
+
+
+async def test_what_time_is_it_is_answered_in_the_local_zone_whatever_zone_the_model_copies(
+        bus: Bus, scripted: Callable[..., Scripted], tmp_path: Path, bogota: None,
+        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
     paris = '{"name": "get_time", "arguments": {"timezone": "Europe/Paris"}}'
     llm = scripted(paris)  # then it reads the result out
     write_config(tmp_path, monkeypatch, providers_toml(llm))
     await start("tools")
     await start("dialogue")
-    try:
-        s = "d" + new_id()
-        await bus.publish(UserText(session_id=s, text="what time is it?"))
-        events = await wait_for(bus, s, lambda ev: bool(finals(ev)))
-        result = next(e for e in events if isinstance(e, ToolResult))
-        assert "(server local time), UTC-05:00" in result.content and "Paris" not in result.content
-        assert finals(events)[0].text == f"The tool said: {result.content}."
+    s = "d" + new_id()
+    await bus.publish(UserText(session_id=s, text="what time is it?"))
+    events = await wait_for(bus, s, lambda ev: bool(finals(ev)))
+    result = next(e for e in events if isinstance(e, ToolResult))
+    assert "(server local time), UTC-05:00" in result.content and "Paris" not in result.content
+    assert finals(events)[0].text == f"The tool said: {result.content}."
 
-        llm.script = [paris]  # the same call, now that the user named the place
-        await bus.publish(UserText(session_id=s, text="and what time is it in Paris?"))
-        events = await wait_for(bus, s, lambda ev: len(finals(ev)) == 2)
-        result = [e for e in events if isinstance(e, ToolResult)][-1]
-        assert "time zone Europe/Paris, UTC+0" in result.content  # +01:00, +02:00 in summer
-    finally:
-        monkeypatch.undo()
-        time.tzset()
+    llm.script = [paris]  # the same call, now that the user named the place
+    await bus.publish(UserText(session_id=s, text="and what time is it in Paris?"))
+    events = await wait_for(bus, s, lambda ev: len(finals(ev)) == 2)
+    result = [e for e in events if isinstance(e, ToolResult)][-1]
+    assert "time zone Europe/Paris, UTC+0" in result.content  # +01:00, +02:00 in summer

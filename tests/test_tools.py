@@ -32,6 +32,9 @@ from actors.tools.toolset import Toolset, parse_arguments, trim
 from actors.tools.webhook import MAX_BODY_BYTES, Webhook
 from bus.server import free_port
 from tests.mcp_server import FILLERS, TOOLS, HttpMcpServer
+from tests.test_dialogue import bogota
+
+__all__ = ["bogota"]  # fixtures
 
 # --- spec ---------------------------------------------------------------------------
 
@@ -141,17 +144,6 @@ async def test_get_time_unknown_zone_is_a_clear_error(zone: str) -> None:
         await tool.call({"timezone": zone})
 
 
-@pytest.fixture
-def bogota_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The server's local zone is America/Bogota (UTC-5 all year), so "local" is told apart
-    from any zone a test names."""
-    monkeypatch.setenv("TZ", "America/Bogota")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
-
-
 def test_get_time_offers_no_example_zone_to_copy() -> None:
     spec = openai_tool(get_time(BuiltinContext(Config())).spec)
     text = json.dumps(spec)
@@ -175,7 +167,7 @@ def test_get_time_offers_no_example_zone_to_copy() -> None:
     (None, "Europe/Paris", "Europe/Paris"),  # outside a session: as asked
 ])
 def test_get_time_uses_a_zone_only_when_the_user_asked_for_it(
-        bogota_clock: None, said: list[str] | None, zone: str, expected: str) -> None:
+        bogota: None, said: list[str] | None, zone: str, expected: str) -> None:
     from actors.tools.clock import answer
 
     result = answer({"timezone": zone}, said)
@@ -186,7 +178,7 @@ def test_get_time_uses_a_zone_only_when_the_user_asked_for_it(
         assert f"time zone {expected}," in result and "server local" not in result, result
 
 
-def test_get_time_refuses_a_zone_it_cannot_find_when_the_user_named_one(bogota_clock: None) -> None:
+def test_get_time_refuses_a_zone_it_cannot_find_when_the_user_named_one(bogota: None) -> None:
     from actors.tools.clock import answer
 
     with pytest.raises(ToolError, match=r"unknown time zone 'Narnia/Cair'.*IANA name"):
