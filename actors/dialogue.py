@@ -61,9 +61,9 @@ from schemas import (
 
 INPUTS = (UserText, TranscriptFinal)
 CATALOG_TTL = 5.0
+SELF = "vagent"  # assistant.message.provider of what the dialogue says or does itself
 # Said instead of a tool call that cannot be run (a tool that does not exist, unreadable
 # JSON) when the model has no second chance: better than silence, never the JSON itself.
-SELF = "vagent"  # assistant.message.provider of what the dialogue says or does itself
 UNUSABLE_CALL_ANSWER = "Sorry, I couldn't work that out. Could you ask me another way?"
 
 
@@ -356,7 +356,7 @@ class Dialogue(Actor):
         withheld = "".join(guard.withheld) or originals
         retry = bool(specs) and not any(isinstance(e, ToolCall) and e.route == "dialogue" for e in turn)
         if refused and not retry:
-            asked, refused = [], []  # no second chance: the model answers without them
+            asked, refused = [], []  # no second chance: nothing runs, the turn ends here
         if not asked and not text.strip() and withheld:
             # Nothing to say and nothing to run: a short apology, never the call's JSON.
             await self._show(ctx, run, splitter, UNUSABLE_CALL_ANSWER, started)
