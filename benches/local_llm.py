@@ -98,7 +98,10 @@ async def measure_runtime(base_url: str, model: str, *, max_tokens: int = 96,
     prompt_rates: list[float] = []
     gen_rates: list[float] = []
     first_token: list[float] = []
-    async with httpx.AsyncClient(base_url=base_url, timeout=300) as client:
+    # A fresh connection per request: llama.cpp's server closes idle keep-alive connections,
+    # and a request racing that close fails with "server disconnected".
+    async with httpx.AsyncClient(base_url=base_url, timeout=300,
+                                 limits=httpx.Limits(max_keepalive_connections=0)) as client:
         for round_no in range(rounds):
             for prompt in RUNTIME_PROMPTS:
                 # A prefix unique to the round keeps the prompt cache from hiding prompt work.
