@@ -209,8 +209,20 @@ class ProviderChain:
         # parameter transformer: 25 ms for a 177-message history, measured, on every turn.
         # These messages are plain JSON already, so they take the SDK's generic `post`
         # (what `create` ends in): the same client, auth, timeouts, errors and SSE parsing.
-        return await provider.client.post("/chat/completions", body=body, cast_to=ChatCompletion,
-                                          stream=True, stream_cls=AsyncStream[ChatCompletionChunk])
+        for attempt in (1, 2):
+            try:
+                return await provider.client.post(
+                    "/chat/completions", body=body, cast_to=ChatCompletion, stream=True,
+                    stream_cls=AsyncStream[ChatCompletionChunk])
+            except openai.APITimeoutError:
+                raise
+            except openai.APIConnectionError:
+                # A pooled keep-alive connection the server closed as the request went out
+                # ("server disconnected without sending a response"; llama.cpp's server does
+                # this): nothing was answered, so one more try on a fresh connection is safe.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _rest(self, provider: Provider, head: list[ChatCompletionChunk],
                     stream: AsyncStream[ChatCompletionChunk]) -> AsyncIterator[ChatCompletionChunk]:

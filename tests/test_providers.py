@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -127,3 +128,39 @@ async def test_the_request_carries_the_key_the_model_and_the_options(
                            "stream_options": {"include_usage": True}, "tools": tools,
                            "max_tokens": 64}]
     assert usage and usage[0].completion_tokens > 0  # the chunks are the SDK's typed models
+
+
+async def test_a_connection_dropped_before_any_answer_is_asked_again(
+        two: tuple[OpenAIServer, OpenAIServer]) -> None:
+    """What a llama.cpp server does to a pooled keep-alive connection now and then: it reads the
+    request and closes without answering. One fresh try reaches the same provider."""
+    a, _ = two
+    upstream_port = int(a.base_url.rsplit(":", 1)[1].split("/")[0])
+    dropped = 0
+
+    async def front(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal dropped
+        if dropped == 0:
+            dropped += 1
+            await reader.read(65536)
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+
+    server = await asyncio.start_server(front, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        c = chain(f"http://127.0.0.1:{port}/v1")
+        assert await text_of(c) == ("p0", "You said: hi.")
+        assert dropped == 1 and len(a.requests) == 1
+        await c.close()
+    finally:
+        server.close()
