@@ -149,6 +149,9 @@ class EdgeSettings(msgspec.Struct, forbid_unknown_fields=True):
     max_frame_bytes: int = 65_536  # one WebSocket message, text or binary
     max_messages_per_second: int = 100  # per connection, averaged over a few seconds
     hello_timeout: float = 10.0  # xiaozhi: the device's hello must come this soon
+    # A typed turn (`user.text`, xiaozhi `listen detect`) longer than this is refused: it
+    # becomes a prompt, a log entry and read-model rows, and no one types more in one go.
+    max_text_chars: int = 2000
     ice_servers: list[str] = msgspec.field(default_factory=list)  # WebRTC, e.g. stun:host:3478
 
 

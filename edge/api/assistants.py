@@ -15,8 +15,9 @@ from projections.assistants import SETTINGS
 
 
 def assistant_body(row: dict[str, Any]) -> Assistant:
-    return Assistant(**{k: row[k] for k in ("assistant_id", *SETTINGS)},
-                     created_at=iso(row["created_ts"]), updated_at=iso(row["updated_ts"]))
+    fields = {k: row[k] for k in ("assistant_id", *SETTINGS)}
+    fields["greeting"] = fields["greeting"] or None  # "" is how a cleared greeting is stored
+    return Assistant(**fields, created_at=iso(row["created_ts"]), updated_at=iso(row["updated_ts"]))
 
 
 async def read_assistant(call: Call, assistant_id: str) -> Assistant:
@@ -45,7 +46,10 @@ async def get_assistant(call: Call) -> Response:
 async def update_assistant(call: Call) -> Response:
     body: AssistantPatch = call.body
     assistant_id = call.params["assistant_id"]
-    changed = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not None}
+    given = msgspec.structs.asdict(body)
+    changed = {k: v for k, v in given.items() if v is not None and v is not msgspec.UNSET}
+    if given["greeting"] is None:  # null, not left out: clear it
+        changed["greeting"] = None
     await call.services.assistants.update(call.user_id, assistant_id, changed)
     return json_response(await read_assistant(call, assistant_id))
 

@@ -16,6 +16,10 @@ Email = Annotated[str, Meta(max_length=254, examples=["ada@example.com"])]
 Password = Annotated[str, Meta(min_length=1, max_length=1024)]
 Name = Annotated[str, Meta(min_length=1, max_length=100)]
 Text = Annotated[str, Meta(max_length=20_000)]
+# Spoken whole at every session's start, before the user can say a word: a sentence or
+# two, not a speech (500 characters is ~30 s of speech).
+GREETING_MAX_CHARS = 500
+Greeting = Annotated[str, Meta(max_length=GREETING_MAX_CHARS)]
 Short = Annotated[str, Meta(min_length=1, max_length=128)]
 Names = Annotated[list[Annotated[str, Meta(min_length=1, max_length=128)]], Meta(max_length=64)]
 # An id as the event log spells them (schemas.base._TOKEN): no dots, wildcards or spaces,
@@ -65,7 +69,7 @@ class User(msgspec.Struct):
 class AssistantCreate(msgspec.Struct, forbid_unknown_fields=True):
     name: Name = "Assistant"
     persona: Text = ""  # the system prompt
-    greeting: Text | None = None
+    greeting: Greeting | None = None
     voice: Short | None = None
     llm: Short | None = None  # a provider name from the server's configuration
     asr: Short | None = None
@@ -75,11 +79,12 @@ class AssistantCreate(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class AssistantPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """Only the fields given change."""
+    """Only the fields given change; `greeting: null` clears the greeting (none is spoken).
+    For the other fields null is the same as leaving them out."""
 
     name: Name | None = None
     persona: Text | None = None
-    greeting: Text | None = None
+    greeting: Greeting | msgspec.UnsetType | None = msgspec.UNSET  # UNSET: not given
     voice: Short | None = None
     llm: Short | None = None
     asr: Short | None = None

@@ -28,6 +28,7 @@ from schemas import (
 )
 
 ASR_PROVIDERS = ("moonshine", "deepgram")
+CLEARED_GREETING = ""
 
 
 @dataclass
@@ -73,8 +74,14 @@ class Assistants:
         return assistant_id
 
     async def update(self, owner_id: str, assistant_id: str, settings: dict[str, Any]) -> None:
+        """Change the settings given; `greeting: None` among them clears the greeting."""
         state = await self.owned(owner_id, assistant_id)
         await self.validate(owner_id, settings)
+        if "greeting" in settings and settings["greeting"] is None:
+            # In assistant.updated a None field is one that did not change, so a cleared
+            # greeting is recorded as "": the read model stores it, the dialogue speaks no
+            # empty greeting, and the API shows it as null.
+            settings = {**settings, "greeting": CLEARED_GREETING}
         try:
             await self.bus.append(AssistantUpdated(assistant_id=assistant_id, **settings), state.last_seq)
         except ConflictError:

@@ -13,6 +13,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from edge.errors import ApiError
+from edge.jsonparse import MESSAGE_CODES, JsonInputError
 from edge.realtime.limits import GOING_AWAY, POLICY, TOO_BIG, TRY_LATER, MessageRate, refusal
 from edge.realtime.session import LinkRegistry, SessionLink
 from edge.services import Services
@@ -29,6 +30,8 @@ class Connection:
         self.max_frame = edge.max_frame_bytes
         self.rate = MessageRate(edge.max_messages_per_second)
         self.end_reason: str | None = None
+        self.path = websocket.url.path
+        self.session_id: str | None = None  # once attached, for the log
         self._send = asyncio.Lock()
 
     async def admit(self, subprotocol: str | None = None) -> bool:
@@ -43,6 +46,7 @@ class Connection:
         return True
 
     def attach(self, link: SessionLink) -> None:
+        self.session_id = link.session_id
         async def go(reason: str) -> None:
             self.end_reason = reason
             await self.send_json({"type": "goodbye", "reason": reason})
@@ -84,15 +88,33 @@ class Connection:
     async def send_audio(self, data: bytes) -> None:
         await self._deliver({"type": "websocket.send", "bytes": data})
 
-    async def send_error(self, code: str, message: str) -> None:
-        await self.send_json({"type": "error", "code": code, "message": message})
+    async def send_error(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        """Tell the client why something it sent was refused; the session goes on. One log
+        line says the same, so the reason is known without a traceback."""
+        self._log("client message refused", code, message)
+        error: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        if details:
+            error["details"] = details
+        await self.send_json(error)
+
+    async def reject(self, error: ApiError | JsonInputError) -> None:
+        """`send_error` for a refused message, whether the JSON or what it says is wrong."""
+        if isinstance(error, JsonInputError):
+            error = error.api_error(MESSAGE_CODES)
+        await self.send_error(error.code, error.message, error.details)
 
     async def refuse(self, error: ApiError) -> None:
         """Tell why (the REST API's error shape), then close with 4000 + its status."""
         self.end_reason = error.code
+        code = refusal(error.status)
+        self._log("connection refused", error.code, error.message, close_code=code)
         await self.send_json({"type": "error", "code": error.code, "message": error.message,
                               "details": error.details})
-        await self.close(refusal(error.status), error.code)
+        await self.close(code, error.code)
+
+    def _log(self, what: str, code: str, reason: str, **more: Any) -> None:
+        log.info(what, extra={"path": self.path, "session": self.session_id, "code": code,
+                              "reason": reason, **more})
 
     async def close(self, code: int, reason: str = "") -> None:
         async with self._send:

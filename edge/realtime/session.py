@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from bus.client import Bus, Message, Subscription
 from bus.errors import BusError
@@ -39,8 +40,10 @@ from schemas import (
     TurnInterrupted,
     UserText,
     decode,
+    encode,
     new_id,
 )
+from schemas.session import SessionEvent
 
 log = logging.getLogger("vagent.edge.session")
 RESUME_SECONDS = 60.0
@@ -102,7 +105,7 @@ class SessionLink:
 
     async def start(self) -> None:
         sid = self.session_id
-        await self.bus.publish(SessionStarted(
+        await self._publish(SessionStarted(
             session_id=sid, transport=self.transport, user_id=self.caller.user_id,
             assistant_id=self.caller.assistant_id, device_id=self.caller.device_id,
             client_id=self.caller.client_id, audio_in=self.audio_in_params,
@@ -130,31 +133,36 @@ class SessionLink:
 
     async def text(self, text: str, source: str = "text") -> UserText:
         event = UserText(session_id=self.session_id, text=text, source=source)
-        await self.bus.publish(event)
+        await self._publish(event)
         return event
 
     async def audio(self, payload: bytes) -> None:
         await self.bus.publish_core(audio_in(self.session_id), payload)
 
-    async def listen_start(self, mode: str = "auto") -> None:
-        await self.bus.publish(ListenStarted(session_id=self.session_id, mode=mode))  # type: ignore[arg-type]
+    async def listen_start(self, mode: Literal["auto", "manual", "realtime"] = "auto") -> None:
+        await self._publish(ListenStarted(session_id=self.session_id, mode=mode))
 
     async def listen_stop(self) -> None:
-        await self.bus.publish(ListenStopped(session_id=self.session_id))
+        await self._publish(ListenStopped(session_id=self.session_id))
 
     async def abort(self) -> None:
         """The client stopped the answer: every actor of the turn stops (turn_id None: the
         current turn, whichever it is)."""
-        await self.bus.publish(TurnInterrupted(session_id=self.session_id, reason="abort"))
+        await self._publish(TurnInterrupted(session_id=self.session_id, reason="abort"))
 
     async def tools(self, specs: list[SessionToolSpec], source: str = "device") -> None:
-        await self.bus.publish(SessionTools(session_id=self.session_id, tools=specs, source=source))
+        await self._publish(SessionTools(session_id=self.session_id, tools=specs, source=source))
 
     async def tool_result(self, call_id: str, name: str, content: str, *, turn_id: str | None,
                           is_error: bool = False, causation_id: str | None = None) -> None:
-        await self.bus.publish(ToolResult(session_id=self.session_id, turn_id=turn_id, call_id=call_id,
-                                          name=name, content=content, is_error=is_error,
-                                          causation_id=causation_id))
+        await self._publish(ToolResult(session_id=self.session_id, turn_id=turn_id, call_id=call_id,
+                                       name=name, content=content, is_error=is_error,
+                                       causation_id=causation_id))
+
+    async def _publish(self, event: SessionEvent) -> None:
+        """Append an event made of client input, once the actors can read it back."""
+        check_readable(event)
+        await self.bus.publish(event)
 
     # --- session → client ---------------------------------------------------------------
 
@@ -183,6 +191,22 @@ class SessionLink:
             await self.on_audio(msg.data)
         except Exception:
             log.exception("the transport failed to deliver audio", extra={"session": self.session_id})
+
+
+def check_readable(event: Event) -> None:
+    """Refuse (422 `invalid_input`) an event that would not decode in the actors.
+
+    msgspec does not check types when a Struct is built, so a value the client sent that
+    got past the protocol's own checks (a float sample rate, a lone surrogate) would be
+    stored, then fail to decode in every actor: dead letters, a session nobody serves.
+    Decoding it here, as the actors will, keeps such an event out of the log."""
+    try:
+        data = encode(event)
+        decode(data)
+    except (DecodeError, ValueError, TypeError, OverflowError) as exc:
+        log.warning("an event made of client input is unreadable: not appended",
+                    extra={"type": event.type, "reason": str(exc)})
+        raise ApiError(422, "invalid_input", f"{event.type} would not be readable: {exc}") from None
 
 
 async def check_resumable(bus: Bus, session_id: str, caller: Caller) -> None:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import logging
 
-import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from edge import jsonparse
 from edge.errors import ApiError
 from edge.realtime.auth import bearer, user_caller
 from edge.realtime.connection import Connection
+from edge.realtime.messages import CLIENT_MESSAGES, ListenStartMessage, UserTextMessage, checked_text
 from edge.realtime.session import SessionLink
 from schemas import AudioParams, Event, is_token, to_json
 
@@ -33,12 +34,6 @@ AUDIO = {
     "opus": (AudioParams(format="opus", sample_rate=16000, frame_duration=60),
              AudioParams(format="opus", sample_rate=24000, frame_duration=60)),
 }
-
-
-class Incoming(msgspec.Struct):
-    type: str
-    text: str | None = None
-    mode: str = "auto"
 
 
 async def ws_endpoint(websocket: WebSocket) -> None:
@@ -94,8 +89,10 @@ async def ws_endpoint(websocket: WebSocket) -> None:
             await _command(conn, link, message)
     except WebSocketDisconnect:
         pass
-    except Exception:
-        log.exception("ws connection failed", extra={"session": sid})
+    except Exception as exc:
+        # The default log format has no traceback: the line itself must say why.
+        log.exception("ws connection failed", extra={"session": sid,
+                                                     "error": f"{type(exc).__name__}: {exc}"})
         reason = "error"
     finally:
         await conn.finish(link, conn.end_reason or reason)
@@ -103,26 +100,15 @@ async def ws_endpoint(websocket: WebSocket) -> None:
 
 async def _command(conn: Connection, link: SessionLink, raw: str) -> None:
     try:
-        command = msgspec.json.decode(raw, type=Incoming)
-    except msgspec.DecodeError as exc:
-        await conn.send_error("bad_message", f"not a valid message: {exc}")
-        return
-    match command.type:
-        case "user.text":
-            if not (command.text or "").strip():
-                await conn.send_error("bad_message", "user.text needs a non-empty text")
-                return
-            await link.text(command.text or "")
-        case "abort":
-            await link.abort()
-        case "listen.start":
-            if command.mode not in ("auto", "manual", "realtime"):
-                await conn.send_error("bad_message", "mode must be auto, manual or realtime")
-                return
-            await link.listen_start(command.mode)
-        case "listen.stop":
-            await link.listen_stop()
-        case other:
-            await conn.send_error("unknown_type", f"unknown message type {other!r}")
-
-
+        kind, command = jsonparse.parse_message(raw, CLIENT_MESSAGES)
+        match command:
+            case UserTextMessage():
+                await link.text(checked_text(command.text, conn.services.config.edge.max_text_chars))
+            case ListenStartMessage():
+                await link.listen_start(command.mode)
+            case _ if kind == "abort":
+                await link.abort()
+            case _ if kind == "listen.stop":
+                await link.listen_stop()
+    except (jsonparse.JsonInputError, ApiError) as error:
+        await conn.reject(error)

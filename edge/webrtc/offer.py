@@ -81,7 +81,8 @@ async def webrtc_offer(request: Request) -> Response:
         peers.pending += 1
         counted = True
         raw = await read_body(request, services.config.edge.max_body_bytes)
-        offer: Offer = decode_body(raw, request.headers.get("content-type", ""), Offer)
+        offer: Offer = decode_body(raw, request.headers.get("content-type", ""), Offer,
+                                   request.url.path)
         caller = await user_caller(services, bearer(request.headers.get("authorization"), None),
                                    offer.assistant_id)
         peer = Peer(services, caller)
@@ -97,8 +98,9 @@ async def webrtc_offer(request: Request) -> Response:
         await _discard(peer)
         return error_response(ApiError(503, "unavailable", "the event log is unreachable: retry",
                                        headers={"Retry-After": "1"}))
-    except Exception:
-        log.exception("webrtc offer failed")
+    except Exception as exc:
+        # The default log format has no traceback: the line itself must say why.
+        log.exception("webrtc offer failed", extra={"error": f"{type(exc).__name__}: {exc}"})
         await _discard(peer)
         return error_response(ApiError(500, "internal", "internal error"))
     finally:

@@ -16,7 +16,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
 from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
@@ -25,10 +24,13 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcdtlstransport import X509_DIGEST_ALGORITHMS
 from aiortc.sdp import SessionDescription
 
+from edge import jsonparse
 from edge.errors import ApiError
 from edge.realtime.limits import MessageRate
+from edge.realtime.messages import CLIENT_MESSAGES, Bare, ListenStartMessage, UserTextMessage, checked_text
 from edge.realtime.session import Caller, SessionLink
 from edge.services import Services
 from edge.webrtc.audio import DOWNLINK, UPLINK, DownlinkTrack, Uplink
@@ -40,12 +42,56 @@ CHANNEL = "events"  # the data channel's label
 CONNECT_TIMEOUT = 30.0  # seconds from the answer to an open data channel
 MAX_BACKLOG = 2000  # messages held for a channel not yet open
 GOODBYE_FLUSH = 0.25  # seconds for a goodbye to leave before the connection closes
+MAX_SDP_CHARS = 65_536  # a browser's offer is a few kB; aiortc parses it line by line
+MESSAGES = {**CLIENT_MESSAGES, "hangup": Bare}  # the data channel's vocabulary: /ws's, and hangup
 
 
-class Incoming(msgspec.Struct):
-    type: str
-    text: str | None = None
-    mode: str = "auto"
+def bad_offer(reason: str, **details: Any) -> ApiError:
+    log.info("offer refused", extra={"code": "bad_offer", "reason": reason})
+    return ApiError(422, "bad_offer", reason, details)
+
+
+def read_offer(sdp: str) -> SessionDescription:
+    """The offer, parsed and checked for what aiortc needs but only finds out later.
+
+    aiortc's parser raises whatever the line it chokes on makes it raise (AssertionError,
+    KeyError, IndexError, StopIteration…); an offer without `a=fingerprint` (or `a=setup`,
+    or ICE credentials) parses, gets an answer, then fails in a task of its own that nobody
+    awaits. Both are refused here as `422 bad_offer` naming the line or the section."""
+    if len(sdp) > MAX_SDP_CHARS:
+        raise bad_offer(f"the offer is longer than {MAX_SDP_CHARS} characters")
+    try:
+        description = SessionDescription.parse(sdp)
+    except Exception as exc:  # any exception: the parser does not choose its own
+        number, line = _failing_line(sdp)
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise bad_offer(f"the offer's line {number} cannot be read ({why}): {line[:100]!r}",
+                        line=number) from None
+    for index, media in enumerate(description.media):
+        section = f"m-line {index + 1} ({media.kind})"
+        if not media.ice.usernameFragment or not media.ice.password:
+            raise bad_offer(f"{section} has no a=ice-ufrag and a=ice-pwd", media=index)
+        if media.dtls is None:
+            raise bad_offer(f"{section} has no a=setup (actpass, active or passive)", media=index)
+        if not any(f.algorithm.lower() in X509_DIGEST_ALGORITHMS for f in media.dtls.fingerprints):
+            raise bad_offer(f"{section} has no a=fingerprint with "
+                            f"{', '.join(sorted(X509_DIGEST_ALGORITHMS))}", media=index)
+    return description
+
+
+def _failing_line(sdp: str) -> tuple[int, str]:
+    """The first line (1-based) whose prefix does not parse: a binary search over prefixes,
+    as the whole failed and the empty one parses."""
+    lines = sdp.splitlines()
+    good, bad = 0, len(lines)
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        try:
+            SessionDescription.parse("\n".join(lines[:middle]))
+            good = middle
+        except Exception:
+            bad = middle
+    return bad, lines[bad - 1] if lines else ""
 
 
 class Peer:
@@ -75,11 +121,10 @@ class Peer:
 
     async def negotiate(self, sdp: str) -> str:
         """The answer to the client's offer, with every local candidate gathered."""
-        kinds = [m.kind for m in SessionDescription.parse(sdp).media]
+        kinds = [m.kind for m in read_offer(sdp).media]
         if "application" not in kinds:
-            raise ApiError(422, "bad_offer", f"the offer has no data channel: create the "
-                                             f"{CHANNEL!r} channel before the offer",
-                           {"media": kinds})
+            raise bad_offer(f"the offer has no data channel: create the {CHANNEL!r} channel "
+                            "before the offer", media=kinds)
         pc = self.pc
         pc.on("track", self._on_track)
         pc.on("datachannel", self._on_datachannel)
@@ -87,7 +132,7 @@ class Peer:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except Exception as exc:  # aiortc says ValueError mostly, but not always
-            raise ApiError(422, "bad_offer", f"the offer was refused: {exc}") from None
+            raise bad_offer(f"the offer was refused: {type(exc).__name__}: {exc}") from None
         if "audio" in kinds:
             pc.addTrack(self.downlink)
         await pc.setLocalDescription(await pc.createAnswer())  # gathers candidates
@@ -156,8 +201,19 @@ class Peer:
     def send_json(self, value: dict[str, Any]) -> None:
         self.send(json.dumps(value, ensure_ascii=False))
 
-    def send_error(self, code: str, message: str) -> None:
-        self.send_json({"type": "error", "code": code, "message": message})
+    def send_error(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        """Tell the client why a message was refused (the session goes on), and the log."""
+        log.info("client message refused", extra={"path": "webrtc", "session": self.link.session_id,
+                                                   "code": code, "reason": message})
+        error: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        if details:
+            error["details"] = details
+        self.send_json(error)
+
+    def reject(self, error: ApiError | jsonparse.JsonInputError) -> None:
+        if isinstance(error, jsonparse.JsonInputError):
+            error = error.api_error(jsonparse.MESSAGE_CODES)
+        self.send_error(error.code, error.message, error.details)
 
     # --- client → session ------------------------------------------------------------
 
@@ -178,38 +234,31 @@ class Peer:
             try:
                 if not await self._command(message):
                     return
-            except Exception:
-                log.exception("a data channel message failed", extra={"session": self.link.session_id})
+            except Exception as exc:
+                log.exception("a data channel message failed", extra={
+                    "session": self.link.session_id, "error": f"{type(exc).__name__}: {exc}"})
                 self.send_error("internal", "the message could not be handled: retry")
 
     async def _command(self, raw: str) -> bool:
         """Handle one message; False once the session is over."""
         try:
-            command = msgspec.json.decode(raw, type=Incoming)
-        except msgspec.DecodeError as exc:
-            self.send_error("bad_message", f"not a valid message: {exc}")
-            return True
-        match command.type:
-            case "user.text":
-                if not (command.text or "").strip():
-                    self.send_error("bad_message", "user.text needs a non-empty text")
-                else:
-                    await self.link.text(command.text or "")
-            case "abort":
-                self.downlink.flush()
-                await self.link.abort()
-            case "hangup":
-                await self.close("hangup")
-                return False
-            case "listen.start":
-                if command.mode not in ("auto", "manual", "realtime"):
-                    self.send_error("bad_message", "mode must be auto, manual or realtime")
-                else:
+            kind, command = jsonparse.parse_message(raw, MESSAGES)
+            match command:
+                case UserTextMessage():
+                    await self.link.text(checked_text(command.text,
+                                                      self.services.config.edge.max_text_chars))
+                case ListenStartMessage():
                     await self.link.listen_start(command.mode)
-            case "listen.stop":
-                await self.link.listen_stop()
-            case other:
-                self.send_error("unknown_type", f"unknown message type {other!r}")
+                case _ if kind == "abort":
+                    self.downlink.flush()
+                    await self.link.abort()
+                case _ if kind == "hangup":
+                    await self.close("hangup")
+                    return False
+                case _ if kind == "listen.stop":
+                    await self.link.listen_stop()
+        except (jsonparse.JsonInputError, ApiError) as error:
+            self.reject(error)
         return True
 
     # --- the end ---------------------------------------------------------------------
@@ -258,6 +307,6 @@ class Peer:
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[Any]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("a webrtc task failed", exc_info=task.exception(),
-                      extra={"session": self.link.session_id})
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("a webrtc task failed", exc_info=exc, extra={
+                "session": self.link.session_id, "error": f"{type(exc).__name__}: {exc}"})

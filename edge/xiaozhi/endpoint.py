@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from typing import Any
 
 from starlette.websockets import WebSocket
 
+from edge import jsonparse
 from edge.errors import ApiError
 from edge.realtime.auth import device_caller
 from edge.realtime.connection import Connection
+from edge.realtime.messages import checked_text
 from edge.realtime.session import Caller, SessionLink
 from edge.xiaozhi import framing, protocol
 from edge.xiaozhi.mcp import CallResult, McpClient, McpError
@@ -46,7 +47,10 @@ EARLY_MAX_AGE = 0.5  # … for at most this long
 BAD_FRAME_REPORT_S = 5.0  # at most one bad-frame error per this many seconds
 EXIT_START_S = 3.0  # after the dialogue ended the session: the goodbye starts this soon …
 EXIT_GRACE_S = 15.0  # … and lasts at most this long
-IGNORED = frozenset({"iot", "sentence_end", "tts", "ping", "pong"})
+# The hello's refusals: malformed or too deep → 4400, a field of the wrong type → 4422.
+HELLO_CODES: dict[jsonparse.Problem, tuple[int, str]] = {
+    **jsonparse.MESSAGE_CODES, "invalid": (422, "bad_hello"),
+}
 
 
 async def xiaozhi_endpoint(websocket: WebSocket) -> None:
@@ -86,11 +90,11 @@ async def _hello(conn: Connection, said: int | None) -> protocol.Hello | None:
         if frame is None or frame.kind != framing.JSON:
             await conn.refuse(ApiError(400, "hello_required", "send a hello before any audio"))
             return None
-        message = frame.payload.decode(errors="replace")
+        message = frame.payload
     try:
-        parsed = json.loads(message)
-    except ValueError as exc:
-        await conn.refuse(ApiError(400, "bad_message", f"not valid JSON: {exc}"))
+        parsed = jsonparse.parse(message)
+    except jsonparse.JsonInputError as error:
+        await conn.refuse(error.api_error(HELLO_CODES))
         return None
     if not isinstance(parsed, dict) or parsed.get("type") != "hello":
         await conn.refuse(ApiError(400, "hello_required", "the first message must be a hello"))
@@ -141,7 +145,11 @@ class DeviceSession:
         try:
             # Recorded before the device hears back: the ASR claims the session while the
             # hello travels, so the first frames find it listening.
-            await link.start()
+            try:
+                await link.start()
+            except ApiError as error:  # what the hello said would not be readable
+                await conn.refuse(error)
+                return
             await conn.send_json(protocol.server_hello(sid, self.hello.downlink))
             if self.mcp is not None:
                 self._spawn(self._mcp_setup())
@@ -153,8 +161,10 @@ class DeviceSession:
                     await self._binary(message)
                 else:
                     await self._text(message)
-        except Exception:
-            log.exception("xiaozhi connection failed", extra={"session": sid})
+        except Exception as exc:
+            # The default log format has no traceback: the line itself must say why.
+            log.exception("xiaozhi connection failed",
+                          extra={"session": sid, "error": f"{type(exc).__name__}: {exc}"})
             reason = "error"
         finally:
             await self._wind_down()
@@ -190,60 +200,49 @@ class DeviceSession:
                 await self.conn.send_error("bad_frame", f"protocol v{self.version}: {exc}")
             return
         if frame.kind == framing.JSON:
-            await self._text(frame.payload.decode(errors="replace"))
+            await self._text(frame.payload)
         else:
             await self.link.audio(frame.payload)
 
-    async def _text(self, raw: str) -> None:
+    async def _text(self, raw: str | bytes) -> None:
         try:
-            message = json.loads(raw)
-        except ValueError as exc:
-            await self.conn.send_error("bad_message", f"not valid JSON: {exc}")
-            return
-        kind = message.get("type") if isinstance(message, dict) else None
-        if not isinstance(kind, str):
-            await self.conn.send_error("bad_message", "a message is a JSON object with a 'type'")
-            return
-        match kind:
-            case "listen":
-                await self._listen(message)
-            case "abort":
-                await self._abort()
-            case "mcp":
-                if self.mcp is not None:
-                    self.mcp.received(message.get("payload"))
-            case "hello":  # said again: the same answer
-                await self.conn.send_json(protocol.server_hello(self.link.session_id,
-                                                                self.hello.downlink))
-            case "goodbye":
-                self.conn.end_reason = "client_goodbye"
-                await self.conn.close(1000, "goodbye")
-            case _ if kind in IGNORED:
-                pass
-            case _:
-                await self.conn.send_error("unknown_type", f"unknown message type {kind!r}")
+            kind, message = jsonparse.parse_message(raw, protocol.DEVICE_MESSAGES)
+            match message:
+                case protocol.Listen():
+                    await self._listen(message)
+                case protocol.McpMessage():
+                    if self.mcp is not None:
+                        self.mcp.received(message.payload)
+                case _ if kind == "abort":
+                    await self._abort()
+                case _ if kind == "hello":  # said again: the same answer
+                    await self.conn.send_json(protocol.server_hello(self.link.session_id,
+                                                                    self.hello.downlink))
+                case _ if kind == "goodbye":
+                    self.conn.end_reason = "client_goodbye"
+                    await self.conn.close(1000, "goodbye")
+                case _:  # iot, sentence_end, tts, ping, pong: accepted and ignored
+                    pass
+        except (jsonparse.JsonInputError, ApiError) as error:
+            await self.conn.reject(error)
 
-    async def _listen(self, message: dict[str, Any]) -> None:
-        state = message.get("state")
-        if state == "start":
-            mode = message.get("mode") or "auto"
-            if mode not in protocol.LISTEN_MODES:
-                await self.conn.send_error("bad_message", "mode must be auto, manual or realtime")
-                return
-            await self.link.listen_start(mode)
-        elif state == "stop":
-            await self.link.listen_stop()
-        elif state == "detect":
-            text = message.get("text")
-            if not isinstance(text, str):
-                await self.conn.send_error("bad_message", "listen detect needs a text")
-                return
-            rest = protocol.after_wake_word(text)
-            typed = text.strip() if rest is None else rest.strip()
-            if typed:  # a wake word alone opens no turn
-                await self.link.text(typed, source="detect")
-        else:
-            await self.conn.send_error("bad_message", "listen state must be start, stop or detect")
+    async def _listen(self, message: protocol.Listen) -> None:
+        """Raises ApiError for a listen the session cannot take."""
+        match message.state:
+            case "start":
+                await self.link.listen_start(message.mode or "auto")
+            case "stop":
+                await self.link.listen_stop()
+            case "detect":
+                if message.text is None:
+                    raise ApiError(422, "bad_message", "listen detect needs a text", {"at": "$.text"})
+                # Checked before the wake word is taken off: the limit is on what was sent.
+                text = checked_text(message.text, self.conn.services.config.edge.max_text_chars,
+                                    "listen detect") if message.text.strip() else ""
+                rest = protocol.after_wake_word(text)
+                typed = text.strip() if rest is None else rest.strip()
+                if typed:  # a wake word alone opens no turn
+                    await self.link.text(typed, source="detect")
 
     async def _abort(self) -> None:
         """The device stopped the answer: silence now, and stop the turn everywhere."""

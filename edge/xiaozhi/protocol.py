@@ -4,22 +4,38 @@ device's JSON messages, and what the edge says back (emotions, wake words)."""
 from __future__ import annotations
 
 import os
+import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
+from msgspec import Meta
 from starlette.datastructures import Headers, QueryParams
 
-from actors.audio.encode import OPUS_FRAME_MS, OPUS_RATES
+from edge import jsonparse
 from edge.errors import ApiError
 from edge.realtime.auth import bearer
+from edge.realtime.messages import ListenMode
 from edge.xiaozhi.framing import VERSIONS
-from schemas import AudioParams
+from schemas import AudioParams, is_token
 
 PATH = "/xiaozhi/v1/"
 UPLINK = AudioParams(format="opus", sample_rate=16000, channels=1, frame_duration=60)
 DOWNLINK = AudioParams(format="opus", sample_rate=24000, channels=1, frame_duration=60)
-LISTEN_MODES = ("auto", "manual", "realtime")
+# What the actors' Opus codec takes (actors/audio/encode.py OPUS_RATES, OPUS_FRAME_MS; a
+# test keeps them equal), spelled as types so that a hello is checked by decoding it.
+OpusRate = Literal[8000, 12000, 16000, 24000, 48000]
+OpusFrameMs = Literal[5, 10, 20, 40, 60, 80, 100, 120]
+Channels = Annotated[int, Meta(ge=1, le=2)]
+# A Client-Id is a UUID; anything printable up to 128 characters is taken as it is.
+CLIENT_ID = re.compile(r"^[!-~]{1,128}$")
+# What each hello field must be, for refusals that say so (msgspec names the type only).
+HELLO_RULES = {
+    "format": "'opus'", "sample_rate": "one of 8000, 12000, 16000, 24000, 48000",
+    "channels": "1 or 2", "frame_duration": "one of 5, 10, 20, 40, 60, 80, 100, 120 (ms)",
+    "transport": "'websocket'", "version": "1, 2 or 3", "mcp": "true or false",
+}
 # Wake words a device reports with `listen detect`: alone they open no turn (an assistant
 # with a greeting already greeted at session start); before other words they are dropped.
 WAKE_WORDS = ("你好小智", "你好小志", "小爱同学", "你好小鑫", "你好小新", "小美同学", "小龙小龙",
@@ -60,9 +76,15 @@ def handshake(headers: Headers, query: QueryParams) -> Handshake:
     token = token or query.get("token") or None
     said = headers.get("protocol-version") or query.get("protocol-version")
     version = check_version(said) if said else None
-    device = headers.get("device-id") or query.get("device-id") or query.get("device_id")
-    client = headers.get("client-id") or query.get("client-id") or query.get("client_id")
-    return Handshake(token, version, (device or "").strip() or None, (client or "").strip() or None)
+    device = (headers.get("device-id") or query.get("device-id") or query.get("device_id") or "").strip()
+    client = (headers.get("client-id") or query.get("client-id") or query.get("client_id") or "").strip()
+    # Both are recorded in session.started, and the Device-Id keys subjects and KV entries.
+    if device and not is_token(device):
+        raise ApiError(400, "invalid_device_id",
+                       "Device-Id must be 1-128 of A-Z a-z 0-9 _ - : @ + = (a MAC address)")
+    if client and not CLIENT_ID.match(client):
+        raise ApiError(400, "invalid_client_id", "Client-Id must be 1-128 printable ASCII characters")
+    return Handshake(token, version, device or None, client or None)
 
 
 def check_version(value: object) -> int:
@@ -76,6 +98,39 @@ def check_version(value: object) -> int:
     return version
 
 
+class UplinkParams(msgspec.Struct):
+    """`audio_params` of a hello: the device's microphone. Fields left out take the
+    firmware's defaults; unknown ones are ignored."""
+
+    format: Literal["opus"] = "opus"
+    sample_rate: OpusRate = 16000
+    channels: Channels = 1
+    frame_duration: OpusFrameMs = 60
+
+    def params(self) -> AudioParams:
+        return AudioParams(format=self.format, sample_rate=self.sample_rate, channels=self.channels,
+                           frame_duration=self.frame_duration)
+
+
+class DownlinkParams(UplinkParams):
+    """`downlink_audio_params` (a vagent extension): what the device wants to hear."""
+
+    sample_rate: OpusRate = 24000
+
+
+class Features(msgspec.Struct):
+    mcp: bool = False
+
+
+class HelloMessage(msgspec.Struct):
+    type: Literal["hello"]
+    version: int | str | None = None  # 1, 2, 3 (or "1"…); a Protocol-Version header wins
+    transport: Literal["websocket"] = "websocket"
+    features: Features | None = None
+    audio_params: UplinkParams | None = None
+    downlink_audio_params: DownlinkParams | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Hello:
     version: int
@@ -84,38 +139,46 @@ class Hello:
     downlink: AudioParams
 
 
-def parse_hello(message: dict[str, Any], said: int | None) -> Hello:
-    """The device's hello; raises ApiError(422) for parameters the edge cannot serve."""
-    transport = message.get("transport", "websocket")
-    if transport != "websocket":
-        raise ApiError(422, "bad_hello", f"transport must be 'websocket', not {transport!r}")
+def parse_hello(message: object, said: int | None) -> Hello:
+    """The device's hello (parsed JSON); raises ApiError 422 `bad_hello` for a field of the
+    wrong type or out of range, naming the field and what it must be."""
+    try:
+        hello = jsonparse.convert(message, HelloMessage)
+    except jsonparse.JsonInputError as error:
+        field = (error.at or "$").rpartition(".")[2]
+        rule = HELLO_RULES.get(field)
+        where = (error.at or "$").removeprefix("$.")
+        reason = f"{where} must be {rule} ({error.reason})" if rule else error.reason
+        raise ApiError(422, "bad_hello", reason, error.details) from None
     version = said if said is not None else (
-        check_version(message["version"]) if message.get("version") is not None else 1)
-    features = message.get("features") or {}
-    mcp = isinstance(features, dict) and bool(features.get("mcp"))
-    uplink = audio_params(message.get("audio_params"), UPLINK, "audio_params")
-    downlink = audio_params(message.get("downlink_audio_params"), DOWNLINK, "downlink_audio_params")
-    return Hello(version, mcp, uplink, downlink)
+        check_version(hello.version) if hello.version is not None else 1)
+    return Hello(version, bool(hello.features and hello.features.mcp),
+                 (hello.audio_params or UplinkParams()).params(),
+                 (hello.downlink_audio_params or DownlinkParams()).params())
 
 
-def audio_params(value: object, default: AudioParams, field: str) -> AudioParams:
-    if value is None:
-        return default
-    if not isinstance(value, dict):
-        raise ApiError(422, "bad_hello", f"{field} must be an object")
-    fmt = value.get("format", default.format)
-    rate = value.get("sample_rate", default.sample_rate)
-    channels = value.get("channels", default.channels)
-    frame = value.get("frame_duration", default.frame_duration)
-    if fmt != "opus":
-        raise ApiError(422, "bad_hello", f"{field}.format must be 'opus', not {fmt!r}")
-    if rate not in OPUS_RATES:
-        raise ApiError(422, "bad_hello", f"{field}.sample_rate must be one of {sorted(OPUS_RATES)}")
-    if channels != 1:
-        raise ApiError(422, "bad_hello", f"{field}.channels must be 1")
-    if frame not in OPUS_FRAME_MS:
-        raise ApiError(422, "bad_hello", f"{field}.frame_duration must be one of {sorted(OPUS_FRAME_MS)}")
-    return AudioParams(format="opus", sample_rate=rate, channels=1, frame_duration=frame)
+# --- the device's messages within a session --------------------------------------------------
+
+
+class Listen(msgspec.Struct):
+    state: Literal["start", "stop", "detect"]
+    mode: ListenMode | None = None  # start: None is auto
+    text: str | None = None  # detect: what the wake word engine (or a typed client) heard
+
+
+class McpMessage(msgspec.Struct):
+    payload: dict[str, Any]  # a JSON-RPC 2.0 message
+
+
+class Unread(msgspec.Struct):
+    """A message whose fields the edge does not read (abort, goodbye, iot, …): only its type
+    matters, so nothing else in it is held against the device."""
+
+
+DEVICE_MESSAGES: dict[str, type[msgspec.Struct]] = {
+    "listen": Listen, "mcp": McpMessage, "abort": Unread, "hello": Unread, "goodbye": Unread,
+    **{kind: Unread for kind in ("iot", "sentence_end", "tts", "ping", "pong")},
+}
 
 
 def server_hello(session_id: str, downlink: AudioParams) -> dict[str, Any]:
