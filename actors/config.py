@@ -142,10 +142,17 @@ class EdgeSettings(msgspec.Struct, forbid_unknown_fields=True):
     port: int = 8000
     max_body_bytes: int = 1_048_576  # larger request bodies get 413
     max_upload_bytes: int = 20 * 1_048_576  # a larger document upload gets 413, nothing stored
+    # HTTP: a request's headers must be complete this soon after the connection opens (or
+    # after the previous response); a silent or trickling (slowloris) client is closed.
+    header_timeout: float = 10.0
+    # WebSocket: the client's first message must come this soon after the accept (close 4408).
+    first_message_timeout: float = 30.0
     # Real-time connections (xiaozhi, /ws, WebRTC) without a token are accepted and talk to
     # the default assistant, as a local install expects; turn off before exposing the edge.
     anonymous: bool = True
-    max_connections: int = 1000  # per edge process; more are refused (close code 1013)
+    # Per edge process: real-time sessions (more: close 1013) and open sockets of any kind,
+    # idle ones too (more: 503 too_many_connections, then closed).
+    max_connections: int = 1000
     max_frame_bytes: int = 65_536  # one WebSocket message, text or binary
     max_messages_per_second: int = 100  # per connection, averaged over a few seconds
     hello_timeout: float = 10.0  # xiaozhi: the device's hello must come this soon

@@ -14,6 +14,7 @@ import uvicorn
 from actors.config import Config
 from bus.client import Bus
 from edge.app import create_app
+from edge.guard import FirstMessageTimeout, guarded_protocol
 from edge.services import Services
 
 log = logging.getLogger("vagent.edge")
@@ -32,12 +33,16 @@ class EdgeServer:
         self.app = create_app(self.services)
         self.host = host or config.edge.host
         self.port = config.edge.port if port is None else port
-        self._server = _Server(uvicorn.Config(self.app, host=self.host, port=self.port, lifespan="off",
+        self._server = _Server(uvicorn.Config(FirstMessageTimeout(self.app, config.edge),
+                                              host=self.host, port=self.port, lifespan="off",
                                               log_level="warning", access_log=False,
                                               server_header=False,
                                               # the client address is the socket's unless
                                               # auth.trust_forwarded_for says otherwise
                                               proxy_headers=False,
+                                              # h11 with a header deadline and every socket
+                                              # counted (edge/guard.py)
+                                              http=guarded_protocol(config.edge),
                                               ws_max_size=config.edge.max_frame_bytes * 2))
         self._task: asyncio.Task[None] | None = None
 
