@@ -104,6 +104,10 @@ class Argon2Settings(msgspec.Struct, forbid_unknown_fields=True):
     time_cost: int = 3
     memory_kib: int = 65_536  # 64 MiB per hash
     parallelism: int = 4
+    # Per edge process: at most this many hashes at once (memory is concurrency × memory_kib,
+    # and the CPU stays free enough for real-time turns) …
+    concurrency: int = 2
+    queue: int = 8  # … and this many waiting for one; more get 503 busy (Retry-After)
 
 
 class SmtpSettings(msgspec.Struct, forbid_unknown_fields=True):

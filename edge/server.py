@@ -74,3 +74,4 @@ class EdgeServer:
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await self._task
+        self.services.accounts.hasher.close()

@@ -134,8 +134,11 @@ class Accounts:
         email = normalize_email(email)
         check_strength(password, email, self.settings.password_min_length)
         user_id = new_id()
+        # Hash before claiming the email: a hash refused as busy (503) then leaves no claim
+        # behind to turn the client's retry into a 409.
+        hashed = await self.hasher.hash(password)
         await self._claim_email(email, user_id)
-        await kv.put(self.bus, CREDENTIALS, user_id, (await self.hasher.hash(password)).encode())
+        await kv.put(self.bus, CREDENTIALS, user_id, hashed.encode())
         assistant_id = new_id()
         # The user's own default assistant first: a user event never names a missing one.
         dialogue = load_config().dialogue
@@ -197,9 +200,14 @@ class Accounts:
             raise unauthorized("invalid_credentials", "wrong email or password")
         await kv.delete(self.bus, BUCKET, f"fail.{user.user_id}")
         if self.hasher.needs_rehash(hashed):
-            await kv.put(self.bus, CREDENTIALS, user.user_id, (await self.hasher.hash(password)).encode())
-            log.info("password rehashed with the current argon2 parameters",
-                     extra={"user_id": user.user_id})
+            try:
+                rehashed = await self.hasher.hash(password)
+            except ApiError:  # busy: the login succeeded all the same; rehash next time
+                pass
+            else:
+                await kv.put(self.bus, CREDENTIALS, user.user_id, rehashed.encode())
+                log.info("password rehashed with the current argon2 parameters",
+                         extra={"user_id": user.user_id})
         return await self.tokens.issue(user.user_id)
 
     def locked_error(self, user: UserState) -> ApiError:

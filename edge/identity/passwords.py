@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -10,6 +17,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from actors.config import Argon2Settings
 from edge.errors import ApiError
 
+T = TypeVar("T")
 MAX_LENGTH = 256  # hashing cost grows with length: refuse essay-sized passwords
 # The most common passwords of at least ten characters in public breach lists.
 COMMON = frozenset({
@@ -46,16 +54,29 @@ def check_strength(password: str, email: str, min_length: int) -> None:
 
 
 class Hasher:
-    """argon2id; hashing runs in a thread (tens of milliseconds of CPU by design)."""
+    """argon2id, a few hashes at a time, in threads of its own.
+
+    Each hash takes `memory_kib` (64 MiB) and `parallelism` threads' worth of CPU, so
+    unbounded concurrent logins would take hundreds of MiB and every core: at most
+    `concurrency` run at once and `queue` wait; beyond that the caller gets 503 at once
+    (waiting longer would only hold the connection). The pool is its own, so queued hashes
+    never hold the event loop's default executor, and its threads run at a lower priority
+    so a real-time turn on the same cores goes first."""
 
     def __init__(self, settings: Argon2Settings) -> None:
         self._ph = PasswordHasher(time_cost=settings.time_cost, memory_cost=settings.memory_kib,
                                   parallelism=settings.parallelism, type=Type.ID)
         # Verified against when the email is unknown, so that path costs the same time.
         self._decoy = self._ph.hash("decoy password, never matches")
+        self.concurrency = max(1, settings.concurrency)
+        self.capacity = self.concurrency + max(0, settings.queue)
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="argon2",
+                                        initializer=_background_priority)
+        self._admitted = 0  # running or queued in the pool
+        self._lock = threading.Lock()  # the count drops in the pool's threads
 
     async def hash(self, password: str) -> str:
-        return await asyncio.to_thread(self._ph.hash, password)
+        return await self._run(self._ph.hash, password)
 
     async def verify(self, stored: str | None, password: str) -> bool:
         def check() -> bool:
@@ -64,7 +85,43 @@ class Hasher:
             except (VerificationError, InvalidHashError):
                 return False
 
-        return await asyncio.to_thread(check)
+        return await self._run(check)
 
     def needs_rehash(self, stored: str) -> bool:
         return self._ph.check_needs_rehash(stored)
+
+    def close(self) -> None:
+        """Let the pool's threads end once their hashes are done."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, work: Callable[..., T], *args: Any) -> T:
+        with self._lock:
+            if self._admitted >= self.capacity:
+                raise busy()
+            self._admitted += 1
+        try:
+            future = self._pool.submit(work, *args)
+        except BaseException:
+            self._release()
+            raise
+        # Released when the hash is done, not when its caller stops waiting: a request that
+        # went away leaves its running hash counted until it ends.
+        future.add_done_callback(self._release)
+        return await asyncio.wrap_future(future)
+
+    def _release(self, _: object = None) -> None:
+        with self._lock:
+            self._admitted -= 1
+
+
+def busy() -> ApiError:
+    return ApiError(503, "busy", "too many sign-ins at once: retry in a moment",
+                    {"retry_after": 1}, {"Retry-After": "1"})
+
+
+def _background_priority() -> None:
+    """Lower this hashing thread's priority (nice 10). Linux keeps a nice value per thread
+    and the threads argon2 starts for its lanes inherit it; elsewhere this does nothing."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
