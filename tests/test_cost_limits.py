@@ -1,10 +1,11 @@
 """Costs bounded per process (#14): argon2 runs a few hashes at a time (503 beyond its
-queue) without slowing a real-time turn."""
+queue) without slowing a real-time turn, and a lock is recorded and logged once."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,9 +16,12 @@ import pytest
 import websockets
 
 from actors.config import Argon2Settings
+from bus.log import load
 from bus.server import EmbeddedServer
 from cli.echo_llm import OpenAIServer
+from schemas import UserLocked
 from tests.api_harness import Api, api_config, serve_stack
+from tests.test_connection_limits import edge
 
 LOGIN = "/api/v1/auth/login"
 
@@ -72,3 +76,25 @@ async def test_concurrent_logins_hash_a_few_at_a_time_and_a_turn_stays_quick(sta
     # And they can, once the queue is empty.
     r, _ = await login()
     assert r.status_code == 200, r.text
+
+
+# --- lockout ---------------------------------------------------------------------------------
+
+async def test_a_lock_is_recorded_and_logged_once(module_nats: EmbeddedServer, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    config = api_config(lockout_failures=3, lockout_seconds=60)
+    async with edge(module_nats, tmp_path, config) as api:
+        email = "locked@example.com"
+        r = await api.client.post("/api/v1/auth/register",
+                                  json={"email": email, "password": "correct horse 9"})
+        assert r.status_code == 201
+        user_id = r.json()["user_id"]
+        caplog.set_level(logging.WARNING, logger="vagent.edge.accounts")
+        wrong = {"email": email, "password": "wrong horse 99"}
+        answers = await asyncio.gather(*(api.client.post(LOGIN, json=wrong) for _ in range(8)))
+        assert {a.status_code for a in answers} <= {401, 423}
+        assert (await api.client.post(LOGIN, json=wrong)).status_code == 423
+        entries, _ = await load(api.services.bus, "user", user_id)
+        assert len([e for e in entries if isinstance(e.event, UserLocked)]) == 1
+        logged = [r for r in caplog.records if "account locked" in r.getMessage()]
+        assert len(logged) == 1, [r.getMessage() for r in logged]

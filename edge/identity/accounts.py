@@ -243,13 +243,15 @@ class Accounts:
             return
         if count >= self.settings.lockout_failures:
             until = time.time_ns() + int(self.settings.lockout_seconds * 1e9)
-            try:
-                await self.bus.append(UserLocked(user_id=user.user_id, reason="failed_logins",
-                                                 until_ts=until), user.last_seq)
-            except ConflictError:
-                pass  # another request locked it (or changed the user) first
+            # Concurrent failures may all reach the count; only the one whose lock is
+            # appended locks (and logs): the others find the account locked already. An
+            # unrelated change meanwhile (a device bound) is re-read, not a lost lock.
+            locked = await self._append_fresh(
+                user.user_id, lambda fresh: None if fresh.is_locked() else UserLocked(
+                    user_id=user.user_id, reason="failed_logins", until_ts=until))
             await kv.delete(self.bus, BUCKET, key)
-            log.warning("account locked after failed logins", extra={"user_id": user.user_id})
+            if locked is not None:
+                log.warning("account locked after failed logins", extra={"user_id": user.user_id})
 
     # --- email verification -------------------------------------------------------------
 
@@ -301,17 +303,19 @@ class Accounts:
 
     # --- administration -----------------------------------------------------------------
 
-    async def _append_fresh(self, user_id: str, decide: Callable[[UserState], Event | None]) -> None:
+    async def _append_fresh(self, user_id: str,
+                            decide: Callable[[UserState], Event | None]) -> Event | None:
         """Append what `decide` makes of the user's current state, re-reading the state when
-        another writer appended first (a login lockout, a device bind)."""
+        another writer appended first (a login lockout, a device bind); the event appended,
+        None when `decide` found nothing to do."""
         for _ in range(10):
             user = await self.require(user_id)
             event = decide(user)
             if event is None:
-                return
+                return None
             try:
                 await self.bus.append(event, user.last_seq)
-                return
+                return event
             except ConflictError:
                 continue
         raise ApiError(409, "conflict", "the account keeps changing: retry")
