@@ -146,6 +146,9 @@ class EdgeSettings(msgspec.Struct, forbid_unknown_fields=True):
     port: int = 8000
     max_body_bytes: int = 1_048_576  # larger request bodies get 413
     max_upload_bytes: int = 20 * 1_048_576  # a larger document upload gets 413, nothing stored
+    # Per user, over the documents not deleted: an upload past either gets 413 quota_exceeded.
+    max_documents_per_user: int = 100
+    max_document_bytes_per_user: int = 100 * 1_048_576
     # HTTP: a request's headers must be complete this soon after the connection opens (or
     # after the previous response); a silent or trickling (slowloris) client is closed.
     header_timeout: float = 10.0

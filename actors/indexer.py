@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from pathlib import Path
 from typing import ClassVar
 
 from actors.base import Actor, Context
-from actors.knowledge.chunk import chunk
+from actors.knowledge.chunk import MAX_CHUNKS, chunk, max_chunks, min_chunks, plain_text_chars
 from actors.knowledge.embed import embedder
-from actors.knowledge.parse import ParseError, parse
+from actors.knowledge.parse import PLAIN, ParseError, media_type, parse
 from actors.knowledge.store import ChunkStore, Row, store
 from bus.blobs import get_document
 from bus.config import data_dir
@@ -28,13 +27,6 @@ from bus.log import load
 from schemas import DocumentDeleted, DocumentFailed, DocumentIndexed, DocumentUploaded, Event
 
 log = logging.getLogger("vagent.indexer")
-
-MAX_CHUNKS = 5000  # ~3 MB of text; a longer document fails with its count (VAGENT_KB_MAX_CHUNKS)
-
-
-def max_chunks() -> int:
-    return int(os.environ.get("VAGENT_KB_MAX_CHUNKS", MAX_CHUNKS))
-
 
 def embedding_text(title: str, heading: str, text: str) -> str:
     """What is embedded for a chunk: its text in the context of its document and section."""
@@ -46,7 +38,14 @@ def index_document(chunks: ChunkStore, data: bytes, *, document_id: str, owner_i
                    title: str, content_type: str | None, filename: str | None = None,
                    max_chunks: int = MAX_CHUNKS) -> int:
     """Parse, chunk, embed and store one document (replacing its earlier chunks); the number
-    of chunks. ParseError when it cannot be indexed, with the reason."""
+    of chunks. ParseError when it cannot be indexed, with the reason.
+
+    A document that cannot fit in `max_chunks` is refused as early as its size tells: a
+    plain text before it is parsed, any other once parsed, before it is chunked."""
+    if media_type(content_type, filename) == PLAIN:
+        chars = plain_text_chars(data)
+        if chars is not None and min_chunks(chars) > max_chunks:
+            raise ParseError(too_long(min_chunks(chars), max_chunks))
     try:
         blocks = parse(data, content_type, filename)
     except ParseError:
@@ -54,6 +53,9 @@ def index_document(chunks: ChunkStore, data: bytes, *, document_id: str, owner_i
     except Exception as exc:  # a parser bug on a strange file: say so, do not retry forever
         log.warning("parser failed", extra={"document_id": document_id}, exc_info=exc)
         raise ParseError(f"cannot read the file: {type(exc).__name__}: {exc}"[:300]) from None
+    body = sum(len(b.text) for b in blocks if not b.level)  # headings only name sections
+    if min_chunks(body) > max_chunks:
+        raise ParseError(too_long(min_chunks(body), max_chunks))
     pieces = chunk(blocks)
     if not pieces:
         raise ParseError("no text found in the document")
@@ -62,6 +64,10 @@ def index_document(chunks: ChunkStore, data: bytes, *, document_id: str, owner_i
     rows = [Row(document_id, owner_id or "", title, c.index, c.heading, c.text) for c in pieces]
     vectors = embedder().embed([embedding_text(title, c.heading, c.text) for c in pieces])
     return chunks.replace_document(rows, vectors, document_id=document_id)
+
+
+def too_long(at_least: int, limit: int) -> str:
+    return f"too long: at least {at_least} chunks, the limit is {limit}"
 
 
 class Indexer(Actor):

@@ -1,5 +1,6 @@
-"""Costs bounded per process (#14): argon2 runs a few hashes at a time (503 beyond its
-queue) without slowing a real-time turn, and a lock is recorded and logged once."""
+"""Costs bounded per process and per user (#14): argon2 runs a few hashes at a time (503
+beyond its queue) without slowing a real-time turn, a lock is recorded and logged once,
+and uploads stop at the owner's quota and at the chunk limit before any work."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
@@ -16,12 +18,15 @@ import pytest
 import websockets
 
 from actors.config import Argon2Settings
+from actors.indexer import index_document
+from actors.knowledge.parse import ParseError
+from actors.knowledge.parse import parse as real_parse
 from bus.log import load
 from bus.server import EmbeddedServer
 from cli.echo_llm import OpenAIServer
 from schemas import UserLocked
 from tests.api_harness import Api, api_config, serve_stack
-from tests.test_connection_limits import edge
+from tests.test_connection_limits import edge, edge_config
 
 LOGIN = "/api/v1/auth/login"
 
@@ -98,3 +103,88 @@ async def test_a_lock_is_recorded_and_logged_once(module_nats: EmbeddedServer, t
         assert len([e for e in entries if isinstance(e.event, UserLocked)]) == 1
         logged = [r for r in caplog.records if "account locked" in r.getMessage()]
         assert len(logged) == 1, [r.getMessage() for r in logged]
+
+
+# --- uploads ---------------------------------------------------------------------------------
+
+async def stored(api: Api) -> tuple[int, int]:
+    """(document events, Object Store messages of bucket `docs`)."""
+    js = api.services.bus.js
+    return ((await js.stream_info("DOCS")).state.messages, (await js.stream_info("OBJ_docs")).state.messages)
+
+
+async def upload(api: Api, h: dict[str, str], name: str, data: bytes) -> httpx.Response:
+    return await api.client.post("/api/v1/documents", headers=h,
+                                 files={"file": (name, data, "text/plain")})
+
+
+async def test_an_upload_past_the_quota_gets_413_and_nothing_is_stored(
+        module_nats: EmbeddedServer, tmp_path: Path) -> None:
+    config = edge_config(max_documents_per_user=2, max_document_bytes_per_user=1000)
+    async with edge(module_nats, tmp_path, config) as api:
+        h = await api.user()
+        first = await upload(api, h, "a.txt", b"a" * 400)
+        assert first.status_code == 202, first.text
+        before = await stored(api)
+        r = await upload(api, h, "b.txt", b"b" * 601)  # 1001 bytes in all
+        assert r.status_code == 413, r.text
+        error = r.json()["error"]
+        assert error["code"] == "quota_exceeded" and "1000 bytes" in error["message"]
+        assert error["details"] == {"quota": "bytes", "limit": 1000, "used": 400, "size": 601}
+        assert await stored(api) == before
+        assert (await upload(api, h, "b.txt", b"b" * 600)).status_code == 202  # exactly full
+        r = await upload(api, h, "c.txt", b"c")
+        assert r.status_code == 413 and r.json()["error"]["details"] == {
+            "quota": "documents", "limit": 2, "used": 2}, r.text
+        # Concurrent uploads cannot squeeze past it either.
+        other = await api.user()
+        answers = await asyncio.gather(*(upload(api, other, f"{n}.txt", b"x") for n in range(5)))
+        assert sorted(a.status_code for a in answers) == [202, 202, 413, 413, 413]
+        listed = (await api.client.get("/api/v1/documents", headers=other)).json()["items"]
+        assert len(listed) == 2
+        # Deleting one makes room.
+        r = await api.client.delete(f"/api/v1/documents/{first.json()['document_id']}", headers=h)
+        assert r.status_code == 204
+        assert (await upload(api, h, "c.txt", b"c")).status_code == 202
+
+
+async def test_a_text_too_long_for_the_chunk_limit_is_refused_at_upload(
+        module_nats: EmbeddedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VAGENT_KB_MAX_CHUNKS", "10")
+    async with edge(module_nats, tmp_path, edge_config()) as api:
+        h = await api.user()
+        r = await upload(api, h, "long.txt", b"word " * 2000)  # 8000 letters: at least 10 chunks
+        assert r.status_code == 202, r.text
+        before = await stored(api)
+        r = await upload(api, h, "longer.txt", b"words " * 2000)  # 10000: at least 13
+        assert r.status_code == 413, r.text
+        error = r.json()["error"]
+        assert error["code"] == "document_too_long"
+        assert error["details"] == {"field": "file", "min_chunks": 13, "limit": 10}
+        assert await stored(api) == before
+        assert len((await api.client.get("/api/v1/documents", headers=h)).json()["items"]) == 1
+
+
+def test_the_indexer_refuses_a_long_document_before_chunking_or_embedding(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_work(*args: object) -> None:
+        raise AssertionError("chunked or embedded a document over the limit")
+
+    parsed: list[str] = []
+
+    def parse(*args: Any, **kwargs: Any) -> Any:
+        parsed.append("parsed")
+        return real_parse(*args, **kwargs)
+
+    monkeypatch.setattr("actors.indexer.chunk", no_work)
+    monkeypatch.setattr("actors.indexer.embedder", no_work)
+    monkeypatch.setattr("actors.indexer.parse", parse)
+    text = ("A sentence of some length about nothing much at all. " * 40_000).encode()  # 2.2 MB
+    html = b"<html><body><p>" + text[:1_000_000] + b"</p></body></html>"
+    # Plain text: refused from its size, unparsed; HTML: once parsed, before chunking.
+    for data, kind, was_parsed in ((text, "text/plain", False), (html, "text/html", True)):
+        parsed.clear()
+        with pytest.raises(ParseError, match=r"too long: at least \d+ chunks, the limit is 1000"):
+            index_document(None, data, document_id="01DOC", owner_id=None,  # type: ignore[arg-type]
+                           title="t", content_type=kind, max_chunks=1000)
+        assert bool(parsed) is was_parsed

@@ -13,7 +13,7 @@ from edge.api.endpoint import Call, Endpoint, Form, FormField, json_response
 from edge.api.models import Chunk, ChunkPage, Document, DocumentPage
 from edge.api.pages import PAGE_PARAMS, iso, page, page_rows
 from edge.errors import not_found
-from edge.identity.documents import MAX_TITLE, Documents
+from edge.identity.documents import MAX_TITLE, Documents, Quota
 from schemas import DocumentUploaded
 
 
@@ -31,7 +31,18 @@ def uploaded_body(event: DocumentUploaded) -> Document:
 
 
 def documents(call: Call) -> Documents:
-    return Documents(call.services.bus, call.services.config.edge.max_upload_bytes)
+    edge = call.services.config.edge
+    return Documents(call.services.bus, edge.max_upload_bytes,
+                     quota=Quota(edge.max_documents_per_user, edge.max_document_bytes_per_user,
+                                 lambda owner_id: usage(call, owner_id, edge.max_documents_per_user)))
+
+
+async def usage(call: Call, owner_id: str, most: int) -> tuple[int, int]:
+    """The owner's documents and their bytes, from the read model (caught up with every
+    stored event): one page of at most `most + 1` rows says both, since more than `most`
+    documents is over the quota anyway."""
+    rows = await call.services.query("documents", owner_id=owner_id, after="", limit=most + 1)
+    return len(rows), sum(row["size"] for row in rows)
 
 
 async def own_document(call: Call) -> dict[str, Any]:

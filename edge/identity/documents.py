@@ -8,12 +8,16 @@ and records `document.indexed` or `document.failed`; `document.deleted` removes 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import BinaryIO
 
+from actors.knowledge.chunk import max_chunks, min_chunks, plain_text_chars
 from bus.blobs import delete_document, put_document
 from bus.client import Bus
 from bus.errors import ConflictError
@@ -66,6 +70,40 @@ def default_title(filename: str) -> str:
     return (" ".join(stem.replace("_", " ").split()) or "Untitled")[:MAX_TITLE]
 
 
+async def _check_length(filename: str, data: bytes | BinaryIO) -> None:
+    """413 for a plain text that cannot fit in the chunk limit (the indexer would refuse
+    it after parsing it; a 20 MiB text takes minutes). Other types tell only once parsed:
+    the indexer refuses them then, before chunking, with `document.failed`."""
+    def count() -> int | None:
+        raw = _peek(data)
+        return None if raw is None else plain_text_chars(raw)
+
+    chars = await asyncio.to_thread(count)
+    if chars is None:
+        return
+    limit, at_least = max_chunks(), min_chunks(chars)
+    if at_least > limit:
+        raise ApiError(413, "document_too_long",
+                       f"{filename or 'the file'} would make at least {at_least} passages; "
+                       f"a document may make {limit}: split it",
+                       {"field": "file", "min_chunks": at_least, "limit": limit})
+
+
+def _peek(data: bytes | BinaryIO) -> bytes | None:
+    """The whole content, leaving a file where it was; None for a stream that cannot go
+    back (`vagent docs add` streams its files: the indexer checks those)."""
+    if isinstance(data, bytes):
+        return data
+    seekable = getattr(data, "seekable", None)
+    if seekable is None or not seekable():
+        return None
+    start = data.tell()
+    try:
+        return data.read()
+    finally:
+        data.seek(start)
+
+
 @dataclass
 class DocumentState:
     document_id: str
@@ -97,21 +135,74 @@ async def load_document(bus: Bus, document_id: str) -> DocumentState | None:
     return state
 
 
+Usage = Callable[[str], Awaitable[tuple[int, int]]]  # owner → (documents, bytes), deleted ones not
+
+
+@dataclass(frozen=True)
+class Quota:
+    """What one user may keep: documents and bytes over their documents not deleted
+    (failed ones too: their files stay stored until deleted)."""
+
+    documents: int
+    bytes: int
+    usage: Usage
+
+
+# One upload at a time per owner in this process, from the usage check to the stored event,
+# so two concurrent uploads cannot both fit in the last free slot. (Edges in other
+# processes can still race: each overshoots by at most its own upload.)
+_owner_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+@contextlib.asynccontextmanager
+async def _one_upload_at_a_time(owner_id: str) -> AsyncIterator[None]:
+    lock = _owner_locks.get(owner_id)
+    if lock is None:
+        lock = _owner_locks[owner_id] = asyncio.Lock()
+    async with lock:
+        yield
+
+
 class Documents:
-    def __init__(self, bus: Bus, max_bytes: int) -> None:
+    def __init__(self, bus: Bus, max_bytes: int, *, quota: Quota | None = None) -> None:
         self.bus = bus
         self.max_bytes = max_bytes
+        self.quota = quota  # None: no per-owner quota (the operator's `vagent docs add`)
 
     async def upload(self, owner_id: str | None, filename: str, data: bytes | BinaryIO, *, size: int,
                      title: str | None = None, content_type: str | None = None,
                      document_id: str | None = None) -> DocumentUploaded:
         """Store the file, then record `document.uploaded`; the event. 415 for a type the
-        indexer does not read, 413 over the size limit: nothing is stored then."""
+        indexer does not read; 413 over the size limit, for a plain text too long for the
+        chunk limit, or past the owner's quota: nothing is stored then."""
         filename = clean_filename(filename)
         kind = document_type(filename, content_type)
         if size > self.max_bytes:
             raise ApiError(413, "body_too_large", f"the upload exceeds {self.max_bytes} bytes",
                            {"limit": self.max_bytes})
+        if kind == "text/plain":
+            await _check_length(filename, data)
+        if self.quota is None or owner_id is None:
+            return await self._store(owner_id, filename, kind, data, title, document_id)
+        async with _one_upload_at_a_time(owner_id):
+            await self._check_quota(self.quota, owner_id, size)
+            return await self._store(owner_id, filename, kind, data, title, document_id)
+
+    async def _check_quota(self, quota: Quota, owner_id: str, size: int) -> None:
+        documents, used = await quota.usage(owner_id)
+        if documents + 1 > quota.documents:
+            raise ApiError(413, "quota_exceeded",
+                           f"you have {documents} documents, the most one account keeps is "
+                           f"{quota.documents}: delete some first",
+                           {"quota": "documents", "limit": quota.documents, "used": documents})
+        if used + size > quota.bytes:
+            raise ApiError(413, "quota_exceeded",
+                           f"your documents take {used} bytes and this one {size}: one account "
+                           f"keeps at most {quota.bytes} bytes, delete some first",
+                           {"quota": "bytes", "limit": quota.bytes, "used": used, "size": size})
+
+    async def _store(self, owner_id: str | None, filename: str, kind: str, data: bytes | BinaryIO,
+                     title: str | None, document_id: str | None) -> DocumentUploaded:
         title = " ".join((title or "").split())[:MAX_TITLE] or default_title(filename)
         document_id = document_id or new_id()
         stored = await put_document(self.bus, document_id, data)
