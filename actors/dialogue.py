@@ -12,17 +12,27 @@
 - An assistant with documents has the question looked up before the model's first step:
   the dialogue calls the search tool itself, and the model starts with its result.
 - Stateless: each step rebuilds its context from the session's own log.
-- One turn at a time per session: a new input (or a `turn.interrupted` from a client)
-  cancels the running stream; the log keeps only what was produced.
+- One turn at a time per session, ordered by the log: a turn ends with exactly one
+  `assistant.message` that is not a tool step (its closing message). It is appended on the
+  condition that the session's log has not moved since the dialogue last read it
+  (`Nats-Expected-Last-Subject-Sequence`) and held nothing that ends the turn: a later input,
+  or a `turn.interrupted` for it. An input stored before the closing message interrupts the
+  turn once (`turn.interrupted` reason `new_input` and the closing message with
+  `interrupted`, holding what was produced); an input stored after it starts the next turn
+  and leaves the finished one alone. A new input seen while a turn streams cancels the
+  stream early, once the log shows it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+import msgspec
 
 from actors.assistant import DEFAULT_ASSISTANT_ID, AssistantDirectory, AssistantProfile
 from actors.base import Actor, Context
@@ -36,6 +46,7 @@ from actors.toolcall_adapter import ToolTextGuard, repair
 from actors.tools.catalog import catalog
 from actors.tools.spec import ToolSpec, openai_tool
 from bus.client import Message, Subscription
+from bus.errors import BusError, ConflictError
 from bus.log import Entry
 from schemas import (
     AssistantDelta,
@@ -59,8 +70,16 @@ from schemas import (
     derived_id,
 )
 
+log = logging.getLogger("vagent.dialogue")
+
 INPUTS = (UserText, TranscriptFinal)
 CATALOG_TTL = 5.0
+# How long a new input seen on core NATS (which may deliver it before JetStream has stored
+# it) is looked for in the log before the running stream is cut for it.
+CONFIRM_SECONDS = 2.0
+# Reads and conditional appends a closing may take while other writers keep appending to
+# the session (each attempt reads what they appended); then the handler fails and retries.
+FINISH_ATTEMPTS = 50
 SELF = "vagent"  # assistant.message.provider of what the dialogue says or does itself
 # Said instead of a tool call that cannot be run (a tool that does not exist, unreadable
 # JSON) when the model has no second chance: better than silence, never the JSON itself.
@@ -77,6 +96,39 @@ def order_by_turn(entries: list[Entry]) -> list[Entry]:
         return (opened.get(turn, entry.seq), entry.seq) if turn else (entry.seq, entry.seq)
 
     return sorted((e for e in entries if e.event is not None), key=key)
+
+
+def ending(entries: list[Entry], turn_id: str) -> Event | None:
+    """What ended the turn in the log, if anything did: the first event after its input that
+    is a later input with words (the next turn) or a `turn.interrupted` for this turn (or for
+    whichever is current: `turn_id` None). Only what comes before the turn's closing message
+    matters; the caller looks for that first."""
+    opened = False
+    for entry in entries:
+        event = entry.event
+        if event is None:
+            continue
+        if not opened:
+            opened = event.id == turn_id
+        elif isinstance(event, INPUTS) and event.text.strip():
+            return event
+        elif isinstance(event, TurnInterrupted) and event.turn_id in (None, turn_id):
+            return event
+    return None
+
+
+def closed(turn: list[Event | None]) -> bool:
+    """Whether a turn's events hold its closing message: an `assistant.message` that is not
+    a tool step (an answer, or what was produced before an interruption)."""
+    return any(isinstance(e, AssistantMessage) and not e.tool_calls for e in turn)
+
+
+def closing_id(actor: str, turn_id: str) -> str:
+    """The id of a turn's closing message, answer or interruption alike: one per turn, so a
+    retried or redelivered closing is stored once, and a client that saw a closing message
+    JetStream refused (core NATS delivers a rejected conditional append too) does not see
+    the one stored in its place as another."""
+    return derived_id(turn_id, f"{actor}.closing", 0)
 
 
 def session_tools(shared: list[ToolSpec], entries: list[Entry]) -> tuple[list[ToolSpec], set[str]]:
@@ -126,16 +178,28 @@ def resolve_calls(calls: list[ToolCallRef], known: set[str]
 
 
 @dataclass
+class _Outcome:
+    """How a step ends, recorded only if nothing ended the turn first (`Dialogue._finish`)."""
+
+    # The event that decides: the answer (the turn's closing message), a tool step's
+    # assistant.message, or an error; None when the step has nothing of its own to record
+    # (the turn was ended before it could say anything).
+    head: AssistantMessage | Error | None
+    tail: list[Event] = field(default_factory=list)  # what follows it: tool calls, session.ended
+
+
+@dataclass
 class _Run:
     """One streaming step of a turn, observable after a cancellation."""
 
     session_id: str
     turn_id: str
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Task[_Outcome | None] | None = None
     interrupt_reason: str | None = None
     parts: list[str] = field(default_factory=list)
     sentences: int = 0
     began: asyncio.Task[Any] | None = None  # the turn.started append, still in flight
+    checking: asyncio.Task[None] | None = None  # the watcher looking for its input in the log
 
     async def stored(self) -> None:
         """Wait for turn.started to be durable: nothing of the turn is published before it.
@@ -178,17 +242,39 @@ class Dialogue(Actor):
         await self.chain.close()
 
     async def _watcher(self, msg: Message) -> None:
+        """A hint that the running turn may be over. Core NATS delivers a publish to
+        subscribers whether or not JetStream stores it, and may do so before it does: the
+        stream is cut only once the log shows what ended the turn (`_confirm`)."""
         try:
             event = decode(msg.data)
         except DecodeError:
             return
         run = self.runs.get(getattr(event, "session_id", ""))
-        if run is None:
+        if run is None or (run.checking is not None and not run.checking.done()):
             return
-        if isinstance(event, INPUTS) and event.id != run.turn_id:
-            run.interrupt("new_input")
-        elif isinstance(event, TurnInterrupted) and event.turn_id in (None, run.turn_id):
-            run.interrupt(event.reason)
+        if ((isinstance(event, INPUTS) and event.id != run.turn_id and event.text.strip())
+                or (isinstance(event, TurnInterrupted) and event.turn_id in (None, run.turn_id))):
+            run.checking = asyncio.create_task(self._confirm(run))
+
+    async def _confirm(self, run: _Run) -> None:
+        """Cut `run`'s stream once the session's log holds what ends its turn; give up after
+        CONFIRM_SECONDS (the hint was a publish JetStream did not store) or when the step is
+        over (its closing then reads the log itself)."""
+        deadline = time.monotonic() + CONFIRM_SECONDS
+        delay = 0.002
+        try:
+            while run.task is not None and not run.task.done():
+                entries, _ = await self.log.load("session", run.session_id)
+                stop = ending(entries, run.turn_id)
+                if stop is not None:
+                    run.interrupt(stop.reason if isinstance(stop, TurnInterrupted) else "new_input")
+                    return
+                if time.monotonic() + delay > deadline:
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        except Exception as exc:  # only a hint (NATS away?): the step's closing reads the log
+            log.debug("interruption not confirmed: %r", exc)
 
     # --- handling -------------------------------------------------------------------
 
@@ -222,9 +308,12 @@ class Dialogue(Actor):
         if is_exit_intent(event.text, settings.exit_phrases):
             await ctx.emit(TurnStarted(session_id=sid, turn_id=turn_id, input_id=event.id))
             await ctx.emit(AssistantSentence(session_id=sid, turn_id=turn_id, text=settings.goodbye))
-            await ctx.emit(AssistantMessage(session_id=sid, turn_id=turn_id, text=settings.goodbye,
-                                            provider=SELF, total_ms=0.0))
-            await ctx.emit(SessionEnded(session_id=sid, turn_id=turn_id, reason="user_exit"))
+            # Closed like any answer: an input stored before it interrupts the goodbye, and
+            # then the session goes on.
+            await self._finish(ctx, _Run(sid, turn_id, parts=[settings.goodbye]), _Outcome(
+                AssistantMessage(session_id=sid, turn_id=turn_id, text=settings.goodbye,
+                                 provider=SELF, total_ms=0.0),
+                [SessionEnded(session_id=sid, turn_id=turn_id, reason="user_exit")]))
             return
         # Appended while the log is read and the provider opens its stream: its fsync is
         # off the path to the first token. The handler still returns (and acks) only after.
@@ -239,8 +328,8 @@ class Dialogue(Actor):
             return
         entries, _ = await self.log.load("session", event.session_id)
         turn = [e.event for e in entries if getattr(e.event, "turn_id", None) == event.turn_id]
-        if any(isinstance(e, TurnInterrupted) for e in turn):
-            return
+        if closed(turn):
+            return  # interrupted (or answered) while the tools ran
         asked = [i for i, e in enumerate(turn) if isinstance(e, AssistantMessage) and e.tool_calls]
         if not asked:
             return
@@ -262,35 +351,101 @@ class Dialogue(Actor):
     async def _step(self, ctx: Context, sid: str, turn_id: str, started: float, *,
                     began: asyncio.Task[Any] | None = None) -> None:
         run = _Run(sid, turn_id, began=began)
-        previous = self.runs.get(sid)
-        if previous is not None:
-            previous.interrupt("new_input")
         self.runs[sid] = run
         run.task = asyncio.create_task(self._stream(ctx, run, started))
+        outcome: _Outcome | None
         try:
-            await run.task
+            outcome = await run.task
         except asyncio.CancelledError:
             if run.interrupt_reason is None:
                 raise  # this handler itself is being cancelled (shutdown): redelivered later
-            await self._interrupted(ctx, run)
+            outcome = _Outcome(None)  # cut short: what was produced is in run.parts
         finally:
             if self.runs.get(sid) is run:
                 del self.runs[sid]
+            if run.checking is not None:
+                run.checking.cancel()
+        if outcome is not None:
+            # Outside the stream's task: the watcher can cut the stream, never the closing.
+            await self._finish(ctx, run, outcome)
 
-    async def _interrupted(self, ctx: Context, run: _Run) -> None:
-        """Record only what was produced before the interruption."""
+    async def _finish(self, ctx: Context, run: _Run, outcome: _Outcome) -> None:
+        """Record how the step ended, ordered against the session's other writers by the log.
+
+        The log is read, and the step's head is appended only if nothing in it ended the
+        turn, on the condition that the log has not moved since
+        (`Nats-Expected-Last-Subject-Sequence`): an input stored a moment later comes after
+        the answer and starts the next turn. Otherwise the turn closes as interrupted, once:
+        an `assistant.message` with what was produced and `interrupted`, and for a new input
+        a `turn.interrupted` (reason `new_input`), stored together. Another writer's append
+        in between (a tts event, a client's) only means reading again.
+        """
         await run.stored()
-        await ctx.emit(AssistantMessage(session_id=run.session_id, turn_id=run.turn_id,
-                                        text="".join(run.parts), interrupted=True))
-        if run.interrupt_reason == "new_input":
-            await ctx.emit(TurnInterrupted(session_id=run.session_id, turn_id=run.turn_id,
-                                           reason="new_input", spoken_text="".join(run.parts)))
+        sid, turn_id = run.session_id, run.turn_id
+        head = outcome.head
+        if head is not None:
+            # Named before the first attempt, so an attempt repeated after a conflict (or by
+            # a redelivery) is the same event; a turn's answer has its closing id.
+            answer = isinstance(head, AssistantMessage) and not head.tool_calls
+            head = msgspec.structs.replace(
+                head, causation_id=ctx.cause.id,
+                id=closing_id(self.name, turn_id) if answer else derived_id(
+                    ctx.cause.id, f"{self.name}.step", 0))
+        for _ in range(FINISH_ATTEMPTS):
+            entries, last = await self.log.load("session", sid)
+            turn = [e.event for e in entries if getattr(e.event, "turn_id", None) == turn_id]
+            stored = next((e for e in turn if head is not None and e.id == head.id), None)
+            if stored is not None or closed(turn):
+                # An earlier delivery (or an append whose acknowledgement was lost) got here
+                # first: its follow-ups, if it was this very head, and nothing more.
+                if stored is not None and not getattr(stored, "interrupted", False):
+                    for event in outcome.tail:
+                        await ctx.emit(event)
+                return
+            stop = ending(entries, turn_id)
+            events: list[Event]
+            if head is not None and stop is None:
+                events = [head]
+            else:
+                spoken = "".join(run.parts)
+                events = [AssistantMessage(
+                    id=closing_id(self.name, turn_id), causation_id=ctx.cause.id, session_id=sid,
+                    turn_id=turn_id, text=spoken, interrupted=True)]
+                if isinstance(stop, INPUTS):
+                    # A client's or the ASR's turn.interrupted already says why; a new input
+                    # does not.
+                    events.append(TurnInterrupted(
+                        id=derived_id(turn_id, f"{self.name}.closing", 1), causation_id=ctx.cause.id,
+                        session_id=sid, turn_id=turn_id, reason="new_input", spoken_text=spoken))
+            try:
+                if len(events) == 1:
+                    await self.bus.append(events[0], last, traceparent=ctx.traceparent)
+                else:
+                    await self.bus.append_batch(events, expected_last_seq=last,
+                                                traceparent=ctx.traceparent)
+            except ConflictError:
+                continue  # appended to since it was read: read it again, decide again
+            if events[0] is head:
+                for event in outcome.tail:
+                    await ctx.emit(event)
+            return
+        raise BusError(f"session {sid}: turn {turn_id} not closed after {FINISH_ATTEMPTS} "
+                       "conflicting appends")  # redelivered later
 
-    async def _stream(self, ctx: Context, run: _Run, started: float) -> None:
+    async def _stream(self, ctx: Context, run: _Run, started: float) -> _Outcome | None:
+        """One step: the model's answer streamed out as deltas and sentences; its outcome
+        is recorded by `_finish`. None: nothing to do (an earlier delivery did it)."""
         sid, turn_id = run.session_id, run.turn_id
         settings, tool_settings = self.config.dialogue, self.config.tools
         entries, _ = await self.log.load("session", sid)
         turn = [e.event for e in entries if getattr(e.event, "turn_id", None) == turn_id]
+        if closed(turn) or (run.began is not None and any(
+                isinstance(e, AssistantMessage) for e in turn)):
+            return None  # a redelivered input whose turn was answered, or is waiting for tools
+        if ending(entries, turn_id) is not None:
+            # A later input (or an abort) is stored already: the model is not asked, and the
+            # turn closes as interrupted with nothing said.
+            return _Outcome(None)
         steps = sum(1 for e in turn if isinstance(e, AssistantMessage) and e.tool_calls)
         run.sentences = sum(1 for e in turn if isinstance(e, AssistantSentence))
         profile = await self.assistants.for_session(entries)
@@ -304,8 +459,7 @@ class Dialogue(Actor):
             question = next((e.event for e in entries if e.event is not None and e.event.id == turn_id),
                             None)
             if search is not None and isinstance(question, INPUTS):
-                await self._retrieve(ctx, run, search.name, question.text, started)
-                return
+                return self._retrieve(run, search.name, question.text, started)
         system_prompt = (profile.persona if profile else "") or settings.system_prompt
         messages = build_messages(system_prompt, order_by_turn(entries),
                                   budget_tokens=settings.history_tokens)
@@ -313,11 +467,9 @@ class Dialogue(Actor):
             answer = await self.chain.open(messages, [openai_tool(s) for s in specs] or None,
                                            prefer=profile.llm if profile else None)
         except ProviderFailed as exc:
-            await run.stored()
-            await ctx.emit(Error(session_id=sid, turn_id=turn_id, code="llm_unavailable",
-                                 message=f"no LLM provider answered: {exc}", retryable=True,
-                                 source=self.name))
-            return
+            return _Outcome(Error(session_id=sid, turn_id=turn_id, code="llm_unavailable",
+                                  message=f"no LLM provider answered: {exc}", retryable=True,
+                                  source=self.name))
         await run.stored()
         splitter = SentenceSplitter(first_clause_chars=settings.first_clause_chars)
         guard = ToolTextGuard()  # tool calls written as text are never shown or spoken
@@ -365,27 +517,26 @@ class Dialogue(Actor):
             for sentence in splitter.flush():
                 await self._say(ctx, run, sentence, started)
         total_ms = (time.perf_counter() - started) * 1000
-        await ctx.emit(AssistantMessage(
+        unknown = {call.call_id for call in refused}
+        tail: list[Event] = [
+            ToolCall(session_id=sid, turn_id=turn_id, call_id=call.call_id, name=call.name,
+                     arguments=call.arguments,
+                     route=("dialogue" if call.call_id in unknown else "device"
+                            if call.name in device else "tools"))
+            for call in asked]
+        # Refused calls are answered here, so the model can try again within the step budget.
+        tail += [ToolResult(
+            session_id=sid, turn_id=turn_id, call_id=call.call_id, name=call.name,
+            content=(f"unknown tool {call.name!r}; available: {', '.join(sorted(known))}. "
+                     "If none of them helps, answer in words."),
+            is_error=True) for call in refused]
+        return _Outcome(AssistantMessage(
             session_id=sid, turn_id=turn_id, text=text, model=model,
             provider=answer.provider.name, usage=usage, ttft_ms=ttft_ms, total_ms=total_ms,
             tool_calls=asked, withheld=withheld,
-        ))
-        unknown = {call.call_id for call in refused}
-        for call in asked:
-            route = ("dialogue" if call.call_id in unknown else "device" if call.name in device
-                     else "tools")
-            await ctx.emit(ToolCall(session_id=sid, turn_id=turn_id, call_id=call.call_id,
-                                    name=call.name, arguments=call.arguments, route=route))
-        for call in refused:
-            # Answered here, so the model can try again within the step budget.
-            await ctx.emit(ToolResult(
-                session_id=sid, turn_id=turn_id, call_id=call.call_id, name=call.name,
-                content=(f"unknown tool {call.name!r}; available: {', '.join(sorted(known))}. "
-                         "If none of them helps, answer in words."),
-                is_error=True))
+        ), tail)
 
-    async def _retrieve(self, ctx: Context, run: _Run, tool: str, question: str,
-                        started: float) -> None:
+    def _retrieve(self, run: _Run, tool: str, question: str, started: float) -> _Outcome:
         """Search the assistant's documents for the question before the model's first step.
         Small models do not call the search on their own (issue #13: "every 15–30 minutes"
         instead of the manual's answer), and the search costs ~25 ms. It is an ordinary call of
@@ -393,12 +544,12 @@ class Dialogue(Actor):
         model reads its result as a tool result, and the turn goes on when it arrives."""
         call = ToolCallRef(call_id=derived_id(run.turn_id, "retrieve", 0), name=tool,
                            arguments=json.dumps({"query": question}, ensure_ascii=False))
-        await run.stored()
-        await ctx.emit(AssistantMessage(session_id=run.session_id, turn_id=run.turn_id, text="",
-                                        provider=SELF, tool_calls=[call],
-                                        total_ms=(time.perf_counter() - started) * 1000))
-        await ctx.emit(ToolCall(session_id=run.session_id, turn_id=run.turn_id,
-                                call_id=call.call_id, name=call.name, arguments=call.arguments))
+        return _Outcome(
+            AssistantMessage(session_id=run.session_id, turn_id=run.turn_id, text="",
+                             provider=SELF, tool_calls=[call],
+                             total_ms=(time.perf_counter() - started) * 1000),
+            [ToolCall(session_id=run.session_id, turn_id=run.turn_id, call_id=call.call_id,
+                      name=call.name, arguments=call.arguments)])
 
     async def _show(self, ctx: Context, run: _Run, splitter: SentenceSplitter, text: str,
                     started: float) -> None:
