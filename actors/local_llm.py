@@ -15,12 +15,10 @@ trustworthy, so a file that does not match is never served.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import importlib.util
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -31,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bus.child import ChildProcess
+from bus.child import ChildProcess, spawn
 
 log = logging.getLogger("vagent.local_llm")
 
@@ -177,29 +175,6 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn that makes the child receive SIGTERM when its parent dies (Linux).
-
-    Without it a SIGKILLed `vagent up` would leave a llama-server holding ~600 MB and a port.
-    The kernel ties this to the thread that forked, so start the server from the main thread
-    or a long-lived one (asyncio.to_thread's pool threads live until the loop closes).
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
-
-
 class LocalLLMServer(ChildProcess):
     """One llama-server child process on a free loopback port, serving one local model;
     restarted by `supervise()` on the same port if it dies (clients see a short outage)."""
@@ -261,11 +236,7 @@ class LocalLLMServer(ChildProcess):
             self.log_file.replace(self.log_file.with_name(self.log_file.name + ".1"))
         cmd = self.command(path)
         with self.log_file.open("ab") as log_out:
-            # Its own session: Ctrl-C in the terminal reaches vagent only, which lets in-flight
-            # turns finish before it stops the server.
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_out,
-                                         stderr=subprocess.STDOUT, start_new_session=True,
-                                         preexec_fn=_die_with_parent())
+            self.proc = spawn(cmd, stdout=log_out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while not self._ready():
             if self.proc.poll() is not None:

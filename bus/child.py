@@ -1,15 +1,80 @@
 """A supervised child process — the embedded nats-server, the local llama-server: stopped
-cleanly (SIGTERM, then SIGKILL), and started again by `supervise()` if it dies."""
+cleanly (SIGTERM, then SIGKILL), and started again by `supervise()` if it dies.
+
+Children are tied to vagent (crash-only): each runs in its own process group, so a
+terminal's Ctrl-C reaches vagent alone (which then stops them in order), and the kernel
+sends it SIGTERM when vagent dies, even by SIGKILL, so nothing is left holding a port.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import os
+import signal
 import subprocess
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import IO, ClassVar
 
 log = logging.getLogger("vagent.child")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that makes the child receive SIGTERM when its parent dies (Linux).
+
+    Without it a SIGKILLed `vagent up` would leave its nats-server and llama-server running,
+    holding their ports (and ~600 MB for the model). The kernel ties this to the thread that
+    forked, so start children from the main thread or a long-lived one (asyncio.to_thread's
+    pool threads live until the loop closes).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def spawn(cmd: Sequence[str], *, stdout: int | IO[bytes] | None = subprocess.DEVNULL,
+          stderr: int | IO[bytes] | None = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    """Start a child the way every vagent child starts: in its own session (so its own
+    process group: Ctrl-C in the terminal reaches vagent only, which lets in-flight work
+    finish before it stops the child) and dying with vagent."""
+    return subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                            start_new_session=True, preexec_fn=die_with_parent())
+
+
+def process_cmdline(pid: int) -> list[str] | None:
+    """A live process's argv, from /proc (None when it is gone or not readable)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [part.decode(errors="replace") for part in raw.split(b"\0")[:-1]] or None
+
+
+def parent_pid(pid: int) -> int | None:
+    """A live process's parent pid, from /proc/<pid>/stat (None when it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name, in parentheses, may itself hold spaces and parentheses.
+    fields = stat[stat.rfind(")") + 2:].split()
+    return int(fields[1]) if len(fields) > 1 else None
 
 
 class ChildProcess:

@@ -8,6 +8,7 @@ edge processes race.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 
@@ -85,6 +86,42 @@ async def update(bus: Bus, bucket: str, key: str, value: bytes, *, last: int,
 async def delete(bus: Bus, bucket: str, key: str) -> None:
     kv = await bus.js.key_value(bucket)
     await kv.delete(key)
+
+
+async def remove(bus: Bus, bucket: str, key: str, *, last: int | None = None,
+                 marker_ttl: float | None = None) -> bool:
+    """Remove `key` and its history. On a `per_key_ttl` bucket the purge marker left behind
+    expires after `marker_ttl`, so a bucket of short-lived keys does not keep a marker per key
+    for ever. With `last`, only while the key is still at that revision: False once another
+    writer moved it on."""
+    headers = {"KV-Operation": "PURGE", api.Header.ROLLUP: "sub", **_ttl_header(marker_ttl)}
+    if last:
+        headers[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(last)
+    try:
+        await bus.js.publish(f"$KV.{bucket}.{key}", b"", headers=headers)
+    except nats.js.errors.APIError as exc:
+        if exc.err_code == WRONG_LAST_SEQUENCE:
+            return False
+        raise
+    return True
+
+
+async def entries(bus: Bus, bucket: str, timeout: float = 10.0) -> dict[str, KvEntry]:
+    """Every live key with its value and revision, read in one pass of one ordered consumer
+    (`items` costs a request per key)."""
+    kv = await bus.js.key_value(bucket)
+    watcher = await kv.watchall(ignore_deletes=True)
+    out: dict[str, KvEntry] = {}
+    try:
+        async with asyncio.timeout(timeout):
+            async for entry in watcher:
+                if entry is None:  # the watcher's marker: everything stored was delivered
+                    break
+                if entry.value:
+                    out[entry.key] = KvEntry(entry.value, entry.revision)
+    finally:
+        await watcher.stop()
+    return out
 
 
 async def items(bus: Bus, bucket: str) -> dict[str, bytes]:

@@ -47,6 +47,11 @@ STREAMS: tuple[StreamSpec, ...] = (
 KV_BUCKETS: tuple[BucketSpec, ...] = (
     BucketSpec("vagent_actors", "actor heartbeats for the health probe", ttl=15.0),
     BucketSpec("vagent_tools", "tool catalog: name -> JSON spec, kept by the tools actor"),
+    # Which edge process holds each connected session, and which edges are alive: a session
+    # whose edge died is ended (edge_lost) instead of being refused as active for ever.
+    BucketSpec("vagent_edges", "edge process heartbeats", ttl=15.0),
+    BucketSpec("vagent_session_leases", "session id -> the edge process holding its connection",
+               per_key_ttl=True),
     # Identity secrets stay out of the event log, which is replayed, tailed and projected.
     BucketSpec("vagent_credentials", "user id -> argon2id password hash"),
     BucketSpec("vagent_emails", "sha256(email) -> user id: the unique email index"),

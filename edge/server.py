@@ -64,12 +64,16 @@ class EdgeServer:
             await asyncio.sleep(0.01)
         if self.port == 0:
             self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        if self.services.links.leases is not None:  # bound: the previous edge here is gone
+            await self.services.links.leases.start(self.host, self.port)
 
     async def stop(self) -> None:
         """Stop accepting real-time clients, tell the connected ones and record their
         sessions' end, then let uvicorn finish the requests in flight."""
         self.services.draining = True
         await self.services.links.close_all("server_shutdown")
+        if self.services.links.leases is not None:
+            await self.services.links.leases.stop()
         self._server.should_exit = True
         if self._task is not None:
             with contextlib.suppress(Exception):

@@ -14,6 +14,7 @@ from edge.identity.assistants import Assistants
 from edge.identity.devices import Devices
 from edge.identity.keys import signing_key
 from edge.identity.tokens import Tokens
+from edge.realtime.leases import SessionLeases
 from edge.realtime.session import LinkRegistry
 from projections.client import run_query
 
@@ -38,7 +39,7 @@ class Services:
         self.assistants = Assistants(self.bus, self.config)
         self.devices = Devices(self.bus, self.tokens, auth)
         self.limiter = RateLimiter(auth.rate_limit, auth.rate_window)
-        self.links = LinkRegistry()
+        self.links = LinkRegistry(SessionLeases(self.bus, self.data_dir))
 
     async def query(self, name: str, **params: Any) -> list[dict[str, Any]]:
         """Rows of a read query, after the read model caught up with every stored event

@@ -8,6 +8,8 @@ conversation state: the log has it. Closing the link records `session.ended`.
 
 A client may resume its session within `RESUME_SECONDS` of leaving it: the log itself
 says whether that is allowed (the session's owner, and when its last connection ended).
+A session whose edge died never recorded its end; its lease (edge.realtime.leases) tells,
+and it is ended then (`edge_lost`), so its client can resume it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from bus.errors import BusError
 from bus.log import last_event
 from bus.subjects import audio_in, audio_out
 from edge.errors import ApiError
+from edge.realtime.leases import SessionLeases
 from schemas import (
     AudioParams,
     DecodeError,
@@ -89,7 +92,7 @@ class SessionLink:
         self.resumed = False
         if session_id:
             await self.registry.release(session_id)  # a reconnect replaces a stale local link
-            await check_resumable(self.bus, session_id, self.caller)
+            await check_resumable(self.bus, session_id, self.caller, self.registry.leases)
             self.resumed = True
         self.session_id = session_id or new_id()
         sid = self.session_id
@@ -105,11 +108,16 @@ class SessionLink:
 
     async def start(self) -> None:
         sid = self.session_id
-        await self._publish(SessionStarted(
+        started = SessionStarted(
             session_id=sid, transport=self.transport, user_id=self.caller.user_id,
             assistant_id=self.caller.assistant_id, device_id=self.caller.device_id,
             client_id=self.caller.client_id, audio_in=self.audio_in_params,
-            audio_out=self.audio_out_params, resumed=self.resumed))
+            audio_out=self.audio_out_params, resumed=self.resumed)
+        check_readable(started)
+        # Held before it is stored: no stored start is ever without a holder.
+        if self.registry.leases is not None:
+            await self.registry.leases.hold(started)
+        await self.bus.publish(started)
 
     async def close(self, reason: str) -> None:
         """Record `session.ended` (once: not again when an actor already ended the session)
@@ -122,12 +130,19 @@ class SessionLink:
             with contextlib.suppress(Exception):
                 await sub.stop()
         self._subs = []
+        leases = self.registry.leases
         if self.session_id and not self.ended:
+            ended = SessionEnded(session_id=self.session_id, reason=reason)
             try:
-                await self.bus.publish(SessionEnded(session_id=self.session_id, reason=reason))
+                await self.bus.publish(ended)
             except BusError:
                 log.warning("session.ended not recorded: NATS unreachable",
                             extra={"session": self.session_id, "reason": reason})
+                if leases is not None:
+                    leases.unrecorded(ended)  # the lease stays until the end is recorded
+                return
+        if self.session_id and leases is not None:
+            await leases.release(self.session_id)
 
     # --- client → session ---------------------------------------------------------------
 
@@ -209,9 +224,11 @@ def check_readable(event: Event) -> None:
         raise ApiError(422, "invalid_input", f"{event.type} would not be readable: {exc}") from None
 
 
-async def check_resumable(bus: Bus, session_id: str, caller: Caller) -> None:
+async def check_resumable(bus: Bus, session_id: str, caller: Caller,
+                          leases: SessionLeases | None = None) -> None:
     """A session may be resumed by its own caller within RESUME_SECONDS of its last
-    connection's end. Read from the log's last `session.started` and `session.ended`."""
+    connection's end. Read from the log's last `session.started` and `session.ended`; one
+    the log says connected is ended first if its edge is gone (`leases`)."""
     started = await last_event(bus, "session", session_id, "session.started")
     if not isinstance(started, SessionStarted) or (started.user_id, started.device_id) != (
             caller.user_id, caller.device_id):
@@ -219,7 +236,9 @@ async def check_resumable(bus: Bus, session_id: str, caller: Caller) -> None:
         raise ApiError(404, "session_not_found", f"no session {session_id!r} to resume")
     ended = await last_event(bus, "session", session_id, "session.ended")
     if ended is None or ended.ts < started.ts:
-        raise ApiError(409, "session_active", "this session is connected elsewhere")
+        if leases is None or not await leases.end_if_lost(started):
+            raise ApiError(409, "session_active", "this session is connected elsewhere")
+        return  # ended just now: well within the window
     if time.time_ns() - ended.ts > RESUME_SECONDS * 1e9:
         raise ApiError(410, "session_expired",
                        f"the session ended over {RESUME_SECONDS:.0f} s ago: start a new one")
@@ -229,7 +248,8 @@ class LinkRegistry:
     """The links this edge process holds: for limits, replacing a stale link on reconnect,
     and telling every client when the edge shuts down."""
 
-    def __init__(self) -> None:
+    def __init__(self, leases: SessionLeases | None = None) -> None:
+        self.leases = leases  # which sessions this edge holds, told to every edge through NATS
         self._links: dict[str, SessionLink] = {}
         self._closers: dict[int, Callable[[str], Awaitable[None]]] = {}
 
