@@ -4,6 +4,7 @@ document."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from importlib.metadata import version
 
 import msgspec
@@ -36,7 +37,13 @@ def create_app(services: Services) -> Starlette:
     async def openapi(request: Request) -> Response:
         return Response(spec, media_type=JSON)
 
-    routes = [Route(e.path, bind(e, services), methods=[e.method]) for e in ENDPOINTS]
+    # One route per path, holding every method of it: a method the path lacks (OPTIONS
+    # among them) is answered 405 with an Allow that names all of them, not only the
+    # methods of whichever route of the path Starlette matched first.
+    by_path: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {}
+    for e in ENDPOINTS:
+        by_path.setdefault(e.path, {})[e.method] = bind(e, services)
+    routes = [Route(path, _by_method(handlers), methods=list(handlers)) for path, handlers in by_path.items()]
     routes.append(Route(OPENAPI_PATH, openapi, methods=["GET"]))
     routes += [
         Route("/healthz", healthz, methods=["GET"]),
@@ -62,3 +69,14 @@ def create_app(services: Services) -> Starlette:
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     app.state.services = services
     return app
+
+
+def _by_method(handlers: dict[str, Callable[[Request], Awaitable[Response]]]
+               ) -> Callable[[Request], Awaitable[Response]]:
+    """The path's handler for the request's method (HEAD is GET's; Route has checked the
+    method is one of them)."""
+    async def serve(request: Request) -> Response:
+        return await handlers["GET" if request.method == "HEAD" else request.method](request)
+
+    serve.__name__ = "_".join(h.__name__ for h in handlers.values())
+    return serve
