@@ -24,6 +24,7 @@ has arrived is held: it may still become `3.14`, `!!` or `。”`.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -278,3 +279,134 @@ def _table_cells(text: str) -> str:
             line = ", ".join(cell for cell in cells if cell)
         lines.append(line)
     return "\n".join(lines)
+
+
+# --- pieces for a synthesizer ------------------------------------------------------------
+#
+# A synthesizer's memory and time grow with the length of what it is given in one call
+# (Piper's decoder holds ~20 MB per second of audio it makes, measured), and nothing can be
+# spoken or interleaved with other sessions until a call ends. So every text is cut into
+# pieces of at most `max_chars` before synthesis, whatever produced it: a sentence the
+# splitter above let through whole (no punctuation), a greeting, a goodbye.
+
+# Control characters make synthesizers fail (Piper's espeak: "embedded null character") or
+# spell them out. Format characters (zero-width space, bidi overrides, BOM, soft hyphen)
+# are invisible and unspoken; the joiners stay, they shape emoji and some scripts.
+_JOINERS = frozenset("\u200c\u200d")
+_UNSPEAKABLE = frozenset({"Cc", "Cf", "Cs", "Co"})
+_CLINGING = _JOINERS | frozenset("\ufe0e\ufe0f")
+_SPEECH_END = re.compile(
+    "[.!?;…]+[" + re.escape("".join(_CLOSERS)) + "]*(?=\\s|$)"  # a Latin sentence end
+    "|[。！？；]+[" + re.escape("".join(_CLOSERS)) + "]*"  # a CJK one needs no space after
+    "|\n")
+# A clause ends after a comma, colon or dash; "1,000" and "10:30" keep theirs.
+_CLAUSE_END = re.compile(r"[，、：—–]+|[,:](?=\s)")
+_SPACE = re.compile(r"\s+")
+
+
+def speakable(text: str) -> str:
+    """`text` without control, format and private-use characters (a tab or carriage return
+    becomes a space, a newline stays), trimmed. Nothing else changes: for ordinary text this
+    is `text.strip()`."""
+    if text.isprintable():  # the common case: one scan in C, nothing to remove
+        return text.strip()
+    out = []
+    for char in text:
+        if char == "\n" or char in _JOINERS or unicodedata.category(char) not in _UNSPEAKABLE:
+            out.append(char)
+        elif char.isspace():
+            out.append(" ")
+    return "".join(out).strip()
+
+
+def cut(text: str, max_chars: int) -> list[str]:
+    """`speakable(text)` in pieces of at most `max_chars` characters, cut where a reader would
+    pause: at sentence ends, else at clause ends (commas, colons, dashes), else between
+    words; a run without any (a long "wwww…", Chinese without punctuation) by length.
+    Neighbouring sentences (clauses, words) are packed into one piece while they fit.
+    A text that fits is one piece, itself."""
+    text = speakable(text)
+    if len(text) <= max_chars:
+        return [text] if text else []
+    return [text[a:b] for a, b in _spans(text, 0, len(text), max(1, max_chars), 0)]
+
+
+def clip(text: str, limit: int, max_chars: int) -> str:
+    """The start of `text` that holds at most `limit` characters, ending where `cut` would
+    cut (or where a finer cut of the piece that crosses the limit would)."""
+    if len(text) <= limit:
+        return text
+    window = text[:limit + max_chars]  # enough to see the boundaries around the limit
+    end = 0
+    for a, b in _spans(window, 0, len(window), max(1, max_chars), 0):
+        if b <= limit:
+            end = b
+            continue
+        if a < limit:
+            end = _spans(window, a, b, limit - a, 0)[0][1]
+        break
+    return window[:end].rstrip()
+
+
+def _spans(text: str, start: int, end: int, limit: int, level: int) -> list[tuple[int, int]]:
+    """text[start:end] as trimmed (a, b) spans of at most `limit` characters, cut at the
+    boundaries of `level` (0 sentences, 1 clauses, 2 words, 3 length) and finer ones only
+    inside a part that is too long."""
+    if level == 3:
+        return _by_length(text, start, end, limit)
+    pattern = (_SPEECH_END, _CLAUSE_END, _SPACE)[level]
+    cuts = [m.end() for m in pattern.finditer(text, start, end)
+            if level != 0 or not _abbreviation(text, m)]
+    out: list[tuple[int, int]] = []
+    a = b = -1  # the piece being packed
+    for x, y in zip([start, *cuts], [*cuts, end], strict=True):
+        x, y = _trim(text, x, y)
+        if x >= y:
+            continue
+        if y - x > limit:  # too long alone: its own finer cuts
+            if a >= 0:
+                out.append((a, b))
+                a = -1
+            out += _spans(text, x, y, limit, level + 1)
+        elif a >= 0 and y - a <= limit:
+            b = y
+        else:
+            if a >= 0:
+                out.append((a, b))
+            a, b = x, y
+    if a >= 0:
+        out.append((a, b))
+    return out
+
+
+def _by_length(text: str, start: int, end: int, limit: int) -> list[tuple[int, int]]:
+    out = []
+    a = start
+    while a < end:
+        b = min(end, a + limit)
+        # Not between a letter and its combining accent, joiner or variation selector.
+        while a + 1 < b < end and (unicodedata.combining(text[b]) or text[b] in _CLINGING):
+            b -= 1
+        out.append((a, b))
+        a = b
+    return out
+
+
+def _trim(text: str, a: int, b: int) -> tuple[int, int]:
+    while a < b and text[a].isspace():
+        a += 1
+    while b > a and text[b - 1].isspace():
+        b -= 1
+    return a, b
+
+
+def _abbreviation(text: str, match: re.Match[str]) -> bool:
+    """A single period after "Dr", "e.g", "J": not a sentence end (see `_ends_sentence`)."""
+    if match.group().rstrip("".join(_CLOSERS)) != ".":
+        return False
+    k = i = match.start()
+    while k > 0 and not text[k - 1].isspace() and text[k - 1] not in _TOKEN_STOP:
+        k -= 1
+    word = text[k:i]
+    return (word.lower() in _ABBREVIATIONS or bool(_DOTTED.fullmatch(word))
+            or (len(word) == 1 and word.isupper()))

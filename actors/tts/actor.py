@@ -8,6 +8,9 @@
   seen while this session's durable queue still waits: the sound stops within a frame,
   queued sentences of that turn drop, and later ones are ignored.
 - Repeated sentences come from a bounded cache instead of the synthesizer.
+- Bounded work per input: control characters are dropped, a turn says at most
+  `VAGENT_TTS_MAX_TURN_CHARS` characters (the rest is dropped, with an `error`
+  `tts_turn_limit`), and the synthesizer takes at most `VAGENT_TTS_MAX_CHARS` per call.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from typing import ClassVar
 from actors.assistant import AssistantDirectory, AssistantProfile
 from actors.audio.encode import DEFAULT_OUT, check_params
 from actors.base import Actor, Context
+from actors.sentences import speakable
 from actors.tts.cache import AudioCache
 from actors.tts.providers import TtsProvider, open_provider
 from actors.tts.speaker import Sentence, Speaker
-from actors.tts.synth import Synthesizer
+from actors.tts.synth import MAX_CHARS, Synthesizer
 from bus.client import Message, Subscription
 from schemas import (
     AssistantMessage,
@@ -42,6 +46,10 @@ from schemas import (
 
 log = logging.getLogger("vagent.tts")
 MAX_SPEAKERS = 4096  # idle sessions remembered (their audio params, closed turns)
+# Characters one turn may speak (1–2 minutes): an answer, greeting or echo beyond it is not
+# read out whole. A turn's audio is held until it ends (its recording), so this also bounds
+# a session's memory: ~5 MB of PCM at Piper's 22 kHz.
+MAX_TURN_CHARS = 2000
 
 
 class Tts(Actor):
@@ -53,8 +61,10 @@ class Tts(Actor):
     async def setup(self) -> None:
         self.provider: TtsProvider = await open_provider()
         self.cache = AudioCache(int(float(os.environ.get("VAGENT_TTS_CACHE_MB", "32")) * 2**20))
+        self.max_turn_chars = max(1, int(os.environ.get("VAGENT_TTS_MAX_TURN_CHARS", MAX_TURN_CHARS)))
         self.synthesizer = Synthesizer(self.provider, self.cache,
-                                       int(os.environ.get("VAGENT_TTS_PARALLEL", "1")))
+                                       int(os.environ.get("VAGENT_TTS_PARALLEL", "1")),
+                                       max(1, int(os.environ.get("VAGENT_TTS_MAX_CHARS", MAX_CHARS))))
         self.encode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tts-encode")
         self.speakers: OrderedDict[str, Speaker] = OrderedDict()
         self.voices: dict[tuple[str, str | None], Synthesizer] = {}  # assistants' own voices
@@ -96,7 +106,10 @@ class Tts(Actor):
     async def _sentence(self, event: AssistantSentence, ctx: Context) -> None:
         speaker = self._speaker(event.session_id)
         turn_id = event.turn_id or event.id
-        text = event.text.strip()
+        # What lies beyond the most a turn may say is never looked at: cleaning and cutting
+        # 60,000 characters nobody will hear would hold the event loop (~20 ms).
+        window = 2 * (self.max_turn_chars + self.synthesizer.max_chars)
+        text = speakable(event.text[:window])
         if not text or not speaker.accepts(turn_id, event.ts):
             return
         if speaker.synthesizer is None:  # the session's first sentence: one history read
@@ -106,6 +119,18 @@ class Tts(Actor):
             speaker.voice = speaker.synthesizer.provider.voice
         if speaker.params_error is not None or not speaker.accepts(turn_id, event.ts):
             return  # unspeakable, or interrupted while the session was read
+        said, reached = speaker.allot(turn_id, text, self.max_turn_chars,
+                                      speaker.synthesizer.max_chars, more=len(event.text) > window)
+        if reached:
+            # Recorded once per turn, where it happened; later sentences of the turn drop silently.
+            await ctx.emit(Error(
+                session_id=event.session_id, turn_id=event.turn_id, code="tts_turn_limit",
+                message=f"the answer is longer than the {self.max_turn_chars} characters a turn may "
+                        f"say: {len(said)} of the {len(event.text)} characters of sentence "
+                        f"{event.index} were spoken, and nothing after them", source="tts"))
+        if not said:
+            return
+        text = said
         synthesis = speaker.synthesizer.start(text, first=speaker.first_of(turn_id))
         # Acknowledged once queued, before it is spoken: a crash loses the rest of this
         # sentence's audio instead of replaying it late. Live audio is useless late, and a
@@ -128,7 +153,8 @@ class Tts(Actor):
                           extra={"assistant_id": profile.assistant_id, "tts": key[0], "voice": key[1],
                                  "error": str(exc)})
                 return self.synthesizer
-            self.voices[key] = Synthesizer(provider, self.cache, self.synthesizer.parallel)
+            self.voices[key] = Synthesizer(provider, self.cache, self.synthesizer.parallel,
+                                           self.synthesizer.max_chars)
         return self.voices[key]
 
     async def _read_params(self, speaker: Speaker, history: list[Event | None], ctx: Context) -> None:

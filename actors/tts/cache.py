@@ -36,9 +36,14 @@ class AudioCache:
         self.hits += 1
         return item
 
-    def put(self, key: CacheKey, item: CachedAudio) -> None:
+    def admits(self, nbytes: int) -> bool:
+        """Whether audio of this size would be kept: asked before joining a long answer's
+        chunks into one copy that would only be thrown away."""
         # One long answer must not flush every short quick reply out.
-        if not item.pcm or len(item.pcm) > self.max_bytes // 4:
+        return 0 < nbytes <= self.max_bytes // 4
+
+    def put(self, key: CacheKey, item: CachedAudio) -> None:
+        if not self.admits(len(item.pcm)):
             return
         old = self._items.pop(key, None)
         if old is not None:

@@ -19,6 +19,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from actors.audio.encode import AudioEncoder
+from actors.sentences import clip
 from actors.tts.outbox import Outbox
 from actors.tts.synth import Synthesis, SynthesisFailed, Synthesizer
 from bus.blobs import put_pcm
@@ -51,9 +52,8 @@ class Sentence:
     event_id: str
     index: int
     text: str
-    synthesis: Synthesis
+    synthesis: Synthesis  # its chunks are also the turn's recording (no second copy)
     traceparent: str | None = None
-    recorded: bytearray = field(default_factory=bytearray)  # its PCM, as synthesized
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,7 @@ class Turn:
     stop_cause: str | None = None  # the interruption, or the newer turn's first sentence
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     placed: list[tuple[Sentence, int]] = field(default_factory=list)  # (sentence, offset_ms) as sent
+    chars: int = 0  # of text queued to speak, against the limit per turn
 
     @property
     def open(self) -> bool:
@@ -83,6 +84,7 @@ class Turn:
 
     def add(self, sentence: Sentence) -> None:
         self.sentences.append(sentence)
+        self.chars += len(sentence.text)
         self.inbox.put_nowait(sentence)
 
     def finish(self, cause_id: str) -> None:
@@ -114,6 +116,7 @@ class Speaker:
         self.outbox = Outbox(bus)
         self.turns: deque[Turn] = deque()  # [0] speaks; later ones wait (already halted, or new)
         self.closed: deque[str] = deque(maxlen=64)  # turns done or interrupted: late sentences drop
+        self.clipped: deque[str] = deque(maxlen=64)  # turns that reached the limit per turn
         self.abort_ts = 0  # an interruption naming no turn drops every sentence older than it
         self._encode_pool = encode_pool
         self._task: asyncio.Task[None] | None = None
@@ -127,6 +130,20 @@ class Speaker:
             return False
         turn = self._turn(turn_id)
         return turn is None or turn.open
+
+    def allot(self, turn_id: str, text: str, limit: int, max_chars: int, *,
+              more: bool = False) -> tuple[str, bool]:
+        """What of `text` the turn may still say within `limit` characters in all (all of it,
+        its start up to a pause, or nothing once the limit was reached), and whether this
+        sentence is the one that reached it. `more`: the sentence goes on beyond `text`."""
+        if turn_id in self.clipped:
+            return "", False
+        turn = self._turn(turn_id)
+        left = limit - (turn.chars if turn is not None else 0)
+        if len(text) <= left and not more:
+            return text, False
+        self.clipped.append(turn_id)
+        return (clip(text, left, max_chars) if left > 0 else ""), True
 
     def first_of(self, turn_id: str) -> bool:
         """Whether a sentence of `turn_id` would be its first: nothing of it plays yet."""
@@ -225,7 +242,6 @@ class Speaker:
             urgent = int(rate * encoder.frame_ms * 1.25 / 1000) * 2
             try:
                 async for pcm in sentence.synthesis.read():
-                    sentence.recorded += pcm
                     start = 0
                     if turn.frames.qsize() <= 1:
                         # The sender is waiting: its next frame is encoded here on the loop
@@ -309,7 +325,8 @@ class Speaker:
             if sentence.synthesis.sample_rate != rate:  # one voice a session: not expected
                 continue
             at = offset_ms * rate // 1000 * 2
-            piece = sentence.recorded[:max(0, len(pcm) - at)]
+            # What was synthesized beyond the frames sent lies past spoken_ms: cut here.
+            piece = b"".join(sentence.synthesis.chunks)[:max(0, len(pcm) - at)]
             pcm[at:at + len(piece)] = piece
         name = f"{self.session_id}/out/{turn.turn_id}.pcm"
         try:

@@ -8,8 +8,14 @@ import heapq
 import itertools
 from collections.abc import AsyncIterator
 
+from actors.sentences import cut
 from actors.tts.cache import AudioCache, CachedAudio
 from actors.tts.providers import TtsProvider
+
+# Characters per provider call. Piper's memory and time grow with a call's audio (~160 MB
+# at the peak for 200 characters, 7–11 s of speech; 8,000 unpunctuated characters took
+# GBs), and a synthesizer slot serves no other session during a call.
+MAX_CHARS = 200
 
 
 class SynthesisFailed(Exception):
@@ -101,17 +107,23 @@ class Slots:
 
 
 class Synthesizer:
-    """Starts syntheses through the provider, at most `parallel` at once across sessions,
-    and serves repeats from the cache. A turn's first sentence goes before the later
-    sentences of turns already speaking: those have audio playing meanwhile. With Piper on
-    two cores one at a time is best: the first sentence is ready in half the time
-    (measured 132 vs 277 ms) and the throughput is the same."""
+    """Starts syntheses through the provider, at most `parallel` provider calls at once
+    across sessions, and serves repeats from the cache. A turn's first sentence goes before
+    the later sentences of turns already speaking: those have audio playing meanwhile. With
+    Piper on two cores one at a time is best: the first sentence is ready in half the time
+    (measured 132 vs 277 ms) and the throughput is the same.
 
-    def __init__(self, provider: TtsProvider, cache: AudioCache, parallel: int = 1) -> None:
+    A text longer than `max_chars` is synthesized piece by piece (`actors.sentences.cut`),
+    each piece queueing for a slot anew: whatever waits meanwhile goes between two pieces,
+    so one long text delays another session by one piece at most."""
+
+    def __init__(self, provider: TtsProvider, cache: AudioCache, parallel: int = 1,
+                 max_chars: int = MAX_CHARS) -> None:
         self.provider = provider
         self.cache = cache
         self.runs = 0  # syntheses actually run (cache misses)
         self.parallel = parallel
+        self.max_chars = max_chars
         self._slots = Slots(parallel)
 
     def start(self, text: str, *, first: bool = True) -> Synthesis:
@@ -120,18 +132,19 @@ class Synthesizer:
         if cached is not None:
             return Synthesis.ready(cached)
         synthesis = Synthesis(self.provider.sample_rate)
-        synthesis.task = asyncio.create_task(self._run(synthesis, text, 0 if first else 1))
+        synthesis.task = asyncio.create_task(self._run(synthesis, text, first))
         return synthesis
 
-    async def _run(self, synthesis: Synthesis, text: str, priority: int) -> None:
+    async def _run(self, synthesis: Synthesis, text: str, first: bool) -> None:
         try:
-            await self._slots.acquire(priority)
-            try:
-                self.runs += 1
-                async for chunk in self.provider.stream(text):
-                    synthesis.feed(chunk)
-            finally:
-                self._slots.release()
+            self.runs += 1
+            for n, piece in enumerate(cut(text, self.max_chars)):
+                await self._slots.acquire(0 if first and n == 0 else 1)
+                try:
+                    async for chunk in self.provider.stream(piece):
+                        synthesis.feed(chunk)
+                finally:
+                    self._slots.release()
         except asyncio.CancelledError as exc:
             synthesis.finish(exc)
             raise
@@ -139,5 +152,6 @@ class Synthesizer:
             synthesis.finish(exc)
             return
         synthesis.finish()
-        self.cache.put((self.provider.name, self.provider.voice, text),
-                       CachedAudio(b"".join(synthesis.chunks), synthesis.sample_rate))
+        if self.cache.admits(synthesis.samples * 2):
+            self.cache.put((self.provider.name, self.provider.voice, text),
+                           CachedAudio(b"".join(synthesis.chunks), synthesis.sample_rate))
