@@ -53,7 +53,7 @@ class BreakerConfig(msgspec.Struct, forbid_unknown_fields=True):
 class LLMSettings(msgspec.Struct, forbid_unknown_fields=True):
     providers: list[ProviderConfig] = msgspec.field(default_factory=list)
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
-    local_model: str = "qwen2.5-0.5b"  # the offline default: qwen2.5-0.5b | smollm2-135m
+    local_model: str = "qwen2.5-0.5b"  # qwen2.5-0.5b | qwen2.5-1.5b (extra qwen-1-5b) | smollm2-135m
 
 
 class WebhookTool(msgspec.Struct, forbid_unknown_fields=True):
