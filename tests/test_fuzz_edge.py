@@ -99,10 +99,15 @@ def typed(types: list[str]) -> st.SearchStrategy[dict[str, Any]]:
                      fields)
 
 
-WS_TYPES = ["user.text", "user.audio", "audio.start", "audio.end", "interrupt", "session.end", "ping",
-            "hello", "config"]
-WS_FRAMES = st.one_of(JSON_VALUES.map(json.dumps), typed(WS_TYPES).map(json.dumps), NOT_JSON,
-                      st.binary(max_size=300))
+WS_TYPES = ["user.text", "abort", "listen.start", "listen.stop", "hangup", "ping", "hello"]
+# Right messages with any text and mode too, so that turns start, are aborted and overlap.
+WS_RIGHT = st.one_of(
+    st.builds(lambda text: {"type": "user.text", "text": text}, st.text(max_size=60)),
+    st.sampled_from([{"type": "abort"}, {"type": "listen.stop"}]),
+    st.builds(lambda mode: {"type": "listen.start", "mode": mode},
+              st.sampled_from(["auto", "manual", "realtime"]) | JSON_VALUES))
+WS_FRAMES = st.one_of(JSON_VALUES.map(json.dumps), typed(WS_TYPES).map(json.dumps), WS_RIGHT.map(json.dumps),
+                      NOT_JSON, st.binary(max_size=300))
 
 XZ_TYPES = ["listen", "abort", "mcp", "iot", "goodbye", "hello", "sentence_end"]
 LISTEN = st.fixed_dictionaries(
@@ -131,7 +136,13 @@ def audio_frames(version: int) -> st.SearchStrategy[bytes]:
     return st.one_of(st.binary(max_size=300), right, v2, v3, truncated)
 
 
-XZ_MESSAGES = st.one_of(LISTEN, MCP, typed(XZ_TYPES)).map(lambda m: json.dumps(m)) | NOT_JSON
+XZ_RIGHT = st.one_of(
+    st.builds(lambda state, mode: {"type": "listen", "state": state, "mode": mode},
+              st.sampled_from(["start", "stop"]), st.sampled_from(["auto", "manual", "realtime"])),
+    st.builds(lambda text: {"type": "listen", "state": "detect", "text": text}, st.text(max_size=40)),
+    st.builds(lambda reason: {"type": "abort", **reason},
+              st.sampled_from([{}, {"reason": "wake_word_detected"}])))
+XZ_MESSAGES = st.one_of(LISTEN, MCP, typed(XZ_TYPES), XZ_RIGHT).map(lambda m: json.dumps(m)) | NOT_JSON
 
 
 def hellos(version: int) -> st.SearchStrategy[Any]:
@@ -147,7 +158,9 @@ def hellos(version: int) -> st.SearchStrategy[Any]:
         "transport": st.sampled_from(["websocket", "udp"]) | JSON_VALUES,
         "audio_params": audio | JSON_VALUES, "features": JSON_VALUES,
         "downlink_audio_params": audio | JSON_VALUES, "type": st.sampled_from(["hello", "listen"])}))
-    return st.one_of(varied.map(json.dumps), JSON_VALUES.map(json.dumps), NOT_JSON, st.binary(max_size=40))
+    # Mostly hellos (the branches of one_of are equally likely), then anything else first.
+    return st.one_of(varied.map(json.dumps), varied.map(json.dumps), varied.map(json.dumps),
+                     JSON_VALUES.map(json.dumps), NOT_JSON, st.binary(max_size=40))
 
 
 SDP_LINES = st.one_of(
@@ -158,13 +171,15 @@ SDP_LINES = st.one_of(
                      "a=fingerprint:sha-256 00:11", "a=candidate:1 1 udp 1 127.0.0.1 9 typ host",
                      "a=sctp-port:5000", "a=sendrecv"]),
     st.text(alphabet=string.printable, max_size=60))
+# A well-formed id (of nothing there is), id-like text with a `*` or `.` now and then, anything.
+IDS = st.just(new_id()) | st.text(alphabet="0123456789ABCDEFGHJKMNPQRSTVWXYZ*.", max_size=30) | JSON_VALUES
 SDPS = st.lists(SDP_LINES, max_size=20).map("\r\n".join) | st.text(max_size=300)
 OFFERS = st.one_of(
     JSON_VALUES.map(lambda v: ("application/json", json.dumps(v).encode())),
     st.builds(lambda sdp, kind, extra: ("application/json",
                                         json.dumps({**extra, "sdp": sdp, "type": kind}).encode()),
-              SDPS, st.sampled_from(["offer", "answer"]) | JSON_VALUES,
-              st.fixed_dictionaries({}, optional={"assistant_id": JSON_VALUES, "session_id": JSON_VALUES})),
+              SDPS, st.just("offer") | st.just("answer") | JSON_VALUES,
+              st.fixed_dictionaries({}, optional={"assistant_id": IDS, "session_id": IDS})),
     st.tuples(st.sampled_from(["application/json", "text/plain", "application/sdp", "",
                                "multipart/form-data"]),
               st.binary(max_size=300)))
@@ -173,7 +188,7 @@ OFFERS = st.one_of(
 # --- the targets -------------------------------------------------------------------------------
 
 
-async def drain(ws: Any, seconds: float = 0.15) -> int | None:
+async def drain(ws: Any, seconds: float = 0.15, seen: dict[str, int] | None = None) -> int | None:
     """Read what the server sends for a moment: None while open, else the close code (which
     must be the protocol's own); every text message must be JSON with a type."""
     try:
@@ -181,7 +196,10 @@ async def drain(ws: Any, seconds: float = 0.15) -> int | None:
             while True:
                 message = await ws.recv()
                 if isinstance(message, str):
-                    assert isinstance(json.loads(message).get("type"), str), message
+                    kind = json.loads(message).get("type")
+                    assert isinstance(kind, str), message
+                    if seen is not None:
+                        seen[kind] = seen.get(kind, 0) + 1
     except TimeoutError:
         return None
     except websockets.ConnectionClosed as closed:
@@ -193,6 +211,7 @@ async def drain(ws: Any, seconds: float = 0.15) -> int | None:
 async def test_ws_frames(stack: Api) -> None:
     url = stack.edge.url.replace("http://", "ws://") + "/ws"
     state: dict[str, Any] = {"ws": None, "closes": []}
+    seen: dict[str, int] = {}
 
     async def send(frame: str | bytes) -> None:
         if state["ws"] is None:
@@ -202,7 +221,7 @@ async def test_ws_frames(stack: Api) -> None:
             await state["ws"].send(frame)
         except websockets.ConnectionClosed:
             pass
-        code = await drain(state["ws"])
+        code = await drain(state["ws"], seen=seen)
         if code is not None:
             state["closes"].append(code)
             state["ws"] = None
@@ -211,6 +230,8 @@ async def test_ws_frames(stack: Api) -> None:
     await asyncio.to_thread(fuzz(send, WS_FRAMES, asyncio.get_running_loop()))
     if state["ws"] is not None:
         await state["ws"].close()
+    print("/ws answers:", seen, "closes:", state["closes"])
+    assert seen.get("error"), "the fuzzer reached the protocol's errors"
     await typed_turn(stack)
     assert rss_mb() - start < MAX_GROWTH_MB, (start, rss_mb())
 
@@ -246,9 +267,16 @@ async def test_xiaozhi_hello_variations(stack: Api) -> None:
             await settle(device)
             if device.messages("error"):
                 assert device.closed, device.messages()
+                outcomes[f"{device.messages('error')[0]['code']} {device.close_code}"] = outcomes.get(
+                    f"{device.messages('error')[0]['code']} {device.close_code}", 0) + 1
+            else:
+                outcomes["hello"] = outcomes.get("hello", 0) + 1
 
+    outcomes: dict[str, int] = {}
     strategy = st.sampled_from([1, 2, 3]).flatmap(lambda v: st.tuples(st.just(v), hellos(v)))
     await asyncio.to_thread(fuzz(hello, strategy, asyncio.get_running_loop()))
+    print("xiaozhi hello outcomes:", outcomes)
+    assert outcomes.get("hello") and len(outcomes) > 1, outcomes
     await xiaozhi_turn(stack)
 
 
@@ -265,11 +293,18 @@ async def test_xiaozhi_messages_and_audio_frames(stack: Api) -> None:
                 except websockets.ConnectionClosed:
                     break
             await settle(device)
+            for message in device.messages("error"):
+                outcomes[message["code"]] = outcomes.get(message["code"], 0) + 1
+            if device.closed:
+                outcomes[f"closed {device.close_code}"] = outcomes.get(f"closed {device.close_code}", 0) + 1
 
+    outcomes: dict[str, int] = {}
     strategy = st.sampled_from([1, 2, 3]).flatmap(lambda v: st.tuples(
         st.just(v), st.lists(XZ_MESSAGES | audio_frames(v), min_size=1, max_size=6)))
     start = rss_mb()
     await asyncio.to_thread(fuzz(session, strategy, asyncio.get_running_loop()))
+    print("xiaozhi session outcomes:", outcomes)
+    assert outcomes, "the fuzzer reached the protocol's errors"
     await xiaozhi_turn(stack)
     await typed_turn(stack)
     assert rss_mb() - start < MAX_GROWTH_MB, (start, rss_mb())
@@ -283,12 +318,17 @@ async def test_webrtc_offer_bodies(stack: Api) -> None:
         h = {**(headers if signed else {}), **({"content-type": content_type} if content_type else {})}
         r = await stack.client.post("/webrtc/offer", content=body, headers=h)
         assert r.status_code < 500, (r.status_code, r.text, body[:200])
+        key = f"{r.status_code} {r.json()['error']['code'] if r.status_code >= 400 else ''}".strip()
+        statuses[key] = statuses.get(key, 0) + 1
         if r.status_code >= 400:
             error = r.json()["error"]
             assert isinstance(error["code"], str) and error["message"], r.text
 
     start = rss_mb()
+    statuses: dict[str, int] = {}
     await asyncio.to_thread(fuzz(offer, st.tuples(st.booleans(), OFFERS), asyncio.get_running_loop()))
+    print("/webrtc/offer answers:", statuses)
+    assert len(statuses) > 2, statuses
     await typed_turn(stack)
     assert rss_mb() - start < MAX_GROWTH_MB, (start, rss_mb())
 
