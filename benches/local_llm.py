@@ -210,7 +210,8 @@ async def _turn(bus: Bus, session: str, text: str) -> Answer:
         if getattr(event, "turn_id", None) != question.id:
             return
         seen.setdefault(event.type, now)
-        if isinstance(event, AssistantMessage) and not done.done():
+        # A step that calls tools is not the answer: the turn's last message is.
+        if isinstance(event, AssistantMessage) and not event.tool_calls and not done.done():
             done.set_result(event)
 
     sub = await bus.subscribe(f"vagent.session.{session}.>", on_message)
