@@ -45,7 +45,7 @@ _TICKS = "```"
 _CALL_KEYS = frozenset({"name", "arguments", "parameters", "type", "id", "function"})
 # How a call begins, for text that cannot be read (cut off at max_tokens, Python quotes).
 _CALL_START = re.compile(
-    r"""\A\s*(?:```[\w-]*\s*)?(?:<tool_call>\s*)?\[?\s*\{\s*["']?(?:name|function|tool|tool_name|type)["']?\s*:""")
+    r"""\A\s*(?:```[\w-]*\s*)?(?:<tool_call>\s*)?\[?\s*(?:\{\s*)+["']?(?:name|function|tool|tool_name|type)["']?\s*:""")
 _MAX_LITERAL = 4000  # Python literals are parsed only this long: ast costs memory per node
 _decoder = json.JSONDecoder()
 

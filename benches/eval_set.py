@@ -134,7 +134,7 @@ def _has_date(text: str, now: datetime) -> bool:
     if now.strftime("%Y-%m-%d") in text:
         return True
     day = now.day
-    day_said = re.search(rf"(?<!\d){day}(st|nd|rd|th)?(?!\d)", text) is not None
+    day_said = re.search(rf"(?<!\d)0?{day}(st|nd|rd|th)?(?!\d)", text) is not None
     month_said = _MONTHS[now.month - 1] in text
     return day_said and month_said
 

@@ -133,6 +133,8 @@ GUARDED: list[tuple[str, str, str, list[tuple[str, str]] | None]] = [
      [("calculator", '{"expression": "17 * 23"}')]),
     ("the tool list echoed", '<tools> {"type": "function", "function": {"name": "get_time", "desc', "", None),
     ("a definition", 'See {"type": "function", "function": {"name": "f", "parameters": {}}}', "See ", None),
+    # Template-escaped braces, as Qwen2.5-Coder-1.5B wrote for a Mandarin question.
+    ("doubled braces", '{{"name": "get_time", "arguments": {"timezone": "Beijing"}}}', "", None),
 ]
 
 
