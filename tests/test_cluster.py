@@ -273,7 +273,10 @@ async def test_a_load_right_after_an_append_sees_it_even_from_a_lagging_replica(
     # follower can be behind. A client is answered by the node it is connected to first, and
     # this follower is paused during each append, so it may still be catching up when asked.
     leader = (await cluster_bus.js.stream_info(STREAM)).cluster.leader  # type: ignore[union-attr]
-    follower = next(n for n in cluster if n.name != leader)
+    # The writer's own server must stay up, or its appends have no route to the leader at all.
+    writer_url = cluster_bus.nc.connected_url
+    assert writer_url is not None
+    follower = next(n for n in cluster if n.name != leader and n.port != writer_url.port)
     assert follower.proc is not None
     reader = await Bus.connect(follower.url, name="reader")
     cache = LogCache(reader)
