@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import ClassVar
 
 from actors.base import Actor, Context
-from actors.knowledge.chunk import MAX_CHUNKS, chunk, max_chunks, min_chunks, plain_text_chars
-from actors.knowledge.embed import embedder
-from actors.knowledge.parse import PLAIN, ParseError, media_type, parse
-from actors.knowledge.store import ChunkStore, Row, store
 from bus.blobs import get_document
 from bus.config import data_dir
 from bus.log import load
+from projections.knowledge.chunk import MAX_CHUNKS, chunk, max_chunks, min_chunks, plain_text_chars
+from projections.knowledge.embed import embedder
+from projections.knowledge.parse import PLAIN, ParseError, media_type, parse
+from projections.knowledge.store import ChunkStore, Row, store
 from schemas import DocumentDeleted, DocumentFailed, DocumentIndexed, DocumentUploaded, Event
 
 log = logging.getLogger("vagent.indexer")

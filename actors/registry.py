@@ -8,7 +8,7 @@ from actors.base import Actor
 
 ACTORS: dict[str, str] = {
     "asr": "actors.asr.actor:Asr",
-    "dialogue": "actors.dialogue:Dialogue",
+    "dialogue": "actors.dialogue.actor:Dialogue",
     "indexer": "actors.indexer:Indexer",
     "tools": "actors.tools.actor:Tools",
     "tts": "actors.tts.actor:Tts",

@@ -26,14 +26,14 @@ from typing import Any, ClassVar
 
 import httpx
 
-from actors import config as settings
-from actors.dialogue import Dialogue
+from actors.dialogue.actor import Dialogue
 from actors.runtime import ActorHost
 from actors.tools.actor import Tools
+from benches.bus import bench_nats, percentile
 from benches.eval_set import Question, load_eval_set, score
 from bus.client import Bus, Message
-from cli.bench import bench_nats, percentile
 from schemas import AssistantMessage, DecodeError, UserText, decode, new_id
+from settings import config as settings
 
 RUNTIME_PROMPTS = [
     "Explain in three sentences why the sky is blue.",
@@ -237,7 +237,7 @@ async def _turn(bus: Bus, session: str, text: str) -> Answer:
 async def bench_local_llm(models: list[str], *, base_url: str | None = None, served_name: str = "local",
                           pid: int | None = None, run_eval_set: bool = True,
                           threads: int = 2) -> list[Candidate]:
-    from actors.local_llm import LocalLLMServer
+    from actors.dialogue.local_llm import LocalLLMServer
     from bus.config import data_dir
 
     questions = load_eval_set() if run_eval_set else []

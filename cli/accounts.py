@@ -1,7 +1,7 @@
 """`vagent users`, `vagent assistants`, `vagent devices`: administering accounts from a
 terminal, straight over NATS (no API, no token).
 
-Changes go through the same command services as the API (edge.identity), so they are
+Changes go through the same command services as the API (domain), so they are
 decided on the same event logs; lists read the read models, fresh (after every stored
 event was applied), from the running projection service or else from the DuckDB file.
 """
@@ -15,18 +15,18 @@ from typing import Any
 
 import msgspec
 
-from actors.config import Config
-from actors.config import load as load_config
 from bus.client import Bus
 from cli.display import shorten, table, when
+from domain.accounts import Accounts, UserState, normalize_email
+from domain.assistants import Assistants
+from domain.keys import signing_key
+from domain.mail import MailError
+from domain.tokens import Tokens
 from edge.api.models import AssistantCreate
 from edge.errors import not_found
-from edge.identity.accounts import Accounts, UserState, normalize_email
-from edge.identity.assistants import Assistants
-from edge.identity.keys import signing_key
-from edge.identity.mail import MailError
-from edge.identity.tokens import Tokens
 from projections.client import QueryError, run_query
+from settings.config import Config
+from settings.config import load as load_config
 
 PAGE = 1000
 

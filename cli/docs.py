@@ -1,6 +1,6 @@
 """`vagent docs`: the knowledge base from a terminal, straight over NATS (no API, no token).
 
-`docs add` uploads through the same code as `POST /api/v1/documents` (edge.identity.documents),
+`docs add` uploads through the same code as `POST /api/v1/documents` (domain.documents),
 with a progress bar, then follows each document's log until the indexer has recorded
 `document.indexed` or `document.failed`. Lists read the documents read model; search
 runs the same hybrid search as the API, in this process, over `<data dir>/lance`.
@@ -21,15 +21,15 @@ from typing import Any
 
 import msgspec
 
-from actors.config import load as load_config
 from bus.client import Bus, Message
 from bus.log import last_event
 from cli.accounts import AdminError, accounts, resolve_user, rows
 from cli.display import shorten, table, when
+from domain.documents import Documents
 from edge.errors import ApiError
-from edge.identity.documents import Documents
 from projections.client import QueryError, run_query
 from schemas import DecodeError, DocumentDeleted, DocumentFailed, DocumentIndexed, decode, new_id
+from settings.config import load as load_config
 
 
 def print_json(value: Any) -> None:
@@ -262,7 +262,7 @@ async def search_documents(bus: Bus, data_dir: Path, query: str, who: str | None
         owner_id, document_ids = found[0]["owner_id"], list(found[0]["documents"] or [])
     hits: list[Any] = []
     if document_ids != []:  # an assistant without documents finds nothing (no need to load LanceDB)
-        from actors.knowledge.search import search
+        from projections.knowledge.search import search
 
         hits = await search(query, owner_id=owner_id, document_ids=document_ids, limit=limit,
                             data_dir=data_dir)
@@ -302,9 +302,9 @@ async def delete_document(bus: Bus, data_dir: Path, document_id: str, who: str |
 
 async def reindex_documents(bus: Bus, data_dir: Path, as_json: bool) -> None:
     from actors.indexer import max_chunks
-    from actors.knowledge.embed import embedder
-    from actors.knowledge.reindex import reindex
-    from actors.knowledge.store import store
+    from projections.knowledge.embed import embedder
+    from projections.knowledge.reindex import reindex
+    from projections.knowledge.store import store
 
     await bus.declare()
     await asyncio.to_thread(embedder)

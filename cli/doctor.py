@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from actors.config import Config
+    from settings.config import Config
 
 MIN_PYTHON = (3, 11)
 UV_INSTALL = ("pip install uv, or astral's standalone installer: "
@@ -122,7 +122,7 @@ def check_uv(uv: str | None, dev: bool = False) -> Check:
 # ---- settings ----------------------------------------------------------------------------------
 
 def check_config() -> Check:
-    from actors import config as settings
+    from settings import config as settings
 
     path = settings.config_path()
     try:
@@ -447,7 +447,7 @@ def _sha256(path: Path) -> str:
 def check_local_model(name: str, data_dir: Path, unused: str | None = None) -> Check:
     """The model's packages are installed and add up to its size; an assembled file, if any,
     matches the pin. Nothing is assembled here: the first `vagent up` does it."""
-    from actors.local_llm import LocalLLMError, get_model, part_files
+    from actors.dialogue.local_llm import LocalLLMError, get_model, part_files
 
     label = "local model"
     # `unused` says why this vagent up will not start the local model; None: it will.
@@ -468,7 +468,7 @@ def check_local_model(name: str, data_dir: Path, unused: str | None = None) -> C
         return Check(label, _soft(Status.FAIL, needed),
                      f"{name}: its {len(parts)} package file(s) hold {total} bytes, the pin says "
                      f"{model.size}{note}", "reinstall the model's packages: uv sync --reinstall")
-    # The path actors.local_llm.model_file assembles into.
+    # The path actors.dialogue.local_llm.model_file assembles into.
     target = data_dir / "models" / f"{model.served_name}.gguf"
     if not target.exists():
         return Check(label, Status.OK, f"{name}: {len(parts)} package file(s) installed; "
@@ -561,7 +561,7 @@ def run_checks(options: Options) -> list[Check]:
 
 
 def _config_or_defaults() -> Config:
-    from actors import config as settings
+    from settings import config as settings
 
     try:
         return settings.load()
@@ -575,7 +575,7 @@ LOCAL_LLM_OVERRIDES = ("VAGENT_LLM_BASE_URL", "OPENAI_BASE_URL", "VAGENT_LOCAL_L
 def wants_local_llm(actors: list[str]) -> bool:
     """cli.up.wants_local_llm's rule, restated because importing cli.up loads the whole edge
     (3 s here); tests/test_doctor.py checks that the two agree."""
-    from actors import config as settings
+    from settings import config as settings
 
     if "dialogue" not in actors or settings.load().llm.providers:
         return False

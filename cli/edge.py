@@ -6,10 +6,10 @@ import asyncio
 import signal
 from pathlib import Path
 
-from actors.config import load
 from bus.client import Bus
 from edge.server import EdgeServer
 from projections.runtime import ProjectionService
+from settings.config import load
 
 
 async def _until_signal() -> None:

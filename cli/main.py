@@ -200,7 +200,7 @@ def echo_llm(port: Annotated[int, typer.Option(help="Port to listen on (127.0.0.
              token_delay: Annotated[float, typer.Option(help="Seconds between tokens.")] = 0.05
              ) -> None:
     """An OpenAI-compatible server that echoes: try vagent with no model at all."""
-    from cli.echo_llm import serve
+    from devservers.echo_llm import serve
 
     serve(port, token_delay)
 
@@ -561,8 +561,8 @@ def bench_bus(nats: NatsOpt = None,
               events: Annotated[int, typer.Option(help="Events per publish test.")] = 5000,
               hops: Annotated[int, typer.Option(help="Actor hops to time.")] = 2000) -> None:
     """Publish rate (awaited, pipelined) and one actor hop's latency, on this machine."""
-    from cli.bench import bench_bus as run_bench
-    from cli.bench import print_report
+    from benches.bus import bench_bus as run_bench
+    from benches.bus import print_report
 
     # A log line per hop would be measured too.
     print_report(run(run_bench(nats, events=events, hops=hops), log_level="WARNING"))
@@ -578,8 +578,8 @@ def bench_dialogue(nats: NatsOpt = None,
                        help="All turns in one session: the history grows turn by turn.")] = False,
                    ) -> None:
     """Time from user.text to the first delta and sentence; tokens/s with --local."""
-    from cli.bench_dialogue import bench_dialogue as run_bench
-    from cli.bench_dialogue import print_report
+    from benches.dialogue import bench_dialogue as run_bench
+    from benches.dialogue import print_report
 
     print_report(run(run_bench(nats, turns=turns, local=local, conversation=conversation),
                      log_level="WARNING"))
@@ -601,7 +601,7 @@ def bench_local_llm(
         ) -> None:
     """Local model candidates side by side: eval score, first delta and first sentence
     p50/p95, generation and prompt tokens/s, peak RSS."""
-    from actors.local_llm import MODELS
+    from actors.dialogue.local_llm import MODELS
     from benches.local_llm import bench_local_llm as run_bench
     from benches.local_llm import print_report
 
@@ -622,8 +622,8 @@ def bench_edge(nats: NatsOpt = None,
                               ] = True) -> None:
     """N xiaozhi devices at once: connections held, end of speech → first audio p50/p95,
     server CPU and memory per session."""
-    from cli.bench_edge import bench_edge as run_bench
-    from cli.bench_edge import print_report
+    from benches.edge import bench_edge as run_bench
+    from benches.edge import print_report
 
     print_report(run(run_bench(nats, sessions=sessions, asr=asr), log_level="WARNING"))
 
@@ -640,8 +640,8 @@ def bench_rag(nats: NatsOpt = None,
                   help="Session events for the projection catch-up (0: skip).")] = 50_000) -> None:
     """Indexing chunks/s, hybrid search p50/p95 at 10k (and 100k) chunks, projection
     catch-up events/s."""
-    from cli.bench_rag import bench_rag as run_bench
-    from cli.bench_rag import print_report
+    from benches.rag import bench_rag as run_bench
+    from benches.rag import print_report
 
     sizes = [size for size in (chunks, 100_000 if large else 0) if size]
     sizes = sorted(set(sizes))

@@ -197,9 +197,9 @@ def _greets(assistant_log: list[Entry]) -> bool:
 
 async def _llm_override(dialogue: Any, base_url: str | None, model: str | None) -> str:
     """Swap the dialogue's provider chain for the replay; a description of what answers."""
-    from actors.config import ProviderConfig
-    from actors.llm import provider_configs
-    from actors.providers import ProviderChain
+    from actors.dialogue.llm import provider_configs
+    from actors.dialogue.providers import ProviderChain
+    from settings.config import ProviderConfig
 
     configs = provider_configs(dialogue.config)
     if base_url:
@@ -262,7 +262,7 @@ async def _run(rbus: Bus, workdir: Path, sid: str, started: SessionStarted | Non
                assistant_log: list[Entry], turns: list[Row], inputs: dict[str, Event],
                audio: dict[str, bytes], original_events: list[Event], *, llm_base_url: str | None,
                llm_model: str | None, tts: bool, voice: bool, timeout: float) -> Report:
-    from actors.dialogue import Dialogue
+    from actors.dialogue.actor import Dialogue
     from actors.runtime import ActorHost
     from projections.runtime import ProjectionService
 

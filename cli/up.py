@@ -11,13 +11,13 @@ import signal
 import sys
 from pathlib import Path
 
-from actors import config as settings
-from actors.local_llm import LocalLLMError, LocalLLMServer, Progress
+from actors.dialogue.local_llm import LocalLLMError, LocalLLMServer, Progress
 from actors.runtime import ActorHost
 from bus.client import Bus
 from bus.server import EmbeddedServer
 from edge.server import EdgeServer
 from projections.runtime import ProjectionService, store_path
+from settings import config as settings
 
 log = logging.getLogger("vagent.up")
 
@@ -89,7 +89,7 @@ async def up(*, nats: str | None, port: int, data_dir: Path, actors: list[str],
 
 
 def wants_local_llm(actors: list[str]) -> bool:
-    """The offline default: no provider configured anywhere (actors.llm.provider_configs then
+    """The offline default: no provider configured anywhere (actors.dialogue.llm.provider_configs then
     points the dialogue at VAGENT_LOCAL_LLM_URL)."""
     if "dialogue" not in actors or settings.load().llm.providers:
         return False

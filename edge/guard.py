@@ -27,9 +27,9 @@ import h11
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from actors.config import EdgeSettings
 from edge.api.endpoint import error_response
 from edge.errors import ApiError
+from settings.config import EdgeSettings
 
 log = logging.getLogger("vagent.edge.guard")
 FIRST_MESSAGE_TIMEOUT = 4408  # 4000 + 408 Request Timeout, like xiaozhi's hello_timeout

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import uvicorn
 
-from actors.config import Config
 from bus.client import Bus
 from edge.app import create_app
 from edge.guard import FirstMessageTimeout, guarded_protocol
 from edge.services import Services
+from settings.config import Config
 
 log = logging.getLogger("vagent.edge")
 

@@ -6,17 +6,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actors.config import Config
 from bus.client import Bus
+from domain.accounts import Accounts
+from domain.assistants import Assistants
+from domain.devices import Devices
+from domain.keys import signing_key
+from domain.tokens import Tokens
 from edge.api.ratelimit import RateLimiter
-from edge.identity.accounts import Accounts
-from edge.identity.assistants import Assistants
-from edge.identity.devices import Devices
-from edge.identity.keys import signing_key
-from edge.identity.tokens import Tokens
 from edge.realtime.leases import SessionLeases
 from edge.realtime.session import LinkRegistry
 from projections.client import run_query
+from settings.config import Config
 
 
 @dataclass

@@ -13,13 +13,13 @@ import httpx
 import msgspec
 import pytest
 
-from actors import config as settings
-from actors.config import Argon2Settings, Config
 from actors.runtime import ActorHost
 from bus.client import Bus
 from edge.server import EdgeServer
 from projections.runtime import ProjectionService
 from schemas import new_id
+from settings import config as settings
+from settings.config import Argon2Settings, Config
 
 
 class Api:

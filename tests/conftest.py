@@ -11,7 +11,7 @@ import uvloop
 
 from bus.client import Bus
 from bus.server import EmbeddedServer, free_port
-from cli.echo_llm import OpenAIServer
+from devservers.echo_llm import OpenAIServer
 from tests.api_harness import Api, loopback_ice_patch, serve_api
 
 

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from bus.server import free_port
-from cli.threaded_server import ThreadedServer
+from devservers.threaded_server import ThreadedServer
 
 PCM_RATES = {8000, 16000, 22050, 24000, 44100, 48000}
 

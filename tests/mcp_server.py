@@ -21,7 +21,7 @@ from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 
 from bus.server import free_port
-from cli.threaded_server import ThreadedServer
+from devservers.threaded_server import ThreadedServer
 
 PAGE_SIZE = 2
 FILLERS = 3

@@ -12,7 +12,7 @@ from bus.client import Bus
 from bus.health import health
 from bus.log import Entry, load
 from bus.trace import new_traceparent, trace_id
-from cli.echo_llm import OpenAIServer
+from devservers.echo_llm import OpenAIServer
 from schemas import UserText, encode, new_id
 
 
@@ -21,7 +21,7 @@ async def dialogue(bus: Bus, llm: OpenAIServer, monkeypatch: pytest.MonkeyPatch
                    ) -> AsyncIterator[ActorHost]:
     monkeypatch.setenv("OPENAI_BASE_URL", llm.base_url)
     # A durable of its own, so no other test's dialogue shares this one's messages.
-    monkeypatch.setattr("actors.dialogue.Dialogue.name", "dialogue_" + new_id())
+    monkeypatch.setattr("actors.dialogue.actor.Dialogue.name", "dialogue_" + new_id())
     host = ActorHost(bus, ["dialogue"])
     await host.start()
     yield host

@@ -22,13 +22,13 @@ import jwt
 import msgspec
 import pytest
 
-from actors.config import Argon2Settings, AuthSettings, Config, ConfigError, SmtpSettings, parse
 from bus import kv
 from bus.log import load
 from bus.server import EmbeddedServer, free_port
-from edge.identity.accounts import CREDENTIALS
-from edge.identity.keys import KEY_FILE, signing_key
+from domain.accounts import CREDENTIALS
+from domain.keys import KEY_FILE, signing_key
 from schemas import UserEmailVerified, UserLocked, UserRegistered, UserUnlocked, new_id
+from settings.config import Argon2Settings, AuthSettings, Config, ConfigError, SmtpSettings, parse
 from tests.api_harness import Api, api_config, serve_api
 
 PASSWORD = "correct horse 9"

@@ -17,11 +17,11 @@ import nats.js.errors
 import pytest
 import schemathesis
 
-from actors.knowledge.store import store
 from actors.runtime import ActorHost
 from bus.client import Bus
 from bus.server import EmbeddedServer
 from edge.app import OPENAPI_PATH
+from projections.knowledge.store import store
 from tests.api_harness import Api, api_config, serve_api
 from tests.fixtures.pdf import make_pdf
 from tests.test_api_openapi import validate as validate_json

@@ -14,14 +14,14 @@ from typing import Any
 import httpx
 import pytest
 
-from actors.llm import provider_configs
+from actors.dialogue.llm import provider_configs
 from bus import kv
 from bus.client import Bus
 from bus.server import EmbeddedServer
+from domain.tokens import BUCKET, device_key
 from edge.api import idempotency
 from edge.app import ENDPOINTS
 from edge.errors import ApiError
-from edge.identity.tokens import BUCKET, device_key
 from projections.runtime import rebuild, store_path
 from projections.store import ReadStore
 from schemas import new_id

@@ -15,7 +15,7 @@ import schemathesis
 import websockets
 
 from bus.server import EmbeddedServer
-from cli.echo_llm import OpenAIServer
+from devservers.echo_llm import OpenAIServer
 from edge.app import OPENAPI_PATH
 from schemas import SessionStarted, new_id
 from tests.api_harness import Api, serve_stack

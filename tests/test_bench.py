@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
+from benches.bus import RESULT_KEYS, bench_bus, print_report
 from bus.server import EmbeddedServer
-from cli.bench import RESULT_KEYS, bench_bus, print_report
 
 
 async def test_bench_bus_reports_every_figure(nats_server: EmbeddedServer, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -23,8 +23,8 @@ async def test_bench_bus_reports_every_figure(nats_server: EmbeddedServer, capsy
 
 async def test_bench_dialogue_times_a_conversation_whose_history_grows(
         nats_server: EmbeddedServer, capsys) -> None:  # type: ignore[no-untyped-def]
-    from cli.bench_dialogue import bench_dialogue
-    from cli.bench_dialogue import print_report as print_dialogue
+    from benches.dialogue import bench_dialogue
+    from benches.dialogue import print_report as print_dialogue
 
     results = await bench_dialogue(nats_server.url, turns=5, conversation=True)
     assert results["turns"] == 5 and results["sessions"] == "one conversation"

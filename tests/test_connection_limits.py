@@ -17,10 +17,10 @@ import msgspec
 import pytest
 import websockets
 
-from actors.config import Config
 from bus.log import load
 from bus.server import EmbeddedServer
 from edge.guard import FIRST_MESSAGE_TIMEOUT
+from settings.config import Config
 from tests.api_harness import Api, api_config, serve_api
 
 

@@ -17,14 +17,14 @@ import msgspec
 import pytest
 import websockets
 
-from actors.config import Argon2Settings
 from actors.indexer import index_document
-from actors.knowledge.parse import ParseError
-from actors.knowledge.parse import parse as real_parse
 from bus.log import load
 from bus.server import EmbeddedServer
-from cli.echo_llm import OpenAIServer
+from devservers.echo_llm import OpenAIServer
+from projections.knowledge.parse import ParseError
+from projections.knowledge.parse import parse as real_parse
 from schemas import UserLocked
+from settings.config import Argon2Settings
 from tests.api_harness import Api, api_config, serve_stack
 from tests.test_connection_limits import edge, edge_config
 

@@ -11,7 +11,7 @@ import pytest
 from bus.client import Bus, Message
 from bus.log import load
 from bus.server import EmbeddedServer
-from cli.echo_llm import OpenAIServer
+from devservers.echo_llm import OpenAIServer
 from schemas import AssistantDelta, UserText, decode
 from tests.procs import Proc
 

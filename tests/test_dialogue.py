@@ -13,12 +13,11 @@ from typing import Any
 
 import pytest
 
-from actors import config as settings
-from actors.dialogue import UNUSABLE_CALL_ANSWER
+from actors.dialogue.actor import UNUSABLE_CALL_ANSWER
 from actors.runtime import ActorHost
 from bus.client import Bus, Message
 from bus.log import load
-from cli.echo_llm import OpenAIServer
+from devservers.echo_llm import OpenAIServer
 from schemas import (
     AssistantDelta,
     AssistantMessage,
@@ -33,6 +32,7 @@ from schemas import (
     decode,
     new_id,
 )
+from settings import config as settings
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ async def start(bus: Bus, monkeypatch: pytest.MonkeyPatch
     share these messages. Stopped (gracefully) after the test."""
     hosts: list[ActorHost] = []
     suffix = new_id()
-    monkeypatch.setattr("actors.dialogue.Dialogue.name", "dialogue_" + suffix)
+    monkeypatch.setattr("actors.dialogue.actor.Dialogue.name", "dialogue_" + suffix)
     monkeypatch.setattr("actors.tools.actor.Tools.name", "tools_" + suffix)
 
     async def run(*names: str) -> ActorHost:

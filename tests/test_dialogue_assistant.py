@@ -10,7 +10,7 @@ import pytest
 
 from actors.runtime import ActorHost
 from bus.client import Bus
-from cli.echo_llm import OpenAIServer
+from devservers.echo_llm import OpenAIServer
 from projections.runtime import ProjectionService
 from schemas import AssistantCreated, AssistantUpdated, SessionStarted, UserText, new_id
 from tests.test_dialogue import finals, providers_toml, servers, start, wait_for, write_config

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from actors import config as settings
-from actors.local_llm import get_model
+from actors.dialogue.local_llm import get_model
 from bus.server import EmbeddedServer, free_port
 from cli import doctor
 from cli.doctor import Status
+from settings import config as settings
 from tests.procs import Proc, vagent
 
 CHECK_NAMES = ["python", "uv", "settings", "data dir", "nats-server", "NATS port", "edge port",

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from bus.server import EmbeddedServer, free_port
-from cli.echo_llm import OpenAIServer
+from devservers.echo_llm import OpenAIServer
 from tests.procs import Proc, vagent
 from tests.xiaozhi_client import XiaozhiDevice
 

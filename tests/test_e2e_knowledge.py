@@ -23,7 +23,7 @@ import pytest
 import websockets
 
 from bus.server import EmbeddedServer, free_port
-from cli.echo_llm import OpenAIServer
+from devservers.echo_llm import OpenAIServer
 from tests.fixtures.audio import has_key_words, opus_packets, pcm
 from tests.procs import Proc, vagent
 

@@ -25,8 +25,8 @@ from actors.audio.encode import OPUS_FRAME_MS, OPUS_RATES
 from bus.client import Message
 from bus.log import load
 from bus.server import EmbeddedServer
-from cli.echo_llm import OpenAIServer
 from cli.logs import TextFormatter
+from devservers.echo_llm import OpenAIServer
 from edge import jsonparse
 from edge.api.models import GREETING_MAX_CHARS
 from edge.errors import ApiError

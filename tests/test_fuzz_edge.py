@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from bus.server import EmbeddedServer
-from cli.echo_llm import OpenAIServer
+from devservers.echo_llm import OpenAIServer
 from schemas import new_id
 from tests.api_harness import Api, serve_stack
 from tests.xiaozhi_client import XiaozhiDevice, frame_up

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from actors.history import MESSAGE_OVERHEAD_TOKENS, approx_tokens, build_messages
+from actors.dialogue.history import MESSAGE_OVERHEAD_TOKENS, approx_tokens, build_messages
 from bus.log import Entry
 from schemas import (
     AssistantMessage,

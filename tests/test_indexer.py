@@ -13,7 +13,6 @@ import pytest
 
 from actors.base import Actor
 from actors.indexer import Indexer
-from actors.knowledge.store import store
 from actors.runtime import ActorHost
 from bus.blobs import put_document
 from bus.client import Bus
@@ -21,6 +20,7 @@ from bus.consumer import Delivery
 from bus.log import load
 from bus.server import EmbeddedServer
 from projections.client import run_query
+from projections.knowledge.store import store
 from projections.runtime import ProjectionService
 from schemas import (
     DocumentDeleted,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.intents import is_exit_intent
+from actors.dialogue.intents import is_exit_intent
 
 PHRASES = ["bye", "goodbye", "bye bye", "see you", "that's all", "再见", "拜拜"]
 

@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 
 from actors.indexer import index_document
-from actors.knowledge.chunk import MAX, OVERLAP, chunk, sentences
-from actors.knowledge.embed import DIMS, embedder
-from actors.knowledge.parse import Block, ParseError, media_type, parse
-from actors.knowledge.search import Hit, search
-from actors.knowledge.store import ChunkStore, store
 from actors.runtime import ActorHost
 from actors.tools.builtin import format_hits
 from bus.blobs import put_document
 from bus.client import Bus
-from cli.echo_llm import OpenAIServer
+from devservers.echo_llm import OpenAIServer
+from projections.knowledge.chunk import MAX, OVERLAP, chunk, sentences
+from projections.knowledge.embed import DIMS, embedder
+from projections.knowledge.parse import Block, ParseError, media_type, parse
+from projections.knowledge.search import Hit, search
+from projections.knowledge.store import ChunkStore, store
 from projections.runtime import ProjectionService
 from schemas import (
     AssistantCreated,
@@ -203,8 +203,8 @@ async def test_a_large_table_searches_through_its_vector_index(
     """Past VECTOR_INDEX_AT rows the table gets an approximate vector index; scopes of at
     least EXACT_BELOW rows search through it, smaller ones scan exactly. Both find the right
     documents and stay within their owner (thresholds lowered: the real ones are 50k/20k)."""
-    import actors.knowledge.search as search_module
-    import actors.knowledge.store as store_module
+    import projections.knowledge.search as search_module
+    import projections.knowledge.store as store_module
 
     monkeypatch.setattr(store_module, "VECTOR_INDEX_AT", 3000)
     monkeypatch.setattr(search_module, "EXACT_BELOW", 2000)
@@ -245,7 +245,7 @@ def test_another_process_sees_new_chunks(tmp_path: Path) -> None:
     """The edge searches while the indexer writes: each query sees the latest commit."""
     chunks = ChunkStore.open(tmp_path)
     script = ("import asyncio, sys; from pathlib import Path; "
-              "from actors.knowledge.search import search; "
+              "from projections.knowledge.search import search; "
               "print(','.join(h.document_id for h in asyncio.run(search("
               "sys.argv[1], owner_id='u', data_dir=Path(sys.argv[2])))))")
     reader = ChunkStore.open(tmp_path)  # a second connection, as another process holds

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.local_llm import LocalLLMServer
+from actors.dialogue.local_llm import LocalLLMServer
 from actors.runtime import ActorHost
 from bus.client import Bus
 from schemas import AssistantMessage, AssistantSentence, Event, ToolCall, ToolResult, UserText, new_id

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from openai import AsyncOpenAI
 
-from actors.local_llm import MODELS, LocalLLMError, LocalLLMServer, model_file
+from actors.dialogue.local_llm import MODELS, LocalLLMError, LocalLLMServer, model_file
 from bus.server import free_port
 from tests.procs import Proc, vagent
 
@@ -142,7 +142,7 @@ def _llama_server_pids(port: int) -> list[int]:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"actors.local_llm_serve" in cmdline and str(port).encode() in cmdline:
+        if b"actors.dialogue.local_llm_serve" in cmdline and str(port).encode() in cmdline:
             pids.append(int(entry))
     return pids
 

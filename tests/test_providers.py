@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from actors.config import BreakerConfig, ProviderConfig
-from actors.providers import CircuitBreaker, ProviderChain, ProviderFailed
+from actors.dialogue.providers import CircuitBreaker, ProviderChain, ProviderFailed
 from bus.server import free_port
-from cli.echo_llm import OpenAIServer
+from devservers.echo_llm import OpenAIServer
+from settings.config import BreakerConfig, ProviderConfig
 
 MESSAGES = [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]
 

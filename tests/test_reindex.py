@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actors.knowledge.search import search_sync
-from actors.knowledge.store import ChunkStore, Row, store
 from actors.runtime import ActorHost
 from bus.client import Bus
 from bus.server import EmbeddedServer
+from projections.knowledge.search import search_sync
+from projections.knowledge.store import ChunkStore, Row, store
 from schemas import DocumentDeleted, DocumentFailed, DocumentIndexed
 from tests.procs import vagent
 from tests.test_indexer import HTML, MARKDOWN, TEXT, doc_events, lance_data, mbus, outcome, upload

@@ -12,13 +12,12 @@ from typing import Any
 
 import pytest
 
-from actors import config as settings
 from actors.runtime import ActorHost
 from bus.client import Bus
 from bus.log import load
 from bus.subjects import audio_in
-from cli.echo_llm import OpenAIServer
 from cli.replay import print_report, replay_session
+from devservers.echo_llm import OpenAIServer
 from schemas import (
     AssistantMessage,
     AudioParams,
@@ -29,6 +28,7 @@ from schemas import (
     UserText,
     new_id,
 )
+from settings import config as settings
 from tests.fixtures.audio import has_key_words, opus_packets, pcm
 
 
@@ -75,7 +75,7 @@ async def test_replay_reproduces_transcripts_and_diffs_the_answers(
     monkeypatch.setenv("VAGENT_CONFIG", str(config))
     settings.load.cache_clear()
     suffix = new_id()
-    for module, cls in (("asr.actor", "Asr"), ("dialogue", "Dialogue"), ("tts.actor", "Tts"),
+    for module, cls in (("asr.actor", "Asr"), ("dialogue.actor", "Dialogue"), ("tts.actor", "Tts"),
                         ("tools.actor", "Tools")):
         monkeypatch.setattr(f"actors.{module}.{cls}.name", f"{cls.lower()}_{suffix}")
     host = ActorHost(bus, ["asr", "dialogue", "tools", "tts"])

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from actors.sentences import Sentence, SentenceSplitter, to_spoken
+from actors.dialogue.sentences import Sentence, SentenceSplitter, to_spoken
 
 # (id, answer, expected sentences, first_clause_chars). An expected sentence is its display
 # text, or (display, spoken) when TTS must say something else.

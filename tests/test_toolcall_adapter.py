@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from actors.toolcall_adapter import ToolTextGuard, bare_tool_calls, parse_bare_tool_calls, repair
+from actors.dialogue.toolcall_adapter import ToolTextGuard, bare_tool_calls, parse_bare_tool_calls, repair
 
 TOOLS = {"get_time", "calculator"}
 

@@ -22,7 +22,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from actors.config import Config, ConfigError, McpServerConfig, ToolSettings, WebhookTool
 from actors.tools import Tool, ToolError, ToolSpec, openai_tool
 from actors.tools.builtin import BuiltinContext, FunctionTool, build, calculator, get_time
 from actors.tools.calc import CalcError, evaluate, format_number
@@ -31,6 +30,7 @@ from actors.tools.spec import tool_name
 from actors.tools.toolset import Toolset, parse_arguments, trim
 from actors.tools.webhook import MAX_BODY_BYTES, Webhook
 from bus.server import free_port
+from settings.config import Config, ConfigError, McpServerConfig, ToolSettings, WebhookTool
 from tests.mcp_server import FILLERS, TOOLS, HttpMcpServer
 from tests.test_dialogue import bogota
 

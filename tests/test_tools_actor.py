@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from actors import config
 from actors.runtime import ActorHost
 from actors.tools import ToolSpec, builtin
 from actors.tools.actor import Tools
@@ -23,6 +22,7 @@ from bus.client import Bus
 from bus.log import load
 from bus.server import EmbeddedServer, free_port
 from schemas import ToolCall, ToolResult, new_id
+from settings import config
 from tests.mcp_server import HttpMcpServer
 
 # --- tools that misbehave, offered as builtins through the registry ------------------

@@ -14,7 +14,6 @@ import av
 import numpy as np
 import pytest
 
-from actors import config as settings
 from actors.runtime import ActorHost
 from actors.tts.actor import Tts
 from actors.tts.providers import TtsProvider
@@ -22,7 +21,7 @@ from bus.blobs import get_blob
 from bus.client import Bus, Message, Subscription
 from bus.log import load
 from bus.subjects import audio_out
-from cli.echo_llm import OpenAIServer
+from devservers.echo_llm import OpenAIServer
 from projections.runtime import ProjectionService
 from schemas import (
     AssistantCreated,
@@ -41,6 +40,7 @@ from schemas import (
     UserText,
     new_id,
 )
+from settings import config as settings
 from tests.elevenlabs_server import ElevenLabsServer
 
 StartTts = Callable[[], Awaitable[Tts]]
@@ -350,7 +350,7 @@ async def test_a_typed_question_is_answered_aloud(
     config.write_text(f'[[llm.providers]]\nname = "echo"\nbase_url = "{llm.base_url}"\nmodel = "e"\n')
     monkeypatch.setenv("VAGENT_CONFIG", str(config))
     settings.load.cache_clear()
-    monkeypatch.setattr("actors.dialogue.Dialogue.name", "dialogue_" + new_id())
+    monkeypatch.setattr("actors.dialogue.actor.Dialogue.name", "dialogue_" + new_id())
     host = ActorHost(bus, ["dialogue"])
     await host.start()
     try:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.sentences import clip, cut, speakable
+from actors.dialogue.sentences import clip, cut, speakable
 from actors.tts.actor import MAX_TURN_CHARS, Tts
 from actors.tts.providers import TtsProvider
 from actors.tts.synth import MAX_CHARS

@@ -13,12 +13,12 @@ import pytest
 from elevenlabs.core.api_error import ApiError
 
 from actors.audio.encode import AudioEncoder, check_params
-from actors.config import ConfigError
 from actors.tts.cache import AudioCache, CachedAudio
 from actors.tts.elevenlabs_voice import ElevenLabsTts
 from actors.tts.providers import open_provider, provider_name
 from actors.tts.synth import Slots, Synthesis, SynthesisFailed
 from schemas import AudioParams
+from settings.config import ConfigError
 from tests.elevenlabs_server import ElevenLabsServer, tone
 from tests.test_tts import decode_opus
 

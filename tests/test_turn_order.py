@@ -33,7 +33,7 @@ from actors.runtime import ActorHost
 from bus.client import Bus, Stored
 from bus.log import load
 from bus.server import EmbeddedServer
-from cli.echo_llm import OpenAIServer
+from devservers.echo_llm import OpenAIServer
 from schemas import AssistantMessage, Event, TurnInterrupted, UserText, new_id
 from tests.api_harness import Api, serve_stack
 from tests.test_dialogue import (  # noqa: F401  (fixtures)

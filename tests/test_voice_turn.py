@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from actors import config as settings
 from actors.audio.decode import Decoder
 from actors.runtime import ActorHost
 from bus.client import Bus, Message
 from bus.log import load
 from bus.subjects import audio_in, audio_out
-from cli.echo_llm import OpenAIServer
+from devservers.echo_llm import OpenAIServer
 from schemas import AssistantMessage, AudioParams, SessionStarted, TranscriptFinal, TtsSentence, new_id
+from settings import config as settings
 from tests.fixtures.audio import has_key_words, opus_packets, pcm
 
 
@@ -35,7 +35,7 @@ async def test_spoken_question_in_spoken_answer_out(bus: Bus, echo: OpenAIServer
     monkeypatch.setenv("VAGENT_CONFIG", str(config))
     settings.load.cache_clear()
     suffix = new_id()
-    for module, cls in (("asr.actor", "Asr"), ("dialogue", "Dialogue"), ("tts.actor", "Tts")):
+    for module, cls in (("asr.actor", "Asr"), ("dialogue.actor", "Dialogue"), ("tts.actor", "Tts")):
         monkeypatch.setattr(f"actors.{module}.{cls}.name", f"{cls.lower()}_{suffix}")
     host = ActorHost(bus, ["asr", "dialogue", "tts"])
     await host.start()

@@ -20,7 +20,7 @@ from playwright.async_api import async_playwright, expect
 
 from bus.log import load
 from bus.server import EmbeddedServer
-from cli.echo_llm import OpenAIServer
+from devservers.echo_llm import OpenAIServer
 from schemas import new_id
 from tests.api_harness import Api, api_config, serve_api, serve_stack
 from tests.fixtures.audio import has_key_words, pcm, resample

@@ -25,7 +25,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from bus.log import load
 from bus.server import EmbeddedServer
 from bus.subjects import audio_out
-from cli.echo_llm import OpenAIServer
+from devservers.echo_llm import OpenAIServer
 from edge.webrtc import peer
 from edge.webrtc.audio import DownlinkTrack
 from schemas import SessionEnded

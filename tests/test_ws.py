@@ -12,7 +12,7 @@ import websockets
 
 from bus.log import load
 from bus.server import EmbeddedServer
-from cli.echo_llm import OpenAIServer
+from devservers.echo_llm import OpenAIServer
 from tests.api_harness import Api, serve_stack
 
 

@@ -15,17 +15,17 @@ import msgspec
 import pytest
 import websockets
 
-from actors import config as settings
 from actors.audio.decode import Decoder
 from actors.runtime import ActorHost
 from bus.client import Bus
 from bus.log import load
 from bus.server import EmbeddedServer
-from cli.echo_llm import OpenAIServer
+from devservers.echo_llm import OpenAIServer
 from edge.xiaozhi import framing
 from edge.xiaozhi.mcp import llm_name
 from edge.xiaozhi.protocol import after_wake_word, emotion_of
 from schemas import Event, new_id
+from settings import config as settings
 from tests.api_harness import Api, api_config, serve_api
 from tests.fixtures.audio import has_key_words, opus_packets, pcm
 from tests.xiaozhi_client import XiaozhiDevice, frame_up

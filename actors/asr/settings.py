@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, field
 
 from actors.asr.vad import VadSettings
-from actors.config import secret
+from settings.config import secret
 
 
 def _int(name: str, default: int) -> int:

@@ -18,13 +18,13 @@ import logging
 import time
 from typing import ClassVar
 
-from actors import config
 from actors.base import Actor, Context
 from actors.tools.builtin import current_call
 from actors.tools.catalog import publish, withdraw
 from actors.tools.mcp_client import McpTool
 from actors.tools.toolset import Outcome, Toolset, build
 from schemas import Event, ToolCall, ToolResult
+from settings import config
 
 log = logging.getLogger("vagent.tools")
 

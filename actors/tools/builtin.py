@@ -17,11 +17,11 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from actors.config import Config, ConfigError
 from actors.tools.calc import CalcError, evaluate, format_number
 from actors.tools.spec import Tool, ToolError, ToolSpec
 from bus.client import Bus
 from schemas import ToolCall, TranscriptFinal, UserText
+from settings.config import Config, ConfigError
 
 # The call being answered, set by the tools actor around each run: a tool that needs the
 # session (knowledge_search reads the session's assistant) finds it here.
@@ -179,8 +179,8 @@ class KnowledgeSearch(Tool):
 
     async def call(self, arguments: dict[str, Any]) -> str:
         from actors.assistant import AssistantDirectory
-        from actors.knowledge.search import search
         from bus.log import load
+        from projections.knowledge.search import search
 
         query = arguments.get("query")
         if isinstance(query, list):

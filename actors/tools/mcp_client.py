@@ -18,9 +18,9 @@ from typing import Any, Protocol
 import mcp_types as types
 from mcp import Client, MCPError, StdioServerParameters
 
-from actors.config import ConfigError, McpServerConfig
 from actors.tools.secrets import expand_all
 from actors.tools.spec import Tool, ToolError, ToolSpec, tool_name
+from settings.config import ConfigError, McpServerConfig
 
 log = logging.getLogger("vagent.tools.mcp")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from actors.config import ConfigError, secret
+from settings.config import ConfigError, secret
 
 _REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 

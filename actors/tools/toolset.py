@@ -13,11 +13,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from actors.config import Config, ToolSettings
 from actors.tools import builtin, webhook
 from actors.tools.mcp_client import McpServer, McpTool, server_tools
 from actors.tools.spec import Tool, ToolError, ToolSpec
 from bus.client import Bus
+from settings.config import Config, ToolSettings
 
 log = logging.getLogger("vagent.tools")
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import httpx2
 
-from actors.config import WebhookTool as WebhookConfig
 from actors.tools.secrets import expand_all
 from actors.tools.spec import Tool, ToolError, ToolSpec
+from settings.config import WebhookTool as WebhookConfig
 
 MAX_BODY_BYTES = 1 << 20  # read no more: the result is cut to max_result_chars anyway
 

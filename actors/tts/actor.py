@@ -25,7 +25,7 @@ from typing import ClassVar
 from actors.assistant import AssistantDirectory, AssistantProfile
 from actors.audio.encode import DEFAULT_OUT, check_params
 from actors.base import Actor, Context
-from actors.sentences import speakable
+from actors.dialogue.sentences import speakable
 from actors.tts.cache import AudioCache
 from actors.tts.providers import TtsProvider, open_provider
 from actors.tts.speaker import Sentence, Speaker

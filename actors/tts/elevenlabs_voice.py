@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import httpx
 from elevenlabs.client import AsyncElevenLabs
 
-from actors.config import ConfigError, secret
+from settings.config import ConfigError, secret
 
 DEFAULT_VOICE = "JBFqnCBsd6RMkjVDRZzb"  # "George", a premade voice every account has
 DEFAULT_MODEL = "eleven_flash_v2_5"  # their low-latency model

@@ -27,7 +27,7 @@ from typing import Any
 import onnxruntime
 from piper import AudioChunk, PiperConfig, PiperVoice
 
-from actors.config import ConfigError
+from settings.config import ConfigError
 
 BUNDLED = "en_US-joe-medium"
 # After a call that made this much audio, freed memory goes back to the system (see _trim).

@@ -16,7 +16,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from actors.config import ConfigError, secret
+from settings.config import ConfigError, secret
 
 PROVIDERS: dict[str, str] = {
     "piper": "actors.tts.piper_voice",

@@ -19,7 +19,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from actors.audio.encode import AudioEncoder
-from actors.sentences import clip
+from actors.dialogue.sentences import clip
 from actors.tts.outbox import Outbox
 from actors.tts.synth import Synthesis, SynthesisFailed, Synthesizer
 from bus.blobs import put_pcm

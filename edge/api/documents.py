@@ -8,12 +8,12 @@ from typing import Any
 
 from starlette.responses import Response
 
+from domain.documents import MAX_TITLE, Documents, Quota
 from edge.api import search as knowledge
 from edge.api.endpoint import Call, Endpoint, Form, FormField, json_response
 from edge.api.models import Chunk, ChunkPage, Document, DocumentPage
 from edge.api.pages import PAGE_PARAMS, iso, page, page_rows
 from edge.errors import not_found
-from edge.identity.documents import MAX_TITLE, Documents, Quota
 from schemas import DocumentUploaded
 
 

@@ -22,11 +22,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from bus.errors import BusError
+from domain.tokens import Principal
 from edge import jsonparse
 from edge.api import idempotency
 from edge.api.models import ID_PATTERN
 from edge.errors import ApiError, not_found, unauthorized
-from edge.identity.tokens import Principal
 from edge.services import Services
 
 log = logging.getLogger("vagent.edge.api")

@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from edge.identity.devices import Activation
-from edge.identity.tokens import TokenPair
+from domain.devices import Activation
+from domain.tokens import TokenPair
 from schemas import TOKEN_PATTERN
 
 Email = Annotated[str, Meta(max_length=254, examples=["ada@example.com"])]

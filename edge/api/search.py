@@ -22,9 +22,9 @@ MAX_HITS = 50
 
 
 async def _knowledge(module: str = "search") -> ModuleType:
-    """actors.knowledge.<module>, imported off the event loop the first time (LanceDB and
+    """projections.knowledge.<module>, imported off the event loop the first time (LanceDB and
     onnxruntime take seconds to import; the edge keeps serving meanwhile)."""
-    return await asyncio.to_thread(importlib.import_module, f"actors.knowledge.{module}")
+    return await asyncio.to_thread(importlib.import_module, f"projections.knowledge.{module}")
 
 
 async def chunks(services: Services, document_id: str, owner_id: str | None) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ import os
 import secrets
 from pathlib import Path
 
-from actors.config import AuthSettings, secret
+from settings.config import AuthSettings, secret
 
 KEY_FILE = "jwt.key"
 

@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from bus.server import free_port
-from cli.threaded_server import ThreadedServer
+from devservers.threaded_server import ThreadedServer
 
 
 class OpenAIServer:

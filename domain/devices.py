@@ -15,14 +15,14 @@ import secrets
 
 import msgspec
 
-from actors.config import AuthSettings
 from bus import kv
 from bus.client import Bus
 from bus.errors import ConflictError
+from domain.accounts import UserState, load_user
+from domain.tokens import BUCKET, DEVICES, DeviceBinding, Tokens, device_key
 from edge.errors import ApiError, not_found
-from edge.identity.accounts import UserState, load_user
-from edge.identity.tokens import BUCKET, DEVICES, DeviceBinding, Tokens, device_key
 from schemas import DeviceBound, DeviceUnbound, is_token, new_id
+from settings.config import AuthSettings
 
 CODE_DIGITS = 6
 APPEND_ATTEMPTS = 10  # conditional appends to the owner's log, retried on a concurrent change

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from actors.indexer import index_document
-from actors.knowledge.parse import ParseError
-from actors.knowledge.store import ChunkStore, quote
 from bus.blobs import get_document
 from bus.client import Bus
 from bus.log import read
+from projections.knowledge.parse import ParseError
+from projections.knowledge.store import ChunkStore, quote
 from schemas import DocumentDeleted, DocumentFailed, DocumentIndexed, DocumentUploaded, Event
 
 STREAM, SUBJECTS = "DOCS", "vagent.doc.*.evt.>"

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from cli.bench import bench_nats, percentile
+from benches.bus import bench_nats, percentile
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "corpus"
 CHUNKS_PER_DOC = 50  # rows per document in the search tables
@@ -99,8 +99,8 @@ async def bench_indexing(bus: Any, data: Path, target_chunks: int) -> dict[str, 
     rng = random.Random(7)
     words = _words()
     probe = generated_manual(rng, words, 0)
-    from actors.knowledge.chunk import chunk
-    from actors.knowledge.parse import parse
+    from projections.knowledge.chunk import chunk
+    from projections.knowledge.parse import parse
 
     per_doc = max(1, len(chunk(parse(probe.encode(), "text/markdown"))))
     docs = [generated_manual(rng, words, n).encode() for n in range(max(1, -(-target_chunks // per_doc)))]
@@ -151,9 +151,9 @@ async def bench_indexing(bus: Any, data: Path, target_chunks: int) -> dict[str, 
 
 def bench_search(pool_dir: Path, base: Path, size: int, queries: int) -> dict[str, float]:
     """`size` chunks for one owner, made of the pool's real chunks; hybrid query latency."""
-    from actors.knowledge.embed import embedder
-    from actors.knowledge.search import search_sync
-    from actors.knowledge.store import ChunkStore, Row
+    from projections.knowledge.embed import embedder
+    from projections.knowledge.search import search_sync
+    from projections.knowledge.store import ChunkStore, Row
 
     pool = ChunkStore.open(pool_dir).table().to_arrow()
     texts, headings = pool["text"].to_pylist(), pool["heading"].to_pylist()

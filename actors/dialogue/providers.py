@@ -18,7 +18,7 @@ import openai
 from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from actors.config import BreakerConfig, ProviderConfig, secret
+from settings.config import BreakerConfig, ProviderConfig, secret
 
 Clock = Callable[[], float]
 

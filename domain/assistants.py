@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.assistant import DEFAULT_ASSISTANT_ID
-from actors.config import Config
-from actors.llm import provider_configs
+from actors.dialogue.llm import provider_configs
 from actors.tools.catalog import catalog
 from actors.tts.providers import PROVIDERS as TTS_PROVIDERS
 from bus.client import Bus
@@ -26,6 +25,7 @@ from schemas import (
     DocumentUploaded,
     new_id,
 )
+from settings.config import Config
 
 ASR_PROVIDERS = ("moonshine", "deepgram")
 CLEARED_GREETING = ""

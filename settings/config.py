@@ -75,7 +75,7 @@ class McpServerConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ToolSettings(msgspec.Struct, forbid_unknown_fields=True):
-    # knowledge_search is offered only to assistants with documents (see actors/dialogue.py).
+    # knowledge_search is offered only to assistants with documents (see actors/dialogue/actor.py).
     builtins: list[str] = msgspec.field(
         default_factory=lambda: ["get_time", "calculator", "knowledge_search"])
     webhooks: list[WebhookTool] = msgspec.field(default_factory=list)

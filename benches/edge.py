@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import websockets
 
-from cli.bench import percentile
+from benches.bus import percentile
 
 QUESTION = "What time is it?"
 LEAD_SILENCE_MS = 600  # before the question: a device starts streaming before one speaks
@@ -44,15 +44,15 @@ RESULT_KEYS = ("sessions", "held", "answered", "input", "first_audio_p50_ms", "f
 
 async def serve(url: str | None, asr: bool, data_dir: Path) -> None:
     """The edge and the actors, until stdin closes. Prints `READY <port>`."""
-    from actors import config as settings
     from actors.asr.actor import Asr
-    from actors.dialogue import Dialogue
+    from actors.dialogue.actor import Dialogue
     from actors.runtime import ActorHost
     from actors.tts.actor import Tts
-    from cli.bench import bench_nats
-    from cli.bench_dialogue import _start_echo
+    from benches.bus import bench_nats
+    from benches.dialogue import _start_echo
     from edge.server import EdgeServer
     from schemas import new_id
+    from settings import config as settings
 
     echo, base_url = await asyncio.to_thread(_start_echo)
     os.environ["VAGENT_LLM_BASE_URL"] = base_url
@@ -223,7 +223,7 @@ async def bench_edge(url: str | None, *, sessions: int = 10, asr: bool = True) -
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="vagent-bench-edge-") as tmp:
-        cmd = [sys.executable, "-m", "cli.bench_edge", "serve", "--data-dir", tmp]
+        cmd = [sys.executable, "-m", "benches.edge", "serve", "--data-dir", tmp]
         cmd += ["--nats", url] if url else []
         cmd += [] if asr else ["--no-asr"]
         server = _spawn(cmd)
@@ -308,7 +308,7 @@ def print_report(r: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m cli.bench_edge")
+    parser = argparse.ArgumentParser(prog="python -m benches.edge")
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="the server side of the bench (a child process)")
     s.add_argument("--nats")

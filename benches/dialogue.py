@@ -16,13 +16,13 @@ import sys
 import time
 from typing import Any, ClassVar
 
-from actors import config as settings
-from actors.dialogue import Dialogue
+from actors.dialogue.actor import Dialogue
 from actors.runtime import ActorHost
+from benches.bus import bench_nats, percentile
 from bus.client import Bus, Message
 from bus.server import free_port, port_open
-from cli.bench import bench_nats, percentile
 from schemas import AssistantMessage, DecodeError, UserText, decode, new_id
+from settings import config as settings
 
 OVERHEAD_GOAL_P95_MS = 5.0
 
@@ -37,7 +37,7 @@ async def bench_dialogue(url: str | None, *, turns: int = 200, local: bool = Fal
     saved = {k: os.environ.get(k) for k in ("VAGENT_LLM_BASE_URL", "VAGENT_CONFIG")}
     try:
         if local:
-            from actors.local_llm import LocalLLMServer
+            from actors.dialogue.local_llm import LocalLLMServer
             from bus.config import data_dir
 
             llm = LocalLLMServer(local_model or settings.load().llm.local_model, data_dir())

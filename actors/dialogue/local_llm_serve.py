@@ -1,6 +1,6 @@
 """The local LLM's server process: llama.cpp's own HTTP server, from the `xllamacpp` wheel.
 
-`LocalLLMServer` runs this module as a child interpreter (`python -m actors.local_llm_serve
+`LocalLLMServer` runs this module as a child interpreter (`python -m actors.dialogue.local_llm_serve
 …`), so the model's memory and threads live outside vagent's process, a crash of the model
 cannot take vagent down, and every caller reaches it the same way as any OpenAI-compatible
 provider: HTTP on loopback. It serves until SIGTERM or SIGINT.
@@ -16,7 +16,7 @@ import threading
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m actors.local_llm_serve")
+    parser = argparse.ArgumentParser(prog="python -m actors.dialogue.local_llm_serve")
     parser.add_argument("--model", required=True, help="the .gguf file")
     parser.add_argument("--alias", required=True, help="the model name requests and answers use")
     parser.add_argument("--host", default="127.0.0.1")

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import BinaryIO
 
-from actors.knowledge.chunk import max_chunks, min_chunks, plain_text_chars
 from bus.blobs import delete_document, put_document
 from bus.client import Bus
 from bus.errors import ConflictError
 from bus.log import load
 from edge.errors import ApiError, not_found
+from projections.knowledge.chunk import max_chunks, min_chunks, plain_text_chars
 from schemas import DocumentDeleted, DocumentFailed, DocumentIndexed, DocumentUploaded, new_id
 
 # The types the indexer reads, by file extension and, for a name without one of these, by

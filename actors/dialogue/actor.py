@@ -36,13 +36,12 @@ import msgspec
 
 from actors.assistant import DEFAULT_ASSISTANT_ID, AssistantDirectory, AssistantProfile
 from actors.base import Actor, Context
-from actors.config import load
-from actors.history import build_messages
-from actors.intents import is_exit_intent
-from actors.llm import provider_configs
-from actors.providers import ProviderChain, ProviderFailed
-from actors.sentences import SentenceSplitter
-from actors.toolcall_adapter import ToolTextGuard, repair
+from actors.dialogue.history import build_messages
+from actors.dialogue.intents import is_exit_intent
+from actors.dialogue.llm import provider_configs
+from actors.dialogue.providers import ProviderChain, ProviderFailed
+from actors.dialogue.sentences import SentenceSplitter
+from actors.dialogue.toolcall_adapter import ToolTextGuard, repair
 from actors.tools.catalog import catalog
 from actors.tools.spec import ToolSpec, openai_tool
 from bus.client import Message, Subscription
@@ -69,6 +68,7 @@ from schemas import (
     decode,
     derived_id,
 )
+from settings.config import load
 
 log = logging.getLogger("vagent.dialogue")
 

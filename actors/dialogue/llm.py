@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from actors.config import Config, ProviderConfig
+from settings.config import Config, ProviderConfig
 
 LOCAL_BASE_URL = "http://127.0.0.1:8080/v1"
 

@@ -8,7 +8,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from actors.knowledge.parse import Block, ParseError, decode_text
+from projections.knowledge.parse import Block, ParseError, decode_text
 
 TARGET = 500  # a chunk may end at a paragraph once this long…
 MAX = 800  # …and always ends before growing past this

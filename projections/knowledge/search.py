@@ -17,8 +17,8 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from actors.knowledge.embed import embedder
-from actors.knowledge.store import FTS_COLUMN, ChunkStore, quote, store
+from projections.knowledge.embed import embedder
+from projections.knowledge.store import FTS_COLUMN, ChunkStore, quote, store
 
 log = logging.getLogger("vagent.knowledge")
 

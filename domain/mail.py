@@ -7,7 +7,7 @@ import logging
 import smtplib
 from email.message import EmailMessage
 
-from actors.config import AuthSettings, secret
+from settings.config import AuthSettings, secret
 
 log = logging.getLogger("vagent.edge.mail")
 

@@ -19,16 +19,14 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from actors.config import AuthSettings
-from actors.config import load as load_config
 from bus import kv
 from bus.client import Bus
 from bus.errors import ConflictError
 from bus.log import load
+from domain.mail import MailError, send_code, verification_mode
+from domain.passwords import Hasher, check_strength
+from domain.tokens import BUCKET, TokenPair, Tokens
 from edge.errors import ApiError, not_found, unauthorized
-from edge.identity.mail import MailError, send_code, verification_mode
-from edge.identity.passwords import Hasher, check_strength
-from edge.identity.tokens import BUCKET, TokenPair, Tokens
 from schemas import (
     AssistantCreated,
     DeviceBound,
@@ -40,6 +38,8 @@ from schemas import (
     UserUnlocked,
     new_id,
 )
+from settings.config import AuthSettings
+from settings.config import load as load_config
 
 log = logging.getLogger("vagent.edge.accounts")
 CREDENTIALS = "vagent_credentials"

@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from actors.config import Argon2Settings
 from edge.errors import ApiError
+from settings.config import Argon2Settings
 
 T = TypeVar("T")
 MAX_LENGTH = 256  # hashing cost grows with length: refuse essay-sized passwords

@@ -26,12 +26,12 @@ from dataclasses import dataclass
 import jwt
 import msgspec
 
-from actors.config import AuthSettings
 from bus import kv
 from bus.client import Bus
 from bus.errors import ConflictError
 from edge.errors import unauthorized
 from schemas import new_id
+from settings.config import AuthSettings
 
 BUCKET = "vagent_tokens"
 DEVICES = "vagent_devices"

@@ -29,8 +29,8 @@ import numpy as np
 import pyarrow as pa
 from lancedb.index import FTS, BTree, IvfHnswSq
 
-from actors.knowledge.embed import DIMS
 from bus.config import data_dir
+from projections.knowledge.embed import DIMS
 
 log = logging.getLogger("vagent.knowledge")
 

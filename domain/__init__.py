@@ -1,0 +1,1 @@
+"""The write side of accounts, tokens, devices, assistants and documents: decisions and their events."""

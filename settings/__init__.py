@@ -1,0 +1,1 @@
+"""Typed settings: read once where a process starts, passed to what needs them."""
