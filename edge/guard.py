@@ -7,7 +7,10 @@ has arrived, so idle sockets pile up unseen. `GuardedH11Protocol` closes a conne
 request headers are not complete within `edge.header_timeout` (from the connect, and from
 each response on a kept-alive connection; trickling does not extend it), and counts every
 open socket, idle ones included, against `edge.max_connections`: past it, the request is
-answered `503 too_many_connections` and the connection closed.
+answered `503 too_many_connections` and the connection closed. Once the head is in, the
+whole body must follow within `edge.body_timeout` (from the end of the head; trickling does
+not extend it either), or the client is answered `408 body_timeout` and closed: the app's
+pending read then ends as a disconnect.
 
 A WebSocket is handed to its own protocol once its upgrade request is complete; from then
 `FirstMessageTimeout` (ASGI middleware) closes one whose client sends nothing within
@@ -36,6 +39,8 @@ FIRST_MESSAGE_TIMEOUT = 4408  # 4000 + 408 Request Timeout, like xiaozhi's hello
 # Answered to a client that sent part of a request head in time, before closing.
 _REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n"
                     b"connection: close\r\n\r\n")
+_BODY_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                 b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
 _FULL = error_response(ApiError(503, "too_many_connections", "this edge is full: retry later",
                                 {"retry_after": 1}, {"Retry-After": "1", "Connection": "close"}))
 
@@ -48,6 +53,7 @@ class GuardedH11Protocol(H11Protocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
+        self._body_deadline = False  # whether `_deadline` is the body's rather than the head's
         self._over_limit = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -70,9 +76,13 @@ class GuardedH11Protocol(H11Protocol):
         elif self.conn.their_state is h11.IDLE:
             # Between requests (a body read after an early response ends here too): the
             # deadline runs from the first byte if none runs yet, and more bytes do not move it.
-            if self._deadline is None:
+            if self._deadline is None or self._body_deadline:
                 self._arm()
-        else:  # a whole request head arrived (or an upgrade, or a parse error): the app's turn
+        elif self.conn.their_state is h11.SEND_BODY:
+            # The head is in, the body is coming: its own deadline, from the end of the head.
+            if self._deadline is None or not self._body_deadline:
+                self._arm(body=True)
+        else:  # a whole request arrived (or an upgrade, or a parse error): the app's turn
             self._disarm()
 
     def on_response_complete(self) -> None:
@@ -80,19 +90,41 @@ class GuardedH11Protocol(H11Protocol):
         # The next request on a kept-alive connection gets the same deadline as the first.
         if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
             self._arm()
+        # An early answer (413, 401 …) to a request whose body is still coming keeps the body
+        # deadline: the body is read and dropped before the next request, and must end too.
 
     def _should_upgrade(self) -> bool:
         # Over the limit, a WebSocket handshake is answered with the 503 as well.
         return not self._over_limit and super()._should_upgrade()
 
-    def _arm(self) -> None:
+    def _arm(self, *, body: bool = False) -> None:
         self._disarm()
-        self._deadline = self.loop.call_later(self.edge.header_timeout, self._expired)
+        self._body_deadline = body
+        if body:
+            self._deadline = self.loop.call_later(self.edge.body_timeout, self._body_expired)
+        else:
+            self._deadline = self.loop.call_later(self.edge.header_timeout, self._expired)
 
     def _disarm(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+
+    def _body_expired(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
+            return
+        # Unless the app has begun its answer (an early 413 …), the client is told why.
+        if self.cycle is None or not self.cycle.response_started:
+            timeout = self.edge.body_timeout
+            body = json.dumps({"error": {
+                "code": "body_timeout",
+                "message": f"the request body did not arrive within {timeout:g} s of its headers",
+                "details": {"timeout": timeout}}}).encode()
+            self.transport.write(_BODY_TIMEOUT % (len(body), body))
+        log.info("connection closed: request body not complete in time",
+                 extra={"client": self.client, "path": self.scope.get("path")})
+        self.transport.close()
 
     def _expired(self) -> None:
         self._deadline = None

@@ -152,6 +152,9 @@ class EdgeSettings(msgspec.Struct, forbid_unknown_fields=True):
     # HTTP: a request's headers must be complete this soon after the connection opens (or
     # after the previous response); a silent or trickling (slowloris) client is closed.
     header_timeout: float = 10.0
+    # HTTP: a request's whole body must arrive this soon after its headers (trickling does not
+    # extend it): past it, 408 and closed. Raise it for large uploads over slow links.
+    body_timeout: float = 60.0
     # WebSocket: the client's first message must come this soon after the accept (close 4408).
     first_message_timeout: float = 30.0
     # Real-time connections (xiaozhi, /ws, WebRTC) without a token are accepted and talk to

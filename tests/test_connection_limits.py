@@ -1,5 +1,6 @@
 """Idle and slow connections (#14): a connection that sends nothing, or trickles its request
-head (slowloris), is closed after `edge.header_timeout`; every open socket counts against
+head (slowloris), is closed after `edge.header_timeout`, one that trickles its body after
+`edge.body_timeout`; every open socket counts against
 `edge.max_connections`; a WebSocket whose client never speaks is closed with 4408."""
 
 from __future__ import annotations
@@ -99,6 +100,49 @@ async def test_a_slowloris_is_closed_with_408(module_nats: EmbeddedServer, tmp_p
         assert b"HTTP/1.1 408" in answer, answer
         task.cancel()
         writer.close()
+
+
+async def test_a_body_trickled_slowly_is_closed_with_408(module_nats: EmbeddedServer,
+                                                         tmp_path: Path) -> None:
+    async with edge(module_nats, tmp_path, edge_config(body_timeout=1.0, max_body_bytes=1000)) as api:
+
+        async def trickle(writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                for _ in range(100):  # a byte every 0.2 s: the body never ends in time
+                    writer.write(b" ")
+                    await writer.drain()
+                    await asyncio.sleep(0.2)
+
+        # The head in time, then the body a byte at a time.
+        reader, writer = await raw(api)
+        writer.write(b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{")
+        started = time.monotonic()
+        task = asyncio.create_task(trickle(writer))
+        answer = await closed_within(reader, 5)
+        assert time.monotonic() - started < 3
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), answer
+        assert json.loads(body)["error"]["code"] == "body_timeout"
+        task.cancel()
+        writer.close()
+
+        # Answered early (too large), the rest of the body must still end in time.
+        reader, writer = await raw(api)
+        writer.write(b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n")
+        first = await reader.readuntil(b"\r\n\r\n")
+        assert first.startswith(b"HTTP/1.1 413"), first
+        started = time.monotonic()
+        task = asyncio.create_task(trickle(writer))
+        await closed_within(reader, 5)
+        assert time.monotonic() - started < 3
+        task.cancel()
+        writer.close()
+
+        # A body sent at once is unaffected.
+        r = await api.client.post("/api/v1/auth/login", json={"email": "a@example.com", "password": "x"})
+        assert r.status_code == 401, r.text
 
 
 async def test_idle_sockets_count_against_max_connections(
