@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
-
 from actors.base import Actor
+from actors.plugins import Registry
 
-ACTORS: dict[str, str] = {
+ACTORS: Registry[type[Actor]] = Registry("actor", {
     "asr": "actors.asr.actor:Asr",
     "dialogue": "actors.dialogue.actor:Dialogue",
     "indexer": "actors.indexer:Indexer",
     "tools": "actors.tools.actor:Tools",
     "tts": "actors.tts.actor:Tts",
-}
+})
 
 
 def actor_class(name: str) -> type[Actor]:
-    try:
-        module, _, attr = ACTORS[name].partition(":")
-    except KeyError:
-        raise KeyError(f"unknown actor {name!r}; known: {', '.join(sorted(ACTORS))}") from None
-    return getattr(importlib.import_module(module), attr)
+    return ACTORS.load(name)

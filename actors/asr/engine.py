@@ -4,6 +4,9 @@ The VAD decides where an utterance begins and ends; an engine only transcribes o
 utterance at a time: `start()` when speech begins (with the pre-roll), `feed()` as
 audio comes, `finish()` at the end for the final text. Partial text goes to the
 `on_partial` callback, always called on the event loop.
+
+Adding an engine: a module with `def make(settings: AsrSettings) -> Engine` (raising
+ConfigError when the settings cannot run it), and its line in ENGINES.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from actors.asr.settings import AsrSettings
+from actors.plugins import Registry
+from settings.config import ConfigError
 
 PartialCallback = Callable[[str], None]
 
@@ -45,13 +50,13 @@ class Engine(Protocol):
     async def close(self) -> None: ...
 
 
-def make_engine(settings: AsrSettings) -> Engine:
-    # Imported here: a worker runs one engine and need not import the other's SDK.
-    if settings.engine == "deepgram":
-        from actors.asr.engine_deepgram import DeepgramEngine
+# Imported only when chosen: a worker need not import the SDK of an engine it does not run.
+ENGINES: Registry[Callable[[AsrSettings], Engine]] = Registry("ASR engine", {
+    "moonshine": "actors.asr.engine_moonshine:make",
+    "deepgram": "actors.asr.engine_deepgram:make",
+}, error=ConfigError)
 
-        assert settings.deepgram is not None
-        return DeepgramEngine(settings.deepgram)
-    from actors.asr.engine_moonshine import MoonshineEngine
 
-    return MoonshineEngine(partial_ms=settings.partial_ms)
+def make_engine(settings: AsrSettings, name: str | None = None) -> Engine:
+    """The named engine (by default the one the settings chose), not yet loaded."""
+    return ENGINES.load(name or settings.engine)(settings)

@@ -23,7 +23,8 @@ from deepgram import AsyncDeepgramClient
 from deepgram.environment import DeepgramClientEnvironment
 
 from actors.asr.engine import AsrError, PartialCallback
-from actors.asr.settings import DeepgramSettings
+from actors.asr.settings import AsrSettings, DeepgramSettings
+from settings.config import ConfigError
 
 log = logging.getLogger("vagent.asr")
 
@@ -57,6 +58,13 @@ class DeepgramEngine:
 
     async def close(self) -> None:
         self._client = None  # sockets are per utterance; nothing stays open
+
+
+def make(settings: AsrSettings) -> DeepgramEngine:
+    if settings.deepgram is None:
+        raise ConfigError("the deepgram ASR engine needs DEEPGRAM_API_KEY "
+                          "(environment or VAGENT_SECRETS_FILE)")
+    return DeepgramEngine(settings.deepgram)
 
 
 class DeepgramRecognition:

@@ -19,6 +19,7 @@ from moonshine_voice import ModelArch, get_model_path
 from moonshine_voice.transcriber import Stream, Transcriber, TranscriptEvent
 
 from actors.asr.engine import AsrError, PartialCallback
+from actors.asr.settings import AsrSettings
 
 MODEL = "tiny-en"  # the one model moonshine-voice 0.1.0 ships; never get_model_for_language()
 # moonshine 0.1.0 carries state (its internal VAD's, it seems) from a finished stream into
@@ -73,6 +74,10 @@ class MoonshineEngine:
         assert self._transcriber is not None, "load() first"
         transcript = self._transcriber.transcribe_without_streaming(_floats(pcm), 16000)
         return _join([(line.line_id, line.text) for line in transcript.lines])
+
+
+def make(settings: AsrSettings) -> MoonshineEngine:
+    return MoonshineEngine(partial_ms=settings.partial_ms)
 
 
 class MoonshineRecognition:

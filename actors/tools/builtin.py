@@ -10,13 +10,13 @@ where they are used.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from actors.plugins import Registry
 from actors.tools.calc import CalcError, evaluate, format_number
 from actors.tools.spec import Tool, ToolError, ToolSpec
 from bus.client import Bus
@@ -38,22 +38,15 @@ class BuiltinContext:
 
 BuiltinFactory = Callable[[BuiltinContext], Tool | Awaitable[Tool]]
 
-# name -> "module:factory", imported lazily (like actors/registry.py).
-BUILTINS: dict[str, str] = {
+BUILTINS: Registry[BuiltinFactory] = Registry("tool", {
     "get_time": "actors.tools.builtin:get_time",
     "calculator": "actors.tools.builtin:calculator",
     "knowledge_search": "actors.tools.builtin:knowledge_search",
-}
+}, error=ConfigError, where="tools.builtins")
 
 
 async def build(name: str, ctx: BuiltinContext) -> Tool:
-    try:
-        module, _, attr = BUILTINS[name].partition(":")
-    except KeyError:
-        raise ConfigError(f"tools.builtins: unknown tool {name!r}; known: "
-                          f"{', '.join(sorted(BUILTINS))}") from None
-    factory: BuiltinFactory = getattr(importlib.import_module(module), attr)
-    tool = factory(ctx)
+    tool = BUILTINS.load(name)(ctx)
     return await tool if inspect.isawaitable(tool) else tool
 
 

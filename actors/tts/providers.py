@@ -6,22 +6,18 @@
 
 Each provider lives in its own module, imported by name only when chosen: piper-tts is
 GPL-3.0 and only `actors.tts.piper_voice` may import it, and neither SDK nor model is
-loaded in processes that do not speak.
+loaded in processes that do not speak. Adding one: a module with
+`async def open_voice(voice: str | None) -> TtsProvider`, and its line in PROVIDERS.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
+from actors.plugins import Registry
 from settings.config import ConfigError, secret
-
-PROVIDERS: dict[str, str] = {
-    "piper": "actors.tts.piper_voice",
-    "elevenlabs": "actors.tts.elevenlabs_voice",
-}
 
 
 class TtsProvider(Protocol):
@@ -36,6 +32,13 @@ class TtsProvider(Protocol):
     async def close(self) -> None: ...
 
 
+PROVIDERS: Registry[Callable[[str | None], Awaitable[TtsProvider]]] = Registry(
+    "TTS provider", {
+        "piper": "actors.tts.piper_voice:open_voice",
+        "elevenlabs": "actors.tts.elevenlabs_voice:open_voice",
+    }, error=ConfigError)
+
+
 def provider_name() -> str:
     name = os.environ.get("VAGENT_TTS_PROVIDER", "").strip().lower()
     if name:
@@ -45,8 +48,4 @@ def provider_name() -> str:
 
 async def open_provider(name: str | None = None, voice: str | None = None) -> TtsProvider:
     """Load the chosen provider and voice (a local voice loads its model here, once)."""
-    name = name or provider_name()
-    if name not in PROVIDERS:
-        raise ConfigError(f"VAGENT_TTS_PROVIDER={name!r} is unknown; known: {', '.join(PROVIDERS)}")
-    module = importlib.import_module(PROVIDERS[name])
-    return await module.open_voice(voice)
+    return await PROVIDERS.load(name or provider_name())(voice)
