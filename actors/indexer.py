@@ -20,7 +20,8 @@ from actors.base import Actor, Context
 from bus.blobs import get_document
 from bus.config import data_dir
 from bus.log import load
-from projections.knowledge.chunk import MAX_CHUNKS, chunk, max_chunks, min_chunks, plain_text_chars
+from domain.doctext import MAX_CHUNKS, max_chunks, min_chunks, plain_text_chars
+from projections.knowledge.chunk import chunk
 from projections.knowledge.embed import embedder
 from projections.knowledge.parse import PLAIN, ParseError, media_type, parse
 from projections.knowledge.store import ChunkStore, Row, store

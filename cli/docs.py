@@ -301,7 +301,7 @@ async def delete_document(bus: Bus, data_dir: Path, document_id: str, who: str |
 
 
 async def reindex_documents(bus: Bus, data_dir: Path, as_json: bool) -> None:
-    from actors.indexer import max_chunks
+    from domain.doctext import max_chunks
     from projections.knowledge.embed import embedder
     from projections.knowledge.reindex import reindex
     from projections.knowledge.store import store

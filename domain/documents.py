@@ -21,8 +21,8 @@ from bus.blobs import delete_document, put_document
 from bus.client import Bus
 from bus.errors import ConflictError
 from bus.log import load
+from domain.doctext import max_chunks, min_chunks, plain_text_chars
 from edge.errors import ApiError, not_found
-from projections.knowledge.chunk import max_chunks, min_chunks, plain_text_chars
 from schemas import DocumentDeleted, DocumentFailed, DocumentIndexed, DocumentUploaded, new_id
 
 # The types the indexer reads, by file extension and, for a name without one of these, by

@@ -4,41 +4,15 @@ next chunk of the same section starts with the previous one's last sentence (ove
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 
-from projections.knowledge.parse import Block, ParseError, decode_text
+from domain.doctext import CHUNK_MAX
+from projections.knowledge.parse import Block
 
 TARGET = 500  # a chunk may end at a paragraph once this long…
-MAX = 800  # …and always ends before growing past this
+MAX = CHUNK_MAX  # …and always ends before growing past this
 OVERLAP = 200  # at most this many characters of the previous chunk's end repeat
-MAX_CHUNKS = 5000  # ~3 MB of text; a longer document fails with its count (VAGENT_KB_MAX_CHUNKS)
-
-
-def max_chunks() -> int:
-    """The chunk limit per document; the edge and the indexer both read it."""
-    return int(os.environ.get("VAGENT_KB_MAX_CHUNKS", MAX_CHUNKS))
-
-
-def min_chunks(chars: int) -> int:
-    """The fewest chunks `chars` characters of body text (single spaces) can make: every
-    chunk's new text is at most MAX characters (prose makes more, its chunks ending earlier
-    at paragraphs and sentences). Over the limit, a document is refused before it is
-    chunked and embedded, which for a 20 MiB text takes minutes."""
-    return -(-chars // MAX)
-
-
-def plain_text_chars(data: bytes) -> int | None:
-    """A plain-text file's characters other than whitespace, without parsing it (the
-    chunker also keeps a space between words, so `min_chunks` of this stays a lower bound);
-    None when it is not text. Plain counting: a fraction of a second for 20 MiB, where a
-    regular expression over the whitespace takes seconds."""
-    try:
-        text = decode_text(data)
-    except (ParseError, UnicodeDecodeError):
-        return None
-    return len(text) - sum(text.count(space) for space in " \t\n\r\f\v")
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,16 +16,14 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import PurePath
 
+from domain.doctext import ParseError, decode_text
+
 PLAIN, MARKDOWN, HTML, PDF = "text/plain", "text/markdown", "text/html", "application/pdf"
 SUPPORTED = (PLAIN, MARKDOWN, HTML, PDF)
 EXTENSIONS = {".txt": PLAIN, ".text": PLAIN, ".md": MARKDOWN, ".markdown": MARKDOWN,
               ".html": HTML, ".htm": HTML, ".pdf": PDF}
 ALIASES = {"text/x-markdown": MARKDOWN, "application/xhtml+xml": HTML, "application/x-pdf": PDF}
 GENERIC = {"", "application/octet-stream", "binary/octet-stream"}
-
-
-class ParseError(Exception):
-    """The document cannot be indexed; the message says why (it becomes document.failed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,21 +65,6 @@ def parse(data: bytes, content_type: str | None, filename: str | None = None) ->
 
 
 # --- text -------------------------------------------------------------------------
-
-def decode_text(data: bytes) -> str:
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        text = data.decode("utf-16")
-    else:
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            if data.count(b"\x00") > len(data) // 100:
-                raise ParseError("not a text file (binary content)") from None
-            text = data.decode("cp1252", errors="replace")
-    if "\x00" in text:
-        raise ParseError("not a text file (binary content)")
-    return text
-
 
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200b\u3000]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
