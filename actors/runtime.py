@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Sequence
 
 from actors.base import Actor
 from actors.registry import actor_class
@@ -18,9 +19,11 @@ log = logging.getLogger("vagent.actors")
 
 
 class ActorHost:
-    def __init__(self, bus: Bus, actors: list[str] | list[type[Actor]]) -> None:
+    def __init__(self, bus: Bus, actors: Sequence[str | type[Actor] | Actor]) -> None:
         self.bus = bus
-        self.actors: list[Actor] = [(actor_class(a) if isinstance(a, str) else a)(bus)
+        # An instance is hosted as it is: one built with arguments of its own (a replay's LLM).
+        self.actors: list[Actor] = [a if isinstance(a, Actor) else
+                                    (actor_class(a) if isinstance(a, str) else a)(bus)
                                     for a in actors]
         self.runners: list[ConsumerRunner] = []
         self._tasks: list[asyncio.Task[None]] = []

@@ -258,7 +258,8 @@ def session_export(session_id: SidArg, nats: NatsOpt = None,
                    as_json: Annotated[bool, typer.Option("--json", help="The events as JSON lines.")
                                       ] = False) -> None:
     """Export a session: its events as JSON lines (--json) or its audio as a WAV (--wav)."""
-    from cli.sessions import export_json, export_wav
+    from cli.sessions import export_json
+    from replay.wav import export_wav
 
     if (wav is None) == (not as_json):
         typer.secho("error: give --wav FILE or --json", fg="red", err=True)
@@ -292,7 +293,8 @@ def replay(session_id: SidArg, nats: NatsOpt = None, data_dir: DataOpt = None,
     """Re-run a session's user inputs (typed text, recorded utterances) through today's actors
     in an isolated NATS of its own, then show each turn side by side: transcript, answer, tool
     calls, latencies. Nothing is written to the original session."""
-    from cli.replay import ReplayError, print_report, replay_session
+    from cli.replay import print_report
+    from replay.engine import ReplayError, replay_session
 
     try:
         report = run(with_bus(nats, lambda bus: replay_session(

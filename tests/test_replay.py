@@ -16,8 +16,9 @@ from actors.runtime import ActorHost
 from bus.client import Bus
 from bus.log import load
 from bus.subjects import audio_in
-from cli.replay import print_report, replay_session
+from cli.replay import print_report
 from devservers.echo_llm import OpenAIServer
+from replay.engine import replay_session
 from schemas import (
     AssistantMessage,
     AudioParams,

@@ -44,7 +44,7 @@ from actors.dialogue.sentences import SentenceSplitter
 from actors.dialogue.toolcall_adapter import ToolTextGuard, repair
 from actors.tools.catalog import catalog
 from actors.tools.spec import ToolSpec, openai_tool
-from bus.client import Message, Subscription
+from bus.client import Bus, Message, Subscription
 from bus.errors import BusError, ConflictError
 from bus.log import Entry
 from schemas import (
@@ -68,7 +68,7 @@ from schemas import (
     decode,
     derived_id,
 )
-from settings.config import load
+from settings.config import ProviderConfig, load
 
 log = logging.getLogger("vagent.dialogue")
 
@@ -222,9 +222,15 @@ class Dialogue(Actor):
         "turn.interrupted", "session.ended", "error"})
     concurrency: ClassVar[int] = 64
 
+    def __init__(self, bus: Bus, providers: list[ProviderConfig] | None = None) -> None:
+        """`providers`: these LLM providers instead of the configured ones (a replay's)."""
+        super().__init__(bus)
+        self.providers = providers
+
     async def setup(self) -> None:
         self.config = load()
-        self.chain = ProviderChain(provider_configs(self.config), self.config.llm.breaker)
+        self.chain = ProviderChain(self.providers or provider_configs(self.config),
+                                   self.config.llm.breaker)
         self.runs: dict[str, _Run] = {}
         self.assistants = AssistantDirectory(self.bus)
         self._catalog: list[ToolSpec] = []
