@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from actors.base import Actor, Context
+from bus.admin import delete_consumer, purge
 from bus.client import Bus, Message
 from bus.consumer import ConsumerRunner, ConsumerSpec
 from bus.errors import BusError
@@ -122,7 +123,7 @@ async def _measure(bus: Bus, events: int, hops: int) -> dict[str, float]:
         for session_id in sessions.values():
             # Only this run's subjects: other data on a shared server is left alone.
             await _cleanup(f"purge {session_id}",
-                           bus.js.purge_stream(STREAM, subject=session_events(session_id)))
+                           purge(bus, STREAM, session_events(session_id)))
     hop_ms.sort()
     return {
         "cores": float(os.cpu_count() or 0),
@@ -197,7 +198,7 @@ async def _hops(bus: Bus, session_id: str, durable: str, hops: int) -> list[floa
         runner.stop()
         await asyncio.gather(task, return_exceptions=True)
         await sub.stop()
-        await _cleanup(f"delete consumer {durable}", bus.js.delete_consumer(STREAM, durable))
+        await _cleanup(f"delete consumer {durable}", delete_consumer(bus, STREAM, durable))
     return samples
 
 

@@ -19,8 +19,10 @@ from typing import Any, ClassVar
 from actors.dialogue.actor import Dialogue
 from actors.runtime import ActorHost
 from benches.bus import bench_nats, percentile
+from bus.admin import delete_consumer
 from bus.client import Bus, Message
 from bus.server import free_port, port_open
+from bus.subjects import session_all
 from schemas import AssistantMessage, DecodeError, UserText, decode, new_id
 from settings import config as settings
 
@@ -58,7 +60,7 @@ async def bench_dialogue(url: str | None, *, turns: int = 200, local: bool = Fal
                 rows = await _turns(bus, turns if not local else min(turns, 20), conversation)
             finally:
                 await host.stop()
-                await bus.js.delete_consumer("SESSIONS", BenchDialogue.name)
+                await delete_consumer(bus, "SESSIONS", BenchDialogue.name)
     finally:
         if echo:
             echo.terminate()
@@ -128,7 +130,7 @@ async def _turns(bus: Bus, turns: int, conversation: bool) -> list[dict[str, flo
             if isinstance(event, AssistantMessage) and not done.done():
                 done.set_result(event)
 
-        sub = await bus.subscribe(f"vagent.session.{session}.>", on_message)
+        sub = await bus.subscribe(session_all(session), on_message)
         await bus.flush()
         started = time.perf_counter()
         await bus.publish(question)

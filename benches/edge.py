@@ -50,6 +50,7 @@ async def serve(url: str | None, asr: bool, data_dir: Path) -> None:
     from actors.tts.actor import Tts
     from benches.bus import bench_nats
     from benches.dialogue import _start_echo
+    from bus.admin import delete_consumer
     from edge.server import EdgeServer
     from schemas import new_id
     from settings import config as settings
@@ -92,7 +93,7 @@ async def serve(url: str | None, asr: bool, data_dir: Path) -> None:
                 await host.stop()
                 for actor in actors:
                     with contextlib.suppress(Exception):
-                        await bus.js.delete_consumer("SESSIONS", actor.name)
+                        await delete_consumer(bus, "SESSIONS", actor.name)
     finally:
         echo.terminate()
         echo.wait()

@@ -32,6 +32,7 @@ from actors.tools.actor import Tools
 from benches.bus import bench_nats, percentile
 from benches.eval_set import Question, load_eval_set, score
 from bus.client import Bus, Message
+from bus.subjects import session_all
 from schemas import AssistantMessage, DecodeError, UserText, decode, new_id
 from settings import config as settings
 
@@ -214,7 +215,7 @@ async def _turn(bus: Bus, session: str, text: str) -> Answer:
         if isinstance(event, AssistantMessage) and not event.tool_calls and not done.done():
             done.set_result(event)
 
-    sub = await bus.subscribe(f"vagent.session.{session}.>", on_message)
+    sub = await bus.subscribe(session_all(session), on_message)
     await bus.flush()
     started = time.perf_counter()
     await bus.publish(question)

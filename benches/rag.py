@@ -88,7 +88,9 @@ def _data_dir(path: Path) -> Iterator[None]:
 async def bench_indexing(bus: Any, data: Path, target_chunks: int) -> dict[str, float]:
     from actors.indexer import Indexer
     from actors.runtime import ActorHost
+    from bus.admin import delete_consumer
     from bus.blobs import delete_document, put_document
+    from bus.subjects import aggregate_events
     from schemas import DocumentFailed, DocumentIndexed, DocumentUploaded, decode, new_id
 
     run = new_id()
@@ -115,7 +117,7 @@ async def bench_indexing(bus: Any, data: Path, target_chunks: int) -> dict[str, 
             if len(done) == len(ids):
                 finished.set()
 
-    sub = await bus.subscribe("vagent.doc.*.evt.>", seen)
+    sub = await bus.subscribe(aggregate_events("doc"), seen)
     with _data_dir(data):
         host = ActorHost(bus, [BenchIndexer])
         await host.start()  # loads the model: not timed
@@ -134,7 +136,7 @@ async def bench_indexing(bus: Any, data: Path, target_chunks: int) -> dict[str, 
             await host.stop()
             await sub.stop()
             with contextlib.suppress(Exception):
-                await bus.js.delete_consumer("DOCS", BenchIndexer.name)
+                await delete_consumer(bus, "DOCS", BenchIndexer.name)
             for did in ids:
                 with contextlib.suppress(Exception):
                     await delete_document(bus, did)
@@ -248,6 +250,8 @@ def _sessions(run: str, n: int) -> Iterator[list[Any]]:
 
 
 async def bench_catch_up(bus: Any, data: Path, events: int) -> dict[str, float]:
+    from bus.admin import purge
+    from bus.subjects import session_events
     from projections.runtime import ProjectionService, stream_last_seq
     from schemas import new_id
 
@@ -255,7 +259,9 @@ async def bench_catch_up(bus: Any, data: Path, events: int) -> dict[str, float]:
     before = await stream_last_seq(bus, "SESSIONS")
     started = time.perf_counter()
     window: list[Any] = []
+    sessions: list[str] = []
     for batch in _sessions(run, events):  # one atomic batch per session, 16 in flight
+        sessions.append(batch[0].session_id)
         window.append(bus.append_batch(batch, timeout=120.0))
         if len(window) >= 16:
             await asyncio.gather(*window)
@@ -272,8 +278,10 @@ async def bench_catch_up(bus: Any, data: Path, events: int) -> dict[str, float]:
         elapsed = time.perf_counter() - started
     finally:
         await service.stop()
+    # One purge per session: a wildcard token cannot match part of an id.
     with contextlib.suppress(Exception):
-        await bus.js.purge_stream("SESSIONS", subject=f"vagent.session.bench-{run}-*.evt.>")
+        for sid in sessions:
+            await purge(bus, "SESSIONS", session_events(sid))
     return {"events": float(total - before), "stream_events": float(total),
             "publish_per_s": (total - before) / publish_s,
             "catch_up_s": elapsed, "catch_up_per_s": total / elapsed}

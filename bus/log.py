@@ -24,7 +24,7 @@ from nats.js import api
 from bus.client import Bus, next_message
 from bus.errors import BusError
 from bus.streams import STREAM_BY_AGGREGATE
-from bus.subjects import aggregate_events
+from bus.subjects import aggregate_events, event_subject
 from schemas import DecodeError, Event, check_token, decode
 
 
@@ -66,7 +66,7 @@ async def last_sequence(bus: Bus, stream: str, subject_filter: str) -> int:
 async def last_event(bus: Bus, aggregate: str, aggregate_id: str, event_type: str) -> Event | None:
     """The aggregate's newest event of one type (a direct get: no consumer), or None."""
     check_token(f"{aggregate} id", aggregate_id)
-    subject = f"vagent.{aggregate}.{aggregate_id}.evt.{event_type}"
+    subject = event_subject(aggregate, aggregate_id, event_type)
     try:
         msg = await bus.js.get_last_msg(STREAM_BY_AGGREGATE[aggregate], subject)
     except nats.js.errors.NotFoundError:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bus.subjects import aggregate_events
+
 DAY = 86_400.0
 
 
@@ -34,10 +36,10 @@ DEAD_LETTER_SUBJECTS = (
 )
 
 STREAMS: tuple[StreamSpec, ...] = (
-    StreamSpec("SESSIONS", ("vagent.session.*.evt.>",), "every session's event log"),
-    StreamSpec("USERS", ("vagent.user.*.evt.>",), "account and device events"),
-    StreamSpec("ASSISTANTS", ("vagent.assistant.*.evt.>",), "assistant persona and settings"),
-    StreamSpec("DOCS", ("vagent.doc.*.evt.>",), "document lifecycle"),
+    StreamSpec("SESSIONS", (aggregate_events("session"),), "every session's event log"),
+    StreamSpec("USERS", (aggregate_events("user"),), "account and device events"),
+    StreamSpec("ASSISTANTS", (aggregate_events("assistant"),), "assistant persona and settings"),
+    StreamSpec("DOCS", (aggregate_events("doc"),), "document lifecycle"),
     StreamSpec(
         "DEADLETTER", DEAD_LETTER_SUBJECTS, "messages a consumer terminated or gave up on",
         max_age=30 * DAY, atomic=False,

@@ -12,6 +12,16 @@ def session_events(session_id: str = "*") -> str:
     return f"{PREFIX}.session.{_id(session_id)}.evt.>"
 
 
+def session_live(session_id: str = "*") -> str:
+    """Wildcard over one session's live (derivable, unstored) events."""
+    return f"{PREFIX}.session.{_id(session_id)}.live.>"
+
+
+def session_all(session_id: str) -> str:
+    """Everything about one session: its log, live events and audio."""
+    return f"{PREFIX}.session.{_id(session_id)}.>"
+
+
 def event_type_filter(aggregate: str, event_type: str) -> str:
     """One event type across every aggregate of a kind, e.g. every session's user.text."""
     return f"{PREFIX}.{aggregate}.*.evt.{event_type}"
@@ -29,8 +39,14 @@ def audio_out(session_id: str) -> str:
     return f"{PREFIX}.session.{_id(session_id)}.audio.out"
 
 
-def aggregate_events(aggregate: str, aggregate_id: str) -> str:
+def aggregate_events(aggregate: str, aggregate_id: str = "*") -> str:
+    """Wildcard over one aggregate's log (or every aggregate's of that kind, by default)."""
     return f"{PREFIX}.{aggregate}.{_id(aggregate_id)}.evt.>"
+
+
+def event_subject(aggregate: str, aggregate_id: str, event_type: str) -> str:
+    """The subject of one event type of one aggregate."""
+    return f"{PREFIX}.{aggregate}.{_id(aggregate_id)}.evt.{event_type}"
 
 
 def query(name: str) -> str:

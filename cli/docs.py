@@ -23,6 +23,7 @@ import msgspec
 
 from bus.client import Bus, Message
 from bus.log import last_event
+from bus.subjects import aggregate_events
 from cli.accounts import AdminError, accounts, resolve_user, rows
 from cli.display import shorten, table, when
 from domain.documents import Documents
@@ -184,7 +185,7 @@ async def _upload(bus: Bus, docs: Documents, item: Added, owner_id: str | None, 
         return
     document_id = new_id()
     if wait:  # follow the document's log from before its first event
-        watchers.append((await bus.subscribe(f"vagent.doc.{document_id}.evt.>",
+        watchers.append((await bus.subscribe(aggregate_events("doc", document_id),
                                              lambda msg: _result(item, msg, report))).stop)
     try:
         with handle:

@@ -10,7 +10,7 @@ from bus.client import Bus, Message
 from bus.errors import ConflictError
 from bus.log import last_sequence
 from bus.streams import STREAM_BY_AGGREGATE
-from bus.subjects import aggregate_events
+from bus.subjects import aggregate_events, session_all
 from schemas import (
     AssistantDelta,
     AssistantMessage,
@@ -87,7 +87,7 @@ async def say(bus: Bus, session_id: str, text: str, *, timeout: float = 120.0,
             pass  # the goodbye message arrives before it
 
     # Deltas are live-only; the other events are read as JetStream stores them.
-    sub = await bus.subscribe(f"vagent.session.{session_id}.>", on_message)
+    sub = await bus.subscribe(session_all(session_id), on_message)
     try:
         await bus.flush()
         await bus.publish(user_text)

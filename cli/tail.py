@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from bus.admin import last_seq
 from bus.client import Bus, Message
 from bus.errors import BusError
 from bus.log import read
@@ -79,7 +80,7 @@ async def tail(bus: Bus, subject: str, *, as_json: bool, from_start: bool,
             if stored is None:
                 raise BusError(f"no stream stores {subject!r}: --from-start needs a log subject")
             stream, stored_filter = stored
-            last = (await bus.js.stream_info(stream)).state.last_seq
+            last = await last_seq(bus, stream)
             if last:
                 async for entry in read(bus, stream, stored_filter, until_seq=last, idle_timeout=2):
                     if entry.event is not None:

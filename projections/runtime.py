@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bus.admin import last_seq
 from bus.client import Bus, Message, Subscription
 from bus.health import INTERVAL, Heartbeat, beat, forget, instance_id
 from bus.log import Entry, read
@@ -45,7 +46,7 @@ def store_path(data_dir: Path) -> Path:
 
 
 async def stream_last_seq(bus: Bus, stream: str) -> int:
-    return (await bus.js.stream_info(stream)).state.last_seq
+    return await last_seq(bus, stream)
 
 
 def by_stream(projections: Sequence[Projection]) -> dict[str, list[Projection]]:

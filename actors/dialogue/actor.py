@@ -47,6 +47,7 @@ from actors.tools.spec import ToolSpec, openai_tool
 from bus.client import Bus, Message, Subscription
 from bus.errors import BusError, ConflictError
 from bus.log import Entry
+from bus.subjects import event_type_filter
 from schemas import (
     AssistantDelta,
     AssistantMessage,
@@ -238,7 +239,7 @@ class Dialogue(Actor):
         # Inputs are seen here as soon as they are stored, while this session's previous
         # event may still be in the handler: that is how a new input interrupts a turn.
         self._watch: list[Subscription] = [
-            await self.bus.subscribe(f"vagent.session.*.evt.{t}", self._watcher)
+            await self.bus.subscribe(event_type_filter("session", t), self._watcher)
             for t in ("user.text", "transcript.final", "turn.interrupted")
         ]
 

@@ -31,6 +31,7 @@ from actors.tts.providers import TtsProvider, open_provider
 from actors.tts.speaker import Sentence, Speaker
 from actors.tts.synth import MAX_CHARS, Synthesizer
 from bus.client import Message, Subscription
+from bus.subjects import event_type_filter
 from schemas import (
     AssistantMessage,
     AssistantSentence,
@@ -70,7 +71,7 @@ class Tts(Actor):
         self.voices: dict[tuple[str, str | None], Synthesizer] = {}  # assistants' own voices
         self.assistants = AssistantDirectory(self.bus)
         self._watch: list[Subscription] = [
-            await self.bus.subscribe(f"vagent.session.*.evt.{kind}", self._watcher)
+            await self.bus.subscribe(event_type_filter("session", kind), self._watcher)
             for kind in ("turn.interrupted", "session.ended")]
 
     async def teardown(self) -> None:

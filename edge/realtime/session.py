@@ -26,7 +26,7 @@ from typing import Literal
 from bus.client import Bus, Message, Subscription
 from bus.errors import BusError
 from bus.log import last_event
-from bus.subjects import audio_in, audio_out
+from bus.subjects import audio_in, audio_out, session_events, session_live
 from edge.errors import ApiError
 from edge.realtime.leases import SessionLeases
 from schemas import (
@@ -97,8 +97,8 @@ class SessionLink:
         self.session_id = session_id or new_id()
         sid = self.session_id
         self._subs = [
-            await self.bus.subscribe(f"vagent.session.{sid}.evt.>", self._event),
-            await self.bus.subscribe(f"vagent.session.{sid}.live.>", self._event),
+            await self.bus.subscribe(session_events(sid), self._event),
+            await self.bus.subscribe(session_live(sid), self._event),
         ]
         if self.on_audio is not None:
             self._subs.append(await self.bus.subscribe(audio_out(sid), self._audio))

@@ -18,14 +18,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from actors.indexer import index_document
+from bus.admin import stream_state
 from bus.blobs import get_document
 from bus.client import Bus
 from bus.log import read
+from bus.subjects import aggregate_events
 from projections.knowledge.parse import ParseError
 from projections.knowledge.store import ChunkStore, quote
 from schemas import DocumentDeleted, DocumentFailed, DocumentIndexed, DocumentUploaded, Event
 
-STREAM, SUBJECTS = "DOCS", "vagent.doc.*.evt.>"
+STREAM, SUBJECTS = "DOCS", aggregate_events("doc")
 
 
 @dataclass
@@ -51,11 +53,11 @@ class Reindexed:
 async def live_documents(bus: Bus) -> dict[str, Document]:
     """The documents the log holds now: uploaded and not deleted since, with their last
     indexing outcome."""
-    stream = await bus.js.stream_info(STREAM)
+    stream = await stream_state(bus, STREAM)
     documents: dict[str, Document] = {}
-    if stream.state.messages == 0:
+    if stream.messages == 0:
         return documents
-    async for entry in read(bus, STREAM, SUBJECTS, until_seq=stream.state.last_seq):
+    async for entry in read(bus, STREAM, SUBJECTS, until_seq=stream.last_seq):
         event: Event | None = entry.event
         match event:
             case DocumentUploaded():
