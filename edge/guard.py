@@ -71,8 +71,8 @@ class GuardedH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.transport.is_closing():
-            self._disarm()
+        if self.transport.is_closing() or self.transport.get_protocol() is not self:
+            self._disarm()  # closed, or handed to the WebSocket protocol: none of ours to time
         elif self.conn.their_state is h11.IDLE:
             # Between requests (a body read after an early response ends here too): the
             # deadline runs from the first byte if none runs yet, and more bytes do not move it.
@@ -112,7 +112,8 @@ class GuardedH11Protocol(H11Protocol):
 
     def _body_expired(self) -> None:
         self._deadline = None
-        if self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
+        if (self.transport.is_closing() or self.transport.get_protocol() is not self
+                or self.conn.their_state is not h11.SEND_BODY):
             return
         # Unless the app has begun its answer (an early 413 …), the client is told why.
         if self.cycle is None or not self.cycle.response_started:

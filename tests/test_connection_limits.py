@@ -143,6 +143,13 @@ async def test_a_body_trickled_slowly_is_closed_with_408(module_nats: EmbeddedSe
         # A body sent at once is unaffected.
         r = await api.client.post("/api/v1/auth/login", json={"email": "a@example.com", "password": "x"})
         assert r.status_code == 401, r.text
+        # A WebSocket (its upgrade request had no body to wait for) outlives the body timeout.
+        async with websockets.connect(api.edge.ws_url + "/ws") as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"type": "abort"}))
+            await asyncio.sleep(1.5)
+            await ws.send(json.dumps({"type": "abort"}))
+            await ws.ping()
 
 
 async def test_idle_sockets_count_against_max_connections(
