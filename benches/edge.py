@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import websockets
 
-from benches.bus import percentile
+from benches.common import percentile
 
 QUESTION = "What time is it?"
 LEAD_SILENCE_MS = 600  # before the question: a device starts streaming before one speaks
@@ -48,7 +48,7 @@ async def serve(url: str | None, asr: bool, data_dir: Path) -> None:
     from actors.dialogue.actor import Dialogue
     from actors.runtime import ActorHost
     from actors.tts.actor import Tts
-    from benches.bus import bench_nats
+    from benches.common import bench_nats
     from benches.dialogue import _start_echo
     from bus.admin import delete_consumer
     from edge.server import EdgeServer
@@ -316,7 +316,7 @@ def main() -> None:
     s.add_argument("--data-dir", type=Path, required=True)
     s.add_argument("--no-asr", action="store_true")
     args = parser.parse_args()
-    from cli.logs import setup
+    from hosting.logs import setup
 
     setup(os.environ.get("VAGENT_LOG_LEVEL", "WARNING"))
     import uvloop

@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from actors.dialogue.llm import wants_local_llm
+
 if TYPE_CHECKING:
     from settings.config import Config
 
@@ -567,19 +569,6 @@ def _config_or_defaults() -> Config:
         return settings.load()
     except (settings.ConfigError, OSError):
         return settings.Config()
-
-
-LOCAL_LLM_OVERRIDES = ("VAGENT_LLM_BASE_URL", "OPENAI_BASE_URL", "VAGENT_LOCAL_LLM_URL")
-
-
-def wants_local_llm(actors: list[str]) -> bool:
-    """cli.up.wants_local_llm's rule, restated because importing cli.up loads the whole edge
-    (3 s here); tests/test_doctor.py checks that the two agree."""
-    from settings import config as settings
-
-    if "dialogue" not in actors or settings.load().llm.providers:
-        return False
-    return not any(os.environ.get(name) for name in LOCAL_LLM_OVERRIDES)
 
 
 def _local_llm_unused(actors: list[str], config_ok: bool) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -60,7 +59,7 @@ T = TypeVar("T")
 
 
 def run(main: Awaitable[T], log_level: str | None = None) -> T:
-    from cli.logs import setup
+    from hosting.logs import setup
 
     setup(log_level)
     try:
@@ -123,24 +122,18 @@ def actor_run(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(ACTO
 
 
 async def _actor_run(name: str, nats: str | None) -> None:
-    import signal
-
     from actors.runtime import ActorHost
+    from hosting.loop import Host
 
-    bus = await Bus.connect(nats, name=f"vagent-actor-{name}")
-    await bus.declare()
-    host = ActorHost(bus, [name])
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await host.start()
-    print(f"actor {name} running on {bus.url}; Ctrl-C stops it", flush=True)
-    waiter = asyncio.create_task(stop.wait())
-    failed = asyncio.create_task(host.wait())
-    await asyncio.wait({waiter, failed}, return_when=asyncio.FIRST_COMPLETED)
-    await host.stop()
-    await bus.close()
+    async with Host() as parts:
+        bus = await Bus.connect(nats, name=f"vagent-actor-{name}")
+        parts.on_stop(bus.close)
+        await bus.declare()
+        host = ActorHost(bus, [name])
+        await host.start()
+        parts.on_stop(host.stop)
+        print(f"actor {name} running on {bus.url}; Ctrl-C stops it", flush=True)
+        await parts.wait(host.wait())
 
 
 @app.command()

@@ -4,18 +4,19 @@ actor, and the projections. Ctrl-C stops it cleanly."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import sys
+from functools import partial
 from pathlib import Path
 
+from actors.dialogue.llm import wants_local_llm
 from actors.dialogue.local_llm import LocalLLMError, LocalLLMServer, Progress
 from actors.runtime import ActorHost
 from bus.client import Bus
 from bus.server import EmbeddedServer
 from edge.server import EdgeServer
+from hosting.loop import Host
 from projections.runtime import ProjectionService, store_path
 from settings import config as settings
 
@@ -24,77 +25,53 @@ log = logging.getLogger("vagent.up")
 
 async def up(*, nats: str | None, port: int, data_dir: Path, actors: list[str],
              ready: asyncio.Event | None = None, edge_port: int | None = None) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
-    server: EmbeddedServer | None = None
-    supervisor: asyncio.Task[None] | None = None
-    if nats is None:
-        server = EmbeddedServer(data_dir / "nats", port=port)
-        await asyncio.to_thread(server.start)
-        supervisor = asyncio.create_task(server.supervise())
-    url = nats or server.url  # type: ignore[union-attr]
-    bus = await Bus.connect(url, name="vagent-up")
-    host: ActorHost | None = None
-    projections: ProjectionService | None = None
-    local_llm: LocalLLMServer | None = None
-    llm_supervisor: asyncio.Task[None] | None = None
-    edge: EdgeServer | None = None
     try:
-        await bus.declare()
-        if wants_local_llm(actors):
-            # Before the actors: the dialogue reads its providers when it starts.
-            local_llm = await _start_local_llm(data_dir)
-            llm_supervisor = asyncio.create_task(local_llm.supervise())
-        host = ActorHost(bus, actors)
-        await host.start()
-        projections = ProjectionService(bus, data_dir)
-        await projections.start()
-        edge = EdgeServer(bus, settings.load(), data_dir, port=edge_port)
-        await edge.start()
-        _banner(url, server, data_dir, actors, local_llm, edge)
-        if ready:
-            ready.set()
-        waiter = asyncio.create_task(stop.wait())
-        failed = asyncio.create_task(host.wait())
-        await asyncio.wait({waiter, failed}, return_when=asyncio.FIRST_COMPLETED)
-        if failed.done() and not failed.cancelled() and failed.exception():
-            log.error("an actor stopped: %r; shutting down", failed.exception())
-        waiter.cancel()
-        failed.cancel()
+        async with Host() as parts:
+            try:
+                await _start(parts, nats=nats, port=port, data_dir=data_dir, actors=actors,
+                             ready=ready, edge_port=edge_port)
+            finally:
+                print("vagent: stopping (finishing in-flight events)…", flush=True)
     finally:
-        print("vagent: stopping (finishing in-flight events)…", flush=True)
-        if edge:
-            await edge.stop()
-        if host:
-            await host.stop()
-        if projections:
-            await projections.stop()
-        if llm_supervisor:
-            llm_supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await llm_supervisor
-        if local_llm:
-            await asyncio.to_thread(local_llm.stop)
-        await bus.close()
-        if supervisor:
-            supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await supervisor
-        if server:
-            await asyncio.to_thread(server.stop)
         print("vagent: stopped", flush=True)
 
 
-def wants_local_llm(actors: list[str]) -> bool:
-    """The offline default: no provider configured anywhere (actors.dialogue.llm.provider_configs then
-    points the dialogue at VAGENT_LOCAL_LLM_URL)."""
-    if "dialogue" not in actors or settings.load().llm.providers:
-        return False
-    return not any(os.environ.get(name) for name in
-                   ("VAGENT_LLM_BASE_URL", "OPENAI_BASE_URL", "VAGENT_LOCAL_LLM_URL"))
+async def _start(parts: Host, *, nats: str | None, port: int, data_dir: Path, actors: list[str],
+                 ready: asyncio.Event | None, edge_port: int | None) -> None:
+    """Start every part, each stopped on the way out even if a later one failed to start;
+    then run until a stop signal or an actor's death."""
+    server: EmbeddedServer | None = None
+    if nats is None:
+        server = EmbeddedServer(data_dir / "nats", port=port)
+        parts.on_stop(partial(asyncio.to_thread, server.stop))
+        await asyncio.to_thread(server.start)
+        parts.task(asyncio.create_task(server.supervise()))
+    url = nats or server.url  # type: ignore[union-attr]
+    bus = await Bus.connect(url, name="vagent-up")
+    parts.on_stop(bus.close)
+    await bus.declare()
+    local_llm: LocalLLMServer | None = None
+    if wants_local_llm(actors):
+        # Before the actors: the dialogue reads its providers when it starts.
+        local_llm = await _start_local_llm(data_dir)
+        parts.on_stop(partial(asyncio.to_thread, local_llm.stop))
+        parts.task(asyncio.create_task(local_llm.supervise()))
+    # The read models start before the actors so that they stop after them.
+    projections = ProjectionService(bus, data_dir)
+    parts.on_stop(projections.stop)
+    await projections.start()
+    host = ActorHost(bus, actors)
+    parts.on_stop(host.stop)
+    await host.start()
+    edge = EdgeServer(bus, settings.load(), data_dir, port=edge_port)
+    parts.on_stop(edge.stop)
+    await edge.start()
+    _banner(url, server, data_dir, actors, local_llm, edge)
+    if ready:
+        ready.set()
+    failed = await parts.wait(host.wait())
+    if failed:
+        log.error("an actor stopped: %r; shutting down", failed)
 
 
 async def _start_local_llm(data_dir: Path) -> LocalLLMServer:

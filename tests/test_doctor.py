@@ -173,15 +173,17 @@ def test_cpu_features_keep_what_the_cpu_has() -> None:
 @pytest.mark.parametrize("actors", [["dialogue", "tools"], ["tools"]])
 def test_doctor_decides_on_the_local_model_as_vagent_up_does(
         monkeypatch: pytest.MonkeyPatch, env: dict[str, str], actors: list[str]) -> None:
+    from actors.dialogue.llm import LOCAL_LLM_OVERRIDES
     from cli.up import wants_local_llm
 
-    for name in doctor.LOCAL_LLM_OVERRIDES:
+    for name in LOCAL_LLM_OVERRIDES:
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("VAGENT_CONFIG", raising=False)
     settings.load.cache_clear()
     try:
-        assert doctor.wants_local_llm(actors) == wants_local_llm(actors)
+        expected = "dialogue" in actors and not env
+        assert doctor.wants_local_llm(actors) == wants_local_llm(actors) == expected
     finally:
         settings.load.cache_clear()

@@ -25,13 +25,13 @@ from actors.audio.encode import OPUS_FRAME_MS, OPUS_RATES
 from bus.client import Message
 from bus.log import load
 from bus.server import EmbeddedServer
-from cli.logs import TextFormatter
 from devservers.echo_llm import OpenAIServer
 from edge import jsonparse
 from edge.api.models import GREETING_MAX_CHARS
 from edge.errors import ApiError
 from edge.realtime.session import check_readable
 from edge.xiaozhi import protocol
+from hosting.logs import TextFormatter
 from schemas import AudioParams, SessionStarted, ToolCall, decode, new_id
 from tests.api_harness import Api, serve_stack
 from tests.xiaozhi_client import XiaozhiDevice

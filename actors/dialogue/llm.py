@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 
-from settings.config import Config, ProviderConfig
+from settings.config import Config, ProviderConfig, load
 
 LOCAL_BASE_URL = "http://127.0.0.1:8080/v1"
+# Any of these names a provider, or a local model already served: none is started then.
+LOCAL_LLM_OVERRIDES = ("VAGENT_LLM_BASE_URL", "OPENAI_BASE_URL", "VAGENT_LOCAL_LLM_URL")
 
 
 def provider_configs(config: Config) -> list[ProviderConfig]:
@@ -29,3 +31,12 @@ def provider_configs(config: Config) -> list[ProviderConfig]:
                            model=os.environ.get("VAGENT_LLM_MODEL", "local"),
                            first_token_timeout=60.0, max_tokens=256,
                            tool_probe=True)]
+
+
+def wants_local_llm(actors: list[str]) -> bool:
+    """Whether `vagent up` with these actors starts the local model: the offline default, no
+    provider configured anywhere (`provider_configs` then points the dialogue at
+    VAGENT_LOCAL_LLM_URL)."""
+    if "dialogue" not in actors or load().llm.providers:
+        return False
+    return not any(os.environ.get(name) for name in LOCAL_LLM_OVERRIDES)

@@ -1,0 +1,1 @@
+"""Running parts of the stack as a process: stop signals, waiting, orderly stop."""
