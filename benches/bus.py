@@ -16,23 +16,22 @@ afterwards. Against a running deployment every actor consuming `user.text`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
 import re
-import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import ClassVar
 
 from actors.base import Actor, Context
+from benches.common import bench_nats, percentile
 from bus.admin import delete_consumer, purge
 from bus.client import Bus, Message
 from bus.consumer import ConsumerRunner, ConsumerSpec
 from bus.errors import BusError
-from bus.server import EmbeddedServer, config_path, free_port
+from bus.server import config_path
 from bus.subjects import session_events
 from schemas import Event, TurnStarted, UserText, derived_id, new_id
 
@@ -71,12 +70,6 @@ def sync_always_configured(path: Path | None = None) -> bool:
     return re.search(r"^\s*sync_interval\s*:\s*always\b", text, re.MULTILINE) is not None
 
 
-def percentile(sorted_values: list[float], p: float) -> float:
-    """Nearest-rank percentile: always an observed value, monotonic in p, fine for n = 1."""
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 async def bench_bus(url: str | None, *, events: int = 5000, hops: int = 2000) -> dict[str, float]:
     """Run the bus benchmark against `url`, or a temporary embedded server when None.
 
@@ -89,27 +82,6 @@ async def bench_bus(url: str | None, *, events: int = 5000, hops: int = 2000) ->
         results = await _measure(bus, events, hops)
     results["sync_always"] = float(sync_always_configured()) if embedded else math.nan
     return results
-
-
-@contextlib.asynccontextmanager
-async def bench_nats(url: str | None) -> AsyncIterator[tuple[Bus, bool]]:
-    """A declared bus on `url`, or on a temporary embedded server when None (then True)."""
-    with tempfile.TemporaryDirectory(prefix="vagent-bench-") as tmp:
-        server: EmbeddedServer | None = None
-        if url is None:
-            server = EmbeddedServer(Path(tmp) / "store", port=free_port())
-            await asyncio.to_thread(server.start)
-            url = server.url
-        try:
-            bus = await Bus.connect(url, name="vagent-bench")
-            try:
-                await bus.declare()
-                yield bus, server is not None
-            finally:
-                await bus.close()
-        finally:
-            if server is not None:
-                await asyncio.to_thread(server.stop)
 
 
 async def _measure(bus: Bus, events: int, hops: int) -> dict[str, float]:

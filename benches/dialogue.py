@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from actors.dialogue.actor import Dialogue
 from actors.runtime import ActorHost
-from benches.bus import bench_nats, percentile
+from benches.common import bench_nats, environment, percentile
 from bus.admin import delete_consumer
 from bus.client import Bus, Message
 from bus.server import free_port, port_open
@@ -36,7 +36,6 @@ async def bench_dialogue(url: str | None, *, turns: int = 200, local: bool = Fal
         raise ValueError("turns must be at least 1")
     echo: subprocess.Popen[bytes] | None = None
     llm: Any = None
-    saved = {k: os.environ.get(k) for k in ("VAGENT_LLM_BASE_URL", "VAGENT_CONFIG")}
     try:
         if local:
             from actors.dialogue.local_llm import LocalLLMServer
@@ -46,33 +45,26 @@ async def bench_dialogue(url: str | None, *, turns: int = 200, local: bool = Fal
             base_url = await asyncio.to_thread(llm.start)
         else:
             echo, base_url = await asyncio.to_thread(_start_echo)
-        os.environ["VAGENT_LLM_BASE_URL"] = base_url
-        os.environ["VAGENT_CONFIG"] = os.devnull  # the default settings, whatever ./vagent.toml says
-        settings.load.cache_clear()
 
         class BenchDialogue(Dialogue):  # a durable of its own: a deployment's dialogue stays put
             name: ClassVar[str] = f"bench_dialogue_{new_id()}"
 
-        async with bench_nats(url) as (bus, _):
-            host = ActorHost(bus, [BenchDialogue])
-            await host.start()
-            try:
-                rows = await _turns(bus, turns if not local else min(turns, 20), conversation)
-            finally:
-                await host.stop()
-                await delete_consumer(bus, "SESSIONS", BenchDialogue.name)
+        # VAGENT_CONFIG: the default settings, whatever ./vagent.toml says
+        with environment({"VAGENT_LLM_BASE_URL": base_url, "VAGENT_CONFIG": os.devnull}):
+            async with bench_nats(url) as (bus, _):
+                host = ActorHost(bus, [BenchDialogue])
+                await host.start()
+                try:
+                    rows = await _turns(bus, turns if not local else min(turns, 20), conversation)
+                finally:
+                    await host.stop()
+                    await delete_consumer(bus, "SESSIONS", BenchDialogue.name)
     finally:
         if echo:
             echo.terminate()
             echo.wait()
         if llm:
             await asyncio.to_thread(llm.stop)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        settings.load.cache_clear()
     delta = sorted(r["delta_ms"] for r in rows)
     sentence = sorted(r["sentence_ms"] for r in rows)
     model = local_model or settings.load().llm.local_model

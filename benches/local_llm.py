@@ -17,8 +17,6 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,12 +27,11 @@ import httpx
 from actors.dialogue.actor import Dialogue
 from actors.runtime import ActorHost
 from actors.tools.actor import Tools
-from benches.bus import bench_nats, percentile
+from benches.common import bench_nats, environment, percentile
 from benches.eval_set import Question, load_eval_set, score
 from bus.client import Bus, Message
 from bus.subjects import session_all
 from schemas import AssistantMessage, DecodeError, UserText, decode, new_id
-from settings import config as settings
 
 RUNTIME_PROMPTS = [
     "Explain in three sentences why the sky is blue.",
@@ -139,28 +136,6 @@ async def measure_runtime(base_url: str, model: str, *, max_tokens: int = 96,
     return out
 
 
-@contextmanager
-def _provider_env(base_url: str, model: str) -> Iterator[None]:
-    """Point the dialogue's offline provider at `base_url`, with the default settings."""
-    keys = ("VAGENT_LOCAL_LLM_URL", "VAGENT_LLM_MODEL", "VAGENT_CONFIG", "VAGENT_LLM_BASE_URL",
-            "OPENAI_BASE_URL")
-    saved = {k: os.environ.get(k) for k in keys}
-    for k in keys:
-        os.environ.pop(k, None)
-    os.environ |= {"VAGENT_LOCAL_LLM_URL": base_url, "VAGENT_LLM_MODEL": model,
-                   "VAGENT_CONFIG": os.devnull}
-    settings.load.cache_clear()
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        settings.load.cache_clear()
-
-
 async def run_eval(base_url: str, model: str, questions: list[Question]) -> list[Answer]:
     """Every question through the real dialogue and tools actors, each in a session of its own."""
     suffix = new_id().lower()
@@ -172,7 +147,10 @@ async def run_eval(base_url: str, model: str, questions: list[Question]) -> list
         name: ClassVar[str] = f"eval_tools_{suffix}"
 
     answers: list[Answer] = []
-    with _provider_env(base_url, model):
+    # The dialogue's offline provider at `base_url`, with the default settings.
+    with environment({"VAGENT_LOCAL_LLM_URL": base_url, "VAGENT_LLM_MODEL": model,
+                      "VAGENT_CONFIG": os.devnull},
+                     unset=("VAGENT_LLM_BASE_URL", "OPENAI_BASE_URL")):
         async with bench_nats(None) as (bus, _):
             host = ActorHost(bus, [EvalDialogue, EvalTools])
             await host.start()

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from benches.bus import bench_nats, percentile
+from benches.common import bench_nats, environment, percentile
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "corpus"
 CHUNKS_PER_DOC = 50  # rows per document in the search tables
@@ -70,19 +70,6 @@ def generated_manual(rng: random.Random, words: list[str], n: int, sections: int
     return "\n".join(out)
 
 
-@contextlib.contextmanager
-def _data_dir(path: Path) -> Iterator[None]:
-    old = os.environ.get("VAGENT_DATA_DIR")
-    os.environ["VAGENT_DATA_DIR"] = str(path)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("VAGENT_DATA_DIR", None)
-        else:
-            os.environ["VAGENT_DATA_DIR"] = old
-
-
 # --- indexing ---------------------------------------------------------------------------
 
 async def bench_indexing(bus: Any, data: Path, target_chunks: int) -> dict[str, float]:
@@ -118,7 +105,7 @@ async def bench_indexing(bus: Any, data: Path, target_chunks: int) -> dict[str, 
                 finished.set()
 
     sub = await bus.subscribe(aggregate_events("doc"), seen)
-    with _data_dir(data):
+    with environment({"VAGENT_DATA_DIR": str(data)}):
         host = ActorHost(bus, [BenchIndexer])
         await host.start()  # loads the model: not timed
         try:
