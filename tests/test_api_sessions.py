@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -14,23 +13,13 @@ import pytest
 import schemathesis
 import websockets
 
-from bus.server import EmbeddedServer
-from devservers.echo_llm import OpenAIServer
 from edge.app import OPENAPI_PATH
 from schemas import SessionStarted, new_id
-from tests.api_harness import Api, serve_stack
+from tests.api_harness import Api
 from tests.test_api_openapi import validate
 from tests.test_ws import until, ws_url
 
 Headers = dict[str, str]
-
-
-@pytest.fixture(scope="module")
-async def stack(module_nats: EmbeddedServer, llm: OpenAIServer,
-                tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
-    async with serve_stack(module_nats.url, tmp_path_factory.mktemp("sessions"), llm.base_url,
-                           ['dialogue', 'tools']) as api:
-        yield api
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ from schemas import (
     derived_id,
     new_id,
 )
+from tests.conftest import wait_for
 from tests.fixtures.audio import META, has_key_words, opus_packets, pcm, resample
 
 OPUS_16K = AudioParams(format="opus", sample_rate=16000, channels=1, frame_duration=60)
@@ -95,16 +96,6 @@ async def stream(bus: Bus, session_id: str, packets: list[bytes], frame_ms: int 
 async def events_of(bus: Bus, session_id: str) -> list[Event]:
     entries, _ = await load(bus, "session", session_id)
     return [e.event for e in entries if e.event is not None]
-
-
-async def wait_for(bus: Bus, session_id: str, done: Callable[[list[Event]], bool],
-                   timeout: float = 30) -> list[Event]:
-    async with asyncio.timeout(timeout):
-        while True:
-            events = await events_of(bus, session_id)
-            if done(events):
-                return events
-            await asyncio.sleep(0.05)
 
 
 def of(kind: type, events: list[Event]) -> list:

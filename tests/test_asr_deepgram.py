@@ -13,9 +13,10 @@ from actors.asr.settings import AsrSettings, DeepgramSettings
 from bus.client import Bus
 from schemas import Error, SpeechStopped, TranscriptFinal
 from tests import test_asr_actor
+from tests.conftest import wait_for
 from tests.deepgram_server import DeepgramServer
 from tests.fixtures.audio import META, pcm
-from tests.test_asr_actor import Start, events_of, frames, of, open_session, stream, wait_for
+from tests.test_asr_actor import Start, events_of, frames, of, open_session, stream
 
 start_asr = test_asr_actor.start_asr  # the same fixture: an ASR actor with a durable of its own
 TEXT = "Turn on the kitchen lights please."

@@ -33,6 +33,7 @@ from schemas import (
     new_id,
 )
 from settings import config as settings
+from tests.conftest import wait_for
 
 
 @pytest.fixture
@@ -75,17 +76,6 @@ async def start(bus: Bus, monkeypatch: pytest.MonkeyPatch
     for host in hosts:
         await host.stop()
     settings.load.cache_clear()
-
-
-async def wait_for(bus: Bus, session_id: str, done: Callable[[list[Event]], bool],
-                   timeout: float = 20) -> list[Event]:
-    async with asyncio.timeout(timeout):
-        while True:
-            entries, _ = await load(bus, "session", session_id)
-            events = [e.event for e in entries if e.event is not None]
-            if done(events):
-                return events
-            await asyncio.sleep(0.05)
 
 
 def finals(events: list[Event]) -> list[AssistantMessage]:

@@ -13,7 +13,8 @@ from bus.client import Bus
 from devservers.echo_llm import OpenAIServer
 from projections.runtime import ProjectionService
 from schemas import AssistantCreated, AssistantUpdated, SessionStarted, UserText, new_id
-from tests.test_dialogue import finals, providers_toml, servers, start, wait_for, write_config
+from tests.conftest import wait_for
+from tests.test_dialogue import finals, providers_toml, servers, start, write_config
 
 __all__ = ["servers", "start"]  # fixtures
 

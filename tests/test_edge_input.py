@@ -24,8 +24,6 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from actors.audio.encode import OPUS_FRAME_MS, OPUS_RATES
 from bus.client import Message
 from bus.log import load
-from bus.server import EmbeddedServer
-from devservers.echo_llm import OpenAIServer
 from edge import jsonparse
 from edge.api.models import GREETING_MAX_CHARS
 from edge.errors import ApiError
@@ -33,8 +31,10 @@ from edge.realtime.session import check_readable
 from edge.xiaozhi import protocol
 from hosting.logs import TextFormatter
 from schemas import AudioParams, SessionStarted, ToolCall, decode, new_id
-from tests.api_harness import Api, serve_stack
+from tests.api_harness import Api
 from tests.xiaozhi_client import XiaozhiDevice
+
+pytestmark = pytest.mark.stack("dialogue", loopback_ice=True)
 
 DEEP = 1000  # the nesting that used to raise RecursionError
 # What the edge itself appends to a session's log (the actors append the rest).
@@ -50,14 +50,6 @@ class Published:
 
     async def __call__(self, message: Message) -> None:
         self.messages.append(message)
-
-
-@pytest.fixture(scope="module")
-async def stack(module_nats: EmbeddedServer, llm: OpenAIServer, loopback_ice: None,
-                tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
-    async with serve_stack(module_nats.url, tmp_path_factory.mktemp("edge-input"), llm.base_url,
-                           ["dialogue"]) as api:
-        yield api
 
 
 @pytest.fixture(scope="module")

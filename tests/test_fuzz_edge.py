@@ -17,7 +17,7 @@ import os
 import re
 import string
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import httpx
@@ -26,11 +26,11 @@ import websockets
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from bus.server import EmbeddedServer
-from devservers.echo_llm import OpenAIServer
 from schemas import new_id
-from tests.api_harness import Api, serve_stack
+from tests.api_harness import Api
 from tests.xiaozhi_client import XiaozhiDevice, frame_up
+
+pytestmark = pytest.mark.stack("dialogue", "tools", loopback_ice=True)
 
 EXAMPLES = int(os.environ.get("VAGENT_FUZZ_EXAMPLES", "60"))  # per target
 MAX_GROWTH_MB = 150
@@ -49,14 +49,6 @@ def rss_mb() -> float:
         match = re.search(r"^VmRSS:\s+(\d+) kB", f.read(), re.M)
     assert match
     return int(match.group(1)) / 1024
-
-
-@pytest.fixture(scope="module")
-async def stack(module_nats: EmbeddedServer, llm: OpenAIServer, loopback_ice: None,
-                tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
-    async with serve_stack(module_nats.url, tmp_path_factory.mktemp("fuzz"), llm.base_url,
-                           ["dialogue", "tools"]) as api:
-        yield api
 
 
 def fuzz(run: Callable[[Any], Awaitable[None]], strategy: st.SearchStrategy[Any],

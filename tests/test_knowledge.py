@@ -38,8 +38,9 @@ from schemas import (
     UserText,
     new_id,
 )
+from tests.conftest import wait_for
 from tests.fixtures.pdf import make_pdf
-from tests.test_dialogue import finals, providers_toml, servers, start, wait_for, write_config
+from tests.test_dialogue import finals, providers_toml, servers, start, write_config
 
 __all__ = ["servers", "start"]  # fixtures
 

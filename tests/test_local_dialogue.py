@@ -18,7 +18,8 @@ from actors.dialogue.local_llm import LocalLLMServer
 from actors.runtime import ActorHost
 from bus.client import Bus
 from schemas import AssistantMessage, AssistantSentence, Event, ToolCall, ToolResult, UserText, new_id
-from tests.test_dialogue import bogota, finals, live_deltas, start, wait_for, write_config
+from tests.conftest import wait_for
+from tests.test_dialogue import bogota, finals, live_deltas, start, write_config
 
 __all__ = ["bogota", "start"]  # fixtures
 pytestmark = pytest.mark.slow

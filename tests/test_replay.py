@@ -30,6 +30,7 @@ from schemas import (
     new_id,
 )
 from settings import config as settings
+from tests.conftest import wait_for
 from tests.fixtures.audio import has_key_words, opus_packets, pcm
 
 
@@ -46,15 +47,6 @@ def servers() -> Iterator[tuple[OpenAIServer, OpenAIServer]]:
     yield old, new
     old.stop()
     new.stop()
-
-
-async def wait_until(bus: Bus, sid: str, found: Any, timeout: float = 60) -> list[Event]:
-    async with asyncio.timeout(timeout):
-        while True:
-            events = [e.event for e in (await load(bus, "session", sid))[0] if e.event is not None]
-            if found(events):
-                return events
-            await asyncio.sleep(0.1)
 
 
 def answered_and_spoken(turn_id: str):  # type: ignore[no-untyped-def]
@@ -90,13 +82,13 @@ async def test_replay_reproduces_transcripts_and_diffs_the_answers(
         for text in ("hello there", "use get_time please"):
             typed = UserText(session_id=sid, text=text)
             await bus.publish(typed)
-            await wait_until(bus, sid, answered_and_spoken(typed.id))
+            await wait_for(bus, sid, answered_and_spoken(typed.id), timeout=60)
         await asyncio.sleep(0.3)
         for packet in opus_packets(pcm("what_time"), 16000, 60):
             await bus.publish_core(audio_in(sid), packet)
             await asyncio.sleep(0.005)
-        events = await wait_until(bus, sid, lambda es: any(
-            isinstance(e, TranscriptFinal) and answered_and_spoken(e.id)(es) for e in es))
+        events = await wait_for(bus, sid, lambda es: any(
+            isinstance(e, TranscriptFinal) and answered_and_spoken(e.id)(es) for e in es), timeout=60)
     finally:
         await host.stop()
     spoken = next(e for e in events if isinstance(e, TranscriptFinal))

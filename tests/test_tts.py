@@ -19,7 +19,6 @@ from actors.tts.actor import Tts
 from actors.tts.providers import TtsProvider
 from bus.blobs import get_blob
 from bus.client import Bus, Message, Subscription
-from bus.log import load
 from bus.subjects import audio_out
 from devservers.echo_llm import OpenAIServer
 from projections.runtime import ProjectionService
@@ -41,6 +40,7 @@ from schemas import (
     new_id,
 )
 from settings import config as settings
+from tests.conftest import wait_for
 from tests.elevenlabs_server import ElevenLabsServer
 
 StartTts = Callable[[], Awaitable[Tts]]
@@ -106,17 +106,6 @@ def decode_opus(packets: list[bytes]) -> np.ndarray:
         for frame in decoder.decode(av.Packet(packet)):
             out.append(frame.to_ndarray().reshape(-1, frame.samples)[0])
     return np.concatenate(out) if out else np.zeros(0)
-
-
-async def wait_for(bus: Bus, session_id: str, done: Callable[[list[Event]], bool],
-                   timeout: float = 30) -> list[Event]:
-    async with asyncio.timeout(timeout):
-        while True:
-            entries, _ = await load(bus, "session", session_id)
-            events = [e.event for e in entries if e.event is not None]
-            if done(events):
-                return events
-            await asyncio.sleep(0.05)
 
 
 def of_type(events: list[Event], kind: type[Event]) -> list:  # type: ignore[type-arg]

@@ -25,8 +25,9 @@ from actors.tts.synth import MAX_CHARS
 from bus.client import Bus
 from bus.server import EmbeddedServer, free_port
 from schemas import Error, TtsSentence, TurnInterrupted, new_id
+from tests.conftest import wait_for
 from tests.procs import Proc
-from tests.test_tts import StartTts, catch_frames, final, of_type, sentence, start_tts, stopped, wait_for
+from tests.test_tts import StartTts, catch_frames, final, of_type, sentence, start_tts, stopped
 
 __all__ = ["start_tts"]  # the fixture, shared with test_tts
 

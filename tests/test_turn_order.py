@@ -22,7 +22,7 @@ import os
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +32,18 @@ import websockets
 from actors.runtime import ActorHost
 from bus.client import Bus, Stored
 from bus.log import load
-from bus.server import EmbeddedServer
 from devservers.echo_llm import OpenAIServer
 from schemas import AssistantMessage, Event, TurnInterrupted, UserText, new_id
-from tests.api_harness import Api, serve_stack
+from tests.api_harness import Api
+from tests.conftest import wait_for
 from tests.test_dialogue import (  # noqa: F401  (fixtures)
     providers_toml,
     servers,
     start,
-    wait_for,
     write_config,
 )
+
+pytestmark = pytest.mark.stack("dialogue", llm="slowish_llm")
 
 CLIENTS = 10
 # Inputs per client. 40 makes 400 turns: ~36 s on two shared, busy cores, where every
@@ -58,14 +59,6 @@ def slowish_llm() -> Iterator[OpenAIServer]:
     server = OpenAIServer(token_delay=TOKEN_DELAY).start()
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-async def stack(module_nats: EmbeddedServer, slowish_llm: OpenAIServer,
-                tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
-    async with serve_stack(module_nats.url, tmp_path_factory.mktemp("order"), slowish_llm.base_url,
-                           ["dialogue"]) as api:
-        yield api
 
 
 class Client:

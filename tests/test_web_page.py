@@ -18,12 +18,13 @@ from typing import Any
 import pytest
 from playwright.async_api import async_playwright, expect
 
-from bus.log import load
 from bus.server import EmbeddedServer
-from devservers.echo_llm import OpenAIServer
 from schemas import new_id
-from tests.api_harness import Api, api_config, serve_api, serve_stack
+from tests.api_harness import Api, api_config, serve_api
+from tests.conftest import wait_for
 from tests.fixtures.audio import has_key_words, pcm, resample
+
+pytestmark = pytest.mark.stack("asr", "dialogue", "tts", loopback_ice=True)
 
 CHROMIUM = os.environ.get("VAGENT_CHROMIUM", "/usr/bin/chromium")
 QUESTION = "weather_paris"
@@ -49,14 +50,6 @@ def fake_mic(path: Path) -> Path:
         w.setframerate(48000)
         w.writeframes(bytes(48000 * 2 // 2) + speech + bytes(48000 * 2 * 60))
     return path
-
-
-@pytest.fixture(scope="module")
-async def stack(module_nats: EmbeddedServer, llm: OpenAIServer, loopback_ice: None,
-                tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
-    async with serve_stack(module_nats.url, tmp_path_factory.mktemp("web"), llm.base_url,
-                           ['asr', 'dialogue', 'tts']) as api:
-        yield api
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +92,20 @@ async def short_lived(module_nats: EmbeddedServer, tmp_path_factory: pytest.Temp
     async with serve_api(module_nats.url, tmp_path_factory.mktemp("short"),
                          api_config(access_ttl=2.0)) as api:
         yield api
+
+
+async def access_expired(page: Any, api: Api, timeout: float = 10) -> None:
+    """Until the edge refuses the page's access token as expired (not a guess at how long
+    that takes: its exp is rounded up to a second)."""
+    token = await page.evaluate("sessionStorage.getItem('vagent.access')")
+    assert token
+    async with asyncio.timeout(timeout):
+        while True:
+            r = await api.client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+            if r.status_code == 401 and r.json()["error"]["code"] == "token_expired":
+                return
+            assert r.status_code == 200, r.text
+            await asyncio.sleep(0.1)
 
 
 async def sign_up(page: Any, email: str, password: str = "correct horse 9") -> None:
@@ -154,7 +161,7 @@ async def test_an_expired_access_token_is_refreshed_on_the_fly(browser: Any, sho
         refreshes: list[int] = []
         page.on("response", lambda r: refreshes.append(r.status) if r.url.endswith("/auth/refresh") else None)
         await sign_up(page, f"short{new_id().lower()}@example.com")
-        await asyncio.sleep(3.5)  # the access token expires (its exp is rounded up to a second)
+        await access_expired(page, short_lived)
         await page.get_by_role("button", name="Add assistant").click()
         await page.get_by_label("Name", exact=True).fill("Later")
         await page.get_by_role("button", name="Create", exact=True).click()
@@ -162,7 +169,7 @@ async def test_an_expired_access_token_is_refreshed_on_the_fly(browser: Any, sho
         assert refreshes == [200]
         assert await page.evaluate("document.body.dataset.state") == "idle"
         # A reload keeps the sign-in (this tab's sessionStorage) and refreshes again when due.
-        await asyncio.sleep(3.5)
+        await access_expired(page, short_lived)
         await page.reload()
         await expect(page.locator("#assistant-list li")).to_have_count(2)
         async with asyncio.timeout(5):
@@ -236,13 +243,9 @@ async def test_sign_up_add_an_assistant_call_and_chat(page: Any, stack: Api, tmp
     assert await page.get_by_label("Message").is_disabled()
     assert not [p for p in page.problems if "page error" in p], page.problems
     # The hangup reached the server: the session's log records why it ended.
-    async with asyncio.timeout(10):
-        while True:
-            entries, _ = await load(stack.services.bus, "session", session_id)
-            ended = [e.event for e in entries if e.event is not None and e.event.type == "session.ended"]
-            if ended:
-                break
-            await asyncio.sleep(0.1)
+    events = await wait_for(stack.services.bus, session_id,
+                            lambda es: any(e.type == "session.ended" for e in es), timeout=10)
+    ended = [e for e in events if e.type == "session.ended"]
     assert ended[0].reason == "hangup"  # type: ignore[attr-defined]
-    started = next(e.event for e in entries if e.event is not None and e.event.type == "session.started")
+    started = next(e for e in events if e.type == "session.started")
     assert started.assistant_id == guide_id and started.transport == "webrtc"  # type: ignore[attr-defined]

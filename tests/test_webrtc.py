@@ -13,7 +13,6 @@ import asyncio
 import fractions
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import av
@@ -23,24 +22,16 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from bus.log import load
-from bus.server import EmbeddedServer
 from bus.subjects import audio_out
-from devservers.echo_llm import OpenAIServer
 from edge.webrtc import peer
 from edge.webrtc.audio import DownlinkTrack
 from schemas import SessionEnded
-from tests.api_harness import Api, serve_stack
+from tests.api_harness import Api
 from tests.fixtures.audio import RATE, has_key_words, pcm
 
+pytestmark = pytest.mark.stack("asr", "dialogue", "tts", loopback_ice=True)
+
 FRAME = RATE // 50  # 20 ms of 16 kHz samples
-
-
-@pytest.fixture(scope="module")
-async def stack(module_nats: EmbeddedServer, llm: OpenAIServer, loopback_ice: None,
-                tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
-    async with serve_stack(module_nats.url, tmp_path_factory.mktemp("webrtc"), llm.base_url,
-                           ['asr', 'dialogue', 'tts']) as api:
-        yield api
 
 
 def rms(samples: np.ndarray) -> float:

@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import websockets
 
 from bus.log import load
-from bus.server import EmbeddedServer
-from devservers.echo_llm import OpenAIServer
-from tests.api_harness import Api, serve_stack
-
-
-@pytest.fixture(scope="module")
-async def stack(module_nats: EmbeddedServer, llm: OpenAIServer,
-                tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
-    async with serve_stack(module_nats.url, tmp_path_factory.mktemp("ws"), llm.base_url,
-                           ['dialogue', 'tools']) as api:
-        yield api
+from tests.api_harness import Api
 
 
 def ws_url(api: Api, query: str = "") -> str:
