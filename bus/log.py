@@ -22,7 +22,6 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from bus.client import Bus, next_message
-from bus.errors import BusError
 from bus.streams import STREAM_BY_AGGREGATE
 from bus.subjects import aggregate_events, event_subject
 from schemas import DecodeError, Event, check_token, decode
@@ -228,11 +227,3 @@ async def _stalled(bus: Bus, stream: str, subject_filter: str, next_seq: int) ->
         return await last_sequence(bus, stream, subject_filter) >= next_seq
     except (nats.errors.Error, TimeoutError):
         return False  # cannot tell now; ask again after the next silence
-
-
-async def stream_for(bus: Bus, subject: str) -> str:
-    """The stream that stores `subject` (which may be a wildcard)."""
-    try:
-        return await bus.js.find_stream_name_by_subject(subject)
-    except nats.js.errors.NotFoundError:
-        raise BusError(f"no stream stores {subject!r}") from None

@@ -188,8 +188,6 @@ class _HtmlText(HTMLParser):
         self.buffer: list[str] = []
         self.skip = 0
         self.level = 0
-        self.title: list[str] = []
-        self.in_title = False
 
     def _flush(self) -> None:
         text = clean("".join(self.buffer))
@@ -198,8 +196,6 @@ class _HtmlText(HTMLParser):
             self.blocks.append(Block(text, self.level))
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "title":
-            self.in_title = True
         if tag in _SKIP:
             self.skip += 1
         elif tag in _HEADINGS:
@@ -215,8 +211,6 @@ class _HtmlText(HTMLParser):
             self._flush()
 
     def handle_endtag(self, tag: str) -> None:
-        if tag == "title":
-            self.in_title = False
         if tag in _SKIP:
             self.skip = max(0, self.skip - 1)
         elif tag in _HEADINGS:
@@ -229,8 +223,6 @@ class _HtmlText(HTMLParser):
             self._flush()
 
     def handle_data(self, data: str) -> None:
-        if self.in_title:
-            self.title.append(data)
         if not self.skip:
             self.buffer.append(data)
 
@@ -241,12 +233,6 @@ def _html(text: str) -> list[Block]:
     parser.close()
     parser._flush()
     return parser.blocks
-
-
-def html_title(text: str) -> str:
-    parser = _HtmlText()
-    parser.feed(text)
-    return clean("".join(parser.title))
 
 
 # --- pdf --------------------------------------------------------------------------
