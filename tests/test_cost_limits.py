@@ -17,10 +17,10 @@ import msgspec
 import pytest
 import websockets
 
-from actors.indexer import index_document
 from bus.log import load
 from bus.server import EmbeddedServer
 from devservers.echo_llm import OpenAIServer
+from projections.knowledge.index import index_document
 from projections.knowledge.parse import ParseError
 from projections.knowledge.parse import parse as real_parse
 from schemas import UserLocked
@@ -176,9 +176,9 @@ def test_the_indexer_refuses_a_long_document_before_chunking_or_embedding(
         parsed.append("parsed")
         return real_parse(*args, **kwargs)
 
-    monkeypatch.setattr("actors.indexer.chunk", no_work)
-    monkeypatch.setattr("actors.indexer.embedder", no_work)
-    monkeypatch.setattr("actors.indexer.parse", parse)
+    monkeypatch.setattr("projections.knowledge.index.chunk", no_work)
+    monkeypatch.setattr("projections.knowledge.index.embedder", no_work)
+    monkeypatch.setattr("projections.knowledge.index.parse", parse)
     text = ("A sentence of some length about nothing much at all. " * 40_000).encode()  # 2.2 MB
     html = b"<html><body><p>" + text[:1_000_000] + b"</p></body></html>"
     # Plain text: refused from its size, unparsed; HTML: once parsed, before chunking.

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actors.indexer import index_document
 from actors.runtime import ActorHost
 from actors.tools.builtin import format_hits
 from bus.blobs import put_document
@@ -23,6 +22,7 @@ from bus.client import Bus
 from devservers.echo_llm import OpenAIServer
 from projections.knowledge.chunk import MAX, OVERLAP, chunk, sentences
 from projections.knowledge.embed import DIMS, embedder
+from projections.knowledge.index import index_document
 from projections.knowledge.parse import Block, ParseError, media_type, parse
 from projections.knowledge.search import Hit, search
 from projections.knowledge.store import ChunkStore, store

@@ -17,12 +17,12 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from actors.indexer import index_document
 from bus.admin import stream_state
 from bus.blobs import get_document
 from bus.client import Bus
 from bus.log import read
 from bus.subjects import aggregate_events
+from projections.knowledge.index import index_document
 from projections.knowledge.parse import ParseError
 from projections.knowledge.store import ChunkStore, quote
 from schemas import DocumentDeleted, DocumentFailed, DocumentIndexed, DocumentUploaded, Event
