@@ -19,11 +19,11 @@ from bus.client import Bus
 from cli.display import shorten, table, when
 from domain.accounts import Accounts, UserState, normalize_email
 from domain.assistants import Assistants
+from domain.errors import NotFound
 from domain.keys import signing_key
 from domain.mail import MailError
 from domain.tokens import Tokens
 from edge.api.models import AssistantCreate
-from edge.errors import not_found
 from projections.client import QueryError, run_query
 from settings.config import Config
 from settings.config import load as load_config
@@ -47,7 +47,7 @@ async def resolve_user(accts: Accounts, who: str) -> UserState:
         user_id = await accts.user_for_email(normalize_email(who))
         user = await accts.require(user_id) if user_id else None
         if user is None:
-            raise not_found("user with email", who)
+            raise NotFound("user with email", who)
         return user
     return await accts.require(who)
 

@@ -27,7 +27,7 @@ from bus.subjects import aggregate_events
 from cli.accounts import AdminError, accounts, resolve_user, rows
 from cli.display import shorten, table, when
 from domain.documents import Documents
-from edge.errors import ApiError
+from domain.errors import DomainError
 from projections.client import QueryError, run_query
 from schemas import DecodeError, DocumentDeleted, DocumentFailed, DocumentIndexed, decode, new_id
 from settings.config import load as load_config
@@ -191,7 +191,7 @@ async def _upload(bus: Bus, docs: Documents, item: Added, owner_id: str | None, 
         with handle:
             event = await docs.upload(owner_id, item.path.name, _Counting(handle, report.start(item)),
                                       size=item.size, title=title, document_id=document_id)
-    except ApiError as exc:
+    except DomainError as exc:
         item.status, item.error = "refused", exc.message
         report.step(item)
         return

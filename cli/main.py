@@ -364,11 +364,11 @@ WhoArg = Annotated[str, typer.Argument(metavar="EMAIL_OR_ID", help="The user's e
 def admin(nats: str | None, fn: Callable[[Bus], Awaitable[None]]) -> None:
     """Run an account command; a refusal (unknown user, weak password, …) is printed in red."""
     from cli.accounts import AdminError
-    from edge.errors import ApiError
+    from domain.errors import DomainError
 
     try:
         run(with_bus(nats, fn), log_level="WARNING")
-    except (ApiError, AdminError) as exc:
+    except (DomainError, AdminError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
 

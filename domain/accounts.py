@@ -23,10 +23,10 @@ from bus import kv
 from bus.client import Bus
 from bus.errors import ConflictError
 from bus.log import load
+from domain.errors import Conflict, DomainError, Invalid, Locked, NotFound, Unauthorized, Unavailable
 from domain.mail import MailError, send_code, verification_mode
 from domain.passwords import Hasher, check_strength
 from domain.tokens import BUCKET, TokenPair, Tokens
-from edge.errors import ApiError, not_found, unauthorized
 from schemas import (
     AssistantCreated,
     DeviceBound,
@@ -98,7 +98,7 @@ async def load_user(bus: Bus, user_id: str) -> UserState | None:
 def normalize_email(email: str) -> str:
     email = email.strip()
     if len(email) > 254 or not EMAIL.match(email):
-        raise ApiError(422, "invalid_email", f"not an email address: {email!r}", {"field": "email"})
+        raise Invalid("invalid_email", f"not an email address: {email!r}", {"field": "email"})
     local, _, domain = email.partition("@")
     return f"{local}@{domain.lower()}"
 
@@ -152,7 +152,7 @@ class Accounts:
         if verification_mode(self.settings) != "off":
             try:
                 await self.send_verification(state)
-            except ApiError as exc:
+            except DomainError as exc:
                 # The account exists now: failing the request would make its retry a 409.
                 # The user asks for a new code (verify-email/resend) once mail works.
                 log.warning("verification code not sent", extra={"user_id": user_id,
@@ -175,7 +175,7 @@ class Accounts:
                     return
                 except ConflictError:
                     pass
-        raise ApiError(409, "email_taken", "an account with this email exists", {"field": "email"})
+        raise Conflict("email_taken", "an account with this email exists", {"field": "email"})
 
     async def user_for_email(self, email: str) -> str | None:
         raw = await kv.get(self.bus, EMAILS, email_key(email))
@@ -186,8 +186,8 @@ class Accounts:
     async def login(self, email: str, password: str) -> TokenPair:
         try:
             email = normalize_email(email)
-        except ApiError:
-            raise unauthorized("invalid_credentials", "wrong email or password") from None
+        except Invalid:
+            raise Unauthorized("invalid_credentials", "wrong email or password") from None
         user_id = await self.user_for_email(email)
         user = await load_user(self.bus, user_id) if user_id else None
         if user is not None and user.is_locked():
@@ -197,12 +197,12 @@ class Accounts:
         if not await self.hasher.verify(hashed, password) or user is None or hashed is None:
             if user is not None:
                 await self._failed_login(user)
-            raise unauthorized("invalid_credentials", "wrong email or password")
+            raise Unauthorized("invalid_credentials", "wrong email or password")
         await kv.delete(self.bus, BUCKET, f"fail.{user.user_id}")
         if self.hasher.needs_rehash(hashed):
             try:
                 rehashed = await self.hasher.hash(password)
-            except ApiError:  # busy: the login succeeded all the same; rehash next time
+            except Unavailable:  # busy: the login succeeded all the same; rehash next time
                 pass
             else:
                 await kv.put(self.bus, CREDENTIALS, user.user_id, rehashed.encode())
@@ -210,16 +210,15 @@ class Accounts:
                          extra={"user_id": user.user_id})
         return await self.tokens.issue(user.user_id)
 
-    def locked_error(self, user: UserState) -> ApiError:
+    def locked_error(self, user: UserState) -> Locked:
         details: dict[str, object] = {"reason": user.lock_reason}
-        headers = {}
+        retry = None
         if user.locked_until is not None:
             retry = max(1, math.ceil((user.locked_until - time.time_ns()) / 1e9))
             details["retry_after"] = retry
-            headers["Retry-After"] = str(retry)
-        return ApiError(423, "account_locked", "this account is locked"
-                        + (" after repeated failed logins" if user.lock_reason == "failed_logins" else ""),
-                        details, headers)
+        return Locked("account_locked", "this account is locked"
+                      + (" after repeated failed logins" if user.lock_reason == "failed_logins" else ""),
+                      details, retry_after=retry)
 
     async def _failed_login(self, user: UserState) -> None:
         """Count a failure; the Nth in a row within the lockout window locks the account."""
@@ -257,9 +256,9 @@ class Accounts:
 
     async def send_verification(self, user: UserState) -> None:
         if verification_mode(self.settings) == "off":
-            raise ApiError(409, "verification_disabled", "email verification is not configured")
+            raise Conflict("verification_disabled", "email verification is not configured")
         if user.email_verified:
-            raise ApiError(409, "already_verified", "this email is already verified")
+            raise Conflict("already_verified", "this email is already verified")
         code = f"{secrets.randbelow(1_000_000):06d}"
         record = _Code(sha256=hashlib.sha256(code.encode()).hexdigest())
         await kv.put(self.bus, BUCKET, f"verify.{user.user_id}", msgspec.json.encode(record),
@@ -269,8 +268,8 @@ class Accounts:
         except MailError as exc:
             log.error("sending a verification code failed", extra={"user_id": user.user_id,
                                                                    "error": str(exc)})
-            raise ApiError(503, "mail_unavailable", "the verification email could not be sent: retry later",
-                           headers={"Retry-After": "60"}) from None
+            raise Unavailable("mail_unavailable", "the verification email could not be sent: retry later",
+                              retry_after=60) from None
 
     async def verify_email(self, user: UserState, code: str) -> None:
         if user.email_verified:
@@ -278,7 +277,7 @@ class Accounts:
         key = f"verify.{user.user_id}"
         entry = await kv.get_entry(self.bus, BUCKET, key)
         if entry is None:
-            raise ApiError(422, "code_invalid", "no pending code: ask for a new one", {"field": "code"})
+            raise Invalid("code_invalid", "no pending code: ask for a new one", {"field": "code"})
         record = msgspec.json.decode(entry.value, type=_Code)
         given = hashlib.sha256(code.strip().encode()).hexdigest()
         if not hmac.compare_digest(given, record.sha256):
@@ -291,7 +290,7 @@ class Accounts:
                                     last=entry.revision, ttl=self.settings.code_ttl)
                 except ConflictError:
                     pass
-            raise ApiError(422, "code_invalid", "wrong code", {"field": "code"})
+            raise Invalid("code_invalid", "wrong code", {"field": "code"})
         await kv.delete(self.bus, BUCKET, key)
         try:
             await self.bus.append(UserEmailVerified(user_id=user.user_id), user.last_seq)
@@ -318,12 +317,12 @@ class Accounts:
                 return event
             except ConflictError:
                 continue
-        raise ApiError(409, "conflict", "the account keeps changing: retry")
+        raise Conflict("conflict", "the account keeps changing: retry")
 
     async def require(self, user_id: str) -> UserState:
         user = await load_user(self.bus, user_id)
         if user is None:
-            raise not_found("user", user_id)
+            raise NotFound("user", user_id)
         return user
 
     async def lock(self, user_id: str, reason: str = "admin", until_ts: int | None = None) -> UserState:

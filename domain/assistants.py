@@ -16,7 +16,7 @@ from actors.tts.providers import PROVIDERS as TTS_PROVIDERS
 from bus.client import Bus
 from bus.errors import ConflictError
 from bus.log import load
-from edge.errors import ApiError, not_found
+from domain.errors import Conflict, Invalid, NotFound
 from schemas import (
     AssistantCreated,
     AssistantDeleted,
@@ -64,7 +64,7 @@ class Assistants:
         except ValueError:  # not a valid id token
             state = None
         if state is None or state.deleted or state.owner_id != owner_id:
-            raise not_found("assistant", assistant_id)
+            raise NotFound("assistant", assistant_id)
         return state
 
     async def create(self, owner_id: str, settings: dict[str, Any]) -> str:
@@ -85,16 +85,16 @@ class Assistants:
         try:
             await self.bus.append(AssistantUpdated(assistant_id=assistant_id, **settings), state.last_seq)
         except ConflictError:
-            raise ApiError(409, "conflict", "the assistant changed meanwhile: read it and retry") from None
+            raise Conflict("conflict", "the assistant changed meanwhile: read it and retry") from None
 
     async def delete(self, owner_id: str, assistant_id: str, default_assistant_id: str | None) -> None:
         state = await self.owned(owner_id, assistant_id)
         if assistant_id == default_assistant_id:
-            raise ApiError(409, "default_assistant", "the default assistant cannot be deleted")
+            raise Conflict("default_assistant", "the default assistant cannot be deleted")
         try:
             await self.bus.append(AssistantDeleted(assistant_id=assistant_id), state.last_seq)
         except ConflictError:
-            raise ApiError(409, "conflict", "the assistant changed meanwhile: read it and retry") from None
+            raise Conflict("conflict", "the assistant changed meanwhile: read it and retry") from None
 
     async def ensure_default(self) -> None:
         """The system's default assistant (for sessions nobody owns), created once."""
@@ -115,20 +115,20 @@ class Assistants:
         for kind, known in choices.items():
             name = settings.get(kind)
             if name is not None and name not in known:
-                raise ApiError(422, "unknown_provider", f"no {kind} provider named {name!r}",
-                               {"field": kind, "known": known})
+                raise Invalid("unknown_provider", f"no {kind} provider named {name!r}",
+                              {"field": kind, "known": known})
         tools = settings.get("tools")
         if tools:
             known_tools = set(self.config.tools.builtins) | {w.name for w in self.config.tools.webhooks}
             known_tools |= {spec.name for spec in await catalog(self.bus)}
             unknown = sorted(set(tools) - known_tools)
             if unknown:
-                raise ApiError(422, "unknown_tool", f"no tool named {', '.join(map(repr, unknown))}",
-                               {"field": "tools", "unknown": unknown, "known": sorted(known_tools)})
+                raise Invalid("unknown_tool", f"no tool named {', '.join(map(repr, unknown))}",
+                              {"field": "tools", "unknown": unknown, "known": sorted(known_tools)})
         for document_id in settings.get("documents") or []:
             if not await self._owns_document(owner_id, document_id):
-                raise ApiError(422, "unknown_document", f"no document {document_id!r}",
-                               {"field": "documents", "id": document_id})
+                raise Invalid("unknown_document", f"no document {document_id!r}",
+                              {"field": "documents", "id": document_id})
 
     async def _owns_document(self, owner_id: str, document_id: str) -> bool:
         try:

@@ -19,8 +19,8 @@ from bus import kv
 from bus.client import Bus
 from bus.errors import ConflictError
 from domain.accounts import UserState, load_user
+from domain.errors import Conflict, Invalid, NotFound, Unavailable
 from domain.tokens import BUCKET, DEVICES, DeviceBinding, Tokens, device_key
-from edge.errors import ApiError, not_found
 from schemas import DeviceBound, DeviceUnbound, is_token, new_id
 from settings.config import AuthSettings
 
@@ -48,8 +48,8 @@ class Activation(msgspec.Struct):
 
 def check_device_id(device_id: str) -> str:
     if not is_token(device_id):  # it becomes part of subjects and keys, e.g. a MAC
-        raise ApiError(422, "invalid_device_id", "Device-Id must be 1-128 of A-Z a-z 0-9 _ - : @ + =",
-                       {"field": "device_id"})
+        raise Invalid("invalid_device_id", "Device-Id must be 1-128 of A-Z a-z 0-9 _ - : @ + =",
+                      {"field": "device_id"})
     return device_id.lower()
 
 
@@ -63,20 +63,20 @@ class Devices:
         """The device's side: a code to show, the same one while it lives; or its token."""
         device_id = check_device_id(device_id)
         if not client_id or len(client_id) > 128:
-            raise ApiError(422, "invalid_client_id", "Client-Id is required (at most 128 characters)",
-                           {"field": "client_id"})
+            raise Invalid("invalid_client_id", "Client-Id is required (at most 128 characters)",
+                          {"field": "client_id"})
         pending_key = f"act.{device_key(device_id)}"
         raw = await kv.get(self.bus, BUCKET, pending_key)
         if raw is not None:
             record = msgspec.json.decode(raw, type=_Activation)
             if record.client_id != client_id:
-                raise ApiError(409, "activation_pending",
+                raise Conflict("activation_pending",
                                "another client of this device is activating it", {})
             if record.token:
                 return Activation(status="bound", token=record.token, assistant_id=record.assistant_id)
             return Activation(status="pending", code=record.code, expires_in=int(self.settings.code_ttl))
         if await kv.get(self.bus, DEVICES, device_key(device_id)):
-            raise ApiError(409, "device_bound", "this device is bound: its owner must unbind it first")
+            raise Conflict("device_bound", "this device is bound: its owner must unbind it first")
         for _ in range(20):
             code = f"{secrets.randbelow(10 ** CODE_DIGITS):0{CODE_DIGITS}d}"
             record = _Activation(device_id=device_id, client_id=client_id, code=code)
@@ -84,7 +84,7 @@ class Devices:
                                ttl=self.settings.code_ttl) is not None:
                 break
         else:
-            raise ApiError(503, "no_code", "no free activation code: try again")
+            raise Unavailable("no_code", "no free activation code: try again")
         if await kv.create(self.bus, BUCKET, pending_key, msgspec.json.encode(record),
                            ttl=self.settings.code_ttl) is None:
             await kv.delete(self.bus, BUCKET, f"code.{code}")
@@ -97,16 +97,16 @@ class Devices:
         code = code.strip()
         raw = await kv.get(self.bus, BUCKET, f"code.{code}") if code.isascii() and code.isdigit() else None
         if raw is None:
-            raise ApiError(422, "activation_code_invalid", "unknown or expired activation code",
-                           {"field": "code"})
+            raise Invalid("activation_code_invalid", "unknown or expired activation code",
+                          {"field": "code"})
         record = msgspec.json.decode(raw, type=_Activation)
         if record.token:
-            raise ApiError(422, "activation_code_invalid", "this code was used", {"field": "code"})
+            raise Invalid("activation_code_invalid", "this code was used", {"field": "code"})
         binding = DeviceBinding(user_id=user.user_id, device_id=record.device_id,
                                 assistant_id=assistant_id, jti=new_id())
         if await kv.create(self.bus, DEVICES, device_key(record.device_id),
                            msgspec.json.encode(binding)) is None:
-            raise ApiError(409, "device_bound", "this device is already bound")
+            raise Conflict("device_bound", "this device is already bound")
         bound = DeviceBound(user_id=user.user_id, device_id=record.device_id,
                             assistant_id=assistant_id, name=name)
         try:
@@ -115,7 +115,7 @@ class Devices:
             await self._append_to_user(user.user_id, bound, user.last_seq)
         except ConflictError:
             await kv.delete(self.bus, DEVICES, device_key(record.device_id))
-            raise ApiError(409, "conflict", "the account changed meanwhile: retry") from None
+            raise Conflict("conflict", "the account changed meanwhile: retry") from None
         token = self.tokens.device_token(binding)
         record.token, record.assistant_id = token, assistant_id
         remaining = max(1.0, self.settings.code_ttl)
@@ -128,14 +128,14 @@ class Devices:
         for _ in range(APPEND_ATTEMPTS):
             user = await load_user(self.bus, user_id)
             if user is None or device_id not in user.devices:
-                raise not_found("device", device_id)
+                raise NotFound("device", device_id)
             try:
                 await self.bus.append(DeviceUnbound(user_id=user_id, device_id=device_id), user.last_seq)
                 break
             except ConflictError:
                 continue  # the account changed meanwhile: decide again on its new state
         else:
-            raise ApiError(409, "conflict", "the account changed meanwhile: retry")
+            raise Conflict("conflict", "the account changed meanwhile: retry")
         await kv.delete(self.bus, DEVICES, device_key(device_id))  # the token dies with it
         await kv.delete(self.bus, BUCKET, f"act.{device_key(device_id)}")
 

@@ -22,7 +22,7 @@ from bus.client import Bus
 from bus.errors import ConflictError
 from bus.log import load
 from domain.doctext import max_chunks, min_chunks, plain_text_chars
-from edge.errors import ApiError, not_found
+from domain.errors import Conflict, NotFound, TooLarge, Unsupported
 from schemas import DocumentDeleted, DocumentFailed, DocumentIndexed, DocumentUploaded, new_id
 
 # The types the indexer reads, by file extension and, for a name without one of these, by
@@ -48,10 +48,10 @@ def document_type(filename: str, content_type: str | None) -> str:
     declared = (content_type or "").split(";")[0].strip().lower()
     if declared in BY_CONTENT_TYPE:
         return BY_CONTENT_TYPE[declared]
-    raise ApiError(415, "unsupported_type",
-                   f"{filename or 'the file'!s} is not a document vagent reads: "
-                   f"send {', '.join(SUPPORTED)}",
-                   {"field": "file", "filename": filename, "content_type": declared,
+    raise Unsupported("unsupported_type",
+                      f"{filename or 'the file'!s} is not a document vagent reads: "
+                      f"send {', '.join(SUPPORTED)}",
+                      {"field": "file", "filename": filename, "content_type": declared,
                     "supported": list(SUPPORTED)})
 
 
@@ -83,7 +83,7 @@ async def _check_length(filename: str, data: bytes | BinaryIO) -> None:
         return
     limit, at_least = max_chunks(), min_chunks(chars)
     if at_least > limit:
-        raise ApiError(413, "document_too_long",
+        raise TooLarge("document_too_long",
                        f"{filename or 'the file'} would make at least {at_least} passages; "
                        f"a document may make {limit}: split it",
                        {"field": "file", "min_chunks": at_least, "limit": limit})
@@ -178,7 +178,7 @@ class Documents:
         filename = clean_filename(filename)
         kind = document_type(filename, content_type)
         if size > self.max_bytes:
-            raise ApiError(413, "body_too_large", f"the upload exceeds {self.max_bytes} bytes",
+            raise TooLarge("body_too_large", f"the upload exceeds {self.max_bytes} bytes",
                            {"limit": self.max_bytes})
         if kind == "text/plain":
             await _check_length(filename, data)
@@ -191,12 +191,12 @@ class Documents:
     async def _check_quota(self, quota: Quota, owner_id: str, size: int) -> None:
         documents, used = await quota.usage(owner_id)
         if documents + 1 > quota.documents:
-            raise ApiError(413, "quota_exceeded",
+            raise TooLarge("quota_exceeded",
                            f"you have {documents} documents, the most one account keeps is "
                            f"{quota.documents}: delete some first",
                            {"quota": "documents", "limit": quota.documents, "used": documents})
         if used + size > quota.bytes:
-            raise ApiError(413, "quota_exceeded",
+            raise TooLarge("quota_exceeded",
                            f"your documents take {used} bytes and this one {size}: one account "
                            f"keeps at most {quota.bytes} bytes, delete some first",
                            {"quota": "bytes", "limit": quota.bytes, "used": used, "size": size})
@@ -221,7 +221,7 @@ class Documents:
         """The document if it exists and is `owner_id`'s; 404 otherwise (also for others')."""
         state = await load_document(self.bus, document_id)
         if state is None or state.deleted or state.owner_id != owner_id:
-            raise not_found("document", document_id)
+            raise NotFound("document", document_id)
         return state
 
     async def delete(self, owner_id: str | None, document_id: str) -> None:
@@ -234,4 +234,4 @@ class Documents:
                 continue  # the indexer recorded its result meanwhile: decide again
             await delete_document(self.bus, state.object_name)
             return
-        raise ApiError(409, "conflict", "the document changed meanwhile: retry")
+        raise Conflict("conflict", "the document changed meanwhile: retry")

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from edge.errors import ApiError
+from domain.errors import Invalid, Unavailable
 from settings.config import Argon2Settings
 
 T = TypeVar("T")
@@ -49,8 +49,8 @@ def problems(password: str, email: str, min_length: int) -> list[str]:
 def check_strength(password: str, email: str, min_length: int) -> None:
     found = problems(password, email, min_length)
     if found:
-        raise ApiError(422, "weak_password", "the password needs " + "; ".join(found),
-                       {"rules": found})
+        raise Invalid("weak_password", "the password needs " + "; ".join(found),
+                      {"rules": found})
 
 
 class Hasher:
@@ -114,9 +114,9 @@ class Hasher:
             self._admitted -= 1
 
 
-def busy() -> ApiError:
-    return ApiError(503, "busy", "too many sign-ins at once: retry in a moment",
-                    {"retry_after": 1}, {"Retry-After": "1"})
+def busy() -> Unavailable:
+    return Unavailable("busy", "too many sign-ins at once: retry in a moment",
+                       {"retry_after": 1}, retry_after=1)
 
 
 def _background_priority() -> None:

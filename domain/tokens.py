@@ -29,7 +29,7 @@ import msgspec
 from bus import kv
 from bus.client import Bus
 from bus.errors import ConflictError
-from edge.errors import unauthorized
+from domain.errors import Unauthorized
 from schemas import new_id
 from settings.config import AuthSettings
 
@@ -124,13 +124,13 @@ class Tokens:
         revoked = await asyncio.gather(*(kv.get(self.bus, BUCKET, key) for key in (
             f"revoked.{principal.jti}", f"family.{principal.family}", f"user.{principal.user_id}")))
         if revoked[0] or revoked[1]:
-            raise unauthorized("token_revoked", "this token was revoked (logout or refresh reuse)")
+            raise Unauthorized("token_revoked", "this token was revoked (logout or refresh reuse)")
         issued_ms = claims.get("iat_ms")
         if not isinstance(issued_ms, int):  # a token without it: its whole second
             iat = claims["iat"]
             issued_ms = int(iat) * 1000 if isinstance(iat, int | float) else 0
         if _revoked_since(revoked[2], issued_ms):
-            raise unauthorized("token_revoked", "this account's tokens were revoked")
+            raise Unauthorized("token_revoked", "this account's tokens were revoked")
         return principal
 
     async def refresh(self, refresh_token: str) -> TokenPair:
@@ -139,24 +139,24 @@ class Tokens:
         if rid and secret and len(rid) <= 64 and rid.isascii() and rid.isalnum():
             entry = await kv.get_entry(self.bus, BUCKET, f"rt.{rid}")
         if entry is None:
-            raise unauthorized("refresh_token_invalid", "unknown or expired refresh token")
+            raise Unauthorized("refresh_token_invalid", "unknown or expired refresh token")
         record = msgspec.json.decode(entry.value, type=_RefreshRecord)
         given = hashlib.sha256(secret.encode()).hexdigest()
         if not hmac.compare_digest(given, record.secret_sha256):
-            raise unauthorized("refresh_token_invalid", "unknown or expired refresh token")
+            raise Unauthorized("refresh_token_invalid", "unknown or expired refresh token")
         family_revoked, user_revoked = await asyncio.gather(
             kv.get(self.bus, BUCKET, f"family.{record.family}"),
             kv.get(self.bus, BUCKET, f"user.{record.user_id}"))
         if family_revoked:
-            raise unauthorized("token_revoked", "this login was revoked")
+            raise Unauthorized("token_revoked", "this login was revoked")
         if _revoked_since(user_revoked, record.issued_ms):
-            raise unauthorized("token_revoked", "this account's tokens were revoked")
+            raise Unauthorized("token_revoked", "this account's tokens were revoked")
         remaining = record.expires_at - time.time()
         if remaining <= 0:
-            raise unauthorized("refresh_token_invalid", "unknown or expired refresh token")
+            raise Unauthorized("refresh_token_invalid", "unknown or expired refresh token")
         if record.used:
             await self.revoke_family(record.family)
-            raise unauthorized("refresh_token_reused",
+            raise Unauthorized("refresh_token_reused",
                                "this refresh token was already used: every token of its login is revoked")
         record.used = True
         try:
@@ -166,7 +166,7 @@ class Tokens:
             # Two refreshes with one token raced: at most one may win, and a race is what
             # a replayed stolen token looks like.
             await self.revoke_family(record.family)
-            raise unauthorized("refresh_token_reused",
+            raise Unauthorized("refresh_token_reused",
                                "this refresh token was already used: every token of its login is revoked"
                                ) from None
         return await self.issue(record.user_id, record.family)
@@ -216,11 +216,11 @@ class Tokens:
         """A device token's grant, if its device is still bound with it (and is `device_id`)."""
         claims = self._decode(token, "device")
         if device_id is not None and claims["dev"].lower() != device_id.lower():
-            raise unauthorized("token_invalid", "this token belongs to another device")
+            raise Unauthorized("token_invalid", "this token belongs to another device")
         raw = await kv.get(self.bus, DEVICES, device_key(claims["dev"]))
         binding = msgspec.json.decode(raw, type=DeviceBinding) if raw else None
         if binding is None or binding.jti != claims["jti"]:
-            raise unauthorized("token_revoked", "this device was unbound")
+            raise Unauthorized("token_revoked", "this device was unbound")
         return DeviceGrant(user_id=binding.user_id, device_id=binding.device_id,
                            assistant_id=binding.assistant_id, jti=binding.jti)
 
@@ -229,11 +229,11 @@ class Tokens:
             claims = jwt.decode(token, self._key, algorithms=[ALGORITHM], issuer=ISSUER,
                                 options={"require": ["exp", "iat", "sub", "jti", "typ"]})
         except jwt.ExpiredSignatureError:
-            raise unauthorized("token_expired", "the token has expired: refresh it") from None
+            raise Unauthorized("token_expired", "the token has expired: refresh it") from None
         except jwt.InvalidTokenError as exc:
-            raise unauthorized("token_invalid", f"invalid token: {exc}") from None
+            raise Unauthorized("token_invalid", f"invalid token: {exc}") from None
         if claims.get("typ") != typ:
-            raise unauthorized("token_invalid", f"not an {typ} token")
+            raise Unauthorized("token_invalid", f"not an {typ} token")
         return claims
 
 

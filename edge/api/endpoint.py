@@ -22,11 +22,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from bus.errors import BusError
+from domain.errors import DomainError
 from domain.tokens import Principal
 from edge import jsonparse
 from edge.api import idempotency
 from edge.api.models import ID_PATTERN
-from edge.errors import ApiError, not_found, unauthorized
+from edge.errors import ApiError, from_domain, not_found, unauthorized
 from edge.services import Services
 
 log = logging.getLogger("vagent.edge.api")
@@ -291,6 +292,8 @@ def bind(endpoint: Endpoint, services: Services) -> Callable[[Request], Awaitabl
             response = await endpoint.handler(Call(request, services, principal, body, params))
         except ApiError as error:
             response = error_response(error)
+        except DomainError as error:
+            response = error_response(from_domain(error))
         except BusError as exc:
             log.warning("bus unavailable", extra={"path": request.url.path, "error": str(exc)})
             response = error_response(ApiError(503, "unavailable", "the event log is unreachable: retry",

@@ -3,7 +3,7 @@ device token (xiaozhi), or nobody (anonymous, when `edge.anonymous` allows it)."
 
 from __future__ import annotations
 
-from edge.errors import ApiError, unauthorized
+from edge.errors import ApiError, domain_refusals, unauthorized
 from edge.realtime.session import Caller
 from edge.services import Services
 
@@ -24,12 +24,13 @@ async def user_caller(services: Services, token: str | None, assistant_id: str |
         if not services.config.edge.anonymous:
             raise unauthorized("token_missing", "sign in: this edge accepts no anonymous sessions")
         return Caller()
-    principal = await services.tokens.verify(token)
-    user = await services.accounts.require(principal.user_id)
-    chosen = assistant_id or user.default_assistant_id
-    if chosen is None:
-        raise ApiError(404, "not_found", "no assistant to talk to")
-    await services.assistants.owned(user.user_id, chosen)
+    with domain_refusals():
+        principal = await services.tokens.verify(token)
+        user = await services.accounts.require(principal.user_id)
+        chosen = assistant_id or user.default_assistant_id
+        if chosen is None:
+            raise ApiError(404, "not_found", "no assistant to talk to")
+        await services.assistants.owned(user.user_id, chosen)
     return Caller(user_id=user.user_id, assistant_id=chosen)
 
 
@@ -41,11 +42,12 @@ async def device_caller(services: Services, token: str | None, device_id: str,
         if not services.config.edge.anonymous:
             raise unauthorized("token_missing", "this device is not activated: bind it first")
         return Caller(device_id=device_id.lower(), client_id=client_id)
-    grant = await services.tokens.verify_device(token, device_id)
-    # A lock suspends the owner's devices too (their tokens outlive the lock's revocation
-    # record); after an unlock they connect again without being bound anew.
-    owner = await services.accounts.require(grant.user_id)
-    if owner.is_locked():
-        raise services.accounts.locked_error(owner)
+    with domain_refusals():
+        grant = await services.tokens.verify_device(token, device_id)
+        # A lock suspends the owner's devices too (their tokens outlive the lock's revocation
+        # record); after an unlock they connect again without being bound anew.
+        owner = await services.accounts.require(grant.user_id)
+        if owner.is_locked():
+            raise services.accounts.locked_error(owner)
     return Caller(user_id=grant.user_id, assistant_id=grant.assistant_id, device_id=grant.device_id,
                   client_id=client_id)
