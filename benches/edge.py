@@ -105,8 +105,8 @@ async def serve(url: str | None, asr: bool, data_dir: Path) -> None:
 async def question_audio() -> tuple[list[bytes], int]:
     """The question as a device would stream it (Opus 16 kHz / 60 ms), and where its speech
     ends (ms from the first frame)."""
-    from actors.audio.encode import AudioEncoder
     from actors.tts.providers import open_provider
+    from audio.encode import AudioEncoder
     from schemas import AudioParams
 
     voice = await open_provider("piper")

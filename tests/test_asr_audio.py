@@ -11,7 +11,7 @@ import pytest
 from actors.asr.engine_moonshine import MoonshineEngine
 from actors.asr.session import has_words
 from actors.asr.vad import Segmenter, SpeechStart, SpeechStop, VadSettings
-from actors.audio.decode import AudioDecodeError, Decoder
+from audio.decode import AudioDecodeError, Decoder
 from tests.fixtures.audio import META, SPEECH, has_key_words, opus_packets, pcm, resample
 
 TOLERANCE_MS = 150

@@ -21,7 +21,7 @@ import pytest
 import websockets
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from actors.audio.encode import OPUS_FRAME_MS, OPUS_RATES
+from audio.encode import OPUS_FRAME_MS, OPUS_RATES
 from bus.client import Message
 from bus.log import load
 from edge import jsonparse

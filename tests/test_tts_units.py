@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from elevenlabs.core.api_error import ApiError
 
-from actors.audio.encode import AudioEncoder, check_params
 from actors.tts.cache import AudioCache, CachedAudio
 from actors.tts.elevenlabs_voice import ElevenLabsTts
 from actors.tts.providers import open_provider, provider_name
 from actors.tts.synth import Slots, Synthesis, SynthesisFailed
+from audio.encode import AudioEncoder, check_params
 from schemas import AudioParams
 from settings.config import ConfigError
 from tests.elevenlabs_server import ElevenLabsServer, tone

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from actors.audio.decode import Decoder
 from actors.runtime import ActorHost
+from audio.decode import Decoder
 from bus.client import Bus, Message
 from bus.log import load
 from bus.subjects import audio_in, audio_out

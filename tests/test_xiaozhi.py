@@ -15,8 +15,8 @@ import msgspec
 import pytest
 import websockets
 
-from actors.audio.decode import Decoder
 from actors.runtime import ActorHost
+from audio.decode import Decoder
 from bus.client import Bus
 from bus.log import load
 from bus.server import EmbeddedServer

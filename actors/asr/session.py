@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from actors.asr.engine import AsrError, Recognition
 from actors.asr.vad import Boundary, Segmenter, SpeechAudio, SpeechStart, SpeechStop
-from actors.audio.decode import AudioDecodeError, Decoder
+from audio.decode import AudioDecodeError, Decoder
 from bus.blobs import put_pcm
 from bus.client import Message, Subscription
 from bus.subjects import audio_in, session_events

@@ -23,13 +23,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
 from actors.assistant import AssistantDirectory, AssistantProfile
-from actors.audio.encode import DEFAULT_OUT, check_params
 from actors.base import Actor, Context
 from actors.dialogue.sentences import speakable
 from actors.tts.cache import AudioCache
 from actors.tts.providers import TtsProvider, open_provider
 from actors.tts.speaker import Sentence, Speaker
 from actors.tts.synth import MAX_CHARS, Synthesizer
+from audio.encode import DEFAULT_OUT, check_params
 from bus.client import Message, Subscription
 from bus.subjects import event_type_filter
 from schemas import (

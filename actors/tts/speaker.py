@@ -18,10 +18,10 @@ from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-from actors.audio.encode import AudioEncoder
 from actors.dialogue.sentences import clip
 from actors.tts.outbox import Outbox
 from actors.tts.synth import Synthesis, SynthesisFailed, Synthesizer
+from audio.encode import AudioEncoder
 from bus.blobs import put_pcm
 from bus.client import Bus
 from bus.subjects import audio_out

@@ -23,7 +23,7 @@ from schemas import AudioParams, is_token
 PATH = "/xiaozhi/v1/"
 UPLINK = AudioParams(format="opus", sample_rate=16000, channels=1, frame_duration=60)
 DOWNLINK = AudioParams(format="opus", sample_rate=24000, channels=1, frame_duration=60)
-# What the actors' Opus codec takes (actors/audio/encode.py OPUS_RATES, OPUS_FRAME_MS; a
+# What the Opus codec takes (audio/encode.py OPUS_RATES, OPUS_FRAME_MS; a
 # test keeps them equal), spelled as types so that a hello is checked by decoding it.
 OpusRate = Literal[8000, 12000, 16000, 24000, 48000]
 OpusFrameMs = Literal[5, 10, 20, 40, 60, 80, 100, 120]

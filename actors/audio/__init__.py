@@ -1,1 +1,0 @@
-"""Audio formats: decoding what clients send, encoding what they hear (PyAV, Opus)."""
