@@ -15,6 +15,10 @@ from bus.client import Bus
 
 BUCKET = "vagent_actors"
 INTERVAL = 3.0  # seconds between heartbeats; the bucket forgets an entry after 15 s
+# The actors a full deployment runs, by the name each heartbeats under. Readiness probes
+# above the actors (the edge's /readyz) expect these without importing the actors; the
+# actor registry maps the same names to classes, and a test keeps the two equal.
+ACTOR_NAMES: tuple[str, ...] = ("asr", "dialogue", "indexer", "tools", "tts")
 
 
 class Heartbeat(msgspec.Struct):

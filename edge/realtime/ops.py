@@ -6,8 +6,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from actors.registry import ACTORS
-from bus.health import health
+from bus.health import ACTOR_NAMES, health
 from edge.services import Services
 from projections.runtime import HEARTBEAT_NAME
 
@@ -19,7 +18,7 @@ async def healthz(request: Request) -> JSONResponse:
 
 async def readyz(request: Request) -> JSONResponse:
     services: Services = request.app.state.services
-    report = await health(services.bus, [*ACTORS, HEARTBEAT_NAME])
+    report = await health(services.bus, [*ACTOR_NAMES, HEARTBEAT_NAME])
     ready = report.ok and not services.draining
     return JSONResponse({"ok": ready, "nats": report.nats, "missing": report.missing,
                          "draining": services.draining, "error": report.error},
