@@ -172,8 +172,6 @@ PENDING = {
     "domain-not-actors": "domain/assistants.py imports actors (default assistant id, LLM and TTS "
                          "provider names, the tool catalog) until the domain layer gets them from below",
     "domain-not-edge": "domain/* raise edge.errors until the domain has its own error types",
-    "projections-not-actors": "projections/knowledge/reindex.py imports actors.indexer until the "
-                              "indexing pipeline lives in projections/knowledge",
 }
 PENDING_BUS = {
     "schemas": "schemas/base.py Event.subject formats the event's subject outside bus/",
