@@ -171,7 +171,6 @@ def _rules() -> list[Rule]:
 PENDING = {
     "domain-not-actors": "domain/assistants.py imports actors (default assistant id, LLM and TTS "
                          "provider names, the tool catalog) until the domain layer gets them from below",
-    "domain-not-edge": "domain/* raise edge.errors until the domain has its own error types",
 }
 PENDING_BUS = {
     "schemas": "schemas/base.py Event.subject formats the event's subject outside bus/",
