@@ -71,3 +71,38 @@ OBJECT_BUCKETS: tuple[BucketSpec, ...] = (
 
 STREAM_BY_AGGREGATE = {"session": "SESSIONS", "user": "USERS", "assistant": "ASSISTANTS",
                        "doc": "DOCS"}
+
+
+def stored_part(subject: str) -> tuple[str, str] | None:
+    """The stream that stores part of `subject`, and the filter for that part.
+
+    'vagent.session.s1.>' also matches live and audio subjects; the stream only has
+    'vagent.session.s1.evt.>', so that is what its history is read with.
+    """
+    tokens = subject.split(".")
+    for spec in STREAMS:
+        for pattern in spec.subjects:
+            merged = _intersect(tokens, pattern.split("."))
+            if merged is not None:
+                return spec.name, ".".join(merged)
+    return None
+
+
+def _intersect(a: list[str], b: list[str]) -> list[str] | None:
+    out: list[str] = []
+    for i in range(max(len(a), len(b))):
+        x = a[i] if i < len(a) else None
+        y = b[i] if i < len(b) else None
+        if x == ">":
+            return out + b[i:]
+        if y == ">":
+            return out + a[i:]
+        if x is None or y is None:
+            return None
+        if x == "*":
+            out.append(y)
+        elif y in ("*", x):
+            out.append(x)
+        else:
+            return None
+    return out

@@ -9,44 +9,9 @@ from bus.admin import last_seq
 from bus.client import Bus, Message
 from bus.errors import BusError
 from bus.log import read
-from bus.streams import STREAMS
+from bus.streams import stored_part
 from cli.display import message_line
 from schemas import DecodeError, decode
-
-
-def _stored_part(subject: str) -> tuple[str, str] | None:
-    """The stream that stores part of `subject`, and the filter for that part.
-
-    'vagent.session.s1.>' also matches live and audio subjects; the stream only has
-    'vagent.session.s1.evt.>', so that is what its history is read with.
-    """
-    tokens = subject.split(".")
-    for spec in STREAMS:
-        for pattern in spec.subjects:
-            merged = _intersect(tokens, pattern.split("."))
-            if merged is not None:
-                return spec.name, ".".join(merged)
-    return None
-
-
-def _intersect(a: list[str], b: list[str]) -> list[str] | None:
-    out: list[str] = []
-    for i in range(max(len(a), len(b))):
-        x = a[i] if i < len(a) else None
-        y = b[i] if i < len(b) else None
-        if x == ">":
-            return out + b[i:]
-        if y == ">":
-            return out + a[i:]
-        if x is None or y is None:
-            return None
-        if x == "*":
-            out.append(y)
-        elif y in ("*", x):
-            out.append(x)
-        else:
-            return None
-    return out
 
 
 def _is_audio(subject: str) -> bool:
@@ -76,7 +41,7 @@ async def tail(bus: Bus, subject: str, *, as_json: bool, from_start: bool,
     print(f"following {subject}", file=sys.stderr, flush=True)
     try:
         if from_start:
-            stored = _stored_part(subject)
+            stored = stored_part(subject)
             if stored is None:
                 raise BusError(f"no stream stores {subject!r}: --from-start needs a log subject")
             stream, stored_filter = stored
