@@ -28,16 +28,16 @@ async def up(*, nats: str | None, port: int, data_dir: Path, actors: list[str],
     try:
         async with Host() as parts:
             try:
-                await _start(parts, nats=nats, port=port, data_dir=data_dir, actors=actors,
-                             ready=ready, edge_port=edge_port)
+                await _run(parts, nats=nats, port=port, data_dir=data_dir, actors=actors,
+                           ready=ready, edge_port=edge_port)
             finally:
                 print("vagent: stopping (finishing in-flight events)…", flush=True)
     finally:
         print("vagent: stopped", flush=True)
 
 
-async def _start(parts: Host, *, nats: str | None, port: int, data_dir: Path, actors: list[str],
-                 ready: asyncio.Event | None, edge_port: int | None) -> None:
+async def _run(parts: Host, *, nats: str | None, port: int, data_dir: Path, actors: list[str],
+               ready: asyncio.Event | None, edge_port: int | None) -> None:
     """Start every part, each stopped on the way out even if a later one failed to start;
     then run until a stop signal or an actor's death."""
     server: EmbeddedServer | None = None
