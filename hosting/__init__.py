@@ -1,1 +1,1 @@
-"""Running parts of the stack as a process: stop signals, waiting, orderly stop."""
+"""Running parts of the stack as a process: its log lines, stop signals, waiting, orderly stop."""
