@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import msgspec
 
@@ -21,44 +21,62 @@ from bus.subjects import event_type_filter
 from bus.trace import child_traceparent
 from schemas import Event, derived_id
 
+E = TypeVar("E", bound=Event)
+
 
 class Context:
-    """What a handler may do while it handles one event."""
+    """What a handler may do while it handles one event, and what work it started (a
+    session's audio pipeline, its speech) may do later in that event's name. Only event
+    types the actor declares in `emits` get through."""
 
-    def __init__(self, actor: Actor, cause: Event, delivery: Delivery) -> None:
+    def __init__(self, actor: Actor, cause: Event, delivery: Delivery | None = None) -> None:
         self.actor = actor
         self.cause = cause
         self.delivery = delivery
-        self.traceparent = child_traceparent(delivery.traceparent)
+        # Without a delivery (work driven by a session's audio, not by this one event) each
+        # effect starts a trace of its own.
+        self.traceparent = child_traceparent(delivery.traceparent) if delivery else None
         self._emitted = 0
 
-    async def emit(self, event: Event) -> Stored:
+    def next_id(self) -> str:
+        """The id the next emit would get, taken now: an id reserved before a wait does not
+        depend on what else was emitted meanwhile."""
+        event_id = derived_id(self.cause.id, self.actor.name, self._emitted)
+        self._emitted += 1
+        return event_id
+
+    def stamp(self, event: E, *, id: str | None = None, causation_id: str | None = None) -> E:
+        """`event` as this actor emits it: a declared type, with an id derived from the cause
+        (or `id`, made the same way by the caller) and its causation."""
+        if event.type not in self.actor.emits:
+            raise ValueError(f"actor {self.actor.name} does not declare {event.type!r} in emits")
+        return msgspec.structs.replace(event, id=id or self.next_id(),
+                                       causation_id=causation_id or self.cause.id)
+
+    async def emit(self, event: Event, *, id: str | None = None,
+                   causation_id: str | None = None) -> Stored:
         """Append an effect to the log; returns once JetStream has it on disk."""
-        return await self.actor.bus.publish(self._stamped(event), traceparent=self.traceparent)
+        return await self.publish(self.stamp(event, id=id, causation_id=causation_id))
 
     def emit_soon(self, event: Event) -> asyncio.Task[Stored]:
         """`emit` begun now and awaited later, so the append overlaps other work. Numbered
         now: ids still follow the order of the calls."""
-        return asyncio.create_task(self.actor.bus.publish(self._stamped(event),
-                                                          traceparent=self.traceparent))
+        return asyncio.create_task(self.publish(self.stamp(event)))
 
-    def _stamped(self, event: Event) -> Event:
-        if event.type not in self.actor.emits:
-            raise ValueError(f"actor {self.actor.name} does not declare {event.type!r} in emits")
-        event = msgspec.structs.replace(
-            event, id=derived_id(self.cause.id, self.actor.name, self._emitted),
-            causation_id=self.cause.id,
-        )
-        self._emitted += 1
-        return event
+    async def publish(self, stamped: Event) -> Stored:
+        """Append an event `stamp` made (an outbox that keeps a session's effects in order)."""
+        return await self.actor.bus.publish(stamped, traceparent=self.traceparent)
 
-    async def live(self, event: Event) -> None:
+    async def live(self, event: Event, *, causation_id: str | None = None) -> None:
         """Publish a derivable, live-only event (token deltas, partial transcripts)."""
-        await self.actor.bus.publish_live(msgspec.structs.replace(event, causation_id=self.cause.id))
+        await self.actor.bus.publish_live(
+            msgspec.structs.replace(event, causation_id=causation_id or self.cause.id))
 
     async def history(self) -> list[Entry]:
         """The cause's aggregate log, up to and including the cause."""
         entries, _ = await self.actor.log.load(self.cause.aggregate, self.cause.aggregate_id)
+        if self.delivery is None:
+            return entries
         return [e for e in entries if e.seq <= self.delivery.seq]
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import re
 import time
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from actors.asr.engine import AsrError, Recognition
 from actors.asr.vad import Boundary, Segmenter, SpeechAudio, SpeechStart, SpeechStop
+from actors.base import Context
 from audio.decode import AudioDecodeError, Decoder
 from bus.blobs import put_pcm
 from bus.client import Message, Subscription
@@ -52,7 +52,6 @@ from schemas import (
     TtsStopped,
     TurnInterrupted,
     decode,
-    derived_id,
     new_id,
 )
 
@@ -92,12 +91,14 @@ class SessionPipeline:
         self.engine = actor.engine
         self.settings = actor.settings
         self.started = started
+        # Ids follow from session.started and a per-session count, so a second pass over the
+        # same audio re-emits the same ids; no delivery: each effect starts a trace of its own.
+        self.ctx = Context(actor, started)
         self.session_id = started.session_id
         self.params = started.audio_in or AudioParams()
         self.queue: asyncio.Queue[tuple[str, bytes | Event]] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
         self._subs: list[Subscription] = []
-        self._ids = itertools.count()
         self._cause = started.id  # the latest listen.started, else session.started
         self._decoder: Decoder | None = None  # made on the first frame: text sessions need none
         self._segmenter: Segmenter | None = None
@@ -208,9 +209,9 @@ class SessionPipeline:
             await self._speech_stopped(boundary)
 
     async def _speech_started(self, start: SpeechStart) -> None:
-        event = SpeechStarted(id=self._next_id(), session_id=self.session_id,
-                              causation_id=self._cause, audio_ms=start.start_ms)
-        await self.bus.publish(event)
+        event = self.ctx.stamp(SpeechStarted(session_id=self.session_id, audio_ms=start.start_ms),
+                               causation_id=self._cause)
+        await self.ctx.publish(event)
         utterance = _Utterance(event, start.audio_start_ms, bytearray(start.audio))
         self._utterance = utterance
         try:
@@ -230,18 +231,18 @@ class SessionPipeline:
         recognition = utterance.recognition
         final_text = (asyncio.create_task(recognition.finish()) if recognition is not None
                       else None)
-        stopped_id = self._next_id()
-        final_id = self._next_id()  # reserved now, so ids do not depend on timing
+        stopped_id = self.ctx.next_id()
+        final_id = self.ctx.next_id()  # reserved now, so ids do not depend on timing
         name = f"{self.session_id}/in/{utterance.started.id}.pcm"
         blob: BlobRef | None = None
         try:
             blob = await put_pcm(self.bus, name, bytes(utterance.audio))
         except Exception as exc:  # the transcript matters more than the recording
             await self._error("audio_not_stored", f"{type(exc).__name__}: {exc}", retryable=True)
-        stopped = SpeechStopped(id=stopped_id, session_id=self.session_id,
-                                causation_id=utterance.started.id, audio_ms=stop.stop_ms,
-                                duration_ms=stop.stop_ms - stop.start_ms, audio=blob)
-        await self.bus.publish(stopped)
+        stopped = self.ctx.stamp(SpeechStopped(session_id=self.session_id, audio_ms=stop.stop_ms,
+                                               duration_ms=stop.stop_ms - stop.start_ms, audio=blob),
+                                 id=stopped_id, causation_id=utterance.started.id)
+        await self.ctx.publish(stopped)
         # A short sound over the assistant's voice is not a turn (see the module doc).
         ignored = self._speaking is not None and not utterance.barged_in
         previous = self._finals
@@ -267,11 +268,11 @@ class SessionPipeline:
                     "session": self.session_id, "text": text,
                     "reason": "over_assistant" if ignored else "no_words"})
                 return
-            await self.bus.publish(TranscriptFinal(
-                id=final_id, session_id=self.session_id, causation_id=stopped.id, text=text,
+            await self.ctx.emit(TranscriptFinal(
+                session_id=self.session_id, text=text,
                 language=self.engine.language, provider=self.engine.provider,
                 audio=stopped.audio, speech_started_ts=utterance.started.ts,
-                speech_stopped_ts=stopped.ts))
+                speech_stopped_ts=stopped.ts), id=final_id, causation_id=stopped.id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -281,9 +282,8 @@ class SessionPipeline:
     def _partial(self, utterance: _Utterance, text: str) -> None:
         if utterance.closed:
             return
-        event = TranscriptPartial(id=new_id(), session_id=self.session_id,
-                                  causation_id=utterance.started.id, text=text)
-        task = asyncio.create_task(self.bus.publish_live(event))
+        event = TranscriptPartial(id=new_id(), session_id=self.session_id, text=text)
+        task = asyncio.create_task(self.ctx.live(event, causation_id=utterance.started.id))
         utterance.partials.add(task)
         task.add_done_callback(utterance.partials.discard)
 
@@ -298,9 +298,9 @@ class SessionPipeline:
         if speech_ms < self.settings.barge_in_min_ms:
             return
         utterance.barged_in = True
-        await self.bus.publish(TurnInterrupted(
-            id=self._next_id(), session_id=self.session_id, turn_id=self._speaking.turn_id,
-            causation_id=utterance.started.id, reason="barge_in"))
+        await self.ctx.emit(TurnInterrupted(
+            session_id=self.session_id, turn_id=self._speaking.turn_id, reason="barge_in"),
+            causation_id=utterance.started.id)
 
     async def _drop_utterance(self) -> None:
         utterance, self._utterance = self._utterance, None
@@ -345,10 +345,7 @@ class SessionPipeline:
 
     async def _error(self, code: str, message: str, *, retryable: bool = False) -> None:
         with contextlib.suppress(Exception):  # reporting must not fail the pipeline
-            await self.bus.publish(Error(id=self._next_id(), session_id=self.session_id,
-                                         causation_id=self._cause, code=code, message=message,
-                                         retryable=retryable, source=self.actor.name))
-
-    def _next_id(self) -> str:
-        return derived_id(self.started.id, self.actor.name, next(self._ids))
+            await self.ctx.emit(Error(session_id=self.session_id, code=code, message=message,
+                                      retryable=retryable, source=self.actor.name),
+                                causation_id=self._cause)
 

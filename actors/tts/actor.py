@@ -136,7 +136,7 @@ class Tts(Actor):
         # Acknowledged once queued, before it is spoken: a crash loses the rest of this
         # sentence's audio instead of replaying it late. Live audio is useless late, and a
         # redelivered sentence would speak over the next turn.
-        speaker.say(turn_id, Sentence(event.id, event.index, text, synthesis, ctx.traceparent))
+        speaker.say(turn_id, Sentence(event.id, event.index, text, synthesis, ctx))
         if event.turn_id is None:
             speaker.end(turn_id, event.id)  # a sentence of no turn is a whole utterance
 

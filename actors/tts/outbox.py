@@ -7,20 +7,20 @@ import asyncio
 import contextlib
 import logging
 
-from bus.client import Bus
+from actors.base import Context
 from schemas import Event
 
 log = logging.getLogger("vagent.tts")
 
 
 class Outbox:
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
-        self._queue: asyncio.Queue[tuple[Event, str | None]] = asyncio.Queue()
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[tuple[Context, Event]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
-    def post(self, event: Event, traceparent: str | None = None) -> None:
-        self._queue.put_nowait((event, traceparent))
+    def post(self, ctx: Context, stamped: Event) -> None:
+        """Append `stamped` (made by `ctx.stamp`) after everything posted before it."""
+        self._queue.put_nowait((ctx, stamped))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="tts-outbox")
 
@@ -37,10 +37,10 @@ class Outbox:
     async def _run(self) -> None:
         # Ends when the queue is empty; post() starts another: idle sessions hold no task.
         while not self._queue.empty():
-            event, traceparent = self._queue.get_nowait()
+            ctx, event = self._queue.get_nowait()
             try:
                 # Ids are derived from the causing event: a retried publish is stored once.
-                await self.bus.publish(event, traceparent=traceparent)
+                await ctx.publish(event)
             except Exception as exc:  # the sound went out regardless; the log misses one fact
                 log.error("tts event not stored", extra={"event": event.type,
                                                          "aggregate": event.aggregate_id,

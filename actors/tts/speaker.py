@@ -18,6 +18,7 @@ from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
+from actors.base import Context
 from actors.dialogue.sentences import clip
 from actors.tts.outbox import Outbox
 from actors.tts.synth import Synthesis, SynthesisFailed, Synthesizer
@@ -42,8 +43,9 @@ LEAD_FRAMES = 2  # frames the client may hold beyond the one playing: jitter mar
 TURN_IDLE = 120.0  # seconds without a sentence or the final message: the turn is over
 PIECE_SECONDS = 0.25  # audio encoded per step, so frames flow while the rest is encoded
 STORE_TIMEOUT = 5.0  # seconds to store a turn's recording before tts.stopped goes without it
-# Slots of derived_id(cause, actor, n) for events emitted outside handle();
-# ctx.emit inside handle() uses 0, 1, …
+# Slots of derived_id(cause, actor, n) for events emitted after handle() returned (their
+# cause may be a later sentence, the interruption or the final message); ctx.emit inside
+# handle() uses 0, 1, …
 STARTED, SENTENCE, STOPPED, FAILED = 10, 11, 12, 13
 
 
@@ -53,7 +55,7 @@ class Sentence:
     index: int
     text: str
     synthesis: Synthesis  # its chunks are also the turn's recording (no second copy)
-    traceparent: str | None = None
+    ctx: Context  # of its assistant.sentence: what the turn's tts events are emitted through
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ class Speaker:
         self.synthesizer: Synthesizer | None = None  # the session assistant's voice, once chosen
         self.params: AudioParams | None = None  # the session's audio_out, once read
         self.params_error: str | None = None
-        self.outbox = Outbox(bus)
+        self.outbox = Outbox()
         self.turns: deque[Turn] = deque()  # [0] speaks; later ones wait (already halted, or new)
         self.closed: deque[str] = deque(maxlen=64)  # turns done or interrupted: late sentences drop
         self.clipped: deque[str] = deque(maxlen=64)  # turns that reached the limit per turn
@@ -348,6 +350,5 @@ class Speaker:
     def _emit(self, event: SessionEvent, sentence: Sentence, slot: int, *,
               cause: str | None = None) -> None:
         cause = cause or sentence.event_id
-        event.id = derived_id(cause, self.actor, slot)
-        event.causation_id = cause
-        self.outbox.post(event, sentence.traceparent)
+        self.outbox.post(sentence.ctx, sentence.ctx.stamp(
+            event, id=derived_id(cause, self.actor, slot), causation_id=cause))
