@@ -63,8 +63,10 @@ async def start_asr(bus: Bus, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
         await host.stop()
 
 
-async def open_session(bus: Bus, asr: Asr, params: AudioParams = OPUS_16K) -> SessionStarted:
-    started = SessionStarted(session_id="a" + new_id(), transport="test", audio_in=params)
+async def open_session(bus: Bus, asr: Asr, params: AudioParams = OPUS_16K,
+                       assistant_id: str | None = None) -> SessionStarted:
+    started = SessionStarted(session_id="a" + new_id(), transport="test", audio_in=params,
+                             assistant_id=assistant_id)
     await bus.publish(started)
     async with asyncio.timeout(10):
         while started.session_id not in asr.sessions:  # the worker has claimed it

@@ -10,6 +10,7 @@ import pytest
 from actors.asr.engine import make_engine
 from actors.asr.engine_deepgram import DeepgramEngine
 from actors.asr.settings import AsrSettings, DeepgramSettings
+from actors.assistant import AssistantProfile
 from bus.client import Bus
 from schemas import Error, SpeechStopped, TranscriptFinal
 from tests import test_asr_actor
@@ -123,3 +124,32 @@ async def test_deepgram_failing_is_an_error_event_not_a_crash(bus: Bus, start_as
     events = await wait_for(bus, sid, lambda ev: len(of(TranscriptFinal, ev)) == 1)
     assert of(TranscriptFinal, events)[0].text == TEXT
     assert len(of(Error, await events_of(bus, sid))) == 1
+
+
+async def test_the_assistant_s_asr_choice_is_honoured(bus: Bus, start_asr: Start,
+                                                      deepgram: DeepgramServer,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a worker whose default is moonshine, a session of an assistant that names deepgram
+    is heard by deepgram; one whose choice cannot be loaded, and one of no assistant, by
+    moonshine."""
+    asr = await start_asr(DEEPGRAM_API_KEY="test-key", VAGENT_DEEPGRAM_URL=deepgram.url,
+                          VAGENT_ASR_ENGINE="moonshine")
+    assert asr.engine.provider == "moonshine"
+    profiles = {"cloud": AssistantProfile(assistant_id="cloud", asr="deepgram"),
+                "odd": AssistantProfile(assistant_id="odd", asr="whisper")}
+
+    async def get(assistant_id: str) -> AssistantProfile | None:
+        return profiles.get(assistant_id)
+
+    monkeypatch.setattr(asr.assistants, "get", get)
+    sessions = [await open_session(bus, asr, assistant_id=a) for a in ("cloud", "odd", None)]
+    await asyncio.gather(*(stream(bus, s.session_id, frames("kitchen_lights"), speed=10.0)
+                           for s in sessions))
+    finals = []
+    for started in sessions:
+        events = await wait_for(bus, started.session_id, lambda ev: bool(of(TranscriptFinal, ev)))
+        (final,) = of(TranscriptFinal, events)
+        finals.append(final)
+    assert [f.provider for f in finals] == ["deepgram", "moonshine", "moonshine"]
+    assert finals[0].text == TEXT and len(deepgram.connections) == 1
+    assert list(asr.engines) == ["deepgram"]

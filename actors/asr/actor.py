@@ -7,7 +7,9 @@ and runs the session's pipeline (`actors.asr.session`) until `session.ended`; th
 handler itself returns at once, so the consumer acks and moves on.
 
 Models load once in `setup()`: moonshine tiny-en (or a Deepgram client when a key is
-configured) for every session, and one small silero state per session.
+configured) for every session, and one small silero state per session. A session whose
+assistant names another engine (its `asr` setting) is transcribed by that one, loaded
+the first time it is wanted and shared by every session that wants it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import ClassVar
 from actors.asr.engine import Engine, make_engine
 from actors.asr.session import SessionPipeline
 from actors.asr.settings import AsrSettings
+from actors.assistant import AssistantDirectory
 from actors.base import Actor, Context
 from schemas import Event, SessionStarted
 
@@ -39,6 +42,9 @@ class Asr(Actor):
         self.settings = AsrSettings.from_env()
         self.engine = make_engine(self.settings)
         await self.engine.load()
+        self.engines: dict[str, Engine] = {}  # assistants' own choices
+        self._loading = asyncio.Lock()
+        self.assistants = AssistantDirectory(self.bus)
         self.sessions: dict[str, SessionPipeline] = {}
         log.info("asr ready", extra={"engine": self.engine.provider})
 
@@ -46,6 +52,33 @@ class Asr(Actor):
         pipelines, self.sessions = list(self.sessions.values()), {}
         await asyncio.gather(*(p.stop() for p in pipelines), return_exceptions=True)
         await self.engine.close()
+        for engine in self.engines.values():
+            await engine.close()
+
+    async def engine_for(self, started: SessionStarted) -> Engine:
+        """The session's assistant's ASR engine; the default one when it names none or its
+        own cannot be loaded."""
+        try:
+            profile = await self.assistants.for_events([started])
+        except Exception as exc:  # the session is heard all the same, by the default engine
+            log.warning("assistant not read: using the default ASR engine",
+                        extra={"session": started.session_id, "error": repr(exc)})
+            return self.engine
+        name = profile.asr if profile is not None else None
+        if profile is None or name is None or name == self.engine.provider:
+            return self.engine
+        async with self._loading:  # two sessions at once load a model once
+            if name not in self.engines:
+                try:
+                    engine = make_engine(self.settings, name)
+                    await engine.load()
+                except Exception as exc:
+                    log.error("cannot load the assistant's ASR engine: using the default",
+                              extra={"assistant_id": profile.assistant_id, "asr": name,
+                                     "error": str(exc)})
+                    return self.engine
+                self.engines[name] = engine
+        return self.engines[name]
 
     async def handle(self, event: Event, ctx: Context) -> None:
         if not isinstance(event, SessionStarted):

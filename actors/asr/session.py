@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING
 from actors.asr.engine import AsrError, Recognition
 from actors.asr.vad import Boundary, Segmenter, SpeechAudio, SpeechStart, SpeechStop
 from actors.base import Context
+from actors.watch import Watch
 from audio.decode import AudioDecodeError, Decoder
 from bus.blobs import put_pcm
 from bus.client import Message, Subscription
-from bus.subjects import audio_in, session_events
+from bus.subjects import audio_in
 from schemas import (
     AudioParams,
     BlobRef,
-    DecodeError,
     Error,
     Event,
     ListenStarted,
@@ -51,7 +51,6 @@ from schemas import (
     TtsStarted,
     TtsStopped,
     TurnInterrupted,
-    decode,
     new_id,
 )
 
@@ -98,7 +97,8 @@ class SessionPipeline:
         self.params = started.audio_in or AudioParams()
         self.queue: asyncio.Queue[tuple[str, bytes | Event]] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
-        self._subs: list[Subscription] = []
+        self._frames: Subscription | None = None
+        self._watch: Watch | None = None
         self._cause = started.id  # the latest listen.started, else session.started
         self._decoder: Decoder | None = None  # made on the first frame: text sessions need none
         self._segmenter: Segmenter | None = None
@@ -112,16 +112,13 @@ class SessionPipeline:
     # --- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._subs = [
-            await self.bus.subscribe(audio_in(self.session_id), self._on_audio),
-            await self.bus.subscribe(session_events(self.session_id), self._on_event),
-        ]
+        self._frames = await self.bus.subscribe(audio_in(self.session_id), self._on_audio)
+        self._watch = await Watch(self.bus, STEERING, self._on_event,
+                                  session_id=self.session_id).start()
         self.task = asyncio.create_task(self._run(), name=f"asr:{self.session_id}")
 
     async def stop(self) -> None:
-        for sub in self._subs:
-            await sub.stop()
-        self._subs = []
+        await self._unsubscribe()
         if self.task is not None and self.task is not asyncio.current_task():
             self.task.cancel()
             with contextlib.suppress(BaseException):
@@ -133,16 +130,21 @@ class SessionPipeline:
     async def _on_audio(self, msg: Message) -> None:
         self.queue.put_nowait(("audio", msg.data))
 
-    async def _on_event(self, msg: Message) -> None:
-        if msg.subject.rpartition(".evt.")[2] not in STEERING:
-            return
-        try:
-            self.queue.put_nowait(("event", decode(msg.data)))
-        except DecodeError:
-            return
+    async def _on_event(self, event: Event) -> None:
+        self.queue.put_nowait(("event", event))
+
+    async def _unsubscribe(self) -> None:
+        audio, self._frames = self._frames, None
+        watch, self._watch = self._watch, None
+        if audio is not None:
+            await audio.stop()
+        if watch is not None:
+            await watch.stop()
 
     async def _run(self) -> None:
         try:
+            # Audio waits in the queue meanwhile: nothing said while the engine loads is lost.
+            self.engine = await self.actor.engine_for(self.started)
             while True:
                 try:
                     # Not wait_for: on Python 3.11 it can swallow the cancellation stop()
@@ -167,9 +169,7 @@ class SessionPipeline:
                     await self._error("asr_failed", f"{type(exc).__name__}: {exc}", retryable=True)
         finally:
             await self._drop_utterance()
-            for sub in self._subs:
-                await sub.stop()
-            self._subs = []
+            await self._unsubscribe()
 
     # --- audio ------------------------------------------------------------------------
 

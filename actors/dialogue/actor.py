@@ -44,15 +44,14 @@ from actors.dialogue.sentences import SentenceSplitter
 from actors.dialogue.toolcall_adapter import ToolTextGuard, repair
 from actors.tools.catalog import catalog
 from actors.tools.spec import ToolSpec, openai_tool
-from bus.client import Bus, Message, Subscription
+from actors.watch import Watch
+from bus.client import Bus
 from bus.errors import BusError, ConflictError
 from bus.log import Entry
-from bus.subjects import event_type_filter
 from schemas import (
     AssistantDelta,
     AssistantMessage,
     AssistantSentence,
-    DecodeError,
     Error,
     Event,
     SessionEnded,
@@ -66,7 +65,6 @@ from schemas import (
     TurnStarted,
     Usage,
     UserText,
-    decode,
     derived_id,
 )
 from settings.config import ProviderConfig, load
@@ -238,24 +236,16 @@ class Dialogue(Actor):
         self._catalog_expires = 0.0
         # Inputs are seen here as soon as they are stored, while this session's previous
         # event may still be in the handler: that is how a new input interrupts a turn.
-        self._watch: list[Subscription] = [
-            await self.bus.subscribe(event_type_filter("session", t), self._watcher)
-            for t in ("user.text", "transcript.final", "turn.interrupted")
-        ]
+        self._watch = await Watch(self.bus, ("user.text", "transcript.final", "turn.interrupted"),
+                                  self._watched).start()
 
     async def teardown(self) -> None:
-        for sub in self._watch:
-            await sub.stop()
+        await self._watch.stop()
         await self.chain.close()
 
-    async def _watcher(self, msg: Message) -> None:
-        """A hint that the running turn may be over. Core NATS delivers a publish to
-        subscribers whether or not JetStream stores it, and may do so before it does: the
-        stream is cut only once the log shows what ended the turn (`_confirm`)."""
-        try:
-            event = decode(msg.data)
-        except DecodeError:
-            return
+    async def _watched(self, event: Event) -> None:
+        """A hint that the running turn may be over: the stream is cut only once the log
+        shows what ended the turn (`_confirm`)."""
         run = self.runs.get(getattr(event, "session_id", ""))
         if run is None or (run.checking is not None and not run.checking.done()):
             return

@@ -29,20 +29,17 @@ from actors.tts.cache import AudioCache
 from actors.tts.providers import TtsProvider, open_provider
 from actors.tts.speaker import Sentence, Speaker
 from actors.tts.synth import MAX_CHARS, Synthesizer
+from actors.watch import Watch
 from audio.encode import DEFAULT_OUT, check_params
-from bus.client import Message, Subscription
-from bus.subjects import event_type_filter
 from schemas import (
     AssistantMessage,
     AssistantSentence,
     AudioParams,
-    DecodeError,
     Error,
     Event,
     SessionEnded,
     SessionStarted,
     TurnInterrupted,
-    decode,
 )
 
 log = logging.getLogger("vagent.tts")
@@ -70,24 +67,18 @@ class Tts(Actor):
         self.speakers: OrderedDict[str, Speaker] = OrderedDict()
         self.voices: dict[tuple[str, str | None], Synthesizer] = {}  # assistants' own voices
         self.assistants = AssistantDirectory(self.bus)
-        self._watch: list[Subscription] = [
-            await self.bus.subscribe(event_type_filter("session", kind), self._watcher)
-            for kind in ("turn.interrupted", "session.ended")]
+        self._watch = await Watch(self.bus, ("turn.interrupted", "session.ended"),
+                                  self._watched).start()
 
     async def teardown(self) -> None:
-        for sub in self._watch:
-            await sub.stop()
+        await self._watch.stop()
         await asyncio.gather(*(speaker.close() for speaker in self.speakers.values()))
         await self.provider.close()
         for voice in self.voices.values():
             await voice.provider.close()
         self.encode_pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _watcher(self, msg: Message) -> None:
-        try:
-            event = decode(msg.data)
-        except DecodeError:
-            return
+    async def _watched(self, event: Event) -> None:
         if isinstance(event, TurnInterrupted):
             self._speaker(event.session_id).interrupt(event.turn_id, event.id, event.ts)
         elif (isinstance(event, SessionEnded) and event.session_id in self.speakers
