@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 
-import duckdb
 import msgspec
 
 from bus.client import Bus
@@ -71,7 +70,7 @@ class AssistantDirectory:
         try:
             columns, rows = await run_query(self.bus, data_dir(), "assistant_settings",
                                             {"assistant_id": assistant_id}, fresh=fresh)
-        except (QueryError, OSError, duckdb.Error) as exc:  # e.g. the file is another's to write
+        except QueryError as exc:  # no service answers and the file cannot be read either
             if not self._warned:
                 self._warned = True
                 log.warning("no assistants read model: using the configured defaults",

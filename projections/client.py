@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from bus.client import Bus
 from bus.errors import BusError
 from bus.subjects import query as query_subject
@@ -46,8 +48,11 @@ async def run_query(bus: Bus | None, data_dir: Path, name: str, params: dict[str
     path = store_path(data_dir)
     if not path.exists():
         raise QueryError(f"no read store at {path}: run `vagent up` or `vagent projections rebuild`")
-    store = ReadStore(path, [], read_only=True)
     try:
-        return store.query(sql, params)
-    finally:
-        store.close()
+        store = ReadStore(path, [], read_only=True)
+        try:
+            return store.query(sql, params)
+        finally:
+            store.close()
+    except (OSError, duckdb.Error) as exc:  # e.g. the file is locked by another process's writer
+        raise QueryError(f"cannot read {path}: {exc}") from exc

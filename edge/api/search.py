@@ -23,30 +23,29 @@ MAX_HITS = 50
 def _import_knowledge() -> ModuleType:
     # Imported here rather than at the top: LanceDB and onnxruntime take seconds to import,
     # and the edge starts serving without them.
-    import projections.knowledge.search
-    import projections.knowledge.store
-    return projections.knowledge
+    from projections.knowledge import search
+
+    return search
 
 
 async def _knowledge() -> ModuleType:
-    """projections.knowledge (its search and store), imported off the event loop the first
-    time so the edge keeps serving meanwhile."""
+    """The knowledge base's read side (projections.knowledge.search), imported off the event
+    loop the first time so the edge keeps serving meanwhile."""
     return await asyncio.to_thread(_import_knowledge)
 
 
 async def chunks(services: Services, document_id: str, owner_id: str | None) -> list[dict[str, Any]]:
     """A document's chunks in order (document_id, chunk_index, heading, text); only the
     owner's, whatever the caller checked before."""
-    chunk_store = (await _knowledge()).store.store(services.data_dir)
-    found = await asyncio.to_thread(chunk_store.document_chunks, document_id)
-    return [c for c in found if c["owner_id"] == (owner_id or "")]
+    knowledge = await _knowledge()
+    return await knowledge.document_chunks(document_id, owner_id=owner_id, data_dir=services.data_dir)
 
 
 async def hits(services: Services, query: str, owner_id: str | None, document_ids: list[str] | None,
                limit: int) -> list[SearchHit]:
     knowledge = await _knowledge()
-    found = await knowledge.search.search(query, owner_id=owner_id, document_ids=document_ids,
-                                          limit=limit, data_dir=services.data_dir)
+    found = await knowledge.search(query, owner_id=owner_id, document_ids=document_ids,
+                                   limit=limit, data_dir=services.data_dir)
     return [SearchHit(document_id=h.document_id, title=h.title, chunk_index=h.chunk_index,
                       heading=h.heading, text=h.text, score=float(h.score)) for h in found]
 

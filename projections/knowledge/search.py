@@ -1,4 +1,5 @@
-"""Hybrid search over the chunk table: vector top-k (MiniLM cosine) and full-text top-k
+"""The knowledge base's read side: hybrid search over the chunk table (and a document's
+chunks in order). Hybrid search: vector top-k (MiniLM cosine) and full-text top-k
 (LanceDB's BM25 index) fused by reciprocal rank fusion.
 
 Always scoped to one owner: chunks of other users are filtered out inside LanceDB
@@ -78,6 +79,14 @@ def search_sync(query: str, *, owner_id: str | None, document_ids: list[str] | N
     vector = embedder().embed_one(query)
     nearest = nearest_query(store(data_dir), table, vector, where, k, exact=exact)
     return fuse([nearest.to_list(), _fts(table, query, where, k)], limit)
+
+
+async def document_chunks(document_id: str, *, owner_id: str | None,
+                          data_dir: Path | None = None) -> list[dict[str, Any]]:
+    """A document's chunks in order (document_id, owner_id, title, chunk_index, heading,
+    text); only `owner_id`'s, whatever the caller checked before."""
+    found = await asyncio.to_thread(store(data_dir).document_chunks, document_id)
+    return [c for c in found if c["owner_id"] == (owner_id or "")]
 
 
 def nearest_query(chunks: ChunkStore, table: Any, vector: np.ndarray, where: str, k: int, *,

@@ -8,13 +8,6 @@ zero read-consistency interval sees every commit made by another process.
 
 from __future__ import annotations
 
-import os
-
-# lance logs warnings (deprecations, "no existing dataset") on stderr by default; 0.40 reads
-# LANCEDB_LOG (DESIGN.md names LANCE_LOG: set both).
-os.environ.setdefault("LANCEDB_LOG", os.environ.get("LANCE_LOG", "error"))
-os.environ.setdefault("LANCE_LOG", "error")
-
 import datetime
 import logging
 import threading
