@@ -32,7 +32,7 @@ from bus.client import Bus, Message
 from bus.consumer import ConsumerRunner, ConsumerSpec
 from bus.errors import BusError
 from bus.server import config_path
-from bus.subjects import session_events
+from bus.subjects import session_events, subject_of
 from schemas import Event, TurnStarted, UserText, derived_id, new_id
 
 log = logging.getLogger("vagent.bench")
@@ -137,7 +137,7 @@ async def _hops(bus: Bus, session_id: str, durable: str, hops: int) -> list[floa
     actor = _Echo(bus)
     # Only this bench session's inputs, and the output type is not among them: no feedback loop.
     spec = ConsumerSpec(stream=STREAM, durable=durable,
-                        subjects=(UserText(session_id=session_id, text="").subject(),))
+                        subjects=(subject_of(UserText(session_id=session_id, text="")),))
     runner = ConsumerRunner(bus, spec, actor.on_event, name="bench")
     waiting: dict[str, asyncio.Future[None]] = {}
 
@@ -147,7 +147,7 @@ async def _hops(bus: Bus, session_id: str, durable: str, hops: int) -> list[floa
         if future is not None and not future.done():
             future.set_result(None)
 
-    sub = await bus.subscribe(TurnStarted(session_id=session_id).subject(), seen)
+    sub = await bus.subscribe(subject_of(TurnStarted(session_id=session_id)), seen)
     await bus.flush()  # the subscription is live on the server before the first hop
     task = asyncio.create_task(runner.run())
     loop = asyncio.get_running_loop()

@@ -24,7 +24,7 @@ from nats.js import api
 from bus import streams
 from bus.config import nats_url, replicas
 from bus.errors import BatchError, BusError, ConflictError
-from bus.subjects import aggregate_events, live
+from bus.subjects import aggregate_events, live, subject_of
 from bus.trace import new_traceparent
 from schemas import Event, encode
 
@@ -199,7 +199,7 @@ class Bus:
                       timeout: float = 15.0) -> Stored:
         """Append `event` to its aggregate's log; safe to retry (deduplicated by event id)."""
         headers = {api.Header.MSG_ID: event.id, "traceparent": traceparent or new_traceparent()}
-        return await self._publish_js(event.subject(), encode(event), headers, timeout)
+        return await self._publish_js(subject_of(event), encode(event), headers, timeout)
 
     async def append(self, event: Event, expected_last_seq: int, *,
                      traceparent: str | None = None, timeout: float = 15.0) -> Stored:
@@ -215,7 +215,7 @@ class Bus:
                 aggregate_events(event.aggregate, event.aggregate_id),
         }
         try:
-            return await self._publish_js(event.subject(), encode(event), headers, timeout)
+            return await self._publish_js(subject_of(event), encode(event), headers, timeout)
         except nats.js.errors.APIError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
                 # A retry of an append that was stored but whose ack was lost finds its own
@@ -223,7 +223,7 @@ class Bus:
                 stored = await self._stored_last(event)
                 if stored is not None:
                     return stored
-                raise ConflictError(event.subject(), expected_last_seq,
+                raise ConflictError(subject_of(event), expected_last_seq,
                                     exc.description or "") from None
             raise
 
@@ -272,7 +272,7 @@ class Bus:
                     headers[api.Header.BATCH_COMMIT] = "1"
                 # The first message asks for a reply so a refused batch fails fast.
                 reply = inbox if n in (1, len(events)) else ""
-                await self.nc.publish(event.subject(), encode(event), reply=reply, headers=headers)
+                await self.nc.publish(subject_of(event), encode(event), reply=reply, headers=headers)
             deadline = time.monotonic() + timeout
             while True:
                 remaining = deadline - time.monotonic()
@@ -292,7 +292,7 @@ class Bus:
                         raise nats.js.errors.APIError.from_error(answer["error"])
                 except nats.js.errors.APIError as exc:
                     if exc.err_code == WRONG_LAST_SEQUENCE:
-                        raise ConflictError(events[0].subject(), expected_last_seq or 0,
+                        raise ConflictError(subject_of(events[0]), expected_last_seq or 0,
                                             exc.description or "") from None
                     raise BatchError(f"batch {batch_id} rejected: {exc.description}") from None
                 if "batch" not in answer:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from schemas import check_token
+from schemas import Event, check_token
 
 PREFIX = "vagent"
 
@@ -42,6 +42,12 @@ def audio_out(session_id: str) -> str:
 def aggregate_events(aggregate: str, aggregate_id: str = "*") -> str:
     """Wildcard over one aggregate's log (or every aggregate's of that kind, by default)."""
     return f"{PREFIX}.{aggregate}.{_id(aggregate_id)}.evt.>"
+
+
+def subject_of(event: Event) -> str:
+    """The subject an event is stored under: its aggregate's log, one subject per type."""
+    aggregate_id = check_token(event.aggregate + " id", event.aggregate_id)
+    return f"{PREFIX}.{event.aggregate}.{aggregate_id}.evt.{event.type}"
 
 
 def event_subject(aggregate: str, aggregate_id: str, event_type: str) -> str:

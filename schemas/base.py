@@ -46,10 +46,6 @@ class Event(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True):
     def aggregate_id(self) -> str:
         raise NotImplementedError
 
-    def subject(self) -> str:
-        aggregate_id = check_token(self.aggregate + " id", self.aggregate_id)
-        return f"vagent.{self.aggregate}.{aggregate_id}.evt.{self.type}"
-
 
 class SessionEvent(Event, kw_only=True):
     aggregate: ClassVar[str] = "session"

@@ -11,6 +11,7 @@ from actors.runtime import ActorHost
 from bus.client import Bus
 from bus.health import health
 from bus.log import Entry, load
+from bus.subjects import subject_of
 from bus.trace import new_traceparent, trace_id
 from devservers.echo_llm import OpenAIServer
 from schemas import UserText, encode, new_id
@@ -42,7 +43,7 @@ async def test_trace_and_cause_travel_with_every_emitted_event(bus: Bus, dialogu
     question = UserText(session_id=s, text="hi")
     traceparent = new_traceparent()
     # Published as an integration would, with its own trace context.
-    await bus.js.publish(question.subject(), encode(question),
+    await bus.js.publish(subject_of(question), encode(question),
                          headers={"Nats-Msg-Id": question.id, "traceparent": traceparent})
     entries = await until_types(bus, s, 1)
     emitted = [e for e in entries if e.event.id != question.id]  # type: ignore[union-attr]

@@ -76,15 +76,14 @@ async def test_atomic_batch_stores_all_or_nothing(bus: Bus) -> None:
     assert await count(bus, s) == 4
 
 
-async def test_batch_on_a_stream_without_atomic_is_refused(bus: Bus) -> None:
+async def test_batch_on_a_stream_without_atomic_is_refused(bus: Bus,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # DEADLETTER does not allow atomic batches: the refusal surfaces as BatchError, nothing stored.
-    class Advisory(UserText, tag="user.text.test", kw_only=True):
-        def subject(self) -> str:
-            return "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.X.Y"
-
+    monkeypatch.setattr("bus.client.subject_of",
+                        lambda event: "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.X.Y")
     before = (await bus.js.stream_info("DEADLETTER")).state.messages
     with pytest.raises(BatchError):
-        await bus.append_batch([Advisory(session_id="x", text="a"), Advisory(session_id="x", text="b")])
+        await bus.append_batch([UserText(session_id="x", text="a"), UserText(session_id="x", text="b")])
     assert (await bus.js.stream_info("DEADLETTER")).state.messages == before
 
 

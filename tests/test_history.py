@@ -8,6 +8,7 @@ from typing import Any
 
 from actors.dialogue.history import MESSAGE_OVERHEAD_TOKENS, approx_tokens, build_messages
 from bus.log import Entry
+from bus.subjects import subject_of
 from schemas import (
     AssistantMessage,
     Error,
@@ -30,7 +31,7 @@ BIG = 1_000_000  # a budget nothing reaches
 
 
 def log(*events: Event) -> list[Entry]:
-    return [Entry("SESSIONS", seq, event.subject(), {}, encode(event), event)
+    return [Entry("SESSIONS", seq, subject_of(event), {}, encode(event), event)
             for seq, event in enumerate(events, start=1)]
 
 

@@ -19,6 +19,7 @@ from bus.client import Bus
 from bus.consumer import Delivery
 from bus.log import load
 from bus.server import EmbeddedServer
+from bus.subjects import subject_of
 from projections.client import run_query
 from projections.knowledge.store import store
 from projections.runtime import ProjectionService
@@ -202,7 +203,7 @@ async def test_a_redelivered_upload_writes_nothing_twice(
     seq = next(e.seq for e in entries if e.event is not None and e.event.id == doc.id)
     actor = host.actors[0]
     assert isinstance(actor, Indexer)
-    await Actor.on_event(actor, doc, Delivery(stream="DOCS", seq=seq, subject=doc.subject(),
+    await Actor.on_event(actor, doc, Delivery(stream="DOCS", seq=seq, subject=subject_of(doc),
                                               headers={}, num_delivered=2))
     assert chunks.document_chunks(doc.document_id) == before
     indexed = [e for e in await doc_events(mbus, doc.document_id) if isinstance(e, DocumentIndexed)]
@@ -220,7 +221,7 @@ async def test_an_upload_redelivered_after_its_delete_stays_deleted(
             await asyncio.sleep(0.05)
     entries, _ = await load(mbus, "doc", doc.document_id)
     seq = next(e.seq for e in entries if e.event is not None and e.event.id == doc.id)
-    await Actor.on_event(host.actors[0], doc, Delivery(stream="DOCS", seq=seq, subject=doc.subject(),
+    await Actor.on_event(host.actors[0], doc, Delivery(stream="DOCS", seq=seq, subject=subject_of(doc),
                                                        headers={}, num_delivered=3))
     assert chunks.count(f"document_id = '{doc.document_id}'") == 0
 
