@@ -45,7 +45,8 @@ class Proc:
         for line in self.proc.stdout:
             self._queue.put(line.rstrip("\n"))
 
-    def wait_for(self, text: str, timeout: float = 30.0) -> str:
+    # A wait, not a speed goal: loading the speech models alone takes 20-45 s on two busy cores.
+    def wait_for(self, text: str, timeout: float = 120.0) -> str:
         deadline = time.monotonic() + timeout
         for line in self.lines:
             if text in line:
