@@ -49,6 +49,16 @@ async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
         return await reader.read()
 
 
+async def stays_open(api: Api, seconds: float) -> None:
+    """A `/ws` client that speaks at once is still connected `seconds` later."""
+    async with websockets.connect(api.edge.ws_url + "/ws") as ws:
+        await ws.recv()
+        await ws.send(json.dumps({"type": "abort"}))
+        await asyncio.sleep(seconds)
+        await ws.send(json.dumps({"type": "abort"}))
+        await ws.ping()
+
+
 # --- idle and slow connections ----------------------------------------------------------------
 
 async def test_idle_connections_are_closed_and_do_not_block_a_client(
@@ -144,12 +154,7 @@ async def test_a_body_trickled_slowly_is_closed_with_408(module_nats: EmbeddedSe
         r = await api.client.post("/api/v1/auth/login", json={"email": "a@example.com", "password": "x"})
         assert r.status_code == 401, r.text
         # A WebSocket (its upgrade request had no body to wait for) outlives the body timeout.
-        async with websockets.connect(api.edge.ws_url + "/ws") as ws:
-            await ws.recv()
-            await ws.send(json.dumps({"type": "abort"}))
-            await asyncio.sleep(1.5)
-            await ws.send(json.dumps({"type": "abort"}))
-            await ws.ping()
+        await stays_open(api, 1.5)
 
 
 async def test_idle_sockets_count_against_max_connections(
@@ -195,9 +200,4 @@ async def test_a_websocket_that_sends_nothing_is_closed_with_4408(
         assert entries[-1].event is not None and entries[-1].event.type == "session.ended"
 
         # A client that speaks in time stays past the timeout.
-        async with websockets.connect(api.edge.ws_url + "/ws") as ws:
-            await ws.recv()
-            await ws.send(json.dumps({"type": "abort"}))
-            await asyncio.sleep(1.5)
-            await ws.send(json.dumps({"type": "abort"}))
-            await ws.ping()
+        await stays_open(api, 1.5)
