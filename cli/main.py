@@ -623,6 +623,19 @@ def bench_edge(nats: NatsOpt = None,
     print_report(run(run_bench(nats, sessions=sessions, asr=asr), log_level="WARNING"))
 
 
+@bench_app.command("abuse")
+def bench_abuse(nats: NatsOpt = None,
+                rounds: Annotated[int, typer.Option(help="Rounds, half of them under attack.")] = 8,
+                turns: Annotated[int, typer.Option(help="Turns per normal session and round.")] = 10,
+                kinds: Annotated[str, typer.Option(
+                    help="Attacks, comma-separated (default: all).")] = "") -> None:
+    """One anonymous client's worst within the limits: the other sessions' slowdown and the growth."""
+    from benches.abuse import bench_abuse as run_bench
+    from benches.abuse import print_report
+
+    print_report(run(run_bench(nats, rounds=rounds, turns=turns, kinds=kinds), log_level="ERROR"))
+
+
 @bench_app.command("rag")
 def bench_rag(nats: NatsOpt = None,
               index_chunks: Annotated[int, typer.Option(

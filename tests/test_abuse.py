@@ -1,0 +1,43 @@
+"""One anonymous client doing its worst within the edge's connection limits (benches/abuse.py:
+bad frames at the per-connection message rate, reconnecting when closed; idle sockets;
+slowloris heads and trickled bodies) slows the other sessions' turns by at most 10 % and
+grows the process by at most 100 MB.
+
+Not covered, because they do not hold yet (`vagent bench abuse --kinds …` shows them): a
+flood of typed turns of the longest allowed length (`text_flood`, `detect_flood`) starts a
+turn per message and starves the other sessions' turns, and malformed WebRTC offers
+(`webrtc_offers`) slow them by far more than 10 % at little CPU (work that blocks the loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from benches.abuse import measure
+from bus.server import EmbeddedServer
+from devservers.echo_llm import OpenAIServer
+from tests.api_harness import Api, api_config, serve_stack
+
+BOUNDED = frozenset({"bad_frames", "idle", "slowloris", "slow_body"})
+
+
+@pytest.fixture
+async def stack(module_nats: EmbeddedServer, llm: OpenAIServer, tmp_path: Path) -> AsyncIterator[Api]:
+    async with serve_stack(module_nats.url, tmp_path, llm.base_url, ["dialogue"], api_config()) as api:
+        yield api
+
+
+@pytest.mark.slow
+async def test_one_anonymous_client_slows_no_one_and_grows_nothing(stack: Api) -> None:
+    # Baseline and attack rounds interleave (A B B A …) and the medians are over 128 turns
+    # each, so the machine's other load weighs on both alike.
+    figures = await measure(stack.edge.url, stack.services.config.edge, kinds=BOUNDED,
+                            rounds=8, turns=8)
+    print(f"\n{figures.report()}\n{figures.actions}")
+    assert figures.actions.get("bad_frame", 0) > 100 and figures.actions.get("idle_socket", 0) >= 20
+    assert figures.rss_growth_mib <= 100, figures.report()
+    assert figures.attacker_cpu_share <= 0.10, figures.report()
+    assert figures.slowdown <= 0.10, figures.report()
