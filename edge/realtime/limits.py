@@ -1,7 +1,7 @@
 """Per-connection limits and the close codes that explain them.
 
-Close codes: the standard ones where they fit (1001 going away, 1003 unsupported data,
-1008 policy violation, 1009 message too big, 1013 try again later) and 4000 + the HTTP
+Close codes: the standard ones where they fit (1001 going away, 1008 policy
+violation, 1009 message too big, 1013 try again later) and 4000 + the HTTP
 status for refusals the REST API would answer with that status (4401, 4404, 4409, 4410).
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 GOING_AWAY = 1001
-UNSUPPORTED = 1003
 POLICY = 1008
 TOO_BIG = 1009
 TRY_LATER = 1013

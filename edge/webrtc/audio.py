@@ -60,10 +60,6 @@ class DownlinkTrack(MediaStreamTrack):
         """An interrupted turn: what is queued is not said."""
         self._pending.clear()
 
-    @property
-    def queued_ms(self) -> int:
-        return len(self._pending) // 2 * 1000 // DOWNLINK.sample_rate
-
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
