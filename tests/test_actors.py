@@ -75,3 +75,24 @@ async def test_running_actors_report_alive(bus: Bus, dialogue: ActorHost) -> Non
     report = await health(bus, [name, "nobody"])
     assert report.nats and name in report.actors and report.missing == ["nobody"]
     assert not report.ok
+
+
+def test_effects_outside_the_handler_go_through_context_and_its_emits(bus: Bus) -> None:
+    """What the TTS and ASR emit after their handler returned is stamped by a Context too:
+    an undeclared type is refused, an id reserved earlier and another causation are kept."""
+    from actors.base import Context
+    from actors.tts.actor import Tts
+    from schemas import SessionStarted, TranscriptFinal, TtsStarted, derived_id
+
+    started = SessionStarted(session_id="s" + new_id(), transport="test")
+    ctx = Context(Tts(bus), started)
+    assert ctx.traceparent is None  # no delivery: each effect starts a trace of its own
+    with pytest.raises(ValueError, match=r"does not declare 'transcript\.final'"):
+        ctx.stamp(TranscriptFinal(session_id=started.session_id, text="hi"))
+    reserved = ctx.next_id()
+    assert reserved == derived_id(started.id, "tts", 0)
+    event = ctx.stamp(TtsStarted(session_id=started.session_id, turn_id="t1", voice="v"))
+    assert (event.id, event.causation_id) == (derived_id(started.id, "tts", 1), started.id)
+    event = ctx.stamp(TtsStarted(session_id=started.session_id, turn_id="t1", voice="v"),
+                      id=reserved, causation_id="other")
+    assert (event.id, event.causation_id) == (reserved, "other")
