@@ -346,17 +346,15 @@ async def test_a_typed_question_is_answered_aloud(
         await start_tts()
         sid = "t" + new_id()
         frames = await catch_frames(bus, sid)
-        asked = time.monotonic()
+        # How soon the first audio comes is `vagent bench edge`'s to measure, not a test's.
         await bus.publish(UserText(session_id=sid, text="good morning. how are you"))
         await frames.wait(1)
-        first_audio = time.monotonic() - asked
         events = await wait_for(bus, sid, lambda ev: bool(stopped(ev)))
     finally:
         await host.stop()
         settings.load.cache_clear()
     assert [s.text for s in of_type(events, TtsSentence)] == ["You said: good morning.",
                                                              "how are you."]
-    assert first_audio < 2.0
     assert stopped(events)[0].spoken_ms > 1000
 
 
