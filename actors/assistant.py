@@ -16,25 +16,15 @@ from bus.client import Bus
 from bus.config import data_dir
 from bus.log import Entry
 from projections.client import QueryError, run_query
-from schemas import Event, SessionStarted
+from schemas import DEFAULT_ASSISTANT_ID, AssistantSettings, Event, SessionStarted
 
 log = logging.getLogger("vagent.assistant")
-DEFAULT_ASSISTANT_ID = "default"
 CACHE_SECONDS = 5.0
 
 
-class AssistantProfile(msgspec.Struct, kw_only=True):
+class AssistantProfile(AssistantSettings, kw_only=True):
     assistant_id: str
     owner_id: str | None = None
-    name: str = "Assistant"
-    persona: str = ""
-    greeting: str | None = None
-    voice: str | None = None
-    llm: str | None = None
-    asr: str | None = None
-    tts: str | None = None
-    tools: list[str] = msgspec.field(default_factory=list)
-    documents: list[str] = msgspec.field(default_factory=list)
 
 
 def session_assistant_id(events: list[Event | None]) -> str:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from actors.dialogue.llm import wants_local_llm
+from settings.llm import wants_local_llm
 
 if TYPE_CHECKING:
     from settings.config import Config

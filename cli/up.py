@@ -10,7 +10,6 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from actors.dialogue.llm import wants_local_llm
 from actors.dialogue.local_llm import LocalLLMError, LocalLLMServer, Progress
 from actors.runtime import ActorHost
 from bus.client import Bus
@@ -19,6 +18,7 @@ from edge.server import EdgeServer
 from hosting.loop import Host
 from projections.runtime import ProjectionService, store_path
 from settings import config as settings
+from settings.llm import wants_local_llm
 
 log = logging.getLogger("vagent.up")
 

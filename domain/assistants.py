@@ -1,7 +1,8 @@
 """Assistants: create, update and delete, each decided on the assistant's own log.
 
-Provider choices are names from the server's configuration (keys stay there); tools
-are names from the tool catalog; documents are the owner's own document ids.
+Provider choices are names from the server's configuration (keys stay there) or of the
+providers vagent has; tools are names from the configuration or the tools actor's
+published catalog; documents are the owner's own document ids.
 """
 
 from __future__ import annotations
@@ -9,15 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.assistant import DEFAULT_ASSISTANT_ID
-from actors.dialogue.llm import provider_configs
-from actors.tools.catalog import catalog
-from actors.tts.providers import PROVIDERS as TTS_PROVIDERS
+from bus import kv
 from bus.client import Bus
 from bus.errors import ConflictError
 from bus.log import load
 from domain.errors import Conflict, Invalid, NotFound
 from schemas import (
+    ASR_PROVIDERS,
+    DEFAULT_ASSISTANT_ID,
+    TOOL_CATALOG,
+    TTS_PROVIDERS,
     AssistantCreated,
     AssistantDeleted,
     AssistantUpdated,
@@ -26,8 +28,8 @@ from schemas import (
     new_id,
 )
 from settings.config import Config
+from settings.llm import provider_configs
 
-ASR_PROVIDERS = ("moonshine", "deepgram")
 CLEARED_GREETING = ""
 
 
@@ -120,7 +122,7 @@ class Assistants:
         tools = settings.get("tools")
         if tools:
             known_tools = set(self.config.tools.builtins) | {w.name for w in self.config.tools.webhooks}
-            known_tools |= {spec.name for spec in await catalog(self.bus)}
+            known_tools |= set(await kv.items(self.bus, TOOL_CATALOG))  # keyed by tool name
             unknown = sorted(set(tools) - known_tools)
             if unknown:
                 raise Invalid("unknown_tool", f"no tool named {', '.join(map(repr, unknown))}",

@@ -5,32 +5,42 @@ from __future__ import annotations
 from typing import ClassVar
 
 import duckdb
+import msgspec
 
 from bus.log import Entry
 from projections.base import Projection
-from schemas import AssistantCreated, AssistantDeleted, AssistantUpdated, Event
+from schemas import (
+    ASSISTANT_SETTINGS,
+    AssistantCreated,
+    AssistantDeleted,
+    AssistantSettings,
+    AssistantUpdated,
+    Event,
+)
 
-SETTINGS = ("name", "persona", "greeting", "voice", "llm", "asr", "tts", "tools", "documents")
+SETTINGS = ASSISTANT_SETTINGS
 COLUMNS = "assistant_id, owner_id, " + ", ".join(SETTINGS) + ", created_ts, updated_ts"
+
+
+def _column(field: msgspec.structs.FieldInfo) -> str:
+    """A setting's column: a list of names is a VARCHAR[], text a VARCHAR; only a setting
+    whose default is None may be NULL."""
+    kind = "VARCHAR[]" if field.type == list[str] else "VARCHAR"
+    return f"{field.name} {kind}" + ("" if field.default is None else " NOT NULL")
+
+
+SETTING_COLUMNS = ",\n            ".join(_column(f) for f in msgspec.structs.fields(AssistantSettings))
 
 
 class Assistants(Projection):
     name: ClassVar[str] = "assistants"
     streams: ClassVar[tuple[str, ...]] = ("ASSISTANTS",)
     tables: ClassVar[tuple[str, ...]] = ("assistants",)
-    ddl: ClassVar[str] = """
+    ddl: ClassVar[str] = f"""
         CREATE TABLE IF NOT EXISTS assistants (
             assistant_id VARCHAR PRIMARY KEY,
             owner_id VARCHAR,                -- NULL: the system's default assistant
-            name VARCHAR NOT NULL,
-            persona VARCHAR NOT NULL,
-            greeting VARCHAR,
-            voice VARCHAR,
-            llm VARCHAR,
-            asr VARCHAR,
-            tts VARCHAR,
-            tools VARCHAR[] NOT NULL,
-            documents VARCHAR[] NOT NULL,
+            {SETTING_COLUMNS},
             created_ts BIGINT NOT NULL,
             updated_ts BIGINT NOT NULL
         )

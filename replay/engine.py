@@ -32,7 +32,6 @@ from typing import Any
 
 import msgspec
 
-from actors.dialogue.llm import provider_configs
 from bus.blobs import get_blob
 from bus.client import Bus, Message
 from bus.errors import BusError
@@ -60,6 +59,7 @@ from schemas import (
 )
 from settings.config import ProviderConfig
 from settings.config import load as load_settings
+from settings.llm import provider_configs
 
 RATE = 16000
 CHUNK_MS = 60

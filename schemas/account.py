@@ -37,6 +37,35 @@ class DeviceUnbound(UserEvent, tag="device.unbound", kw_only=True):
     device_id: str
 
 
+# The assistant of sessions that name none (the CLI's `say` and `chat`, anonymous
+# clients): created once at the edge's start, owned by nobody.
+DEFAULT_ASSISTANT_ID = "default"
+# The speech providers vagent has; actors/asr and actors/tts register one each by name.
+ASR_PROVIDERS = ("moonshine", "deepgram")
+TTS_PROVIDERS = ("piper", "elevenlabs")
+# The KV bucket where the tools actor publishes its catalog, keyed by tool name.
+TOOL_CATALOG = "vagent_tools"
+
+
+class AssistantSettings(msgspec.Struct, kw_only=True):
+    """An assistant's settings, declared once: the dialogue's profile extends it, the read
+    model's columns and the API's bodies are made from its fields, and the two events below
+    carry the same fields (tests/test_schemas.py holds them to it)."""
+
+    name: str = "Assistant"
+    persona: str = ""  # the system prompt
+    greeting: str | None = None  # spoken first; "" once cleared
+    voice: str | None = None  # a voice of its TTS provider
+    llm: str | None = None  # provider names, from the configuration or the ones vagent has
+    asr: str | None = None
+    tts: str | None = None
+    tools: list[str] = msgspec.field(default_factory=list)
+    documents: list[str] = msgspec.field(default_factory=list)
+
+
+ASSISTANT_SETTINGS: tuple[str, ...] = AssistantSettings.__struct_fields__
+
+
 class AssistantCreated(AssistantEvent, tag="assistant.created", kw_only=True):
     owner_id: str | None = None
     name: str = "Assistant"

@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 
-from actors.dialogue.llm import provider_configs
 from bus import kv
 from bus.client import Bus
 from bus.server import EmbeddedServer
@@ -25,6 +24,7 @@ from edge.app import ENDPOINTS
 from projections.runtime import rebuild, store_path
 from projections.store import ReadStore
 from schemas import new_id
+from settings.llm import provider_configs
 from tests.api_harness import Api, serve_api
 
 Headers = dict[str, str]

@@ -173,8 +173,8 @@ def test_cpu_features_keep_what_the_cpu_has() -> None:
 @pytest.mark.parametrize("actors", [["dialogue", "tools"], ["tools"]])
 def test_doctor_decides_on_the_local_model_as_vagent_up_does(
         monkeypatch: pytest.MonkeyPatch, env: dict[str, str], actors: list[str]) -> None:
-    from actors.dialogue.llm import LOCAL_LLM_OVERRIDES
     from cli.up import wants_local_llm
+    from settings.llm import LOCAL_LLM_OVERRIDES
 
     for name in LOCAL_LLM_OVERRIDES:
         monkeypatch.delenv(name, raising=False)

@@ -83,3 +83,17 @@ def test_ids_are_sortable_and_derived_ids_are_stable() -> None:
 def test_ids_that_would_break_subjects_are_refused(bad: str) -> None:
     with pytest.raises(ValueError, match="invalid session id"):
         subject_of(UserText(session_id=bad, text="x"))
+
+
+def test_the_assistant_events_carry_the_declared_settings() -> None:
+    """AssistantSettings declares an assistant's settings; the events must say the same
+    (an update's None means unchanged, so its every setting is optional)."""
+    settings = {f.name: f for f in msgspec.structs.fields(schemas.AssistantSettings)}
+    created = {f.name: f for f in msgspec.structs.fields(schemas.AssistantCreated)}
+    updated = {f.name: f for f in msgspec.structs.fields(schemas.AssistantUpdated)}
+    every_event = set(schemas.AssistantDeleted.__struct_fields__)
+    assert set(settings) == set(updated) - every_event == set(created) - every_event - {"owner_id"}
+    for name, setting in settings.items():
+        assert (created[name].type, created[name].default) == (setting.type, setting.default), name
+        assert updated[name].type in (setting.type, setting.type | None), name
+        assert updated[name].default is None, name

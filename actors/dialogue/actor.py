@@ -38,7 +38,6 @@ from actors.assistant import DEFAULT_ASSISTANT_ID, AssistantDirectory, Assistant
 from actors.base import Actor, Context
 from actors.dialogue.history import build_messages
 from actors.dialogue.intents import is_exit_intent
-from actors.dialogue.llm import provider_configs
 from actors.dialogue.providers import ProviderChain, ProviderFailed
 from actors.dialogue.sentences import SentenceSplitter
 from actors.dialogue.toolcall_adapter import ToolTextGuard, repair
@@ -68,6 +67,7 @@ from schemas import (
     derived_id,
 )
 from settings.config import ProviderConfig, load
+from settings.llm import provider_configs
 
 log = logging.getLogger("vagent.dialogue")
 

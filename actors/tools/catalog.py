@@ -13,8 +13,9 @@ import msgspec
 from actors.tools.spec import ToolSpec
 from bus import kv
 from bus.client import Bus
+from schemas import TOOL_CATALOG
 
-BUCKET = "vagent_tools"
+BUCKET = TOOL_CATALOG
 log = logging.getLogger("vagent.tools")
 
 

@@ -10,7 +10,7 @@ from msgspec import Meta
 
 from domain.devices import Activation
 from domain.tokens import TokenPair
-from schemas import TOKEN_PATTERN
+from schemas import ASSISTANT_SETTINGS, TOKEN_PATTERN, AssistantSettings
 
 Email = Annotated[str, Meta(max_length=254, examples=["ada@example.com"])]
 Password = Annotated[str, Meta(min_length=1, max_length=1024)]
@@ -66,46 +66,42 @@ class User(msgspec.Struct):
     created_at: str  # ISO 8601, UTC
 
 
-class AssistantCreate(msgspec.Struct, forbid_unknown_fields=True):
-    name: Name = "Assistant"
-    persona: Text = ""  # the system prompt
-    greeting: Greeting | None = None
-    voice: Short | None = None
-    llm: Short | None = None  # a provider name from the server's configuration
-    asr: Short | None = None
-    tts: Short | None = None
-    tools: Names = msgspec.field(default_factory=list)
-    documents: Names = msgspec.field(default_factory=list)
+# Each setting's limits; the settings themselves, with their defaults, are AssistantSettings.
+SETTING_LIMITS: dict[str, Any] = {
+    "name": Name, "persona": Text, "greeting": Greeting, "voice": Short, "llm": Short, "asr": Short,
+    "tts": Short, "tools": Names, "documents": Names,
+}
+if tuple(SETTING_LIMITS) != ASSISTANT_SETTINGS:
+    raise TypeError(f"SETTING_LIMITS names {tuple(SETTING_LIMITS)}, the settings are {ASSISTANT_SETTINGS}")
+_SETTINGS = msgspec.structs.fields(AssistantSettings)
 
 
-class AssistantPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """Only the fields given change; `greeting: null` clears the greeting (none is spoken).
-    For the other fields null is the same as leaving them out."""
-
-    name: Name | None = None
-    persona: Text | None = None
-    greeting: Greeting | msgspec.UnsetType | None = msgspec.UNSET  # UNSET: not given
-    voice: Short | None = None
-    llm: Short | None = None
-    asr: Short | None = None
-    tts: Short | None = None
-    tools: Names | None = None
-    documents: Names | None = None
+def _default(setting: msgspec.structs.FieldInfo) -> Any:
+    if setting.default_factory is not msgspec.NODEFAULT:
+        return msgspec.field(default_factory=setting.default_factory)
+    return setting.default
 
 
-class Assistant(msgspec.Struct):
-    assistant_id: str
-    name: str
-    persona: str
-    greeting: str | None
-    voice: str | None
-    llm: str | None
-    asr: str | None
-    tts: str | None
-    tools: list[str]
-    documents: list[str]
-    created_at: str
-    updated_at: str
+def _limited(setting: msgspec.structs.FieldInfo) -> Any:
+    limited = SETTING_LIMITS[setting.name]
+    return limited | None if setting.default is None else limited
+
+
+AssistantCreate = msgspec.defstruct(
+    "AssistantCreate", [(s.name, _limited(s), _default(s)) for s in _SETTINGS],
+    module=__name__, forbid_unknown_fields=True)
+# `greeting: null` clears it, so only leaving it out leaves it (UNSET).
+AssistantPatch = msgspec.defstruct(
+    "AssistantPatch",
+    [(s.name, SETTING_LIMITS[s.name] | msgspec.UnsetType | None, msgspec.UNSET) if s.name == "greeting"
+     else (s.name, SETTING_LIMITS[s.name] | None, None) for s in _SETTINGS],
+    module=__name__, forbid_unknown_fields=True, omit_defaults=True,
+    namespace={"__doc__": "Only the fields given change; `greeting: null` clears the greeting (none "
+                          "is spoken).\n    For the other fields null is the same as leaving them out."})
+Assistant = msgspec.defstruct(
+    "Assistant", [("assistant_id", str), *((s.name, s.type) for s in _SETTINGS),
+                  ("created_at", str), ("updated_at", str)],
+    module=__name__)
 
 
 class AssistantPage(msgspec.Struct):
