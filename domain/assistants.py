@@ -14,6 +14,7 @@ from bus import kv
 from bus.client import Bus
 from bus.errors import ConflictError
 from bus.log import load
+from domain.accounts import UserState
 from domain.errors import Conflict, Invalid, NotFound
 from schemas import (
     ASR_PROVIDERS,
@@ -89,9 +90,14 @@ class Assistants:
         except ConflictError:
             raise Conflict("conflict", "the assistant changed meanwhile: read it and retry") from None
 
-    async def delete(self, owner_id: str, assistant_id: str, default_assistant_id: str | None) -> None:
-        state = await self.owned(owner_id, assistant_id)
-        if assistant_id == default_assistant_id:
+    async def delete(self, owner: UserState, assistant_id: str) -> None:
+        """Refused while the owner's devices talk to it, and for the owner's default."""
+        in_use = sorted(device for device, assistant in owner.devices.items() if assistant == assistant_id)
+        if in_use:
+            raise Conflict("assistant_in_use", "devices are bound to this assistant: unbind them first",
+                           {"devices": in_use})
+        state = await self.owned(owner.user_id, assistant_id)
+        if assistant_id == owner.default_assistant_id:
             raise Conflict("default_assistant", "the default assistant cannot be deleted")
         try:
             await self.bus.append(AssistantDeleted(assistant_id=assistant_id), state.last_seq)

@@ -10,7 +10,7 @@ from starlette.responses import Response
 from edge.api.endpoint import Call, Endpoint, json_response
 from edge.api.models import Assistant, AssistantCreate, AssistantPage, AssistantPatch
 from edge.api.pages import PAGE_PARAMS, iso, page
-from edge.errors import ApiError, not_found
+from edge.errors import not_found
 from projections.assistants import SETTINGS
 
 
@@ -56,13 +56,7 @@ async def update_assistant(call: Call) -> Response:
 
 async def delete_assistant(call: Call) -> Response:
     me = await call.services.accounts.require(call.user_id)
-    assistant_id = call.params["assistant_id"]
-    in_use = sorted(d for d, a in me.devices.items() if a == assistant_id)
-    if in_use:
-        raise ApiError(409, "assistant_in_use", "devices are bound to this assistant: unbind them first",
-                       {"devices": in_use})
-    await call.services.assistants.delete(call.user_id, call.params["assistant_id"],
-                                          me.default_assistant_id)
+    await call.services.assistants.delete(me, call.params["assistant_id"])
     return Response(status_code=204)
 
 
