@@ -20,6 +20,7 @@ from bus.streams import STREAM_BY_AGGREGATE
 from bus.subjects import event_type_filter
 from bus.trace import child_traceparent
 from schemas import Event, derived_id
+from settings.config import Config
 
 E = TypeVar("E", bound=Event)
 
@@ -89,8 +90,10 @@ class Actor:
     max_deliver: ClassVar[int] = 5
     ack_wait: ClassVar[float] = 30.0
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, config: Config | None = None) -> None:
         self.bus = bus
+        # What the process read at start; None: the built-in defaults (tests, tools).
+        self.config = config if config is not None else Config()
         self.log = LogCache(bus)  # aggregates this actor handles again and again (a session's turns)
 
     async def setup(self) -> None:

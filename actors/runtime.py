@@ -14,16 +14,18 @@ from actors.registry import actor_class
 from bus.client import Bus
 from bus.consumer import ConsumerRunner
 from bus.health import INTERVAL, Heartbeat, beat, forget, instance_id
+from settings.config import Config
 
 log = logging.getLogger("vagent.actors")
 
 
 class ActorHost:
-    def __init__(self, bus: Bus, actors: Sequence[str | type[Actor] | Actor]) -> None:
+    def __init__(self, bus: Bus, actors: Sequence[str | type[Actor] | Actor],
+                 config: Config | None = None) -> None:
         self.bus = bus
         # An instance is hosted as it is: one built with arguments of its own (a replay's LLM).
         self.actors: list[Actor] = [a if isinstance(a, Actor) else
-                                    (actor_class(a) if isinstance(a, str) else a)(bus)
+                                    (actor_class(a) if isinstance(a, str) else a)(bus, config)
                                     for a in actors]
         self.runners: list[ConsumerRunner] = []
         self._tasks: list[asyncio.Task[None]] = []

@@ -348,17 +348,16 @@ async def bench_abuse(nats: str | None, *, normals: int = 4, rounds: int = 8,
     from benches.bus import bench_nats
     from benches.dialogue import _start_echo
     from edge.server import EdgeServer
-    from settings import config as settings
+    from settings.config import Config
+    from settings.llm import openai_provider
 
     echo, base_url = await asyncio.to_thread(_start_echo)
-    os.environ["VAGENT_LLM_BASE_URL"] = base_url
-    os.environ["VAGENT_CONFIG"] = os.devnull  # the default settings, whatever ./vagent.toml says
-    settings.load.cache_clear()
-    config = settings.load()
+    config = Config()  # the default settings, whatever ./vagent.toml says
+    config.llm.providers = [openai_provider(base_url)]
     try:
         async with bench_nats(nats) as (bus, _):
             with tempfile.TemporaryDirectory(prefix="vagent-bench-abuse-") as data:
-                host = ActorHost(bus, [Dialogue])
+                host = ActorHost(bus, [Dialogue], config)
                 await host.start()
                 edge = EdgeServer(bus, config, Path(data), port=0)
                 await edge.start()

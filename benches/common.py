@@ -1,5 +1,5 @@
 """What the benches share: a NATS server to measure on, percentiles, and the environment
-the actors under test read their settings from."""
+for the block of a bench."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from pathlib import Path
 
 from bus.client import Bus
 from bus.server import EmbeddedServer, free_port
-from settings import config as settings
 
 
 def percentile(sorted_values: list[float], p: float) -> float:
@@ -45,14 +44,12 @@ async def bench_nats(url: str | None) -> AsyncIterator[tuple[Bus, bool]]:
 
 @contextlib.contextmanager
 def environment(values: dict[str, str], unset: Iterable[str] = ()) -> Iterator[None]:
-    """`values` set and `unset` removed in os.environ for the block, as they were after it;
-    the settings are read again on both sides (they are cached from the environment)."""
+    """`values` set and `unset` removed in os.environ for the block, as they were after it."""
     keys = [*values, *unset]
     saved = {k: os.environ.get(k) for k in keys}
     for key in unset:
         os.environ.pop(key, None)
     os.environ.update(values)
-    settings.load.cache_clear()
     try:
         yield
     finally:
@@ -61,4 +58,3 @@ def environment(values: dict[str, str], unset: Iterable[str] = ()) -> Iterator[N
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        settings.load.cache_clear()

@@ -18,13 +18,15 @@ from typing import Any, ClassVar
 
 from actors.dialogue.actor import Dialogue
 from actors.runtime import ActorHost
-from benches.common import bench_nats, environment, percentile
+from benches.common import bench_nats, percentile
 from bus.admin import delete_consumer
 from bus.client import Bus, Message
 from bus.server import free_port, port_open
 from bus.subjects import session_all
 from schemas import AssistantMessage, DecodeError, UserText, decode, new_id
 from settings import config as settings
+from settings.config import Config
+from settings.llm import openai_provider
 
 OVERHEAD_GOAL_P95_MS = 5.0
 
@@ -36,29 +38,30 @@ async def bench_dialogue(url: str | None, *, turns: int = 200, local: bool = Fal
         raise ValueError("turns must be at least 1")
     echo: subprocess.Popen[bytes] | None = None
     llm: Any = None
+    model = local_model or settings.load().llm.local_model
     try:
         if local:
             from actors.dialogue.local_llm import LocalLLMServer
             from bus.config import data_dir
 
-            llm = LocalLLMServer(local_model or settings.load().llm.local_model, data_dir())
+            llm = LocalLLMServer(model, data_dir())
             base_url = await asyncio.to_thread(llm.start)
         else:
             echo, base_url = await asyncio.to_thread(_start_echo)
+        config = Config()  # the default settings, whatever ./vagent.toml says
+        config.llm.providers = [openai_provider(base_url)]
 
         class BenchDialogue(Dialogue):  # a durable of its own: a deployment's dialogue stays put
             name: ClassVar[str] = f"bench_dialogue_{new_id()}"
 
-        # VAGENT_CONFIG: the default settings, whatever ./vagent.toml says
-        with environment({"VAGENT_LLM_BASE_URL": base_url, "VAGENT_CONFIG": os.devnull}):
-            async with bench_nats(url) as (bus, _):
-                host = ActorHost(bus, [BenchDialogue])
-                await host.start()
-                try:
-                    rows = await _turns(bus, turns if not local else min(turns, 20), conversation)
-                finally:
-                    await host.stop()
-                    await delete_consumer(bus, "SESSIONS", BenchDialogue.name)
+        async with bench_nats(url) as (bus, _):
+            host = ActorHost(bus, [BenchDialogue], config)
+            await host.start()
+            try:
+                rows = await _turns(bus, turns if not local else min(turns, 20), conversation)
+            finally:
+                await host.stop()
+                await delete_consumer(bus, "SESSIONS", BenchDialogue.name)
     finally:
         if echo:
             echo.terminate()
@@ -67,7 +70,6 @@ async def bench_dialogue(url: str | None, *, turns: int = 200, local: bool = Fal
             await asyncio.to_thread(llm.stop)
     delta = sorted(r["delta_ms"] for r in rows)
     sentence = sorted(r["sentence_ms"] for r in rows)
-    model = local_model or settings.load().llm.local_model
     results: dict[str, Any] = {
         "provider": f"local {model}" if local else "echo (instant)",
         "sessions": "one conversation" if conversation else "a fresh session a turn",

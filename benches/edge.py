@@ -53,16 +53,10 @@ async def serve(url: str | None, asr: bool, data_dir: Path) -> None:
     from bus.admin import delete_consumer
     from edge.server import EdgeServer
     from schemas import new_id
-    from settings import config as settings
+    from settings.config import Config
+    from settings.llm import openai_provider
 
     echo, base_url = await asyncio.to_thread(_start_echo)
-    os.environ["VAGENT_LLM_BASE_URL"] = base_url
-    os.environ["VAGENT_CONFIG"] = os.devnull  # the default settings, whatever ./vagent.toml says
-    os.environ["VAGENT_DATA_DIR"] = str(data_dir)
-    # Every device asks the same: a warm cache would speak every answer but the first from
-    # memory. Off, unless asked for: each session pays for its own synthesis.
-    os.environ.setdefault("VAGENT_TTS_CACHE_MB", "0")
-    settings.load.cache_clear()
     # No read models here: the default assistant is all the bench talks to (said once).
     logging.getLogger("vagent.assistant").setLevel(logging.ERROR)
     run = new_id().lower()
@@ -77,11 +71,12 @@ async def serve(url: str | None, asr: bool, data_dir: Path) -> None:
         name: ClassVar[str] = f"bench_tts_{run}"
 
     actors: list[Any] = [BenchDialogue, BenchTts] + ([BenchAsr] if asr else [])
-    config = settings.load()
+    config = Config()  # the default settings, whatever ./vagent.toml says
+    config.llm.providers = [openai_provider(base_url)]
     config.edge.max_connections = 100_000
     try:
         async with bench_nats(url) as (bus, _):
-            host = ActorHost(bus, actors)
+            host = ActorHost(bus, actors, config)
             await host.start()
             edge = EdgeServer(bus, config, data_dir, host="127.0.0.1", port=0)
             await edge.start()
@@ -227,7 +222,10 @@ async def bench_edge(url: str | None, *, sessions: int = 10, asr: bool = True) -
         cmd = [sys.executable, "-m", "benches.edge", "serve", "--data-dir", tmp]
         cmd += ["--nats", url] if url else []
         cmd += [] if asr else ["--no-asr"]
-        server = _spawn(cmd)
+        # Every device asks the same: a warm cache would speak every answer but the first from
+        # memory. Off, unless asked for: each session pays for its own synthesis.
+        server = _spawn(cmd, {**os.environ, "VAGENT_DATA_DIR": tmp,
+                              "VAGENT_TTS_CACHE_MB": os.environ.get("VAGENT_TTS_CACHE_MB", "0")})
         try:
             assert server.stdout is not None
             line = await asyncio.wait_for(asyncio.to_thread(server.stdout.readline), 180)
@@ -289,8 +287,8 @@ async def bench_edge(url: str | None, *, sessions: int = 10, asr: bool = True) -
     }
 
 
-def _spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+def _spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
 
 
 def print_report(r: dict[str, Any]) -> None:

@@ -27,11 +27,13 @@ import httpx
 from actors.dialogue.actor import Dialogue
 from actors.runtime import ActorHost
 from actors.tools.actor import Tools
-from benches.common import bench_nats, environment, percentile
+from benches.common import bench_nats, percentile
 from benches.eval_set import Question, load_eval_set, score
 from bus.client import Bus, Message
 from bus.subjects import session_all
 from schemas import AssistantMessage, DecodeError, UserText, decode, new_id
+from settings.config import Config
+from settings.llm import local_provider
 
 RUNTIME_PROMPTS = [
     "Explain in three sentences why the sky is blue.",
@@ -147,31 +149,29 @@ async def run_eval(base_url: str, model: str, questions: list[Question]) -> list
         name: ClassVar[str] = f"eval_tools_{suffix}"
 
     answers: list[Answer] = []
-    # The dialogue's offline provider at `base_url`, with the default settings.
-    with environment({"VAGENT_LOCAL_LLM_URL": base_url, "VAGENT_LLM_MODEL": model,
-                      "VAGENT_CONFIG": os.devnull},
-                     unset=("VAGENT_LLM_BASE_URL", "OPENAI_BASE_URL")):
-        async with bench_nats(None) as (bus, _):
-            host = ActorHost(bus, [EvalDialogue, EvalTools])
-            await host.start()
-            try:
-                for question in questions:
-                    session = f"eval-{new_id()}"
+    config = Config()  # the default settings, whatever ./vagent.toml says
+    config.llm.providers = [local_provider(base_url, model)]  # the dialogue's offline provider
+    async with bench_nats(None) as (bus, _):
+        host = ActorHost(bus, [EvalDialogue, EvalTools], config)
+        await host.start()
+        try:
+            for question in questions:
+                session = f"eval-{new_id()}"
+                asked_at = datetime.now().astimezone()
+                try:
+                    for earlier in question.before:
+                        await _turn(bus, session, earlier)
                     asked_at = datetime.now().astimezone()
-                    try:
-                        for earlier in question.before:
-                            await _turn(bus, session, earlier)
-                        asked_at = datetime.now().astimezone()
-                        answer = await _turn(bus, session, question.ask)
-                    except TimeoutError:  # no answer in time scores as a wrong one
-                        answer = Answer(id="", category="", ask=question.ask, answer="", asked_at="",
-                                        first_delta_ms=None, first_sentence_ms=None, tokens_per_s=None)
-                    answer.id, answer.category = question.id, question.category
-                    answer.asked_at = asked_at.isoformat()
-                    answer.passed = score(question, answer.answer, asked_at)
-                    answers.append(answer)
-            finally:
-                await host.stop()
+                    answer = await _turn(bus, session, question.ask)
+                except TimeoutError:  # no answer in time scores as a wrong one
+                    answer = Answer(id="", category="", ask=question.ask, answer="", asked_at="",
+                                    first_delta_ms=None, first_sentence_ms=None, tokens_per_s=None)
+                answer.id, answer.category = question.id, question.category
+                answer.asked_at = asked_at.isoformat()
+                answer.passed = score(question, answer.answer, asked_at)
+                answers.append(answer)
+        finally:
+            await host.stop()
     return answers
 
 

@@ -37,7 +37,8 @@ class AdminError(Exception):
 
 def accounts(bus: Bus, config: Config, data_dir: Path) -> Accounts:
     auth = config.auth
-    return Accounts(bus, Tokens(bus, signing_key(auth, data_dir), auth), auth)
+    return Accounts(bus, Tokens(bus, signing_key(auth, data_dir), auth), auth,
+                    persona=config.dialogue.system_prompt)
 
 
 async def resolve_user(accts: Accounts, who: str) -> UserState:

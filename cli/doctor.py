@@ -123,16 +123,18 @@ def check_uv(uv: str | None, dev: bool = False) -> Check:
 
 # ---- settings ----------------------------------------------------------------------------------
 
-def check_config() -> Check:
+def check_config() -> tuple[Check, Config | None]:
+    """The settings check, and the settings when they could be read."""
     from settings import config as settings
 
     path = settings.config_path()
     try:
-        settings.load()
+        config = settings.load()
     except (settings.ConfigError, OSError) as exc:
         return Check("settings", Status.FAIL, str(exc),
-                     f"fix {path} (or point VAGENT_CONFIG elsewhere); the checks below use the defaults")
-    return Check("settings", Status.OK, str(path) if path else "defaults (no vagent.toml here)")
+                     f"fix {path} (or point VAGENT_CONFIG elsewhere); the checks below use the defaults"
+                     ), None
+    return Check("settings", Status.OK, str(path) if path else "defaults (no vagent.toml here)"), config
 
 
 # ---- data directory ----------------------------------------------------------------------------
@@ -540,12 +542,13 @@ def check_chromium(path: str | None, dev: bool = False) -> Check:
 
 def run_checks(options: Options) -> list[Check]:
     from actors.registry import ACTORS
+    from settings.config import Config
 
-    settings_check = check_config()
-    config = _config_or_defaults()
+    settings_check, loaded = check_config()
+    config = loaded if loaded is not None else Config()
     embedded = options.nats_url is None
     actors = list(options.actors or ACTORS)
-    unused = _local_llm_unused(actors, settings_check.status is Status.OK)
+    unused = _local_llm_unused(config, actors, loaded is not None)
     return [
         check_python(),
         check_uv(find_uv(), options.dev),
@@ -562,22 +565,13 @@ def run_checks(options: Options) -> list[Check]:
     ]
 
 
-def _config_or_defaults() -> Config:
-    from settings import config as settings
-
-    try:
-        return settings.load()
-    except (settings.ConfigError, OSError):
-        return settings.Config()
-
-
-def _local_llm_unused(actors: list[str], config_ok: bool) -> str | None:
+def _local_llm_unused(config: Config, actors: list[str], config_ok: bool) -> str | None:
     """Why vagent up with these actors will not start the local model; None if it will."""
     if "dialogue" not in actors:
         return "no dialogue actor"
     if not config_ok:
         return None  # vagent up stops at the broken vagent.toml; judge the offline default
-    if wants_local_llm(actors):
+    if wants_local_llm(config, actors):
         return None
     return "an LLM provider is configured"
 

@@ -8,15 +8,16 @@ from bus.client import Bus
 from edge.server import EdgeServer
 from hosting.loop import Host
 from projections.runtime import ProjectionService
-from settings.config import load
+from settings.config import Config
 
 
-async def serve_edge(nats: str | None, data_dir: Path, host: str | None, port: int | None) -> None:
+async def serve_edge(nats: str | None, data_dir: Path, config: Config, host: str | None,
+                     port: int | None) -> None:
     async with Host() as parts:
         bus = await Bus.connect(nats, name="vagent-edge")
         parts.on_stop(bus.close)
         await bus.declare()
-        edge = EdgeServer(bus, load(), data_dir, host=host, port=port)
+        edge = EdgeServer(bus, config, data_dir, host=host, port=port)
         await edge.start()
         parts.on_stop(edge.stop)
         print(f"vagent edge: web page {edge.url}/  API {edge.url}/api/v1/  "

@@ -17,6 +17,7 @@ from actors.registry import ACTORS
 from bus.client import Bus
 from bus.config import data_dir as resolve_data_dir
 from bus.errors import BusError
+from settings.config import Config
 
 app = typer.Typer(help="vagent: an event-sourced voice-agent backend on NATS JetStream.",
                   no_args_is_help=True, add_completion=False)
@@ -87,6 +88,7 @@ def up(nats: NatsOpt = None, data_dir: DataOpt = None,
        ) -> None:
     """Start everything: NATS (embedded unless --nats), all actors, the read models."""
     from cli.up import up as run_up
+    from settings.config import load as load_settings
 
     names = [a.strip() for a in actors.split(",") if a.strip()]
     unknown = [a for a in names if a not in ACTORS]
@@ -95,7 +97,7 @@ def up(nats: NatsOpt = None, data_dir: DataOpt = None,
                     fg="red", err=True)
         raise typer.Exit(2)
     run(run_up(nats=nats, port=port, data_dir=resolve_data_dir(data_dir), actors=names,
-               edge_port=edge_port))
+               config=load_settings(), edge_port=edge_port))
 
 
 @app.command()
@@ -107,8 +109,9 @@ def edge(nats: NatsOpt = None, data_dir: DataOpt = None,
     """Serve the API on its own (the read models are served by `vagent up` or
     `vagent projections serve`)."""
     from cli.edge import serve_edge
+    from settings.config import load as load_settings
 
-    run(serve_edge(nats, resolve_data_dir(data_dir), host, port))
+    run(serve_edge(nats, resolve_data_dir(data_dir), load_settings(), host, port))
 
 
 @actor_app.command("run")
@@ -118,10 +121,12 @@ def actor_run(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(ACTO
     if name not in ACTORS:
         typer.secho(f"unknown actor {name!r}; known: {', '.join(ACTORS)}", fg="red", err=True)
         raise typer.Exit(2)
-    run(_actor_run(name, nats))
+    from settings.config import load as load_settings
+
+    run(_actor_run(name, nats, load_settings()))
 
 
-async def _actor_run(name: str, nats: str | None) -> None:
+async def _actor_run(name: str, nats: str | None, config: Config) -> None:
     from actors.runtime import ActorHost
     from hosting.loop import Host
 
@@ -129,7 +134,7 @@ async def _actor_run(name: str, nats: str | None) -> None:
         bus = await Bus.connect(nats, name=f"vagent-actor-{name}")
         parts.on_stop(bus.close)
         await bus.declare()
-        host = ActorHost(bus, [name])
+        host = ActorHost(bus, [name], config)
         await host.start()
         parts.on_stop(host.stop)
         print(f"actor {name} running on {bus.url}; Ctrl-C stops it", flush=True)
@@ -288,11 +293,13 @@ def replay(session_id: SidArg, nats: NatsOpt = None, data_dir: DataOpt = None,
     calls, latencies. Nothing is written to the original session."""
     from cli.replay import print_report
     from replay.engine import ReplayError, replay_session
+    from settings.config import load as load_settings
 
+    config = load_settings()
     try:
         report = run(with_bus(nats, lambda bus: replay_session(
-            bus, session_id, llm_base_url=llm_base_url, llm_model=llm_model, assistant_id=assistant,
-            tts=tts, timeout=timeout)), log_level="WARNING")
+            bus, session_id, config=config, llm_base_url=llm_base_url, llm_model=llm_model,
+            assistant_id=assistant, tts=tts, timeout=timeout)), log_level="WARNING")
     except ReplayError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 from functools import partial
 from pathlib import Path
+
+import msgspec
 
 from actors.dialogue.local_llm import LocalLLMError, LocalLLMServer, Progress
 from actors.runtime import ActorHost
@@ -17,19 +18,19 @@ from bus.server import EmbeddedServer
 from edge.server import EdgeServer
 from hosting.loop import Host
 from projections.runtime import ProjectionService, store_path
-from settings import config as settings
-from settings.llm import wants_local_llm
+from settings.config import Config
+from settings.llm import local_provider, wants_local_llm
 
 log = logging.getLogger("vagent.up")
 
 
-async def up(*, nats: str | None, port: int, data_dir: Path, actors: list[str],
+async def up(*, nats: str | None, port: int, data_dir: Path, actors: list[str], config: Config,
              ready: asyncio.Event | None = None, edge_port: int | None = None) -> None:
     try:
         async with Host() as parts:
             try:
                 await _run(parts, nats=nats, port=port, data_dir=data_dir, actors=actors,
-                           ready=ready, edge_port=edge_port)
+                           config=config, ready=ready, edge_port=edge_port)
             finally:
                 print("vagent: stopping (finishing in-flight events)…", flush=True)
     finally:
@@ -37,7 +38,7 @@ async def up(*, nats: str | None, port: int, data_dir: Path, actors: list[str],
 
 
 async def _run(parts: Host, *, nats: str | None, port: int, data_dir: Path, actors: list[str],
-               ready: asyncio.Event | None, edge_port: int | None) -> None:
+               config: Config, ready: asyncio.Event | None, edge_port: int | None) -> None:
     """Start every part, each stopped on the way out even if a later one failed to start;
     then run until a stop signal or an actor's death."""
     server: EmbeddedServer | None = None
@@ -51,19 +52,21 @@ async def _run(parts: Host, *, nats: str | None, port: int, data_dir: Path, acto
     parts.on_stop(bus.close)
     await bus.declare()
     local_llm: LocalLLMServer | None = None
-    if wants_local_llm(actors):
-        # Before the actors: the dialogue reads its providers when it starts.
-        local_llm = await _start_local_llm(data_dir)
+    if wants_local_llm(config, actors):
+        # Before the actors: the dialogue takes its providers from the settings it is given.
+        local_llm = await _start_local_llm(config, data_dir)
         parts.on_stop(partial(asyncio.to_thread, local_llm.stop))
         parts.task(asyncio.create_task(local_llm.supervise()))
+        config = msgspec.structs.replace(config, llm=msgspec.structs.replace(
+            config.llm, providers=[local_provider(local_llm.base_url)]))
     # The read models start before the actors so that they stop after them.
     projections = ProjectionService(bus, data_dir)
     parts.on_stop(projections.stop)
     await projections.start()
-    host = ActorHost(bus, actors)
+    host = ActorHost(bus, actors, config)
     parts.on_stop(host.stop)
     await host.start()
-    edge = EdgeServer(bus, settings.load(), data_dir, port=edge_port)
+    edge = EdgeServer(bus, config, data_dir, port=edge_port)
     parts.on_stop(edge.stop)
     await edge.start()
     _banner(url, server, data_dir, actors, local_llm, edge)
@@ -74,10 +77,10 @@ async def _run(parts: Host, *, nats: str | None, port: int, data_dir: Path, acto
         log.error("an actor stopped: %r; shutting down", failed)
 
 
-async def _start_local_llm(data_dir: Path) -> LocalLLMServer:
+async def _start_local_llm(config: Config, data_dir: Path) -> LocalLLMServer:
     try:
-        server = LocalLLMServer(settings.load().llm.local_model, data_dir, progress=_assembly_progress())
-        os.environ["VAGENT_LOCAL_LLM_URL"] = await asyncio.to_thread(server.start)
+        server = LocalLLMServer(config.llm.local_model, data_dir, progress=_assembly_progress())
+        await asyncio.to_thread(server.start)
     except LocalLLMError as exc:
         print(f"error: no LLM provider is configured and the local one did not start: {exc}\n"
               "Configure one (OPENAI_BASE_URL, or [[llm.providers]] in vagent.toml) or fix the above.",

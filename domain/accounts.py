@@ -39,7 +39,6 @@ from schemas import (
     new_id,
 )
 from settings.config import AuthSettings
-from settings.config import load as load_config
 
 log = logging.getLogger("vagent.edge.accounts")
 CREDENTIALS = "vagent_credentials"
@@ -122,10 +121,11 @@ class _Code(msgspec.Struct):
 
 
 class Accounts:
-    def __init__(self, bus: Bus, tokens: Tokens, settings: AuthSettings) -> None:
+    def __init__(self, bus: Bus, tokens: Tokens, settings: AuthSettings, *, persona: str) -> None:
         self.bus = bus
         self.tokens = tokens
         self.settings = settings
+        self.persona = persona  # a new user's default assistant's (`[dialogue] system_prompt`)
         self.hasher = Hasher(settings.argon2)
 
     # --- registration -------------------------------------------------------------------
@@ -141,9 +141,8 @@ class Accounts:
         await kv.put(self.bus, CREDENTIALS, user_id, hashed.encode())
         assistant_id = new_id()
         # The user's own default assistant first: a user event never names a missing one.
-        dialogue = load_config().dialogue
         await self.bus.publish(AssistantCreated(assistant_id=assistant_id, owner_id=user_id,
-                                                name="Assistant", persona=dialogue.system_prompt))
+                                                name="Assistant", persona=self.persona))
         registered = UserRegistered(user_id=user_id, email=email, display_name=display_name,
                                     default_assistant_id=assistant_id)
         stored = await self.bus.append(registered, 0)

@@ -35,7 +35,8 @@ class Services:
     def __post_init__(self) -> None:
         auth = self.config.auth
         self.tokens = Tokens(self.bus, signing_key(auth, self.data_dir), auth)
-        self.accounts = Accounts(self.bus, self.tokens, auth)
+        self.accounts = Accounts(self.bus, self.tokens, auth,
+                                 persona=self.config.dialogue.system_prompt)
         self.assistants = Assistants(self.bus, self.config)
         self.devices = Devices(self.bus, self.tokens, auth)
         self.limiter = RateLimiter(auth.rate_limit, auth.rate_window)

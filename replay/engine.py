@@ -57,8 +57,7 @@ from schemas import (
     UserText,
     decode,
 )
-from settings.config import ProviderConfig
-from settings.config import load as load_settings
+from settings.config import Config, ProviderConfig
 from settings.llm import provider_configs
 
 RATE = 16000
@@ -196,11 +195,12 @@ def _greets(assistant_log: list[Entry]) -> bool:
     return bool((greeting or "").strip())
 
 
-def replay_providers(base_url: str | None, model: str | None) -> list[ProviderConfig] | None:
+def replay_providers(config: Config, base_url: str | None, model: str | None
+                     ) -> list[ProviderConfig] | None:
     """The replay's LLM providers when the command swaps them (None: the configured ones)."""
     if not (base_url or model):
         return None
-    configs = provider_configs(load_settings())
+    configs = provider_configs(config)
     if base_url:
         return [ProviderConfig(name="replay", base_url=base_url,
                                model=model or (configs[0].model if configs else "gpt-4o-mini"),
@@ -212,9 +212,11 @@ def describe(configs: list[ProviderConfig]) -> str:
     return ", ".join(f"{c.name} {c.model} at {c.base_url}" for c in configs)
 
 
-async def replay_session(bus: Bus, session_id: str, *, llm_base_url: str | None = None,
-                         llm_model: str | None = None, assistant_id: str | None = None,
-                         tts: bool = True, timeout: float = 120.0) -> Report:
+async def replay_session(bus: Bus, session_id: str, *, config: Config,
+                         llm_base_url: str | None = None, llm_model: str | None = None,
+                         assistant_id: str | None = None, tts: bool = True,
+                         timeout: float = 120.0) -> Report:
+    """`config`: the settings the replay's actors run with (the command's)."""
     try:
         entries = await session_log(bus, session_id)
     except BusError as exc:
@@ -247,8 +249,8 @@ async def replay_session(bus: Bus, session_id: str, *, llm_base_url: str | None 
         replay_bus = await Bus.connect(server.url, name="vagent-replay")
         await replay_bus.declare()
         return await _run(replay_bus, workdir, session_id, started, aid, assistant_log, turns, inputs,
-                          audio, original_events, llm_base_url=llm_base_url, llm_model=llm_model,
-                          tts=tts, voice=voice, timeout=timeout)
+                          audio, original_events, config=config, llm_base_url=llm_base_url,
+                          llm_model=llm_model, tts=tts, voice=voice, timeout=timeout)
     finally:
         if replay_bus is not None:
             await replay_bus.close()
@@ -258,8 +260,9 @@ async def replay_session(bus: Bus, session_id: str, *, llm_base_url: str | None 
 
 async def _run(rbus: Bus, workdir: Path, sid: str, started: SessionStarted | None, aid: str | None,
                assistant_log: list[Entry], turns: list[Row], inputs: dict[str, Event],
-               audio: dict[str, bytes], original_events: list[Event], *, llm_base_url: str | None,
-               llm_model: str | None, tts: bool, voice: bool, timeout: float) -> Report:
+               audio: dict[str, bytes], original_events: list[Event], *, config: Config,
+               llm_base_url: str | None, llm_model: str | None, tts: bool, voice: bool,
+               timeout: float) -> Report:
     from actors.base import Actor
     from actors.dialogue.actor import Dialogue
     from actors.runtime import ActorHost
@@ -276,11 +279,11 @@ async def _run(rbus: Bus, workdir: Path, sid: str, started: SessionStarted | Non
     service = ProjectionService(rbus, data)
     await service.start()
     await service.caught_up()
-    providers = replay_providers(llm_base_url, llm_model)
-    llm = describe(providers or provider_configs(load_settings()))
-    actors: list[str | Actor] = [Dialogue(rbus, providers=providers), "tools",
+    providers = replay_providers(config, llm_base_url, llm_model)
+    llm = describe(providers or provider_configs(config))
+    actors: list[str | Actor] = [Dialogue(rbus, config, providers=providers), "tools",
                                  *(["asr"] if voice else []), *(["tts"] if tts else [])]
-    host = ActorHost(rbus, actors)
+    host = ActorHost(rbus, actors, config)
     watch = _Watch()
     sub = await rbus.subscribe(session_events(sid), watch.on_message)
     try:

@@ -1,4 +1,5 @@
-"""vagent's settings file (`vagent.toml`, or the path in `VAGENT_CONFIG`), read once.
+"""vagent's settings file (`vagent.toml`, or the path in `VAGENT_CONFIG`), read once where a
+process starts (`load`) and passed to what needs it; tests build a `Config` themselves.
 
 Secrets never live here or in events: a provider names the environment variable
 holding its key (`api_key_env`), and `VAGENT_SECRETS_FILE` may point to a
@@ -23,7 +24,6 @@ KEY=VALUE file that fills such variables.
 
 from __future__ import annotations
 
-import functools
 import os
 import tomllib
 from pathlib import Path
@@ -172,10 +172,26 @@ class EdgeSettings(msgspec.Struct, forbid_unknown_fields=True):
     ice_servers: list[str] = msgspec.field(default_factory=list)  # WebRTC, e.g. stun:host:3478
 
 
+class TtsSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """What one input may make the TTS do (`VAGENT_TTS_MAX_CHARS` and
+    `VAGENT_TTS_MAX_TURN_CHARS` override the file)."""
+
+    # Characters per provider call; longer text is synthesized in pieces. Piper's memory and
+    # time grow with a call's audio (~160 MB at the peak for 200 characters, 7–11 s of
+    # speech; 8,000 unpunctuated characters took GBs), and a synthesizer slot serves no
+    # other session during a call: another session waits one piece at most.
+    max_chars: int = 200
+    # Characters one turn may speak (1–2 minutes): an answer, greeting or echo beyond it is
+    # not read out whole. A turn's audio is held until it ends (its recording), so this also
+    # bounds a session's memory: ~5 MB of PCM at Piper's 22 kHz.
+    max_turn_chars: int = 2000
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     llm: LLMSettings = msgspec.field(default_factory=LLMSettings)
     tools: ToolSettings = msgspec.field(default_factory=ToolSettings)
     dialogue: DialogueSettings = msgspec.field(default_factory=DialogueSettings)
+    tts: TtsSettings = msgspec.field(default_factory=TtsSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     edge: EdgeSettings = msgspec.field(default_factory=EdgeSettings)
 
@@ -199,13 +215,26 @@ def parse(text: str, source: str = "vagent.toml") -> Config:
         raise ConfigError(f"{source}: {exc}") from None
 
 
-@functools.cache
 def load() -> Config:
+    """The settings file with the environment's overrides. Called once where a process
+    starts; everything else gets the result as an argument."""
     path = config_path()
     config = Config() if path is None else parse(path.read_text(), str(path))
     if "VAGENT_SYSTEM_PROMPT" in os.environ:
         config.dialogue.system_prompt = os.environ["VAGENT_SYSTEM_PROMPT"]
+    config.tts.max_chars = _env_int("VAGENT_TTS_MAX_CHARS", config.tts.max_chars)
+    config.tts.max_turn_chars = _env_int("VAGENT_TTS_MAX_TURN_CHARS", config.tts.max_turn_chars)
     return config
+
+
+def _env_int(env_name: str, default: int) -> int:
+    value = os.environ.get(env_name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{env_name}={value!r} is not a whole number") from None
 
 
 def secret(env_name: str | None) -> str | None:

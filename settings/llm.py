@@ -3,15 +3,16 @@
 1. `[[llm.providers]]` in vagent.toml: an explicit chain.
 2. Else `OPENAI_BASE_URL` (the SDK's own variable; or `VAGENT_LLM_BASE_URL`) with
    `OPENAI_API_KEY` and `VAGENT_LLM_MODEL`: one provider.
-3. Else the offline default: the local llama-server that `vagent up` starts
-   (`VAGENT_LOCAL_LLM_URL`), or llama.cpp's default address for a standalone actor.
+3. Else the offline default: a local llama-server at `VAGENT_LOCAL_LLM_URL`, or
+   llama.cpp's default address for a standalone actor. `vagent up` starts one and puts it
+   in the providers it hands the actors (`local_provider`).
 """
 
 from __future__ import annotations
 
 import os
 
-from settings.config import Config, ProviderConfig, load
+from settings.config import Config, ProviderConfig
 
 LOCAL_BASE_URL = "http://127.0.0.1:8080/v1"
 # Any of these names a provider, or a local model already served: none is started then.
@@ -23,20 +24,28 @@ def provider_configs(config: Config) -> list[ProviderConfig]:
         return list(config.llm.providers)
     base_url = os.environ.get("VAGENT_LLM_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
     if base_url:
-        key_env = "VAGENT_LLM_API_KEY" if "VAGENT_LLM_API_KEY" in os.environ else "OPENAI_API_KEY"
-        return [ProviderConfig(name=os.environ.get("VAGENT_LLM_PROVIDER", "openai"),
-                               base_url=base_url, api_key_env=key_env,
-                               model=os.environ.get("VAGENT_LLM_MODEL", "gpt-4o-mini"))]
-    return [ProviderConfig(name="local", base_url=os.environ.get("VAGENT_LOCAL_LLM_URL", LOCAL_BASE_URL),
-                           model=os.environ.get("VAGENT_LLM_MODEL", "local"),
-                           first_token_timeout=60.0, max_tokens=256,
-                           tool_probe=True)]
+        return [openai_provider(base_url)]
+    return [local_provider(os.environ.get("VAGENT_LOCAL_LLM_URL", LOCAL_BASE_URL))]
 
 
-def wants_local_llm(actors: list[str]) -> bool:
+def openai_provider(base_url: str) -> ProviderConfig:
+    """The one provider the environment names (the OpenAI SDK's own variables)."""
+    key_env = "VAGENT_LLM_API_KEY" if "VAGENT_LLM_API_KEY" in os.environ else "OPENAI_API_KEY"
+    return ProviderConfig(name=os.environ.get("VAGENT_LLM_PROVIDER", "openai"),
+                          base_url=base_url, api_key_env=key_env,
+                          model=os.environ.get("VAGENT_LLM_MODEL", "gpt-4o-mini"))
+
+
+def local_provider(base_url: str, model: str | None = None) -> ProviderConfig:
+    """A local llama-server: slower to its first token, and kept short."""
+    return ProviderConfig(name="local", base_url=base_url,
+                          model=model or os.environ.get("VAGENT_LLM_MODEL", "local"),
+                          first_token_timeout=60.0, max_tokens=256, tool_probe=True)
+
+
+def wants_local_llm(config: Config, actors: list[str]) -> bool:
     """Whether `vagent up` with these actors starts the local model: the offline default, no
-    provider configured anywhere (`provider_configs` then points the dialogue at
-    VAGENT_LOCAL_LLM_URL)."""
-    if "dialogue" not in actors or load().llm.providers:
+    provider configured anywhere (in the settings or the environment)."""
+    if "dialogue" not in actors or config.llm.providers:
         return False
     return not any(os.environ.get(name) for name in LOCAL_LLM_OVERRIDES)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,8 @@ from bus.client import Bus
 from edge.server import EdgeServer
 from projections.runtime import ProjectionService
 from schemas import new_id
-from settings import config as settings
 from settings.config import Argon2Settings, Config
+from settings.llm import openai_provider
 
 
 class Api:
@@ -69,13 +68,14 @@ async def serve_api(url: str, data_dir: Path, config: Config | None = None) -> A
 @contextlib.asynccontextmanager
 async def serve_stack(url: str, data_dir: Path, llm_base_url: str, actors: list[str],
                       config: Config | None = None) -> AsyncIterator[Api]:
-    """The edge with actors beside it on the same NATS; the dialogue talks to `llm_base_url`."""
-    saved = os.environ.get("OPENAI_BASE_URL")
-    os.environ["OPENAI_BASE_URL"] = llm_base_url
-    settings.load.cache_clear()
+    """The edge with actors beside it on the same NATS, both with `config` (as `vagent up`
+    runs them); the dialogue talks to `llm_base_url`, the one provider OPENAI_BASE_URL makes."""
+    config = config or api_config()
+    config = msgspec.structs.replace(config, llm=msgspec.structs.replace(
+        config.llm, providers=[openai_provider(llm_base_url)]))
     bus = await Bus.connect(url, name="test-stack-actors")
     await bus.declare()
-    host = ActorHost(bus, actors)
+    host = ActorHost(bus, actors, config)
     await host.start()
     try:
         async with serve_api(url, data_dir, config) as api:
@@ -83,11 +83,6 @@ async def serve_stack(url: str, data_dir: Path, llm_base_url: str, actors: list[
     finally:
         await host.stop()
         await bus.close()
-        if saved is None:
-            os.environ.pop("OPENAI_BASE_URL", None)
-        else:
-            os.environ["OPENAI_BASE_URL"] = saved
-        settings.load.cache_clear()
 
 
 @contextlib.contextmanager

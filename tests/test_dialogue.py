@@ -8,7 +8,6 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,7 +31,7 @@ from schemas import (
     decode,
     new_id,
 )
-from settings import config as settings
+from settings.config import Config, parse
 from tests.conftest import wait_for
 
 
@@ -44,11 +43,7 @@ def servers() -> Iterator[tuple[OpenAIServer, OpenAIServer]]:
     b.stop()
 
 
-def write_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> None:
-    path = tmp_path / "vagent.toml"
-    path.write_text(text)
-    monkeypatch.setenv("VAGENT_CONFIG", str(path))
-    settings.load.cache_clear()
+Start = Callable[..., Awaitable[ActorHost]]
 
 
 def providers_toml(*servers: OpenAIServer) -> str:
@@ -58,7 +53,7 @@ def providers_toml(*servers: OpenAIServer) -> str:
 
 @pytest.fixture
 async def start(bus: Bus, monkeypatch: pytest.MonkeyPatch
-                ) -> AsyncIterator[Callable[..., Awaitable[ActorHost]]]:
+                ) -> AsyncIterator[Start]:
     """Start actors in this process; durables of their own, so no other test's actors
     share these messages. Stopped (gracefully) after the test."""
     hosts: list[ActorHost] = []
@@ -66,8 +61,8 @@ async def start(bus: Bus, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr("actors.dialogue.actor.Dialogue.name", "dialogue_" + suffix)
     monkeypatch.setattr("actors.tools.actor.Tools.name", "tools_" + suffix)
 
-    async def run(*names: str) -> ActorHost:
-        host = ActorHost(bus, list(names))
+    async def run(*names: str, config: Config) -> ActorHost:
+        host = ActorHost(bus, list(names), config)
         await host.start()
         hosts.append(host)
         return host
@@ -75,7 +70,6 @@ async def start(bus: Bus, monkeypatch: pytest.MonkeyPatch
     yield run
     for host in hosts:
         await host.stop()
-    settings.load.cache_clear()
 
 
 def finals(events: list[Event]) -> list[AssistantMessage]:
@@ -83,11 +77,10 @@ def finals(events: list[Event]) -> list[AssistantMessage]:
 
 
 async def test_a_streamed_turn_emits_sentences_and_a_final_message(
-        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], start: Start) -> None:
     a, _ = servers
-    write_config(tmp_path, monkeypatch, providers_toml(a))
-    await start("dialogue")
+    config = parse(providers_toml(a))
+    await start("dialogue", config=config)
     s = "d" + new_id()
     await bus.publish(UserText(session_id=s, text="good morning. how are you"))
     events = await wait_for(bus, s, lambda ev: bool(finals(ev)))
@@ -104,13 +97,12 @@ async def test_a_streamed_turn_emits_sentences_and_a_final_message(
 
 
 async def test_a_tool_call_goes_through_the_tools_actor_and_the_turn_resumes(
-        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], start: Start) -> None:
     a, _ = servers
     a.tool_arguments["calculator"] = json.dumps({"expression": "6*7"})
-    write_config(tmp_path, monkeypatch, providers_toml(a))
-    await start("tools")
-    await start("dialogue")
+    config = parse(providers_toml(a))
+    await start("tools", config=config)
+    await start("dialogue", config=config)
     s = "d" + new_id()
     await bus.publish(UserText(session_id=s, text="please use calculator for six times seven"))
     events = await wait_for(bus, s, lambda ev: bool(finals(ev)))
@@ -130,12 +122,11 @@ async def test_a_tool_call_goes_through_the_tools_actor_and_the_turn_resumes(
 
 
 async def test_a_failing_provider_hands_the_turn_to_the_next(
-        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], start: Start) -> None:
     a, b = servers
     a.fail_status = 503
-    write_config(tmp_path, monkeypatch, providers_toml(a, b))
-    await start("dialogue")
+    config = parse(providers_toml(a, b))
+    await start("dialogue", config=config)
     s = "d" + new_id()
     await bus.publish(UserText(session_id=s, text="hello"))
     events = await wait_for(bus, s, lambda ev: bool(finals(ev)))
@@ -143,12 +134,11 @@ async def test_a_failing_provider_hands_the_turn_to_the_next(
 
 
 async def test_no_provider_answering_is_an_error_event(
-        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], start: Start) -> None:
     a, _ = servers
     a.fail_status = 500
-    write_config(tmp_path, monkeypatch, providers_toml(a))
-    await start("dialogue")
+    config = parse(providers_toml(a))
+    await start("dialogue", config=config)
     s = "d" + new_id()
     await bus.publish(UserText(session_id=s, text="hello"))
     events = await wait_for(bus, s, lambda ev: any(e.type == "error" for e in ev))
@@ -157,12 +147,11 @@ async def test_no_provider_answering_is_an_error_event(
 
 
 async def test_a_new_input_interrupts_the_running_turn(
-        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], start: Start) -> None:
     a, _ = servers
     a.token_delay = 0.25
-    write_config(tmp_path, monkeypatch, providers_toml(a))
-    await start("dialogue")
+    config = parse(providers_toml(a))
+    await start("dialogue", config=config)
     s = "d" + new_id()
     first = UserText(session_id=s, text="one two three four five six seven eight nine ten")
     await bus.publish(first)
@@ -183,12 +172,11 @@ async def test_a_new_input_interrupts_the_running_turn(
 
 
 async def test_a_client_abort_stops_the_stream(
-        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], start: Start) -> None:
     a, _ = servers
     a.token_delay = 0.25
-    write_config(tmp_path, monkeypatch, providers_toml(a))
-    await start("dialogue")
+    config = parse(providers_toml(a))
+    await start("dialogue", config=config)
     s = "d" + new_id()
     question = UserText(session_id=s, text="a long answer please with many many words")
     await bus.publish(question)
@@ -201,11 +189,10 @@ async def test_a_client_abort_stops_the_stream(
 
 
 async def test_goodbye_ends_the_session_politely(
-        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], start: Start) -> None:
     a, _ = servers
-    write_config(tmp_path, monkeypatch, providers_toml(a))
-    await start("dialogue")
+    config = parse(providers_toml(a))
+    await start("dialogue", config=config)
     s = "d" + new_id()
     await bus.publish(UserText(session_id=s, text="ok, bye!"))
     events = await wait_for(bus, s, lambda ev: any(e.type == "session.ended" for e in ev))
@@ -216,13 +203,12 @@ async def test_goodbye_ends_the_session_politely(
 
 
 async def test_a_sessions_device_tools_join_its_tool_list_and_are_routed_to_the_edge(
-        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], start: Start) -> None:
     a, _ = servers
     a.tool_arguments["set_volume"] = json.dumps({"level": 30})
-    write_config(tmp_path, monkeypatch, providers_toml(a))
-    await start("tools")
-    await start("dialogue")
+    config = parse(providers_toml(a))
+    await start("tools", config=config)
+    await start("dialogue", config=config)
     s = "d" + new_id()
     await bus.publish(SessionTools(session_id=s, tools=[SessionToolSpec(
         name="set_volume", description="Set the speaker volume",
@@ -244,19 +230,19 @@ async def test_a_sessions_device_tools_join_its_tool_list_and_are_routed_to_the_
 
 
 async def test_tools_that_raise_hang_or_flood_still_let_the_turn_complete(
-        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer],
+        monkeypatch: pytest.MonkeyPatch, start: Start) -> None:
     from actors.tools import builtin
     from tests.test_tools_actor import TEST_BUILTINS
 
     for name, target in TEST_BUILTINS.items():
         monkeypatch.setitem(builtin.BUILTINS, name, target)
     a, _ = servers
-    write_config(tmp_path, monkeypatch, providers_toml(a) + (
+    config = parse(providers_toml(a) + (
         '[tools]\nbuiltins = ["explode", "stall", "flood"]\ntimeout = 1.0\n'
         "max_result_chars = 500\n"))
-    await start("tools")
-    await start("dialogue")
+    await start("tools", config=config)
+    await start("dialogue", config=config)
     s = "d" + new_id()
     await bus.publish(UserText(session_id=s, text="use explode, stall and flood at once"))
     events = await wait_for(bus, s, lambda ev: bool(finals(ev)))
@@ -272,14 +258,13 @@ async def test_tools_that_raise_hang_or_flood_still_let_the_turn_complete(
 
 
 async def test_tool_steps_continue_up_to_the_limit_then_the_model_must_answer(
-        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], start: Start) -> None:
     a, _ = servers
     a.tool_arguments["calculator"] = json.dumps({"expression": "1+1"})
     a.follow_ups = ["calculator", "calculator", "calculator"]  # it would go on and on
-    write_config(tmp_path, monkeypatch, providers_toml(a) + "[tools]\nmax_steps = 3\n")
-    await start("tools")
-    await start("dialogue")
+    config = parse(providers_toml(a) + "[tools]\nmax_steps = 3\n")
+    await start("tools", config=config)
+    await start("dialogue", config=config)
     s = "d" + new_id()
     await bus.publish(UserText(session_id=s, text="use calculator"))
     events = await wait_for(bus, s, lambda ev: bool(finals(ev)))
@@ -291,14 +276,13 @@ async def test_tool_steps_continue_up_to_the_limit_then_the_model_must_answer(
 
 
 async def test_a_small_model_gets_the_question_alone_to_decide_on_a_tool(
-        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], start: Start) -> None:
     a, _ = servers
     a.small_model = True  # bare JSON calls, and only for a question without history
     a.tool_arguments["calculator"] = json.dumps({"expression": "17*23"})
-    write_config(tmp_path, monkeypatch, providers_toml(a) + "tool_probe = true\n")
-    await start("tools")
-    await start("dialogue")
+    config = parse(providers_toml(a) + "tool_probe = true\n")
+    await start("tools", config=config)
+    await start("dialogue", config=config)
     s = "d" + new_id()
     await bus.publish(UserText(session_id=s, text="hello"))
     await wait_for(bus, s, lambda ev: len(finals(ev)) == 1)
@@ -375,13 +359,12 @@ def unseen(deltas: list[str], events: list[Event], *fragments: str) -> None:
 
 
 async def test_a_call_to_an_unknown_tool_is_never_shown_or_spoken_and_the_model_is_told(
-        bus: Bus, scripted: Callable[..., Scripted], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+        bus: Bus, scripted: Callable[..., Scripted], start: Start) -> None:
     bare = '{"name": "lookup_weather", "arguments": {"city": "Oslo"}}'
     llm = scripted(bare, "I cannot look up the weather, sorry.")
-    write_config(tmp_path, monkeypatch, providers_toml(llm))
-    await start("tools")
-    await start("dialogue")
+    config = parse(providers_toml(llm))
+    await start("tools", config=config)
+    await start("dialogue", config=config)
     s = "d" + new_id()
     async with live_deltas(bus, s) as deltas:
         await bus.publish(UserText(session_id=s, text="what is the weather in Oslo?"))
@@ -403,13 +386,12 @@ async def test_a_call_to_an_unknown_tool_is_never_shown_or_spoken_and_the_model_
 
 
 async def test_unknown_tool_calls_without_a_second_chance_end_in_a_short_apology(
-        bus: Bus, scripted: Callable[..., Scripted], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+        bus: Bus, scripted: Callable[..., Scripted], start: Start) -> None:
     fenced = '```json {"name": "Ada"} ```'
     llm = scripted(fenced, "\n" + fenced)  # it does it again after being told
-    write_config(tmp_path, monkeypatch, providers_toml(llm))
-    await start("tools")
-    await start("dialogue")
+    config = parse(providers_toml(llm))
+    await start("tools", config=config)
+    await start("dialogue", config=config)
     s = "d" + new_id()
     async with live_deltas(bus, s) as deltas:
         await bus.publish(UserText(session_id=s, text="my name is Ada"))
@@ -425,11 +407,10 @@ async def test_unknown_tool_calls_without_a_second_chance_end_in_a_short_apology
 
 
 async def test_a_call_with_no_tools_to_offer_is_answered_with_the_apology_at_once(
-        bus: Bus, scripted: Callable[..., Scripted], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+        bus: Bus, scripted: Callable[..., Scripted], start: Start) -> None:
     llm = scripted('{"name": "calculate", "arguments": {"expression": "2+2"}}')
-    write_config(tmp_path, monkeypatch, providers_toml(llm) + "[tools]\nmax_steps = 0\n")
-    await start("dialogue")
+    config = parse(providers_toml(llm) + "[tools]\nmax_steps = 0\n")
+    await start("dialogue", config=config)
     s = "d" + new_id()
     async with live_deltas(bus, s) as deltas:
         await bus.publish(UserText(session_id=s, text="two plus two"))
@@ -440,13 +421,12 @@ async def test_a_call_with_no_tools_to_offer_is_answered_with_the_apology_at_onc
     assert not any(isinstance(e, ToolCall) for e in events)
 
 async def test_a_misnamed_call_is_repaired_onto_the_tool_that_does_it(
-        bus: Bus, scripted: Callable[..., Scripted], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+        bus: Bus, scripted: Callable[..., Scripted], start: Start) -> None:
     bare = '{"name": "square_root", "arguments": {"number": 16}}'
     llm = scripted(bare)
-    write_config(tmp_path, monkeypatch, providers_toml(llm))
-    await start("tools")
-    await start("dialogue")
+    config = parse(providers_toml(llm))
+    await start("tools", config=config)
+    await start("dialogue", config=config)
     s = "d" + new_id()
     async with live_deltas(bus, s) as deltas:
         await bus.publish(UserText(session_id=s, text="what is the square root of sixteen?"))
@@ -462,12 +442,11 @@ async def test_a_misnamed_call_is_repaired_onto_the_tool_that_does_it(
 
 
 async def test_prose_streams_at_once_and_json_inside_it_is_taken_out(
-        bus: Bus, scripted: Callable[..., Scripted], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+        bus: Bus, scripted: Callable[..., Scripted], start: Start) -> None:
     llm = scripted('Let me check. {"name": "get_time", "arguments": {}} One moment please.')
     llm.token_delay = 0.3
-    write_config(tmp_path, monkeypatch, providers_toml(llm))
-    await start("dialogue")
+    config = parse(providers_toml(llm))
+    await start("dialogue", config=config)
     s = "d" + new_id()
     async with live_deltas(bus, s) as deltas:
         await bus.publish(UserText(session_id=s, text="what time is it?"))
@@ -498,13 +477,12 @@ def bogota() -> Iterator[None]:
 
 
 async def test_what_time_is_it_is_answered_in_the_local_zone_whatever_zone_the_model_copies(
-        bus: Bus, scripted: Callable[..., Scripted], tmp_path: Path, bogota: None,
-        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:
+        bus: Bus, scripted: Callable[..., Scripted], bogota: None, start: Start) -> None:
     paris = '{"name": "get_time", "arguments": {"timezone": "Europe/Paris"}}'
     llm = scripted(paris)  # then it reads the result out
-    write_config(tmp_path, monkeypatch, providers_toml(llm))
-    await start("tools")
-    await start("dialogue")
+    config = parse(providers_toml(llm))
+    await start("tools", config=config)
+    await start("dialogue", config=config)
     s = "d" + new_id()
     await bus.publish(UserText(session_id=s, text="what time is it?"))
     events = await wait_for(bus, s, lambda ev: bool(finals(ev)))

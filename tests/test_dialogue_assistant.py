@@ -13,8 +13,9 @@ from bus.client import Bus
 from devservers.echo_llm import OpenAIServer
 from projections.runtime import ProjectionService
 from schemas import AssistantCreated, AssistantUpdated, SessionStarted, UserText, new_id
+from settings.config import parse
 from tests.conftest import wait_for
-from tests.test_dialogue import finals, providers_toml, servers, start, write_config
+from tests.test_dialogue import finals, providers_toml, servers, start
 
 __all__ = ["servers", "start"]  # fixtures
 
@@ -28,16 +29,15 @@ async def projections(bus: Bus, data_dir: Path) -> AsyncIterator[ProjectionServi
 
 
 async def test_a_session_talks_to_its_assistant(
-        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]],
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], start: Callable[..., Awaitable[ActorHost]],
         projections: ProjectionService) -> None:
     a, b = servers
-    write_config(tmp_path, monkeypatch, providers_toml(a, b))
+    config = parse(providers_toml(a, b))
     aid = new_id()
     await bus.publish(AssistantCreated(assistant_id=aid, owner_id="u1", name="Zed", persona="You are Zed.",
                                        greeting="Hi, I am Zed.", llm="p1", tools=["get_time"]))
-    await start("tools")
-    await start("dialogue")
+    await start("tools", config=config)
+    await start("dialogue", config=config)
     s = "d" + new_id()
     await bus.publish(SessionStarted(session_id=s, assistant_id=aid))
     events = await wait_for(bus, s, lambda ev: bool(finals(ev)))
@@ -56,12 +56,11 @@ async def test_a_session_talks_to_its_assistant(
 
 
 async def test_an_unknown_assistant_falls_back_to_the_configuration(
-        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]],
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], start: Callable[..., Awaitable[ActorHost]],
         projections: ProjectionService) -> None:
     a, _ = servers
-    write_config(tmp_path, monkeypatch, providers_toml(a) + '[dialogue]\nsystem_prompt = "Configured."\n')
-    await start("dialogue")
+    config = parse(providers_toml(a) + '[dialogue]\nsystem_prompt = "Configured."\n')
+    await start("dialogue", config=config)
     s = "d" + new_id()
     await bus.publish(SessionStarted(session_id=s, assistant_id="nobody" + new_id()))
     await bus.publish(UserText(session_id=s, text="hello"))
@@ -71,15 +70,15 @@ async def test_an_unknown_assistant_falls_back_to_the_configuration(
 
 
 async def test_a_persona_edit_applies_to_later_turns(
-        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer],
         monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]],
         projections: ProjectionService) -> None:
     a, _ = servers
-    write_config(tmp_path, monkeypatch, providers_toml(a))
+    config = parse(providers_toml(a))
     monkeypatch.setattr("actors.assistant.CACHE_SECONDS", 0.0)
     aid = new_id()
     await bus.publish(AssistantCreated(assistant_id=aid, owner_id="u1", persona="First."))
-    await start("dialogue")
+    await start("dialogue", config=config)
     s = "d" + new_id()
     await bus.publish(SessionStarted(session_id=s, assistant_id=aid))
     await bus.publish(UserText(session_id=s, text="one"))

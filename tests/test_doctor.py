@@ -15,7 +15,7 @@ from actors.dialogue.local_llm import get_model
 from bus.server import EmbeddedServer, free_port
 from cli import doctor
 from cli.doctor import Status
-from settings import config as settings
+from settings.config import Config
 from tests.procs import Proc, vagent
 
 CHECK_NAMES = ["python", "uv", "settings", "data dir", "nats-server", "NATS port", "edge port",
@@ -180,10 +180,7 @@ def test_doctor_decides_on_the_local_model_as_vagent_up_does(
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.delenv("VAGENT_CONFIG", raising=False)
-    settings.load.cache_clear()
-    try:
-        expected = "dialogue" in actors and not env
-        assert doctor.wants_local_llm(actors) == wants_local_llm(actors) == expected
-    finally:
-        settings.load.cache_clear()
+    config = Config()
+    expected = "dialogue" in actors and not env
+    assert doctor.wants_local_llm(config, actors) == wants_local_llm(config, actors) == expected
+    assert (doctor._local_llm_unused(config, actors, config_ok=True) is None) == expected

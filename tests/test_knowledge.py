@@ -38,9 +38,10 @@ from schemas import (
     UserText,
     new_id,
 )
+from settings.config import parse as parse_config
 from tests.conftest import wait_for
 from tests.fixtures.pdf import make_pdf
-from tests.test_dialogue import finals, providers_toml, servers, start, write_config
+from tests.test_dialogue import finals, providers_toml, servers, start
 
 __all__ = ["servers", "start"]  # fixtures
 
@@ -291,15 +292,15 @@ async def wait_indexed(bus: Bus, document_id: str) -> DocumentIndexed:
 
 
 async def test_an_assistant_with_documents_looks_the_question_up_and_cites_the_title(
-        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer],
         monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]],
         projections: ProjectionService) -> None:
     llm, _ = servers
     question = "how often should the dishwasher filter be cleaned"
     llm.tool_arguments["knowledge_search"] = json.dumps({"query": "router password"})
-    write_config(tmp_path, monkeypatch, providers_toml(llm))  # default builtins
+    config = parse_config(providers_toml(llm))  # default builtins
     monkeypatch.setattr("actors.indexer.Indexer.name", "indexer_" + new_id())
-    await start("indexer", "tools", "dialogue")
+    await start("indexer", "tools", "dialogue", config=config)
 
     owner, other = "kb-owner-" + new_id(), "kb-other-" + new_id()
     uploads = []

@@ -10,7 +10,6 @@ import asyncio
 import re
 import shutil
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -18,8 +17,9 @@ from actors.dialogue.local_llm import LocalLLMServer
 from actors.runtime import ActorHost
 from bus.client import Bus
 from schemas import AssistantMessage, AssistantSentence, Event, ToolCall, ToolResult, UserText, new_id
+from settings.config import parse
 from tests.conftest import wait_for
-from tests.test_dialogue import bogota, finals, live_deltas, start, write_config
+from tests.test_dialogue import bogota, finals, live_deltas, start
 
 __all__ = ["bogota", "start"]  # fixtures
 pytestmark = pytest.mark.slow
@@ -51,14 +51,14 @@ def assert_no_call_text(deltas: list[str], events: list[Event]) -> None:
 
 
 async def test_the_default_model_never_shows_call_text_nor_answers_in_a_zone_nobody_named(
-        bus: Bus, local_model: str, bogota: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        bus: Bus, local_model: str, bogota: None, monkeypatch: pytest.MonkeyPatch,
         start: Callable[..., Awaitable[ActorHost]]) -> None:
     for name in ("OPENAI_BASE_URL", "VAGENT_LLM_BASE_URL", "VAGENT_LLM_MODEL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("VAGENT_LOCAL_LLM_URL", local_model)  # the provider `vagent up` makes
-    write_config(tmp_path, monkeypatch, "")
-    await start("tools")
-    await start("dialogue")
+    config = parse("")
+    await start("tools", config=config)
+    await start("dialogue", config=config)
     questions = ["what time is it?", "what is the square root of 16?", "my name is Ada",
                  "calculate 17 times 23", "what time is it?"]
     s = "local" + new_id()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,7 +28,7 @@ from schemas import (
     UserText,
     new_id,
 )
-from settings import config as settings
+from settings.config import parse
 from tests.conftest import wait_for
 from tests.fixtures.audio import has_key_words, opus_packets, pcm
 
@@ -60,18 +59,15 @@ def answered_and_spoken(turn_id: str):  # type: ignore[no-untyped-def]
 
 @pytest.mark.slow
 async def test_replay_reproduces_transcripts_and_diffs_the_answers(
-        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer],
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     old, new = servers
-    config = tmp_path / "vagent.toml"
-    config.write_text(f'[[llm.providers]]\nname = "echo"\nbase_url = "{old.base_url}"\nmodel = "m"\n')
-    monkeypatch.setenv("VAGENT_CONFIG", str(config))
-    settings.load.cache_clear()
+    config = parse(f'[[llm.providers]]\nname = "echo"\nbase_url = "{old.base_url}"\nmodel = "m"\n')
     suffix = new_id()
     for module, cls in (("asr.actor", "Asr"), ("dialogue.actor", "Dialogue"), ("tts.actor", "Tts"),
                         ("tools.actor", "Tools")):
         monkeypatch.setattr(f"actors.{module}.{cls}.name", f"{cls.lower()}_{suffix}")
-    host = ActorHost(bus, ["asr", "dialogue", "tools", "tts"])
+    host = ActorHost(bus, ["asr", "dialogue", "tools", "tts"], config)
     await host.start()
     sid = "rp" + new_id()
     try:
@@ -95,8 +91,8 @@ async def test_replay_reproduces_transcripts_and_diffs_the_answers(
     assert has_key_words("what_time", spoken.text)
     before = [(e.seq, e.data) for e in (await load(bus, "session", sid))[0]]
 
-    report = await replay_session(bus, sid, llm_base_url=new.base_url, llm_model="m2", timeout=60)
-    settings.load.cache_clear()
+    report = await replay_session(bus, sid, config=config, llm_base_url=new.base_url, llm_model="m2",
+                                  timeout=60)
 
     assert [d.original.input_type for d in report.turns] == ["user.text", "user.text", "transcript.final"]
     typed, tool, voice = report.turns

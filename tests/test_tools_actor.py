@@ -9,7 +9,6 @@ import re
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -22,7 +21,7 @@ from bus.client import Bus
 from bus.log import load
 from bus.server import EmbeddedServer, free_port
 from schemas import ToolCall, ToolResult, new_id
-from settings import config
+from settings.config import Config, parse
 from tests.mcp_server import HttpMcpServer
 
 # --- tools that misbehave, offered as builtins through the registry ------------------
@@ -74,24 +73,20 @@ async def mbus(module_nats: EmbeddedServer) -> AsyncIterator[Bus]:
 
 
 @pytest.fixture(scope="module")
-def tools_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    path: Path = tmp_path_factory.mktemp("tools") / "vagent.toml"
-    path.write_text(CONFIG)
+def tools_config() -> Iterator[Config]:
+    """CONFIG, with this module's builtins registered while it runs."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VAGENT_CONFIG", str(path))
         for name, target in TEST_BUILTINS.items():
             mp.setitem(builtin.BUILTINS, name, target)
-        config.load.cache_clear()
-        yield
-    config.load.cache_clear()
+        yield parse(CONFIG)
 
 
 @pytest.fixture(scope="module")
-async def host(mbus: Bus, tools_config: None) -> AsyncIterator[ActorHost]:
+async def host(mbus: Bus, tools_config: Config) -> AsyncIterator[ActorHost]:
     with pytest.MonkeyPatch.context() as mp:
         # A durable of its own, so no other test's tools actor shares these messages.
         mp.setattr(Tools, "name", "tools_" + new_id())
-        h = ActorHost(mbus, ["tools"])
+        h = ActorHost(mbus, ["tools"], tools_config)
         await h.start()
         yield h
         await h.stop()
@@ -187,21 +182,12 @@ async def test_old_calls_are_not_run_and_answered_ones_not_answered_again(
             ][:2] == ["done", result.content]
 
 
-async def test_catalog_is_withdrawn_on_teardown(mbus: Bus, tools_config: None,
-                                                monkeypatch: pytest.MonkeyPatch,
-                                                tmp_path: Path) -> None:
+async def test_catalog_is_withdrawn_on_teardown(mbus: Bus, tools_config: Config) -> None:
     # Set up and torn down without a consumer: it must not take the module host's calls.
     name = "probe_" + new_id()
-    path = tmp_path / "vagent.toml"
-    path.write_text(f'[tools]\nbuiltins = []\n[[tools.webhooks]]\nname = "{name}"\n'
-                    'description = "d"\nurl = "http://127.0.0.1:9/"\n')
-    monkeypatch.setenv("VAGENT_CONFIG", str(path))
-    config.load.cache_clear()
-    actor = Tools(mbus)
-    try:
-        await actor.setup()
-    finally:
-        config.load.cache_clear()
+    actor = Tools(mbus, parse(f'[tools]\nbuiltins = []\n[[tools.webhooks]]\nname = "{name}"\n'
+                              'description = "d"\nurl = "http://127.0.0.1:9/"\n'))
+    await actor.setup()
     try:
         assert name in {s.name for s in await catalog(mbus)}
     finally:
@@ -210,19 +196,13 @@ async def test_catalog_is_withdrawn_on_teardown(mbus: Bus, tools_config: None,
 
 
 async def test_an_mcp_server_down_at_start_joins_when_it_answers(
-        bus: Bus, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        bus: Bus, monkeypatch: pytest.MonkeyPatch) -> None:
     port = free_port()
-    path = tmp_path / "vagent.toml"
-    path.write_text(f'[tools]\nbuiltins = []\n[[tools.mcp]]\nname = "late"\n'
-                    f'url = "http://127.0.0.1:{port}/mcp"\ntimeout = 5.0\n')
-    monkeypatch.setenv("VAGENT_CONFIG", str(path))
     monkeypatch.setattr("actors.tools.actor.REFRESH", 0.2)
-    config.load.cache_clear()
-    actor = Tools(bus)  # not mbus: there the module host has its own `add` in the catalog
-    try:
-        await actor.setup()
-    finally:
-        config.load.cache_clear()
+    # Not mbus: there the module host has its own `add` in the catalog.
+    actor = Tools(bus, parse(f'[tools]\nbuiltins = []\n[[tools.mcp]]\nname = "late"\n'
+                             f'url = "http://127.0.0.1:{port}/mcp"\ntimeout = 5.0\n'))
+    await actor.setup()
     server = None
     try:
         assert actor.toolset is not None and actor.toolset.tools == {}

@@ -39,11 +39,11 @@ from schemas import (
     UserText,
     new_id,
 )
-from settings import config as settings
+from settings.config import Config, parse
 from tests.conftest import wait_for
 from tests.elevenlabs_server import ElevenLabsServer
 
-StartTts = Callable[[], Awaitable[Tts]]
+StartTts = Callable[..., Awaitable[Tts]]
 
 
 @pytest.fixture
@@ -51,8 +51,8 @@ async def start_tts(bus: Bus, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
     hosts: list[ActorHost] = []
     monkeypatch.setattr("actors.tts.actor.Tts.name", "tts_" + new_id())
 
-    async def run() -> Tts:
-        host = ActorHost(bus, ["tts"])
+    async def run(config: Config | None = None) -> Tts:
+        host = ActorHost(bus, ["tts"], config)
         await host.start()
         hosts.append(host)
         actor = host.actors[0]
@@ -332,15 +332,12 @@ async def test_a_newer_turn_supersedes_one_still_speaking(bus: Bus, start_tts: S
 
 
 async def test_a_typed_question_is_answered_aloud(
-        bus: Bus, start_tts: StartTts, llm: OpenAIServer, tmp_path: Path,
+        bus: Bus, start_tts: StartTts, llm: OpenAIServer,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """user.text → dialogue (echo LLM) → assistant.sentence → tts → audio, end to end."""
-    config = tmp_path / "vagent.toml"
-    config.write_text(f'[[llm.providers]]\nname = "echo"\nbase_url = "{llm.base_url}"\nmodel = "e"\n')
-    monkeypatch.setenv("VAGENT_CONFIG", str(config))
-    settings.load.cache_clear()
+    config = parse(f'[[llm.providers]]\nname = "echo"\nbase_url = "{llm.base_url}"\nmodel = "e"\n')
     monkeypatch.setattr("actors.dialogue.actor.Dialogue.name", "dialogue_" + new_id())
-    host = ActorHost(bus, ["dialogue"])
+    host = ActorHost(bus, ["dialogue"], config)
     await host.start()
     try:
         await start_tts()
@@ -352,7 +349,6 @@ async def test_a_typed_question_is_answered_aloud(
         events = await wait_for(bus, sid, lambda ev: bool(stopped(ev)))
     finally:
         await host.stop()
-        settings.load.cache_clear()
     assert [s.text for s in of_type(events, TtsSentence)] == ["You said: good morning.",
                                                              "how are you."]
     assert stopped(events)[0].spoken_ms > 1000

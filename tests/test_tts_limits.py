@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 
 from actors.dialogue.sentences import clip, cut, speakable
-from actors.tts.actor import MAX_TURN_CHARS, Tts
+from actors.tts.actor import Tts
 from actors.tts.providers import TtsProvider
-from actors.tts.synth import MAX_CHARS
 from bus.client import Bus
 from bus.server import EmbeddedServer, free_port
 from schemas import Error, TtsSentence, TurnInterrupted, new_id
+from settings.config import Config, TtsSettings, load
 from tests.conftest import wait_for
 from tests.procs import Proc
 from tests.test_tts import StartTts, catch_frames, final, of_type, sentence, start_tts, stopped
@@ -32,6 +32,7 @@ from tests.test_tts import StartTts, catch_frames, final, of_type, sentence, sta
 __all__ = ["start_tts"]  # the fixture, shared with test_tts
 
 HELLOS = ("hello " * 1400)[:8000]  # the probe: 8,000 characters, no punctuation
+MAX_CHARS, MAX_TURN_CHARS = TtsSettings().max_chars, TtsSettings().max_turn_chars  # the defaults
 WS = "w" * 2000
 
 
@@ -148,9 +149,8 @@ async def synthesized(tts: Tts, sid: str, timeout: float = 240) -> None:
 
 @pytest.mark.parametrize("text", [HELLOS, WS], ids=["8000-hellos", "2000-ws"])
 async def test_a_long_text_is_synthesized_in_pieces_and_its_memory_comes_back(
-        bus: Bus, start_tts: StartTts, monkeypatch: pytest.MonkeyPatch, text: str) -> None:
-    monkeypatch.setenv("VAGENT_TTS_MAX_TURN_CHARS", "600")  # three pieces: a shorter test
-    tts = await start_tts()
+        bus: Bus, start_tts: StartTts, text: str) -> None:
+    tts = await start_tts(Config(tts=TtsSettings(max_turn_chars=600)))  # three pieces: a shorter test
     provider = tts.synthesizer.provider = Calls(tts.provider, tts)
     async for _ in tts.provider.stream("Warm up, and load what a first call loads."):
         pass
@@ -206,9 +206,8 @@ async def test_the_default_turn_limit_cuts_the_answer_and_says_so(
 
 
 async def test_another_session_is_heard_while_a_long_text_is_synthesized(
-        bus: Bus, start_tts: StartTts, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VAGENT_TTS_MAX_TURN_CHARS", "600")
-    tts = await start_tts()
+        bus: Bus, start_tts: StartTts) -> None:
+    tts = await start_tts(Config(tts=TtsSettings(max_turn_chars=600)))
     provider = tts.synthesizer.provider = Calls(tts.provider, tts)
     long_sid, short_sid, long_turn = "t" + new_id(), "t" + new_id(), new_id()
     short_frames = await catch_frames(bus, short_sid)
@@ -276,3 +275,13 @@ async def test_sigterm_while_synthesizing_stops_the_actor_at_once(tmp_path: Path
     assert code == 0, proc.output()
     assert took < 8, proc.output()
     assert 0 < stopped(events)[0].spoken_ms < 5000
+
+
+def test_the_environment_overrides_the_files_limits(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    path = tmp_path / "vagent.toml"
+    path.write_text("[tts]\nmax_chars = 120\nmax_turn_chars = 900\n")
+    monkeypatch.setenv("VAGENT_CONFIG", str(path))
+    monkeypatch.delenv("VAGENT_TTS_MAX_CHARS", raising=False)
+    monkeypatch.setenv("VAGENT_TTS_MAX_TURN_CHARS", "600")
+    assert load().tts == TtsSettings(max_turn_chars=600, max_chars=120)

@@ -23,7 +23,6 @@ import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,13 +33,13 @@ from bus.client import Bus, Stored
 from bus.log import load
 from devservers.echo_llm import OpenAIServer
 from schemas import AssistantMessage, Event, TurnInterrupted, UserText, new_id
+from settings.config import parse
 from tests.api_harness import Api
 from tests.conftest import wait_for
 from tests.test_dialogue import (  # noqa: F401  (fixtures)
     providers_toml,
     servers,
     start,
-    write_config,
 )
 
 pytestmark = pytest.mark.stack("dialogue", llm="slowish_llm")
@@ -200,11 +199,11 @@ def stops(events: list[Event], turn_id: str) -> list[TurnInterrupted]:
 
 
 async def test_an_input_stored_before_the_turn_begins_ends_it_before_the_model_is_asked(
-        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,  # noqa: F811
-        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:  # noqa: F811
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer],  # noqa: F811
+        start: Callable[..., Awaitable[ActorHost]]) -> None:  # noqa: F811
     a, _ = servers
-    write_config(tmp_path, monkeypatch, providers_toml(a))
-    await start("dialogue")
+    config = parse(providers_toml(a))
+    await start("dialogue", config=config)
     s = "o" + new_id()
     first, second = UserText(session_id=s, text="first"), UserText(session_id=s, text="second")
     await bus.append_batch([first, second])  # both stored before the first is handled
@@ -246,12 +245,12 @@ def around_the_answer(monkeypatch: pytest.MonkeyPatch, session_id: str,
 
 
 async def test_an_input_stored_just_before_the_answer_interrupts_the_turn_once(
-        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,  # noqa: F811
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer],  # noqa: F811
         monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:  # noqa: F811
     """The closing append is conditional on the log the dialogue read: an input slipped in
     just before it (here, on purpose) makes it fail, and the turn closes as interrupted."""
     a, _ = servers
-    write_config(tmp_path, monkeypatch, providers_toml(a))
+    config = parse(providers_toml(a))
     s = "o" + new_id()
     late = UserText(session_id=s, text="second")
 
@@ -259,7 +258,7 @@ async def test_an_input_stored_just_before_the_answer_interrupts_the_turn_once(
         await b.publish(late)
 
     around_the_answer(monkeypatch, s, before=send)
-    await start("dialogue")
+    await start("dialogue", config=config)
     first = UserText(session_id=s, text="first")
     await bus.publish(first)
     events = await wait_for(bus, s, lambda ev: bool(closings(ev, late.id)))
@@ -271,12 +270,12 @@ async def test_an_input_stored_just_before_the_answer_interrupts_the_turn_once(
 
 
 async def test_an_input_right_after_the_answer_is_stored_leaves_the_turn_alone(
-        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], tmp_path: Path,  # noqa: F811
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer],  # noqa: F811
         monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:  # noqa: F811
     """Issue #14 as it happened: the client sends its next input the moment it sees the
     answer, while the dialogue's handler has not returned yet."""
     a, _ = servers
-    write_config(tmp_path, monkeypatch, providers_toml(a))
+    config = parse(providers_toml(a))
     s = "o" + new_id()
     late = UserText(session_id=s, text="second")
 
@@ -285,7 +284,7 @@ async def test_an_input_right_after_the_answer_is_stored_leaves_the_turn_alone(
         await asyncio.sleep(0.2)  # the dialogue's watcher sees it before the handler returns
 
     around_the_answer(monkeypatch, s, after=send)
-    await start("dialogue")
+    await start("dialogue", config=config)
     first = UserText(session_id=s, text="first")
     await bus.publish(first)
     events = await wait_for(bus, s, lambda ev: bool(closings(ev, late.id)))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -16,7 +15,7 @@ from bus.log import load
 from bus.subjects import audio_in, audio_out
 from devservers.echo_llm import OpenAIServer
 from schemas import AssistantMessage, AudioParams, SessionStarted, TranscriptFinal, TtsSentence, new_id
-from settings import config as settings
+from settings.config import parse
 from tests.fixtures.audio import has_key_words, opus_packets, pcm
 
 
@@ -28,16 +27,13 @@ def echo() -> Iterator[OpenAIServer]:
 
 
 @pytest.mark.slow
-async def test_spoken_question_in_spoken_answer_out(bus: Bus, echo: OpenAIServer, tmp_path: Path,
+async def test_spoken_question_in_spoken_answer_out(bus: Bus, echo: OpenAIServer,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    config = tmp_path / "vagent.toml"
-    config.write_text(f'[[llm.providers]]\nname = "echo"\nbase_url = "{echo.base_url}"\nmodel = "m"\n')
-    monkeypatch.setenv("VAGENT_CONFIG", str(config))
-    settings.load.cache_clear()
+    config = parse(f'[[llm.providers]]\nname = "echo"\nbase_url = "{echo.base_url}"\nmodel = "m"\n')
     suffix = new_id()
     for module, cls in (("asr.actor", "Asr"), ("dialogue.actor", "Dialogue"), ("tts.actor", "Tts")):
         monkeypatch.setattr(f"actors.{module}.{cls}.name", f"{cls.lower()}_{suffix}")
-    host = ActorHost(bus, ["asr", "dialogue", "tts"])
+    host = ActorHost(bus, ["asr", "dialogue", "tts"], config)
     await host.start()
     sid = "v" + new_id()
     frames: list[bytes] = []
@@ -65,7 +61,6 @@ async def test_spoken_question_in_spoken_answer_out(bus: Bus, echo: OpenAIServer
     finally:
         await sub.stop()
         await host.stop()
-        settings.load.cache_clear()
 
     types = [e.type for e in events]  # type: ignore[union-attr]
     order = ["speech.started", "speech.stopped", "transcript.final", "turn.started",

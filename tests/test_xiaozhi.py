@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import sys
 from collections.abc import AsyncIterator
@@ -25,7 +24,7 @@ from edge.xiaozhi import framing
 from edge.xiaozhi.mcp import llm_name
 from edge.xiaozhi.protocol import after_wake_word, emotion_of
 from schemas import Event, new_id
-from settings import config as settings
+from settings.config import parse
 from tests.api_harness import Api, api_config, serve_api
 from tests.fixtures.audio import has_key_words, opus_packets, pcm
 from tests.xiaozhi_client import XiaozhiDevice, frame_up
@@ -37,16 +36,11 @@ HELLO_TIMEOUT = 1.0
 async def stack(module_nats: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory
                 ) -> AsyncIterator[Api]:
     echo = OpenAIServer().start()
-    tmp = tmp_path_factory.mktemp("xiaozhi")
-    config_file = tmp / "vagent.toml"
-    config_file.write_text(f'[[llm.providers]]\nname = "echo"\nbase_url = "{echo.base_url}"\n'
-                           'model = "m"\n')
-    saved = os.environ.get("VAGENT_CONFIG")
-    os.environ["VAGENT_CONFIG"] = str(config_file)
-    settings.load.cache_clear()
+    actors_config = parse(f'[[llm.providers]]\nname = "echo"\nbase_url = "{echo.base_url}"\n'
+                          'model = "m"\n')
     bus = await Bus.connect(module_nats.url, name="test-xiaozhi-actors")
     await bus.declare()
-    host = ActorHost(bus, ["asr", "dialogue", "tts"])
+    host = ActorHost(bus, ["asr", "dialogue", "tts"], actors_config)
     await host.start()
     config = api_config()
     config.edge = msgspec.structs.replace(config.edge, hello_timeout=HELLO_TIMEOUT)
@@ -57,11 +51,6 @@ async def stack(module_nats: EmbeddedServer, tmp_path_factory: pytest.TempPathFa
         await host.stop()
         await bus.close()
         echo.stop()
-        if saved is None:
-            os.environ.pop("VAGENT_CONFIG", None)
-        else:
-            os.environ["VAGENT_CONFIG"] = saved
-        settings.load.cache_clear()
 
 
 def url(api: Api) -> str:

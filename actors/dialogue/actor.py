@@ -66,7 +66,7 @@ from schemas import (
     UserText,
     derived_id,
 )
-from settings.config import ProviderConfig, load
+from settings.config import Config, ProviderConfig
 from settings.llm import provider_configs
 
 log = logging.getLogger("vagent.dialogue")
@@ -221,13 +221,13 @@ class Dialogue(Actor):
         "turn.interrupted", "session.ended", "error"})
     concurrency: ClassVar[int] = 64
 
-    def __init__(self, bus: Bus, providers: list[ProviderConfig] | None = None) -> None:
+    def __init__(self, bus: Bus, config: Config | None = None,
+                 providers: list[ProviderConfig] | None = None) -> None:
         """`providers`: these LLM providers instead of the configured ones (a replay's)."""
-        super().__init__(bus)
+        super().__init__(bus, config)
         self.providers = providers
 
     async def setup(self) -> None:
-        self.config = load()
         self.chain = ProviderChain(self.providers or provider_configs(self.config),
                                    self.config.llm.breaker)
         self.runs: dict[str, _Run] = {}

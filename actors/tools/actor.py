@@ -24,7 +24,6 @@ from actors.tools.catalog import publish, withdraw
 from actors.tools.mcp_client import McpTool
 from actors.tools.toolset import Outcome, Toolset, build
 from schemas import Event, ToolCall, ToolResult
-from settings import config
 
 log = logging.getLogger("vagent.tools")
 
@@ -41,7 +40,7 @@ class Tools(Actor):
     _refresher: asyncio.Task[None] | None = None
 
     async def setup(self) -> None:
-        self.toolset = await build(config.load(), self.bus)
+        self.toolset = await build(self.config, self.bus)
         try:
             await publish(self.bus, self.toolset.specs())
         except BaseException:

@@ -9,8 +9,8 @@
   queued sentences of that turn drop, and later ones are ignored.
 - Repeated sentences come from a bounded cache instead of the synthesizer.
 - Bounded work per input: control characters are dropped, a turn says at most
-  `VAGENT_TTS_MAX_TURN_CHARS` characters (the rest is dropped, with an `error`
-  `tts_turn_limit`), and the synthesizer takes at most `VAGENT_TTS_MAX_CHARS` per call.
+  `[tts] max_turn_chars` characters (the rest is dropped, with an `error`
+  `tts_turn_limit`), and the synthesizer takes at most `[tts] max_chars` per call.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from actors.dialogue.sentences import speakable
 from actors.tts.cache import AudioCache
 from actors.tts.providers import TtsProvider, open_provider
 from actors.tts.speaker import Sentence, Speaker
-from actors.tts.synth import MAX_CHARS, Synthesizer
+from actors.tts.synth import Synthesizer
 from actors.watch import Watch
 from audio.encode import DEFAULT_OUT, check_params
 from schemas import (
@@ -44,10 +44,6 @@ from schemas import (
 
 log = logging.getLogger("vagent.tts")
 MAX_SPEAKERS = 4096  # idle sessions remembered (their audio params, closed turns)
-# Characters one turn may speak (1–2 minutes): an answer, greeting or echo beyond it is not
-# read out whole. A turn's audio is held until it ends (its recording), so this also bounds
-# a session's memory: ~5 MB of PCM at Piper's 22 kHz.
-MAX_TURN_CHARS = 2000
 
 
 class Tts(Actor):
@@ -59,10 +55,10 @@ class Tts(Actor):
     async def setup(self) -> None:
         self.provider: TtsProvider = await open_provider()
         self.cache = AudioCache(int(float(os.environ.get("VAGENT_TTS_CACHE_MB", "32")) * 2**20))
-        self.max_turn_chars = max(1, int(os.environ.get("VAGENT_TTS_MAX_TURN_CHARS", MAX_TURN_CHARS)))
+        self.max_turn_chars = max(1, self.config.tts.max_turn_chars)
         self.synthesizer = Synthesizer(self.provider, self.cache,
                                        int(os.environ.get("VAGENT_TTS_PARALLEL", "1")),
-                                       max(1, int(os.environ.get("VAGENT_TTS_MAX_CHARS", MAX_CHARS))))
+                                       max(1, self.config.tts.max_chars))
         self.encode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tts-encode")
         self.speakers: OrderedDict[str, Speaker] = OrderedDict()
         self.voices: dict[tuple[str, str | None], Synthesizer] = {}  # assistants' own voices

@@ -12,11 +12,6 @@ from actors.dialogue.sentences import cut
 from actors.tts.cache import AudioCache, CachedAudio
 from actors.tts.providers import TtsProvider
 
-# Characters per provider call. Piper's memory and time grow with a call's audio (~160 MB
-# at the peak for 200 characters, 7–11 s of speech; 8,000 unpunctuated characters took
-# GBs), and a synthesizer slot serves no other session during a call.
-MAX_CHARS = 200
-
 
 class SynthesisFailed(Exception):
     pass
@@ -117,8 +112,8 @@ class Synthesizer:
     each piece queueing for a slot anew: whatever waits meanwhile goes between two pieces,
     so one long text delays another session by one piece at most."""
 
-    def __init__(self, provider: TtsProvider, cache: AudioCache, parallel: int = 1,
-                 max_chars: int = MAX_CHARS) -> None:
+    def __init__(self, provider: TtsProvider, cache: AudioCache, parallel: int,
+                 max_chars: int) -> None:
         self.provider = provider
         self.cache = cache
         self.runs = 0  # syntheses actually run (cache misses)
