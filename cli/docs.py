@@ -30,6 +30,7 @@ from domain.documents import Documents
 from domain.errors import DomainError
 from projections.client import QueryError, run_query
 from schemas import DecodeError, DocumentDeleted, DocumentFailed, DocumentIndexed, decode, new_id
+from settings.config import Config
 from settings.config import load as load_config
 
 
@@ -46,11 +47,11 @@ def size_text(size: int) -> str:
     return f"{size} B"
 
 
-async def owner_of(bus: Bus, data_dir: Path, who: str | None) -> tuple[str | None, str]:
+async def owner_of(bus: Bus, data_dir: Path, who: str | None, config: Config) -> tuple[str | None, str]:
     """(owner id, how to name them): None for the system's documents (no --user)."""
     if who is None:
         return None, "the system"
-    user = await resolve_user(accounts(bus, load_config(), data_dir), who)
+    user = await resolve_user(accounts(bus, config, data_dir), who)
     return user.user_id, user.email
 
 
@@ -141,10 +142,11 @@ class Reporter:
 async def add_documents(bus: Bus, data_dir: Path, paths: list[Path], who: str | None, title: str | None,
                         wait: bool, timeout: float, as_json: bool) -> None:
     await bus.declare()
-    owner_id, owner_name = await owner_of(bus, data_dir, who)
+    config = load_config()
+    owner_id, owner_name = await owner_of(bus, data_dir, who, config)
     if title is not None and len(paths) > 1:
         raise AdminError("--title names one document: give one file")
-    docs = Documents(bus, load_config().edge.max_upload_bytes)
+    docs = Documents(bus, config.edge.max_upload_bytes)
     files = [Added(path) for path in paths]
     watchers: list[Any] = []
     with Reporter(files, quiet=as_json) as report:
@@ -236,7 +238,7 @@ def _apply(item: Added, event: Any, report: Reporter) -> None:
 
 
 async def list_documents(bus: Bus, data_dir: Path, who: str | None, as_json: bool) -> None:
-    owner_id, owner_name = await owner_of(bus, data_dir, who)
+    owner_id, owner_name = await owner_of(bus, data_dir, who, load_config())
     found = await rows(bus, data_dir, "documents", owner_id=owner_id)
     if as_json:
         print_json(found)
@@ -252,7 +254,7 @@ async def list_documents(bus: Bus, data_dir: Path, who: str | None, as_json: boo
 
 async def search_documents(bus: Bus, data_dir: Path, query: str, who: str | None, assistant_id: str | None,
                            limit: int, as_json: bool) -> None:
-    owner_id, _ = await owner_of(bus, data_dir, who)
+    owner_id, _ = await owner_of(bus, data_dir, who, load_config())
     document_ids: list[str] | None = None
     if assistant_id is not None:
         # An administrator's search: the assistant's own owner, unless --user says whose.
@@ -290,8 +292,9 @@ async def _assistant(bus: Bus, data_dir: Path, assistant_id: str) -> list[dict[s
 
 async def delete_document(bus: Bus, data_dir: Path, document_id: str, who: str | None, as_json: bool) -> None:
     await bus.declare()
-    owner_id, owner_name = await owner_of(bus, data_dir, who)
-    await Documents(bus, load_config().edge.max_upload_bytes).delete(owner_id, document_id)
+    config = load_config()
+    owner_id, owner_name = await owner_of(bus, data_dir, who, config)
+    await Documents(bus, config.edge.max_upload_bytes).delete(owner_id, document_id)
     if as_json:
         print_json({"document_id": document_id, "deleted": True})
     else:
