@@ -312,10 +312,11 @@ def _fuzz_test(cases: st.SearchStrategy[Case], base_url: str,
 # who asks and what exists (not signed in, not theirs, not found, a conflict, too often).
 ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429"]
 # Where the schema cannot say all the server checks, the operation's further refusals of
-# schema-valid input, and why; nowhere else is a 415, 422 or 423 accepted.
+# schema-valid input, and why; nowhere else is a 415, 422 or 423 accepted. Every POST may
+# also be 422 idempotency_key_reused: the fuzzer sends one key with different bodies.
 DECLARED: dict[tuple[str, str], tuple[list[str], str]] = {
-    **{("GET", path): (["422"], "a cursor is opaque: only one this API gave is valid")
-       for path in ("/api/v1/assistants", "/api/v1/devices", "/api/v1/documents", "/api/v1/sessions")},
+    **{(e.method.upper(), e.path): (["422"], "a cursor is opaque: only one this API gave is valid")
+       for e in ENDPOINTS if any(q.name == "cursor" for q in e.query)},
     ("POST", "/api/v1/assistants"): (["422"], "providers, tools and documents named must exist"),
     ("PATCH", "/api/v1/assistants/{assistant_id}"): (["422"], "providers, tools and documents "
                                                       "named must exist"),
@@ -333,12 +334,19 @@ def acceptance_config() -> dict[str, Any]:
     """The positive-data check's statuses, in schemathesis's configuration shape (the same
     for the Python API and the CLI's TOML). An operation is named by its operationId: an
     entry's include filters are alternatives, so a method and a path would match either."""
-    ids = {(e.method.upper(), e.path): e.operation_id for e in ENDPOINTS}
+    declared: dict[tuple[str, str], list[str]] = {}
+    for e in ENDPOINTS:
+        key = (e.method.upper(), e.path)
+        extra = DECLARED.get(key, ([], ""))[0]
+        if key[0] == "POST":  # an Idempotency-Key reused with another body
+            extra = sorted({*extra, "422"})
+        if extra:
+            declared[e.operation_id] = extra
     return {"checks": {"positive_data_acceptance": {"expected-statuses": ACCEPTED}},
-            "operations": [{"include-operation-id": ids[key],
+            "operations": [{"include-operation-id": operation_id,
                             "checks": {"positive_data_acceptance": {
                                 "expected-statuses": ACCEPTED + extra}}}
-                           for key, (extra, _) in DECLARED.items()]}
+                           for operation_id, extra in declared.items()]}
 
 
 FUZZ_CONFIG = SchemathesisConfig.from_dict(acceptance_config())
