@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -9,8 +10,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from bus.server import free_port
 
 VAGENT = [str(Path(sys.executable).parent / "vagent")]  # the installed console script
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,3 +88,28 @@ class Proc:
         """SIGKILL, no chance to clean up: what a crash looks like."""
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+
+
+@contextlib.contextmanager
+def running(args: Sequence[str], ready: str, timeout: float = 30.0, **extra_env: str) -> Iterator[Proc]:
+    """A long-running vagent command, once it printed `ready`; it must stop cleanly (exit 0)."""
+    proc = Proc(args, **extra_env)
+    try:
+        proc.wait_for(ready, timeout)
+        yield proc
+    finally:
+        code = proc.stop()  # also when the command never got ready or an inner one failed
+    assert code == 0, proc.output()
+
+
+def up(nats_url: str, data: Path, llm_base_url: str, timeout: float = 30.0
+       ) -> contextlib.AbstractContextManager[Proc]:
+    """`vagent up` on `nats_url`, its dialogue answered by the LLM at `llm_base_url`."""
+    return running(["up", "--nats", nats_url, "--data-dir", str(data), "--edge-port", str(free_port())],
+                   "vagent is up", timeout, OPENAI_BASE_URL=llm_base_url)
+
+
+def projections_serving(nats_url: str, data: Path) -> contextlib.AbstractContextManager[Proc]:
+    """`vagent projections serve`: the read models the CLI asks."""
+    return running(["projections", "serve", "--nats", nats_url, "--data-dir", str(data)],
+                   "vagent projections: serving")

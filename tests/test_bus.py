@@ -7,12 +7,13 @@ import itertools
 
 import pytest
 
+from bus.admin import delete_consumer, purge, stream_state
 from bus.client import Bus, Message
 from bus.consumer import ConsumerRunner, ConsumerSpec, Delivery
 from bus.deadletter import dead_letters
 from bus.errors import BatchError, ConflictError
 from bus.log import LogCache, load, read
-from bus.subjects import audio_in, event_type_filter, live
+from bus.subjects import audio_in, event_type_filter, live, session_events
 from schemas import AssistantDelta, Event, UserText, decode, new_id
 
 
@@ -81,10 +82,10 @@ async def test_batch_on_a_stream_without_atomic_is_refused(bus: Bus,
     # DEADLETTER does not allow atomic batches: the refusal surfaces as BatchError, nothing stored.
     monkeypatch.setattr("bus.client.subject_of",
                         lambda event: "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.X.Y")
-    before = (await bus.js.stream_info("DEADLETTER")).state.messages
+    before = (await stream_state(bus, "DEADLETTER")).messages
     with pytest.raises(BatchError):
         await bus.append_batch([UserText(session_id="x", text="a"), UserText(session_id="x", text="b")])
-    assert (await bus.js.stream_info("DEADLETTER")).state.messages == before
+    assert (await stream_state(bus, "DEADLETTER")).messages == before
 
 
 async def test_read_follows_from_a_sequence(bus: Bus) -> None:
@@ -126,7 +127,7 @@ async def test_log_cache_reads_only_what_was_appended_since(bus: Bus) -> None:
     second.clear()  # a caller's copy: the cache's own is untouched
     assert len((await cache.load("session", s))[0]) == 4
     # Purged (a shorter log than the copy): read again, not served from memory.
-    await bus.js.purge_stream("SESSIONS", subject=f"vagent.session.{s}.evt.>")
+    await purge(bus, "SESSIONS", session_events(s))
     assert await cache.load("session", s) == ([], 0)
     # Bounded: the least recently loaded aggregates are dropped.
     for other in (sid(), sid(), sid()):
@@ -312,7 +313,7 @@ async def test_one_session_in_order_others_concurrently(bus: Bus) -> None:
     assert [x for x in log if x[0] == "a"] == ["a0", "a1", "a2", "a3"]
     assert [x for x in log if x[0] == "b"] == ["b0", "b1", "b2", "b3"]
     assert overlap  # the two sessions did run at the same time
-    await bus.js.delete_consumer("SESSIONS", spec.durable)
+    await delete_consumer(bus, "SESSIONS", spec.durable)
 
 
 # --- core NATS --------------------------------------------------------------------------

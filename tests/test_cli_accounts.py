@@ -17,7 +17,7 @@ from domain.errors import Locked, Unauthorized
 from edge.services import Services
 from schemas import new_id
 from tests.api_harness import api_config
-from tests.procs import Proc, vagent
+from tests.procs import projections_serving, vagent
 
 PASSWORD = "correct horse 9"
 
@@ -26,10 +26,8 @@ PASSWORD = "correct horse 9"
 def stack(module_nats: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[tuple[EmbeddedServer, Path]]:
     data = tmp_path_factory.mktemp("data")
-    proc = Proc(["projections", "serve", "--nats", module_nats.url, "--data-dir", str(data)])
-    proc.wait_for("vagent projections: serving")
-    yield module_nats, data
-    assert proc.stop() == 0, proc.output()
+    with projections_serving(module_nats.url, data):
+        yield module_nats, data
 
 
 @pytest.fixture

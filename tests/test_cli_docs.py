@@ -15,7 +15,7 @@ import pytest
 from bus.server import EmbeddedServer
 from schemas import new_id
 from tests.fixtures.pdf import make_pdf
-from tests.procs import Proc, vagent
+from tests.procs import projections_serving, running, vagent
 
 PASSWORD = "correct horse 9"
 CORPUS = Path(__file__).parent / "fixtures" / "corpus"
@@ -25,13 +25,10 @@ Stack = tuple[EmbeddedServer, Path]
 @pytest.fixture(scope="module")
 def stack(module_nats: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data = tmp_path_factory.mktemp("data")
-    projections = Proc(["projections", "serve", "--nats", module_nats.url, "--data-dir", str(data)])
-    projections.wait_for("vagent projections: serving")
-    indexer = Proc(["actor", "run", "indexer", "--nats", module_nats.url], VAGENT_DATA_DIR=str(data))
-    indexer.wait_for("actor indexer running")
-    yield module_nats, data
-    assert indexer.stop() == 0, indexer.output()
-    assert projections.stop() == 0, projections.output()
+    with (projections_serving(module_nats.url, data),
+          running(["actor", "run", "indexer", "--nats", module_nats.url], "actor indexer running",
+                  VAGENT_DATA_DIR=str(data))):
+        yield module_nats, data
 
 
 def cli(stack: Stack, *args: str, ok: bool = True, stdin: str | None = None

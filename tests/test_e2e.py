@@ -14,7 +14,7 @@ import pytest
 
 from bus.server import EmbeddedServer, free_port
 from devservers.echo_llm import OpenAIServer
-from tests.procs import Proc, vagent
+from tests.procs import Proc, up, vagent
 from tests.xiaozhi_client import XiaozhiDevice
 
 
@@ -27,11 +27,8 @@ def nats(module_nats: EmbeddedServer) -> EmbeddedServer:
 def stack(nats: EmbeddedServer, llm: OpenAIServer,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Path]]:
     data = tmp_path_factory.mktemp("data")
-    proc = Proc(["up", "--nats", nats.url, "--data-dir", str(data), "--edge-port", str(free_port())],
-                OPENAI_BASE_URL=llm.base_url)
-    proc.wait_for("vagent is up")
-    yield proc, data
-    assert proc.stop() == 0
+    with up(nats.url, data, llm.base_url) as proc:
+        yield proc, data
     assert "vagent: stopped" in proc.output()
 
 

@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 import websockets
 
-from bus.server import EmbeddedServer, free_port
+from bus.server import EmbeddedServer
 from devservers.echo_llm import OpenAIServer
 from tests.fixtures.audio import has_key_words, opus_packets, pcm
-from tests.procs import Proc, vagent
+from tests.procs import Proc, up, vagent
 
 CORPUS = Path(__file__).parent / "fixtures" / "corpus"
 TITLE = "Aurora DW-450 Dishwasher manual"
@@ -77,13 +77,10 @@ def models() -> Iterator[tuple[Librarian, NewerLibrarian]]:
 def stack(module_nats: EmbeddedServer, models: tuple[Librarian, NewerLibrarian],
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Path, str]]:
     data = tmp_path_factory.mktemp("data")
-    proc = Proc(["up", "--nats", module_nats.url, "--data-dir", str(data),
-                 "--edge-port", str(free_port())], OPENAI_BASE_URL=models[0].base_url)
-    proc.wait_for("vagent is up", timeout=120)
-    api = re.search(r"API\s+(http://\S+/api/v1)/", proc.output())
-    assert api, proc.output()
-    yield proc, data, api.group(1)
-    assert proc.stop() == 0
+    with up(module_nats.url, data, models[0].base_url, timeout=120) as proc:
+        api = re.search(r"API\s+(http://\S+/api/v1)/", proc.output())
+        assert api, proc.output()
+        yield proc, data, api.group(1)
 
 
 async def ask_by_voice(base: str, token: str, assistant_id: str) -> tuple[str, list[dict[str, Any]], int]:
