@@ -91,22 +91,21 @@ class Proc:
 
 
 @contextlib.contextmanager
-def running(args: Sequence[str], ready: str, timeout: float = 30.0, **extra_env: str) -> Iterator[Proc]:
+def running(args: Sequence[str], ready: str, **extra_env: str) -> Iterator[Proc]:
     """A long-running vagent command, once it printed `ready`; it must stop cleanly (exit 0)."""
     proc = Proc(args, **extra_env)
     try:
-        proc.wait_for(ready, timeout)
+        proc.wait_for(ready)
         yield proc
     finally:
         code = proc.stop()  # also when the command never got ready or an inner one failed
     assert code == 0, proc.output()
 
 
-def up(nats_url: str, data: Path, llm_base_url: str, timeout: float = 30.0
-       ) -> contextlib.AbstractContextManager[Proc]:
+def up(nats_url: str, data: Path, llm_base_url: str) -> contextlib.AbstractContextManager[Proc]:
     """`vagent up` on `nats_url`, its dialogue answered by the LLM at `llm_base_url`."""
     return running(["up", "--nats", nats_url, "--data-dir", str(data), "--edge-port", str(free_port())],
-                   "vagent is up", timeout, OPENAI_BASE_URL=llm_base_url)
+                   "vagent is up", OPENAI_BASE_URL=llm_base_url)
 
 
 def projections_serving(nats_url: str, data: Path) -> contextlib.AbstractContextManager[Proc]:

@@ -77,7 +77,7 @@ def models() -> Iterator[tuple[Librarian, NewerLibrarian]]:
 def stack(module_nats: EmbeddedServer, models: tuple[Librarian, NewerLibrarian],
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Path, str]]:
     data = tmp_path_factory.mktemp("data")
-    with up(module_nats.url, data, models[0].base_url, timeout=120) as proc:
+    with up(module_nats.url, data, models[0].base_url) as proc:
         api = re.search(r"API\s+(http://\S+/api/v1)/", proc.output())
         assert api, proc.output()
         yield proc, data, api.group(1)
