@@ -56,6 +56,7 @@ class Indexer(Actor):
 
     async def _index(self, event: DocumentUploaded, ctx: Context) -> None:
         entries, _ = await load(self.bus, "doc", event.document_id)
+        assert ctx.delivery is not None  # handled events are delivered ones
         later = [e.event for e in entries if e.seq > ctx.delivery.seq]
         if any(isinstance(e, DocumentDeleted | DocumentUploaded) for e in later):
             return  # deleted or replaced since: indexing this version would resurrect it

@@ -48,8 +48,8 @@ class ActorHost:
         """Until an actor's runner dies (an error worth stopping for) or stop() finishes."""
         done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
-            if not task.cancelled() and task.exception():
-                raise task.exception()  # type: ignore[misc]
+            if not task.cancelled() and (exc := task.exception()):
+                raise exc
 
     async def stop(self) -> None:
         """Finish in-flight events (they ack), then release every actor."""

@@ -39,7 +39,7 @@ class Decoder:
             # Without extradata libopus would upmix to stereo; say what the client sends.
             codec.layout = self._layout
             codec.sample_rate = 48000
-            self._codec = codec  # type: ignore[assignment]
+            self._codec = codec
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
         self.samples_in = 0  # 16 kHz samples produced so far: the session's audio clock
 

@@ -165,7 +165,10 @@ async def _hops(bus: Bus, session_id: str, durable: str, hops: int) -> list[floa
             if i >= warmup:
                 samples.append(elapsed_ms)
             # Let the runner ack before the next input, so hops never overlap.
-            await _until(lambda i=i: runner.handled > i, task, f"hop {i}: input never acked")
+            def acked(i: int = i) -> bool:
+                return runner.handled > i
+
+            await _until(acked, task, f"hop {i}: input never acked")
     finally:
         runner.stop()
         await asyncio.gather(task, return_exceptions=True)

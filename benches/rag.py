@@ -156,7 +156,8 @@ def bench_search(pool_dir: Path, base: Path, size: int, queries: int) -> dict[st
         jitter = vectors[src] + rng.normal(0, 0.03, (len(idx), vectors.shape[1])).astype(np.float32)
         jitter /= np.linalg.norm(jitter, axis=1, keepdims=True)
         rows = [Row(f"doc{i // CHUNKS_PER_DOC}", "bench", f"Manual {i // CHUNKS_PER_DOC}",
-                    i % CHUNKS_PER_DOC, headings[s] or "", texts[s]) for i, s in zip(idx, src, strict=True)]
+                    int(i % CHUNKS_PER_DOC), headings[s] or "", texts[s])
+                for i, s in zip(idx, src, strict=True)]
         store.append(rows, jitter)
     load_s = time.perf_counter() - started
     started = time.perf_counter()

@@ -35,7 +35,7 @@ async def put_document(bus: Bus, name: str, data: bytes | BinaryIO) -> int:
     """Store an uploaded document's bytes (or a readable binary file) under `name` in
     bucket `docs`; its size."""
     store = await bus.js.object_store(DOCS_BUCKET)
-    info = await store.put(name, data)  # type: ignore[arg-type]
+    info = await store.put(name, data)  # type: ignore[arg-type]  # nats-py names BufferedIOBase but only calls read()
     return info.size or 0
 
 

@@ -69,12 +69,12 @@ MessageHandler = Callable[[Message], Awaitable[None]]
 
 
 class Subscription:
-    def __init__(self, sub: object) -> None:
+    def __init__(self, sub: NatsSubscription) -> None:
         self._sub = sub
 
     async def stop(self) -> None:
         try:
-            await self._sub.unsubscribe()  # type: ignore[attr-defined]
+            await self._sub.unsubscribe()
         except (nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
             pass
 
@@ -141,8 +141,10 @@ class Bus:
             # Once connected, reconnect forever; but the first connect must answer in time
             # (nats.py would otherwise keep retrying it too).
             await asyncio.wait_for(nc.connect(
-                servers=url.split(","), name=name, connect_timeout=timeout,
-                allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
+                servers=url.split(","), name=name,
+                connect_timeout=timeout,  # type: ignore[arg-type]  # nats-py annotates seconds as int; a float works
+                allow_reconnect=True, max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,  # type: ignore[arg-type]  # nats-py annotates seconds as int; a float works
                 disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error,
             ), timeout * 2)
         except (TimeoutError, OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as exc:
@@ -181,16 +183,16 @@ class Bus:
                 await self.js.add_stream(config)
             else:
                 await self.js.update_stream(config)
-        for spec in streams.KV_BUCKETS:
+        for bucket in streams.KV_BUCKETS:
             await self.js.create_key_value(api.KeyValueConfig(
-                bucket=spec.name, description=spec.description, ttl=spec.ttl or None,
-                history=spec.history, replicas=r,
+                bucket=bucket.name, description=bucket.description, ttl=bucket.ttl or None,
+                history=bucket.history, replicas=r,
                 # a marker TTL turns on per-message TTLs for the bucket's stream
-                limit_marker_ttl=60.0 if spec.per_key_ttl else None,
+                limit_marker_ttl=60.0 if bucket.per_key_ttl else None,
             ))
-        for spec in streams.OBJECT_BUCKETS:
-            await self.js.create_object_store(spec.name, api.ObjectStoreConfig(
-                bucket=spec.name, description=spec.description, replicas=r,
+        for bucket in streams.OBJECT_BUCKETS:
+            await self.js.create_object_store(bucket.name, api.ObjectStoreConfig(
+                bucket=bucket.name, description=bucket.description, replicas=r,
             ))
 
     # --- the durable log ------------------------------------------------------------

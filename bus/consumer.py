@@ -81,15 +81,12 @@ async def ensure_consumer(bus: Bus, spec: ConsumerSpec) -> None:
         max_ack_pending=spec.max_ack_pending,
     )
     try:
+        # If it exists with other settings (a new version of the actor), this updates it in place.
         await bus.js.add_consumer(spec.stream, config)
-    except nats.js.errors.BadRequestError:
-        # It exists with other settings (a new version of the actor): update it in place.
-        try:
-            await bus.js.update_consumer(spec.stream, config)
-        except nats.js.errors.BadRequestError as exc:
-            # Some settings (the start position) cannot change: keep the existing consumer.
-            log.warning("consumer kept with its old settings",
-                        extra={"consumer": spec.durable, "error": exc.description})
+    except nats.js.errors.BadRequestError as exc:
+        # Some settings (the start position) cannot change: keep the existing consumer.
+        log.warning("consumer kept with its old settings",
+                    extra={"consumer": spec.durable, "error": exc.description})
 
 
 class ConsumerRunner:

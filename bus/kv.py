@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import nats.js.errors
 from nats.js import api
@@ -52,7 +53,7 @@ async def get_entry(bus: Bus, bucket: str, key: str) -> KvEntry | None:
         entry = await kv.get(key)
     except nats.js.errors.KeyNotFoundError:
         return None
-    return KvEntry(entry.value, entry.revision) if entry.value else None
+    return KvEntry(entry.value, cast(int, entry.revision)) if entry.value else None  # a read entry has one
 
 
 async def create(bus: Bus, bucket: str, key: str, value: bytes, *,

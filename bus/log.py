@@ -19,7 +19,7 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js import api
+from nats.js import JetStreamContext, api
 
 from bus.client import Bus, next_message
 from bus.streams import STREAM_BY_AGGREGATE
@@ -209,7 +209,8 @@ async def read(bus: Bus, stream: str, subject_filter: str, *, from_seq: int = 1,
 _STALL_CHECK = 2.0  # seconds of silence after which a follower checks it is not stranded
 
 
-async def _ordered(bus: Bus, stream: str, subject_filter: str, start: int):  # type: ignore[no-untyped-def]
+async def _ordered(bus: Bus, stream: str, subject_filter: str,
+                   start: int) -> JetStreamContext.PushSubscription:
     while True:
         try:
             return await bus.js.subscribe(

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import msgspec
 
@@ -191,7 +191,8 @@ async def _upload(bus: Bus, docs: Documents, item: Added, owner_id: str | None, 
                                              lambda msg: _result(item, msg, report))).stop)
     try:
         with handle:
-            event = await docs.upload(owner_id, item.path.name, _Counting(handle, report.start(item)),
+            counting = cast(BinaryIO, _Counting(handle, report.start(item)))  # io's classes are not typing's
+            event = await docs.upload(owner_id, item.path.name, counting,
                                       size=item.size, title=title, document_id=document_id)
     except DomainError as exc:
         item.status, item.error = "refused", exc.message

@@ -54,6 +54,7 @@ async def show_health(nats: str | None, as_json: bool, actors: list[str] | None 
     """Report NATS and the heartbeats of `actors` and the projections; others found alive
     (not expected) are listed too but do not count."""
     expected = [*(list(ACTORS) if actors is None else actors), PROJECTIONS_HEARTBEAT]
+    error: str | None
     try:
         bus: Bus | None = await Bus.connect(nats, name="vagent-health", timeout=2)
     except BusError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -59,12 +59,12 @@ DataOpt = Annotated[Path | None, typer.Option("--data-dir", envvar="VAGENT_DATA_
 T = TypeVar("T")
 
 
-def run(main: Awaitable[T], log_level: str | None = None) -> T:
+def run(main: Coroutine[Any, Any, T], log_level: str | None = None) -> T:
     from hosting.logs import setup
 
     setup(log_level)
     try:
-        return uvloop.run(main)  # type: ignore[arg-type]
+        return uvloop.run(main)
     except BusError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None

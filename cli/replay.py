@@ -50,15 +50,15 @@ def print_report(report: Report, as_json: bool) -> None:
         for name in dict.fromkeys([*o.latency_ms, *r.latency_ms]):
             if "complete" in name:
                 continue
-            a, b = o.latency_ms.get(name), r.latency_ms.get(name)
-            delta = f"  ({b - a:+,.0f} ms)" if a is not None and b is not None else ""
-            print(f"    {name:<30}{_ms(a):>10}  →  {_ms(b):>10}{delta}")
+            was, now = o.latency_ms.get(name), r.latency_ms.get(name)
+            delta = f"  ({now - was:+,.0f} ms)" if was is not None and now is not None else ""
+            print(f"    {name:<30}{_ms(was):>10}  →  {_ms(now):>10}{delta}")
         if diff.note:
             print(f"  note: {diff.note}")
-    same = sum(1 for d in report.turns if d.same_answer)
+    same_answers = sum(1 for d in report.turns if d.same_answer)
     heard = [d for d in report.turns if d.original.input_type == "transcript.final"]
     transcripts = sum(1 for d in heard if d.same_transcript)
-    print(f"\n{len(report.turns)} turns: {same} answers the same"
+    print(f"\n{len(report.turns)} turns: {same_answers} answers the same"
           + (f", {transcripts}/{len(heard)} transcripts the same" if heard else ""))
 
 

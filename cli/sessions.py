@@ -166,10 +166,10 @@ async def show_session(bus: Bus, session_id: str, as_json: bool) -> None:
         if event is None:
             print(f"  {'':>9}  <undecodable seq {entry.seq}: {entry.error}>")
             continue
-        turn = number.get(getattr(event, "turn_id", None) or getattr(event, "id", ""))
+        turn_no = number.get(getattr(event, "turn_id", None) or event.id)
         mark = "!" if isinstance(event, Error | TurnInterrupted) else " "
         print(f"  {(event.ts - t0) / 1e9:>8.3f}s {mark}{clock(event.ts)} "
-              f"{'t' + str(turn) if turn else '':<4} {event.type:<19} {summary(event)}".rstrip())
+              f"{'t' + str(turn_no) if turn_no else '':<4} {event.type:<19} {summary(event)}".rstrip())
 
     all_stages = [s for t in turns for s in stages(t)]
     scale = max((s.ms for s in all_stages if "complete" not in s.name), default=0.0)

@@ -47,7 +47,9 @@ async def _run(parts: Host, *, nats: str | None, port: int, data_dir: Path, acto
         parts.on_stop(partial(asyncio.to_thread, server.stop))
         await asyncio.to_thread(server.start)
         parts.task(asyncio.create_task(server.supervise()))
-    url = nats or server.url  # type: ignore[union-attr]
+        url = server.url
+    else:
+        url = nats
     bus = await Bus.connect(url, name="vagent-up")
     parts.on_stop(bus.close)
     await bus.declare()

@@ -17,6 +17,7 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
@@ -101,7 +102,7 @@ class OpenAIServer:
                              "message": {"role": "assistant", "content": text}}],
             })
 
-        async def events():  # type: ignore[no-untyped-def]
+        async def events() -> AsyncIterator[str]:
             def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
                 return "data: " + json.dumps({
                     "id": "chatcmpl-1", "object": "chat.completion.chunk",

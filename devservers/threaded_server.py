@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 
 
 class ThreadedServer:
-    def __init__(self, app: Any, port: int, *, lifespan: str = "off") -> None:
+    def __init__(self, app: Any, port: int, *, lifespan: Literal["auto", "on", "off"] = "off") -> None:
         self.config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                      lifespan=lifespan)
         self._server = uvicorn.Server(self.config)

@@ -22,6 +22,7 @@ import math
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 import msgspec
@@ -224,7 +225,7 @@ class Tokens:
         return DeviceGrant(user_id=binding.user_id, device_id=binding.device_id,
                            assistant_id=binding.assistant_id, jti=binding.jti)
 
-    def _decode(self, token: str, typ: str) -> dict[str, object]:
+    def _decode(self, token: str, typ: str) -> dict[str, Any]:
         try:
             claims = jwt.decode(token, self._key, algorithms=[ALGORITHM], issuer=ISSUER,
                                 options={"require": ["exp", "iat", "sub", "jti", "typ"]})

@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from edge import web
 from edge.api import accounts, assistants, devices, documents, search, sessions
@@ -43,7 +43,8 @@ def create_app(services: Services) -> Starlette:
     by_path: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {}
     for e in ENDPOINTS:
         by_path.setdefault(e.path, {})[e.method] = bind(e, services)
-    routes = [Route(path, _by_method(handlers), methods=list(handlers)) for path, handlers in by_path.items()]
+    routes: list[BaseRoute] = [Route(path, _by_method(handlers), methods=list(handlers))
+                               for path, handlers in by_path.items()]
     routes.append(Route(OPENAPI_PATH, openapi, methods=["GET"]))
     routes += [
         Route("/healthz", healthz, methods=["GET"]),

@@ -56,7 +56,7 @@ class GuardedH11Protocol(H11Protocol):
         self._body_deadline = False  # whether `_deadline` is the body's rather than the head's
         self._over_limit = False
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's: a socket's Transport, not asyncio's BaseTransport
         super().connection_made(transport)
         # `connections` holds every open socket of this server, HTTP and WebSocket, this one
         # included. Answering (rather than closing at once) lets the client read why.

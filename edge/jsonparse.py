@@ -105,7 +105,7 @@ def check(data: str | bytes, *, max_bytes: int | None = None, max_depth: int = M
     return raw
 
 
-def parse(data: str | bytes, kind: type[T] = Any,  # type: ignore[assignment]
+def parse(data: str | bytes, kind: type[T] = Any,  # type: ignore[assignment]  # Any: plain JSON values
           *, max_bytes: int | None = None, max_depth: int = MAX_DEPTH) -> T:
     """Decode `data` strictly into `kind` (default: plain JSON values), within the limits."""
     raw = check(data, max_bytes=max_bytes, max_depth=max_depth)
@@ -123,7 +123,7 @@ def parse_message(data: str | bytes, kinds: dict[str, type[S]], *,
                   max_bytes: int | None = None) -> tuple[str, S]:
     """A real-time client message: a JSON object whose `type` names one of `kinds`, decoded
     strictly into that Struct (the Struct ignores `type` and any field it does not name)."""
-    value = parse(data, max_bytes=max_bytes)
+    value: object = parse(data, max_bytes=max_bytes)
     kind = value.get("type") if isinstance(value, dict) else None
     if not isinstance(kind, str):
         raise JsonInputError("invalid", "a message is a JSON object with a string 'type'", "$.type")

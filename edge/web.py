@@ -8,6 +8,7 @@ taken, so the page never shadows `/api`, `/ws`, `/xiaozhi`, `/webrtc`, `/healthz
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -28,7 +29,7 @@ async def index(request: Request) -> Response:
 
 
 class _Static(StaticFiles):
-    def file_response(self, *args, **kwargs) -> Response:  # type: ignore[no-untyped-def]
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
         response = super().file_response(*args, **kwargs)
         response.headers.update({"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
         return response

@@ -47,7 +47,8 @@ class Messages(Projection):
     def apply(self, db: duckdb.DuckDBPyConnection, event: Event, entry: Entry) -> None:
         match event:
             case UserText() | TranscriptFinal() if event.text.strip():
-                row = ("user", event.text, event.id, None, None)
+                row: tuple[str, str, str | None, str | None, str | None] = (
+                    "user", event.text, event.id, None, None)
             case AssistantMessage() if event.text:
                 row = ("assistant", event.text, event.turn_id, None, None)
             case ToolCall():

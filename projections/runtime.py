@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -283,7 +283,7 @@ class ProjectionService:
         async with asyncio.timeout(timeout), self._progress:
             await self._progress.wait_for(reached)
 
-    def _query_handler(self, projection: Projection, sql: str):  # type: ignore[no-untyped-def]
+    def _query_handler(self, projection: Projection, sql: str) -> Callable[[Message], Awaitable[None]]:
         async def handle(msg: Message) -> None:
             try:
                 params: dict[str, Any] = json.loads(msg.data or b"{}")

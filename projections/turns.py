@@ -82,7 +82,7 @@ class Turns(Folded):
 
     def load(self, db: duckdb.DuckDBPyConnection, pending: list[tuple[Event, Entry]]) -> list[Row]:
         ids = sorted({getattr(e, "turn_id", None) or "" for e, _ in pending})
-        aborted = sorted({e.session_id for e, _ in pending  # type: ignore[attr-defined]
+        aborted = sorted({e.session_id for e, _ in pending
                           if isinstance(e, TurnInterrupted) and e.turn_id is None})
         return fetch(db, f"""
             SELECT {COLUMNS} FROM turns WHERE turn_id IN (SELECT unnest($ids))
@@ -98,8 +98,8 @@ class Turns(Folded):
                 turn_id=event.id, session_id=event.session_id, seq_start=entry.seq,
                 input_type=event.type, input_text=event.text, interrupted=False, prompt_tokens=0,
                 completion_tokens=0, tool_calls=0,
-                speech_started_ts=event.speech_started_ts if voice else None,  # type: ignore[union-attr]
-                speech_stopped_ts=event.speech_stopped_ts if voice else None,  # type: ignore[union-attr]
+                speech_started_ts=event.speech_started_ts if isinstance(event, TranscriptFinal) else None,
+                speech_stopped_ts=event.speech_stopped_ts if isinstance(event, TranscriptFinal) else None,
                 transcript_final_ts=event.ts if voice else None)
             return {event.id}
         if isinstance(event, TurnInterrupted) and event.turn_id is None:

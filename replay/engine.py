@@ -26,6 +26,7 @@ import contextlib
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,7 @@ class _Watch:
         return len(self.events)
 
 
-def _final_answer(turn_id: str):  # type: ignore[no-untyped-def]
+def _final_answer(turn_id: str) -> Callable[[list[Event]], Event | None]:
     def found(events: list[Event]) -> Event | None:
         for e in events:
             if getattr(e, "turn_id", None) != turn_id:
@@ -176,10 +177,10 @@ def _final_answer(turn_id: str):  # type: ignore[no-untyped-def]
     return found
 
 
-def _spoken(turn_id: str):  # type: ignore[no-untyped-def]
+def _spoken(turn_id: str) -> Callable[[list[Event]], bool | None]:
     """The turn's speech is over (or could not be made)."""
     def found(events: list[Event]) -> bool | None:
-        return any(e.turn_id == turn_id and (isinstance(e, TtsStopped)  # type: ignore[attr-defined]
+        return any(e.turn_id == turn_id and (isinstance(e, TtsStopped)
                                              or (isinstance(e, Error) and e.source == "tts"))
                    for e in events if isinstance(e, TtsStopped | Error)) or None
 
@@ -259,7 +260,7 @@ async def replay_session(bus: Bus, session_id: str, *, config: Config,
 
 
 async def _run(rbus: Bus, workdir: Path, sid: str, started: SessionStarted | None, aid: str | None,
-               assistant_log: list[Entry], turns: list[Row], inputs: dict[str, Event],
+               assistant_log: list[Entry], turns: list[Row], inputs: dict[str, UserText | TranscriptFinal],
                audio: dict[str, bytes], original_events: list[Event], *, config: Config,
                llm_base_url: str | None, llm_model: str | None, tts: bool, voice: bool,
                timeout: float) -> Report:
@@ -318,7 +319,7 @@ async def _run(rbus: Bus, workdir: Path, sid: str, started: SessionStarted | Non
                                           note="the replay's ASR made no transcript of this utterance"))
                     continue
             else:
-                text = original.text  # type: ignore[attr-defined]
+                text = original.text
                 if isinstance(original, TranscriptFinal):
                     note = "the utterance's audio was not stored: its transcript was sent as text"
                 typed = UserText(session_id=sid, text=text, source="replay")

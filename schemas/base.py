@@ -40,7 +40,7 @@ class Event(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True):
 
     @property
     def type(self) -> str:
-        return type(self).__struct_config__.tag  # type: ignore[return-value]
+        return type(self).__struct_config__.tag  # type: ignore[return-value]  # msgspec types a tag str | int | None; an event's is its type name
 
     @property
     def aggregate_id(self) -> str:

@@ -17,9 +17,9 @@ from schemas.base import Event
 from schemas.session import SESSION_EVENTS
 
 ALL_EVENTS: tuple[type[Event], ...] = SESSION_EVENTS + ACCOUNT_EVENTS
-AnyEvent = Union[ALL_EVENTS]  # type: ignore[valid-type]  # noqa: UP007
+AnyEvent = Union[ALL_EVENTS]  # type: ignore[valid-type]  # noqa: UP007  # a union of a runtime tuple of classes, for msgspec
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.__struct_config__.tag: cls for cls in ALL_EVENTS  # type: ignore[misc]
+    cls.__struct_config__.tag: cls for cls in ALL_EVENTS  # type: ignore[misc]  # msgspec types a tag str | int | None; an event's is its type name
 }
 
 
@@ -58,13 +58,12 @@ _json_decoder = msgspec.json.Decoder(AnyEvent)
 
 
 def _current_version(cls: type[Event]) -> int:
-    return cls.__struct_defaults__[cls.__struct_fields__.index("v")]  # type: ignore[attr-defined]
+    return cls.__struct_defaults__[cls.__struct_fields__.index("v")]
 
 
 def _upgrade(fields: dict[str, Any]) -> Event:
     event_type = fields.get("type")
-    cls = EVENT_TYPES.get(event_type) if isinstance(event_type, str) else None
-    if cls is None:
+    if not isinstance(event_type, str) or EVENT_TYPES.get(event_type) is None:
         raise DecodeError(f"unknown event type {event_type!r}")
     version = fields.get("v", 1)
     while (event_type, version) in UPGRADES:

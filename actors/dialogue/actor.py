@@ -29,6 +29,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -116,7 +117,7 @@ def ending(entries: list[Entry], turn_id: str) -> Event | None:
     return None
 
 
-def closed(turn: list[Event | None]) -> bool:
+def closed(turn: Sequence[Event | None]) -> bool:
     """Whether a turn's events hold its closing message: an `assistant.message` that is not
     a tool step (an answer, or what was produced before an interruption)."""
     return any(isinstance(e, AssistantMessage) and not e.tool_calls for e in turn)
@@ -390,7 +391,8 @@ class Dialogue(Actor):
                     ctx.cause.id, f"{self.name}.step", 0))
         for _ in range(FINISH_ATTEMPTS):
             entries, last = await self.log.load("session", sid)
-            turn = [e.event for e in entries if getattr(e.event, "turn_id", None) == turn_id]
+            turn = [e.event for e in entries
+                    if e.event is not None and getattr(e.event, "turn_id", None) == turn_id]
             stored = next((e for e in turn if head is not None and e.id == head.id), None)
             if stored is not None or closed(turn):
                 # An earlier delivery (or an append whose acknowledgement was lost) got here
@@ -446,7 +448,8 @@ class Dialogue(Actor):
         steps = sum(1 for e in turn if isinstance(e, AssistantMessage) and e.tool_calls)
         run.sentences = sum(1 for e in turn if isinstance(e, AssistantSentence))
         profile = await self.assistants.for_session(entries)
-        specs, device = [], set()
+        specs: list[ToolSpec] = []
+        device: set[str] = set()
         if steps < tool_settings.max_steps:
             specs, device = session_tools(enabled_tools(await self._tools(), profile), entries)
         known = {s.name for s in specs}

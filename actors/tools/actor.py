@@ -67,6 +67,7 @@ class Tools(Actor):
         assert isinstance(event, ToolCall)
         if event.route != "tools":
             return  # a session's own tool (a device's): its edge answers it
+        assert ctx.delivery is not None  # handled events are delivered ones
         age = (time.time_ns() - event.ts) / 1e9
         if (ctx.delivery.num_delivered > 1 or age > STALE_AFTER) and await self._answered(event):
             return  # a redelivery, or a new consumer reading old calls: never run a tool twice

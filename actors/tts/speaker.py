@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -223,8 +224,8 @@ class Speaker:
     async def _produce_all(self, turn: Turn, encoder: AudioEncoder) -> None:
         loop = asyncio.get_running_loop()
 
-        async def encode(*args: object) -> None:
-            for frame in await loop.run_in_executor(self._encode_pool, *args):  # type: ignore[arg-type]
+        async def encode(step: Callable[..., list[bytes]], *args: object) -> None:
+            for frame in await loop.run_in_executor(self._encode_pool, step, *args):
                 turn.frames.put_nowait(frame)
 
         while True:

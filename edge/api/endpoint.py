@@ -13,6 +13,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from types import UnionType
 from typing import Any
 
 import msgspec
@@ -92,7 +93,7 @@ class Form:
 
 def _file_digest(upload: UploadFile) -> str:
     upload.file.seek(0)
-    digest = hashlib.file_digest(upload.file, "sha256")  # type: ignore[arg-type]
+    digest = hashlib.file_digest(upload.file, "sha256")  # type: ignore[arg-type]  # a real binary file; typing's BinaryIO lacks readinto
     upload.file.seek(0)
     return digest.hexdigest()
 
@@ -114,7 +115,7 @@ class Endpoint:
     summary: str
     tag: str
     status: int = 200  # the success status
-    body: type | None = None  # the JSON request body's Struct
+    body: type | UnionType | None = None  # the JSON request body's Struct (`| None`: optional)
     form: tuple[FormField, ...] = ()  # a multipart/form-data body instead (Call.body: a Form)
     answer: type | None = None  # the success body's Struct (None: no body)
     auth: bool = True  # needs `Authorization: Bearer <access token>`
@@ -157,7 +158,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def decode_body(raw: bytes, content_type: str, kind: type, path: str = "") -> Any:
+def decode_body(raw: bytes, content_type: str, kind: Any, path: str = "") -> Any:
     """The JSON body as `kind`, through the edge's one JSON reader (edge/jsonparse.py: nesting
     capped, strict types); a refusal is logged in one line with its reason."""
     if content_type.split(";")[0].strip().lower() not in ("application/json", ""):

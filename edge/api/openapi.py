@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from types import UnionType
 from typing import Any
 
 import msgspec
@@ -28,7 +29,7 @@ HEADERS: dict[int, dict[str, Any]] = {
 
 
 def document(endpoints: tuple[Endpoint, ...], version: str) -> dict[str, Any]:
-    types = [Error]
+    types: list[type | UnionType] = [Error]
     for e in endpoints:
         types += [t for t in (e.body, e.answer) if t is not None]
     schemas, components = msgspec.json.schema_components(types, ref_template=REF)

@@ -204,8 +204,8 @@ class SessionLeases:
 
     async def sweep(self) -> int:
         """End the sessions held by dead edges; retry ends NATS did not take. How many ended."""
-        for sid, ended in list(self._unrecorded.items()):
-            await self.bus.publish(ended)  # the same id again: stored once
+        for sid, unrecorded in list(self._unrecorded.items()):
+            await self.bus.publish(unrecorded)  # the same id again: stored once
             del self._unrecorded[sid]
             await self.release(sid)
         leases = await kv.entries(self.bus, LEASES)

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
@@ -43,7 +44,8 @@ CONNECT_TIMEOUT = 30.0  # seconds from the answer to an open data channel
 MAX_BACKLOG = 2000  # messages held for a channel not yet open
 GOODBYE_FLUSH = 0.25  # seconds for a goodbye to leave before the connection closes
 MAX_SDP_CHARS = 65_536  # a browser's offer is a few kB; aiortc parses it line by line
-MESSAGES = {**CLIENT_MESSAGES, "hangup": Bare}  # the data channel's vocabulary: /ws's, and hangup
+# the data channel's vocabulary: /ws's, and hangup
+MESSAGES: dict[str, type[msgspec.Struct]] = {**CLIENT_MESSAGES, "hangup": Bare}
 
 
 def bad_offer(reason: str, **details: Any) -> ApiError:
@@ -69,7 +71,7 @@ def read_offer(sdp: str) -> SessionDescription:
                         line=number) from None
     for index, media in enumerate(description.media):
         section = f"m-line {index + 1} ({media.kind})"
-        if not media.ice.usernameFragment or not media.ice.password:
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
             raise bad_offer(f"{section} has no a=ice-ufrag and a=ice-pwd", media=index)
         if media.dtls is None:
             raise bad_offer(f"{section} has no a=setup (actpass, active or passive)", media=index)

@@ -92,7 +92,7 @@ async def _hello(conn: Connection, said: int | None) -> protocol.Hello | None:
             return None
         message = frame.payload
     try:
-        parsed = jsonparse.parse(message)
+        parsed: object = jsonparse.parse(message)
     except jsonparse.JsonInputError as error:
         await conn.refuse(error.api_error(HELLO_CODES))
         return None
