@@ -190,7 +190,7 @@ async def create_assistant(bus: Bus, data_dir: Path, who: str, settings: dict[st
     if as_json:
         print_json({"assistant_id": assistant_id, "owner_id": owner.user_id, **values})
     else:
-        print(f"created assistant {assistant_id} ({body.name!r}) for {owner.email}")
+        print(f"created assistant {assistant_id} ({values['name']!r}) for {owner.email}")
 
 
 # --- devices ----------------------------------------------------------------------------------

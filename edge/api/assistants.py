@@ -14,13 +14,13 @@ from edge.errors import not_found
 from projections.assistants import SETTINGS
 
 
-def assistant_body(row: dict[str, Any]) -> Assistant:
+def assistant_body(row: dict[str, Any]) -> msgspec.Struct:  # an Assistant
     fields = {k: row[k] for k in ("assistant_id", *SETTINGS)}
     fields["greeting"] = fields["greeting"] or None  # "" is how a cleared greeting is stored
     return Assistant(**fields, created_at=iso(row["created_ts"]), updated_at=iso(row["updated_ts"]))
 
 
-async def read_assistant(call: Call, assistant_id: str) -> Assistant:
+async def read_assistant(call: Call, assistant_id: str) -> msgspec.Struct:  # an Assistant
     rows = await call.services.query("assistant", assistant_id=assistant_id, owner_id=call.user_id)
     if not rows:
         raise not_found("assistant", assistant_id)
@@ -33,7 +33,7 @@ async def list_assistants(call: Call) -> Response:
 
 
 async def create_assistant(call: Call) -> Response:
-    body: AssistantCreate = call.body
+    body: msgspec.Struct = call.body  # an AssistantCreate
     assistant_id = await call.services.assistants.create(call.user_id, msgspec.structs.asdict(body))
     return json_response(await read_assistant(call, assistant_id), 201,
                          {"Location": f"/api/v1/assistants/{assistant_id}"})
@@ -44,7 +44,7 @@ async def get_assistant(call: Call) -> Response:
 
 
 async def update_assistant(call: Call) -> Response:
-    body: AssistantPatch = call.body
+    body: msgspec.Struct = call.body  # an AssistantPatch
     assistant_id = call.params["assistant_id"]
     given = msgspec.structs.asdict(body)
     changed = {k: v for k, v in given.items() if v is not None and v is not msgspec.UNSET}

@@ -105,7 +105,7 @@ Assistant = msgspec.defstruct(
 
 
 class AssistantPage(msgspec.Struct):
-    items: list[Assistant]
+    items: list[Assistant]  # type: ignore[valid-type]  # a class made at runtime (defstruct), read by msgspec
     next_cursor: str | None
 
 
