@@ -17,10 +17,8 @@ from bus.log import load
 from domain.accounts import UserState
 from domain.errors import Conflict, Invalid, NotFound
 from schemas import (
-    ASR_PROVIDERS,
     DEFAULT_ASSISTANT_ID,
     TOOL_CATALOG,
-    TTS_PROVIDERS,
     AssistantCreated,
     AssistantDeleted,
     AssistantUpdated,
@@ -30,6 +28,7 @@ from schemas import (
 )
 from settings.config import Config
 from settings.llm import provider_configs
+from settings.plugins import ASR, TTS, plugin_names
 
 CLEARED_GREETING = ""
 
@@ -117,8 +116,8 @@ class Assistants:
     async def validate(self, owner_id: str, settings: dict[str, Any]) -> None:
         choices = {
             "llm": [p.name for p in provider_configs(self.config)],
-            "asr": list(ASR_PROVIDERS),
-            "tts": list(TTS_PROVIDERS),
+            "asr": plugin_names(ASR),
+            "tts": plugin_names(TTS),
         }
         for kind, known in choices.items():
             name = settings.get(kind)

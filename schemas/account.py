@@ -40,9 +40,6 @@ class DeviceUnbound(UserEvent, tag="device.unbound", kw_only=True):
 # The assistant of sessions that name none (the CLI's `say` and `chat`, anonymous
 # clients): created once at the edge's start, owned by nobody.
 DEFAULT_ASSISTANT_ID = "default"
-# The speech providers vagent has; actors/asr and actors/tts register one each by name.
-ASR_PROVIDERS = ("moonshine", "deepgram")
-TTS_PROVIDERS = ("piper", "elevenlabs")
 # The KV bucket where the tools actor publishes its catalog, keyed by tool name.
 TOOL_CATALOG = "vagent_tools"
 

@@ -6,7 +6,8 @@ audio comes, `finish()` at the end for the final text. Partial text goes to the
 `on_partial` callback, always called on the event loop.
 
 Adding an engine: a module with `def make(settings: AsrSettings) -> Engine` (raising
-ConfigError when the settings cannot run it), and its line in ENGINES.
+ConfigError when the settings cannot run it), and its entry point in pyproject.toml
+(settings/plugins.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Protocol
 from actors.asr.settings import AsrSettings
 from actors.plugins import Registry
 from settings.config import ConfigError
+from settings.plugins import ASR, plugins
 
 PartialCallback = Callable[[str], None]
 
@@ -51,10 +53,8 @@ class Engine(Protocol):
 
 
 # Imported only when chosen: a worker need not import the SDK of an engine it does not run.
-ENGINES: Registry[Callable[[AsrSettings], Engine]] = Registry("ASR engine", {
-    "moonshine": "actors.asr.engine_moonshine:make",
-    "deepgram": "actors.asr.engine_deepgram:make",
-}, error=ConfigError)
+ENGINES: Registry[Callable[[AsrSettings], Engine]] = Registry("ASR engine", plugins(ASR),
+                                                            error=ConfigError)
 
 
 def make_engine(settings: AsrSettings, name: str | None = None) -> Engine:

@@ -7,7 +7,8 @@
 Each provider lives in its own module, imported by name only when chosen: piper-tts is
 GPL-3.0 and only `actors.tts.piper_voice` may import it, and neither SDK nor model is
 loaded in processes that do not speak. Adding one: a module with
-`async def open_voice(voice: str | None) -> TtsProvider`, and its line in PROVIDERS.
+`async def open_voice(voice: str | None) -> TtsProvider`, and its entry point in
+pyproject.toml (settings/plugins.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Protocol
 
 from actors.plugins import Registry
 from settings.config import ConfigError, secret
+from settings.plugins import TTS, plugins
 
 
 class TtsProvider(Protocol):
@@ -33,10 +35,7 @@ class TtsProvider(Protocol):
 
 
 PROVIDERS: Registry[Callable[[str | None], Awaitable[TtsProvider]]] = Registry(
-    "TTS provider", {
-        "piper": "actors.tts.piper_voice:open_voice",
-        "elevenlabs": "actors.tts.elevenlabs_voice:open_voice",
-    }, error=ConfigError)
+    "TTS provider", plugins(TTS), error=ConfigError)
 
 
 def provider_name() -> str:
