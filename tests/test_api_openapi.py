@@ -325,7 +325,6 @@ DECLARED: dict[tuple[str, str], tuple[list[str], str]] = {
     ("POST", "/api/v1/auth/login"): (["423"], "the fuzzer's wrong passwords lock the account"),
     ("POST", "/api/v1/auth/verify-email"): (["422"], "the code must be the one mailed"),
     ("POST", "/api/v1/devices"): (["422"], "the activation code must be pending"),
-    ("POST", "/api/v1/devices/activation"): (["422"], "device_id in the subject-token alphabet"),
     ("POST", "/api/v1/documents"): (["415"], "the file must be a type vagent reads"),
 }
 

@@ -110,7 +110,9 @@ class AssistantPage(msgspec.Struct):
 
 
 class ActivationRequest(msgspec.Struct, forbid_unknown_fields=True):
-    device_id: Short  # Device-Id: the device's MAC
+    # Device-Id: the device's MAC; it becomes part of subjects and keys, so the schema says
+    # the alphabet the server keeps to
+    device_id: Annotated[str, Meta(pattern=ID_PATTERN, examples=["AA:BB:CC:00:11:22"])]
     client_id: Short  # Client-Id: a UUID the device keeps, so only it collects the token
 
 
