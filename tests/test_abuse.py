@@ -8,9 +8,9 @@ Not covered, because they do not hold yet (`vagent bench abuse --kinds …` show
 flood of typed turns of the longest allowed length (`text_flood`, `detect_flood`) starts a
 turn per message and starves the other sessions' turns, and malformed WebRTC offers
 (`webrtc_offers`) slow them by far more than 10 % at little CPU (work that blocks the loop).
-Even the bounded attacks made the other turns 10–37 % slower on average in three runs on two
-loaded cores, at ~1 % of the process's CPU: the waiting is elsewhere (each reconnect opens a
-session, whose events go through the same log and actors), so the turn-time claim is open.
+The other turns' mean time under the bounded attacks moved by −18 % to +10 % in five runs,
+and by up to +37 % on two cores loaded 6× over, at 1–7 % of the process's CPU: too noisy there
+to assert, so the CPU share stands for it.
 """
 
 from __future__ import annotations
