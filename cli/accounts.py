@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -159,17 +159,33 @@ async def _emails(bus: Bus, data_dir: Path) -> dict[str, str]:
     return {u["user_id"]: u["email"] for u in await rows(bus, data_dir, "users")}
 
 
-async def list_assistants(bus: Bus, data_dir: Path, who: str | None, as_json: bool) -> None:
+class _Listing(NamedTuple):
+    found: list[dict[str, Any]]
+    emails: dict[str, str]  # owner id → email, for the owner column
+
+
+async def _listing(bus: Bus, data_dir: Path, who: str | None, what: str, owner_key: str,
+                   as_json: bool) -> _Listing | None:
+    """One user's `what` (or everybody's), with the owners' emails; None once printed whole."""
     owner = await _owner(bus, data_dir, who)
-    found = (await rows(bus, data_dir, "assistants", owner_id=owner.user_id) if owner
-             else await rows(bus, data_dir, "all_assistants"))
+    found = (await rows(bus, data_dir, what, **{owner_key: owner.user_id}) if owner
+             else await rows(bus, data_dir, f"all_{what}"))
     if as_json:
         print_json(found)
-        return
+        return None
     if not found:
-        print(f"{owner.email} has no assistants" if owner else "no assistants yet")
-        return
+        none = {"assistants": "no assistants yet", "devices": "no devices bound"}[what]
+        print(f"{owner.email} has no {what}" if owner else none)
+        return None
     emails = {owner.user_id: owner.email} if owner else await _emails(bus, data_dir)
+    return _Listing(found, emails)
+
+
+async def list_assistants(bus: Bus, data_dir: Path, who: str | None, as_json: bool) -> None:
+    listing = await _listing(bus, data_dir, who, "assistants", "owner_id", as_json)
+    if listing is None:
+        return
+    found, emails = listing
     print(table(["assistant", "owner", "name", "persona", "llm", "asr", "tts", "tools", "updated"],
                 [[a["assistant_id"], emails.get(a["owner_id"], a["owner_id"]) or "(system)",
                   a["name"], shorten(a["persona"], 32), a["llm"], a["asr"], a["tts"],
@@ -197,16 +213,10 @@ async def create_assistant(bus: Bus, data_dir: Path, who: str, settings: dict[st
 
 
 async def list_devices(bus: Bus, data_dir: Path, who: str | None, as_json: bool) -> None:
-    owner = await _owner(bus, data_dir, who)
-    found = (await rows(bus, data_dir, "devices", user_id=owner.user_id) if owner
-             else await rows(bus, data_dir, "all_devices"))
-    if as_json:
-        print_json(found)
+    listing = await _listing(bus, data_dir, who, "devices", "user_id", as_json)
+    if listing is None:
         return
-    if not found:
-        print(f"{owner.email} has no devices" if owner else "no devices bound")
-        return
-    emails = {owner.user_id: owner.email} if owner else await _emails(bus, data_dir)
+    found, emails = listing
     print(table(["device", "owner", "assistant", "name", "bound"],
                 [[d["device_id"], emails.get(d["user_id"], d["user_id"]), d["assistant_id"], d["name"],
                   when(d["bound_ts"])] for d in found]))
