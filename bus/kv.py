@@ -9,15 +9,17 @@ edge processes race.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import cast
 
+import nats.errors
 import nats.js.errors
 from nats.js import api
 
-from bus.client import Bus
-from bus.errors import ConflictError
+from bus.client import Bus, next_message
+from bus.errors import BusError, ConflictError
 
 WRONG_LAST_SEQUENCE = 10071
 _KEY_EXISTS = 10164  # JetStream: "wrong last sequence" on a create of a live key
@@ -109,35 +111,59 @@ async def remove(bus: Bus, bucket: str, key: str, *, last: int | None = None,
 
 async def entries(bus: Bus, bucket: str, timeout: float = 10.0) -> dict[str, KvEntry]:
     """Every live key with its value and revision, read in one pass of one ordered consumer
-    (`items` costs a request per key)."""
-    kv = await bus.js.key_value(bucket)
-    watcher = await kv.watchall(ignore_deletes=True)
+    that delivers each key's last message.
+
+    Not nats-py's watcher (nor `KeyValue.keys`, built on it): it marks "everything stored was
+    delivered" when its consumer's info answers before the first message has arrived, which
+    a busy machine makes happen, and a bucket of keys then reads as empty. Here the end is
+    each message's own count of what is still pending, and emptiness the stream's state.
+    Its consumer is left to the server's default inactivity cleanup (seconds), not the
+    watcher's five minutes: frequent readers would otherwise pile up consumers."""
+    stream, prefix = f"KV_{bucket}", f"$KV.{bucket}."
     out: dict[str, KvEntry] = {}
+    if not await _holds_messages(bus, stream):
+        return out
+    sub = await bus.js.subscribe(prefix + ">", stream=stream, ordered_consumer=True,
+                                 deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT)
+    deadline = asyncio.get_running_loop().time() + timeout
     try:
-        async with asyncio.timeout(timeout):
-            async for entry in watcher:
-                if entry is None:  # the watcher's marker: everything stored was delivered
-                    break
-                if entry.value:
-                    out[entry.key] = KvEntry(entry.value, entry.revision)
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise BusError(f"reading KV bucket {bucket} took over {timeout:.0f}s")
+            try:
+                msg = await next_message(sub, min(remaining, _IDLE_CHECK))
+            except (nats.errors.TimeoutError, TimeoutError):
+                if not await _holds_messages(bus, stream):
+                    return out  # everything expired or was purged since the first look
+                continue
+            key = msg.subject[len(prefix):]
+            if _removed(msg.headers) or not msg.data:
+                out.pop(key, None)
+            else:
+                out[key] = KvEntry(msg.data, msg.metadata.sequence.stream)
+            if msg.metadata.num_pending == 0:
+                return out
     finally:
-        await watcher.stop()
-    return out
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+
+
+_IDLE_CHECK = 1.0  # seconds without a message after which the bucket is looked at again
+
+
+async def _holds_messages(bus: Bus, stream: str) -> bool:
+    return bool((await bus.js.stream_info(stream)).state.messages)
+
+
+def _removed(headers: dict[str, str] | None) -> bool:
+    """A delete or purge marker, written by a client or placed by the server on expiry."""
+    if not headers:
+        return False
+    return (headers.get("KV-Operation") in ("DEL", "PURGE")
+            or "Nats-Marker-Reason" in headers)
 
 
 async def items(bus: Bus, bucket: str) -> dict[str, bytes]:
     """Every live key and its value (deleted and expired keys left out)."""
-    kv = await bus.js.key_value(bucket)
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return {}
-    out = {}
-    for key in keys:
-        try:
-            entry = await kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            continue
-        if entry.value:
-            out[key] = entry.value
-    return out
+    return {key: entry.value for key, entry in (await entries(bus, bucket)).items()}

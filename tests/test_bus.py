@@ -360,3 +360,31 @@ async def test_unreachable_nats_is_a_clear_error() -> None:
 
     with pytest.raises(BusError, match="cannot reach NATS at"):
         await Bus.connect(f"nats://127.0.0.1:{free_port()}", timeout=0.5)
+
+
+async def test_a_bucket_reads_whole_every_time_and_its_readers_leave_no_consumers(bus: Bus) -> None:
+    from bus import kv
+
+    bucket = "test_" + new_id().lower()
+    await bus.js.create_key_value(bucket=bucket)
+    try:
+        assert await kv.entries(bus, bucket) == {}  # empty: answered at once, no consumer made
+        for name in ("a", "b", "c", "d"):
+            await kv.put(bus, bucket, name, name.encode() * 3)
+        await kv.delete(bus, bucket, "c")
+        assert await kv.remove(bus, bucket, "d")
+        wanted = {"a": b"aaa", "b": b"bbb"}
+        # Many readers at once, as a busy host's actors are: every read sees every key.
+        for _ in range(10):
+            reads = await asyncio.gather(*(kv.items(bus, bucket) for _ in range(20)))
+            assert all(read == wanted for read in reads), reads
+        entries = await kv.entries(bus, bucket)
+        assert {k: e.value for k, e in entries.items()} == wanted
+        assert entries["a"].revision < entries["b"].revision
+        # Their consumers go with them: readers every few seconds must not pile them up.
+        stream = "KV_" + bucket
+        async with asyncio.timeout(60):
+            while (await bus.js.stream_info(stream)).state.consumer_count:
+                await asyncio.sleep(0.5)
+    finally:
+        await bus.js.delete_key_value(bucket)
