@@ -122,8 +122,12 @@ GUARDED: list[tuple[str, str, str, list[tuple[str, str]] | None]] = [
     ("prose before", 'Sure: {"name": "get_time", "arguments": {}}', "Sure: ", None),
     ("prose after", '{"name": "get_time"} I will check.', " I will check.", None),
     ("a placeholder", "Use {name} as a placeholder.", "Use {name} as a placeholder.", None),
-    ("data", '{"answer": 42}', '{"answer": 42}', None),
-    ("data with a name", '{"name": "John", "age": 30}', '{"name": "John", "age": 30}', None),
+    # JSON that is data is said in words: nobody should hear braces and quotes read out.
+    ("data", '{"answer": 42}', "42", None),
+    ("data with a name", '{"name": "John", "age": 30}', "John, 30", None),
+    ("a result as data", 'So {"result": "17 * 23 = 391"}.', "So 17 * 23 = 391.", None),
+    ("made-up JSON", '{"17 * 23 = 391', "17 * 23 = 391", None),
+    ("a python literal", "{'17 * 23': 391}", "391", None),
     ("a list of numbers", "[1, 2, 3] are numbers.", "[1, 2, 3] are numbers.", None),
     ("inline code", "`ls` lists files.", "`ls` lists files.", None),
     ("a code block", "Code:\n```python\nprint(1)\n```\nDone.", "Code:\n```python\nprint(1)\n```\nDone.",
@@ -136,6 +140,11 @@ GUARDED: list[tuple[str, str, str, list[tuple[str, str]] | None]] = [
     # Template-escaped braces, as Qwen2.5-Coder-1.5B wrote for a Mandarin question.
     ("doubled braces", '{{"name": "get_time", "arguments": {"timezone": "Beijing"}}}', "", None),
 ]
+
+
+# Contents released rewritten (data said in words), so not character for character.
+SAID_IN_WORDS = {c[1] for c in GUARDED if c[0] in (
+    "data", "data with a name", "a result as data", "made-up JSON", "a python literal")}
 
 
 def guarded(parts: list[str]) -> tuple[str, ToolTextGuard]:
@@ -156,7 +165,8 @@ def test_guard_takes_call_text_out_however_the_stream_is_cut(
         out, guard = guarded(parts)
         assert out == shown, parts
         assert guard.calls() == calls, parts
-        assert len(out) + sum(map(len, guard.withheld)) == len(content)  # nothing lost
+        if content not in SAID_IN_WORDS:  # nothing lost
+            assert len(out) + sum(map(len, guard.withheld)) == len(content)
 
 
 def test_guard_holds_back_only_what_may_begin_a_call() -> None:

@@ -208,6 +208,41 @@ def is_call_text(text: str) -> bool:
                for value in values for item in (value if isinstance(value, list) else [value]))
 
 
+def as_words(piece: str) -> str:
+    """A held piece that is not a call, as it may be shown and spoken: JSON or a Python
+    literal becomes its values in words (`{"result": "17 * 23 = 391"}` → `17 * 23 = 391`),
+    and text that only looks like one (`{"17 * 23 = 391`, cut off or made up) loses its
+    brackets and quotes. Small models answer like that now and then, and a voice must not
+    read braces out. Fenced or tagged text is left as it came."""
+    body = piece.strip()
+    if not body.startswith(("{", "[")):
+        return piece
+    values = _values(body)
+    if values is not None:
+        words = ", ".join(_leaves(values))
+    else:
+        words = _LITERAL_MARKS.sub("", body)
+    lead = piece[:len(piece) - len(piece.lstrip())]
+    trail = piece[len(piece.rstrip()):]
+    return lead + " ".join(words.split()) + trail
+
+
+# Brackets, double quotes, and single quotes that are not apostrophes inside a word.
+_LITERAL_MARKS = re.compile(r"""[{}\[\]"]|(?<!\w)'|'(?!\w)""")
+
+
+def _leaves(value: Any) -> list[str]:
+    """The strings and numbers in a JSON value, in order; keys are left out."""
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in _leaves(item)]
+    if isinstance(value, list | tuple | set):
+        return [leaf for item in value for leaf in _leaves(item)]
+    if value is None or isinstance(value, bool):
+        return []
+    text = str(value).strip()
+    return [text] if text else []
+
+
 # --- holding call text back from a stream -----------------------------------------------
 
 class ToolTextGuard:
@@ -258,6 +293,7 @@ class ToolTextGuard:
                 if is_call_text(piece):
                     self.withheld.append(piece)
                 else:
+                    piece = as_words(piece)
                     out.append(piece)
                     self.spoke = self.spoke or bool(piece.strip())
                 self._pos, self._segment = end, None
