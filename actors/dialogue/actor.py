@@ -564,11 +564,12 @@ class Dialogue(Actor):
 
     async def _tools(self) -> list[ToolSpec]:
         """The tool catalog, re-read at most every CATALOG_TTL seconds: it changes rarely,
-        and reading KV on every turn would cost each turn a few milliseconds."""
+        and reading KV on every turn would cost each turn a few milliseconds. An empty one
+        is read again next turn: the tools actor may be starting beside this one."""
         now = time.monotonic()
         if now >= self._catalog_expires:
             self._catalog = await catalog(self.bus)
-            self._catalog_expires = now + CATALOG_TTL
+            self._catalog_expires = now + CATALOG_TTL if self._catalog else now
         return self._catalog
 
     async def _say(self, ctx: Context, run: _Run, sentence: Any, started: float) -> None:
