@@ -297,7 +297,9 @@ async def test_the_downlink_track_paces_and_fills_with_silence() -> None:
     began = time.monotonic()
     frames = [await track.recv() for _ in range(10)]
     elapsed = time.monotonic() - began
-    assert 0.17 <= elapsed <= 0.3, elapsed  # 10 frames of 20 ms: the first one at once
+    # 10 frames of 20 ms, the first at once: never faster than real time (a busy machine
+    # may be slower, which is the bench's business, not this test's).
+    assert elapsed >= 0.17, elapsed
     assert [f.samples for f in frames] == [960] * 10 and frames[9].pts == 9 * 960
     assert [rms(f.to_ndarray()) > 1000 for f in frames] == [True] * 5 + [False] * 5
     track.push(tone)
