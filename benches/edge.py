@@ -74,6 +74,7 @@ async def serve(url: str | None, asr: bool, data_dir: Path) -> None:
     config = Config()  # the default settings, whatever ./vagent.toml says
     config.llm.providers = [openai_provider(base_url)]
     config.edge.max_connections = 100_000
+    config.edge.max_sessions_per_address = 100_000  # every simulated device is on loopback
     try:
         async with bench_nats(url) as (bus, _):
             host = ActorHost(bus, actors, config)

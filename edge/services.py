@@ -14,6 +14,7 @@ from domain.keys import signing_key
 from domain.tokens import Tokens
 from edge.api.ratelimit import RateLimiter
 from edge.realtime.leases import SessionLeases
+from edge.realtime.limits import AddressSlots
 from edge.realtime.session import LinkRegistry
 from projections.client import run_query
 from settings.config import Config
@@ -30,6 +31,8 @@ class Services:
     devices: Devices = field(init=False)
     limiter: RateLimiter = field(init=False)
     links: LinkRegistry = field(init=False)  # the real-time sessions this edge holds
+    # real-time connections per client address (edge.max_sessions_per_address)
+    addresses: AddressSlots = field(default_factory=AddressSlots)
     draining: bool = False  # shutting down: no new real-time connections
 
     def __post_init__(self) -> None:

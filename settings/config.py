@@ -163,6 +163,10 @@ class EdgeSettings(msgspec.Struct, forbid_unknown_fields=True):
     # Per edge process: real-time sessions (more: close 1013) and open sockets of any kind,
     # idle ones too (more: 503 too_many_connections, then closed).
     max_connections: int = 1000
+    # Per client address (X-Forwarded-For's first with auth.trust_forwarded_for): real-time
+    # connections at once over /ws, xiaozhi and WebRTC (more: close 1013, or 429). Enough for
+    # a household behind one NAT.
+    max_sessions_per_address: int = 20
     max_frame_bytes: int = 65_536  # one WebSocket message, text or binary
     max_messages_per_second: int = 100  # per connection, averaged over a few seconds
     hello_timeout: float = 10.0  # xiaozhi: the device's hello must come this soon

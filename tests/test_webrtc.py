@@ -18,11 +18,13 @@ from typing import Any
 import av
 import numpy as np
 import pytest
+import websockets
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from bus.log import load
 from bus.subjects import audio_out
+from edge.realtime.limits import TRY_LATER
 from edge.webrtc import peer
 from edge.webrtc.audio import DownlinkTrack
 from schemas import SessionEnded
@@ -308,3 +310,83 @@ async def test_the_downlink_track_paces_and_fills_with_silence() -> None:
     track.stop()
     with pytest.raises(MediaStreamError):
         await track.recv()
+
+
+# --- per address, and offers being set up -------------------------------------------------------
+
+HELLO = {"type": "hello", "version": 1, "transport": "websocket",
+         "audio_params": {"format": "opus", "sample_rate": 16000, "channels": 1, "frame_duration": 60}}
+
+
+async def refused_over_ws(url: str, headers: dict[str, str]) -> tuple[dict[str, Any], int | None]:
+    """What a WebSocket refused at admission is told, and its close code."""
+    async with websockets.connect(url, additional_headers=headers) as ws:
+        message = json.loads(await ws.recv())
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            async with asyncio.timeout(5):
+                await ws.recv()
+    return message, closed.value.rcvd.code if closed.value.rcvd is not None else None
+
+
+async def held_becomes(api: Api, address: str, count: int) -> None:
+    """Wait (bounded) until the edge counts `count` connections of `address`: a client's
+    close reaches the edge's side a moment later."""
+    async with asyncio.timeout(10):
+        while api.services.addresses.held(address) != count:
+            await asyncio.sleep(0.02)
+
+
+async def test_one_address_holds_at_most_max_sessions_per_address(
+        stack: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counted across /ws, xiaozhi and WebRTC, by the X-Forwarded-For address when the edge
+    trusts it; the next one is refused in its own protocol's way and admitted once one ends."""
+    edge = stack.services.config.edge
+    monkeypatch.setattr(edge, "max_sessions_per_address", 3)
+    monkeypatch.setattr(stack.services.config.auth, "trust_forwarded_for", True)
+    address = "203.0.113.7"
+    here = {"X-Forwarded-For": f"{address}, 10.0.0.1"}
+    ws_url, xz_url = stack.edge.ws_url + "/ws", stack.edge.ws_url + "/xiaozhi/v1/"
+    device_headers = {**here, "Device-Id": "AA:BB:CC:00:14:01", "Protocol-Version": "1"}
+    browser, late = Browser(audio=False), Browser(audio=False)
+    ws = await websockets.connect(ws_url, additional_headers=here)
+    device = await websockets.connect(xz_url, additional_headers=device_headers)
+    try:
+        assert json.loads(await ws.recv())["type"] == "session"
+        await device.send(json.dumps(HELLO))
+        assert json.loads(await device.recv())["type"] == "hello"
+        sid = await browser.connect(stack, here)
+        assert stack.services.addresses.held(address) == 3
+
+        # The fourth, whichever way it comes.
+        for url, headers in ((ws_url, here), (xz_url, device_headers)):
+            message, code = await refused_over_ws(url, headers)
+            assert message["type"] == "error" and message["code"] == "too_many_sessions", message
+            assert message["details"] == {"limit": 3}
+            assert code == TRY_LATER
+        r = await late.offer(stack, here)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_sessions", r.text
+        assert int(r.headers["retry-after"]) >= 1
+        assert stack.services.addresses.held(address) == 3  # the refusals took nothing
+        # Another address is not concerned.
+        async with websockets.connect(ws_url, additional_headers={"X-Forwarded-For": "203.0.113.8"}) as other:
+            assert json.loads(await other.recv())["type"] == "session"
+
+        # A /ws session ends: a WebRTC call fits again, and then the address is full again.
+        await ws.close()
+        await held_becomes(stack, address, 2)
+        assert await late.connect(stack, here)
+        message, code = await refused_over_ws(ws_url, here)
+        assert message["code"] == "too_many_sessions" and code == TRY_LATER
+        # A call ends (the peer connection closes): a /ws session fits again.
+        await browser.close()
+        assert (await ended(stack, sid)).reason == "client_closed"
+        await held_becomes(stack, address, 2)
+        async with websockets.connect(ws_url, additional_headers=here) as again:
+            assert json.loads(await again.recv())["type"] == "session"
+    finally:
+        await ws.close()
+        await device.close()
+        await browser.close()
+        await late.close()
+    await held_becomes(stack, address, 0)
+

@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from bus.errors import BusError
@@ -136,7 +136,8 @@ def error_response(error: ApiError) -> Response:
     return json_response(error.body(), error.status, error.headers)
 
 
-def client_ip(request: Request, services: Services) -> str:
+def client_ip(request: HTTPConnection, services: Services) -> str:
+    """The client's address (a request's or a WebSocket's), for per-address limits."""
     if services.config.auth.trust_forwarded_for:
         forwarded = request.headers.get("x-forwarded-for")
         if forwarded:

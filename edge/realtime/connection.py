@@ -1,6 +1,6 @@
-"""A real-time WebSocket connection with the edge's limits: admission (max connections),
-frame size, message rate, serialized sends, refusals with a reason and a close code, and
-being told to go when the edge shuts down."""
+"""A real-time WebSocket connection with the edge's limits: admission (max connections, and
+per client address until `release`), frame size, message rate, serialized sends, refusals
+with a reason and a close code, and being told to go when the edge shuts down."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from edge.api.endpoint import client_ip
 from edge.errors import ApiError
 from edge.jsonparse import MESSAGE_CODES, JsonInputError
 from edge.realtime.limits import GOING_AWAY, POLICY, TOO_BIG, TRY_LATER, MessageRate, refusal
@@ -32,6 +33,7 @@ class Connection:
         self.end_reason: str | None = None
         self.path = websocket.url.path
         self.session_id: str | None = None  # once attached, for the log
+        self.address: str | None = None  # the client address whose slot it holds, once admitted
         self._send = asyncio.Lock()
 
     async def admit(self, subprotocol: str | None = None) -> bool:
@@ -43,7 +45,23 @@ class Connection:
             await self.send_error("too_many_connections", "this edge is full: retry later")
             await self.close(TRY_LATER, "too many connections")
             return False
+        address = client_ip(self.websocket, self.services)
+        limit = self.services.config.edge.max_sessions_per_address
+        if not self.services.addresses.take(address, limit):
+            self.end_reason = "too_many_sessions"
+            await self.send_error("too_many_sessions",
+                                  f"at most {limit} sessions at once from one address: end one first",
+                                  {"limit": limit})
+            await self.close(TRY_LATER, "too many sessions from this address")
+            return False
+        self.address = address
         return True
+
+    def release(self) -> None:
+        """Give the client address's slot back: the connection has ended (call once it has)."""
+        if self.address is not None:
+            self.services.addresses.give(self.address)
+            self.address = None
 
     def attach(self, link: SessionLink) -> None:
         self.session_id = link.session_id

@@ -37,3 +37,29 @@ class MessageRate:
             return False
         self.tokens -= 1.0
         return True
+
+
+class AddressSlots:
+    """Real-time connections held per client address, from admission to their end: one
+    address must not take every connection the edge has (`edge.max_sessions_per_address`)."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, int] = {}
+
+    def take(self, address: str, limit: int) -> bool:
+        """One more for `address`, unless it holds `limit` already."""
+        held = self._held.get(address, 0)
+        if held >= limit:
+            return False
+        self._held[address] = held + 1
+        return True
+
+    def give(self, address: str) -> None:
+        held = self._held.get(address, 0) - 1
+        if held > 0:
+            self._held[address] = held
+        else:
+            self._held.pop(address, None)  # an address holding nothing takes no memory
+
+    def held(self, address: str) -> int:
+        return self._held.get(address, 0)

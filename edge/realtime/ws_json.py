@@ -40,6 +40,14 @@ async def ws_endpoint(websocket: WebSocket) -> None:
     conn = Connection(websocket)
     if not await conn.admit():
         return
+    try:
+        await _serve(conn)
+    finally:
+        conn.release()
+
+
+async def _serve(conn: Connection) -> None:
+    websocket = conn.websocket
     services = conn.services
     params = websocket.query_params
     audio = params.get("audio", "none")

@@ -6,13 +6,16 @@ offer made after ICE gathering completed: no trickle), optional `Authorization: 
 "answer", "session_id": …}` once every local candidate is gathered. Refusals in the REST
 API's error shape: 401 `token_*`, 404 (no such assistant, or session to resume), 409
 `session_active` / 410 `session_expired` (resume), 415 not JSON, 400 `malformed_json`,
-422 `validation_failed` / `bad_offer`, 429 `rate_limited` (the API's per-IP limit), 503
-`too_many_connections` / `draining` / `unavailable`.
+422 `validation_failed` / `bad_offer`, 429 `rate_limited` (the API's per-IP limit) /
+`too_many_sessions` (`edge.max_sessions_per_address`), 503 `too_many_connections` /
+`draining` / `unavailable`; every 429 and 503 with `Retry-After`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from typing import Literal
 
 import msgspec
@@ -28,6 +31,7 @@ from edge.services import Services
 from edge.webrtc.peer import Peer
 
 log = logging.getLogger("vagent.edge.webrtc")
+SESSION_RETRY_AFTER = 5  # seconds: a session of the address may have ended by then
 
 
 class Offer(msgspec.Struct):
@@ -51,9 +55,15 @@ class Peers:
         self.active: set[Peer] = set()
         self.pending = 0
 
-    def add(self, peer: Peer) -> None:
+    def track(self, peer: Peer, release: Callable[[], None]) -> None:
+        """Hold `peer` until it closes; then `release` what it held."""
         self.active.add(peer)
-        peer.on_closed = self.active.discard
+
+        def closed(peer: Peer) -> None:
+            self.active.discard(peer)
+            release()
+
+        peer.on_closed = closed
 
 
 def peers_of(request: Request) -> Peers:
@@ -66,29 +76,39 @@ def peers_of(request: Request) -> Peers:
 
 async def webrtc_offer(request: Request) -> Response:
     services: Services = request.app.state.services
+    edge = services.config.edge
     peers = peers_of(request)
+    address = client_ip(request, services)
     peer: Peer | None = None
     counted = False
+    slot: str | None = None  # the address's session slot, until a peer holds it
     try:
         # A peer costs far more than a login (ICE, DTLS, codecs): the same per-IP limit.
-        services.limiter.check(client_ip(request, services))
+        services.limiter.check(address)
         if services.draining:
             raise ApiError(503, "draining", "the server is shutting down: retry shortly",
                            headers={"Retry-After": "1"})
-        if len(services.links) + peers.pending >= services.config.edge.max_connections:
+        if len(services.links) + peers.pending >= edge.max_connections:
             raise ApiError(503, "too_many_connections", "this edge is full: retry later",
                            headers={"Retry-After": "1"})
+        if not services.addresses.take(address, edge.max_sessions_per_address):
+            limit = edge.max_sessions_per_address
+            raise ApiError(429, "too_many_sessions",
+                           f"at most {limit} sessions at once from one address: end one first",
+                           {"limit": limit}, {"Retry-After": str(SESSION_RETRY_AFTER)})
+        slot = address
         peers.pending += 1
         counted = True
-        raw = await read_body(request, services.config.edge.max_body_bytes)
+        raw = await read_body(request, edge.max_body_bytes)
         offer: Offer = decode_body(raw, request.headers.get("content-type", ""), Offer,
                                    request.url.path)
         caller = await user_caller(services, bearer(request.headers.get("authorization"), None),
                                    offer.assistant_id)
         peer = Peer(services, caller)
+        peers.track(peer, functools.partial(services.addresses.give, address))
+        slot = None
         sdp = await peer.negotiate(offer.sdp)
         session_id = await peer.start(offer.session_id)
-        peers.add(peer)
         return json_response(Answer(sdp=sdp, type="answer", session_id=session_id))
     except ApiError as error:
         await _discard(peer)
@@ -106,8 +126,10 @@ async def webrtc_offer(request: Request) -> Response:
     finally:
         if counted:
             peers.pending -= 1
+        if slot is not None:
+            services.addresses.give(slot)
 
 
 async def _discard(peer: Peer | None) -> None:
     if peer is not None:
-        await peer.close("error")
+        await peer.close("error")  # gives its address's slot back

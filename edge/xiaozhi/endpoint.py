@@ -58,6 +58,14 @@ async def xiaozhi_endpoint(websocket: WebSocket) -> None:
     if not await conn.admit():
         return
     try:
+        await _serve(conn)
+    finally:
+        conn.release()
+
+
+async def _serve(conn: Connection) -> None:
+    websocket = conn.websocket
+    try:
         shake = protocol.handshake(websocket.headers, websocket.query_params)
         if shake.device_id is None:
             raise ApiError(400, "device_id_missing",
