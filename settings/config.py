@@ -167,6 +167,8 @@ class EdgeSettings(msgspec.Struct, forbid_unknown_fields=True):
     # connections at once over /ws, xiaozhi and WebRTC (more: close 1013, or 429). Enough for
     # a household behind one NAT.
     max_sessions_per_address: int = 20
+    # Per edge process: WebRTC offers being negotiated at once (more: 503 busy, Retry-After).
+    max_offers_in_progress: int = 4
     max_frame_bytes: int = 65_536  # one WebSocket message, text or binary
     max_messages_per_second: int = 100  # per connection, averaged over a few seconds
     hello_timeout: float = 10.0  # xiaozhi: the device's hello must come this soon

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import json
+import threading
 import time
 from typing import Any
 
@@ -25,6 +26,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from bus.log import load
 from bus.subjects import audio_out
 from edge.realtime.limits import TRY_LATER
+from edge.webrtc import offer as offer_module
 from edge.webrtc import peer
 from edge.webrtc.audio import DownlinkTrack
 from schemas import SessionEnded
@@ -249,6 +251,12 @@ async def test_refusals_use_the_rest_error_shape(stack: Api, monkeypatch: pytest
     assert r.status_code == 422 and r.json()["error"]["details"]["at"] == "$.session_id"
     r = await client.post("/webrtc/offer", content=b"{nope", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_json"
+    # Refused before anything parses them: too long, too many media sections.
+    r = await client.post("/webrtc/offer", json={"sdp": "v=0\r\n" + "a=x\r\n" * 4000, "type": "offer"})
+    assert r.status_code == 422 and "longer than" in r.json()["error"]["message"], r.text
+    r = await client.post("/webrtc/offer", json={
+        "sdp": "v=0\r\n" + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n" * 5, "type": "offer"})
+    assert r.status_code == 422 and "5 m-lines" in r.json()["error"]["message"], r.text
     # An offer without the events channel.
     browser = Browser(audio=False)
     no_channel = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -390,3 +398,34 @@ async def test_one_address_holds_at_most_max_sessions_per_address(
         await late.close()
     await held_becomes(stack, address, 0)
 
+
+async def test_offers_beyond_those_being_set_up_get_503_at_once(
+        stack: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While `max_offers_in_progress` offers are being negotiated, the next is answered
+    `503 busy` with Retry-After rather than queued; once one is done, offers go through."""
+    monkeypatch.setattr(stack.services.config.edge, "max_offers_in_progress", 1)
+    inside, go_on = threading.Event(), threading.Event()
+    read_offer = offer_module.read_offer
+
+    def held_open(sdp: str) -> Any:  # the first offer stays in its negotiation until told
+        inside.set()
+        go_on.wait(20)
+        return read_offer(sdp)
+
+    monkeypatch.setattr(offer_module, "read_offer", held_open)
+    first, second = Browser(audio=False), Browser(audio=False)
+    try:
+        call = asyncio.create_task(first.connect(stack))
+        assert await asyncio.to_thread(inside.wait, 20)
+        r = await second.offer(stack)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "busy", r.text
+        assert r.headers["retry-after"] == "1"
+        go_on.set()
+        sid = await call
+        monkeypatch.setattr(offer_module, "read_offer", read_offer)
+        assert await second.connect(stack) != sid
+    finally:
+        go_on.set()
+        await first.close()
+        await second.close()
+    assert stack.edge.app.state.webrtc_peers.negotiating == 0

@@ -8,11 +8,13 @@ API's error shape: 401 `token_*`, 404 (no such assistant, or session to resume),
 `session_active` / 410 `session_expired` (resume), 415 not JSON, 400 `malformed_json`,
 422 `validation_failed` / `bad_offer`, 429 `rate_limited` (the API's per-IP limit) /
 `too_many_sessions` (`edge.max_sessions_per_address`), 503 `too_many_connections` /
-`draining` / `unavailable`; every 429 and 503 with `Retry-After`.
+`draining` / `busy` (`edge.max_offers_in_progress` being set up) / `unavailable`; every 429
+and 503 with `Retry-After`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Callable
@@ -28,7 +30,7 @@ from edge.api.models import Id
 from edge.errors import ApiError
 from edge.realtime.auth import bearer, user_caller
 from edge.services import Services
-from edge.webrtc.peer import Peer
+from edge.webrtc.peer import Peer, check_offer_size, read_offer
 
 log = logging.getLogger("vagent.edge.webrtc")
 SESSION_RETRY_AFTER = 5  # seconds: a session of the address may have ended by then
@@ -48,12 +50,14 @@ class Answer(msgspec.Struct):
 
 
 class Peers:
-    """The peers this app holds (kept referenced while they live) and offers in progress
-    (counted against `edge.max_connections` before their session exists)."""
+    """The peers this app holds (kept referenced while they live), offers in progress
+    (counted against `edge.max_connections` before their session exists) and those of them
+    being negotiated (at most `edge.max_offers_in_progress`)."""
 
     def __init__(self) -> None:
         self.active: set[Peer] = set()
         self.pending = 0
+        self.negotiating = 0
 
     def track(self, peer: Peer, release: Callable[[], None]) -> None:
         """Hold `peer` until it closes; then `release` what it held."""
@@ -80,7 +84,7 @@ async def webrtc_offer(request: Request) -> Response:
     peers = peers_of(request)
     address = client_ip(request, services)
     peer: Peer | None = None
-    counted = False
+    counted = negotiating = False
     slot: str | None = None  # the address's session slot, until a peer holds it
     try:
         # A peer costs far more than a login (ICE, DTLS, codecs): the same per-IP limit.
@@ -102,12 +106,23 @@ async def webrtc_offer(request: Request) -> Response:
         raw = await read_body(request, edge.max_body_bytes)
         offer: Offer = decode_body(raw, request.headers.get("content-type", ""), Offer,
                                    request.url.path)
+        check_offer_size(offer.sdp)  # before anything parses it
         caller = await user_caller(services, bearer(request.headers.get("authorization"), None),
                                    offer.assistant_id)
+        # Setting up a peer is CPU work on the event loop (aiortc's): a few at a time, and
+        # the rest are told at once to come back rather than queued behind them.
+        if peers.negotiating >= edge.max_offers_in_progress:
+            raise ApiError(503, "busy", "too many calls are being set up: retry shortly",
+                           {"retry_after": 1}, {"Retry-After": "1"})
+        peers.negotiating += 1
+        negotiating = True
+        description = await asyncio.to_thread(read_offer, offer.sdp)
         peer = Peer(services, caller)
         peers.track(peer, functools.partial(services.addresses.give, address))
         slot = None
-        sdp = await peer.negotiate(offer.sdp)
+        sdp = await peer.negotiate(offer.sdp, description)
+        peers.negotiating -= 1  # what follows waits on the event log, not on this process
+        negotiating = False
         session_id = await peer.start(offer.session_id)
         return json_response(Answer(sdp=sdp, type="answer", session_id=session_id))
     except ApiError as error:
@@ -126,6 +141,8 @@ async def webrtc_offer(request: Request) -> Response:
     finally:
         if counted:
             peers.pending -= 1
+        if negotiating:
+            peers.negotiating -= 1
         if slot is not None:
             services.addresses.give(slot)
 

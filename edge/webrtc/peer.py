@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -43,7 +44,13 @@ CHANNEL = "events"  # the data channel's label
 CONNECT_TIMEOUT = 30.0  # seconds from the answer to an open data channel
 MAX_BACKLOG = 2000  # messages held for a channel not yet open
 GOODBYE_FLUSH = 0.25  # seconds for a goodbye to leave before the connection closes
-MAX_SDP_CHARS = 65_536  # a browser's offer is a few kB; aiortc parses it line by line
+# A browser's offer is a few kB. aiortc parses an offer on the event loop (about 1.3 ms
+# per 4 kB) and sets up a transceiver per m-line (~1.4 ms each): both are capped before
+# any parsing, so that no offer holds the loop long.
+MAX_SDP_CHARS = 16_384
+MAX_MEDIA = 4  # m-lines: a call needs two (audio, the data channel)
+# An m-line as aiortc finds them: at the start of what `str.splitlines` calls a line.
+MEDIA_LINE = re.compile("(?:^|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029])m=")
 # the data channel's vocabulary: /ws's, and hangup
 MESSAGES: dict[str, type[msgspec.Struct]] = {**CLIENT_MESSAGES, "hangup": Bare}
 
@@ -59,9 +66,11 @@ def read_offer(sdp: str) -> SessionDescription:
     aiortc's parser raises whatever the line it chokes on makes it raise (AssertionError,
     KeyError, IndexError, StopIteration…); an offer without `a=fingerprint` (or `a=setup`,
     or ICE credentials) parses, gets an answer, then fails in a task of its own that nobody
-    awaits. Both are refused here as `422 bad_offer` naming the line or the section."""
-    if len(sdp) > MAX_SDP_CHARS:
-        raise bad_offer(f"the offer is longer than {MAX_SDP_CHARS} characters")
+    awaits. Both are refused here as `422 bad_offer` naming the line or the section.
+
+    Pure parsing, up to tens of ms for a long offer that fails at its end (finding the line
+    parses again): run it off the event loop (`asyncio.to_thread`)."""
+    check_offer_size(sdp)
     try:
         description = SessionDescription.parse(sdp)
     except Exception as exc:  # any exception: the parser does not choose its own
@@ -79,6 +88,16 @@ def read_offer(sdp: str) -> SessionDescription:
             raise bad_offer(f"{section} has no a=fingerprint with "
                             f"{', '.join(sorted(X509_DIGEST_ALGORITHMS))}", media=index)
     return description
+
+
+def check_offer_size(sdp: str) -> None:
+    """What costs nothing to check, before anything parses the offer: its length and how
+    many media sections it has."""
+    if len(sdp) > MAX_SDP_CHARS:
+        raise bad_offer(f"the offer is longer than {MAX_SDP_CHARS} characters")
+    sections = len(MEDIA_LINE.findall(sdp))
+    if sections > MAX_MEDIA:
+        raise bad_offer(f"the offer has {sections} m-lines: at most {MAX_MEDIA}")
 
 
 def _failing_line(sdp: str) -> tuple[int, str]:
@@ -121,9 +140,10 @@ class Peer:
 
     # --- signaling -------------------------------------------------------------------
 
-    async def negotiate(self, sdp: str) -> str:
-        """The answer to the client's offer, with every local candidate gathered."""
-        kinds = [m.kind for m in read_offer(sdp).media]
+    async def negotiate(self, sdp: str, offer: SessionDescription) -> str:
+        """The answer to the client's offer (`offer`: `sdp` as `read_offer` read it), with
+        every local candidate gathered."""
+        kinds = [m.kind for m in offer.media]
         if "application" not in kinds:
             raise bad_offer(f"the offer has no data channel: create the {CHANNEL!r} channel "
                             "before the offer", media=kinds)
