@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import msgspec
 
 from bus.client import Bus
-from bus.config import data_dir
 from bus.log import Entry
 from projections.client import QueryError, run_query
 from schemas import DEFAULT_ASSISTANT_ID, AssistantSettings, Event, SessionStarted
@@ -33,8 +33,10 @@ def session_assistant_id(events: list[Event | None]) -> str:
 
 
 class AssistantDirectory:
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, data_dir: Path | None) -> None:
+        """`data_dir`: where the read models' file is read when no service answers."""
         self.bus = bus
+        self.data_dir = data_dir
         self._cache: dict[str, tuple[float, AssistantProfile | None]] = {}
         self._warned = False
 
@@ -58,7 +60,7 @@ class AssistantDirectory:
 
     async def _read(self, assistant_id: str, *, fresh: bool) -> AssistantProfile | None:
         try:
-            columns, rows = await run_query(self.bus, data_dir(), "assistant_settings",
+            columns, rows = await run_query(self.bus, self.data_dir, "assistant_settings",
                                             {"assistant_id": assistant_id}, fresh=fresh)
         except QueryError as exc:  # no service answers and the file cannot be read either
             if not self._warned:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 from typing import ClassVar, TypeVar
 
 import msgspec
@@ -90,10 +91,13 @@ class Actor:
     max_deliver: ClassVar[int] = 5
     ack_wait: ClassVar[float] = 30.0
 
-    def __init__(self, bus: Bus, config: Config | None = None) -> None:
+    def __init__(self, bus: Bus, config: Config | None = None, data_dir: Path | None = None) -> None:
         self.bus = bus
         # What the process read at start; None: the built-in defaults (tests, tools).
         self.config = config if config is not None else Config()
+        # The process's data directory; None: none (the read models only over the bus, and an
+        # actor that keeps files refuses to start).
+        self.data_dir = data_dir
         self.log = LogCache(bus)  # aggregates this actor handles again and again (a session's turns)
 
     async def setup(self) -> None:

@@ -13,12 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from pathlib import Path
 from typing import ClassVar
 
 from actors.base import Actor, Context
 from bus.blobs import get_document
-from bus.config import data_dir
 from bus.log import load
 from domain.doctext import max_chunks
 from projections.knowledge.embed import embedder
@@ -38,12 +36,12 @@ class Indexer(Actor):
     concurrency: ClassVar[int] = 2  # embedding is CPU-bound: more would only share the cores
     ack_wait: ClassVar[float] = 60.0
 
-    data: Path
     chunks: ChunkStore
 
     async def setup(self) -> None:
-        self.data = data_dir()
-        self.chunks = store(self.data)
+        if self.data_dir is None:
+            raise ValueError("the indexer writes chunks under the data directory: host it with one")
+        self.chunks = store(self.data_dir)
         self.max_chunks = max_chunks()
         await asyncio.to_thread(embedder)  # load the model before the first document
 

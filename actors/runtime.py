@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from actors.base import Actor
 from actors.registry import actor_class
@@ -21,11 +22,11 @@ log = logging.getLogger("vagent.actors")
 
 class ActorHost:
     def __init__(self, bus: Bus, actors: Sequence[str | type[Actor] | Actor],
-                 config: Config | None = None) -> None:
+                 config: Config | None = None, data_dir: Path | None = None) -> None:
         self.bus = bus
         # An instance is hosted as it is: one built with arguments of its own (a replay's LLM).
         self.actors: list[Actor] = [a if isinstance(a, Actor) else
-                                    (actor_class(a) if isinstance(a, str) else a)(bus, config)
+                                    (actor_class(a) if isinstance(a, str) else a)(bus, config, data_dir)
                                     for a in actors]
         self.runners: list[ConsumerRunner] = []
         self._tasks: list[asyncio.Task[None]] = []

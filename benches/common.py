@@ -1,14 +1,12 @@
-"""What the benches share: a NATS server to measure on, percentiles, and the environment
-for the block of a bench."""
+"""What the benches share: a NATS server to measure on, and percentiles."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import math
-import os
 import tempfile
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from bus.client import Bus
@@ -40,21 +38,3 @@ async def bench_nats(url: str | None) -> AsyncIterator[tuple[Bus, bool]]:
         finally:
             if server is not None:
                 await asyncio.to_thread(server.stop)
-
-
-@contextlib.contextmanager
-def environment(values: dict[str, str], unset: Iterable[str] = ()) -> Iterator[None]:
-    """`values` set and `unset` removed in os.environ for the block, as they were after it."""
-    keys = [*values, *unset]
-    saved = {k: os.environ.get(k) for k in keys}
-    for key in unset:
-        os.environ.pop(key, None)
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

@@ -42,7 +42,7 @@ async def bench_dialogue(url: str | None, *, turns: int = 200, local: bool = Fal
     try:
         if local:
             from actors.dialogue.local_llm import LocalLLMServer
-            from bus.config import data_dir
+            from settings.paths import data_dir
 
             llm = LocalLLMServer(model, data_dir())
             base_url = await asyncio.to_thread(llm.start)

@@ -77,7 +77,7 @@ async def serve(url: str | None, asr: bool, data_dir: Path) -> None:
     config.edge.max_sessions_per_address = 100_000  # every simulated device is on loopback
     try:
         async with bench_nats(url) as (bus, _):
-            host = ActorHost(bus, actors, config)
+            host = ActorHost(bus, actors, config, data_dir)
             await host.start()
             edge = EdgeServer(bus, config, data_dir, host="127.0.0.1", port=0)
             await edge.start()
@@ -225,7 +225,7 @@ async def bench_edge(url: str | None, *, sessions: int = 10, asr: bool = True) -
         cmd += [] if asr else ["--no-asr"]
         # Every device asks the same: a warm cache would speak every answer but the first from
         # memory. Off, unless asked for: each session pays for its own synthesis.
-        server = _spawn(cmd, {**os.environ, "VAGENT_DATA_DIR": tmp,
+        server = _spawn(cmd, {**os.environ,
                               "VAGENT_TTS_CACHE_MB": os.environ.get("VAGENT_TTS_CACHE_MB", "0")})
         try:
             assert server.stdout is not None

@@ -217,7 +217,7 @@ async def bench_local_llm(models: list[str], *, base_url: str | None = None, ser
                           pid: int | None = None, run_eval_set: bool = True,
                           threads: int = 2) -> list[Candidate]:
     from actors.dialogue.local_llm import LocalLLMServer
-    from bus.config import data_dir
+    from settings.paths import data_dir
 
     questions = load_eval_set() if run_eval_set else []
     results: list[Candidate] = []

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from benches.common import bench_nats, environment, percentile
+from benches.common import bench_nats, percentile
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "corpus"
 CHUNKS_PER_DOC = 50  # rows per document in the search tables
@@ -105,28 +105,27 @@ async def bench_indexing(bus: Any, data: Path, target_chunks: int) -> dict[str, 
                 finished.set()
 
     sub = await bus.subscribe(aggregate_events("doc"), seen)
-    with environment({"VAGENT_DATA_DIR": str(data)}):
-        host = ActorHost(bus, [BenchIndexer])
-        await host.start()  # loads the model: not timed
-        try:
-            for did, body in zip(ids, docs, strict=True):
-                await put_document(bus, did, body)
-            started = time.perf_counter()
-            for did, body in zip(ids, docs, strict=True):
-                await bus.publish(DocumentUploaded(
-                    document_id=did, owner_id="bench", title=f"Manual {did}",
-                    filename=f"{did}.md", content_type="text/markdown", size=len(body),
-                    object_name=did))
-            await asyncio.wait_for(finished.wait(), timeout=3600)
-            elapsed = time.perf_counter() - started
-        finally:
-            await host.stop()
-            await sub.stop()
+    host = ActorHost(bus, [BenchIndexer], data_dir=data)
+    await host.start()  # loads the model: not timed
+    try:
+        for did, body in zip(ids, docs, strict=True):
+            await put_document(bus, did, body)
+        started = time.perf_counter()
+        for did, body in zip(ids, docs, strict=True):
+            await bus.publish(DocumentUploaded(
+                document_id=did, owner_id="bench", title=f"Manual {did}",
+                filename=f"{did}.md", content_type="text/markdown", size=len(body),
+                object_name=did))
+        await asyncio.wait_for(finished.wait(), timeout=3600)
+        elapsed = time.perf_counter() - started
+    finally:
+        await host.stop()
+        await sub.stop()
+        with contextlib.suppress(Exception):
+            await delete_consumer(bus, "DOCS", BenchIndexer.name)
+        for did in ids:
             with contextlib.suppress(Exception):
-                await delete_consumer(bus, "DOCS", BenchIndexer.name)
-            for did in ids:
-                with contextlib.suppress(Exception):
-                    await delete_document(bus, did)
+                await delete_document(bus, did)
     failed = [e for e in done.values() if isinstance(e, DocumentFailed)]
     if failed:
         raise RuntimeError(f"indexing failed: {failed[0].reason}")

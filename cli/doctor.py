@@ -139,11 +139,6 @@ def check_config() -> tuple[Check, Config | None]:
 
 # ---- data directory ----------------------------------------------------------------------------
 
-def resolve_data_dir(override: Path | None) -> Path:
-    """As bus.config.data_dir resolves it, without creating it: doctor changes nothing."""
-    return Path(override or os.environ.get("VAGENT_DATA_DIR") or ".vagent").resolve()
-
-
 def _can_write(directory: Path) -> OSError | None:
     try:
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".vagent-doctor-"):

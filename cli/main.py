@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from importlib.metadata import version as package_version
@@ -15,9 +14,9 @@ import uvloop
 
 from actors.registry import ACTORS
 from bus.client import Bus
-from bus.config import data_dir as resolve_data_dir
 from bus.errors import BusError
 from settings.config import Config
+from settings.paths import data_dir as resolve_data_dir
 
 app = typer.Typer(help="vagent: an event-sourced voice-agent backend on NATS JetStream.",
                   no_args_is_help=True, add_completion=False)
@@ -44,17 +43,7 @@ NatsOpt = Annotated[str | None, typer.Option("--nats", envvar="VAGENT_NATS_URL",
                                              help="NATS URL(s), comma-separated for a cluster.")]
 
 
-def _export_data_dir(value: Path | None) -> Path | None:
-    """Actors started in this process find the data directory in the environment (the
-    indexer's and the knowledge search's LanceDB, the assistants' read model): --data-dir
-    must reach them too, not only the command's own code."""
-    if value is not None:
-        os.environ["VAGENT_DATA_DIR"] = str(value.resolve())
-    return value
-
-
 DataOpt = Annotated[Path | None, typer.Option("--data-dir", envvar="VAGENT_DATA_DIR",
-                                              callback=_export_data_dir,
                                               help="Where the embedded server and read models keep data.")]
 T = TypeVar("T")
 
@@ -123,10 +112,10 @@ def actor_run(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(ACTO
         raise typer.Exit(2)
     from settings.config import load as load_settings
 
-    run(_actor_run(name, nats, load_settings()))
+    run(_actor_run(name, nats, load_settings(), resolve_data_dir(data_dir)))
 
 
-async def _actor_run(name: str, nats: str | None, config: Config) -> None:
+async def _actor_run(name: str, nats: str | None, config: Config, data_dir: Path) -> None:
     from actors.runtime import ActorHost
     from hosting.loop import Host
 
@@ -134,7 +123,7 @@ async def _actor_run(name: str, nats: str | None, config: Config) -> None:
         bus = await Bus.connect(nats, name=f"vagent-actor-{name}")
         parts.on_stop(bus.close)
         await bus.declare()
-        host = ActorHost(bus, [name], config)
+        host = ActorHost(bus, [name], config, data_dir)
         await host.start()
         parts.on_stop(host.stop)
         print(f"actor {name} running on {bus.url}; Ctrl-C stops it", flush=True)
@@ -354,10 +343,10 @@ def doctor(nats: NatsOpt = None, data_dir: DataOpt = None,
            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Can `vagent up` start here? One line per check, with a fix under each failure; takes
     `vagent up`'s options so it checks what you will start. Exit code 0 if nothing failed."""
-    from cli.doctor import Options, exit_code, render, resolve_data_dir, run_checks, to_json
+    from cli.doctor import Options, exit_code, render, run_checks, to_json
 
-    checks = run_checks(Options(
-        data_dir=resolve_data_dir(data_dir), nats_port=port, nats_url=nats, edge_port=edge_port,
+    checks = run_checks(Options(  # doctor changes nothing: the directory is not created
+        data_dir=resolve_data_dir(data_dir, create=False), nats_port=port, nats_url=nats, edge_port=edge_port,
         actors=tuple(a.strip() for a in actors.split(",") if a.strip()), dev=dev))
     print(to_json(checks) if as_json else render(checks, color=sys.stdout.isatty()))
     raise typer.Exit(exit_code(checks))

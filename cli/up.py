@@ -65,7 +65,7 @@ async def _run(parts: Host, *, nats: str | None, port: int, data_dir: Path, acto
     projections = ProjectionService(bus, data_dir)
     parts.on_stop(projections.stop)
     await projections.start()
-    host = ActorHost(bus, actors, config)
+    host = ActorHost(bus, actors, config, data_dir)
     parts.on_stop(host.stop)
     await host.start()
     edge = EdgeServer(bus, config, data_dir, port=edge_port)

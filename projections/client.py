@@ -29,10 +29,11 @@ def _sql(name: str) -> str:
     raise QueryError(f"no read query named {name!r}")
 
 
-async def run_query(bus: Bus | None, data_dir: Path, name: str, params: dict[str, Any], *,
+async def run_query(bus: Bus | None, data_dir: Path | None, name: str, params: dict[str, Any], *,
                     fresh: bool = False) -> tuple[list[str], list[list[Any]]]:
     """Run a named read query. `fresh` answers only after the read model has applied
-    every event stored before the call (read-your-writes), at the cost of one stream lookup."""
+    every event stored before the call (read-your-writes), at the cost of one stream lookup.
+    Without a `data_dir` only the running service can answer."""
     sql = _sql(name)
     if bus is not None:
         request = {**params, FRESH: True} if fresh else params
@@ -45,6 +46,8 @@ async def run_query(bus: Bus | None, data_dir: Path, name: str, params: dict[str
             if "error" in answer:
                 raise QueryError(answer["error"])
             return answer["columns"], answer["rows"]
+    if data_dir is None:
+        raise QueryError(f"no read-model service answers {name!r} and no data directory to read")
     path = store_path(data_dir)
     if not path.exists():
         raise QueryError(f"no read store at {path}: run `vagent up` or `vagent projections rebuild`")

@@ -282,9 +282,9 @@ async def _run(rbus: Bus, workdir: Path, sid: str, started: SessionStarted | Non
     await service.caught_up()
     providers = replay_providers(config, llm_base_url, llm_model)
     llm = describe(providers or provider_configs(config))
-    actors: list[str | Actor] = [Dialogue(rbus, config, providers=providers), "tools",
+    actors: list[str | Actor] = [Dialogue(rbus, config, data, providers=providers), "tools",
                                  *(["asr"] if voice else []), *(["tts"] if tts else [])]
-    host = ActorHost(rbus, actors, config)
+    host = ActorHost(rbus, actors, config, data)
     watch = _Watch()
     sub = await rbus.subscribe(session_events(sid), watch.on_message)
     try:

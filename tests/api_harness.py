@@ -75,7 +75,7 @@ async def serve_stack(url: str, data_dir: Path, llm_base_url: str, actors: list[
         config.llm, providers=[openai_provider(llm_base_url)]))
     bus = await Bus.connect(url, name="test-stack-actors")
     await bus.declare()
-    host = ActorHost(bus, actors, config)
+    host = ActorHost(bus, actors, config, data_dir)
     await host.start()
     try:
         async with serve_api(url, data_dir, config) as api:

@@ -36,18 +36,16 @@ MB = 1_048_576
 async def kb(module_nats: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
     """The API and the indexer actor sharing one data dir (the chunks live in its `lance`)."""
     data = tmp_path_factory.mktemp("kb")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VAGENT_DATA_DIR", str(data))
-        bus = await Bus.connect(module_nats.url, name="test-api-documents-indexer")
-        await bus.declare()
-        host = ActorHost(bus, ["indexer"])
-        await host.start()
-        try:
-            async with serve_api(module_nats.url, data) as api:
-                yield api
-        finally:
-            await host.stop()
-            await bus.close()
+    bus = await Bus.connect(module_nats.url, name="test-api-documents-indexer")
+    await bus.declare()
+    host = ActorHost(bus, ["indexer"], data_dir=data)
+    await host.start()
+    try:
+        async with serve_api(module_nats.url, data) as api:
+            yield api
+    finally:
+        await host.stop()
+        await bus.close()
 
 
 @pytest.fixture(scope="module")

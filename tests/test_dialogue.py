@@ -8,6 +8,7 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -61,8 +62,8 @@ async def start(bus: Bus, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr("actors.dialogue.actor.Dialogue.name", "dialogue_" + suffix)
     monkeypatch.setattr("actors.tools.actor.Tools.name", "tools_" + suffix)
 
-    async def run(*names: str, config: Config) -> ActorHost:
-        host = ActorHost(bus, list(names), config)
+    async def run(*names: str, config: Config, data_dir: Path | None = None) -> ActorHost:
+        host = ActorHost(bus, list(names), config, data_dir)
         await host.start()
         hosts.append(host)
         return host

@@ -6,14 +6,16 @@ reason); `document.deleted` removes the chunks; a redelivery writes nothing twic
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 from actors.base import Actor
 from actors.indexer import Indexer
 from actors.runtime import ActorHost
+from bus.admin import delete_consumer
 from bus.blobs import put_document
 from bus.client import Bus
 from bus.consumer import Delivery
@@ -58,11 +60,8 @@ TEXT = (b"Garden hose H5\n\nConnect the hose to an outdoor tap. Open the tap slo
 
 
 @pytest.fixture(scope="module")
-def lance_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("indexer-data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VAGENT_DATA_DIR", str(path))
-        yield path
+def lance_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("indexer-data")
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +74,7 @@ async def mbus(module_nats: EmbeddedServer) -> AsyncIterator[Bus]:
 
 @pytest.fixture(scope="module")
 async def host(mbus: Bus, lance_data: Path) -> AsyncIterator[ActorHost]:
-    h = ActorHost(mbus, ["indexer"])
+    h = ActorHost(mbus, ["indexer"], data_dir=lance_data)
     await h.start()
     yield h
     await h.stop()
@@ -257,3 +256,37 @@ async def test_the_documents_read_model(mbus: Bus, host: ActorHost, lance_data: 
     _, theirs = await run_query(mbus, lance_data, "document",
                                 {"document_id": other.document_id, "owner_id": owner})
     assert theirs == []  # another owner's document is not found
+
+
+async def test_two_hosts_in_one_process_keep_their_own_data_directories(
+        mbus: Bus, tmp_path: Path) -> None:
+    """The data directory is each host's own, not the process's: two indexers side by side
+    write each into theirs."""
+    run = new_id()
+
+    class IndexerA(Indexer):  # durables of their own: both get every upload
+        name: ClassVar[str] = f"indexer_a_{run}"
+
+    class IndexerB(Indexer):
+        name: ClassVar[str] = f"indexer_b_{run}"
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    hosts = [ActorHost(mbus, [IndexerA], data_dir=first), ActorHost(mbus, [IndexerB], data_dir=second)]
+    for h in hosts:
+        await h.start()
+    try:
+        doc = await upload(mbus, MARKDOWN, "kettle.md", "text/markdown")
+        async with asyncio.timeout(60):  # one shared directory would leave the other empty
+            while not (store(first).document_chunks(doc.document_id)
+                       and store(second).document_chunks(doc.document_id)):
+                await asyncio.sleep(0.05)
+    finally:
+        for h in hosts:
+            await h.stop()
+        for name in (IndexerA.name, IndexerB.name):
+            await delete_consumer(mbus, "DOCS", name)
+
+
+async def test_an_indexer_without_a_data_directory_refuses_to_start(mbus: Bus) -> None:
+    with pytest.raises(ValueError, match="data directory"):
+        await ActorHost(mbus, ["indexer"]).start()

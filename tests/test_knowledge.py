@@ -269,9 +269,7 @@ def test_another_process_sees_new_chunks(tmp_path: Path) -> None:
 # --- knowledge_search through the dialogue ----------------------------------------------
 
 @pytest.fixture
-async def projections(bus: Bus, data_dir: Path, monkeypatch: pytest.MonkeyPatch
-                      ) -> AsyncIterator[ProjectionService]:
-    monkeypatch.setenv("VAGENT_DATA_DIR", str(data_dir))
+async def projections(bus: Bus, data_dir: Path) -> AsyncIterator[ProjectionService]:
     service = ProjectionService(bus, data_dir)
     await service.start()
     yield service
@@ -294,13 +292,13 @@ async def wait_indexed(bus: Bus, document_id: str) -> DocumentIndexed:
 async def test_an_assistant_with_documents_looks_the_question_up_and_cites_the_title(
         bus: Bus, servers: tuple[OpenAIServer, OpenAIServer],
         monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]],
-        projections: ProjectionService) -> None:
+        projections: ProjectionService, data_dir: Path) -> None:
     llm, _ = servers
     question = "how often should the dishwasher filter be cleaned"
     llm.tool_arguments["knowledge_search"] = json.dumps({"query": "router password"})
     config = parse_config(providers_toml(llm))  # default builtins
     monkeypatch.setattr("actors.indexer.Indexer.name", "indexer_" + new_id())
-    await start("indexer", "tools", "dialogue", config=config)
+    await start("indexer", "tools", "dialogue", config=config, data_dir=data_dir)
 
     owner, other = "kb-owner-" + new_id(), "kb-other-" + new_id()
     uploads = []

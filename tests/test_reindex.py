@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 async def indexed(mbus: Bus, lance_data: Path) -> AsyncIterator[dict[str, str]]:
     """Three documents indexed, one failed, one indexed then deleted: name → document id."""
-    host = ActorHost(mbus, ["indexer"])
+    host = ActorHost(mbus, ["indexer"], data_dir=lance_data)
     await host.start()
     try:
         docs = dict(zip(("kettle", "lamp", "hose", "broken", "gone"), await asyncio.gather(

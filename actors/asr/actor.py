@@ -44,7 +44,7 @@ class Asr(Actor):
         await self.engine.load()
         self.engines: dict[str, Engine] = {}  # assistants' own choices
         self._loading = asyncio.Lock()
-        self.assistants = AssistantDirectory(self.bus)
+        self.assistants = AssistantDirectory(self.bus, self.data_dir)
         self.sessions: dict[str, SessionPipeline] = {}
         log.info("asr ready", extra={"engine": self.engine.provider})
 

@@ -31,6 +31,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import msgspec
@@ -222,17 +223,17 @@ class Dialogue(Actor):
         "turn.interrupted", "session.ended", "error"})
     concurrency: ClassVar[int] = 64
 
-    def __init__(self, bus: Bus, config: Config | None = None,
+    def __init__(self, bus: Bus, config: Config | None = None, data_dir: Path | None = None,
                  providers: list[ProviderConfig] | None = None) -> None:
         """`providers`: these LLM providers instead of the configured ones (a replay's)."""
-        super().__init__(bus, config)
+        super().__init__(bus, config, data_dir)
         self.providers = providers
 
     async def setup(self) -> None:
         self.chain = ProviderChain(self.providers or provider_configs(self.config),
                                    self.config.llm.breaker)
         self.runs: dict[str, _Run] = {}
-        self.assistants = AssistantDirectory(self.bus)
+        self.assistants = AssistantDirectory(self.bus, self.data_dir)
         self._catalog: list[ToolSpec] = []
         self._catalog_expires = 0.0
         # Inputs are seen here as soon as they are stored, while this session's previous

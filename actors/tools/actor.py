@@ -40,7 +40,7 @@ class Tools(Actor):
     _refresher: asyncio.Task[None] | None = None
 
     async def setup(self) -> None:
-        self.toolset = await build(self.config, self.bus)
+        self.toolset = await build(self.config, self.bus, self.data_dir)
         try:
             await publish(self.bus, self.toolset.specs())
         except BaseException:

@@ -14,6 +14,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from actors.plugins import Registry
@@ -34,6 +35,7 @@ class BuiltinContext:
 
     config: Config
     bus: Bus | None = None
+    data_dir: Path | None = None  # the process's data directory, when it has one
 
 
 BuiltinFactory = Callable[[BuiltinContext], Tool | Awaitable[Tool]]
@@ -154,7 +156,7 @@ class KnowledgeSearch(Tool):
 
     timeout = 30.0  # the first call loads the embedding model
 
-    def __init__(self, bus: Bus | None) -> None:
+    def __init__(self, bus: Bus | None, data_dir: Path | None) -> None:
         self.spec = ToolSpec(
             name="knowledge_search",
             description=("Search this assistant's documents (manuals, policies, notes) for "
@@ -168,6 +170,7 @@ class KnowledgeSearch(Tool):
             source="kb",
         )
         self.bus = bus
+        self.data_dir = data_dir
         self._assistants: Any = None
 
     async def call(self, arguments: dict[str, Any]) -> str:
@@ -184,13 +187,15 @@ class KnowledgeSearch(Tool):
         if call is None or self.bus is None:
             raise ToolError("knowledge_search works only within a session")
         if self._assistants is None:
-            self._assistants = AssistantDirectory(self.bus)
+            self._assistants = AssistantDirectory(self.bus, self.data_dir)
         entries, _ = await load(self.bus, "session", call.session_id)
         profile = await self._assistants.for_session(entries)
         if profile is None or not profile.documents:
             return "This assistant has no documents to search."
-        hits = await search(query, owner_id=profile.owner_id, document_ids=profile.documents,
-                            limit=KNOWLEDGE_HITS)
+        if self.data_dir is None:
+            raise ToolError("knowledge_search: this tools actor runs without a data directory")
+        hits = await search(query, owner_id=profile.owner_id, data_dir=self.data_dir,
+                            document_ids=profile.documents, limit=KNOWLEDGE_HITS)
         if not hits:
             return f"Nothing in the assistant's documents matches {query.strip()!r}."
         return format_hits(hits)
@@ -211,4 +216,4 @@ def format_hits(hits: list[Any]) -> str:
 
 
 def knowledge_search(ctx: BuiltinContext) -> Tool:
-    return KnowledgeSearch(ctx.bus)
+    return KnowledgeSearch(ctx.bus, ctx.data_dir)

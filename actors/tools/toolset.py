@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from actors.tools import builtin, webhook
@@ -130,12 +131,12 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
         task.exception()  # a late failure of an abandoned call is not worth a warning
 
 
-async def build(config: Config, bus: Bus | None = None) -> Toolset:
+async def build(config: Config, bus: Bus | None = None, data_dir: Path | None = None) -> Toolset:
     """Builtins named in the config, then webhooks, then every MCP server's tools."""
     settings = config.tools
     toolset = Toolset(settings)
     try:
-        ctx = builtin.BuiltinContext(config=config, bus=bus)
+        ctx = builtin.BuiltinContext(config=config, bus=bus, data_dir=data_dir)
         for name in settings.builtins:
             toolset.add(await builtin.build(name, ctx))
         for hook in settings.webhooks:

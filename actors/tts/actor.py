@@ -62,7 +62,7 @@ class Tts(Actor):
         self.encode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tts-encode")
         self.speakers: OrderedDict[str, Speaker] = OrderedDict()
         self.voices: dict[tuple[str, str | None], Synthesizer] = {}  # assistants' own voices
-        self.assistants = AssistantDirectory(self.bus)
+        self.assistants = AssistantDirectory(self.bus, self.data_dir)
         self._watch = await Watch(self.bus, ("turn.interrupted", "session.ended"),
                                   self._watched).start()
 

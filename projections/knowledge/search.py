@@ -53,8 +53,8 @@ def scope(owner_id: str | None, document_ids: list[str] | None) -> str:
     return where
 
 
-async def search(query: str, *, owner_id: str | None, document_ids: list[str] | None = None,
-                 limit: int = 5, data_dir: Path | None = None) -> list[Hit]:
+async def search(query: str, *, owner_id: str | None, data_dir: Path,
+                 document_ids: list[str] | None = None, limit: int = 5) -> list[Hit]:
     """The best `limit` chunks for `query` among `owner_id`'s documents (only
     `document_ids` when given; an empty list finds nothing)."""
     query = " ".join(query.split())[:MAX_QUERY]
@@ -64,8 +64,8 @@ async def search(query: str, *, owner_id: str | None, document_ids: list[str] | 
                                    document_ids=document_ids, limit=limit, data_dir=data_dir)
 
 
-def search_sync(query: str, *, owner_id: str | None, document_ids: list[str] | None = None,
-                limit: int = 5, data_dir: Path | None = None, exact: bool = False) -> list[Hit]:
+def search_sync(query: str, *, owner_id: str | None, data_dir: Path,
+                document_ids: list[str] | None = None, limit: int = 5, exact: bool = False) -> list[Hit]:
     """`search` in this thread; `exact` scans every vector of the scope even where the
     approximate index would be used (what the benchmark measures the index against)."""
     query = " ".join(query.split())[:MAX_QUERY]
@@ -82,7 +82,7 @@ def search_sync(query: str, *, owner_id: str | None, document_ids: list[str] | N
 
 
 async def document_chunks(document_id: str, *, owner_id: str | None,
-                          data_dir: Path | None = None) -> list[dict[str, Any]]:
+                          data_dir: Path) -> list[dict[str, Any]]:
     """A document's chunks in order (document_id, owner_id, title, chunk_index, heading,
     text); only `owner_id`'s, whatever the caller checked before."""
     found = await asyncio.to_thread(store(data_dir).document_chunks, document_id)

@@ -22,7 +22,6 @@ import numpy as np
 import pyarrow as pa
 from lancedb.index import FTS, BTree, IvfHnswSq
 
-from bus.config import data_dir
 from projections.knowledge.embed import DIMS
 
 log = logging.getLogger("vagent.knowledge")
@@ -50,8 +49,8 @@ SCHEMA = pa.schema([
 ])
 
 
-def lance_dir(base: Path | None = None) -> Path:
-    return (base or data_dir()) / "lance"
+def lance_dir(data_dir: Path) -> Path:
+    return data_dir / "lance"
 
 
 def quote(value: str) -> str:
@@ -99,8 +98,8 @@ class ChunkStore:
         self._write = threading.Lock()
 
     @classmethod
-    def open(cls, base: Path | None = None) -> ChunkStore:
-        return cls(lance_dir(base))
+    def open(cls, data_dir: Path) -> ChunkStore:
+        return cls(lance_dir(data_dir))
 
     def table(self, create: bool = False) -> Any:
         """The chunk table, or None when nothing was ever indexed (and not `create`)."""
@@ -208,9 +207,9 @@ _stores: dict[Path, ChunkStore] = {}
 _stores_lock = threading.Lock()
 
 
-def store(base: Path | None = None) -> ChunkStore:
+def store(data_dir: Path) -> ChunkStore:
     """One store per LanceDB directory and process."""
-    path = lance_dir(base).resolve()
+    path = lance_dir(data_dir).resolve()
     with _stores_lock:
         if path not in _stores:
             _stores[path] = ChunkStore(path)
