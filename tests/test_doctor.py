@@ -16,6 +16,7 @@ from bus.server import EmbeddedServer, free_port
 from cli import doctor
 from cli.doctor import Status
 from settings.config import Config
+from settings.paths import data_dir
 from tests.procs import Proc, vagent
 
 CHECK_NAMES = ["python", "uv", "settings", "data dir", "nats-server", "NATS port", "edge port",
@@ -95,6 +96,21 @@ def test_a_data_dir_that_is_a_file_fails(tmp_path: Path) -> None:
     blocker.write_text("")
     check = doctor.check_data_dir(blocker)
     assert check.status is Status.FAIL and "is not a directory" in check.detail and check.fix
+
+
+def test_the_data_dir_is_the_option_then_the_environment_then_dot_vagent_and_doctor_creates_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("VAGENT_DATA_DIR", raising=False)
+    assert data_dir(create=False) == tmp_path / ".vagent" and not (tmp_path / ".vagent").exists()
+    monkeypatch.setenv("VAGENT_DATA_DIR", "from-env")
+    assert data_dir(create=False) == tmp_path / "from-env"
+    assert data_dir("given", create=False) == tmp_path / "given"
+    out = vagent("doctor", "--port", str(free_port()), "--edge-port", str(free_port()),
+                 "--data-dir", str(tmp_path / "looked-at"))
+    assert str(tmp_path / "looked-at") in line_of(out.stdout, "data dir")
+    assert not (tmp_path / "looked-at").exists() and not (tmp_path / "from-env").exists()
+    assert data_dir() == tmp_path / "from-env" and (tmp_path / "from-env").is_dir()
 
 
 def test_a_running_vagent_is_told_apart_from_a_conflict(tmp_path: Path) -> None:
