@@ -4,6 +4,7 @@ terminal, straight over NATS (no API, no token).
 Changes go through the same command services as the API (domain), so they are
 decided on the same event logs; lists read the read models, fresh (after every stored
 event was applied), from the running projection service or else from the DuckDB file.
+Every command gets an `Admin`: the settings in it were read once, in cli/main.py.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from domain.tokens import Tokens
 from edge.api.models import AssistantCreate
 from projections.client import QueryError, run_query
 from settings.config import Config
-from settings.config import load as load_config
 
 PAGE = 1000
 
@@ -35,10 +35,18 @@ class AdminError(Exception):
     """What the CLI prints in red before exiting with 1."""
 
 
-def accounts(bus: Bus, config: Config, data_dir: Path) -> Accounts:
-    auth = config.auth
-    return Accounts(bus, Tokens(bus, signing_key(auth, data_dir), auth), auth,
-                    persona=config.dialogue.system_prompt)
+class Admin(NamedTuple):
+    """What an account or knowledge-base command works with."""
+
+    bus: Bus
+    data_dir: Path
+    config: Config
+
+
+def accounts(admin: Admin) -> Accounts:
+    auth = admin.config.auth
+    return Accounts(admin.bus, Tokens(admin.bus, signing_key(auth, admin.data_dir), auth), auth,
+                    persona=admin.config.dialogue.system_prompt)
 
 
 async def resolve_user(accts: Accounts, who: str) -> UserState:
@@ -53,14 +61,14 @@ async def resolve_user(accts: Accounts, who: str) -> UserState:
     return await accts.require(who)
 
 
-async def rows(bus: Bus, data_dir: Path, name: str, **params: Any) -> list[dict[str, Any]]:
+async def rows(admin: Admin, name: str, **params: Any) -> list[dict[str, Any]]:
     """Every row of a paged read query (ordered by its first column), read fresh."""
     out: list[dict[str, Any]] = []
     after = ""
     while True:
         try:
-            columns, page = await run_query(bus, data_dir, name, {**params, "after": after, "limit": PAGE},
-                                            fresh=True)
+            columns, page = await run_query(admin.bus, admin.data_dir, name,
+                                            {**params, "after": after, "limit": PAGE}, fresh=True)
         except QueryError as exc:
             raise AdminError(str(exc)) from None
         out += [dict(zip(columns, row, strict=True)) for row in page]
@@ -89,8 +97,8 @@ def lock_text(locked: bool, until: int | None, reason: str | None) -> str:
 # --- users ------------------------------------------------------------------------------------
 
 
-async def list_users(bus: Bus, data_dir: Path, as_json: bool) -> None:
-    users = await rows(bus, data_dir, "users")
+async def list_users(admin: Admin, as_json: bool) -> None:
+    users = await rows(admin, "users")
     if as_json:
         print_json(users)
         return
@@ -103,10 +111,10 @@ async def list_users(bus: Bus, data_dir: Path, as_json: bool) -> None:
                   when(u["created_ts"])] for u in users]))
 
 
-async def create_user(bus: Bus, data_dir: Path, email: str, password: str, display_name: str | None,
+async def create_user(admin: Admin, email: str, password: str, display_name: str | None,
                       as_json: bool) -> None:
-    await bus.declare()
-    accts = accounts(bus, load_config(), data_dir)
+    await admin.bus.declare()
+    accts = accounts(admin)
     warning = None
     try:
         user = await accts.register(email, password, display_name)
@@ -122,9 +130,9 @@ async def create_user(bus: Bus, data_dir: Path, email: str, password: str, displ
         raise AdminError(warning)
 
 
-async def lock_user(bus: Bus, data_dir: Path, who: str, minutes: float | None, as_json: bool) -> None:
-    await bus.declare()
-    accts = accounts(bus, load_config(), data_dir)
+async def lock_user(admin: Admin, who: str, minutes: float | None, as_json: bool) -> None:
+    await admin.bus.declare()
+    accts = accounts(admin)
     user = await resolve_user(accts, who)
     until = time.time_ns() + int(minutes * 60e9) if minutes else None
     user = await accts.lock(user.user_id, "admin", until)
@@ -136,9 +144,9 @@ async def lock_user(bus: Bus, data_dir: Path, who: str, minutes: float | None, a
               + "; their tokens are revoked")
 
 
-async def unlock_user(bus: Bus, data_dir: Path, who: str, as_json: bool) -> None:
-    await bus.declare()
-    accts = accounts(bus, load_config(), data_dir)
+async def unlock_user(admin: Admin, who: str, as_json: bool) -> None:
+    await admin.bus.declare()
+    accts = accounts(admin)
     user = await accts.unlock((await resolve_user(accts, who)).user_id)
     if as_json:
         print_json(user_json(user))
@@ -149,14 +157,14 @@ async def unlock_user(bus: Bus, data_dir: Path, who: str, as_json: bool) -> None
 # --- assistants -------------------------------------------------------------------------------
 
 
-async def _owner(bus: Bus, data_dir: Path, who: str | None) -> UserState | None:
+async def _owner(admin: Admin, who: str | None) -> UserState | None:
     if who is None:
         return None
-    return await resolve_user(accounts(bus, load_config(), data_dir), who)
+    return await resolve_user(accounts(admin), who)
 
 
-async def _emails(bus: Bus, data_dir: Path) -> dict[str, str]:
-    return {u["user_id"]: u["email"] for u in await rows(bus, data_dir, "users")}
+async def _emails(admin: Admin) -> dict[str, str]:
+    return {u["user_id"]: u["email"] for u in await rows(admin, "users")}
 
 
 class _Listing(NamedTuple):
@@ -164,12 +172,12 @@ class _Listing(NamedTuple):
     emails: dict[str, str]  # owner id → email, for the owner column
 
 
-async def _listing(bus: Bus, data_dir: Path, who: str | None, what: str, owner_key: str,
+async def _listing(admin: Admin, who: str | None, what: str, owner_key: str,
                    as_json: bool) -> _Listing | None:
     """One user's `what` (or everybody's), with the owners' emails; None once printed whole."""
-    owner = await _owner(bus, data_dir, who)
-    found = (await rows(bus, data_dir, what, **{owner_key: owner.user_id}) if owner
-             else await rows(bus, data_dir, f"all_{what}"))
+    owner = await _owner(admin, who)
+    found = (await rows(admin, what, **{owner_key: owner.user_id}) if owner
+             else await rows(admin, f"all_{what}"))
     if as_json:
         print_json(found)
         return None
@@ -177,12 +185,12 @@ async def _listing(bus: Bus, data_dir: Path, who: str | None, what: str, owner_k
         none = {"assistants": "no assistants yet", "devices": "no devices bound"}[what]
         print(f"{owner.email} has no {what}" if owner else none)
         return None
-    emails = {owner.user_id: owner.email} if owner else await _emails(bus, data_dir)
+    emails = {owner.user_id: owner.email} if owner else await _emails(admin)
     return _Listing(found, emails)
 
 
-async def list_assistants(bus: Bus, data_dir: Path, who: str | None, as_json: bool) -> None:
-    listing = await _listing(bus, data_dir, who, "assistants", "owner_id", as_json)
+async def list_assistants(admin: Admin, who: str | None, as_json: bool) -> None:
+    listing = await _listing(admin, who, "assistants", "owner_id", as_json)
     if listing is None:
         return
     found, emails = listing
@@ -192,17 +200,15 @@ async def list_assistants(bus: Bus, data_dir: Path, who: str | None, as_json: bo
                   ",".join(a["tools"] or []), when(a["updated_ts"])] for a in found]))
 
 
-async def create_assistant(bus: Bus, data_dir: Path, who: str, settings: dict[str, Any],
-                           as_json: bool) -> None:
+async def create_assistant(admin: Admin, who: str, settings: dict[str, Any], as_json: bool) -> None:
     try:  # the API's own limits (name length and so on)
         body = msgspec.convert(settings, AssistantCreate)
     except msgspec.ValidationError as exc:
         raise AdminError(f"invalid assistant: {exc}") from None
-    await bus.declare()
-    config = load_config()
-    owner = await resolve_user(accounts(bus, config, data_dir), who)
+    await admin.bus.declare()
+    owner = await resolve_user(accounts(admin), who)
     values = msgspec.structs.asdict(body)
-    assistant_id = await Assistants(bus, config).create(owner.user_id, values)
+    assistant_id = await Assistants(admin.bus, admin.config).create(owner.user_id, values)
     if as_json:
         print_json({"assistant_id": assistant_id, "owner_id": owner.user_id, **values})
     else:
@@ -212,8 +218,8 @@ async def create_assistant(bus: Bus, data_dir: Path, who: str, settings: dict[st
 # --- devices ----------------------------------------------------------------------------------
 
 
-async def list_devices(bus: Bus, data_dir: Path, who: str | None, as_json: bool) -> None:
-    listing = await _listing(bus, data_dir, who, "devices", "user_id", as_json)
+async def list_devices(admin: Admin, who: str | None, as_json: bool) -> None:
+    listing = await _listing(admin, who, "devices", "user_id", as_json)
     if listing is None:
         return
     found, emails = listing

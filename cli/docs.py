@@ -24,14 +24,12 @@ import msgspec
 from bus.client import Bus, Message
 from bus.log import last_event
 from bus.subjects import aggregate_events
-from cli.accounts import AdminError, accounts, resolve_user, rows
+from cli.accounts import Admin, AdminError, accounts, resolve_user, rows
 from cli.display import shorten, table, when
 from domain.documents import Documents
 from domain.errors import DomainError
 from projections.client import QueryError, run_query
 from schemas import DecodeError, DocumentDeleted, DocumentFailed, DocumentIndexed, decode, new_id
-from settings.config import Config
-from settings.config import load as load_config
 
 
 def print_json(value: Any) -> None:
@@ -47,11 +45,11 @@ def size_text(size: int) -> str:
     return f"{size} B"
 
 
-async def owner_of(bus: Bus, data_dir: Path, who: str | None, config: Config) -> tuple[str | None, str]:
+async def owner_of(admin: Admin, who: str | None) -> tuple[str | None, str]:
     """(owner id, how to name them): None for the system's documents (no --user)."""
     if who is None:
         return None, "the system"
-    user = await resolve_user(accounts(bus, config, data_dir), who)
+    user = await resolve_user(accounts(admin), who)
     return user.user_id, user.email
 
 
@@ -139,14 +137,14 @@ class Reporter:
             print(f"{item.path.name}: {text}", flush=True)
 
 
-async def add_documents(bus: Bus, data_dir: Path, paths: list[Path], who: str | None, title: str | None,
+async def add_documents(admin: Admin, paths: list[Path], who: str | None, title: str | None,
                         wait: bool, timeout: float, as_json: bool) -> None:
+    bus = admin.bus
     await bus.declare()
-    config = load_config()
-    owner_id, owner_name = await owner_of(bus, data_dir, who, config)
+    owner_id, owner_name = await owner_of(admin, who)
     if title is not None and len(paths) > 1:
         raise AdminError("--title names one document: give one file")
-    docs = Documents(bus, config.edge.max_upload_bytes)
+    docs = Documents(bus, admin.config.edge.max_upload_bytes)
     files = [Added(path) for path in paths]
     watchers: list[Any] = []
     with Reporter(files, quiet=as_json) as report:
@@ -238,9 +236,9 @@ def _apply(item: Added, event: Any, report: Reporter) -> None:
 # --- list, search, delete ---------------------------------------------------------------------
 
 
-async def list_documents(bus: Bus, data_dir: Path, who: str | None, as_json: bool) -> None:
-    owner_id, owner_name = await owner_of(bus, data_dir, who, load_config())
-    found = await rows(bus, data_dir, "documents", owner_id=owner_id)
+async def list_documents(admin: Admin, who: str | None, as_json: bool) -> None:
+    owner_id, owner_name = await owner_of(admin, who)
+    found = await rows(admin, "documents", owner_id=owner_id)
     if as_json:
         print_json(found)
         return
@@ -253,13 +251,13 @@ async def list_documents(bus: Bus, data_dir: Path, who: str | None, as_json: boo
                   d["chunks"], when(d["uploaded_ts"])] for d in found]))
 
 
-async def search_documents(bus: Bus, data_dir: Path, query: str, who: str | None, assistant_id: str | None,
+async def search_documents(admin: Admin, query: str, who: str | None, assistant_id: str | None,
                            limit: int, as_json: bool) -> None:
-    owner_id, _ = await owner_of(bus, data_dir, who, load_config())
+    owner_id, _ = await owner_of(admin, who)
     document_ids: list[str] | None = None
     if assistant_id is not None:
         # An administrator's search: the assistant's own owner, unless --user says whose.
-        found = [a for a in await _assistant(bus, data_dir, assistant_id)
+        found = [a for a in await _assistant(admin, assistant_id)
                  if who is None or a["owner_id"] == owner_id]
         if not found:
             raise AdminError(f"no assistant {assistant_id!r}" + (f" of {who}" if who else ""))
@@ -269,7 +267,7 @@ async def search_documents(bus: Bus, data_dir: Path, query: str, who: str | None
         from projections.knowledge.search import search
 
         hits = await search(query, owner_id=owner_id, document_ids=document_ids, limit=limit,
-                            data_dir=data_dir)
+                            data_dir=admin.data_dir)
     if as_json:
         print_json([msgspec.structs.asdict(hit) for hit in hits])
         return
@@ -282,20 +280,19 @@ async def search_documents(bus: Bus, data_dir: Path, query: str, who: str | None
         print(f"   {shorten(hit.text, 200)}")
 
 
-async def _assistant(bus: Bus, data_dir: Path, assistant_id: str) -> list[dict[str, Any]]:
+async def _assistant(admin: Admin, assistant_id: str) -> list[dict[str, Any]]:
     try:
-        columns, found = await run_query(bus, data_dir, "assistant_settings",
+        columns, found = await run_query(admin.bus, admin.data_dir, "assistant_settings",
                                          {"assistant_id": assistant_id}, fresh=True)
     except QueryError as exc:
         raise AdminError(str(exc)) from None
     return [dict(zip(columns, row, strict=True)) for row in found]
 
 
-async def delete_document(bus: Bus, data_dir: Path, document_id: str, who: str | None, as_json: bool) -> None:
-    await bus.declare()
-    config = load_config()
-    owner_id, owner_name = await owner_of(bus, data_dir, who, config)
-    await Documents(bus, config.edge.max_upload_bytes).delete(owner_id, document_id)
+async def delete_document(admin: Admin, document_id: str, who: str | None, as_json: bool) -> None:
+    await admin.bus.declare()
+    owner_id, owner_name = await owner_of(admin, who)
+    await Documents(admin.bus, admin.config.edge.max_upload_bytes).delete(owner_id, document_id)
     if as_json:
         print_json({"document_id": document_id, "deleted": True})
     else:
@@ -305,20 +302,20 @@ async def delete_document(bus: Bus, data_dir: Path, document_id: str, who: str |
 # --- reindex ----------------------------------------------------------------------------------
 
 
-async def reindex_documents(bus: Bus, data_dir: Path, as_json: bool) -> None:
+async def reindex_documents(admin: Admin, as_json: bool) -> None:
     from domain.doctext import max_chunks
     from projections.knowledge.embed import embedder
     from projections.knowledge.reindex import reindex
     from projections.knowledge.store import store
 
-    await bus.declare()
+    await admin.bus.declare()
     await asyncio.to_thread(embedder)
 
     def progress(title: str, n: int, total: int) -> None:
         if not as_json:
             print(f"\r[{n}/{total}] {shorten(title, 60):<60}", end="", file=sys.stderr, flush=True)
 
-    done = await reindex(bus, store(data_dir), max_chunks=max_chunks(), progress=progress)
+    done = await reindex(admin.bus, store(admin.data_dir), max_chunks=max_chunks(), progress=progress)
     if as_json:
         print_json(done.as_json())
         return

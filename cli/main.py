@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
+from functools import cache
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 import uvloop
@@ -17,6 +18,9 @@ from bus.client import Bus
 from bus.errors import BusError
 from settings.config import Config
 from settings.paths import data_dir as resolve_data_dir
+
+if TYPE_CHECKING:
+    from cli.accounts import Admin
 
 app = typer.Typer(help="vagent: an event-sourced voice-agent backend on NATS JetStream.",
                   no_args_is_help=True, add_completion=False)
@@ -48,6 +52,14 @@ DataOpt = Annotated[Path | None, typer.Option("--data-dir", envvar="VAGENT_DATA_
 T = TypeVar("T")
 
 
+@cache
+def settings() -> Config:
+    """The settings file, read once: every command that needs settings gets them here."""
+    from settings.config import load
+
+    return load()
+
+
 def run(main: Coroutine[Any, Any, T], log_level: str | None = None) -> T:
     from hosting.logs import setup
 
@@ -77,7 +89,6 @@ def up(nats: NatsOpt = None, data_dir: DataOpt = None,
        ) -> None:
     """Start everything: NATS (embedded unless --nats), all actors, the read models."""
     from cli.up import up as run_up
-    from settings.config import load as load_settings
 
     names = [a.strip() for a in actors.split(",") if a.strip()]
     unknown = [a for a in names if a not in ACTORS]
@@ -86,7 +97,7 @@ def up(nats: NatsOpt = None, data_dir: DataOpt = None,
                     fg="red", err=True)
         raise typer.Exit(2)
     run(run_up(nats=nats, port=port, data_dir=resolve_data_dir(data_dir), actors=names,
-               config=load_settings(), edge_port=edge_port))
+               config=settings(), edge_port=edge_port))
 
 
 @app.command()
@@ -98,9 +109,8 @@ def edge(nats: NatsOpt = None, data_dir: DataOpt = None,
     """Serve the API on its own (the read models are served by `vagent up` or
     `vagent projections serve`)."""
     from cli.edge import serve_edge
-    from settings.config import load as load_settings
 
-    run(serve_edge(nats, resolve_data_dir(data_dir), load_settings(), host, port))
+    run(serve_edge(nats, resolve_data_dir(data_dir), settings(), host, port))
 
 
 @actor_app.command("run")
@@ -110,9 +120,7 @@ def actor_run(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(ACTO
     if name not in ACTORS:
         typer.secho(f"unknown actor {name!r}; known: {', '.join(ACTORS)}", fg="red", err=True)
         raise typer.Exit(2)
-    from settings.config import load as load_settings
-
-    run(_actor_run(name, nats, load_settings(), resolve_data_dir(data_dir)))
+    run(_actor_run(name, nats, settings(), resolve_data_dir(data_dir)))
 
 
 async def _actor_run(name: str, nats: str | None, config: Config, data_dir: Path) -> None:
@@ -282,9 +290,8 @@ def replay(session_id: SidArg, nats: NatsOpt = None, data_dir: DataOpt = None,
     calls, latencies. Nothing is written to the original session."""
     from cli.replay import print_report
     from replay.engine import ReplayError, replay_session
-    from settings.config import load as load_settings
 
-    config = load_settings()
+    config = settings()
     try:
         report = run(with_bus(nats, lambda bus: replay_session(
             bus, session_id, config=config, llm_base_url=llm_base_url, llm_model=llm_model,
@@ -357,13 +364,14 @@ UserOpt = Annotated[str | None, typer.Option("--user", help="Only this user's (e
 WhoArg = Annotated[str, typer.Argument(metavar="EMAIL_OR_ID", help="The user's email or user id.")]
 
 
-def admin(nats: str | None, fn: Callable[[Bus], Awaitable[None]]) -> None:
+def admin(nats: str | None, data_dir: Path | None, fn: Callable[[Admin], Awaitable[None]]) -> None:
     """Run an account command; a refusal (unknown user, weak password, …) is printed in red."""
-    from cli.accounts import AdminError
+    from cli.accounts import Admin, AdminError
     from domain.errors import DomainError
 
+    config, directory = settings(), resolve_data_dir(data_dir)
     try:
-        run(with_bus(nats, fn), log_level="WARNING")
+        run(with_bus(nats, lambda bus: fn(Admin(bus, directory, config))), log_level="WARNING")
     except (DomainError, AdminError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
@@ -374,7 +382,7 @@ def users_list(nats: NatsOpt = None, data_dir: DataOpt = None, as_json: JsonOpt 
     """Every account (from the read model)."""
     from cli.accounts import list_users
 
-    admin(nats, lambda bus: list_users(bus, resolve_data_dir(data_dir), as_json))
+    admin(nats, data_dir, lambda a: list_users(a, as_json))
 
 
 @users_app.command("create")
@@ -399,7 +407,7 @@ def users_create(
         password = sys.stdin.readline().rstrip("\r\n")
     elif password is None:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
-    admin(nats, lambda bus: create_user(bus, resolve_data_dir(data_dir), email, password or "",
+    admin(nats, data_dir, lambda a: create_user(a, email, password or "",
                                         display_name, as_json))
 
 
@@ -411,7 +419,7 @@ def users_lock(who: WhoArg,
     """Lock an account: no login, and every token issued so far is revoked."""
     from cli.accounts import lock_user
 
-    admin(nats, lambda bus: lock_user(bus, resolve_data_dir(data_dir), who, minutes, as_json))
+    admin(nats, data_dir, lambda a: lock_user(a, who, minutes, as_json))
 
 
 @users_app.command("unlock")
@@ -420,7 +428,7 @@ def users_unlock(who: WhoArg, nats: NatsOpt = None, data_dir: DataOpt = None,
     """Unlock an account (also clears its failed-login count)."""
     from cli.accounts import unlock_user
 
-    admin(nats, lambda bus: unlock_user(bus, resolve_data_dir(data_dir), who, as_json))
+    admin(nats, data_dir, lambda a: unlock_user(a, who, as_json))
 
 
 @assistants_app.command("list")
@@ -429,7 +437,7 @@ def assistants_list(user: UserOpt = None, nats: NatsOpt = None, data_dir: DataOp
     """Every assistant, or one user's."""
     from cli.accounts import list_assistants
 
-    admin(nats, lambda bus: list_assistants(bus, resolve_data_dir(data_dir), user, as_json))
+    admin(nats, data_dir, lambda a: list_assistants(a, user, as_json))
 
 
 @assistants_app.command("create")
@@ -451,7 +459,7 @@ def assistants_create(
 
     settings: dict[str, Any] = {"name": name, "persona": persona, "greeting": greeting, "voice": voice,
                                 "llm": llm, "asr": asr, "tts": tts, "tools": tool or []}
-    admin(nats, lambda bus: create_assistant(bus, resolve_data_dir(data_dir), user, settings, as_json))
+    admin(nats, data_dir, lambda a: create_assistant(a, user, settings, as_json))
 
 
 @devices_app.command("list")
@@ -460,7 +468,7 @@ def devices_list(user: UserOpt = None, nats: NatsOpt = None, data_dir: DataOpt =
     """Every bound device, or one user's."""
     from cli.accounts import list_devices
 
-    admin(nats, lambda bus: list_devices(bus, resolve_data_dir(data_dir), user, as_json))
+    admin(nats, data_dir, lambda a: list_devices(a, user, as_json))
 
 
 DocsUserOpt = Annotated[str | None, typer.Option(
@@ -482,7 +490,7 @@ def docs_add(
     exit 1 if any did not make it."""
     from cli.docs import add_documents
 
-    admin(nats, lambda bus: add_documents(bus, resolve_data_dir(data_dir), files, user, title, wait,
+    admin(nats, data_dir, lambda a: add_documents(a, files, user, title, wait,
                                           timeout, as_json))
 
 
@@ -492,7 +500,7 @@ def docs_list(user: DocsUserOpt = None, nats: NatsOpt = None, data_dir: DataOpt 
     """A user's documents (or the system's) with their indexing status."""
     from cli.docs import list_documents
 
-    admin(nats, lambda bus: list_documents(bus, resolve_data_dir(data_dir), user, as_json))
+    admin(nats, data_dir, lambda a: list_documents(a, user, as_json))
 
 
 @docs_app.command("search")
@@ -507,7 +515,7 @@ def docs_search(
     """Hybrid search (vectors and full text) over a user's documents, as the assistants search."""
     from cli.docs import search_documents
 
-    admin(nats, lambda bus: search_documents(bus, resolve_data_dir(data_dir), query, user, assistant, limit,
+    admin(nats, data_dir, lambda a: search_documents(a, query, user, assistant, limit,
                                              as_json))
 
 
@@ -518,7 +526,7 @@ def docs_delete(document_id: Annotated[str, typer.Argument(help="The document's 
     """Delete a document (its passages leave the knowledge base)."""
     from cli.docs import delete_document
 
-    admin(nats, lambda bus: delete_document(bus, resolve_data_dir(data_dir), document_id, user, as_json))
+    admin(nats, data_dir, lambda a: delete_document(a, document_id, user, as_json))
 
 
 @docs_app.command("reindex")
@@ -527,7 +535,7 @@ def docs_reindex(nats: NatsOpt = None, data_dir: DataOpt = None, as_json: JsonOp
     LanceDB directory was lost, or to re-embed everything)."""
     from cli.docs import reindex_documents
 
-    admin(nats, lambda bus: reindex_documents(bus, resolve_data_dir(data_dir), as_json))
+    admin(nats, data_dir, lambda a: reindex_documents(a, as_json))
 
 
 @app.command()
