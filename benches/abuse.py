@@ -228,9 +228,15 @@ class Attacker:
                 reader.cancel()
 
     async def webrtc_offers(self) -> None:
+        from edge.webrtc.peer import MAX_SDP_CHARS
+
+        head = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\n"
+        # Every other one the costliest to refuse: as long as allowed, its last line the bad
+        # one (naming that line parses the offer's prefixes again).
+        heavy = (head + "a=x\r\n" * MAX_SDP_CHARS)[:MAX_SDP_CHARS - 8] + "\r\nc=IN\r\n"
         async with httpx.AsyncClient(base_url=self.url, timeout=30) as client:
             for n in range(1_000_000):
-                sdp = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\n" + ("a=x\r\n" * (n % 50))
+                sdp = heavy if n % 2 else head + ("a=x\r\n" * (n % 50))
                 await client.post("/webrtc/offer", json={"sdp": sdp, "type": "offer"})
                 self.did("webrtc_offer")
 
