@@ -1,5 +1,6 @@
 """vagent's settings file (`vagent.toml`, or the path in `VAGENT_CONFIG`), read once where a
-process starts (`load`) and passed to what needs it; tests build a `Config` themselves.
+process starts (`load`, which also applies the environment variables of ENV_OVERRIDES) and
+passed to what needs it; tests build a `Config` themselves (`parse` reads no environment).
 
 Secrets never live here or in events: a provider names the environment variable
 holding its key (`api_key_env`), and `VAGENT_SECRETS_FILE` may point to a
@@ -26,8 +27,9 @@ from __future__ import annotations
 
 import os
 import tomllib
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -141,6 +143,11 @@ class AuthSettings(msgspec.Struct, forbid_unknown_fields=True):
     smtp: SmtpSettings = msgspec.field(default_factory=SmtpSettings)
 
 
+class XiaozhiConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # Heard before a typed turn, these are dropped like the built-in ones ("你好小智", "hi xiaozhi").
+    wake_words: list[str] = msgspec.field(default_factory=list)
+
+
 class EdgeSettings(msgspec.Struct, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -176,11 +183,27 @@ class EdgeSettings(msgspec.Struct, forbid_unknown_fields=True):
     # becomes a prompt, a log entry and read-model rows, and no one types more in one go.
     max_text_chars: int = 2000
     ice_servers: list[str] = msgspec.field(default_factory=list)  # WebRTC, e.g. stun:host:3478
+    xiaozhi: XiaozhiConfig = msgspec.field(default_factory=XiaozhiConfig)
+
+
+class ElevenLabsConfig(msgspec.Struct, forbid_unknown_fields=True):
+    model: str = "eleven_flash_v2_5"  # their low-latency model
+    # Raw PCM is asked for (`output_format=pcm_<rate>`), so nothing needs decoding.
+    sample_rate: int = 24000
+    url: str | None = None  # another base URL: a regional endpoint, or the tests' local server
 
 
 class TtsSettings(msgspec.Struct, forbid_unknown_fields=True):
-    """What one input may make the TTS do (`VAGENT_TTS_MAX_CHARS` and
-    `VAGENT_TTS_MAX_TURN_CHARS` override the file)."""
+    """The voice, and what one input may make the TTS do."""
+
+    # piper, elevenlabs or an installed plugin's; None: elevenlabs when ELEVENLABS_API_KEY is
+    # set, else piper.
+    provider: str | None = None
+    voice: str | None = None  # a Piper voice file or an ElevenLabs voice id; None: the default
+    # Syntheses at a time across sessions (a turn's first sentence goes first).
+    parallel: Annotated[int, msgspec.Meta(ge=1)] = 1
+    cache_mb: float = 32.0  # quick replies kept synthesized
+    elevenlabs: ElevenLabsConfig = msgspec.field(default_factory=ElevenLabsConfig)
 
     # Characters per provider call; longer text is synthesized in pieces. Piper's memory and
     # time grow with a call's audio (~160 MB at the peak for 200 characters, 7–11 s of
@@ -193,6 +216,42 @@ class TtsSettings(msgspec.Struct, forbid_unknown_fields=True):
     max_turn_chars: int = 2000
 
 
+class VadConfig(msgspec.Struct, forbid_unknown_fields=True):
+    threshold: float = 0.5  # silero speech probability that starts speech
+    silence_ms: int = 400  # silence that ends an utterance (auto listen mode)
+    preroll_ms: int = 250  # audio kept from before the onset
+    min_speech_ms: int = 96  # shorter speech never opens an utterance
+    max_utterance_ms: int = 30_000  # an utterance is cut here
+
+
+class DeepgramConfig(msgspec.Struct, forbid_unknown_fields=True):
+    url: str = "wss://api.deepgram.com"  # its WebSocket base (tests: a local server)
+    model: str = "nova-3"
+    language: str = "en"
+
+
+class AsrSettings(msgspec.Struct, forbid_unknown_fields=True):
+    # auto: deepgram when DEEPGRAM_API_KEY is set (environment or secrets file), else moonshine.
+    engine: Literal["auto", "moonshine", "deepgram"] = "auto"
+    barge_in_min_ms: int = 300  # speech over the assistant this long interrupts it
+    partial_ms: int = 400  # moonshine: audio between partial transcripts (CPU vs freshness)
+    vad: VadConfig = msgspec.field(default_factory=VadConfig)
+    deepgram: DeepgramConfig = msgspec.field(default_factory=DeepgramConfig)
+
+
+class ActorSettings(msgspec.Struct, forbid_unknown_fields=True):
+    # Seconds before an unacknowledged message is redelivered; None: each actor's own (30,
+    # the indexer 60).
+    ack_wait: float | None = None
+
+
+class KnowledgeSettings(msgspec.Struct, forbid_unknown_fields=True):
+    embed_threads: int = 0  # the embedding model's threads; 0: onnxruntime's choice
+    # Chunks per document (~3 MB of text): a longer one is refused at upload when its size
+    # tells, else fails at indexing with its count.
+    max_chunks: int = 5000
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     llm: LLMSettings = msgspec.field(default_factory=LLMSettings)
     tools: ToolSettings = msgspec.field(default_factory=ToolSettings)
@@ -200,6 +259,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     tts: TtsSettings = msgspec.field(default_factory=TtsSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     edge: EdgeSettings = msgspec.field(default_factory=EdgeSettings)
+    asr: AsrSettings = msgspec.field(default_factory=AsrSettings)
+    actors: ActorSettings = msgspec.field(default_factory=ActorSettings)
+    knowledge: KnowledgeSettings = msgspec.field(default_factory=KnowledgeSettings)
 
 
 class ConfigError(ValueError):
@@ -228,19 +290,56 @@ def load() -> Config:
     config = Config() if path is None else parse(path.read_text(), str(path))
     if "VAGENT_SYSTEM_PROMPT" in os.environ:
         config.dialogue.system_prompt = os.environ["VAGENT_SYSTEM_PROMPT"]
-    config.tts.max_chars = _env_int("VAGENT_TTS_MAX_CHARS", config.tts.max_chars)
-    config.tts.max_turn_chars = _env_int("VAGENT_TTS_MAX_TURN_CHARS", config.tts.max_turn_chars)
+    for env_name, setting in ENV_OVERRIDES.items():
+        value = os.environ.get(env_name, "").strip()
+        if value:  # set but empty counts as unset
+            _override(config, setting, env_name, value)
     return config
 
 
-def _env_int(env_name: str, default: int) -> int:
-    value = os.environ.get(env_name)
-    if value is None:
-        return default
+# Environment variables that override one setting each (deployments set them instead of a
+# file). A list setting takes comma-separated values.
+ENV_OVERRIDES: dict[str, str] = {
+    "VAGENT_TTS_MAX_CHARS": "tts.max_chars",
+    "VAGENT_TTS_MAX_TURN_CHARS": "tts.max_turn_chars",
+    "VAGENT_TTS_PROVIDER": "tts.provider",
+    "VAGENT_TTS_VOICE": "tts.voice",
+    "VAGENT_TTS_PARALLEL": "tts.parallel",
+    "VAGENT_TTS_CACHE_MB": "tts.cache_mb",
+    "VAGENT_ELEVENLABS_MODEL": "tts.elevenlabs.model",
+    "VAGENT_ELEVENLABS_SAMPLE_RATE": "tts.elevenlabs.sample_rate",
+    "VAGENT_ELEVENLABS_URL": "tts.elevenlabs.url",
+    "VAGENT_ASR_ENGINE": "asr.engine",
+    "VAGENT_BARGE_IN_MIN_MS": "asr.barge_in_min_ms",
+    "VAGENT_ASR_PARTIAL_MS": "asr.partial_ms",
+    "VAGENT_VAD_THRESHOLD": "asr.vad.threshold",
+    "VAGENT_VAD_SILENCE_MS": "asr.vad.silence_ms",
+    "VAGENT_VAD_PREROLL_MS": "asr.vad.preroll_ms",
+    "VAGENT_VAD_MIN_SPEECH_MS": "asr.vad.min_speech_ms",
+    "VAGENT_ASR_MAX_UTTERANCE_MS": "asr.vad.max_utterance_ms",
+    "VAGENT_DEEPGRAM_URL": "asr.deepgram.url",
+    "VAGENT_DEEPGRAM_MODEL": "asr.deepgram.model",
+    "VAGENT_DEEPGRAM_LANGUAGE": "asr.deepgram.language",
+    "VAGENT_ACK_WAIT": "actors.ack_wait",
+    "VAGENT_XIAOZHI_WAKE_WORDS": "edge.xiaozhi.wake_words",
+    "VAGENT_EMBED_THREADS": "knowledge.embed_threads",
+    "VAGENT_KB_MAX_CHUNKS": "knowledge.max_chunks",
+}
+
+
+def _override(config: Config, setting: str, env_name: str, value: str) -> None:
+    *parents, name = setting.split(".")
+    section: Any = config
+    for parent in parents:
+        section = getattr(section, parent)
+    kind = typing.get_type_hints(type(section), include_extras=True)[name]
+    raw: Any = value
+    if typing.get_origin(kind) is list:
+        raw = [item.strip() for item in value.split(",") if item.strip()]
     try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(f"{env_name}={value!r} is not a whole number") from None
+        setattr(section, name, msgspec.convert(raw, kind, strict=False))
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{env_name}={value!r} (the setting {setting}): {exc}") from None
 
 
 def secret(env_name: str | None) -> str | None:
