@@ -104,8 +104,9 @@ async def question_audio() -> tuple[list[bytes], int]:
     from actors.tts.providers import open_provider
     from audio.encode import AudioEncoder
     from schemas import AudioParams
+    from settings.config import TtsSettings
 
-    voice = await open_provider("piper")
+    voice = await open_provider(TtsSettings(), "piper")
     try:
         speech = b"".join([chunk async for chunk in voice.stream(QUESTION)])
     finally:

@@ -1,5 +1,5 @@
 """A small local server speaking ElevenLabs' streaming text-to-speech API, for the real
-`elevenlabs` SDK in the tests (VAGENT_ELEVENLABS_URL points the SDK here).
+`elevenlabs` SDK in the tests (`[tts.elevenlabs] url` points the SDK here).
 
 `POST /v1/text-to-speech/{voice_id}/stream?output_format=pcm_<rate>` with header
 `xi-api-key` and a JSON body `{"text", "model_id", …}` answers a chunked stream of raw

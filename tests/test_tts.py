@@ -168,9 +168,8 @@ async def test_a_sentence_becomes_paced_opus_that_decodes_to_its_length(
 
 
 async def test_sentences_are_spoken_in_order_when_a_later_one_is_ready_first(
-        bus: Bus, start_tts: StartTts, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VAGENT_TTS_PARALLEL", "2")  # both synthesize at once
-    tts = await start_tts()
+        bus: Bus, start_tts: StartTts) -> None:
+    tts = await start_tts(parse("[tts]\nparallel = 2\n"))  # both synthesize at once
     finished: list[str] = []
     tts.synthesizer.provider = Recording(tts.provider, finished)
     sid, turn = "t" + new_id(), new_id()
@@ -359,17 +358,19 @@ async def test_a_typed_question_is_answered_aloud(
 @pytest.fixture
 def elevenlabs(monkeypatch: pytest.MonkeyPatch) -> Iterator[ElevenLabsServer]:
     server = ElevenLabsServer(api_key="el-test-key").start()
-    monkeypatch.delenv("VAGENT_TTS_PROVIDER", raising=False)
     monkeypatch.setenv("ELEVENLABS_API_KEY", "el-test-key")  # a key alone selects ElevenLabs
-    monkeypatch.setenv("VAGENT_ELEVENLABS_URL", server.base_url)
-    monkeypatch.setenv("VAGENT_TTS_VOICE", "voice-1")
     yield server
     server.stop()
 
 
+def cloud(server: ElevenLabsServer) -> Config:
+    """Settings that send the ElevenLabs voice to the local server."""
+    return parse(f'[tts]\nvoice = "voice-1"\n[tts.elevenlabs]\nurl = "{server.base_url}"\n')
+
+
 async def test_elevenlabs_speaks_through_the_real_sdk(
         bus: Bus, start_tts: StartTts, elevenlabs: ElevenLabsServer) -> None:
-    tts = await start_tts()
+    tts = await start_tts(cloud(elevenlabs))
     assert tts.provider.name == "elevenlabs"
     sid, turn = "t" + new_id(), new_id()
     frames = await catch_frames(bus, sid)
@@ -390,7 +391,7 @@ async def test_elevenlabs_speaks_through_the_real_sdk(
 
 async def test_a_failing_synthesis_is_an_error_event_and_the_turn_goes_on(
         bus: Bus, start_tts: StartTts, elevenlabs: ElevenLabsServer) -> None:
-    await start_tts()
+    await start_tts(cloud(elevenlabs))
     sid, turn = "t" + new_id(), new_id()
     frames = await catch_frames(bus, sid)
     elevenlabs.fail_status = 500
@@ -427,16 +428,16 @@ class Recording:
 async def test_a_session_speaks_in_its_assistants_voice(
         bus: Bus, start_tts: StartTts, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     server = ElevenLabsServer(api_key="el-test-key").start()
-    monkeypatch.setenv("VAGENT_TTS_PROVIDER", "piper")  # the default voice stays local
     monkeypatch.setenv("ELEVENLABS_API_KEY", "el-test-key")
-    monkeypatch.setenv("VAGENT_ELEVENLABS_URL", server.base_url)
     projections = ProjectionService(bus, data_dir)
     await projections.start()
     try:
         aid = new_id()
         await bus.publish(AssistantCreated(assistant_id=aid, owner_id="u1", tts="elevenlabs",
                                            voice="zed-voice"))
-        tts = await start_tts()
+        # A key, but the default voice stays local.
+        tts = await start_tts(parse(f'[tts]\nprovider = "piper"\n'
+                                    f'[tts.elevenlabs]\nurl = "{server.base_url}"\n'))
         assert tts.provider.name == "piper"
         mine, other = "t" + new_id(), "t" + new_id()
         await bus.publish(SessionStarted(session_id=mine, assistant_id=aid))

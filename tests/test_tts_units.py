@@ -18,7 +18,7 @@ from actors.tts.providers import open_provider, provider_name
 from actors.tts.synth import Slots, Synthesis, SynthesisFailed
 from audio.encode import AudioEncoder, check_params
 from schemas import AudioParams
-from settings.config import ConfigError
+from settings.config import ConfigError, TtsSettings
 from tests.elevenlabs_server import ElevenLabsServer, tone
 from tests.test_tts import decode_opus
 
@@ -118,26 +118,23 @@ async def test_a_turns_first_sentence_is_synthesized_before_later_ones() -> None
 
 
 def test_the_provider_is_chosen_by_key_and_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("VAGENT_TTS_PROVIDER", raising=False)
     monkeypatch.delenv("ELEVENLABS_API_KEY", raising=False)
     monkeypatch.delenv("VAGENT_SECRETS_FILE", raising=False)
-    assert provider_name() == "piper"
+    assert provider_name(TtsSettings()) == "piper"
     monkeypatch.setenv("ELEVENLABS_API_KEY", "k")
-    assert provider_name() == "elevenlabs"
-    monkeypatch.setenv("VAGENT_TTS_PROVIDER", "piper")
-    assert provider_name() == "piper"
+    assert provider_name(TtsSettings()) == "elevenlabs"
+    assert provider_name(TtsSettings(provider="piper")) == "piper"
 
 
 async def test_provider_misconfiguration_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ELEVENLABS_API_KEY", raising=False)
     monkeypatch.delenv("VAGENT_SECRETS_FILE", raising=False)
     with pytest.raises(ConfigError, match="unknown"):
-        await open_provider("espeak")
+        await open_provider(TtsSettings(), "espeak")
     with pytest.raises(ConfigError, match="ELEVENLABS_API_KEY"):
-        await open_provider("elevenlabs")
-    monkeypatch.setenv("VAGENT_TTS_VOICE", "/nowhere/voice.onnx")
-    with pytest.raises(ConfigError, match="VAGENT_TTS_VOICE"):
-        await open_provider("piper")
+        await open_provider(TtsSettings(), "elevenlabs")
+    with pytest.raises(ConfigError, match="need a Piper voice file"):
+        await open_provider(TtsSettings(voice="/nowhere/voice.onnx"), "piper")
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
@@ -53,12 +52,12 @@ class Tts(Actor):
     concurrency: ClassVar[int] = 64
 
     async def setup(self) -> None:
-        self.provider: TtsProvider = await open_provider()
-        self.cache = AudioCache(int(float(os.environ.get("VAGENT_TTS_CACHE_MB", "32")) * 2**20))
-        self.max_turn_chars = max(1, self.config.tts.max_turn_chars)
-        self.synthesizer = Synthesizer(self.provider, self.cache,
-                                       int(os.environ.get("VAGENT_TTS_PARALLEL", "1")),
-                                       max(1, self.config.tts.max_chars))
+        settings = self.config.tts
+        self.provider: TtsProvider = await open_provider(settings)
+        self.cache = AudioCache(int(settings.cache_mb * 2**20))
+        self.max_turn_chars = max(1, settings.max_turn_chars)
+        self.synthesizer = Synthesizer(self.provider, self.cache, settings.parallel,
+                                       max(1, settings.max_chars))
         self.encode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tts-encode")
         self.speakers: OrderedDict[str, Speaker] = OrderedDict()
         self.voices: dict[tuple[str, str | None], Synthesizer] = {}  # assistants' own voices
@@ -135,7 +134,7 @@ class Tts(Actor):
         key = (profile.tts or self.provider.name, profile.voice)
         if key not in self.voices:
             try:
-                provider = await open_provider(*key)
+                provider = await open_provider(self.config.tts, *key)
             except Exception as exc:
                 log.error("cannot load the assistant's voice: using the default",
                           extra={"assistant_id": profile.assistant_id, "tts": key[0], "voice": key[1],

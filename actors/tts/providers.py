@@ -1,4 +1,4 @@
-"""Speech synthesis providers behind one interface, chosen by the environment.
+"""Speech synthesis providers behind one interface, chosen by `[tts] provider`.
 
 - `piper` (the offline default): the bundled en_US-joe-medium voice, or any Piper voice.
 - `elevenlabs`: ElevenLabs' streaming API through the `elevenlabs` SDK, chosen by default
@@ -7,18 +7,17 @@
 Each provider lives in its own module, imported by name only when chosen: piper-tts is
 GPL-3.0 and only `actors.tts.piper_voice` may import it, and neither SDK nor model is
 loaded in processes that do not speak. Adding one: a module with
-`async def open_voice(voice: str | None) -> TtsProvider`, and its entry point in
+`async def open_voice(voice: str | None, settings: TtsSettings) -> TtsProvider`, and its entry point in
 pyproject.toml (settings/plugins.py).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from actors.plugins import Registry
-from settings.config import ConfigError, secret
+from settings.config import ConfigError, TtsSettings, secret
 from settings.plugins import TTS, plugins
 
 
@@ -34,17 +33,17 @@ class TtsProvider(Protocol):
     async def close(self) -> None: ...
 
 
-PROVIDERS: Registry[Callable[[str | None], Awaitable[TtsProvider]]] = Registry(
+PROVIDERS: Registry[Callable[[str | None, TtsSettings], Awaitable[TtsProvider]]] = Registry(
     "TTS provider", plugins(TTS), error=ConfigError)
 
 
-def provider_name() -> str:
-    name = os.environ.get("VAGENT_TTS_PROVIDER", "").strip().lower()
-    if name:
-        return name
+def provider_name(settings: TtsSettings) -> str:
+    if settings.provider:
+        return settings.provider
     return "elevenlabs" if secret("ELEVENLABS_API_KEY") else "piper"
 
 
-async def open_provider(name: str | None = None, voice: str | None = None) -> TtsProvider:
+async def open_provider(settings: TtsSettings, name: str | None = None,
+                        voice: str | None = None) -> TtsProvider:
     """Load the chosen provider and voice (a local voice loads its model here, once)."""
-    return await PROVIDERS.load(name or provider_name())(voice)
+    return await PROVIDERS.load(name or provider_name(settings))(voice, settings)
