@@ -33,6 +33,7 @@ from schemas import (
     derived_id,
     new_id,
 )
+from settings.config import Config
 from tests.conftest import wait_for
 from tests.fixtures.audio import META, has_key_words, opus_packets, pcm, resample
 
@@ -48,10 +49,10 @@ async def start_asr(bus: Bus, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
     hosts: list[ActorHost] = []
     monkeypatch.setattr(Asr, "name", "asr_" + new_id())
 
-    async def run(**env: str) -> Asr:
-        for key, value in env.items():
+    async def run(config: Config | None = None, **secrets: str) -> Asr:
+        for key, value in secrets.items():
             monkeypatch.setenv(key, value)
-        host = ActorHost(bus, [Asr])
+        host = ActorHost(bus, [Asr], config)
         await host.start()
         hosts.append(host)
         actor = host.actors[0]

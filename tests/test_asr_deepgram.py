@@ -13,6 +13,7 @@ from actors.asr.settings import AsrSettings, DeepgramSettings
 from actors.assistant import AssistantProfile
 from bus.client import Bus
 from schemas import Error, SpeechStopped, TranscriptFinal
+from settings.config import Config, ConfigError, parse
 from tests import test_asr_actor
 from tests.conftest import wait_for
 from tests.deepgram_server import DeepgramServer
@@ -31,22 +32,24 @@ def deepgram() -> Iterator[DeepgramServer]:
     server.stop()
 
 
-def test_the_engine_is_chosen_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_engine_is_chosen_by_the_key_and_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DEEPGRAM_API_KEY", raising=False)
-    monkeypatch.delenv("VAGENT_ASR_ENGINE", raising=False)
-    assert AsrSettings.from_env().engine == "moonshine"
+    monkeypatch.delenv("VAGENT_SECRETS_FILE", raising=False)
+    assert AsrSettings.from_config(parse("").asr).engine == "moonshine"
     monkeypatch.setenv("DEEPGRAM_API_KEY", "k")
-    monkeypatch.setenv("VAGENT_DEEPGRAM_URL", "ws://127.0.0.1:9/")
-    settings = AsrSettings.from_env()
+    settings = AsrSettings.from_config(parse('[asr.deepgram]\nurl = "ws://127.0.0.1:9/"\n').asr)
     assert settings.engine == "deepgram" and settings.deepgram is not None
     assert settings.deepgram.url == "ws://127.0.0.1:9"
     assert isinstance(make_engine(settings), DeepgramEngine)
-    monkeypatch.setenv("VAGENT_ASR_ENGINE", "moonshine")  # a key, but the local model wanted
-    assert AsrSettings.from_env().engine == "moonshine"
+    local = parse('[asr]\nengine = "moonshine"\n').asr  # a key, but the local model wanted
+    assert AsrSettings.from_config(local).engine == "moonshine"
     monkeypatch.delenv("DEEPGRAM_API_KEY")
-    monkeypatch.setenv("VAGENT_ASR_ENGINE", "deepgram")
-    with pytest.raises(ValueError, match="DEEPGRAM_API_KEY"):
-        AsrSettings.from_env()
+    with pytest.raises(ConfigError, match="DEEPGRAM_API_KEY"):
+        AsrSettings.from_config(parse('[asr]\nengine = "deepgram"\n').asr)
+
+
+def deepgram_at(server: DeepgramServer, engine: str = "auto") -> Config:
+    return parse(f'[asr]\nengine = "{engine}"\n[asr.deepgram]\nurl = "{server.url}"\n')
 
 
 async def test_the_sdk_streams_audio_and_gets_partials_and_a_final(deepgram: DeepgramServer
@@ -93,7 +96,7 @@ async def test_a_wrong_key_is_an_asr_error(deepgram: DeepgramServer) -> None:
 
 async def test_the_actor_transcribes_with_deepgram(bus: Bus, start_asr: Start,
                                                    deepgram: DeepgramServer) -> None:
-    asr = await start_asr(DEEPGRAM_API_KEY="test-key", VAGENT_DEEPGRAM_URL=deepgram.url)
+    asr = await start_asr(deepgram_at(deepgram), DEEPGRAM_API_KEY="test-key")
     assert asr.engine.provider == "deepgram"
     started = await open_session(bus, asr)
     await stream(bus, started.session_id, frames("kitchen_lights"), speed=10.0)
@@ -110,7 +113,7 @@ async def test_the_actor_transcribes_with_deepgram(bus: Bus, start_asr: Start,
 
 async def test_deepgram_failing_is_an_error_event_not_a_crash(bus: Bus, start_asr: Start,
                                                               deepgram: DeepgramServer) -> None:
-    asr = await start_asr(DEEPGRAM_API_KEY="wrong", VAGENT_DEEPGRAM_URL=deepgram.url)
+    asr = await start_asr(deepgram_at(deepgram), DEEPGRAM_API_KEY="wrong")
     started = await open_session(bus, asr)
     sid = started.session_id
     await stream(bus, sid, frames("what_time"), speed=10.0)
@@ -132,8 +135,7 @@ async def test_the_assistant_s_asr_choice_is_honoured(bus: Bus, start_asr: Start
     """On a worker whose default is moonshine, a session of an assistant that names deepgram
     is heard by deepgram; one whose choice cannot be loaded, and one of no assistant, by
     moonshine."""
-    asr = await start_asr(DEEPGRAM_API_KEY="test-key", VAGENT_DEEPGRAM_URL=deepgram.url,
-                          VAGENT_ASR_ENGINE="moonshine")
+    asr = await start_asr(deepgram_at(deepgram, "moonshine"), DEEPGRAM_API_KEY="test-key")
     assert asr.engine.provider == "moonshine"
     profiles = {"cloud": AssistantProfile(assistant_id="cloud", asr="deepgram"),
                 "odd": AssistantProfile(assistant_id="odd", asr="whisper")}

@@ -39,7 +39,7 @@ class Asr(Actor):
     engine: Engine
 
     async def setup(self) -> None:
-        self.settings = AsrSettings.from_env()
+        self.settings = AsrSettings.from_config(self.config.asr)
         self.engine = make_engine(self.settings)
         await self.engine.load()
         self.engines: dict[str, Engine] = {}  # assistants' own choices

@@ -8,7 +8,7 @@ close, and the final text is every `is_final` segment joined. Our VAD, not
 Deepgram's endpointing, decides where an utterance ends, so the whole session
 sees one notion of turn boundaries whichever engine transcribes.
 
-The base URL is configurable (VAGENT_DEEPGRAM_URL), so tests run the real SDK against
+The base URL is configurable (`[asr.deepgram] url`), so tests run the real SDK against
 `tests/deepgram_server.py`.
 """
 
