@@ -8,7 +8,6 @@ redelivered input re-emits identical ids and JetStream stores each effect once.
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
@@ -115,7 +114,7 @@ class Actor:
             durable=self.name,
             subjects=tuple(event_type_filter(self.aggregate, t) for t in self.consumes),
             max_deliver=self.max_deliver,
-            ack_wait=float(os.environ.get("VAGENT_ACK_WAIT", self.ack_wait)),
+            ack_wait=self.config.actors.ack_wait or self.ack_wait,
             from_new=True,
         )
 

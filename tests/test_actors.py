@@ -96,3 +96,13 @@ def test_effects_outside_the_handler_go_through_context_and_its_emits(bus: Bus) 
     event = ctx.stamp(TtsStarted(session_id=started.session_id, turn_id="t1", voice="v"),
                       id=reserved, causation_id="other")
     assert (event.id, event.causation_id) == (reserved, "other")
+
+
+def test_the_redelivery_wait_is_each_actors_own_unless_the_settings_name_one(bus: Bus) -> None:
+    from actors.indexer import Indexer
+    from actors.tts.actor import Tts
+    from settings.config import parse
+
+    assert [a(bus).consumer_spec().ack_wait for a in (Tts, Indexer)] == [30.0, 60.0]
+    config = parse("[actors]\nack_wait = 2\n")
+    assert [a(bus, config).consumer_spec().ack_wait for a in (Tts, Indexer)] == [2.0, 2.0]
