@@ -24,7 +24,7 @@ from edge.xiaozhi import framing
 from edge.xiaozhi.mcp import llm_name
 from edge.xiaozhi.protocol import after_wake_word, emotion_of
 from schemas import Event, new_id
-from settings.config import parse
+from settings.config import XiaozhiConfig, parse
 from tests.api_harness import Api, api_config, serve_api
 from tests.fixtures.audio import has_key_words, opus_packets, pcm
 from tests.xiaozhi_client import XiaozhiDevice, frame_up
@@ -43,7 +43,8 @@ async def stack(module_nats: EmbeddedServer, tmp_path_factory: pytest.TempPathFa
     host = ActorHost(bus, ["asr", "dialogue", "tts"], actors_config)
     await host.start()
     config = api_config()
-    config.edge = msgspec.structs.replace(config.edge, hello_timeout=HELLO_TIMEOUT)
+    config.edge = msgspec.structs.replace(config.edge, hello_timeout=HELLO_TIMEOUT,
+                                          xiaozhi=XiaozhiConfig(wake_words=["hey vagent"]))
     try:
         async with serve_api(module_nats.url, tmp_path_factory.mktemp("edge"), config) as api:
             yield api
@@ -156,7 +157,7 @@ async def test_typed_text_through_listen_detect_and_wake_words(stack: Api) -> No
                              device_id=mac()) as device:
         await device.hello()
         await device.listen("detect", text="你好小智")  # a wake word alone: no turn
-        await device.listen("detect", text="Hi Xiaozhi, how are you")
+        await device.listen("detect", text="Hey vagent, how are you")  # the configured one
         stt = await device.wait_json("stt")
         assert stt.message["text"] == "how are you"
         await device.wait_json("tts", state="stop", timeout=30)
@@ -422,6 +423,8 @@ def test_wake_words_emotions_and_tool_names() -> None:
     assert after_wake_word("Hi, Xiaozhi. What time is it?") == "What time is it?"
     assert after_wake_word("hi xiaozhinho") is None
     assert after_wake_word("what time is it") is None
+    assert after_wake_word("hey vagent, what time is it") is None
+    assert after_wake_word("hey vagent, what time is it", ["hey vagent"]) == "what time is it"
     assert emotion_of("Great news 😆!") == ("😆", "laughing")
     assert emotion_of("plain text") == ("🙂", "happy")
     assert llm_name("self.audio_speaker.set_volume") == "self_audio_speaker_set_volume"

@@ -245,9 +245,10 @@ class DeviceSession:
                 if message.text is None:
                     raise ApiError(422, "bad_message", "listen detect needs a text", {"at": "$.text"})
                 # Checked before the wake word is taken off: the limit is on what was sent.
-                text = checked_text(message.text, self.conn.services.config.edge.max_text_chars,
+                edge = self.conn.services.config.edge
+                text = checked_text(message.text, edge.max_text_chars,
                                     "listen detect") if message.text.strip() else ""
-                rest = protocol.after_wake_word(text)
+                rest = protocol.after_wake_word(text, edge.xiaozhi.wake_words)
                 typed = text.strip() if rest is None else rest.strip()
                 if typed:  # a wake word alone opens no turn
                     await self.link.text(typed, source="detect")

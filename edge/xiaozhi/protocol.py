@@ -3,9 +3,9 @@ device's JSON messages, and what the edge says back (emotions, wake words)."""
 
 from __future__ import annotations
 
-import os
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -205,15 +205,10 @@ def _fold(char: str) -> str:
     return char.lower()
 
 
-def wake_words() -> tuple[str, ...]:
-    extra = os.environ.get("VAGENT_XIAOZHI_WAKE_WORDS", "")
-    return WAKE_WORDS + tuple(w.strip() for w in extra.split(",") if w.strip())
-
-
-def after_wake_word(text: str, words: tuple[str, ...] | None = None) -> str | None:
-    """The text after a leading wake word ("" for the wake word alone), or None when the
-    text does not start with one."""
-    for word in words or wake_words():
+def after_wake_word(text: str, extra: Sequence[str] = ()) -> str | None:
+    """The text after a leading wake word, built-in or `extra` ("" for the wake word alone),
+    or None when the text does not start with one."""
+    for word in (*WAKE_WORDS, *extra):
         target = "".join(_fold(c) for c in word)
         if not target:
             continue
