@@ -18,7 +18,6 @@ from typing import ClassVar
 from actors.base import Actor, Context
 from bus.blobs import get_document
 from bus.log import load
-from domain.doctext import max_chunks
 from projections.knowledge.embed import embedder
 from projections.knowledge.index import index_document
 from projections.knowledge.parse import ParseError
@@ -42,8 +41,9 @@ class Indexer(Actor):
         if self.data_dir is None:
             raise ValueError("the indexer writes chunks under the data directory: host it with one")
         self.chunks = store(self.data_dir)
-        self.max_chunks = max_chunks()
-        await asyncio.to_thread(embedder)  # load the model before the first document
+        self.knowledge = self.config.knowledge
+        # Load the model before the first document.
+        await asyncio.to_thread(embedder, self.knowledge.embed_threads)
 
     async def handle(self, event: Event, ctx: Context) -> None:
         if isinstance(event, DocumentUploaded):
@@ -71,7 +71,7 @@ class Indexer(Actor):
                 index_document, self.chunks, data, document_id=event.document_id,
                 owner_id=event.owner_id, title=event.title or event.filename or event.document_id,
                 content_type=event.content_type, filename=event.filename,
-                max_chunks=self.max_chunks)
+                max_chunks=self.knowledge.max_chunks, embed_threads=self.knowledge.embed_threads)
         except ParseError as exc:
             await self._fail(ctx, event, str(exc))
             return

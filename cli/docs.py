@@ -144,7 +144,8 @@ async def add_documents(admin: Admin, paths: list[Path], who: str | None, title:
     owner_id, owner_name = await owner_of(admin, who)
     if title is not None and len(paths) > 1:
         raise AdminError("--title names one document: give one file")
-    docs = Documents(bus, admin.config.edge.max_upload_bytes)
+    docs = Documents(bus, admin.config.edge.max_upload_bytes,
+                     max_chunks=admin.config.knowledge.max_chunks)
     files = [Added(path) for path in paths]
     watchers: list[Any] = []
     with Reporter(files, quiet=as_json) as report:
@@ -267,7 +268,8 @@ async def search_documents(admin: Admin, query: str, who: str | None, assistant_
         from projections.knowledge.search import search
 
         hits = await search(query, owner_id=owner_id, document_ids=document_ids, limit=limit,
-                            data_dir=admin.data_dir)
+                            data_dir=admin.data_dir,
+                            embed_threads=admin.config.knowledge.embed_threads)
     if as_json:
         print_json([msgspec.structs.asdict(hit) for hit in hits])
         return
@@ -292,7 +294,8 @@ async def _assistant(admin: Admin, assistant_id: str) -> list[dict[str, Any]]:
 async def delete_document(admin: Admin, document_id: str, who: str | None, as_json: bool) -> None:
     await admin.bus.declare()
     owner_id, owner_name = await owner_of(admin, who)
-    await Documents(admin.bus, admin.config.edge.max_upload_bytes).delete(owner_id, document_id)
+    await Documents(admin.bus, admin.config.edge.max_upload_bytes,
+                    max_chunks=admin.config.knowledge.max_chunks).delete(owner_id, document_id)
     if as_json:
         print_json({"document_id": document_id, "deleted": True})
     else:
@@ -303,19 +306,20 @@ async def delete_document(admin: Admin, document_id: str, who: str | None, as_js
 
 
 async def reindex_documents(admin: Admin, as_json: bool) -> None:
-    from domain.doctext import max_chunks
     from projections.knowledge.embed import embedder
     from projections.knowledge.reindex import reindex
     from projections.knowledge.store import store
 
     await admin.bus.declare()
-    await asyncio.to_thread(embedder)
+    knowledge = admin.config.knowledge
+    await asyncio.to_thread(embedder, knowledge.embed_threads)
 
     def progress(title: str, n: int, total: int) -> None:
         if not as_json:
             print(f"\r[{n}/{total}] {shorten(title, 60):<60}", end="", file=sys.stderr, flush=True)
 
-    done = await reindex(admin.bus, store(admin.data_dir), max_chunks=max_chunks(), progress=progress)
+    done = await reindex(admin.bus, store(admin.data_dir), max_chunks=knowledge.max_chunks,
+                         embed_threads=knowledge.embed_threads, progress=progress)
     if as_json:
         print_json(done.as_json())
         return

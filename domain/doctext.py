@@ -1,22 +1,14 @@
 """What a document's bytes tell before it is parsed: its text (for plain text) and the
 fewest chunks it can make. The upload check (domain/documents.py) refuses a document the
-indexer would refuse, so both read the chunk limit from here."""
+indexer would refuse, both given the chunk limit (`[knowledge] max_chunks`)."""
 
 from __future__ import annotations
 
-import os
-
 CHUNK_MAX = 800  # the most characters of new text one chunk holds (the chunker's MAX)
-MAX_CHUNKS = 5000  # ~3 MB of text; a longer document fails with its count (VAGENT_KB_MAX_CHUNKS)
 
 
 class ParseError(Exception):
     """The document cannot be indexed; the message says why (it becomes document.failed)."""
-
-
-def max_chunks() -> int:
-    """The chunk limit per document; the edge and the indexer both read it."""
-    return int(os.environ.get("VAGENT_KB_MAX_CHUNKS", MAX_CHUNKS))
 
 
 def min_chunks(chars: int) -> int:

@@ -21,7 +21,7 @@ from bus.blobs import delete_document, put_document
 from bus.client import Bus
 from bus.errors import ConflictError
 from bus.log import load
-from domain.doctext import max_chunks, min_chunks, plain_text_chars
+from domain.doctext import min_chunks, plain_text_chars
 from domain.errors import Conflict, NotFound, TooLarge, Unsupported
 from schemas import DocumentDeleted, DocumentFailed, DocumentIndexed, DocumentUploaded, new_id
 
@@ -70,7 +70,7 @@ def default_title(filename: str) -> str:
     return (" ".join(stem.replace("_", " ").split()) or "Untitled")[:MAX_TITLE]
 
 
-async def _check_length(filename: str, data: bytes | BinaryIO) -> None:
+async def _check_length(filename: str, data: bytes | BinaryIO, limit: int) -> None:
     """413 for a plain text that cannot fit in the chunk limit (the indexer would refuse
     it after parsing it; a 20 MiB text takes minutes). Other types tell only once parsed:
     the indexer refuses them then, before chunking, with `document.failed`."""
@@ -81,7 +81,7 @@ async def _check_length(filename: str, data: bytes | BinaryIO) -> None:
     chars = await asyncio.to_thread(count)
     if chars is None:
         return
-    limit, at_least = max_chunks(), min_chunks(chars)
+    at_least = min_chunks(chars)
     if at_least > limit:
         raise TooLarge("document_too_long",
                        f"{filename or 'the file'} would make at least {at_least} passages; "
@@ -164,9 +164,10 @@ async def _one_upload_at_a_time(owner_id: str) -> AsyncIterator[None]:
 
 
 class Documents:
-    def __init__(self, bus: Bus, max_bytes: int, *, quota: Quota | None = None) -> None:
+    def __init__(self, bus: Bus, max_bytes: int, *, max_chunks: int, quota: Quota | None = None) -> None:
         self.bus = bus
         self.max_bytes = max_bytes
+        self.max_chunks = max_chunks  # [knowledge] max_chunks
         self.quota = quota  # None: no per-owner quota (the operator's `vagent docs add`)
 
     async def upload(self, owner_id: str | None, filename: str, data: bytes | BinaryIO, *, size: int,
@@ -181,7 +182,7 @@ class Documents:
             raise TooLarge("body_too_large", f"the upload exceeds {self.max_bytes} bytes",
                            {"limit": self.max_bytes})
         if kind == "text/plain":
-            await _check_length(filename, data)
+            await _check_length(filename, data, self.max_chunks)
         if self.quota is None or owner_id is None:
             return await self._store(owner_id, filename, kind, data, title, document_id)
         async with _one_upload_at_a_time(owner_id):

@@ -149,9 +149,10 @@ async def test_an_upload_past_the_quota_gets_413_and_nothing_is_stored(
 
 
 async def test_a_text_too_long_for_the_chunk_limit_is_refused_at_upload(
-        module_nats: EmbeddedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VAGENT_KB_MAX_CHUNKS", "10")
-    async with edge(module_nats, tmp_path, edge_config()) as api:
+        module_nats: EmbeddedServer, tmp_path: Path) -> None:
+    config = edge_config()
+    config.knowledge.max_chunks = 10
+    async with edge(module_nats, tmp_path, config) as api:
         h = await api.user()
         r = await upload(api, h, "long.txt", b"word " * 2000)  # 8000 letters: at least 10 chunks
         assert r.status_code == 202, r.text

@@ -156,7 +156,7 @@ class KnowledgeSearch(Tool):
 
     timeout = 30.0  # the first call loads the embedding model
 
-    def __init__(self, bus: Bus | None, data_dir: Path | None) -> None:
+    def __init__(self, bus: Bus | None, data_dir: Path | None, embed_threads: int = 0) -> None:
         self.spec = ToolSpec(
             name="knowledge_search",
             description=("Search this assistant's documents (manuals, policies, notes) for "
@@ -171,6 +171,7 @@ class KnowledgeSearch(Tool):
         )
         self.bus = bus
         self.data_dir = data_dir
+        self.embed_threads = embed_threads  # [knowledge] embed_threads
         self._assistants: Any = None
 
     async def call(self, arguments: dict[str, Any]) -> str:
@@ -195,7 +196,8 @@ class KnowledgeSearch(Tool):
         if self.data_dir is None:
             raise ToolError("knowledge_search: this tools actor runs without a data directory")
         hits = await search(query, owner_id=profile.owner_id, data_dir=self.data_dir,
-                            document_ids=profile.documents, limit=KNOWLEDGE_HITS)
+                            document_ids=profile.documents, limit=KNOWLEDGE_HITS,
+                            embed_threads=self.embed_threads)
         if not hits:
             return f"Nothing in the assistant's documents matches {query.strip()!r}."
         return format_hits(hits)
@@ -216,4 +218,4 @@ def format_hits(hits: list[Any]) -> str:
 
 
 def knowledge_search(ctx: BuiltinContext) -> Tool:
-    return KnowledgeSearch(ctx.bus, ctx.data_dir)
+    return KnowledgeSearch(ctx.bus, ctx.data_dir, ctx.config.knowledge.embed_threads)

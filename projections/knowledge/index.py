@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 
-from domain.doctext import MAX_CHUNKS, min_chunks, plain_text_chars
+from domain.doctext import min_chunks, plain_text_chars
 from projections.knowledge.chunk import chunk
 from projections.knowledge.embed import embedder
 from projections.knowledge.parse import PLAIN, ParseError, media_type, parse
 from projections.knowledge.store import ChunkStore, Row
+from settings.config import KnowledgeSettings
 
 log = logging.getLogger("vagent.knowledge")
 
@@ -26,7 +27,7 @@ def embedding_text(title: str, heading: str, text: str) -> str:
 
 def index_document(chunks: ChunkStore, data: bytes, *, document_id: str, owner_id: str | None,
                    title: str, content_type: str | None, filename: str | None = None,
-                   max_chunks: int = MAX_CHUNKS) -> int:
+                   max_chunks: int = KnowledgeSettings().max_chunks, embed_threads: int = 0) -> int:
     """Parse, chunk, embed and store one document (replacing its earlier chunks); the number
     of chunks. ParseError when it cannot be indexed, with the reason.
 
@@ -52,7 +53,7 @@ def index_document(chunks: ChunkStore, data: bytes, *, document_id: str, owner_i
     if len(pieces) > max_chunks:
         raise ParseError(f"too long: {len(pieces)} chunks, the limit is {max_chunks}")
     rows = [Row(document_id, owner_id or "", title, c.index, c.heading, c.text) for c in pieces]
-    vectors = embedder().embed([embedding_text(title, c.heading, c.text) for c in pieces])
+    vectors = embedder(embed_threads).embed([embedding_text(title, c.heading, c.text) for c in pieces])
     return chunks.replace_document(rows, vectors, document_id=document_id)
 
 

@@ -69,7 +69,7 @@ async def live_documents(bus: Bus) -> dict[str, Document]:
     return documents
 
 
-async def reindex(bus: Bus, chunks: ChunkStore, *, max_chunks: int,
+async def reindex(bus: Bus, chunks: ChunkStore, *, max_chunks: int, embed_threads: int = 0,
                   progress: Callable[[str, int, int], None] | None = None) -> Reindexed:
     """Make the chunk table match the log (see the module's text)."""
     documents = await live_documents(bus)
@@ -88,7 +88,7 @@ async def reindex(bus: Bus, chunks: ChunkStore, *, max_chunks: int,
             written = await asyncio.to_thread(
                 index_document, chunks, data, document_id=document_id, owner_id=upload.owner_id,
                 title=upload.title or upload.filename or document_id, content_type=upload.content_type,
-                filename=upload.filename, max_chunks=max_chunks)
+                filename=upload.filename, max_chunks=max_chunks, embed_threads=embed_threads)
             done.indexed[document_id] = written
             outcome = DocumentIndexed(document_id=document_id, chunks=written)
         except ParseError as exc:

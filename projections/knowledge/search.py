@@ -54,18 +54,22 @@ def scope(owner_id: str | None, document_ids: list[str] | None) -> str:
 
 
 async def search(query: str, *, owner_id: str | None, data_dir: Path,
-                 document_ids: list[str] | None = None, limit: int = 5) -> list[Hit]:
+                 document_ids: list[str] | None = None, limit: int = 5,
+                 embed_threads: int = 0) -> list[Hit]:
     """The best `limit` chunks for `query` among `owner_id`'s documents (only
-    `document_ids` when given; an empty list finds nothing)."""
+    `document_ids` when given; an empty list finds nothing). `embed_threads`: the process's
+    `[knowledge] embed_threads`."""
     query = " ".join(query.split())[:MAX_QUERY]
     if not query or limit <= 0 or document_ids == []:
         return []
     return await asyncio.to_thread(search_sync, query, owner_id=owner_id,
-                                   document_ids=document_ids, limit=limit, data_dir=data_dir)
+                                   document_ids=document_ids, limit=limit, data_dir=data_dir,
+                                   embed_threads=embed_threads)
 
 
 def search_sync(query: str, *, owner_id: str | None, data_dir: Path,
-                document_ids: list[str] | None = None, limit: int = 5, exact: bool = False) -> list[Hit]:
+                document_ids: list[str] | None = None, limit: int = 5, exact: bool = False,
+                embed_threads: int = 0) -> list[Hit]:
     """`search` in this thread; `exact` scans every vector of the scope even where the
     approximate index would be used (what the benchmark measures the index against)."""
     query = " ".join(query.split())[:MAX_QUERY]
@@ -76,7 +80,7 @@ def search_sync(query: str, *, owner_id: str | None, data_dir: Path,
         return []
     where = scope(owner_id, document_ids)
     k = max(CANDIDATES, limit * 4)
-    vector = embedder().embed_one(query)
+    vector = embedder(embed_threads).embed_one(query)
     nearest = nearest_query(store(data_dir), table, vector, where, k, exact=exact)
     return fuse([nearest.to_list(), _fts(table, query, where, k)], limit)
 
