@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from bus.client import Bus
+from cli.assistant_options import invalid
 from cli.display import shorten, table, when
 from domain.accounts import Accounts, UserState, normalize_email
 from domain.assistants import Assistants
@@ -204,7 +205,7 @@ async def create_assistant(admin: Admin, who: str, settings: dict[str, Any], as_
     try:  # the API's own limits (name length and so on)
         body = msgspec.convert(settings, AssistantCreate)
     except msgspec.ValidationError as exc:
-        raise AdminError(f"invalid assistant: {exc}") from None
+        raise AdminError(f"invalid assistant: {invalid(exc)}") from None
     await admin.bus.declare()
     owner = await resolve_user(accounts(admin), who)
     values = msgspec.structs.asdict(body)

@@ -16,6 +16,7 @@ import uvloop
 from actors.registry import ACTORS
 from bus.client import Bus
 from bus.errors import BusError
+from cli.assistant_options import settings_options
 from settings.config import Config
 from settings.paths import data_dir as resolve_data_dir
 
@@ -53,7 +54,7 @@ T = TypeVar("T")
 
 
 @cache
-def settings() -> Config:
+def read_settings() -> Config:
     """The settings file, read once: every command that needs settings gets them here."""
     from settings.config import load
 
@@ -97,7 +98,7 @@ def up(nats: NatsOpt = None, data_dir: DataOpt = None,
                     fg="red", err=True)
         raise typer.Exit(2)
     run(run_up(nats=nats, port=port, data_dir=resolve_data_dir(data_dir), actors=names,
-               config=settings(), edge_port=edge_port))
+               config=read_settings(), edge_port=edge_port))
 
 
 @app.command()
@@ -110,7 +111,7 @@ def edge(nats: NatsOpt = None, data_dir: DataOpt = None,
     `vagent projections serve`)."""
     from cli.edge import serve_edge
 
-    run(serve_edge(nats, resolve_data_dir(data_dir), settings(), host, port))
+    run(serve_edge(nats, resolve_data_dir(data_dir), read_settings(), host, port))
 
 
 @actor_app.command("run")
@@ -120,7 +121,7 @@ def actor_run(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(ACTO
     if name not in ACTORS:
         typer.secho(f"unknown actor {name!r}; known: {', '.join(ACTORS)}", fg="red", err=True)
         raise typer.Exit(2)
-    run(_actor_run(name, nats, settings(), resolve_data_dir(data_dir)))
+    run(_actor_run(name, nats, read_settings(), resolve_data_dir(data_dir)))
 
 
 async def _actor_run(name: str, nats: str | None, config: Config, data_dir: Path) -> None:
@@ -291,7 +292,7 @@ def replay(session_id: SidArg, nats: NatsOpt = None, data_dir: DataOpt = None,
     from cli.replay import print_report
     from replay.engine import ReplayError, replay_session
 
-    config = settings()
+    config = read_settings()
     try:
         report = run(with_bus(nats, lambda bus: replay_session(
             bus, session_id, config=config, llm_base_url=llm_base_url, llm_model=llm_model,
@@ -369,11 +370,12 @@ def admin(nats: str | None, data_dir: Path | None, fn: Callable[[Admin], Awaitab
     from cli.accounts import Admin, AdminError
     from domain.errors import DomainError
 
-    config, directory = settings(), resolve_data_dir(data_dir)
+    config, directory = read_settings(), resolve_data_dir(data_dir)
     try:
         run(with_bus(nats, lambda bus: fn(Admin(bus, directory, config))), log_level="WARNING")
     except (DomainError, AdminError) as exc:
-        typer.secho(f"error: {exc}", fg="red", err=True)
+        known = exc.details.get("known") if isinstance(exc, DomainError) else None
+        typer.secho(f"error: {exc}" + (f" (known: {', '.join(known)})" if known else ""), fg="red", err=True)
         raise typer.Exit(1) from None
 
 
@@ -441,24 +443,16 @@ def assistants_list(user: UserOpt = None, nats: NatsOpt = None, data_dir: DataOp
 
 
 @assistants_app.command("create")
+@settings_options
 def assistants_create(
     user: Annotated[str, typer.Option("--user", help="The owner (email or user id).")],
-    name: Annotated[str, typer.Option(help="The assistant's name.")],
-    persona: Annotated[str, typer.Option(help="Its system prompt.")],
-    greeting: Annotated[str | None, typer.Option(help="What it says first.")] = None,
-    voice: Annotated[str | None, typer.Option(help="A voice of its TTS provider.")] = None,
-    llm: Annotated[str | None, typer.Option(help="An LLM provider named in the configuration.")] = None,
-    asr: Annotated[str | None, typer.Option(help="An ASR provider (moonshine, deepgram).")] = None,
-    tts: Annotated[str | None, typer.Option(help="A TTS provider (piper, elevenlabs).")] = None,
-    tool: Annotated[list[str] | None, typer.Option("--tool", help="A tool it may call (repeatable).")
-                    ] = None,
+    settings: dict[str, Any],
     nats: NatsOpt = None, data_dir: DataOpt = None, as_json: JsonOpt = False,
 ) -> None:
-    """Create an assistant for a user (validated as the API validates it)."""
+    """Create an assistant for a user: an option per setting, a setting left out keeps its
+    default; checked as the API checks a request."""
     from cli.accounts import create_assistant
 
-    settings: dict[str, Any] = {"name": name, "persona": persona, "greeting": greeting, "voice": voice,
-                                "llm": llm, "asr": asr, "tts": tts, "tools": tool or []}
     admin(nats, data_dir, lambda a: create_assistant(a, user, settings, as_json))
 
 

@@ -9,17 +9,20 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from bus.client import Bus
 from bus.server import EmbeddedServer, free_port
+from cli.assistant_options import option
 from domain.errors import Locked, Unauthorized
 from edge.services import Services
-from schemas import new_id
+from schemas import AssistantSettings, new_id
 from tests.api_harness import api_config
 from tests.procs import projections_serving, vagent
 
 PASSWORD = "correct horse 9"
+SETTINGS = msgspec.structs.fields(AssistantSettings)
 
 
 @pytest.fixture(scope="module")
@@ -184,15 +187,55 @@ def test_assistants_create_and_list(stack: tuple[EmbeddedServer, Path]) -> None:
     assert owner in line_of(cli(stack, "assistants", "list").stdout, bob_id)  # owners shown by email
 
 
+def test_every_assistant_setting_is_an_option(stack: tuple[EmbeddedServer, Path], tmp_path: Path) -> None:
+    """Each setting AssistantSettings declares is listed by --help and reaches the assistant:
+    a setting added there fails here until it has a value below (and the CLI reaches it)."""
+    owner = email()
+    create_user(stack, owner)
+    manual = tmp_path / "manual.txt"
+    manual.write_text("The kettle boils in two minutes.")
+    added = cli_json(stack, "docs", "add", str(manual), "--user", owner, "--no-wait")
+    values: dict[str, Any] = {
+        "name": "Every", "persona": "You know everything.", "greeting": "Ask me", "voice": "en_US-amy",
+        "llm": "local", "asr": "moonshine", "tts": "piper", "tools": ["calculator", "get_time"],
+        "documents": [added[0]["document_id"]],
+    }
+    assert set(values) == {s.name for s in SETTINGS}, "give the new setting a value here"
+    assert all(values[s.name] != s.default for s in SETTINGS if s.default is not msgspec.NODEFAULT)
+
+    listing = vagent("assistants", "create", "--help", COLUMNS="200")
+    assert listing.returncode == 0, listing.stderr
+    for setting in SETTINGS:
+        assert f" {option(setting)} " in listing.stdout, (setting.name, listing.stdout)
+
+    args: list[str] = []
+    for setting in SETTINGS:
+        value = values[setting.name]
+        for item in value if isinstance(value, list) else [value]:
+            args += [option(setting), str(item)]
+    created = cli_json(stack, "assistants", "create", "--user", owner, *args)
+    stored = {a["assistant_id"]: a for a in cli_json(stack, "assistants", "list", "--user", owner)}
+    for setting in SETTINGS:
+        assert created[setting.name] == values[setting.name], setting.name
+        assert stored[created["assistant_id"]][setting.name] == values[setting.name], setting.name
+
+
 def test_assistants_create_refusals(stack: tuple[EmbeddedServer, Path]) -> None:
     owner = email()
     create_user(stack, owner)
     base = ("assistants", "create", "--user", owner, "--name", "X", "--persona", "p")
     assert "no llm provider named 'nope'" in refused(stack, *base, "--llm", "nope")
-    assert "no tts provider named 'nope'" in refused(stack, *base, "--tts", "nope")
+    assert "no tts provider named 'nope' (known: " in refused(stack, *base, "--tts", "nope")
     assert "no tool named 'launch'" in refused(stack, *base, "--tool", "launch")
-    assert "invalid assistant" in refused(stack, "assistants", "create", "--user", owner, "--name", "",
-                                          "--persona", "p")
+    assert "no document '01NOSUCHDOC'" in refused(stack, *base, "--document", "01NOSUCHDOC")
+    # The API body's limits, named by the option that broke them.
+    assert refused(stack, "assistants", "create", "--user", owner, "--name", "") == (
+        "error: invalid assistant: --name: Expected `str` of length >= 1")
+    assert refused(stack, *base, "--tool", "calculator", "--tool", "") == (
+        "error: invalid assistant: --tool (value 2): Expected `str` of length >= 1")
+    assert "--greeting: Expected `str` of length <= 500" in refused(stack, *base, "--greeting", "a" * 501)
+    unknown = cli(stack, *base, "--colour", "blue", ok=False)
+    assert unknown.returncode == 2 and "No such option" in unknown.stderr
     assert "no user" in refused(stack, "assistants", "create", "--user", "01NOSUCHUSER", "--name", "X",
                                 "--persona", "p")
     assert len(cli_json(stack, "assistants", "list", "--user", owner)) == 1  # the default only
