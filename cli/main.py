@@ -449,8 +449,9 @@ def assistants_create(
     settings: dict[str, Any],
     nats: NatsOpt = None, data_dir: DataOpt = None, as_json: JsonOpt = False,
 ) -> None:
-    """Create an assistant for a user: an option per setting, a setting left out keeps its
-    default; checked as the API checks a request."""
+    """Create an assistant for a user, checked as the API checks a request.
+
+    Each setting is an option; one left out keeps its default."""
     from cli.accounts import create_assistant
 
     admin(nats, data_dir, lambda a: create_assistant(a, user, settings, as_json))
