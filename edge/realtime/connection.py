@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -20,6 +21,18 @@ from edge.realtime.session import LinkRegistry, SessionLink
 from edge.services import Services
 
 log = logging.getLogger("vagent.edge.connection")
+
+
+async def serve(websocket: WebSocket, handler: Callable[[Connection], Awaitable[None]]) -> None:
+    """Admit the connection, run `handler` on it, and give its address's slot back however
+    it ends: every real-time endpoint's frame."""
+    conn = Connection(websocket)
+    if not await conn.admit():
+        return
+    try:
+        await handler(conn)
+    finally:
+        conn.release()
 
 
 class Connection:

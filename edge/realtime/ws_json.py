@@ -21,7 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from edge import jsonparse
 from edge.errors import ApiError
 from edge.realtime.auth import bearer, user_caller
-from edge.realtime.connection import Connection
+from edge.realtime.connection import Connection, serve
 from edge.realtime.messages import CLIENT_MESSAGES, ListenStartMessage, UserTextMessage, checked_text
 from edge.realtime.session import SessionLink
 from schemas import AudioParams, Event, is_token, to_json
@@ -37,13 +37,7 @@ AUDIO = {
 
 
 async def ws_endpoint(websocket: WebSocket) -> None:
-    conn = Connection(websocket)
-    if not await conn.admit():
-        return
-    try:
-        await _serve(conn)
-    finally:
-        conn.release()
+    await serve(websocket, _serve)
 
 
 async def _serve(conn: Connection) -> None:

@@ -22,7 +22,7 @@ from starlette.websockets import WebSocket
 from edge import jsonparse
 from edge.errors import ApiError
 from edge.realtime.auth import device_caller
-from edge.realtime.connection import Connection
+from edge.realtime.connection import Connection, serve
 from edge.realtime.messages import checked_text
 from edge.realtime.session import Caller, SessionLink
 from edge.xiaozhi import framing, protocol
@@ -54,13 +54,7 @@ HELLO_CODES: dict[jsonparse.Problem, tuple[int, str]] = {
 
 
 async def xiaozhi_endpoint(websocket: WebSocket) -> None:
-    conn = Connection(websocket)
-    if not await conn.admit():
-        return
-    try:
-        await _serve(conn)
-    finally:
-        conn.release()
+    await serve(websocket, _serve)
 
 
 async def _serve(conn: Connection) -> None:
