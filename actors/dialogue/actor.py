@@ -376,8 +376,9 @@ class Dialogue(Actor):
         (`Nats-Expected-Last-Subject-Sequence`): an input stored a moment later comes after
         the answer and starts the next turn. Otherwise the turn closes as interrupted, once:
         an `assistant.message` with what was produced and `interrupted`, and for a new input
-        a `turn.interrupted` (reason `new_input`), stored together. Another writer's append
-        in between (a tts event, a client's) only means reading again.
+        a `turn.interrupted` (reason `new_input`), stored together, with no condition: what
+        ended the turn is in the log for good. Another writer's append in between (a tts
+        event, a client's) only means reading again.
         """
         await run.stored()
         sid, turn_id = run.session_id, run.turn_id
@@ -417,12 +418,18 @@ class Dialogue(Actor):
                     events.append(TurnInterrupted(
                         id=derived_id(turn_id, f"{self.name}.closing", 1), causation_id=ctx.cause.id,
                         session_id=sid, turn_id=turn_id, reason="new_input", spoken_text=spoken))
+            # Once the log holds what ended the turn, the closing is decided: what is appended
+            # after it cannot change it, so it needs no condition. (Conditional, a flood of
+            # inputs would refuse every attempt, each superseded turn of the flood retrying.)
+            expected = last if stop is None else None
             try:
-                if len(events) == 1:
-                    await self.bus.append(events[0], last, traceparent=ctx.traceparent)
-                else:
-                    await self.bus.append_batch(events, expected_last_seq=last,
+                if len(events) > 1:
+                    await self.bus.append_batch(events, expected_last_seq=expected,
                                                 traceparent=ctx.traceparent)
+                elif expected is None:
+                    await self.bus.publish(events[0], traceparent=ctx.traceparent)
+                else:
+                    await self.bus.append(events[0], expected, traceparent=ctx.traceparent)
             except ConflictError:
                 continue  # appended to since it was read: read it again, decide again
             if events[0] is head:
