@@ -131,9 +131,11 @@ class SessionLeases:
     async def stop(self) -> None:
         """After the edge closed its links: stop beating, and say so at once."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Cancelled until it ends: 3.11's wait_for (in nats-py's requests) loses a
+            # cancellation that comes as the reply does, and the beats would go on for good.
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1.0)
             self._task = None
         with contextlib.suppress(Exception):
             await kv.delete(self.bus, EDGES, self.edge)
