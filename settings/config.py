@@ -182,6 +182,12 @@ class EdgeSettings(msgspec.Struct, forbid_unknown_fields=True):
     # A typed turn (`user.text`, xiaozhi `listen detect`) longer than this is refused: it
     # becomes a prompt, a log entry and read-model rows, and no one types more in one go.
     max_text_chars: int = 2000
+    # Per session, typed turns: at most this many waiting for their answer, and this many a
+    # second on average (bursts of `turn_burst`); more get `error too_many_turns`. A person
+    # waits for the answer or adds a correction or two; a flood would queue in every actor.
+    max_waiting_turns: int = 3
+    max_turns_per_second: float = 1.0
+    turn_burst: int = 5
     ice_servers: list[str] = msgspec.field(default_factory=list)  # WebRTC, e.g. stun:host:3478
     xiaozhi: XiaozhiConfig = msgspec.field(default_factory=XiaozhiConfig)
 

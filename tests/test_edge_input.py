@@ -9,9 +9,11 @@ WebRTC, httpx for the REST API; the dialogue actor (echo LLM) answers behind the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import random
+import time
 import typing
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,7 +32,7 @@ from edge.errors import ApiError
 from edge.realtime.session import check_readable
 from edge.xiaozhi import protocol
 from hosting.logs import TextFormatter
-from schemas import AudioParams, SessionStarted, ToolCall, decode, new_id
+from schemas import AudioParams, SessionStarted, ToolCall, UserText, decode, new_id
 from tests.api_harness import Api
 from tests.xiaozhi_client import XiaozhiDevice
 
@@ -320,6 +322,118 @@ async def test_typed_text_longer_than_the_limit_is_refused(stack: Api) -> None:
             await device.send(bad)
             assert (await device.wait_json("error", start=mark)).message["code"] == "bad_message", bad
         assert device.messages("stt") == []
+
+
+# --- a flood of typed turns -----------------------------------------------------------------------
+
+FLOOD_PAUSE = 0.02  # between a flooder's messages: half the per-connection message rate
+
+
+@dataclasses.dataclass
+class Flood:
+    session_id: str
+    sent: int = 0
+    seconds: float = 0.0  # from the first turn sent to the last
+    refusals: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+async def flood_ws(api: Api, text: str, until: asyncio.Event) -> Flood:
+    """Typed turns of the longest length over `/ws`, as fast as the message rate lets one
+    connection send, until `until`; then a bad message, whose error says every turn before
+    it was taken or refused. Then the session goes on: once the accepted turns are answered,
+    one more is taken (waiting out the turn rate if need be) and answered."""
+    async with websockets.connect(ws_url(api)) as ws:
+        flood = Flood(json.loads(await ws.recv())["session_id"])
+        seen: list[dict[str, Any]] = []
+
+        async def read() -> None:
+            async for raw in ws:
+                seen.append(json.loads(raw))
+
+        reader = asyncio.create_task(read())
+        began = time.monotonic()
+        try:
+            while not until.is_set():
+                await ws.send(json.dumps({"type": "user.text", "text": f"{flood.sent} {text}"}))
+                flood.sent += 1
+                await asyncio.sleep(FLOOD_PAUSE)
+            await ws.send(json.dumps({"type": "nope"}))
+            async with asyncio.timeout(30):
+                while not any(m.get("code") == "unknown_type" for m in seen):
+                    await asyncio.sleep(0.05)
+            flood.refusals = [m for m in seen if m["type"] == "error" and m["code"] != "unknown_type"]
+            async with asyncio.timeout(60):  # every accepted turn closes
+                while True:
+                    accepted = {m["id"] for m in seen if m["type"] == "user.text"}
+                    closed = {m["turn_id"] for m in seen if m["type"] == "assistant.message"}
+                    if accepted <= closed:
+                        break
+                    await asyncio.sleep(0.05)
+            for _ in range(10):
+                mark = len(seen)
+                await ws.send(json.dumps({"type": "user.text", "text": "and now?"}))
+                async with asyncio.timeout(30):
+                    while not (reply := [m for m in seen[mark:] if m["type"] in ("user.text", "error")]):
+                        await asyncio.sleep(0.05)
+                if reply[0]["type"] == "user.text":
+                    break
+                # Only the turn rate may refuse it now: no turn is waiting any more.
+                assert "per_second" in reply[0]["details"], reply[0]
+                await asyncio.sleep(1 / api.services.config.edge.max_turns_per_second)
+            async with asyncio.timeout(30):
+                while not any(m["type"] == "assistant.message" and m["text"] == "You said: and now?."
+                              for m in seen[mark:]):
+                    await asyncio.sleep(0.05)
+            flood.sent += 1
+            flood.seconds = time.monotonic() - began
+            return flood
+        finally:
+            reader.cancel()
+
+
+async def flood_xiaozhi(api: Api, text: str, until: asyncio.Event) -> Flood:
+    """The same flood as xiaozhi `listen detect`, ended by a bad listen."""
+    async with XiaozhiDevice(xiaozhi_url(api), device_id=mac()) as device:
+        await device.hello()
+        assert device.session_id is not None
+        flood = Flood(device.session_id)
+        began = time.monotonic()
+        while not until.is_set():
+            await device.listen("detect", text=f"{flood.sent} {text}")
+            flood.sent += 1
+            await asyncio.sleep(FLOOD_PAUSE)
+        flood.seconds = time.monotonic() - began
+        await device.send({"type": "listen", "state": "shout"})
+        await device.wait_json("error", code="bad_message")
+        flood.refusals = [m for m in device.messages("error") if m["code"] != "bad_message"]
+        return flood
+
+
+@pytest.mark.parametrize("flooder", [flood_ws, flood_xiaozhi], ids=["ws", "xiaozhi"])
+async def test_a_session_flooding_typed_turns_is_refused_while_another_is_answered(
+        stack: Api, flooder: typing.Callable[[Api, str, asyncio.Event], typing.Awaitable[Flood]]) -> None:
+    edge = stack.services.config.edge
+    longest = ("w " * edge.max_text_chars)[:edge.max_text_chars - 5]
+    done = asyncio.Event()
+    flooding = asyncio.create_task(flooder(stack, longest, done))
+    try:
+        async with websockets.connect(ws_url(stack)) as other:
+            await other.recv()
+            for n in range(5):  # while the flood goes on
+                await other.send(json.dumps({"type": "user.text", "text": f"question {n}"}))
+                answer = (await ws_until(other, "assistant.message", timeout=60))[-1]
+                assert answer["text"] == f"You said: question {n}." and not answer.get("interrupted")
+    finally:
+        done.set()
+    flood = await flooding
+    assert flood.refusals, "the flood was never refused"
+    assert {m["code"] for m in flood.refusals} == {"too_many_turns"}
+    # Nothing of a refused turn is stored; every other one is.
+    entries, _ = await load(stack.services.bus, "session", flood.session_id)
+    stored = [e.event for e in entries if isinstance(e.event, UserText)]
+    assert len(stored) == flood.sent - len(flood.refusals)
+    # At most the turn rate's burst and its rate over the flood were taken.
+    assert len(stored) <= edge.turn_burst + edge.max_turns_per_second * flood.seconds + 1
 
 
 # --- WebRTC: the offer's SDP, and the data channel ------------------------------------------------

@@ -22,27 +22,28 @@ import os
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import websockets
 
 from actors.runtime import ActorHost
 from bus.client import Bus, Stored
 from bus.log import load
+from bus.server import EmbeddedServer
 from devservers.echo_llm import OpenAIServer
 from schemas import AssistantMessage, Event, TurnInterrupted, UserText, new_id
 from settings.config import parse
-from tests.api_harness import Api
+from tests.api_harness import Api, api_config, serve_stack
 from tests.conftest import wait_for
 from tests.test_dialogue import (  # noqa: F401  (fixtures)
     providers_toml,
     servers,
     start,
 )
-
-pytestmark = pytest.mark.stack("dialogue", llm="slowish_llm")
 
 CLIENTS = 10
 # Inputs per client: 100 makes the 1,000 turns the claim is about, 78 s of talk and 94 s in
@@ -59,6 +60,18 @@ def slowish_llm() -> Iterator[OpenAIServer]:
     server = OpenAIServer(token_delay=TOKEN_DELAY).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+async def stack(module_nats: EmbeddedServer, slowish_llm: OpenAIServer,
+                tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
+    """The edge and the dialogue, taking typed turns as quickly as a client may send them:
+    the stress is on the turns' order, not on the per-session turn rate (a person's)."""
+    config = api_config()
+    config.edge = msgspec.structs.replace(config.edge, max_turns_per_second=1000.0, turn_burst=1000)
+    data: Path = tmp_path_factory.mktemp("turn_order")
+    async with serve_stack(module_nats.url, data, slowish_llm.base_url, ["dialogue"], config) as api:
+        yield api
 
 
 class Client:
@@ -295,3 +308,41 @@ async def test_an_input_right_after_the_answer_is_stored_leaves_the_turn_alone(
     assert not stops(events, first.id)
     [answer] = closings(events, late.id)
     assert answer.text == "You said: second." and not answer.interrupted
+
+
+async def test_a_superseded_turn_closes_at_once_while_inputs_keep_coming(
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:  # noqa: F811
+    """A flood of inputs lands between the dialogue's reading of the log and its every
+    append (here, on purpose, one before each attempt to close the first turn). Once the log
+    shows what ended a turn, its interrupted closing is decided and needs no condition on
+    the log: it is stored at the first attempt, not retried into a conflict storm."""
+    a, _ = servers
+    config = parse(providers_toml(a))
+    s = "o" + new_id()
+    first, second = UserText(session_id=s, text="first"), UserText(session_id=s, text="second")
+    flood: list[UserText] = []
+
+    def hooked(real: Callable[..., Awaitable[Stored]]) -> Callable[..., Awaitable[Stored]]:
+        async def call(self: Bus, head: Event | list[Event], *args: Any, **kw: Any) -> Stored:
+            event = head[0] if isinstance(head, list) else head
+            if isinstance(event, AssistantMessage) and event.turn_id == first.id:
+                flood.append(UserText(session_id=s, text=f"more {len(flood)}"))
+                await self.publish(flood[-1])
+            return await real(self, head, *args, **kw)
+        return call
+
+    await start("dialogue", config=config)
+    for name in ("append", "append_batch", "publish"):  # however the dialogue appends it
+        monkeypatch.setattr(Bus, name, hooked(getattr(Bus, name)))
+    await bus.append_batch([first, second])  # the first is superseded before it is handled
+    events = await wait_for(bus, s, lambda ev: bool(closings(ev, first.id)), timeout=15)
+    assert len(flood) == 1  # one attempt: the input slipped in before it changed nothing
+    inputs = [first, second, *flood]
+    events = await wait_for(bus, s, lambda ev: all(closings(ev, q.id) for q in inputs), timeout=15)
+    for question in inputs[:-1]:
+        [cut] = closings(events, question.id)
+        assert cut.interrupted and cut.text == ""
+        assert [x.reason for x in stops(events, question.id)] == ["new_input"]
+    [answer] = closings(events, inputs[-1].id)
+    assert answer.text == f"You said: {inputs[-1].text}." and not answer.interrupted

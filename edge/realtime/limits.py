@@ -1,4 +1,4 @@
-"""Per-connection limits and the close codes that explain them.
+"""Per-connection and per-session limits, and the close codes that explain them.
 
 Close codes: the standard ones where they fit (1001 going away, 1008 policy
 violation, 1009 message too big, 1013 try again later) and 4000 + the HTTP
@@ -8,6 +8,10 @@ status for refusals the REST API would answer with that status (4401, 4404, 4409
 from __future__ import annotations
 
 import time
+
+from edge.errors import ApiError
+from schemas import AssistantMessage, Error, Event, SessionEnded
+from settings.config import EdgeSettings
 
 GOING_AWAY = 1001
 POLICY = 1008
@@ -19,13 +23,18 @@ def refusal(status: int) -> int:
     return 4000 + status
 
 
-class MessageRate:
-    """A token bucket: `rate` messages per second on average, bursts of `2 × rate`
-    (a device sends 16 Opus frames a second; a flood sends thousands)."""
+# A typed turn counts as waiting for its answer at most this long: an answer that never
+# comes back (the dialogue down, an event lost) does not lock the session.
+TURN_WAIT_SECONDS = 60.0
 
-    def __init__(self, rate: int) -> None:
+
+class MessageRate:
+    """A token bucket: `rate` messages per second on average, bursts of `burst` (by default
+    `2 × rate`: a device sends 16 Opus frames a second; a flood sends thousands)."""
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
         self.rate = float(rate)
-        self.capacity = 2.0 * rate
+        self.capacity = float(2.0 * rate if burst is None else burst)
         self.tokens = self.capacity
         self.stamp = time.monotonic()
 
@@ -63,3 +72,50 @@ class AddressSlots:
 
     def held(self, address: str) -> int:
         return self._held.get(address, 0)
+
+
+class TurnLimit:
+    """The typed turns (`user.text`, xiaozhi `listen detect`) one session may open: at most
+    `edge.max_waiting_turns` still waiting for their answer, and `edge.max_turns_per_second`
+    on average (bursts of `edge.turn_burst`). A person waits for the answer, or adds a
+    correction or two; a client sending turns as fast as it may send messages would fill
+    the actors' queues with one session's work, every other session waiting behind it.
+
+    A turn waits from its input until its closing `assistant.message` (an interrupted one
+    too: every turn gets one) or an `error` for it comes back, the session ends, or
+    TURN_WAIT_SECONDS pass."""
+
+    def __init__(self, edge: EdgeSettings) -> None:
+        self.waiting = edge.max_waiting_turns
+        self.per_second = edge.max_turns_per_second
+        self.burst = edge.turn_burst
+        self.rate = MessageRate(edge.max_turns_per_second, edge.turn_burst)
+        self._open: dict[str, float] = {}  # turn id → when its input was sent
+
+    def admit(self, turn_id: str) -> None:
+        """Count `turn_id` as opened, or refuse it (429 `too_many_turns`): nothing of a
+        refused turn is stored."""
+        now = time.monotonic()
+        for turn, at in list(self._open.items()):
+            if now - at > TURN_WAIT_SECONDS:
+                del self._open[turn]
+        if len(self._open) >= self.waiting:
+            raise ApiError(429, "too_many_turns",
+                           f"{len(self._open)} turns are waiting for their answer: wait for one",
+                           {"waiting": len(self._open), "limit": self.waiting})
+        if not self.rate.allow():
+            raise ApiError(429, "too_many_turns",
+                           f"at most {self.per_second:g} turns a second (bursts of {self.burst}): "
+                           "slow down", {"per_second": self.per_second, "burst": self.burst})
+        self._open[turn_id] = now
+
+    def withdraw(self, turn_id: str) -> None:
+        """A turn whose input was not stored after all."""
+        self._open.pop(turn_id, None)
+
+    def seen(self, event: Event) -> None:
+        """One of the session's events, as it comes back to the client."""
+        if isinstance(event, SessionEnded):
+            self._open.clear()
+        elif (isinstance(event, AssistantMessage) and not event.tool_calls) or isinstance(event, Error):
+            self._open.pop(event.turn_id or "", None)

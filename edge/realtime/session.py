@@ -4,7 +4,9 @@ A `SessionLink` records `session.started` (who, which assistant, which audio for
 turns the client's input into events (`user.text`, `listen.*`, `turn.interrupted`,
 `session.tools`, `tool.result`) and audio frames on `audio.in`, and hands the session's
 events (durable and live) and its downlink audio to the transport. It keeps no
-conversation state: the log has it. Closing the link records `session.ended`.
+conversation state (the log has it), only which of its typed turns are still waiting for
+their answer, for the turn limit (edge.realtime.limits.TurnLimit). Closing the link records
+`session.ended`.
 
 A client may resume its session within `RESUME_SECONDS` of leaving it: the log itself
 says whether that is allowed (the session's owner, and when its last connection ended).
@@ -29,6 +31,7 @@ from bus.log import last_event
 from bus.subjects import audio_in, audio_out, session_events, session_live
 from edge.errors import ApiError
 from edge.realtime.leases import SessionLeases
+from edge.realtime.limits import TurnLimit
 from schemas import (
     AudioParams,
     DecodeError,
@@ -68,7 +71,8 @@ class Caller:
 class SessionLink:
     def __init__(self, bus: Bus, registry: LinkRegistry, caller: Caller, *, transport: str,
                  audio_in: AudioParams | None, audio_out: AudioParams | None,
-                 on_event: EventHandler, on_audio: AudioHandler | None = None) -> None:
+                 turns: TurnLimit, on_event: EventHandler,
+                 on_audio: AudioHandler | None = None) -> None:
         self.bus = bus
         self.registry = registry
         self.caller = caller
@@ -77,6 +81,7 @@ class SessionLink:
         self.audio_out_params = audio_out
         self.on_event = on_event
         self.on_audio = on_audio
+        self.turns = turns
         self.session_id = ""
         self.resumed = False
         self.closed = False
@@ -147,8 +152,14 @@ class SessionLink:
     # --- client → session ---------------------------------------------------------------
 
     async def text(self, text: str, source: str = "text") -> UserText:
+        """A typed turn; ApiError (429 `too_many_turns`) beyond the session's turn limit."""
         event = UserText(session_id=self.session_id, text=text, source=source)
-        await self._publish(event)
+        self.turns.admit(event.id)
+        try:
+            await self._publish(event)
+        except BaseException:
+            self.turns.withdraw(event.id)
+            raise
         return event
 
     async def audio(self, payload: bytes) -> None:
@@ -195,6 +206,7 @@ class SessionLink:
             self._seen.popitem(last=False)
         if isinstance(event, SessionEnded):
             self.ended = True
+        self.turns.seen(event)
         try:
             await self.on_event(event)
         except Exception:

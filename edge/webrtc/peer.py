@@ -31,7 +31,7 @@ from aiortc.sdp import SessionDescription
 
 from edge import jsonparse
 from edge.errors import ApiError
-from edge.realtime.limits import MessageRate
+from edge.realtime.limits import MessageRate, TurnLimit
 from edge.realtime.messages import CLIENT_MESSAGES, Bare, ListenStartMessage, UserTextMessage, checked_text
 from edge.realtime.session import Caller, SessionLink
 from edge.services import Services
@@ -125,8 +125,8 @@ class Peer:
             iceServers=[RTCIceServer(urls=url) for url in edge.ice_servers]))
         self.downlink = DownlinkTrack()
         self.link = SessionLink(services.bus, services.links, caller, transport="webrtc",
-                                audio_in=UPLINK, audio_out=DOWNLINK, on_event=self._event,
-                                on_audio=self._audio)
+                                audio_in=UPLINK, audio_out=DOWNLINK, turns=TurnLimit(edge),
+                                on_event=self._event, on_audio=self._audio)
         self.channel: RTCDataChannel | None = None
         self.remote_audio: MediaStreamTrack | None = None
         self.uplink: Uplink | None = None
