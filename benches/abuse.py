@@ -7,9 +7,11 @@ an attack round one anonymous client, from one address, at once: floods `/ws` se
 `user.text` of the longest allowed length at the per-connection message rate, does the same
 with xiaozhi `listen detect`, sends bad frames and reconnects when closed, holds idle
 sockets, trickles request heads (slowloris) and bodies, and posts malformed WebRTC offers.
-Reported: the normal turns' median latency in either kind of round and the slowdown, the
-process's resident memory growth over the whole run, and the attacker's actions and the
-process CPU they cost (attack rounds' CPU time less the baseline rounds').
+Reported: the normal turns' times in either kind of round side by side (median, p90,
+slowest, mean) and the slowdown, the process's resident memory growth over the whole run,
+and the attacker's actions, the refusals it got (`error_<code>`: a flood's typed turns
+beyond the session's turn limit are `too_many_turns`) and the process CPU they cost (attack
+rounds' CPU time less the baseline rounds'). `--kinds text_flood` measures the text flood alone.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from settings.config import EdgeSettings
 
 QUESTION = "What is the weather like in Lisbon tomorrow?"
 # What the attacker does (Attacker's methods). The floods are typed turns of the longest
-# allowed length at the per-connection message rate: each starts (and interrupts) a turn.
+# allowed length at the per-connection message rate: each would start (and interrupt) a
+# turn, and beyond the session's turn limit (`edge.max_waiting_turns`, `max_turns_per_second`)
+# is refused instead.
 FLOODS = frozenset({"text_flood", "detect_flood"})
 TURN_TIMEOUT = 30.0  # seconds a normal turn may take before it counts as starved
 KINDS = FLOODS | {"bad_frames", "webrtc_offers", "idle", "slowloris", "slow_body"}
@@ -85,6 +89,16 @@ class Figures:
     @property
     def rss_growth_mib(self) -> float:
         return self.rss_peak_mib - self.rss_start_mib
+
+    def turn_table(self) -> list[tuple[str, float, float]]:
+        """The normal turns' times (ms) without and with the attack, side by side."""
+        def p90(values: list[float]) -> float:
+            return statistics.quantiles(values, n=10)[-1] if len(values) > 1 else values[0]
+
+        rows: list[tuple[str, Callable[[list[float]], float]]] = [
+            ("p50", statistics.median), ("p90", p90), ("slowest", max), ("mean", statistics.fmean)]
+        return [(name, round(of(self.baseline_ms), 1), round(of(self.attack_ms), 1))
+                for name, of in rows]
 
     def report(self) -> dict[str, float]:
         return {"normal_turns": len(self.baseline_ms) + len(self.attack_ms),
@@ -177,9 +191,14 @@ class Attacker:
                 await asyncio.sleep(0.05)
 
     async def _drain(self, ws: Any) -> None:
+        """What the server answers, until it closes: its refusals are counted."""
         with contextlib.suppress(websockets.WebSocketException):
-            async for _ in ws:
-                pass
+            async for message in ws:
+                if isinstance(message, str) and '"error"' in message:
+                    with contextlib.suppress(ValueError, AttributeError):
+                        answer = json.loads(message)
+                        if answer.get("type") == "error":
+                            self.did(f"error_{answer.get('code')}")
 
     async def _paced(self, ws: Any, message: str, kind: str) -> None:
         """`message` over and over at just under the per-connection message rate."""
@@ -375,11 +394,14 @@ async def bench_abuse(nats: str | None, *, normals: int = 4, rounds: int = 8,
     finally:
         echo.terminate()
         echo.wait()
-    return {**figures.report(), "actions": figures.actions}
+    return {**figures.report(), "actions": figures.actions, "turn_ms": figures.turn_table()}
 
 
 def print_report(result: dict[str, Any]) -> None:
     actions = result.pop("actions")
+    print(f"{'normal turns, ms':>18}  {'no attack':>10}  {'attack':>10}")
+    for name, baseline, attack in result.pop("turn_ms"):
+        print(f"{name:>18}  {baseline:>10,.1f}  {attack:>10,.1f}")
     for key, value in result.items():
         print(f"{key:>18}: {value}")
     print(f"{'actions':>18}: " + ", ".join(f"{k} {v}" for k, v in sorted(actions.items())))
