@@ -298,7 +298,7 @@ class Attacker:
 
 async def measure(url: str, edge: EdgeSettings, *, normals: int = 4, rounds: int = 8,
                   turns: int = 10, sockets: int = 20, floods: int = 2,
-                  kinds: frozenset[str] = KINDS, think: float = 0.3) -> Figures:
+                  kinds: frozenset[str] = KINDS, think: float = 1.0) -> Figures:
     """`rounds` rounds (half of them under attack, A B B A …) of `turns` turns by each of
     `normals` sessions, against the edge at `url` served by this process."""
     figures = Figures()
@@ -324,8 +324,9 @@ async def measure(url: str, edge: EdgeSettings, *, normals: int = 4, rounds: int
                 await client.open()
             into.append(TURN_TIMEOUT * 1000 if took is None else took)
             # People pause between turns: without it the normal sessions alone would keep the
-            # process saturated, and any other work would queue behind theirs. The pause
-            # varies, so that the sessions do not fall into step with anything periodic.
+            # process saturated, and any other work would queue behind theirs. A second on
+            # average, as the edge's turn rate for a session (`max_turns_per_second`) allows.
+            # The pause varies, so that the sessions do not fall into step with anything periodic.
             await asyncio.sleep(think * (0.5 + random.random()))
 
     try:

@@ -5,8 +5,9 @@ other sessions, leaves none of their turns unanswered, and grows the process by 
 100 MB.
 
 Not covered, because they do not hold yet (`vagent bench abuse --kinds …` shows them): a
-flood of typed turns of the longest allowed length (`text_flood`, `detect_flood`) starts a
-turn per message and starves the other sessions' turns, and malformed WebRTC offers
+flood of typed turns of the longest allowed length (`text_flood`, `detect_flood`) is refused
+beyond the session's turn limit (tests/test_edge_input.py) but still slows the other
+sessions' turns ~2×, and malformed WebRTC offers
 (`webrtc_offers`) slow them by far more than 10 % at little CPU (work that blocks the loop).
 The other turns' mean time under the bounded attacks moved by −18 % to +10 % in five runs,
 and by up to +37 % on two cores loaded 6× over, at 1–7 % of the process's CPU: too noisy there
