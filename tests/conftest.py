@@ -17,16 +17,17 @@ from bus.server import EmbeddedServer, free_port
 from bus.subjects import session_events
 from devservers.echo_llm import OpenAIServer
 from schemas import Event
-from tests.api_harness import Api, loopback_ice_patch, serve_api, serve_stack
+from tests.api_harness import Api, api_config, loopback_ice_patch, serve_api, serve_stack
 
 DEFAULT_STACK_ACTORS = ("dialogue", "tools")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "stack(*actors, llm='llm', loopback_ice=False): what a module's `stack` "
-        "fixture runs: these actors (default: dialogue and tools), answering with the LLM "
-        "server of fixture `llm`, WebRTC candidates on loopback if asked")
+        "markers", "stack(*actors, llm='llm', loopback_ice=False, settings=None): what a "
+        "module's `stack` fixture runs: these actors (default: dialogue and tools), answering "
+        "with the LLM server of fixture `llm`, WebRTC candidates on loopback if asked, with "
+        "the test settings changed by `settings` (a function of Config to Config) if given")
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item
@@ -101,7 +102,9 @@ async def stack(request: pytest.FixtureRequest, module_nats: EmbeddedServer,
         request.getfixturevalue("loopback_ice")  # before the stack: its peers gather on loopback
     llm_server: OpenAIServer = request.getfixturevalue(options.get("llm", "llm"))
     data = tmp_path_factory.mktemp(request.node.name.removesuffix(".py"))
-    async with serve_stack(module_nats.url, data, llm_server.base_url, actors) as api:
+    settings = options.get("settings")
+    config = settings(api_config()) if settings else None
+    async with serve_stack(module_nats.url, data, llm_server.base_url, actors, config) as api:
         yield api
 
 

@@ -8,7 +8,6 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,12 @@ import websockets
 
 from bus.log import load
 from bus.server import EmbeddedServer
-from devservers.echo_llm import OpenAIServer
 from projections.knowledge.index import index_document
 from projections.knowledge.parse import ParseError
 from projections.knowledge.parse import parse as real_parse
 from schemas import UserLocked
-from settings.config import Argon2Settings
-from tests.api_harness import Api, api_config, serve_stack
+from settings.config import Argon2Settings, Config
+from tests.api_harness import Api, api_config
 from tests.test_connection_limits import edge, edge_config
 
 LOGIN = "/api/v1/auth/login"
@@ -33,13 +31,13 @@ LOGIN = "/api/v1/auth/login"
 
 # --- argon2 ----------------------------------------------------------------------------------
 
-@pytest.fixture
-async def stack(module_nats: EmbeddedServer, llm: OpenAIServer, tmp_path: Path) -> AsyncIterator[Api]:
-    """The edge with the real argon2 cost (64 MiB), two hashes at a time and two waiting."""
-    config = api_config()
+def real_argon2_two_at_a_time(config: Config) -> Config:
+    """The real argon2 cost (64 MiB), two hashes at a time and two waiting."""
     config.auth = msgspec.structs.replace(config.auth, argon2=Argon2Settings(concurrency=2, queue=2))
-    async with serve_stack(module_nats.url, tmp_path, llm.base_url, ["dialogue", "tools"], config) as api:
-        yield api
+    return config
+
+
+pytestmark = pytest.mark.stack("dialogue", "tools", settings=real_argon2_two_at_a_time)
 
 
 async def test_concurrent_logins_hash_a_few_at_a_time_and_a_turn_stays_quick(stack: Api) -> None:

@@ -22,8 +22,7 @@ import os
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -33,11 +32,10 @@ import websockets
 from actors.runtime import ActorHost
 from bus.client import Bus, Stored
 from bus.log import load
-from bus.server import EmbeddedServer
 from devservers.echo_llm import OpenAIServer
 from schemas import AssistantMessage, Event, TurnInterrupted, UserText, new_id
-from settings.config import parse
-from tests.api_harness import Api, api_config, serve_stack
+from settings.config import Config, parse
+from tests.api_harness import Api
 from tests.conftest import wait_for
 from tests.test_dialogue import (  # noqa: F401  (fixtures)
     providers_toml,
@@ -62,16 +60,14 @@ def slowish_llm() -> Iterator[OpenAIServer]:
     server.stop()
 
 
-@pytest.fixture(scope="module")
-async def stack(module_nats: EmbeddedServer, slowish_llm: OpenAIServer,
-                tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
-    """The edge and the dialogue, taking typed turns as quickly as a client may send them:
-    the stress is on the turns' order, not on the per-session turn rate (a person's)."""
-    config = api_config()
+def typed_quickly(config: Config) -> Config:
+    """Typed turns as quickly as a client may send them: the stress is on the turns' order,
+    not on the per-session turn rate (a person's)."""
     config.edge = msgspec.structs.replace(config.edge, max_turns_per_second=1000.0, turn_burst=1000)
-    data: Path = tmp_path_factory.mktemp("turn_order")
-    async with serve_stack(module_nats.url, data, slowish_llm.base_url, ["dialogue"], config) as api:
-        yield api
+    return config
+
+
+pytestmark = pytest.mark.stack("dialogue", llm="slowish_llm", settings=typed_quickly)
 
 
 class Client:

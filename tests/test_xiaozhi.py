@@ -7,51 +7,33 @@ import asyncio
 import contextlib
 import re
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 import pytest
 import websockets
 
-from actors.runtime import ActorHost
 from audio.decode import Decoder
-from bus.client import Bus
 from bus.log import load
-from bus.server import EmbeddedServer
-from devservers.echo_llm import OpenAIServer
 from edge.xiaozhi import framing
 from edge.xiaozhi.mcp import llm_name
 from edge.xiaozhi.protocol import after_wake_word, emotion_of
 from schemas import Event, new_id
-from settings.config import XiaozhiConfig, parse
-from tests.api_harness import Api, api_config, serve_api
+from settings.config import Config, XiaozhiConfig
+from tests.api_harness import Api
 from tests.fixtures.audio import has_key_words, opus_packets, pcm
 from tests.xiaozhi_client import XiaozhiDevice, frame_up
 
 HELLO_TIMEOUT = 1.0
 
 
-@pytest.fixture(scope="module")
-async def stack(module_nats: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory
-                ) -> AsyncIterator[Api]:
-    echo = OpenAIServer().start()
-    actors_config = parse(f'[[llm.providers]]\nname = "echo"\nbase_url = "{echo.base_url}"\n'
-                          'model = "m"\n')
-    bus = await Bus.connect(module_nats.url, name="test-xiaozhi-actors")
-    await bus.declare()
-    host = ActorHost(bus, ["asr", "dialogue", "tts"], actors_config)
-    await host.start()
-    config = api_config()
+def quick_hello_and_a_wake_word(config: Config) -> Config:
     config.edge = msgspec.structs.replace(config.edge, hello_timeout=HELLO_TIMEOUT,
                                           xiaozhi=XiaozhiConfig(wake_words=["hey vagent"]))
-    try:
-        async with serve_api(module_nats.url, tmp_path_factory.mktemp("edge"), config) as api:
-            yield api
-    finally:
-        await host.stop()
-        await bus.close()
-        echo.stop()
+    return config
+
+
+pytestmark = pytest.mark.stack("asr", "dialogue", "tts", settings=quick_hello_and_a_wake_word)
 
 
 def url(api: Api) -> str:
