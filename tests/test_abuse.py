@@ -16,23 +16,15 @@ to assert, so the CPU share stands for it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from benches.abuse import measure
-from bus.server import EmbeddedServer
-from devservers.echo_llm import OpenAIServer
-from tests.api_harness import Api, api_config, serve_stack
+from tests.api_harness import Api
 
 BOUNDED = frozenset({"bad_frames", "idle", "slowloris", "slow_body"})
 
 
-@pytest.fixture
-async def stack(module_nats: EmbeddedServer, llm: OpenAIServer, tmp_path: Path) -> AsyncIterator[Api]:
-    async with serve_stack(module_nats.url, tmp_path, llm.base_url, ["dialogue"], api_config()) as api:
-        yield api
+pytestmark = pytest.mark.stack("dialogue")
 
 
 @pytest.mark.slow
