@@ -296,7 +296,8 @@ def replay(session_id: SidArg, nats: NatsOpt = None, data_dir: DataOpt = None,
     try:
         report = run(with_bus(nats, lambda bus: replay_session(
             bus, session_id, config=config, llm_base_url=llm_base_url, llm_model=llm_model,
-            assistant_id=assistant, tts=tts, timeout=timeout)), log_level="WARNING")
+            assistant_id=assistant, tts=tts, timeout=timeout,
+            knowledge_dir=resolve_data_dir(data_dir, create=False))), log_level="WARNING")
     except ReplayError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None

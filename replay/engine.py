@@ -216,8 +216,10 @@ def describe(configs: list[ProviderConfig]) -> str:
 async def replay_session(bus: Bus, session_id: str, *, config: Config,
                          llm_base_url: str | None = None, llm_model: str | None = None,
                          assistant_id: str | None = None, tts: bool = True,
-                         timeout: float = 120.0) -> Report:
-    """`config`: the settings the replay's actors run with (the command's)."""
+                         timeout: float = 120.0, knowledge_dir: Path | None = None) -> Report:
+    """`config`: the settings the replay's actors run with (the command's); `knowledge_dir`:
+    the data directory of the stack that recorded the session, whose knowledge base the
+    replay's searches read (only the log is copied into the replay's own server)."""
     try:
         entries = await session_log(bus, session_id)
     except BusError as exc:
@@ -251,7 +253,8 @@ async def replay_session(bus: Bus, session_id: str, *, config: Config,
         await replay_bus.declare()
         return await _run(replay_bus, workdir, session_id, started, aid, assistant_log, turns, inputs,
                           audio, original_events, config=config, llm_base_url=llm_base_url,
-                          llm_model=llm_model, tts=tts, voice=voice, timeout=timeout)
+                          llm_model=llm_model, tts=tts, voice=voice, timeout=timeout,
+                          knowledge_dir=knowledge_dir)
     finally:
         if replay_bus is not None:
             await replay_bus.close()
@@ -263,10 +266,11 @@ async def _run(rbus: Bus, workdir: Path, sid: str, started: SessionStarted | Non
                assistant_log: list[Entry], turns: list[Row], inputs: dict[str, UserText | TranscriptFinal],
                audio: dict[str, bytes], original_events: list[Event], *, config: Config,
                llm_base_url: str | None, llm_model: str | None, tts: bool, voice: bool,
-               timeout: float) -> Report:
+               timeout: float, knowledge_dir: Path | None) -> Report:
     from actors.base import Actor
     from actors.dialogue.actor import Dialogue
     from actors.runtime import ActorHost
+    from actors.tools.actor import Tools
     from projections.runtime import ProjectionService
 
     for entry in assistant_log:  # the assistant, as the original server knows it
@@ -282,7 +286,8 @@ async def _run(rbus: Bus, workdir: Path, sid: str, started: SessionStarted | Non
     await service.caught_up()
     providers = replay_providers(config, llm_base_url, llm_model)
     llm = describe(providers or provider_configs(config))
-    actors: list[str | Actor] = [Dialogue(rbus, config, data, providers=providers), "tools",
+    actors: list[str | Actor] = [Dialogue(rbus, config, data, providers=providers),
+                                 Tools(rbus, config, knowledge_dir),
                                  *(["asr"] if voice else []), *(["tts"] if tts else [])]
     host = ActorHost(rbus, actors, config, data)
     watch = _Watch()
