@@ -224,10 +224,15 @@ class TtsSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 class VadConfig(msgspec.Struct, forbid_unknown_fields=True):
     threshold: float = 0.5  # silero speech probability that starts speech
+    release: float | None = None  # below this, silence (None: threshold - 0.15)
     silence_ms: int = 400  # silence that ends an utterance (auto listen mode)
     preroll_ms: int = 250  # audio kept from before the onset
     min_speech_ms: int = 96  # shorter speech never opens an utterance
-    max_utterance_ms: int = 30_000  # an utterance is cut here
+    max_utterance_ms: int = 30_000  # an utterance is cut here (memory, and a stuck VAD)
+
+    @property
+    def release_threshold(self) -> float:
+        return self.release if self.release is not None else max(0.0, self.threshold - 0.15)
 
 
 class DeepgramConfig(msgspec.Struct, forbid_unknown_fields=True):

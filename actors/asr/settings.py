@@ -38,10 +38,5 @@ class AsrSettings:
             wanted = section.deepgram
             deepgram = DeepgramSettings(api_key=key, url=wanted.url.rstrip("/"), model=wanted.model,
                                         language=wanted.language)
-        vad = section.vad
-        return cls(engine=engine,
-                   vad=VadSettings(threshold=vad.threshold, silence_ms=vad.silence_ms,
-                                   preroll_ms=vad.preroll_ms, min_speech_ms=vad.min_speech_ms,
-                                   max_utterance_ms=vad.max_utterance_ms),
-                   barge_in_min_ms=section.barge_in_min_ms, partial_ms=section.partial_ms,
-                   deepgram=deepgram)
+        return cls(engine=engine, vad=section.vad, barge_in_min_ms=section.barge_in_min_ms,
+                   partial_ms=section.partial_ms, deepgram=deepgram)

