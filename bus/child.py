@@ -115,12 +115,20 @@ class ChildProcess:
             self.proc.kill()
             self.proc.wait()
 
-    async def supervise(self) -> None:
-        """Start the child again, as configured, whenever it dies (until `stop()`)."""
+    async def supervise(self, shutting_down: asyncio.Event | None = None) -> None:
+        """Start the child again, as configured, whenever it dies (until `stop()`).
+
+        Not once `shutting_down` is set: a child that exits while its parent stops (a
+        service manager signals the whole group, say) is about to be stopped anyway, and
+        starting it again would only delay the stop and report a crash that is none."""
         while not self._stopping:
             await asyncio.sleep(self.check_every)
             if self._stopping or self.running():
                 continue
+            if shutting_down is not None and shutting_down.is_set():
+                log.info("%s exited (%s) while vagent stops; not restarted", self.label,
+                         self.proc.returncode if self.proc else "?")
+                return
             log.error("%s exited (%s); restarting (log: %s)", self.label,
                       self.proc.returncode if self.proc else "?", self.log_file)
             self.before_restart()

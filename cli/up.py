@@ -46,7 +46,7 @@ async def _run(parts: Host, *, nats: str | None, port: int, data_dir: Path, acto
         server = EmbeddedServer(data_dir / "nats", port=port)
         parts.on_stop(partial(asyncio.to_thread, server.stop))
         await asyncio.to_thread(server.start)
-        parts.task(asyncio.create_task(server.supervise()))
+        parts.task(asyncio.create_task(server.supervise(parts.stopping)))
         url = server.url
     else:
         url = nats
@@ -58,7 +58,7 @@ async def _run(parts: Host, *, nats: str | None, port: int, data_dir: Path, acto
         # Before the actors: the dialogue takes its providers from the settings it is given.
         local_llm = await _start_local_llm(config, data_dir)
         parts.on_stop(partial(asyncio.to_thread, local_llm.stop))
-        parts.task(asyncio.create_task(local_llm.supervise()))
+        parts.task(asyncio.create_task(local_llm.supervise(parts.stopping)))
         config = msgspec.structs.replace(config, llm=msgspec.structs.replace(
             config.llm, providers=[local_provider(local_llm.base_url)]))
     # The read models start before the actors so that they stop after them.

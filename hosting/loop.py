@@ -20,6 +20,8 @@ class Host:
     reverse order on the way out, each one even if an earlier one failed."""
 
     def __init__(self) -> None:
+        # Set by a stop signal, and once `wait()` returns for any reason: the process is on
+        # its way out (supervisors then restart nothing).
         self.stopping = asyncio.Event()
         self._parts = contextlib.AsyncExitStack()
 
@@ -57,6 +59,7 @@ class Host:
             return next((t.exception() for t in tasks
                          if t.done() and not t.cancelled() and t.exception()), None)
         finally:
+            self.stopping.set()
             for task in (waiter, *tasks):
                 task.cancel()
 

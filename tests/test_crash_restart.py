@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import select
 import signal
@@ -21,11 +22,12 @@ import pytest
 import websockets
 
 from bus import kv
-from bus.child import process_cmdline
+from bus.child import ChildProcess, process_cmdline, spawn
 from bus.client import Bus
 from bus.errors import BusError
 from bus.log import last_event, load
 from bus.server import EmbeddedServer, free_port, port_open
+from devservers.echo_llm import OpenAIServer
 from edge.realtime.leases import EDGES, LEASES, EdgeBeat, Lease, SessionLeases, lease_key
 from schemas import SessionEnded, SessionStarted, new_id
 from tests.api_harness import Api
@@ -114,6 +116,73 @@ async def test_a_killed_vagent_up_starts_again_and_its_sessions_are_ended_and_re
         first.stop()
         if second is not None:
             second.stop()
+
+
+async def test_ctrl_c_stops_vagent_up_and_its_nats_server_in_order_with_no_false_crash(
+        tmp_path: Path, llm: OpenAIServer) -> None:
+    port, data = free_port(), tmp_path / "data"
+    proc = Proc(["up", "--port", str(port), "--data-dir", str(data), "--edge-port", str(free_port()),
+                 "--actors", "dialogue"], OPENAI_BASE_URL=llm.base_url)
+    try:
+        await asyncio.to_thread(proc.wait_for, "vagent is up", 120)
+        nats_pid = _nats_server_pid(port)
+        said = await asyncio.to_thread(vagent, "say", "hello", "-s", "z" + new_id(), "--nats",
+                                       f"nats://127.0.0.1:{port}")
+        assert "You said: hello." in said.stdout, said.stdout + said.stderr
+        # A terminal's Ctrl-C: SIGINT to the whole foreground process group.
+        os.killpg(proc.proc.pid, signal.SIGINT)
+        assert await asyncio.to_thread(proc.proc.wait, 30) == 0
+        # Stopped by vagent before it exited (a server left to the kernel's parent-death
+        # signal would still be stopping, and would keep its pid record).
+        assert not _alive(nats_pid), "the nats-server outlived vagent up's Ctrl-C"
+        assert not (data / "nats.pid").exists()
+        output = proc.output()
+        assert "vagent: stopped" in output, output
+        assert "restarting" not in output and "ERROR" not in output, output
+    finally:
+        proc.stop()
+
+
+class _Sleeper(ChildProcess):
+    label = "sleep"
+    check_every = 0.05
+
+    def __init__(self, log_file: Path) -> None:
+        super().__init__()
+        self.log_file = log_file
+        self.starts = 0
+
+    def start(self) -> None:
+        self.proc = spawn(["sleep", "60"])
+        self.starts += 1
+
+
+async def test_a_child_that_exits_while_vagent_stops_is_not_restarted(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "vagent.child")
+    child = _Sleeper(tmp_path / "sleep.log")
+    child.start()
+    shutting_down = asyncio.Event()
+    supervisor = asyncio.create_task(child.supervise(shutting_down))
+    try:
+        assert child.proc is not None
+        child.proc.kill()  # a crash while running: started again
+        async with asyncio.timeout(10):
+            while child.starts < 2 or not child.running():
+                await asyncio.sleep(0.02)
+        assert "sleep exited (-9); restarting" in caplog.text
+        caplog.clear()
+        # On the way out (a service manager signals the whole group): exits, stays down.
+        shutting_down.set()
+        assert child.proc is not None
+        child.proc.kill()
+        async with asyncio.timeout(10):
+            await supervisor
+        assert child.starts == 2 and not child.running()
+        assert "restarting" not in caplog.text and "not restarted" in caplog.text
+    finally:
+        supervisor.cancel()
+        child.stop()
 
 
 _STALE = """

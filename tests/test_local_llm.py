@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -193,8 +194,11 @@ def test_vagent_up_runs_the_local_llm_when_no_provider_is_configured(tmp_path: P
                 assert message["usage"]["completion_tokens"] <= 256
             if stop == "crash":  # SIGKILL: vagent cannot clean up; the kernel tells the child
                 proc.kill()
-            else:
-                assert proc.stop() == 0
+            else:  # a terminal's Ctrl-C reaches the whole process group; vagent stops the child
+                os.killpg(proc.proc.pid, signal.SIGINT)
+                assert proc.proc.wait(60) == 0
+                output = proc.output()
+                assert "restarting" not in output and "ERROR" not in output, output
             assert _gone(pids), f"llama-server outlived vagent up ({stop})"
         finally:
             proc.stop()
