@@ -20,6 +20,10 @@ echo-llm:
 bench:
     uv run vagent bench bus
 
+# Regenerate docs/configuration.md from the settings' declarations (a test checks it is current)
+docs:
+    uv run python -m settings.reference > docs/configuration.md
+
 # What CI runs
 ci:
     bash .ci/run

@@ -1,6 +1,8 @@
 """vagent's settings file (`vagent.toml`, or the path in `VAGENT_CONFIG`), read once where a
-process starts (`load`, which also applies the environment variables of ENV_OVERRIDES) and
-passed to what needs it; tests build a `Config` themselves (`parse` reads no environment).
+process starts (`load`, which also applies the environment variables of ENV_OVERRIDES and
+ENV_VERBATIM) and passed to what needs it; tests build a `Config` themselves (`parse` reads no
+environment). Each setting's `doc(...)` is its meaning in docs/configuration.md, which
+settings/reference.py renders from these declarations.
 
 Secrets never live here or in events: a provider names the environment variable
 holding its key (`api_key_env`), and `VAGENT_SECRETS_FILE` may point to a
@@ -34,201 +36,264 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 
+def doc(meaning: str) -> msgspec.Meta:
+    """A setting's meaning, as `docs/configuration.md` shows it (settings/reference.py)."""
+    return msgspec.Meta(description=meaning)
+
+
 class ProviderConfig(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    base_url: str
-    model: str
-    api_key_env: str | None = None  # the environment variable that holds the key
-    timeout: float = 60.0  # whole request
-    first_token_timeout: float = 15.0  # until the stream's first chunk
-    max_tokens: int | None = None  # answer length cap; small local models may ramble on
-    # Ask small models for a tool call with the question alone first (see ProviderChain._probe).
-    tool_probe: bool = False
+    name: Annotated[str, doc("the provider's name: what an assistant's `llm` picks and "
+                             "`assistant.message.provider` records")]
+    base_url: Annotated[str, doc("the OpenAI-compatible API's base URL")]
+    model: Annotated[str, doc("the model name sent to it")]
+    api_key_env: Annotated[str | None, doc(
+        "the environment variable (or secrets-file key) holding its API key")] = None
+    timeout: Annotated[float, doc("seconds for a whole request")] = 60.0
+    first_token_timeout: Annotated[float, doc(
+        "seconds until the stream's first chunk; later, the next provider answers")] = 15.0
+    # Small local models may ramble on.
+    max_tokens: Annotated[int | None, doc("answer length cap in tokens; unset: the server's")] = None
+    # See ProviderChain._probe.
+    tool_probe: Annotated[bool, doc(
+        "ask for a tool call with the question alone first (helps small models)")] = False
 
 
 class BreakerConfig(msgspec.Struct, forbid_unknown_fields=True):
-    failures: int = 3  # this many failures …
-    window: float = 60.0  # … within this many seconds open the breaker
-    cooldown: float = 30.0  # then, after this long, one probe request may try again
+    failures: Annotated[int, doc("this many failures of a provider within `window` open its breaker")] = 3
+    window: Annotated[float, doc("seconds over which failures count")] = 60.0
+    cooldown: Annotated[float, doc(
+        "seconds an open breaker skips its provider before one probe request may try it")] = 30.0
 
 
 class LLMSettings(msgspec.Struct, forbid_unknown_fields=True):
-    providers: list[ProviderConfig] = msgspec.field(default_factory=list)
-    breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
-    local_model: str = "qwen2.5-0.5b"  # qwen2.5-0.5b | qwen2.5-1.5b (extra qwen-1-5b) | smollm2-135m
+    providers: Annotated[list[ProviderConfig], doc(
+        "an ordered chain of OpenAI-compatible providers; the next answers when one fails. "
+        "empty: `OPENAI_BASE_URL`'s provider, else the local model")] = msgspec.field(
+        default_factory=list)
+    breaker: Annotated[BreakerConfig, doc("when a failing provider is skipped")] = msgspec.field(
+        default_factory=BreakerConfig)
+    local_model: Annotated[str, doc(
+        "the model `vagent up` serves when no provider is configured: `qwen2.5-0.5b`, "
+        "`qwen2.5-1.5b` (after `uv sync --extra qwen-1-5b`) or `smollm2-135m`")] = "qwen2.5-0.5b"
 
 
 class WebhookTool(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    description: str
-    url: str
-    parameters: dict[str, Any] = msgspec.field(
+    name: Annotated[str, doc("the tool's name, as the LLM sees it")]
+    description: Annotated[str, doc("what the tool does, for the LLM")]
+    url: Annotated[str, doc("where the call's JSON arguments are POSTed; the response body is the result")]
+    parameters: Annotated[dict[str, Any], doc("the arguments' JSON Schema")] = msgspec.field(
         default_factory=lambda: {"type": "object", "properties": {}})
-    headers: dict[str, str] = msgspec.field(default_factory=dict)
-    timeout: float | None = None
+    headers: Annotated[dict[str, str], doc(
+        "request headers; `${NAME}` is filled from the environment or the secrets file")] = msgspec.field(
+        default_factory=dict)
+    timeout: Annotated[float | None, doc("seconds per call; unset: `[tools] timeout`")] = None
 
 
 class McpServerConfig(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    command: list[str] | None = None  # stdio transport
-    url: str | None = None  # streamable HTTP transport
-    env: dict[str, str] = msgspec.field(default_factory=dict)
-    timeout: float | None = None
+    name: Annotated[str, doc("the server's name")]
+    command: Annotated[list[str] | None, doc("the command that starts a stdio server")] = None
+    url: Annotated[str | None, doc("a streamable-HTTP server's URL")] = None
+    env: Annotated[dict[str, str], doc("environment variables for the stdio command")] = msgspec.field(
+        default_factory=dict)
+    timeout: Annotated[float | None, doc("seconds per call; unset: `[tools] timeout`")] = None
 
 
 class ToolSettings(msgspec.Struct, forbid_unknown_fields=True):
     # knowledge_search is offered only to assistants with documents (see actors/dialogue/actor.py).
-    builtins: list[str] = msgspec.field(
+    builtins: Annotated[list[str], doc(
+        "built-in tools offered: `get_time`, `calculator`, `knowledge_search` (the last only "
+        "to assistants with documents)")] = msgspec.field(
         default_factory=lambda: ["get_time", "calculator", "knowledge_search"])
-    webhooks: list[WebhookTool] = msgspec.field(default_factory=list)
-    mcp: list[McpServerConfig] = msgspec.field(default_factory=list)
-    timeout: float = 10.0  # per call, unless the tool sets its own
-    max_steps: int = 4  # LLM → tools → LLM rounds in one turn
-    max_result_chars: int = 8000  # longer results are cut (the LLM's context is small)
+    webhooks: Annotated[list[WebhookTool], doc("HTTP tools")] = msgspec.field(default_factory=list)
+    mcp: Annotated[list[McpServerConfig], doc(
+        "MCP servers whose tools are offered (stdio or streamable HTTP)")] = msgspec.field(
+        default_factory=list)
+    timeout: Annotated[float, doc("seconds per tool call, unless the tool sets its own")] = 10.0
+    max_steps: Annotated[int, doc(
+        "LLM → tools → LLM rounds in one turn; then the model answers without tools")] = 4
+    # The LLM's context is small.
+    max_result_chars: Annotated[int, doc("a longer tool result is cut to this many characters")] = 8000
 
 
 class DialogueSettings(msgspec.Struct, forbid_unknown_fields=True):
-    system_prompt: str = (
+    # Kept byte-identical across turns, so local servers reuse their prompt cache.
+    system_prompt: Annotated[str, doc(
+        "the system prompt of assistants with an empty persona")] = (
         "You are vagent, a friendly voice assistant. Answer in one to three short, "
         "spoken-style sentences. Use a tool when it helps."
     )
-    history_tokens: int = 3000  # history budget; the oldest turns are dropped first
-    first_clause_chars: int = 24  # the first sentence may be cut at a comma after this many
-    exit_phrases: list[str] = msgspec.field(default_factory=lambda: [
-        "bye", "goodbye", "bye bye", "see you", "that's all", "再见", "拜拜"])
-    goodbye: str = "Goodbye!"
+    history_tokens: Annotated[int, doc(
+        "the history's budget in tokens; the oldest turns are dropped first")] = 3000
+    # Speech starts sooner when the first sentence is short.
+    first_clause_chars: Annotated[int, doc(
+        "the first sentence may end at a comma after this many characters")] = 24
+    exit_phrases: Annotated[list[str], doc(
+        "phrases that end the session with `goodbye`, without an LLM call")] = msgspec.field(
+        default_factory=lambda: ["bye", "goodbye", "bye bye", "see you", "that's all", "再见", "拜拜"])
+    goodbye: Annotated[str, doc("the answer to an exit phrase")] = "Goodbye!"
 
 
 class Argon2Settings(msgspec.Struct, forbid_unknown_fields=True):
     """argon2id cost (RFC 9106's second recommended profile). Changing it rehashes each
     password at its owner's next login."""
 
-    time_cost: int = 3
-    memory_kib: int = 65_536  # 64 MiB per hash
-    parallelism: int = 4
-    # Per edge process: at most this many hashes at once (memory is concurrency × memory_kib,
-    # and the CPU stays free enough for real-time turns) …
-    concurrency: int = 2
-    queue: int = 8  # … and this many waiting for one; more get 503 busy (Retry-After)
+    time_cost: Annotated[int, doc("argon2id passes")] = 3
+    memory_kib: Annotated[int, doc("memory per hash, KiB")] = 65_536
+    parallelism: Annotated[int, doc("argon2id lanes")] = 4
+    # Memory is concurrency × memory_kib, and the CPU stays free enough for real-time turns.
+    concurrency: Annotated[int, doc("hashes at once, per edge process")] = 2
+    queue: Annotated[int, doc(
+        "hashes waiting for one, per edge process; more get `503 busy` (`Retry-After`)")] = 8
 
 
 class SmtpSettings(msgspec.Struct, forbid_unknown_fields=True):
-    host: str | None = None  # set to mail verification codes
-    port: int = 587
-    username: str | None = None
-    password_env: str | None = None  # the environment variable holding the SMTP password
-    sender: str = "vagent <no-reply@localhost>"
-    starttls: bool = True
-    timeout: float = 10.0
+    host: Annotated[str | None, doc("the SMTP server; set to mail verification codes")] = None
+    port: Annotated[int, doc("the SMTP port")] = 587
+    username: Annotated[str | None, doc("the SMTP login")] = None
+    password_env: Annotated[str | None, doc(
+        "the environment variable holding the SMTP password")] = None
+    sender: Annotated[str, doc("the From address")] = "vagent <no-reply@localhost>"
+    starttls: Annotated[bool, doc("upgrade the connection with STARTTLS")] = True
+    timeout: Annotated[float, doc("seconds per SMTP exchange")] = 10.0
 
 
 class AuthSettings(msgspec.Struct, forbid_unknown_fields=True):
-    # Tokens are HS256 JWTs signed with this secret; without it, a random key is created
-    # once in the data directory (`jwt.key`, mode 0600). Every edge must share the key.
-    jwt_secret_env: str = "VAGENT_JWT_SECRET"
-    access_ttl: float = 900.0  # 15 min
-    refresh_ttl: float = 30 * 86_400.0
-    device_token_ttl: float = 365 * 86_400.0
-    password_min_length: int = 10
-    argon2: Argon2Settings = msgspec.field(default_factory=Argon2Settings)
-    lockout_failures: int = 5  # this many failed logins in a row …
-    lockout_seconds: float = 900.0  # … lock the account for this long
-    rate_limit: int = 20  # login/register/activation requests per client IP …
-    rate_window: float = 60.0  # … in this many seconds
-    trust_forwarded_for: bool = False  # behind a proxy: the client IP is X-Forwarded-For's first
-    # Email verification codes: "auto" mails them when [auth.smtp] has a host and is off
-    # otherwise; "log" writes them to the log (development); "off".
-    email_verification: Literal["auto", "smtp", "log", "off"] = "auto"  # checked when read
-    code_ttl: float = 900.0  # verification and device activation codes
-    smtp: SmtpSettings = msgspec.field(default_factory=SmtpSettings)
+    # Without the secret a random key is created once in the data directory (`jwt.key`, mode
+    # 0600), which a second edge on another machine would not share.
+    jwt_secret_env: Annotated[str, doc(
+        "the environment variable holding the token signing key (32+ characters, shared by "
+        "every edge); unset: a random key in `<data dir>/jwt.key`")] = "VAGENT_JWT_SECRET"
+    access_ttl: Annotated[float, doc("access token lifetime, seconds")] = 900.0
+    refresh_ttl: Annotated[float, doc("refresh token lifetime, seconds")] = 30 * 86_400.0
+    device_token_ttl: Annotated[float, doc("device token lifetime, seconds")] = 365 * 86_400.0
+    password_min_length: Annotated[int, doc("shorter passwords get `422 weak_password`")] = 10
+    argon2: Annotated[Argon2Settings, doc("password hashing")] = msgspec.field(
+        default_factory=Argon2Settings)
+    lockout_failures: Annotated[int, doc(
+        "failed logins in a row (within `lockout_seconds`) that lock the account")] = 5
+    lockout_seconds: Annotated[float, doc(
+        "how long a locked account answers `423 account_locked`, seconds")] = 900.0
+    rate_limit: Annotated[int, doc(
+        "requests per client IP and `rate_window` to register, login, refresh, device "
+        "activation and `POST /webrtc/offer`, per edge process; more: `429`")] = 20
+    rate_window: Annotated[float, doc("the rate limit's window, seconds")] = 60.0
+    trust_forwarded_for: Annotated[bool, doc(
+        "behind a proxy: the client address is `X-Forwarded-For`'s first")] = False
+    email_verification: Annotated[Literal["auto", "smtp", "log", "off"], doc(
+        "verification codes: `auto` mails them when `[auth.smtp] host` is set and is off "
+        "otherwise; `log` writes them to the log (development)")] = "auto"
+    code_ttl: Annotated[float, doc(
+        "verification and device activation codes live this long, seconds")] = 900.0
+    smtp: Annotated[SmtpSettings, doc("the mail server for verification codes")] = msgspec.field(
+        default_factory=SmtpSettings)
 
 
 class XiaozhiConfig(msgspec.Struct, forbid_unknown_fields=True):
-    # Heard before a typed turn, these are dropped like the built-in ones ("你好小智", "hi xiaozhi").
-    wake_words: list[str] = msgspec.field(default_factory=list)
+    wake_words: Annotated[list[str], doc(
+        "wake words dropped before a typed turn, besides the built-in ones (\"你好小智\", "
+        "\"hi xiaozhi\")")] = msgspec.field(default_factory=list)
 
 
 class EdgeSettings(msgspec.Struct, forbid_unknown_fields=True):
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_body_bytes: int = 1_048_576  # larger request bodies get 413
-    max_upload_bytes: int = 20 * 1_048_576  # a larger document upload gets 413, nothing stored
-    # Per user, over the documents not deleted: an upload past either gets 413 quota_exceeded.
-    max_documents_per_user: int = 100
-    max_document_bytes_per_user: int = 100 * 1_048_576
-    # HTTP: a request's headers must be complete this soon after the connection opens (or
-    # after the previous response); a silent or trickling (slowloris) client is closed.
-    header_timeout: float = 10.0
-    # HTTP: a request's whole body must arrive this soon after its headers (trickling does not
-    # extend it): past it, 408 and closed. Raise it for large uploads over slow links.
-    body_timeout: float = 60.0
-    # WebSocket: the client's first message must come this soon after the accept (close 4408).
-    first_message_timeout: float = 30.0
-    # Real-time connections (xiaozhi, /ws, WebRTC) without a token are accepted and talk to
-    # the default assistant, as a local install expects; turn off before exposing the edge.
-    anonymous: bool = True
-    # Per edge process: real-time sessions (more: close 1013) and open sockets of any kind,
-    # idle ones too (more: 503 too_many_connections, then closed).
-    max_connections: int = 1000
-    # Per client address (X-Forwarded-For's first with auth.trust_forwarded_for): real-time
-    # connections at once over /ws, xiaozhi and WebRTC (more: close 1013, or 429). Enough for
-    # a household behind one NAT.
-    max_sessions_per_address: int = 20
-    # Per edge process: WebRTC offers being negotiated at once (more: 503 busy, Retry-After).
-    max_offers_in_progress: int = 4
-    max_frame_bytes: int = 65_536  # one WebSocket message, text or binary
-    max_messages_per_second: int = 100  # per connection, averaged over a few seconds
-    hello_timeout: float = 10.0  # xiaozhi: the device's hello must come this soon
-    # A typed turn (`user.text`, xiaozhi `listen detect`) longer than this is refused: it
-    # becomes a prompt, a log entry and read-model rows, and no one types more in one go.
-    max_text_chars: int = 2000
-    # Per session, typed turns: at most this many waiting for their answer, and this many a
-    # second on average (bursts of `turn_burst`); more get `error too_many_turns`. A person
-    # waits for the answer or adds a correction or two; a flood would queue in every actor.
-    max_waiting_turns: int = 3
-    max_turns_per_second: float = 1.0
-    turn_burst: int = 5
-    ice_servers: list[str] = msgspec.field(default_factory=list)  # WebRTC, e.g. stun:host:3478
-    xiaozhi: XiaozhiConfig = msgspec.field(default_factory=XiaozhiConfig)
+    host: Annotated[str, doc("the address the edge listens on; `0.0.0.0` for the LAN")] = "127.0.0.1"
+    port: Annotated[int, doc(
+        "the edge's port (`vagent up --edge-port`, `vagent edge --port`)")] = 8000
+    max_body_bytes: Annotated[int, doc("a larger JSON request body gets `413 body_too_large`")] = 1_048_576
+    max_upload_bytes: Annotated[int, doc(
+        "a larger document upload gets `413`, and nothing is stored")] = 20 * 1_048_576
+    max_documents_per_user: Annotated[int, doc(
+        "documents one account keeps (failed ones too, until deleted); more: `413 quota_exceeded`")] = 100
+    max_document_bytes_per_user: Annotated[int, doc(
+        "bytes of documents one account keeps; more: `413 quota_exceeded`")] = 100 * 1_048_576
+    # A silent or trickling (slowloris) client is closed.
+    header_timeout: Annotated[float, doc(
+        "seconds for a request's head, from the connect or the previous response; then "
+        "closed (`408` if it had begun)")] = 10.0
+    body_timeout: Annotated[float, doc(
+        "seconds for a request's whole body after its head (trickling does not extend it); "
+        "then `408 body_timeout`. Raise it for large uploads over slow links")] = 60.0
+    first_message_timeout: Annotated[float, doc(
+        "seconds for a WebSocket client's first message; then close `4408`")] = 30.0
+    # As a local install expects; turn off before exposing the edge.
+    anonymous: Annotated[bool, doc(
+        "accept real-time connections without a token (they talk to the default assistant); "
+        "false: close `4401`")] = True
+    max_connections: Annotated[int, doc(
+        "per edge process: real-time sessions (more: close `1013`) and open sockets of any "
+        "kind, idle ones too (more: `503 too_many_connections`)")] = 1000
+    # Enough for a household behind one NAT.
+    max_sessions_per_address: Annotated[int, doc(
+        "real-time connections of one client address at once over `/ws`, xiaozhi and WebRTC; "
+        "more: close `1013`, or `429 too_many_sessions` for an offer")] = 20
+    max_offers_in_progress: Annotated[int, doc(
+        "WebRTC offers being set up at once, per edge process; more: `503 busy`")] = 4
+    max_frame_bytes: Annotated[int, doc(
+        "one WebSocket message, text or binary; larger: close `1009`")] = 65_536
+    max_messages_per_second: Annotated[int, doc(
+        "WebSocket messages per connection and second, bursts of 2×; more: close `1008`")] = 100
+    hello_timeout: Annotated[float, doc(
+        "seconds for a xiaozhi device's hello; then close `4408`")] = 10.0
+    # A typed turn becomes a prompt, a log entry and read-model rows, and no one types more
+    # in one go.
+    max_text_chars: Annotated[int, doc(
+        "a longer typed turn (`user.text`, xiaozhi `listen detect`) gets `error text_too_long`")] = 2000
+    # A person waits for the answer or adds a correction or two; a flood would queue in
+    # every actor.
+    max_waiting_turns: Annotated[int, doc(
+        "typed turns of one session waiting for their answer (each at most 60 s); more: "
+        "`error too_many_turns`")] = 3
+    max_turns_per_second: Annotated[float, doc(
+        "typed turns per session and second on average; more: `error too_many_turns`")] = 1.0
+    turn_burst: Annotated[int, doc("typed turns allowed in a burst")] = 5
+    ice_servers: Annotated[list[str], doc(
+        "WebRTC STUN/TURN servers, e.g. `stun:stun.example.org:3478`; none keeps calls "
+        "offline-friendly")] = msgspec.field(default_factory=list)
+    xiaozhi: Annotated[XiaozhiConfig, doc("xiaozhi devices")] = msgspec.field(
+        default_factory=XiaozhiConfig)
 
 
 class ElevenLabsConfig(msgspec.Struct, forbid_unknown_fields=True):
-    model: str = "eleven_flash_v2_5"  # their low-latency model
+    model: Annotated[str, doc("the ElevenLabs model (their low-latency one)")] = "eleven_flash_v2_5"
     # Raw PCM is asked for (`output_format=pcm_<rate>`), so nothing needs decoding.
-    sample_rate: int = 24000
-    url: str | None = None  # another base URL: a regional endpoint, or the tests' local server
+    sample_rate: Annotated[int, doc("the PCM sample rate asked for")] = 24000
+    url: Annotated[str | None, doc("another base URL, e.g. a regional endpoint")] = None
 
 
 class TtsSettings(msgspec.Struct, forbid_unknown_fields=True):
     """The voice, and what one input may make the TTS do."""
 
-    # piper, elevenlabs or an installed plugin's; None: elevenlabs when ELEVENLABS_API_KEY is
-    # set, else piper.
-    provider: str | None = None
-    voice: str | None = None  # a Piper voice file or an ElevenLabs voice id; None: the default
-    # Syntheses at a time across sessions (a turn's first sentence goes first).
-    parallel: Annotated[int, msgspec.Meta(ge=1)] = 1
-    cache_mb: float = 32.0  # quick replies kept synthesized
-    elevenlabs: ElevenLabsConfig = msgspec.field(default_factory=ElevenLabsConfig)
-
-    # Characters per provider call; longer text is synthesized in pieces. Piper's memory and
-    # time grow with a call's audio (~160 MB at the peak for 200 characters, 7–11 s of
-    # speech; 8,000 unpunctuated characters took GBs), and a synthesizer slot serves no
-    # other session during a call: another session waits one piece at most.
-    max_chars: int = 200
-    # Characters one turn may speak (1–2 minutes): an answer, greeting or echo beyond it is
-    # not read out whole. A turn's audio is held until it ends (its recording), so this also
-    # bounds a session's memory: ~5 MB of PCM at Piper's 22 kHz.
-    max_turn_chars: int = 2000
+    provider: Annotated[str | None, doc(
+        "`piper`, `elevenlabs` or an installed plugin's; unset: `elevenlabs` when "
+        "`ELEVENLABS_API_KEY` is set, else `piper`")] = None
+    voice: Annotated[str | None, doc(
+        "a Piper voice file or an ElevenLabs voice id; unset: the bundled Piper voice")] = None
+    parallel: Annotated[int, msgspec.Meta(ge=1), doc(
+        "syntheses at a time across sessions (a turn's first sentence goes first)")] = 1
+    cache_mb: Annotated[float, doc("MB of quick replies kept synthesized")] = 32.0
+    elevenlabs: Annotated[ElevenLabsConfig, doc("ElevenLabs")] = msgspec.field(
+        default_factory=ElevenLabsConfig)
+    # Piper's memory and time grow with a call's audio (~160 MB at the peak for 200
+    # characters, 7–11 s of speech), and a synthesizer slot serves no other session during
+    # a call: another session waits one piece at most.
+    max_chars: Annotated[int, doc(
+        "characters per synthesis call; longer text is synthesized in pieces, cut at "
+        "sentence ends, else clauses, else words")] = 200
+    # A turn's audio is held until it ends (its recording), so this also bounds a session's
+    # memory: ~5 MB of PCM at Piper's 22 kHz.
+    max_turn_chars: Annotated[int, doc(
+        "characters one turn may speak (1–2 minutes); the rest is not spoken "
+        "(`error tts_turn_limit`)")] = 2000
 
 
 class VadConfig(msgspec.Struct, forbid_unknown_fields=True):
-    threshold: float = 0.5  # silero speech probability that starts speech
-    release: float | None = None  # below this, silence (None: threshold - 0.15)
-    silence_ms: int = 400  # silence that ends an utterance (auto listen mode)
-    preroll_ms: int = 250  # audio kept from before the onset
-    min_speech_ms: int = 96  # shorter speech never opens an utterance
-    max_utterance_ms: int = 30_000  # an utterance is cut here (memory, and a stuck VAD)
+    threshold: Annotated[float, doc("silero speech probability that starts speech")] = 0.5
+    release: Annotated[float | None, doc(
+        "below this probability is silence; unset: `threshold` − 0.15")] = None
+    silence_ms: Annotated[int, doc("silence that ends an utterance (auto listen mode), ms")] = 400
+    preroll_ms: Annotated[int, doc("audio kept from before the onset, ms")] = 250
+    min_speech_ms: Annotated[int, doc("shorter speech never opens an utterance, ms")] = 96
+    # Memory, and a stuck VAD.
+    max_utterance_ms: Annotated[int, doc("an utterance is cut here, ms")] = 30_000
 
     @property
     def release_threshold(self) -> float:
@@ -236,43 +301,54 @@ class VadConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class DeepgramConfig(msgspec.Struct, forbid_unknown_fields=True):
-    url: str = "wss://api.deepgram.com"  # its WebSocket base (tests: a local server)
-    model: str = "nova-3"
-    language: str = "en"
+    url: Annotated[str, doc("Deepgram's WebSocket base URL")] = "wss://api.deepgram.com"
+    model: Annotated[str, doc("the Deepgram model")] = "nova-3"
+    language: Annotated[str, doc("the language spoken")] = "en"
 
 
 class AsrSettings(msgspec.Struct, forbid_unknown_fields=True):
-    # auto: deepgram when DEEPGRAM_API_KEY is set (environment or secrets file), else moonshine.
-    engine: Literal["auto", "moonshine", "deepgram"] = "auto"
-    barge_in_min_ms: int = 300  # speech over the assistant this long interrupts it
-    partial_ms: int = 400  # moonshine: audio between partial transcripts (CPU vs freshness)
-    vad: VadConfig = msgspec.field(default_factory=VadConfig)
-    deepgram: DeepgramConfig = msgspec.field(default_factory=DeepgramConfig)
+    engine: Annotated[Literal["auto", "moonshine", "deepgram"], doc(
+        "`auto`: `deepgram` when `DEEPGRAM_API_KEY` is set (environment or secrets file), "
+        "else `moonshine`")] = "auto"
+    # Coughs and "mhm" do not count.
+    barge_in_min_ms: Annotated[int, doc("speech over the assistant this long interrupts it, ms")] = 300
+    partial_ms: Annotated[int, doc(
+        "moonshine: audio between partial transcripts, ms (CPU vs freshness)")] = 400
+    vad: Annotated[VadConfig, doc("speech detection")] = msgspec.field(default_factory=VadConfig)
+    deepgram: Annotated[DeepgramConfig, doc("Deepgram")] = msgspec.field(
+        default_factory=DeepgramConfig)
 
 
 class ActorSettings(msgspec.Struct, forbid_unknown_fields=True):
-    # Seconds before an unacknowledged message is redelivered; None: each actor's own (30,
-    # the indexer 60).
-    ack_wait: float | None = None
+    ack_wait: Annotated[float | None, doc(
+        "seconds before an unacknowledged message is redelivered; unset: each actor's own "
+        "(30, the indexer 60)")] = None
 
 
 class KnowledgeSettings(msgspec.Struct, forbid_unknown_fields=True):
-    embed_threads: int = 0  # the embedding model's threads; 0: onnxruntime's choice
-    # Chunks per document (~3 MB of text): a longer one is refused at upload when its size
-    # tells, else fails at indexing with its count.
-    max_chunks: int = 5000
+    embed_threads: Annotated[int, doc(
+        "threads of one embedding; 0: onnxruntime's choice")] = 0
+    max_chunks: Annotated[int, doc(
+        "chunks per document (~3 MB of text): a longer one gets `413 document_too_long` at "
+        "upload when its size tells, else `document.failed` at indexing")] = 5000
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):
-    llm: LLMSettings = msgspec.field(default_factory=LLMSettings)
-    tools: ToolSettings = msgspec.field(default_factory=ToolSettings)
-    dialogue: DialogueSettings = msgspec.field(default_factory=DialogueSettings)
-    tts: TtsSettings = msgspec.field(default_factory=TtsSettings)
-    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
-    edge: EdgeSettings = msgspec.field(default_factory=EdgeSettings)
-    asr: AsrSettings = msgspec.field(default_factory=AsrSettings)
-    actors: ActorSettings = msgspec.field(default_factory=ActorSettings)
-    knowledge: KnowledgeSettings = msgspec.field(default_factory=KnowledgeSettings)
+    llm: Annotated[LLMSettings, doc("LLM providers and the local model")] = msgspec.field(
+        default_factory=LLMSettings)
+    tools: Annotated[ToolSettings, doc("the tools the dialogue offers")] = msgspec.field(
+        default_factory=ToolSettings)
+    dialogue: Annotated[DialogueSettings, doc("the dialogue actor")] = msgspec.field(
+        default_factory=DialogueSettings)
+    tts: Annotated[TtsSettings, doc("speech synthesis")] = msgspec.field(default_factory=TtsSettings)
+    auth: Annotated[AuthSettings, doc("accounts and tokens")] = msgspec.field(
+        default_factory=AuthSettings)
+    edge: Annotated[EdgeSettings, doc("the edge: HTTP, WebSockets, WebRTC and their limits")] = (
+        msgspec.field(default_factory=EdgeSettings))
+    asr: Annotated[AsrSettings, doc("speech recognition")] = msgspec.field(default_factory=AsrSettings)
+    actors: Annotated[ActorSettings, doc("every actor")] = msgspec.field(default_factory=ActorSettings)
+    knowledge: Annotated[KnowledgeSettings, doc("the knowledge base")] = msgspec.field(
+        default_factory=KnowledgeSettings)
 
 
 class ConfigError(ValueError):
@@ -299,8 +375,9 @@ def load() -> Config:
     starts; everything else gets the result as an argument."""
     path = config_path()
     config = Config() if path is None else parse(path.read_text(), str(path))
-    if "VAGENT_SYSTEM_PROMPT" in os.environ:
-        config.dialogue.system_prompt = os.environ["VAGENT_SYSTEM_PROMPT"]
+    for env_name, setting in ENV_VERBATIM.items():
+        if env_name in os.environ:
+            _override(config, setting, env_name, os.environ[env_name])
     for env_name, setting in ENV_OVERRIDES.items():
         value = os.environ.get(env_name, "").strip()
         if value:  # set but empty counts as unset
@@ -336,6 +413,10 @@ ENV_OVERRIDES: dict[str, str] = {
     "VAGENT_EMBED_THREADS": "knowledge.embed_threads",
     "VAGENT_KB_MAX_CHUNKS": "knowledge.max_chunks",
 }
+# Taken as they are, even empty or with spaces: a prompt is text, not a value to trim.
+ENV_VERBATIM: dict[str, str] = {
+    "VAGENT_SYSTEM_PROMPT": "dialogue.system_prompt",
+}
 
 
 def _override(config: Config, setting: str, env_name: str, value: str) -> None:
@@ -345,7 +426,8 @@ def _override(config: Config, setting: str, env_name: str, value: str) -> None:
         section = getattr(section, parent)
     kind = typing.get_type_hints(type(section), include_extras=True)[name]
     raw: Any = value
-    if typing.get_origin(kind) is list:
+    bare = typing.get_args(kind)[0] if typing.get_origin(kind) is Annotated else kind
+    if typing.get_origin(bare) is list:
         raw = [item.strip() for item in value.split(",") if item.strip()]
     try:
         setattr(section, name, msgspec.convert(raw, kind, strict=False))

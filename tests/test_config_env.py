@@ -96,3 +96,10 @@ def test_a_bad_value_names_its_variable_and_setting(settings_file: Path, monkeyp
     with pytest.raises(ConfigError, match=name) as refused:
         load()
     assert says in str(refused.value)
+
+
+def test_the_system_prompt_is_taken_verbatim(settings_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VAGENT_SYSTEM_PROMPT", "  Be brief.  ")
+    assert load().dialogue.system_prompt == "  Be brief.  "
+    monkeypatch.setenv("VAGENT_SYSTEM_PROMPT", "")  # unlike the overrides, empty is a value here
+    assert load().dialogue.system_prompt == ""
