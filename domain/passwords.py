@@ -29,28 +29,27 @@ COMMON = frozenset({
 
 
 def problems(password: str, email: str, min_length: int) -> list[str]:
-    """Why a password is too weak (empty: acceptable)."""
+    """Why a password is too weak, each reason a sentence of its own (empty: acceptable)."""
     found = []
     if len(password) < min_length:
-        found.append(f"at least {min_length} characters")
+        found.append(f"The password must be at least {min_length} characters long.")
     if len(password) > MAX_LENGTH:
-        found.append(f"at most {MAX_LENGTH} characters")
+        found.append(f"The password must be at most {MAX_LENGTH} characters long.")
     if not any(c.isalpha() for c in password) or all(c.isalpha() for c in password):
-        found.append("letters and at least one digit or symbol")
+        found.append("The password must mix letters with at least one digit or symbol.")
     lowered = password.lower()
     local = email.split("@", 1)[0].lower()
     if lowered in COMMON or len(set(password)) < 4:
-        found.append("not a common or repetitive password")
+        found.append("The password is too common or too repetitive.")
     if len(local) >= 4 and local in lowered:
-        found.append("not containing the email's name")
+        found.append("The password must not contain the name in the email address.")
     return found
 
 
 def check_strength(password: str, email: str, min_length: int) -> None:
     found = problems(password, email, min_length)
     if found:
-        raise Invalid("weak_password", "the password needs " + "; ".join(found),
-                      {"rules": found})
+        raise Invalid("weak_password", " ".join(found), {"rules": found})
 
 
 class Hasher:

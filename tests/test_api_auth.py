@@ -159,20 +159,23 @@ async def test_register_refuses_a_taken_email_whatever_its_case(api: Api) -> Non
 
 
 @pytest.mark.parametrize(("password", "rule"), [
-    ("sh0rt!", "at least 10 characters"),
-    ("password123", "not a common or repetitive password"),
-    ("abab1abab1ab", "not a common or repetitive password"),
-    ("onlyletterspassword", "letters and at least one digit or symbol"),
-    ("12345678901234", "letters and at least one digit or symbol"),
-    ("x" * 300 + "1", "at most 256 characters"),
-    ("margaretz-rocks-9", "not containing the email's name"),
+    ("sh0rt!", "The password must be at least 10 characters long."),
+    ("password123", "The password is too common or too repetitive."),
+    ("abab1abab1ab", "The password is too common or too repetitive."),
+    ("onlyletterspassword", "The password must mix letters with at least one digit or symbol."),
+    ("12345678901234", "The password must mix letters with at least one digit or symbol."),
+    ("x" * 300 + "1", "The password must be at most 256 characters long."),
+    ("margaretz-rocks-9", "The password must not contain the name in the email address."),
 ])
 async def test_register_refuses_weak_passwords(api: Api, password: str, rule: str) -> None:
     c = api.client
     email = f"margaretz@{new_id().lower()}.example.com"
-    details = error(await c.post(REGISTER, json={"email": email, "password": password}),
-                    422, "weak_password")
+    refused = await c.post(REGISTER, json={"email": email, "password": password})
+    details = error(refused, 422, "weak_password")
     assert rule in details["rules"]
+    # Each reason is a sentence of its own, and the message is those sentences.
+    assert all(r[0].isupper() and r.endswith(".") for r in details["rules"])
+    assert refused.json()["error"]["message"] == " ".join(details["rules"])
     # Nothing was claimed: the email can still be registered with a good password.
     await register(c, email)
 

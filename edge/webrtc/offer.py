@@ -133,9 +133,8 @@ async def webrtc_offer(request: Request) -> Response:
         await _discard(peer)
         return error_response(ApiError(503, "unavailable", "the event log is unreachable: retry",
                                        headers={"Retry-After": "1"}))
-    except Exception as exc:
-        # The default log format has no traceback: the line itself must say why.
-        log.exception("webrtc offer failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+    except Exception:
+        log.exception("webrtc offer failed")
         await _discard(peer)
         return error_response(ApiError(500, "internal", "internal error"))
     finally:

@@ -256,9 +256,8 @@ class Peer:
             try:
                 if not await self._command(message):
                     return
-            except Exception as exc:
-                log.exception("a data channel message failed", extra={
-                    "session": self.link.session_id, "error": f"{type(exc).__name__}: {exc}"})
+            except Exception:
+                log.exception("a data channel message failed", extra={"session": self.link.session_id})
                 self.send_error("internal", "the message could not be handled: retry")
 
     async def _command(self, raw: str) -> bool:
@@ -330,5 +329,4 @@ class Peer:
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("a webrtc task failed", exc_info=exc, extra={
-                "session": self.link.session_id, "error": f"{type(exc).__name__}: {exc}"})
+            log.error("a webrtc task failed", exc_info=exc, extra={"session": self.link.session_id})
