@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from bus.server import EmbeddedServer, free_port
 from devservers.echo_llm import OpenAIServer
-from tests.procs import Proc, up, vagent
+from tests.procs import ROOT, Proc, up, vagent
 from tests.xiaozhi_client import XiaozhiDevice
 
 
@@ -224,37 +225,48 @@ def test_chat_streams_answers_shows_tools_and_starts_new_sessions(stack: tuple[P
     assert json.loads(logged.stdout)["text"] == "fresh start"
 
 
-def test_the_readme_api_walkthrough_against_vagent_up(stack: tuple[Proc, Path]) -> None:
-    """#5's "done when": register, log in, create an assistant and bind a device over HTTP."""
+def api_walkthrough() -> str:
+    """The shell block of docs/api.md that goes from nothing to a bound device."""
+    text = (ROOT / "docs" / "api.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
+    walkthrough = [b for b in blocks if "/auth/register" in b]
+    assert len(walkthrough) == 1, "docs/api.md holds one curl walkthrough"
+    return walkthrough[0]
+
+
+def test_the_documented_api_walkthrough_runs_against_vagent_up(stack: tuple[Proc, Path]) -> None:
+    """docs/api.md's curl block, run as written by bash with the real curl and jq, against the
+    address `vagent up` printed: register, log in, create an assistant, bind a device."""
     proc, _ = stack
     api = re.search(r"API\s+(http://\S+/api/v1)/", proc.output())
     assert api, proc.output()
+    script = api_walkthrough()
+    documented = "API=http://127.0.0.1:8000/api/v1\n"
+    assert script.startswith(documented)
+    # Each answer on its own line, and an HTTP error stops the script (set -e) with its body.
+    prelude = 'set -euo pipefail\ncurl() { command curl --fail-with-body -w "\\n" "$@"; }\n'
+    run = subprocess.run(["bash", "-c", prelude + script.replace(documented, f"API={api.group(1)}\n")],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    answers = [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
+    user, me, listed, patched, bound, collected, devices, refreshed = answers
+    assert user["email"] == "ada@example.com" and me["display_name"] == "Ada"
+    assert sorted(a["name"] for a in listed["items"]) == ["Assistant", "Kitchen"]
+    assert patched["name"] == "Kitchen" and patched["greeting"] == "Hello!"
+    assert bound["device"]["device_id"] == "aa:bb:cc:dd:ee:ff"
+    assert (collected["status"], collected["token"], collected["assistant_id"]) == (
+        "bound", bound["token"], patched["assistant_id"])
+    assert [d["device_id"] for d in devices["items"]] == ["aa:bb:cc:dd:ee:ff"]
+    assert refreshed["access_token"] and refreshed["refresh_token"]
     with httpx.Client(base_url=api.group(1), timeout=30) as http:
-        password = "correct horse 9"
-        user = http.post("/auth/register", json={"email": "ada@example.com", "password": password,
-                                                  "display_name": "Ada"})
-        assert user.status_code == 201, user.text
-        tokens = http.post("/auth/login", json={"email": "ada@example.com", "password": password}).json()
-        auth = {"Authorization": f"Bearer {tokens['access_token']}"}
-        assert http.get("/me", headers=auth).json()["display_name"] == "Ada"
-        created = http.post("/assistants", headers={**auth, "Idempotency-Key": "create-kitchen-1"},
-                            json={"name": "Kitchen", "persona": "You are a terse cooking helper.",
-                                  "greeting": "Hi, what are we cooking?", "tools": ["calculator"]})
-        assert created.status_code == 201, created.text
-        assistant_id = created.json()["assistant_id"]
-        names = [a["name"] for a in http.get("/assistants", headers=auth).json()["items"]]
-        assert sorted(names) == ["Assistant", "Kitchen"]
-        device = {"device_id": "AA:BB:CC:DD:EE:FF", "client_id": "7d0c-uuid"}
-        code = http.post("/devices/activation", json=device).json()["code"]
-        bound = http.post("/devices", headers=auth, json={"code": code, "assistant_id": assistant_id,
-                                                          "name": "kitchen speaker"})
-        assert bound.status_code == 201, bound.text
-        collected = http.post("/devices/activation", json=device).json()
-        assert collected["status"] == "bound" and collected["token"] == bound.json()["token"]
-        assert [d["device_id"] for d in http.get("/devices", headers=auth).json()["items"]] == [
-            "aa:bb:cc:dd:ee:ff"]
-        assert http.post("/auth/logout", headers=auth).status_code == 204
-        assert http.get("/me", headers=auth).status_code == 401
+        # The script's login and its refreshed pair are revoked: it logged out.
+        assert http.get("/me", headers={"Authorization": f"Bearer {refreshed['access_token']}"}
+                        ).status_code == 401
+        login = http.post("/auth/login", json={"email": "ada@example.com", "password": "correct horse 9"})
+        auth = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        assert http.get("/devices", headers=auth).json()["items"] == []  # the script unbound it
+        kitchen = [a for a in http.get("/assistants", headers=auth).json()["items"] if a["name"] == "Kitchen"]
+        assert kitchen[0]["tools"] == ["get_time", "calculator"]
 
 
 def test_vagent_edge_serves_the_api_on_its_own(stack: tuple[Proc, Path], nats: EmbeddedServer) -> None:
