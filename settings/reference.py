@@ -36,7 +36,8 @@ PROCESS_ENV: tuple[EnvVar, ...] = (
            "a file of `KEY=VALUE` lines filling keys the environment lacks (API keys, the JWT secret)"),
     EnvVar("VAGENT_DATA_DIR", "`./.vagent`",
            "the data directory: the embedded server's store, the read models, the knowledge base, "
-           "logs; `--data-dir` wins. See *Which stack a command uses* below"),
+           "logs; `--data-dir` wins. Commands other than `vagent up` find the running stack's "
+           "by themselves: [cli.md](cli.md#which-stack-a-command-uses)"),
     EnvVar("VAGENT_NATS_URL", "`nats://127.0.0.1:4222`",
            "NATS URL(s), comma-separated; `--nats` wins"),
     EnvVar("VAGENT_REPLICAS", "`1`", "stream and bucket replicas (3 on a NATS cluster)"),
@@ -86,7 +87,7 @@ vagent reads its settings once, where a process starts:
    that holds a key (`api_key_env`, `password_env`, `jwt_secret_env`), and
    `VAGENT_SECRETS_FILE` may name a `KEY=VALUE` file that fills variables the environment lacks.
 
-A minimal `vagent.toml` with a cloud model first and the tools' limits:
+A small `vagent.toml`: one cloud provider, and the tools' limits:
 
 ```toml
 [[llm.providers]]
@@ -99,16 +100,6 @@ api_key_env = "OPENAI_API_KEY"
 timeout = 10
 max_steps = 4
 ```
-
-## Which stack a command uses
-
-`vagent up`, `vagent edge` and `vagent projections serve` record the stack they run — NATS
-URL, data dir, edge URL and local LLM URL — in `<data dir>/stack.json`, and a pointer to it in
-`$XDG_STATE_HOME/vagent/stack.json` (default `~/.local/state/vagent/stack.json`). Every other
-command takes each of these from, in order: its flags and environment variables; the
-`stack.json` of the `--data-dir` it was given; the stack the pointer names, while it runs;
-`./.vagent`; the defaults. It says on stderr which stack it used when that is not the default.
-A NATS connection that is refused fails at once, with a hint to start `vagent up`.
 
 ## Environment of a process
 

@@ -56,3 +56,12 @@ def test_every_variable_the_code_reads_is_in_the_reference() -> None:
             read |= set(re.findall(r"[\"'](VAGENT_[A-Z0-9_]+)[\"']", path.read_text()))
     assert read, "the scan found no variables at all"
     assert sorted(read - documented) == [], "add them to PROCESS_ENV in settings/reference.py"
+
+
+def test_every_toml_example_in_the_docs_is_valid_settings() -> None:
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    blocks = [(page.name, block) for page in pages
+              for block in re.findall(r"```toml\n(.*?)```", page.read_text(), flags=re.S)]
+    assert len(blocks) >= 3
+    for name, block in blocks:
+        assert parse(block, name) != Config(), name  # each example sets something
