@@ -7,15 +7,20 @@ from edge.errors import ApiError, domain_refusals, unauthorized
 from edge.realtime.session import Caller
 from edge.services import Services
 
+# What xiaozhi firmware sends before it was given a token: no token at all.
+PLACEHOLDER_TOKENS = ("", "test-token")
+
 
 def bearer(header: str | None, query_token: str | None) -> str | None:
-    """The token of an `Authorization: Bearer …` header, else of a `token` query parameter."""
+    """The token of an `Authorization: Bearer …` header, else of a `token` query parameter;
+    None for none, an empty one or a placeholder (anonymous where that is allowed)."""
+    token = query_token
     if header:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "bearer":
             raise unauthorized("token_invalid", "the Authorization header must be 'Bearer <token>'")
-        return token.strip()
-    return query_token or None
+    token = (token or "").strip()
+    return None if token.lower() in PLACEHOLDER_TOKENS else token
 
 
 async def user_caller(services: Services, token: str | None, assistant_id: str | None) -> Caller:
@@ -38,7 +43,7 @@ async def device_caller(services: Services, token: str | None, device_id: str,
                         client_id: str | None) -> Caller:
     """A xiaozhi device: its token names its owner and assistant; without one (and when
     anonymous connections are allowed) it talks to the default assistant."""
-    if token is None or token.lower() in ("", "test-token"):  # firmware sends a placeholder
+    if token is None:
         if not services.config.edge.anonymous:
             raise unauthorized("token_missing", "this device is not activated: bind it first")
         return Caller(device_id=device_id.lower(), client_id=client_id)

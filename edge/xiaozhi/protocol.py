@@ -69,11 +69,11 @@ class Handshake:
 
 def handshake(headers: Headers, query: QueryParams) -> Handshake:
     """Raises ApiError (401 for a malformed Authorization, 400 for a bad version)."""
-    raw = query.get("authorization")
-    token = bearer(headers.get("authorization"), None)
-    if token is None and raw:
-        token = bearer(raw, None) if " " in raw.strip() else raw.strip()
-    token = token or query.get("token") or None
+    header = headers.get("authorization")
+    raw = (query.get("authorization") or "").strip()
+    if not header and raw:  # the firmware's rule: a token without a scheme is a bearer token
+        header = raw if " " in raw else f"Bearer {raw}"
+    token = bearer(header, query.get("token"))
     said = headers.get("protocol-version") or query.get("protocol-version")
     version = check_version(said) if said else None
     device = (headers.get("device-id") or query.get("device-id") or query.get("device_id") or "").strip()
