@@ -117,6 +117,12 @@ class Sessions(Folded):
                 WHERE user_id = $user_id AND session_id > $after
                 ORDER BY session_id LIMIT $limit
             """,
+            # The same, newest first (ids are ULIDs: by id is by start): the page's history.
+            "user_sessions_newest": f"""
+                SELECT {COLUMNS} FROM sessions
+                WHERE user_id = $user_id AND ($after = '' OR session_id < $after)
+                ORDER BY session_id DESC LIMIT $limit
+            """,
             "user_session": f"""
                 SELECT {COLUMNS} FROM sessions WHERE session_id = $session_id AND user_id = $user_id
             """,

@@ -69,11 +69,12 @@ def ts(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-async def walk(api: Api, path: str, headers: Headers, key: str, limit: int = 2) -> list[str]:
+async def walk(api: Api, path: str, headers: Headers, key: str, limit: int = 2,
+               **query: str) -> list[str]:
     ids: list[str] = []
     cursor = None
     for _ in range(100):
-        params: dict[str, Any] = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+        params: dict[str, Any] = {"limit": limit, **query, **({"cursor": cursor} if cursor else {})}
         r = await api.client.get(path, headers=headers, params=params)
         assert r.status_code == 200, r.text
         page = r.json()
@@ -145,6 +146,12 @@ async def test_sessions_messages_and_turns_come_a_page_at_a_time(stack: Api, sch
     h = await stack.user()
     sids = [await talk(stack, h, f"number {i}") for i in range(3)]
     assert await walk(stack, "/api/v1/sessions", h, "session_id") == sorted(sids)
+    # Newest first (the web page's history), a page at a time too.
+    assert await walk(stack, "/api/v1/sessions", h, "session_id", order="newest") == sorted(sids)[::-1]
+    newest = await get(stack, schema, "/api/v1/sessions", h, order="newest", limit=1)
+    assert [s["session_id"] for s in newest["items"]] == [max(sids)] and newest["next_cursor"]
+    r = await stack.client.get("/api/v1/sessions", headers=h, params={"order": "random"})
+    assert r.status_code == 422 and r.json()["error"]["details"] == {"at": "order"}, r.text
     sid = await talk(stack, h, "one", "two", "three")
     await ended(stack, schema, sid, h)
     everything = (await get(stack, schema, f"/api/v1/sessions/{sid}/messages", h, limit=100))["items"]

@@ -1,38 +1,55 @@
 """The web page at `/`, driven in a real headless Chromium (Playwright, Debian's
-/usr/bin/chromium: nothing is downloaded) whose fake microphone plays a spoken question:
-sign up, add an assistant, call it over WebRTC, see the transcript and the answer, hear
-it, chat by text in the call, hang up. The stack is real: NATS, the ASR, dialogue and TTS
+/usr/bin/chromium: nothing is downloaded). One browser's fake microphone plays a spoken
+question: sign up, add an assistant, call it over WebRTC, see the transcript and the answer,
+hear it, mute, chat by text in the call, hang up. Another browser has no microphone at all
+(no fake devices, no permission; a headless Chromium on a machine without a sound server
+lists none): it chats by text over /ws, sees the assistant think and answer, a tool step in
+words, and its past conversations. The stack is real: NATS, the ASR, dialogue, tools and TTS
 actors, the echo LLM, the edge."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from playwright.async_api import async_playwright, expect
 
 from bus.server import EmbeddedServer
+from devservers.echo_llm import OpenAIServer
 from schemas import new_id
+from settings.config import Config
 from tests.api_harness import Api, api_config, serve_api
 from tests.conftest import wait_for
 from tests.fixtures.audio import has_key_words, pcm, resample
 
-pytestmark = pytest.mark.stack("asr", "dialogue", "tts", loopback_ice=True)
+
+def locking(config: Config) -> Config:
+    """Three failed logins lock an account for 15 minutes (the lockout message's test)."""
+    return msgspec.structs.replace(config, auth=msgspec.structs.replace(
+        config.auth, lockout_failures=3, lockout_seconds=900.0))
+
+
+pytestmark = pytest.mark.stack("asr", "dialogue", "tools", "tts", loopback_ice=True, settings=locking)
 
 CHROMIUM = os.environ.get("VAGENT_CHROMIUM", "/usr/bin/chromium")
 QUESTION = "weather_paris"
 # Where the screenshot of the call is also kept, outside pytest's rotating tmp dirs.
 SCREENSHOT = Path(tempfile.gettempdir()) / "vagent-web-page.png"
-CHROME_ARGS = [
+BASE_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+CHROME_ARGS = [
+    *BASE_ARGS,
     "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
     "--autoplay-policy=no-user-gesture-required",
     # offer 127.0.0.1 candidates too: the edge gathers on loopback only here (`loopback_ice`)
@@ -68,12 +85,26 @@ async def browser(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Any
             await chromium.close()
 
 
-@pytest.fixture
-async def page(browser: Any, stack: Api) -> AsyncIterator[Any]:
-    context = await browser.new_context(base_url=stack.edge.url, viewport={"width": 420, "height": 860})
-    await context.grant_permissions(["microphone"], origin=stack.edge.url)
+@pytest.fixture(scope="module")
+async def micless_browser() -> AsyncIterator[Any]:
+    """A Chromium with no microphone: no fake devices, no fake permission prompt."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (.ci/run does)")
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=BASE_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+@contextlib.asynccontextmanager
+async def new_page(browser: Any, api: Api, microphone: bool) -> AsyncIterator[Any]:
+    context = await browser.new_context(base_url=api.edge.url, viewport={"width": 420, "height": 860})
+    if microphone:
+        await context.grant_permissions(["microphone"], origin=api.edge.url)
     page = await context.new_page()
-    page.set_default_timeout(15_000)
+    page.set_default_timeout(30_000)
     problems: list[str] = []
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
@@ -83,6 +114,28 @@ async def page(browser: Any, stack: Api) -> AsyncIterator[Any]:
         yield page
     finally:
         await context.close()
+
+
+@pytest.fixture
+async def page(browser: Any, stack: Api) -> AsyncIterator[Any]:
+    async with new_page(browser, stack, microphone=True) as page:
+        yield page
+
+
+@pytest.fixture
+async def micless(micless_browser: Any, stack: Api) -> AsyncIterator[Any]:
+    async with new_page(micless_browser, stack, microphone=False) as page:
+        yield page
+
+
+@pytest.fixture
+def slow_llm(llm: OpenAIServer) -> Iterator[OpenAIServer]:
+    """The echo LLM waits before its first token, so the page's thinking shows for a while."""
+    llm.first_token_delay = 1.5
+    try:
+        yield llm
+    finally:
+        llm.first_token_delay = 0.0
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +176,9 @@ async def test_the_page_is_served_beside_the_api(api: Api) -> None:
     r = await api.client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in r.headers["content-security-policy"]
-    assert '<script src="/static/app.js"' in r.text
-    for asset, kind in (("/static/app.js", "javascript"), ("/static/app.css", "text/css")):
+    assert '<script type="module" src="/static/app.js"' in r.text
+    modules = [f"/static/{m}.js" for m in ("app", "api", "talk", "media", "history", "lines")]
+    for asset, kind in [*((m, "javascript") for m in modules), ("/static/app.css", "text/css")]:
         r = await api.client.get(asset)
         assert r.status_code == 200 and kind in r.headers["content-type"], asset
     # Nothing else is shadowed: unknown API paths keep the API's error shape.
@@ -221,6 +275,26 @@ async def test_sign_up_add_an_assistant_call_and_chat(page: Any, stack: Api, tmp
     assert stats["bytesReceived"] > 0 and stats["packetsReceived"] > 0, stats
     assert stats["micPeak"] > 0, stats  # the page's microphone meter saw the question
     print(f"\nreceived audio: {stats}")
+    # The assistant's voice reaches the page's bars (an AnalyserNode on the received track).
+    async with asyncio.timeout(30):
+        while stats["voicePeak"] <= 0:
+            await asyncio.sleep(0.25)
+            stats = await page.evaluate("window.vagent.audioStats()")
+    activities = await page.evaluate("window.vagent.activities")
+    assert ordered(activities, ["connecting", "listening", "thinking", "speaking"]), activities
+
+    # Mute turns the microphone's track off, and on again.
+    mute = page.locator("#mute-button")
+    assert await page.evaluate("window.vagent.micEnabled") is True
+    await mute.click()
+    await expect(mute).to_have_attribute("aria-pressed", "true")
+    assert await page.evaluate("window.vagent.micEnabled") is False
+    await expect(mute).to_have_text("Unmute")
+    await mute.click()
+    await expect(mute).to_have_attribute("aria-pressed", "false")
+    assert await page.evaluate("window.vagent.micEnabled") is True
+    # The microphone picker lists the fake device by name once the microphone is allowed.
+    await expect(page.locator("#mic-select option")).not_to_have_count(1)
 
     # Typed chat in the call, over the data channel.
     await page.get_by_label("Message").fill("and tomorrow?")
@@ -240,7 +314,7 @@ async def test_sign_up_add_an_assistant_call_and_chat(page: Any, stack: Api, tmp
     await page.wait_for_selector("body[data-state='idle']")
     assert await page.locator("#status").inner_text() == "Call ended."
     assert await page.get_by_role("button", name="Call Paris guide").is_enabled()
-    assert await page.get_by_label("Message").is_disabled()
+    assert await page.get_by_label("Message").is_enabled()  # typing goes on without the call
     assert not [p for p in page.problems if "page error" in p], page.problems
     # The hangup reached the server: the session's log records why it ended.
     events = await wait_for(stack.services.bus, session_id,
@@ -249,3 +323,110 @@ async def test_sign_up_add_an_assistant_call_and_chat(page: Any, stack: Api, tmp
     assert ended[0].reason == "hangup"  # type: ignore[attr-defined]
     started = next(e for e in events if e.type == "session.started")
     assert started.assistant_id == guide_id and started.transport == "webrtc"  # type: ignore[attr-defined]
+
+
+def ordered(seen: list[str], wanted: list[str]) -> bool:
+    """Whether `wanted` occurs in `seen` in this order (other states may come between)."""
+    it = iter(seen)
+    return all(any(s == w for s in it) for w in wanted)
+
+
+@pytest.mark.slow
+async def test_without_a_microphone_text_chat_thinks_and_answers(micless: Any, stack: Api,
+                                                                 slow_llm: OpenAIServer) -> None:
+    page = micless
+    await sign_up(page, f"typist{new_id().lower()}@example.com")
+    call = page.locator("#call-button")
+    await expect(call).to_be_disabled()
+    await expect(call).to_contain_text("No microphone")
+    await expect(page.locator("#call-hint")).to_contain_text("You can still type")
+    activity = page.locator("#activity")
+    await expect(activity).to_have_attribute("data-activity", "idle")
+    message = page.get_by_label("Message")
+    assert await message.is_enabled()
+
+    await message.fill("hello there")
+    await page.get_by_role("button", name="Send").click()
+    # The typed line shows at once; the page thinks until the first words of the answer.
+    await page.locator("#log li.user[data-role='typed']", has_text="hello there").wait_for()
+    await page.wait_for_selector("#activity[data-activity='thinking']")
+    await expect(activity).to_contain_text("Thinking")
+    answer = page.locator("#log li.assistant:not(.streaming)", has_text="You said: hello there.")
+    await answer.wait_for()
+    await expect(activity).to_have_attribute("data-activity", "idle")
+    activities = await page.evaluate("window.vagent.activities")
+    assert ordered(activities, ["idle", "thinking", "speaking", "idle"]), activities
+    assert await page.locator("#log li.user").count() == 1  # the server's copy is not shown twice
+    session_id = await page.evaluate("window.vagent.sessionId")
+    assert session_id
+
+    # A tool step: a line in words, no internal name, no empty bubble.
+    await message.fill("please use get_time")
+    await page.get_by_role("button", name="Send").click()
+    await page.locator("#log li.assistant:not(.streaming)", has_text="The tool said:").wait_for()
+    step = page.locator("#log li[data-role='tool']")
+    await expect(step).to_have_count(1)
+    await expect(step).to_have_text("Checked the time")
+    bubbles = await page.locator("#log li.assistant .text").all_inner_texts()
+    assert bubbles and all(b.strip() for b in bubbles), bubbles
+    assert "get_time" not in (await page.locator("#log").inner_text()).replace("please use get_time", "")
+    assert await page.evaluate("window.vagent.sessionId") == session_id  # one conversation
+    assert not [p for p in page.problems if "page error" in p], page.problems
+
+    # The edge recorded a typed session over /ws for it.
+    events = await wait_for(stack.services.bus, session_id,
+                            lambda es: sum(e.type == "assistant.message" for e in es) >= 3, timeout=30)
+    started = next(e for e in events if e.type == "session.started")
+    assert started.transport == "ws" and started.audio_out is None  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+async def test_past_conversations_show_their_transcripts(micless: Any, stack: Api) -> None:
+    page = micless
+    await sign_up(page, f"history{new_id().lower()}@example.com")
+    await expect(page.locator("#history-empty")).to_be_visible()
+    await page.get_by_label("Message").fill("remember the milk")
+    await page.get_by_role("button", name="Send").click()
+    answer = page.locator("#log li.assistant:not(.streaming)", has_text="You said: remember the milk.")
+    await answer.wait_for()
+    session_id = await page.evaluate("window.vagent.sessionId")
+    token = await page.evaluate("sessionStorage.getItem('vagent.access')")
+
+    async def in_read_model() -> bool:
+        r = await stack.client.get(f"/api/v1/sessions/{session_id}/messages",
+                                   headers={"Authorization": f"Bearer {token}"})
+        return r.status_code == 200 and any(m["text"] == "You said: remember the milk."
+                                            for m in r.json()["items"])
+
+    async with asyncio.timeout(30):
+        while not await in_read_model():
+            await asyncio.sleep(0.2)
+    await page.reload()  # a new visit: the conversation is in the list
+    item = page.locator(f"#history-list details[data-session='{session_id}']")
+    await item.wait_for()
+    await expect(item.locator("summary")).to_contain_text("text")
+    await item.locator("summary").click()
+    transcript = item.locator("ol.past")
+    await transcript.locator("li.user", has_text="remember the milk").wait_for()
+    await transcript.locator("li.assistant", has_text="You said: remember the milk.").wait_for()
+    assert not [p for p in page.problems if "page error" in p], page.problems
+
+
+@pytest.mark.slow
+async def test_a_locked_account_says_when_to_try_again(micless: Any, stack: Api) -> None:
+    page = micless
+    email = f"locked{new_id().lower()}@example.com"
+    await stack.user(email)
+    await page.goto("/")
+    await page.wait_for_selector("body[data-state='signed-out']")
+    error = page.locator("#auth-error")
+    for _ in range(3):
+        await page.get_by_label("Email").fill(email)
+        await page.get_by_label("Password").fill("wrong horse 9")
+        await page.get_by_role("button", name="Sign in").click()
+        await expect(error).to_contain_text("password")
+        await page.evaluate("document.getElementById('auth-error').hidden = true")
+    await page.get_by_label("Password").fill("correct horse 9")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(error).to_have_text(
+        "This account is locked after repeated failed logins. Try again in 15 minutes.")

@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from edge.api.endpoint import Call, Endpoint, json_response
+from edge.api.endpoint import Call, Endpoint, QueryParam, json_response
 from edge.api.models import (
     Message,
     MessagePage,
@@ -18,7 +18,11 @@ from edge.api.models import (
     TurnPage,
 )
 from edge.api.pages import PAGE_PARAMS, iso, page, page_rows
-from edge.errors import not_found
+from edge.errors import ApiError, not_found
+
+ORDERS = {"oldest": "user_sessions", "newest": "user_sessions_newest"}
+ORDER_PARAM = QueryParam("order", "`oldest` first (by start) or `newest` first",
+                         {"type": "string", "enum": list(ORDERS), "default": "oldest"})
 
 
 def optional_iso(ns: int | None) -> str | None:
@@ -81,7 +85,11 @@ async def own_session(call: Call) -> dict[str, Any]:
 
 
 async def list_sessions(call: Call) -> Response:
-    items, cursor = await page(call, "user_sessions", "session_id", session_body, user_id=call.user_id)
+    order = call.query_param("order") or "oldest"
+    if order not in ORDERS:
+        raise ApiError(422, "validation_failed", f"order must be one of {', '.join(ORDERS)}",
+                       {"at": "order"})
+    items, cursor = await page(call, ORDERS[order], "session_id", session_body, user_id=call.user_id)
     return json_response(SessionPage(items=items, next_cursor=cursor))
 
 
@@ -105,7 +113,7 @@ async def list_session_turns(call: Call) -> Response:
 
 ENDPOINTS = (
     Endpoint("GET", "/api/v1/sessions", list_sessions, "Your sessions, a page at a time", "sessions",
-             answer=SessionPage, query=PAGE_PARAMS),
+             answer=SessionPage, query=(*PAGE_PARAMS, ORDER_PARAM)),
     Endpoint("GET", "/api/v1/sessions/{session_id}", get_session, "One of your sessions", "sessions",
              answer=Session, errors=(404,)),
     Endpoint("GET", "/api/v1/sessions/{session_id}/messages", list_session_messages,
