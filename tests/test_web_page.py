@@ -253,15 +253,24 @@ async def test_sign_up_add_an_assistant_call_and_chat(page: Any, stack: Api, tmp
     assert await guide.is_checked()
     guide_id = await guide.get_attribute("value")
 
+    # Typed first, over /ws: then the call goes on with the same session.
+    await page.get_by_label("Message").fill("hello before the call")
+    await page.get_by_role("button", name="Send").click()
+    await page.locator("#log li.assistant:not(.streaming)",
+                       has_text="You said: hello before the call.").wait_for()
+    typed_session = await page.evaluate("window.vagent.sessionId")
+
     # Call: the fake microphone asks the question.
     await page.get_by_role("button", name="Call Paris guide").click()
     await page.wait_for_selector("body[data-state='in-call']", timeout=30_000)
+    assert await page.evaluate("window.vagent.sessionId") == typed_session
     assert await page.get_by_role("button", name="Hang up").is_visible()
     transcript = page.locator("#log li.user[data-role='transcript']:not(.partial)")
     await transcript.first.wait_for(timeout=60_000)
     heard = await transcript.first.inner_text()
     assert has_key_words(QUESTION, heard), heard
-    answer = page.locator("#log li.assistant:not(.streaming)", has_text="You said:")
+    answer = page.locator("#log li.assistant:not(.streaming)", has_text="You said:",
+                          has_not_text="before the call")
     await answer.first.wait_for(timeout=30_000)
     said = await answer.first.inner_text()
     assert "You said:" in said and has_key_words(QUESTION, said), said
@@ -319,10 +328,11 @@ async def test_sign_up_add_an_assistant_call_and_chat(page: Any, stack: Api, tmp
     # The hangup reached the server: the session's log records why it ended.
     events = await wait_for(stack.services.bus, session_id,
                             lambda es: any(e.type == "session.ended" for e in es), timeout=10)
-    ended = [e for e in events if e.type == "session.ended"]
-    assert ended[0].reason == "hangup"  # type: ignore[attr-defined]
-    started = next(e for e in events if e.type == "session.started")
-    assert started.assistant_id == guide_id and started.transport == "webrtc"  # type: ignore[attr-defined]
+    ended = [e.reason for e in events if e.type == "session.ended"]  # type: ignore[attr-defined]
+    assert ended == ["replaced", "hangup"], ended  # the typing connection, then the call
+    starts = [(e.transport, e.resumed, e.assistant_id)  # type: ignore[attr-defined]
+              for e in events if e.type == "session.started"]
+    assert starts == [("ws", False, guide_id), ("webrtc", True, guide_id)], starts
 
 
 def ordered(seen: list[str], wanted: list[str]) -> bool:
