@@ -8,7 +8,8 @@ word by word, with `token_delay` seconds between tokens, and records every reque
 When the request offers tools and the user mentions one by name ("use get_time"), it
 streams a call to that tool instead (arguments from `tool_arguments`); after a tool
 result it answers "The tool said: <result>.". `fail_status` / `fail_times` make it
-answer with HTTP errors, `first_token_delay` makes it slow to start.
+answer with HTTP errors, `first_token_delay` makes it slow to start; `streams` says which
+answers were read to their end and which the client broke off.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class OpenAIServer:
         self.small_model = False
         self.requests: list[dict[str, Any]] = []
         self.authorizations: list[str | None] = []  # each request's Authorization header
+        # How each streamed text answer ended: "done", or "aborted" when the client closed
+        # the connection first (an interrupted turn closes its request).
+        self.streams: list[str] = []
         self.app = Starlette(routes=[
             Route("/v1/chat/completions", self.completions, methods=["POST"]),
             Route("/v1/models", self.models),
@@ -133,10 +137,15 @@ class OpenAIServer:
                 yield "data: [DONE]\n\n"
                 return
             yield chunk({"role": "assistant", "content": ""})
-            for token in tokens:
-                if self.token_delay:
-                    await asyncio.sleep(self.token_delay)
-                yield chunk({"content": token})
+            ended = "aborted"
+            try:
+                for token in tokens:
+                    if self.token_delay:
+                        await asyncio.sleep(self.token_delay)
+                    yield chunk({"content": token})
+                ended = "done"
+            finally:
+                self.streams.append(ended)
             yield chunk({}, "stop")
             if (body.get("stream_options") or {}).get("include_usage"):
                 yield "data: " + json.dumps({

@@ -171,8 +171,11 @@ class TtsStopped(SessionEvent, tag="tts.stopped", kw_only=True):
     audio: BlobRef | None = None  # what the listener heard; None in older logs or if not stored
 
 
+InterruptReason = Literal["barge_in", "abort", "new_input", "session_ended"]
+
+
 class TurnInterrupted(SessionEvent, tag="turn.interrupted", kw_only=True):
-    reason: Literal["barge_in", "abort", "new_input"] = "abort"
+    reason: InterruptReason = "abort"
     spoken_text: str | None = None
 
 

@@ -21,6 +21,10 @@
   `interrupted`, holding what was produced); an input stored after it starts the next turn
   and leaves the finished one alone. A new input seen while a turn streams cancels the
   stream early, once the log shows it.
+- A session's end (hang-up, closed socket; not the dialogue's own goodbye) ends its running
+  turn the same way: the stream is cut (its HTTP request closed) once the log shows
+  `session.ended`, and the turn closes as interrupted (`turn.interrupted` reason
+  `session_ended`).
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ from schemas import (
     UserText,
     derived_id,
 )
+from schemas.session import InterruptReason
 from settings.config import Config, ProviderConfig
 from settings.llm import provider_configs
 
@@ -99,11 +104,17 @@ def order_by_turn(entries: list[Entry]) -> list[Entry]:
     return sorted((e for e in entries if e.event is not None), key=key)
 
 
+def hung_up(event: Event) -> bool:
+    """Whether `event` ends a session with nobody left to hear it: every `session.ended` but
+    the dialogue's own after its goodbye (the goodbye is still to be said)."""
+    return isinstance(event, SessionEnded) and event.reason != "user_exit"
+
+
 def ending(entries: list[Entry], turn_id: str) -> Event | None:
     """What ended the turn in the log, if anything did: the first event after its input that
-    is a later input with words (the next turn) or a `turn.interrupted` for this turn (or for
-    whichever is current: `turn_id` None). Only what comes before the turn's closing message
-    matters; the caller looks for that first."""
+    is a later input with words (the next turn), a `turn.interrupted` for this turn (or for
+    whichever is current: `turn_id` None), or the session's end. Only what comes before the
+    turn's closing message matters; the caller looks for that first."""
     opened = False
     for entry in entries:
         event = entry.event
@@ -115,7 +126,16 @@ def ending(entries: list[Entry], turn_id: str) -> Event | None:
             return event
         elif isinstance(event, TurnInterrupted) and event.turn_id in (None, turn_id):
             return event
+        elif hung_up(event):
+            return event
     return None
+
+
+def interrupt_reason(stop: Event) -> InterruptReason:
+    """The `turn.interrupted` reason of what ended a turn (`ending`)."""
+    if isinstance(stop, TurnInterrupted):
+        return stop.reason
+    return "session_ended" if isinstance(stop, SessionEnded) else "new_input"
 
 
 def closed(turn: Sequence[Event | None]) -> bool:
@@ -238,8 +258,8 @@ class Dialogue(Actor):
         self._catalog_expires = 0.0
         # Inputs are seen here as soon as they are stored, while this session's previous
         # event may still be in the handler: that is how a new input interrupts a turn.
-        self._watch = await Watch(self.bus, ("user.text", "transcript.final", "turn.interrupted"),
-                                  self._watched).start()
+        self._watch = await Watch(self.bus, ("user.text", "transcript.final", "turn.interrupted",
+                                             "session.ended"), self._watched).start()
 
     async def teardown(self) -> None:
         await self._watch.stop()
@@ -252,7 +272,8 @@ class Dialogue(Actor):
         if run is None or (run.checking is not None and not run.checking.done()):
             return
         if ((isinstance(event, INPUTS) and event.id != run.turn_id and event.text.strip())
-                or (isinstance(event, TurnInterrupted) and event.turn_id in (None, run.turn_id))):
+                or (isinstance(event, TurnInterrupted) and event.turn_id in (None, run.turn_id))
+                or hung_up(event)):
             run.checking = asyncio.create_task(self._confirm(run))
 
     async def _confirm(self, run: _Run) -> None:
@@ -266,7 +287,7 @@ class Dialogue(Actor):
                 entries, _ = await self.log.load("session", run.session_id)
                 stop = ending(entries, run.turn_id)
                 if stop is not None:
-                    run.interrupt(stop.reason if isinstance(stop, TurnInterrupted) else "new_input")
+                    run.interrupt(interrupt_reason(stop))
                     return
                 if time.monotonic() + delay > deadline:
                     return
@@ -376,9 +397,9 @@ class Dialogue(Actor):
         (`Nats-Expected-Last-Subject-Sequence`): an input stored a moment later comes after
         the answer and starts the next turn. Otherwise the turn closes as interrupted, once:
         an `assistant.message` with what was produced and `interrupted`, and for a new input
-        a `turn.interrupted` (reason `new_input`), stored together, with no condition: what
-        ended the turn is in the log for good. Another writer's append in between (a tts
-        event, a client's) only means reading again.
+        or the session's end a `turn.interrupted` (reason `new_input`, `session_ended`),
+        stored together, with no condition: what ended the turn is in the log for good.
+        Another writer's append in between (a tts event, a client's) only means reading again.
         """
         await run.stored()
         sid, turn_id = run.session_id, run.turn_id
@@ -412,12 +433,13 @@ class Dialogue(Actor):
                 events = [AssistantMessage(
                     id=closing_id(self.name, turn_id), causation_id=ctx.cause.id, session_id=sid,
                     turn_id=turn_id, text=spoken, interrupted=True)]
-                if isinstance(stop, INPUTS):
+                if stop is not None and not isinstance(stop, TurnInterrupted):
                     # A client's or the ASR's turn.interrupted already says why; a new input
-                    # does not.
+                    # or the session's end does not.
                     events.append(TurnInterrupted(
                         id=derived_id(turn_id, f"{self.name}.closing", 1), causation_id=ctx.cause.id,
-                        session_id=sid, turn_id=turn_id, reason="new_input", spoken_text=spoken))
+                        session_id=sid, turn_id=turn_id, reason=interrupt_reason(stop),
+                        spoken_text=spoken))
             # Once the log holds what ended the turn, the closing is decided: what is appended
             # after it cannot change it, so it needs no condition. (Conditional, a flood of
             # inputs would refuse every attempt, each superseded turn of the flood retrying.)
@@ -478,32 +500,37 @@ class Dialogue(Actor):
             return _Outcome(Error(session_id=sid, turn_id=turn_id, code="llm_unavailable",
                                   message=f"no LLM provider answered: {exc}", retryable=True,
                                   source=self.name))
-        await run.stored()
-        splitter = SentenceSplitter(first_clause_chars=settings.first_clause_chars)
-        guard = ToolTextGuard()  # tool calls written as text are never shown or spoken
-        calls: dict[int, dict[str, Any]] = {}
-        usage, model = Usage(), answer.provider.config.model
-        ttft_ms: float | None = None
-        async for chunk in answer.chunks:
-            model = chunk.model or model
-            if chunk.usage:
-                usage = Usage(prompt_tokens=chunk.usage.prompt_tokens,
-                              completion_tokens=chunk.usage.completion_tokens)
-            if not chunk.choices:
-                continue
-            delta = chunk.choices[0].delta
-            if ttft_ms is None and (delta.content or delta.tool_calls):
-                # A tool call is the model's first token too: a tool turn's first step has
-                # no text, and its later steps start only after the tools answered.
-                ttft_ms = (time.perf_counter() - started) * 1000
-            for call in delta.tool_calls or []:
-                slot = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
-                slot["id"] = call.id or slot["id"]
-                if call.function:
-                    slot["name"] += call.function.name or ""
-                    slot["arguments"] += call.function.arguments or ""
-            if delta.content:
-                await self._show(ctx, run, splitter, guard.feed(delta.content), started)
+        # Closed however the step ends: a turn cut short (a new input, the session's end)
+        # aborts its request instead of leaving the model generating for nobody.
+        try:
+            await run.stored()
+            splitter = SentenceSplitter(first_clause_chars=settings.first_clause_chars)
+            guard = ToolTextGuard()  # tool calls written as text are never shown or spoken
+            calls: dict[int, dict[str, Any]] = {}
+            usage, model = Usage(), answer.provider.config.model
+            ttft_ms: float | None = None
+            async for chunk in answer.chunks:
+                model = chunk.model or model
+                if chunk.usage:
+                    usage = Usage(prompt_tokens=chunk.usage.prompt_tokens,
+                                  completion_tokens=chunk.usage.completion_tokens)
+                if not chunk.choices:
+                    continue
+                delta = chunk.choices[0].delta
+                if ttft_ms is None and (delta.content or delta.tool_calls):
+                    # A tool call is the model's first token too: a tool turn's first step has
+                    # no text, and its later steps start only after the tools answered.
+                    ttft_ms = (time.perf_counter() - started) * 1000
+                for call in delta.tool_calls or []:
+                    slot = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
+                    slot["id"] = call.id or slot["id"]
+                    if call.function:
+                        slot["name"] += call.function.name or ""
+                        slot["arguments"] += call.function.arguments or ""
+                if delta.content:
+                    await self._show(ctx, run, splitter, guard.feed(delta.content), started)
+        finally:
+            await answer.close()
         await self._show(ctx, run, splitter, guard.finish(), started)
         text = "".join(run.parts)
         found = [ToolCallRef(call_id=c["id"], name=c["name"], arguments=c["arguments"] or "{}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,10 +94,17 @@ class ProviderFailed(Exception):
 
 @dataclass
 class Answer:
-    """An open stream from the provider that answered."""
+    """An open stream from the provider that answered; `close()` it once done with it."""
 
     provider: Provider
-    chunks: AsyncIterator[ChatCompletionChunk]
+    chunks: AsyncGenerator[ChatCompletionChunk, None]
+    stream: AsyncStream[ChatCompletionChunk]
+
+    async def close(self) -> None:
+        """End the HTTP request, read to its end or not (also before the first chunk was
+        taken, when `chunks` never started and so cannot close it itself)."""
+        await self.chunks.aclose()
+        await self.stream.close()
 
 
 _FAILURES = (openai.APIError, TimeoutError)
@@ -159,7 +166,7 @@ class ProviderChain:
                 provider.breaker.failure()
                 reasons.append(f"{provider.name} ({provider.config.base_url}): {describe(exc)}")
                 continue
-            return Answer(provider, self._rest(provider, *started))
+            return Answer(provider, self._rest(provider, *started), started[1])
         raise ProviderFailed(reasons)
 
     async def _start(self, provider: Provider, messages: list[dict[str, Any]],
@@ -225,7 +232,7 @@ class ProviderChain:
         raise AssertionError("unreachable")
 
     async def _rest(self, provider: Provider, head: list[ChatCompletionChunk],
-                    stream: AsyncStream[ChatCompletionChunk]) -> AsyncIterator[ChatCompletionChunk]:
+                    stream: AsyncStream[ChatCompletionChunk]) -> AsyncGenerator[ChatCompletionChunk, None]:
         for chunk in head:
             yield chunk
         try:

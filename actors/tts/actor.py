@@ -6,7 +6,8 @@
   spoken in log order; the turn's final `assistant.message` ends it once all is said.
 - A `turn.interrupted` (barge-in, abort, new input) is watched on core NATS, so it is
   seen while this session's durable queue still waits: the sound stops within a frame,
-  queued sentences of that turn drop, and later ones are ignored.
+  queued sentences of that turn drop, and later ones are ignored. So does the session's
+  end (a hang-up), for every turn begun before it.
 - Repeated sentences come from a bounded cache instead of the synthesizer.
 - Bounded work per input: control characters are dropped, a turn says at most
   `[tts] max_turn_chars` characters (the rest is dropped, with an `error`
@@ -76,10 +77,10 @@ class Tts(Actor):
     async def _watched(self, event: Event) -> None:
         if isinstance(event, TurnInterrupted):
             self._speaker(event.session_id).interrupt(event.turn_id, event.id, event.ts)
-        elif (isinstance(event, SessionEnded) and event.session_id in self.speakers
-              and event.reason != "user_exit"):  # the dialogue's goodbye is still to be said
-            # Nobody is listening any more: stop what is playing or queued (hang-up mid-answer).
-            self.speakers[event.session_id].interrupt(None, event.id, event.ts)
+        elif isinstance(event, SessionEnded) and event.reason != "user_exit":
+            # Nobody is listening any more (the dialogue's goodbye, user_exit, is still to be
+            # said): stop what is playing or queued, and what the answer still streams.
+            self._speaker(event.session_id).hang_up(event.id, event.ts)
 
     async def handle(self, event: Event, ctx: Context) -> None:
         if isinstance(event, AssistantSentence):

@@ -37,6 +37,7 @@ from schemas import (
     TtsStopped,
     derived_id,
 )
+from schemas.ids import id_time_ms
 
 log = logging.getLogger("vagent.tts")
 
@@ -48,6 +49,15 @@ STORE_TIMEOUT = 5.0  # seconds to store a turn's recording before tts.stopped go
 # cause may be a later sentence, the interruption or the final message); ctx.emit inside
 # handle() uses 0, 1, …
 STARTED, SENTENCE, STOPPED, FAILED = 10, 11, 12, 13
+
+
+def opened_ns(turn_id: str, ts: int) -> int:
+    """When a turn began: its name is its input's id, a ULID, which holds the time it was made
+    (ms). `ts`, a sentence's own time, for a turn named otherwise."""
+    try:
+        return id_time_ms(turn_id) * 1_000_000 if len(turn_id) == 26 else ts
+    except ValueError:
+        return ts
 
 
 @dataclass(eq=False)
@@ -121,6 +131,7 @@ class Speaker:
         self.closed: deque[str] = deque(maxlen=64)  # turns done or interrupted: late sentences drop
         self.clipped: deque[str] = deque(maxlen=64)  # turns that reached the limit per turn
         self.abort_ts = 0  # an interruption naming no turn drops every sentence older than it
+        self.ended_ts = 0  # the session's end: turns opened before it are never spoken
         self._encode_pool = encode_pool
         self._task: asyncio.Task[None] | None = None
 
@@ -129,7 +140,7 @@ class Speaker:
         return self._task is None or self._task.done()
 
     def accepts(self, turn_id: str, ts: int) -> bool:
-        if turn_id in self.closed or ts < self.abort_ts:
+        if turn_id in self.closed or ts < self.abort_ts or opened_ns(turn_id, ts) <= self.ended_ts:
             return False
         turn = self._turn(turn_id)
         return turn is None or turn.open
@@ -176,6 +187,13 @@ class Speaker:
         for turn in self.turns:
             if turn_id is None or turn.turn_id == turn_id:
                 turn.halt(cause_id)
+
+    def hang_up(self, cause_id: str, ts: int) -> None:
+        """The session ended with nobody left to listen: stop what plays, and speak nothing of
+        a turn that began before (its answer may still be streaming); a turn begun after it,
+        in the session resumed, is spoken."""
+        self.ended_ts = max(self.ended_ts, ts)
+        self.interrupt(None, cause_id, ts)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Stop speaking (tts.stopped is still recorded) and store what is pending."""
