@@ -67,7 +67,7 @@ class Turns(Folded):
             answer_ts BIGINT,                 -- the final assistant.message (not a tool-call step)
             tts_stopped_ts BIGINT,
             interrupted BOOLEAN NOT NULL,
-            interrupt_reason VARCHAR,         -- barge_in | abort | new_input
+            interrupt_reason VARCHAR,         -- barge_in | abort | new_input | session_ended
             answer_text VARCHAR,
             provider VARCHAR,
             model VARCHAR,

@@ -247,7 +247,7 @@ class Turn(msgspec.Struct):
     input_text: str
     answer_text: str | None
     interrupted: bool
-    interrupt_reason: str | None  # barge_in | abort | new_input
+    interrupt_reason: str | None  # barge_in | abort | new_input | session_ended
     provider: str | None
     model: str | None
     prompt_tokens: int
