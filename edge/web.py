@@ -2,8 +2,8 @@
 
 `/` serves `index.html`; its assets live under `/static/`. Only these two paths are
 taken, so the page never shadows `/api`, `/ws`, `/xiaozhi`, `/webrtc`, `/healthz` or
-`/readyz`. The page talks to the REST API for accounts and assistants and to
-`POST /webrtc/offer` for calls."""
+`/readyz`. The page talks to the REST API for accounts, assistants and past sessions, to
+`/ws` for typed conversations and to `POST /webrtc/offer` for calls."""
 
 from __future__ import annotations
 

@@ -44,6 +44,7 @@ CHROMIUM = os.environ.get("VAGENT_CHROMIUM", "/usr/bin/chromium")
 QUESTION = "weather_paris"
 # Where the screenshot of the call is also kept, outside pytest's rotating tmp dirs.
 SCREENSHOT = Path(tempfile.gettempdir()) / "vagent-web-page.png"
+TEXT_SCREENSHOT = Path(tempfile.gettempdir()) / "vagent-web-page-text.png"
 BASE_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -382,6 +383,8 @@ async def test_without_a_microphone_text_chat_thinks_and_answers(micless: Any, s
     assert "get_time" not in (await page.locator("#log").inner_text()).replace("please use get_time", "")
     assert await page.evaluate("window.vagent.sessionId") == session_id  # one conversation
     assert not [p for p in page.problems if "page error" in p], page.problems
+    await page.screenshot(path=str(TEXT_SCREENSHOT), full_page=True)
+    print(f"\nscreenshot of a typed conversation: {TEXT_SCREENSHOT}")
 
     # The edge recorded a typed session over /ws for it.
     events = await wait_for(stack.services.bus, session_id,

@@ -254,7 +254,7 @@ function onChat(event) {
 }
 
 history.namesFrom(() => new Map(assistants.map((a) => [a.assistant_id, a.name])));
-talk.whenEnded(() => { if (tokens.access) history.refresh(); });
+talk.whenSessionsChange(() => { if (tokens.access) history.refresh(); });
 
 el.authForm.addEventListener("submit", onAuthSubmit);
 el.authSwitch.addEventListener("click", () => { setMode(!registering); el.email.focus(); });

@@ -80,7 +80,14 @@ async function load(more) {
   try {
     const page = await request("GET", `${API}/sessions${query}`);
     const items = page.items.map(item);
-    if (more) el.list.append(...items); else el.list.replaceChildren(...items);
+    if (more) {
+      el.list.append(...items);
+    } else {
+      // what the reader had open stays open
+      const open = new Set([...el.list.querySelectorAll("details[open]")].map((d) => d.dataset.session));
+      el.list.replaceChildren(...items);
+      for (const d of el.list.querySelectorAll("details")) if (open.has(d.dataset.session)) d.open = true;
+    }
     cursor = page.next_cursor;
   } catch (err) {
     el.error.textContent = "Could not load your conversations: " + describe(err);

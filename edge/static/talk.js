@@ -35,20 +35,26 @@ function fresh(assistant) {
     waiting: new Set(), // inputs (their ids name their turns) not answered yet
     heard: false, watchdog: 0, // speech ended, its transcript not in yet
     answering: false, audio: false, events: [],
+    listed: false, // the session is in the history list (once it has an answer)
   };
 }
 let conv = fresh(null);
 const activities = []; // every state the page showed, in order (for the page's tests)
-let ended = () => {}; // told when a session of this page ended (the history refreshes)
+let sessionsChanged = () => {}; // a session of this page got its first answer or ended: the history refreshes
 
-export function whenEnded(handler) { ended = handler; }
+export function whenSessionsChange(handler) { sessionsChanged = handler; }
 
 function notice(text, kind = "error") {
   el.notice.textContent = text || "";
   el.notice.className = "notice" + (kind === "info" ? " info" : "");
   el.notice.hidden = !text;
 }
-export const status = (text) => { el.status.textContent = text; };
+// The status line; `idle` ones are said again when it turns out whether a call is possible.
+let idleStatus = null;
+function status(text, idle = null) {
+  el.status.textContent = text;
+  idleStatus = idle;
+}
 
 // ---------------------------------------------------------------- what the page shows
 
@@ -101,6 +107,7 @@ export async function refreshDevices() {
   await media.refreshDevices();
   media.fillPicker(el.micSelect, media.devices.inputs, media.chosenMic(), "microphone");
   media.fillPicker(el.speakerSelect, media.devices.outputs, media.chosenSpeaker(), "speaker");
+  if (idleStatus) idleStatus();
   render();
 }
 
@@ -265,6 +272,10 @@ function onEvent(link, raw) {
       conv.answering = false;
       // a step that asked for tools: the turn goes on when they answer
       if (!(m.tool_calls && m.tool_calls.length) || m.interrupted) answered(m.turn_id);
+      if (m.text && !conv.listed && conv.waiting.size === 0) {
+        conv.listed = true;
+        setTimeout(() => sessionsChanged(), 1000); // the read model follows the log within moments
+      }
       break;
     case "tool.call":
       toolStep(m, 0);
@@ -347,6 +358,7 @@ function connectText(link, sessionId) {
 function began(link, session) {
   const previous = conv.sessionId;
   conv.sessionId = session.session_id;
+  if (previous !== session.session_id) conv.listed = false;
   if (previous && previous !== session.session_id && el.log.childElementCount) {
     line(el.log, "note", "New conversation").dataset.role = "divider";
   }
@@ -363,8 +375,13 @@ function openText() {
     let resume = conv.sessionId;
     for (let tries = 0; ; tries++) {
       try {
-        began(link, await connectText(link, resume));
-        status(`Talking with ${conv.assistant.name}. Call to talk by voice.`);
+        const session = await connectText(link, resume);
+        if (!link.attached) { // a call took over while this connected
+          close(link);
+          throw new ApiError(0, "ended", "A call took over the conversation.");
+        }
+        began(link, session);
+        talking();
         render();
         return link;
       } catch (err) {
@@ -453,7 +470,13 @@ async function offer(pc, resume) {
 export async function startCall() {
   if (!conv.assistant || inCall() || !media.micStatus().ok) return;
   notice("");
-  const typing = conv.link; // a text connection keeps showing events until the call replaces it
+  // an open text connection keeps showing events until the call replaces it; one still
+  // connecting is dropped
+  let typing = conv.link;
+  if (typing && !typing.open) {
+    finish(typing, { send: false });
+    typing = null;
+  }
   const link = { kind: "call", open: false, attached: true, pc: null, dc: null, stream: null,
                  muted: false, meter: null, viz: null, timer: 0 };
   let opened;
@@ -623,7 +646,7 @@ function finish(link, { send, why, back = null }) {
     status(`Conversation ended (${why.replace(/_/g, " ")}). Send a message to start again.`);
   }
   render();
-  if (wasOpen) ended();
+  if (wasOpen) sessionsChanged();
 }
 
 // The connection went away without anyone asking: say so; the next message reconnects.
@@ -653,7 +676,13 @@ export function leave() {
 
 function ready() {
   const a = conv.assistant;
-  status(a ? `Type a message to ${a.name}, or call.` : "Add an assistant to talk to it.");
+  const call = media.micStatus().ok ? ", or call" : "";
+  status(a ? `Type a message to ${a.name}${call}.` : "Add an assistant to talk to it.", ready);
+}
+
+function talking() {
+  const call = media.micStatus().ok ? " Press Call to talk by voice." : "";
+  status(`Talking with ${conv.assistant.name}.${call}`, talking);
 }
 
 /** Talk to `assistant` from now on (null: nobody); another one starts a new conversation. */
