@@ -165,6 +165,7 @@ def say(text: str, session: Annotated[str, typer.Option("--session", "-s", help=
     """Send TEXT as the user of a session and print the streamed answer."""
     from cli.say import SayError
     from cli.say import say as run_say
+    from hosting.logs import console
     from schemas import check_token
 
     try:
@@ -175,7 +176,8 @@ def say(text: str, session: Annotated[str, typer.Option("--session", "-s", help=
     try:
         run(with_bus(nats, lambda bus: run_say(bus, session, text, timeout=timeout)))
     except SayError as exc:
-        typer.secho(f"\nerror: {exc}", fg="red", err=True)
+        console.end_line()  # the answer's line, if one was begun
+        typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
 
 

@@ -11,6 +11,7 @@ from bus.errors import ConflictError
 from bus.log import last_sequence
 from bus.streams import STREAM_BY_AGGREGATE
 from bus.subjects import aggregate_events, session_all
+from hosting.logs import console
 from schemas import (
     AssistantDelta,
     AssistantMessage,
@@ -46,20 +47,20 @@ def _dim(text: str) -> str:
 
 
 def print_tools(event: Event) -> None:
-    """Tool activity, shown dimmed between the streamed words."""
+    """Tool activity, shown dimmed on lines of its own between the streamed words."""
     if isinstance(event, ToolCall):
-        sys.stdout.write(_dim(f"[tool {event.name}({event.arguments})]") + "\n")
+        console.line(_dim(f"[tool {event.name}({event.arguments})]"))
     elif isinstance(event, ToolResult):
         mark = "error" if event.is_error else "result"
-        sys.stdout.write(_dim(f"[{mark} {event.name}: {event.content[:200]}]") + "\n")
-    sys.stdout.flush()
+        console.line(_dim(f"[{mark} {event.name}: {event.content[:200]}]"))
 
 
 async def say(bus: Bus, session_id: str, text: str, *, timeout: float = 120.0,
               on_tool: Callable[[Event], None] | None = None,
               transport: str = "cli") -> AssistantMessage:
-    """Publish `user.text`, stream the answer to stdout, return the turn's final message
-    (the first `assistant.message` of the turn without tool calls)."""
+    """Publish `user.text`, stream the answer to stdout (through the console, so that log
+    lines stay off its line), return the turn's final message (the first
+    `assistant.message` of the turn without tool calls)."""
     await start_session_if_new(bus, session_id, transport)
     user_text = UserText(session_id=session_id, text=text, source="cli")
     done: asyncio.Future[AssistantMessage] = asyncio.get_running_loop().create_future()
@@ -75,8 +76,7 @@ async def say(bus: Bus, session_id: str, text: str, *, timeout: float = 120.0,
             return
         if isinstance(event, AssistantDelta):
             streamed = True
-            sys.stdout.write(event.text)
-            sys.stdout.flush()
+            console.write(event.text)
         elif isinstance(event, ToolCall | ToolResult) and on_tool:
             on_tool(event)
         elif isinstance(event, AssistantMessage) and not event.tool_calls:
@@ -99,7 +99,6 @@ async def say(bus: Bus, session_id: str, text: str, *, timeout: float = 120.0,
     finally:
         await sub.stop()
     if not streamed:
-        sys.stdout.write(message.text)
-    sys.stdout.write("\n")
-    sys.stdout.flush()
+        console.write(message.text)
+    console.end_line()
     return message
