@@ -206,8 +206,7 @@ class ConsumerRunner:
     async def _failed(self, msg: Msg, event: Event, delivery: Delivery, exc: Exception,
                       started: float) -> None:
         self.failed += 1
-        fields = self._fields(event, delivery, started, "error")
-        fields["error"] = repr(exc)
+        fields = self._fields(event, delivery, started, "error")  # the log line adds why (exc_info)
         try:
             if delivery.num_delivered >= self.spec.max_deliver:
                 await self._term(msg, f"failed {delivery.num_delivered} times: {exc!r}")

@@ -18,7 +18,7 @@ import msgspec
 
 from bus.client import Bus
 from cli.assistant_options import invalid
-from cli.display import shorten, table, when
+from cli.display import Column, minute, named, shorten, table, when
 from domain.accounts import Accounts, UserState, normalize_email
 from domain.assistants import Assistants
 from domain.errors import NotFound
@@ -98,7 +98,7 @@ def lock_text(locked: bool, until: int | None, reason: str | None) -> str:
 # --- users ------------------------------------------------------------------------------------
 
 
-async def list_users(admin: Admin, as_json: bool) -> None:
+async def list_users(admin: Admin, as_json: bool, wide: bool = False) -> None:
     users = await rows(admin, "users")
     if as_json:
         print_json(users)
@@ -106,10 +106,13 @@ async def list_users(admin: Admin, as_json: bool) -> None:
     if not users:
         print("no users yet")
         return
-    print(table(["user", "email", "name", "verified", "locked", "default assistant", "created"],
+    names = await assistant_names(admin)
+    print(table([Column("user", 10, id=True), Column("email", 14), Column("name", 10), "verified",
+                 Column("locked", 8), Column("default assistant", 10), "created"],
                 [[u["user_id"], u["email"], u["display_name"], "yes" if u["email_verified"] else "no",
-                  lock_text(u["locked"], u["locked_until"], u["lock_reason"]), u["default_assistant_id"],
-                  when(u["created_ts"])] for u in users]))
+                  lock_text(u["locked"], u["locked_until"], u["lock_reason"]),
+                  named(names.get(u["default_assistant_id"]), u["default_assistant_id"], wide),
+                  minute(u["created_ts"])] for u in users], wide=wide))
 
 
 async def create_user(admin: Admin, email: str, password: str, display_name: str | None,
@@ -168,6 +171,11 @@ async def _emails(admin: Admin) -> dict[str, str]:
     return {u["user_id"]: u["email"] for u in await rows(admin, "users")}
 
 
+async def assistant_names(admin: Admin) -> dict[str, str]:
+    """Assistant id → name, for the columns that name one."""
+    return {a["assistant_id"]: a["name"] for a in await rows(admin, "all_assistants")}
+
+
 class _Listing(NamedTuple):
     found: list[dict[str, Any]]
     emails: dict[str, str]  # owner id → email, for the owner column
@@ -190,15 +198,16 @@ async def _listing(admin: Admin, who: str | None, what: str, owner_key: str,
     return _Listing(found, emails)
 
 
-async def list_assistants(admin: Admin, who: str | None, as_json: bool) -> None:
+async def list_assistants(admin: Admin, who: str | None, as_json: bool, wide: bool = False) -> None:
     listing = await _listing(admin, who, "assistants", "owner_id", as_json)
     if listing is None:
         return
     found, emails = listing
-    print(table(["assistant", "owner", "name", "persona", "llm", "asr", "tts", "tools", "updated"],
+    print(table([Column("assistant", 10, id=True), Column("owner", 12), Column("name", 10),
+                 Column("persona", 10), Column("llm/asr/tts", 14), Column("tools", 8), "updated"],
                 [[a["assistant_id"], emails.get(a["owner_id"], a["owner_id"]) or "(system)",
-                  a["name"], shorten(a["persona"], 32), a["llm"], a["asr"], a["tts"],
-                  ",".join(a["tools"] or []), when(a["updated_ts"])] for a in found]))
+                  a["name"], shorten(a["persona"], 200 if wide else 32), f"{a['llm']}/{a['asr']}/{a['tts']}",
+                  ",".join(a["tools"] or []), minute(a["updated_ts"])] for a in found], wide=wide))
 
 
 async def create_assistant(admin: Admin, who: str, settings: dict[str, Any], as_json: bool) -> None:
@@ -219,11 +228,14 @@ async def create_assistant(admin: Admin, who: str, settings: dict[str, Any], as_
 # --- devices ----------------------------------------------------------------------------------
 
 
-async def list_devices(admin: Admin, who: str | None, as_json: bool) -> None:
+async def list_devices(admin: Admin, who: str | None, as_json: bool, wide: bool = False) -> None:
     listing = await _listing(admin, who, "devices", "user_id", as_json)
     if listing is None:
         return
     found, emails = listing
-    print(table(["device", "owner", "assistant", "name", "bound"],
-                [[d["device_id"], emails.get(d["user_id"], d["user_id"]), d["assistant_id"], d["name"],
-                  when(d["bound_ts"])] for d in found]))
+    names = await assistant_names(admin)
+    print(table([Column("device", 12, id=True), Column("owner", 14), Column("assistant", 10),
+                 Column("name", 10), "bound"],
+                [[d["device_id"], emails.get(d["user_id"], d["user_id"]),
+                  named(names.get(d["assistant_id"]), d["assistant_id"], wide), d["name"],
+                  minute(d["bound_ts"])] for d in found], wide=wide))

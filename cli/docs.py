@@ -25,7 +25,7 @@ from bus.client import Bus, Message
 from bus.log import last_event
 from bus.subjects import aggregate_events
 from cli.accounts import Admin, AdminError, accounts, resolve_user, rows
-from cli.display import shorten, table, when
+from cli.display import Column, minute, shorten, table
 from domain.documents import Documents
 from domain.errors import DomainError
 from projections.client import QueryError, run_query
@@ -237,7 +237,7 @@ def _apply(item: Added, event: Any, report: Reporter) -> None:
 # --- list, search, delete ---------------------------------------------------------------------
 
 
-async def list_documents(admin: Admin, who: str | None, as_json: bool) -> None:
+async def list_documents(admin: Admin, who: str | None, as_json: bool, wide: bool = False) -> None:
     owner_id, owner_name = await owner_of(admin, who)
     found = await rows(admin, "documents", owner_id=owner_id)
     if as_json:
@@ -246,10 +246,11 @@ async def list_documents(admin: Admin, who: str | None, as_json: bool) -> None:
     if not found:
         print(f"{owner_name} has no documents")
         return
-    print(table(["document", "title", "file", "size", "status", "chunks", "uploaded"],
-                [[d["document_id"], shorten(d["title"], 32), shorten(d["filename"], 32),
-                  size_text(d["size"]), d["status"] + (f" ({shorten(d['error'], 40)})" if d["error"] else ""),
-                  d["chunks"], when(d["uploaded_ts"])] for d in found]))
+    print(table([Column("document", 10, id=True), Column("title", 14), Column("file", 12), "size",
+                 Column("status", 12), "chunks", "uploaded"],
+                [[d["document_id"], d["title"], d["filename"], size_text(d["size"]),
+                  d["status"] + (f" ({d['error']})" if d["error"] else ""),
+                  d["chunks"], minute(d["uploaded_ts"])] for d in found], wide=wide))
 
 
 async def search_documents(admin: Admin, query: str, who: str | None, assistant_id: str | None,

@@ -50,6 +50,8 @@ NatsOpt = Annotated[str | None, typer.Option("--nats", envvar="VAGENT_NATS_URL",
 
 DataOpt = Annotated[Path | None, typer.Option("--data-dir", envvar="VAGENT_DATA_DIR",
                                               help="Where the embedded server and read models keep data.")]
+WideOpt = Annotated[bool, typer.Option("--wide", help="Whole ids and texts, however wide (default: "
+                                                      "fit 100 columns).")]
 T = TypeVar("T")
 
 
@@ -222,13 +224,13 @@ def sessions(nats: NatsOpt = None, data_dir: DataOpt = None,
                  ] = None,
              limit: Annotated[int, typer.Option(help="Newest sessions to list.")] = 50,
              as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")
-                                ] = False) -> None:
+                                ] = False, wide: WideOpt = False) -> None:
     """Sessions from the read model: when, owner, assistant, turns, median latency, end."""
     from cli.sessions import list_sessions
 
     try:
         run(list_sessions(nats, resolve_data_dir(data_dir), user=user, assistant=assistant,
-                          since=since, limit=limit, as_json=as_json), log_level="WARNING")
+                          since=since, limit=limit, as_json=as_json, wide=wide), log_level="WARNING")
     except ValueError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
@@ -239,13 +241,13 @@ SidArg = Annotated[str, typer.Argument(metavar="SID", help="The session id.")]
 
 @session_app.command("show")
 def session_show(session_id: SidArg, nats: NatsOpt = None,
-                 as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False
-                 ) -> None:
+                 as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+                 wide: WideOpt = False) -> None:
     """A session's timeline from its log, with per-stage latency bars, tool calls,
     interruptions and errors."""
     from cli.sessions import show_session
 
-    run(with_bus(nats, lambda bus: show_session(bus, session_id, as_json)), log_level="WARNING")
+    run(with_bus(nats, lambda bus: show_session(bus, session_id, as_json, wide)), log_level="WARNING")
 
 
 @session_app.command("export")
@@ -383,11 +385,12 @@ def admin(nats: str | None, data_dir: Path | None, fn: Callable[[Admin], Awaitab
 
 
 @users_app.command("list")
-def users_list(nats: NatsOpt = None, data_dir: DataOpt = None, as_json: JsonOpt = False) -> None:
+def users_list(nats: NatsOpt = None, data_dir: DataOpt = None, as_json: JsonOpt = False,
+               wide: WideOpt = False) -> None:
     """Every account (from the read model)."""
     from cli.accounts import list_users
 
-    admin(nats, data_dir, lambda a: list_users(a, as_json))
+    admin(nats, data_dir, lambda a: list_users(a, as_json, wide))
 
 
 @users_app.command("create")
@@ -438,11 +441,11 @@ def users_unlock(who: WhoArg, nats: NatsOpt = None, data_dir: DataOpt = None,
 
 @assistants_app.command("list")
 def assistants_list(user: UserOpt = None, nats: NatsOpt = None, data_dir: DataOpt = None,
-                    as_json: JsonOpt = False) -> None:
+                    as_json: JsonOpt = False, wide: WideOpt = False) -> None:
     """Every assistant, or one user's."""
     from cli.accounts import list_assistants
 
-    admin(nats, data_dir, lambda a: list_assistants(a, user, as_json))
+    admin(nats, data_dir, lambda a: list_assistants(a, user, as_json, wide))
 
 
 @assistants_app.command("create")
@@ -462,11 +465,11 @@ def assistants_create(
 
 @devices_app.command("list")
 def devices_list(user: UserOpt = None, nats: NatsOpt = None, data_dir: DataOpt = None,
-                 as_json: JsonOpt = False) -> None:
+                 as_json: JsonOpt = False, wide: WideOpt = False) -> None:
     """Every bound device, or one user's."""
     from cli.accounts import list_devices
 
-    admin(nats, data_dir, lambda a: list_devices(a, user, as_json))
+    admin(nats, data_dir, lambda a: list_devices(a, user, as_json, wide))
 
 
 DocsUserOpt = Annotated[str | None, typer.Option(
@@ -494,11 +497,11 @@ def docs_add(
 
 @docs_app.command("list")
 def docs_list(user: DocsUserOpt = None, nats: NatsOpt = None, data_dir: DataOpt = None,
-              as_json: JsonOpt = False) -> None:
+              as_json: JsonOpt = False, wide: WideOpt = False) -> None:
     """A user's documents (or the system's) with their indexing status."""
     from cli.docs import list_documents
 
-    admin(nats, data_dir, lambda a: list_documents(a, user, as_json))
+    admin(nats, data_dir, lambda a: list_documents(a, user, as_json, wide))
 
 
 @docs_app.command("search")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import textwrap
 
+from cli.display import ms
 from replay.engine import Report
 
 WIDTH = 44
@@ -51,8 +52,8 @@ def print_report(report: Report, as_json: bool) -> None:
             if "complete" in name:
                 continue
             was, now = o.latency_ms.get(name), r.latency_ms.get(name)
-            delta = f"  ({now - was:+,.0f} ms)" if was is not None and now is not None else ""
-            print(f"    {name:<30}{_ms(was):>10}  →  {_ms(now):>10}{delta}")
+            delta = f"  ({now - was:+.0f} ms)" if was is not None and now is not None else ""
+            print(f"    {name:<30}{ms(was):>10}  →  {ms(now):>10}{delta}")
         if diff.note:
             print(f"  note: {diff.note}")
     same_answers = sum(1 for d in report.turns if d.same_answer)
@@ -60,7 +61,3 @@ def print_report(report: Report, as_json: bool) -> None:
     transcripts = sum(1 for d in heard if d.same_transcript)
     print(f"\n{len(report.turns)} turns: {same_answers} answers the same"
           + (f", {transcripts}/{len(heard)} transcripts the same" if heard else ""))
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f} ms"

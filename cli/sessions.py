@@ -16,7 +16,7 @@ from typing import Any
 
 from bus.client import Bus
 from bus.errors import BusError
-from cli.display import clock, shorten, table, when
+from cli.display import Column, clock, fit, minute, ms, named, rounded, shorten, table, when
 from projections.bulk import Row
 from projections.client import QueryError, run_query
 from replay.log import fold_turns, session_log, stages
@@ -57,12 +57,8 @@ def parse_since(text: str | None, now: float | None = None) -> int | None:
                          ) from None
 
 
-def ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f} ms"
-
-
 async def list_sessions(nats: str | None, data_dir: Path, *, user: str | None, assistant: str | None,
-                        since: str | None, limit: int, as_json: bool) -> None:
+                        since: str | None, limit: int, as_json: bool, wide: bool = False) -> None:
     params = {"user": user, "assistant_id": assistant, "since": parse_since(since), "limit": limit}
     try:
         bus: Bus | None = await Bus.connect(nats, name="vagent-cli", timeout=2)
@@ -88,18 +84,21 @@ async def list_sessions(nats: str | None, data_dir: Path, *, user: str | None, a
         if r["p50_first_audio_ms"] is not None:
             return ms(r["p50_first_audio_ms"])
         if r["p50_first_sentence_ms"] is not None:
-            return ms(r["p50_first_sentence_ms"]) + " (text)"
+            return ms(r["p50_first_sentence_ms"]) + "*"
         return "-"
 
+    # The last answer's words only where there is room for them.
     print(table(
-        ["session", "started", "owner", "assistant", "transport", "turns", "p50 → first audio", "end",
-         "last answer"],
-        [[r["session_id"], when(r["started_ts"] or r["first_event_ts"]),
-          r["email"] or r["user_id"] or "-", r["assistant_id"] or "default", r["transport"] or "-",
-          r["turns"], latency(r), (r["end_reason"] or "ended") if r["ended_ts"] else "open",
-          shorten(r["last_assistant_text"], 40)] for r in records]))
-    print("p50 → first audio: median time from the end of the user's speech (or the typed "
-          "input's turn start) to the answer's first audio; (text): to its first sentence")
+        [Column("session", 12, id=True), "started", Column("owner", 12), Column("assistant", 10),
+         "via", "turns", "p50 audio", Column("end", 9), *(["last answer"] if wide else [])],
+        [[r["session_id"], minute(r["started_ts"] or r["first_event_ts"]),
+          r["email"] or r["user_id"] or "-",
+          named(r["assistant_name"], r["assistant_id"], wide) if r["assistant_id"] else "default",
+          r["transport"] or "-", r["turns"], latency(r),
+          (r["end_reason"] or "ended") if r["ended_ts"] else "open",
+          *([shorten(r["last_assistant_text"], 60)] if wide else [])] for r in records], wide=wide))
+    print(fit("p50 audio: median time from the end of the user's speech (or a typed input's turn "
+              "start) to the answer's first audio; *: to its first sentence (no audio)", wide))
 
 
 # --- one session ------------------------------------------------------------------------
@@ -113,7 +112,8 @@ def bar(value: float, scale: float, width: int = 24) -> str:
 
 
 def summary(event: Event) -> str:
-    fields = {k: v for k, v in to_builtins(event).items() if k not in _ENVELOPE and v not in (None, [], {})}
+    fields = rounded({k: v for k, v in to_builtins(event).items()
+                      if k not in _ENVELOPE and v not in (None, [], {})})
     for noisy in ("input_id", "speech_started_ts", "speech_stopped_ts"):
         fields.pop(noisy, None)
     if isinstance(fields.get("audio"), dict):
@@ -135,7 +135,32 @@ def _turn_number(turns: list[Row]) -> dict[str, int]:
     return {t["turn_id"]: n for n, t in enumerate(turns, start=1)}
 
 
-async def show_session(bus: Bus, session_id: str, as_json: bool) -> None:
+async def _lookup(bus: Bus, query: str, params: dict[str, Any], column: str) -> str | None:
+    """One value from the running read-model service; None without one (the log alone is
+    enough for the rest)."""
+    try:
+        columns, rows = await run_query(bus, None, query, params)
+    except QueryError:
+        return None
+    return dict(zip(columns, rows[0], strict=True))[column] if rows else None
+
+
+async def _who(bus: Bus, started: SessionStarted) -> list[str]:
+    """The session's user, assistant and device: names beside ids."""
+    lines = []
+    if started.user_id:
+        email = await _lookup(bus, "user", {"user_id": started.user_id}, "email")
+        lines.append(f"user      {email} ({started.user_id})" if email else f"user      {started.user_id}")
+    if started.assistant_id:
+        name = await _lookup(bus, "assistant_settings", {"assistant_id": started.assistant_id}, "name")
+        lines.append(f"assistant {name} ({started.assistant_id})" if name
+                     else f"assistant {started.assistant_id}")
+    if started.device_id:
+        lines.append(f"device    {started.device_id}")
+    return lines
+
+
+async def show_session(bus: Bus, session_id: str, as_json: bool, wide: bool = False) -> None:
     entries = await session_log(bus, session_id)
     events = [e.event for e in entries if e.event is not None]
     turns = fold_turns(entries)
@@ -147,65 +172,66 @@ async def show_session(bus: Bus, session_id: str, as_json: bool) -> None:
                        else {"seq": e.seq, "error": e.error} for e in entries],
         }, default=str, ensure_ascii=False))
         return
+    out: list[str] = []
     started = next((e for e in events if isinstance(e, SessionStarted)), None)
     ended = next((e for e in reversed(events) if isinstance(e, SessionEnded)), None)
     t0 = events[0].ts if events else 0
-    print(f"session {session_id}")
+    out.append(f"session {session_id}")
     if started is not None:
-        named = (("user", started.user_id), ("assistant", started.assistant_id),
-                 ("device", started.device_id))
-        who = ", ".join(f"{k} {v}" for k, v in named if v)
-        print(f"  {started.transport}{', ' + who if who else ''}; started {when(started.ts)}")
-    print(f"  {'ended ' + when(ended.ts) + ' (' + ended.reason + ')' if ended else 'not ended'}; "
-          f"{len(entries)} events, {len(turns)} turns")
+        out.append(f"  {started.transport}; started {when(started.ts)}")
+    out.append(f"  {'ended ' + when(ended.ts) + ' (' + ended.reason + ')' if ended else 'not ended'}; "
+               f"{len(entries)} events, {len(turns)} turns")
+    if started is not None:
+        out += ["  " + line for line in await _who(bus, started)]
     number = _turn_number(turns)
 
-    print("\ntimeline")
+    out.append("\ntimeline")
     for entry in entries:
         event = entry.event
         if event is None:
-            print(f"  {'':>9}  <undecodable seq {entry.seq}: {entry.error}>")
+            out.append(f"  {'':>9}  <undecodable seq {entry.seq}: {entry.error}>")
             continue
         turn_no = number.get(getattr(event, "turn_id", None) or event.id)
         mark = "!" if isinstance(event, Error | TurnInterrupted) else " "
-        print(f"  {(event.ts - t0) / 1e9:>8.3f}s {mark}{clock(event.ts)} "
-              f"{'t' + str(turn_no) if turn_no else '':<4} {event.type:<19} {summary(event)}".rstrip())
+        out.append(f"  {(event.ts - t0) / 1e9:>8.3f}s {mark}{clock(event.ts)} "
+                   f"{'t' + str(turn_no) if turn_no else '':<4} {event.type:<19} {summary(event)}".rstrip())
 
     all_stages = [s for t in turns for s in stages(t)]
     scale = max((s.ms for s in all_stages if "complete" not in s.name), default=0.0)
     for n, turn in enumerate(turns, start=1):
         kind = "voice" if turn["input_type"] == "transcript.final" else "typed"
-        print(f"\nturn {n} ({kind}): {shorten(turn['input_text'], 70)!r}")
+        out.append(f"\nturn {n} ({kind}): {shorten(turn['input_text'], 70)!r}")
         for stage in stages(turn):
-            print(f"  {stage.name:<32} {bar(stage.ms, max(scale, stage.ms)):<25} {stage.ms:,.0f} ms")
+            out.append(f"  {stage.name:<32} {bar(stage.ms, max(scale, stage.ms)):<25} {ms(stage.ms)}")
         tid = turn["turn_id"]
         results = {e.call_id: e for e in events if isinstance(e, ToolResult) and e.turn_id == tid}
         for call in (e for e in events if isinstance(e, ToolCall) and e.turn_id == tid):
             result = results.get(call.call_id)
             outcome = ("(no result)" if result is None else
                        ("error: " if result.is_error else "") + shorten(result.content, 50))
-            print(f"  tool {call.name}({shorten(call.arguments, 40)}) → {outcome}")
+            out.append(f"  tool {call.name}({shorten(call.arguments, 40)}) → {outcome}")
         if turn["interrupted"]:
-            print(f"  interrupted ({turn['interrupt_reason'] or 'abort'})")
+            out.append(f"  interrupted ({turn['interrupt_reason'] or 'abort'})")
         for error in (e for e in events if isinstance(e, Error) and e.turn_id == tid):
-            print(f"  error {error.code}: {shorten(error.message, 70)}")
+            out.append(f"  error {error.code}: {shorten(error.message, 70)}")
         if turn["answer_text"] is not None:
             model = "/".join(x for x in (turn["provider"], turn["model"]) if x)
             tokens = (f", {turn['prompt_tokens']}+{turn['completion_tokens']} tokens"
                       if turn["prompt_tokens"] or turn["completion_tokens"] else "")
-            print(f"  answer{' (' + model + tokens + ')' if model else ''}: "
-                  f"{shorten(turn['answer_text'], 90)!r}")
+            out.append(f"  answer{' (' + model + tokens + ')' if model else ''}: "
+                       f"{shorten(turn['answer_text'], 90)!r}")
         elif turn["turn_started_ts"] is None:
-            print("  (no turn: the dialogue did not take this input)")
+            out.append("  (no turn: the dialogue did not take this input)")
         else:
-            print("  (no answer)")
+            out.append("  (no answer)")
     loose = [e for e in events if isinstance(e, Error) and (e.turn_id is None or e.turn_id not in number)]
     for error in loose:
-        print(f"\nerror {error.code} ({error.source or '?'}): {shorten(error.message, 90)}")
+        out.append(f"\nerror {error.code} ({error.source or '?'}): {shorten(error.message, 90)}")
     if turns:
         voice = [s.ms for t in turns for s in stages(t) if s.name.endswith("→ first audio")]
         if voice:
-            print(f"\nmedian → first audio: {statistics.median(voice):,.0f} ms over {len(voice)} turns")
+            out.append(f"\nmedian → first audio: {ms(statistics.median(voice))} over {len(voice)} turns")
+    print("\n".join(fit(line, wide) for text in out for line in text.split("\n")))
 
 
 # --- export -----------------------------------------------------------------------------

@@ -99,12 +99,14 @@ class Sessions(Folded):
                 FROM sessions ORDER BY last_event_ts DESC LIMIT $limit
             """,
             # `vagent sessions`: newest first, each filter NULL for "any"; the owner's email
-            # (users read model) and the median latencies (turns read model) joined in.
+            # (users read model), the assistant's name (assistants) and the median latencies
+            # (turns) joined in.
             "sessions_table": f"""
                 SELECT {", ".join("s." + c for c in COLUMNS.split(", "))}, u.email,
-                       l.p50_first_sentence_ms, l.p50_first_audio_ms
+                       a.name AS assistant_name, l.p50_first_sentence_ms, l.p50_first_audio_ms
                 FROM sessions s
                 LEFT JOIN users u ON u.user_id = s.user_id
+                LEFT JOIN assistants a ON a.assistant_id = s.assistant_id
                 LEFT JOIN ({_LATENCY}) l ON l.session_id = s.session_id
                 WHERE ($user IS NULL OR s.user_id = $user OR lower(u.email) = lower($user))
                   AND ($assistant_id IS NULL OR s.assistant_id = $assistant_id)

@@ -87,11 +87,16 @@ async def test_users_create_list_lock_unlock(stack: tuple[EmbeddedServer, Path],
     bob_user = create_user(stack, bob)
     assert bob_user["email"] == bob and bob_user["locked"] is False and bob_user["default_assistant_id"]
 
-    listed = cli(stack, "users", "list").stdout
+    listed = cli(stack, "users", "list", "--wide").stdout
     header = listed.splitlines()[0].split()
     assert header[:3] == ["user", "email", "name"] and set(listed.splitlines()[1]) <= {"-", " "}
     ada_line = line_of(listed, ada)
     assert "Ada" in ada_line and " no " in ada_line
+    # The default assistant by its name (beside its id with --wide) …
+    assert f"Assistant ({bob_user['default_assistant_id']})" in line_of(listed, bob)
+    # … and without --wide, every line within 100 columns.
+    narrow = cli(stack, "users", "list").stdout
+    assert max(map(len, narrow.splitlines())) <= 100 and bob_user["user_id"] not in narrow
     users = {u["email"]: u for u in cli_json(stack, "users", "list")}
     assert users[bob]["user_id"] == bob_user["user_id"]
     assert users[ada]["display_name"] == "Ada" and users[ada]["locked"] is False
@@ -109,7 +114,7 @@ async def test_users_create_list_lock_unlock(stack: tuple[EmbeddedServer, Path],
         await services.tokens.verify(tokens.access_token)
     row = {u["email"]: u for u in cli_json(stack, "users", "list")}[ada]
     assert row["locked"] is True and row["lock_reason"] == "admin" and row["locked_until"]
-    assert "until " in line_of(cli(stack, "users", "list").stdout, ada)
+    assert "until " in line_of(cli(stack, "users", "list", "--wide").stdout, ada)
 
     unlocked = cli(stack, "users", "unlock", ada_id).stdout  # by id this time
     assert unlocked.strip() == f"unlocked {ada} ({ada_id})"
@@ -118,7 +123,7 @@ async def test_users_create_list_lock_unlock(stack: tuple[EmbeddedServer, Path],
 
     forever = cli_json(stack, "users", "lock", bob_user["user_id"])
     assert forever["locked"] is True and forever["locked_until"] is None
-    assert "yes (admin)" in line_of(cli(stack, "users", "list").stdout, bob)
+    assert "yes (admin)" in line_of(cli(stack, "users", "list", "--wide").stdout, bob)
     assert "until unlocked" in cli(stack, "users", "lock", bob).stdout  # again: still locked
     assert cli_json(stack, "users", "unlock", bob)["locked"] is False
 
@@ -175,7 +180,9 @@ def test_assistants_create_and_list(stack: tuple[EmbeddedServer, Path]) -> None:
     assert mine[bob_id]["greeting"] == "Hi, I am Bob" and mine[bob_id]["owner_id"] == user["user_id"]
     assert mine[full["assistant_id"]]["tools"] == ["calculator", "get_time"]
 
-    table = cli(stack, "assistants", "list", "--user", owner).stdout
+    narrow = cli(stack, "assistants", "list", "--user", owner).stdout
+    assert max(map(len, narrow.splitlines())) <= 100 and "ids shortened" in narrow
+    table = cli(stack, "assistants", "list", "--user", owner, "--wide").stdout
     assert table.splitlines()[0].split()[:3] == ["assistant", "owner", "name"]
     assert owner in line_of(table, bob_id) and "Bob" in line_of(table, bob_id)
     assert "calculator,get_time" in line_of(table, full["assistant_id"])
@@ -184,7 +191,7 @@ def test_assistants_create_and_list(stack: tuple[EmbeddedServer, Path]) -> None:
     everything = {a["assistant_id"]: a for a in cli_json(stack, "assistants", "list")}
     assert set(mine) <= set(everything)
     assert any(a["owner_id"] != user["user_id"] for a in everything.values())
-    assert owner in line_of(cli(stack, "assistants", "list").stdout, bob_id)  # owners shown by email
+    assert owner in line_of(cli(stack, "assistants", "list", "--wide").stdout, bob_id)  # owners by email
 
 
 def test_every_assistant_setting_is_an_option(stack: tuple[EmbeddedServer, Path], tmp_path: Path) -> None:
@@ -262,10 +269,14 @@ async def test_devices_list(stack: tuple[EmbeddedServer, Path], services: Servic
     assert [d["device_id"] for d in mine] == sorted(bound)
     assert {d["assistant_id"] for d in mine} == {user["default_assistant_id"]}
     assert [d["name"] for d in mine] == ["room 0", "room 1"]
-    table = cli(stack, "devices", "list").stdout
+    table = cli(stack, "devices", "list", "--wide").stdout
     assert table.splitlines()[0].split() == ["device", "owner", "assistant", "name", "bound"]
     for device in bound:
         assert owner in line_of(table, device)
+        assert f"Assistant ({user['default_assistant_id']})" in line_of(table, device)
+    narrow = cli(stack, "devices", "list", "--user", owner).stdout
+    assert max(map(len, narrow.splitlines())) <= 100
+    assert "Assistant" in narrow and user["default_assistant_id"] not in narrow
     create_user(stack, other)
     assert cli_json(stack, "devices", "list", "--user", other) == []
 

@@ -66,8 +66,10 @@ def test_add_shows_each_file_go_from_uploaded_to_indexed(stack: Stack, tmp_path:
     listed = cli_json(stack, "docs", "list", "--user", email)
     assert sorted(d["filename"] for d in listed) == sorted(p.name for p in files)
     assert {d["status"] for d in listed} == {"indexed"} and all(d["chunks"] > 0 for d in listed)
-    table = cli(stack, "docs", "list", "--user", email).stdout
+    table = cli(stack, "docs", "list", "--user", email, "--wide").stdout
     assert "harbor-kayak" in table and "indexed" in table and "2.3 KB" in table
+    assert all(d["document_id"] in table for d in listed)
+    assert max(map(len, cli(stack, "docs", "list", "--user", email).stdout.splitlines())) <= 100
 
 
 def test_add_reports_failures_and_refusals_and_exits_1(stack: Stack, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import subprocess
 import wave
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -18,7 +19,15 @@ from bus.client import Bus
 from bus.server import EmbeddedServer
 from cli.sessions import bar, parse_since
 from projections.runtime import ProjectionService
-from schemas import SpeechStopped, TtsStopped, UserRegistered, new_id
+from schemas import (
+    AssistantCreated,
+    AssistantSentence,
+    SessionStarted,
+    SpeechStopped,
+    TtsStopped,
+    UserRegistered,
+    new_id,
+)
 from tests.fixtures.audio import pcm
 from tests.procs import vagent
 from tests.test_read_models import publish_all, rich_session
@@ -46,12 +55,22 @@ async def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(vagent, *args)
 
 
+ASSISTANT = "Kitchen helper"
+
+
 @pytest.fixture
 async def recorded(bus: Bus) -> tuple[str, str]:
+    """A rich session of a new user with an assistant of theirs; (session id, email)."""
     uid, sid = new_id(), "cli" + new_id()
     email = f"{uid.lower()}@example.com"
     await bus.publish(UserRegistered(user_id=uid, email=email))
+    aid = "as" + sid
+    await bus.publish(AssistantCreated(assistant_id=aid, owner_id=uid, name=ASSISTANT))
     events = rich_session(sid, uid)
+    # Its assistant, and a latency measured as the dialogue measures it (not a round number).
+    events = [msgspec.structs.replace(e, assistant_id=aid) if isinstance(e, SessionStarted)
+              else msgspec.structs.replace(e, ttfs_ms=90.34231099) if isinstance(e, AssistantSentence)
+              and e.ttfs_ms else e for e in events]
     stopped = next(e for e in events if isinstance(e, SpeechStopped))
     assert stopped.audio is not None
     await put_pcm(bus, stopped.audio.name, pcm("what_time"))
@@ -79,11 +98,19 @@ async def test_show_prints_the_timeline_with_latency_bars(recorded: tuple[str, s
     assert "interrupted (barge_in)" in out and "interrupted (new_input)" in out
     assert "error llm_unavailable: down" in out
     assert "answer (echo/m, 30+6 tokens): 'It is noon.'" in out
+    # Latencies in whole ms, lines within 100 columns.
+    assert "ttfs_ms=90\n" in out and "ttft_ms=60\n" in out and "90.34" not in out
+    assert f"assistant as{sid}" in out  # no read model running: the id alone
+    assert max(len(line) for line in out.splitlines()) <= 100
+    wide = vagent("session", "show", sid, "--wide", "--nats", nats_server.url).stdout
+    assert max(len(line) for line in wide.splitlines()) > 100
 
     as_json = vagent("session", "show", sid, "--json", "--nats", nats_server.url)
     body = json.loads(as_json.stdout)
     assert [t["input_text"] for t in body["turns"]][:2] == ["what time is it?", "tell me a story"]
     assert body["turns"][1]["stages_ms"]["end of speech → first audio"] == 600.0
+    sentence = next(e for e in body["events"] if e["type"] == "assistant.sentence" and e.get("ttfs_ms"))
+    assert sentence["ttfs_ms"] == 90.34231099  # --json: as logged
 
     missing = vagent("session", "show", "nosuch" + new_id(), "--nats", nats_server.url)
     assert missing.returncode == 1 and "no session" in missing.stderr
@@ -131,10 +158,22 @@ async def test_sessions_lists_with_owner_latency_and_filters(recorded: tuple[str
         assert listed.returncode == 0, listed.stderr
         header, _, row = listed.stdout.splitlines()[:3]
         assert header.split()[:3] == ["session", "started", "owner"]
-        assert row.split()[0] == sid and email in row and "a1" in row and "user_exit" in row
+        # Within 100 columns: the long id is cut in its middle, the assistant named.
+        assert max(len(line) for line in listed.stdout.splitlines()) <= 100
+        short = row.split()[0]
+        assert short != sid and short.startswith(sid[:5]) and short.endswith("…" + sid[-6:])
+        assert "ids shortened" in listed.stdout
+        assert ASSISTANT in row and "user_exit" in row
         assert "464 ms" in row  # median of 328 ms (typed) and 600 ms (voice) to first audio
+        wide = (await cli("sessions", "--user", email, "--wide", *common)).stdout.splitlines()[2]
+        assert wide.split()[0] == sid and email in wide and f"{ASSISTANT} (as{sid})" in wide
+        # With the read models served, `session show` names the user and the assistant too.
+        shown = (await cli("session", "show", sid, "--nats", nats_server.url)).stdout
+        assert f"user      {email} (" in shown and f"assistant {ASSISTANT} (as{sid})" in shown
         as_json = json.loads((await cli("sessions", "--user", email, "--json", *common)).stdout)
         assert [(r["session_id"], r["turns"], r["transport"]) for r in as_json] == [(sid, 4, "test")]
+        assert as_json[0]["assistant_name"] == ASSISTANT
+        assert as_json[0]["p50_first_audio_ms"] == 464.0
         none = await cli("sessions", "--user", email, "--since", "1h", *common)  # it was in 2023
         assert "no sessions match" in none.stdout
         other = await cli("sessions", "--assistant", "other" + new_id(), "--json", *common)
