@@ -9,6 +9,7 @@ sends it SIGTERM when vagent dies, even by SIGKILL, so nothing is left holding a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
@@ -132,8 +133,16 @@ class ChildProcess:
             log.error("%s exited (%s); restarting (log: %s)", self.label,
                       self.proc.returncode if self.proc else "?", self.log_file)
             self.before_restart()
+            restart = asyncio.ensure_future(asyncio.to_thread(self.start))
             try:
-                await asyncio.to_thread(self.start)
+                await asyncio.shield(restart)
+            except asyncio.CancelledError:
+                # Cancelled mid-restart (vagent stops): the start's thread cannot be stopped,
+                # so wait for it; `stop()` then stops the child it started instead of
+                # missing it.
+                with contextlib.suppress(Exception):
+                    await restart
+                raise
             except self.start_errors as exc:
                 log.error("%s restart failed: %s", self.label, exc)
                 await asyncio.sleep(self.retry_after)

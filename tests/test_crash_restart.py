@@ -153,8 +153,11 @@ class _Sleeper(ChildProcess):
         self.starts = 0
 
     def start(self) -> None:
-        self.proc = spawn(["sleep", "60"])
         self.starts += 1
+        time.sleep(self.start_takes)  # a server loading before it is ready
+        self.proc = spawn(["sleep", "60"])
+
+    start_takes = 0.0
 
 
 async def test_a_child_that_exits_while_vagent_stops_is_not_restarted(
@@ -180,6 +183,31 @@ async def test_a_child_that_exits_while_vagent_stops_is_not_restarted(
             await supervisor
         assert child.starts == 2 and not child.running()
         assert "restarting" not in caplog.text and "not restarted" in caplog.text
+    finally:
+        supervisor.cancel()
+        child.stop()
+
+
+async def test_a_stop_during_a_restart_stops_the_child_that_restart_started(tmp_path: Path) -> None:
+    child = _Sleeper(tmp_path / "sleep.log")
+    child.start()
+    supervisor = asyncio.create_task(child.supervise())
+    try:
+        assert child.proc is not None
+        crashed = child.proc
+        child.start_takes = 0.5
+        crashed.kill()
+        async with asyncio.timeout(10):
+            while child.starts < 2:  # the restart is under way, its child not spawned yet
+                await asyncio.sleep(0.01)
+        # vagent's way out: the supervisor is cancelled, then the child stopped.
+        supervisor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await supervisor
+        assert child.proc is not None and child.proc is not crashed  # the restart finished
+        restarted = child.proc
+        await asyncio.to_thread(child.stop)
+        assert restarted.poll() is not None
     finally:
         supervisor.cancel()
         child.stop()
