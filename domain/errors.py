@@ -36,6 +36,10 @@ class Conflict(DomainError):
     """The current state forbids it (taken, in use) or changed meanwhile (retry)."""
 
 
+class Expired(DomainError):
+    """It existed but its time is over (an activation code)."""
+
+
 class Locked(DomainError):
     """The account is locked."""
 

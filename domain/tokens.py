@@ -81,6 +81,9 @@ class DeviceBinding(msgspec.Struct):
     device_id: str
     assistant_id: str
     jti: str
+    # The Client-Id that activated it: the same client may collect a fresh token later
+    # (xiaozhi firmware asks for its settings at every boot).
+    client_id: str | None = None
 
 
 def device_key(device_id: str) -> str:

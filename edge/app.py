@@ -23,6 +23,7 @@ from edge.realtime.ops import healthz, readyz
 from edge.realtime.ws_json import ws_endpoint
 from edge.services import Services
 from edge.webrtc import webrtc_offer
+from edge.xiaozhi import ota
 from edge.xiaozhi.endpoint import xiaozhi_endpoint
 from edge.xiaozhi.protocol import PATH as XIAOZHI_PATH
 
@@ -51,6 +52,11 @@ def create_app(services: Services) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         WebSocketRoute("/ws", ws_endpoint),
         WebSocketRoute(XIAOZHI_PATH, xiaozhi_endpoint),
+        # A device's OTA URL may be written with or without its trailing slash.
+        Route(ota.PATH, ota.check_version_route, methods=["GET", "POST"]),
+        Route(ota.PATH.rstrip("/"), ota.check_version_route, methods=["GET", "POST"]),
+        Route(ota.ACTIVATE_PATH, ota.activate_route, methods=["POST"]),
+        Route(ota.firmware.DOWNLOAD_PATH + "{path:path}", ota.download_route, methods=["GET"]),
         Route("/webrtc/offer", webrtc_offer, methods=["POST"]),
     ]
 

@@ -11,6 +11,7 @@ from typing import Any
 from domain.errors import (
     Conflict,
     DomainError,
+    Expired,
     Invalid,
     Locked,
     NotFound,
@@ -21,7 +22,7 @@ from domain.errors import (
 )
 
 STATUS: dict[type[DomainError], int] = {
-    Invalid: 422, NotFound: 404, Unauthorized: 401, Conflict: 409, Locked: 423, TooLarge: 413,
+    Invalid: 422, NotFound: 404, Unauthorized: 401, Conflict: 409, Expired: 410, Locked: 423, TooLarge: 413,
     Unsupported: 415, Unavailable: 503,
 }
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="vagent"'}

@@ -192,6 +192,12 @@ class XiaozhiConfig(msgspec.Struct, forbid_unknown_fields=True):
     wake_words: Annotated[list[str], doc(
         "wake words dropped before a typed turn, besides the built-in ones (\"你好小智\", "
         "\"hi xiaozhi\")")] = msgspec.field(default_factory=list)
+    # A device with a serial number proves its activation poll with its efuse key (HMAC
+    # key0); only a key known here is checked.
+    hmac_keys: Annotated[dict[str, Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{64}$")]], doc(
+        "device keys by serial number: the 32-byte HMAC key (hex) burned into a device's "
+        "efuse; its activation must be signed with it (`401 hmac_invalid` otherwise)")] = msgspec.field(
+        default_factory=dict)
 
 
 class EdgeSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -233,6 +239,14 @@ class EdgeSettings(msgspec.Struct, forbid_unknown_fields=True):
         "WebSocket messages per connection and second, bursts of 2×; more: close `1008`")] = 100
     hello_timeout: Annotated[float, doc(
         "seconds for a xiaozhi device's hello; then close `4408`")] = 10.0
+    idle_timeout: Annotated[float, doc(
+        "seconds a xiaozhi session may pass without speech or text (either side); then the "
+        "device is told goodbye and the session ends with reason `idle`")] = 120.0
+    # A device is configured with one address (its OTA URL) and is told the others.
+    public_url: Annotated[str | None, doc(
+        "the edge's address as devices reach it, e.g. `https://vagent.example.org`: the "
+        "WebSocket and firmware URLs a xiaozhi device is given; unset: the request's own "
+        "`Host`")] = None
     # A typed turn becomes a prompt, a log entry and read-model rows, and no one types more
     # in one go.
     max_text_chars: Annotated[int, doc(

@@ -297,12 +297,17 @@ async def test_device_activation_bind_and_unbind(api: Api) -> None:
     r = await activation(api, device, "another-client")
     assert r.status_code == 409, r.text
 
-    # The code was used; and once the activation record lapsed, a bound device gets no new code.
+    # The code was used; and once the activation record lapsed, a bound device gets no new
+    # code: its own client gets a token again, another client nothing.
     r = await c.post("/api/v1/devices", headers=h, json={"code": first["code"], "assistant_id": aid})
     assert r.status_code == 422 and error_code(r) == "activation_code_invalid", r.text
     await kv.delete(api.services.bus, BUCKET, f"act.{device_key(device_id)}")
-    r = await activation(api, device)
+    r = await activation(api, device, "another-client")
     assert r.status_code == 409 and error_code(r) == "device_bound", r.text
+    r = await activation(api, device)
+    assert r.status_code == 200 and r.json()["status"] == "bound" and r.json()["code"] is None
+    grant = await api.services.tokens.verify_device(r.json()["token"], device)
+    assert (grant.device_id, grant.assistant_id) == (device_id, aid)
 
     r = await c.get(f"/api/v1/devices/{device}", headers=h)  # any case
     assert r.status_code == 200 and r.json() == bound["device"]

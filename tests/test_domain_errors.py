@@ -11,6 +11,7 @@ from edge.errors import ApiError, domain_refusals, from_domain
 @pytest.mark.parametrize(("error", "status"), [
     (errors.Invalid("weak_password", "m"), 422), (errors.NotFound("assistant", "a1"), 404),
     (errors.Unauthorized("token_invalid", "m"), 401), (errors.Conflict("conflict", "m"), 409),
+    (errors.Expired("activation_expired", "m"), 410),
     (errors.Locked("account_locked", "m"), 423), (errors.TooLarge("quota_exceeded", "m"), 413),
     (errors.Unsupported("unsupported_type", "m"), 415), (errors.Unavailable("busy", "m"), 503),
 ])

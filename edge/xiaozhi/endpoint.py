@@ -33,6 +33,7 @@ from schemas import (
     Error,
     Event,
     SessionEnded,
+    SpeechStarted,
     ToolCall,
     TranscriptFinal,
     TtsSentence,
@@ -134,6 +135,7 @@ class DeviceSession:
         self.exit_turn: str | None = None
         self.exit_spoken = asyncio.Event()  # the goodbye's speech started
         self.bad_frame_reported = 0.0
+        self.active_at = time.monotonic()  # the latest speech, text or answer, either side
         self.tasks: set[asyncio.Task[Any]] = set()
         self.call_tasks: set[asyncio.Task[Any]] = set()
 
@@ -155,6 +157,8 @@ class DeviceSession:
                 await conn.refuse(error)
                 return
             await conn.send_json(protocol.server_hello(sid, self.hello.downlink))
+            self.active_at = time.monotonic()
+            self._spawn(self._idle_watch())
             if self.mcp is not None:
                 self._spawn(self._mcp_setup())
             while True:
@@ -232,6 +236,8 @@ class DeviceSession:
 
     async def _listen(self, message: protocol.Listen) -> None:
         """Raises ApiError for a listen the session cannot take."""
+        if message.state != "stop":  # the user pressed to talk or said the wake word
+            self.active_at = time.monotonic()
         match message.state:
             case "start":
                 await self.link.listen_start(message.mode or "auto")
@@ -266,6 +272,9 @@ class DeviceSession:
 
     async def _on_event(self, event: Event) -> None:
         send = self.conn.send_json
+        if isinstance(event, SpeechStarted | TranscriptFinal | UserText | TurnStarted | TtsStarted
+                      | TtsStopped):
+            self.active_at = time.monotonic()
         match event:
             case TranscriptFinal() | UserText():
                 self.turn = event.id
@@ -319,6 +328,21 @@ class DeviceSession:
     async def _send_frame(self, frame: bytes) -> None:
         await self.conn.send_audio(framing.pack(self.version, frame, self.sent_ms))
         self.sent_ms += self.frame_ms
+
+    async def _idle_watch(self) -> None:
+        """A device left on with no one talking holds a session (and an ASR stream) open:
+        after edge.idle_timeout without speech or text it is told goodbye and closed."""
+        timeout = self.conn.services.config.edge.idle_timeout
+        while True:
+            left = self.active_at + timeout - time.monotonic()
+            if left > 0:
+                await asyncio.sleep(left)
+            elif self.speaking or self.exit_turn is not None:  # answering, or already leaving
+                self.active_at = time.monotonic()
+            else:
+                await self.conn.send_json({"type": "goodbye", "session_id": self.link.session_id})
+                await self._leave("idle")
+                return
 
     async def _leave(self, reason: str) -> None:
         self.conn.end_reason = reason

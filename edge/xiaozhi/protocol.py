@@ -78,13 +78,18 @@ def handshake(headers: Headers, query: QueryParams) -> Handshake:
     version = check_version(said) if said else None
     device = (headers.get("device-id") or query.get("device-id") or query.get("device_id") or "").strip()
     client = (headers.get("client-id") or query.get("client-id") or query.get("client_id") or "").strip()
+    check_ids(device, client)
+    return Handshake(token, version, device or None, client or None)
+
+
+def check_ids(device: str, client: str) -> None:
+    """Raises ApiError 400 for a Device-Id or Client-Id that is given but malformed."""
     # Both are recorded in session.started, and the Device-Id keys subjects and KV entries.
     if device and not is_token(device):
         raise ApiError(400, "invalid_device_id",
                        "Device-Id must be 1-128 of A-Z a-z 0-9 _ - : @ + = (a MAC address)")
     if client and not CLIENT_ID.match(client):
         raise ApiError(400, "invalid_client_id", "Client-Id must be 1-128 printable ASCII characters")
-    return Handshake(token, version, device or None, client or None)
 
 
 def check_version(value: object) -> int:
