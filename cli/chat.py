@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any, Protocol
+from collections.abc import AsyncIterator
+from typing import Protocol
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.patch_stdout import patch_stdout
@@ -44,9 +44,9 @@ async def chat(bus: Bus, session_id: str | None, timeout: float, interactive: bo
                 session = f"chat-{new_id()}"
                 console.line(f"new session {session}")
                 continue
-            console.write(ASSISTANT)
             try:
-                await say(bus, session, text, timeout=timeout, on_tool=print_tools, transport="chat")
+                await say(bus, session, text, timeout=timeout, on_tool=print_tools, transport="chat",
+                          prefix=ASSISTANT)
             except SayError as exc:
                 console.line(f"(error: {exc})")
 
@@ -107,19 +107,11 @@ async def _prompted() -> AsyncIterator[_Lines]:
     # raw keeps the dimmed tool lines' colour.
     with patch_stdout(raw=True):
         console.hold(prompt.session.app.invalidate)
+        reading = asyncio.create_task(prompt.read())
         try:
-            async with _reading(prompt.read()):
-                yield prompt
+            yield prompt
         finally:
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
             console.hold(None)
-
-
-@contextlib.asynccontextmanager
-async def _reading(reader: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
-    task = asyncio.create_task(reader)
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -192,7 +192,10 @@ def chat(session: Annotated[str | None, typer.Option("--session", "-s",
     """An interactive chat in the terminal (streamed answers, tool calls shown dimmed)."""
     from cli.chat import chat as run_chat
 
-    run(with_bus(nats, lambda bus: run_chat(bus, session, timeout)), log_level="WARNING")
+    try:
+        run(with_bus(nats, lambda bus: run_chat(bus, session, timeout)), log_level="WARNING")
+    except KeyboardInterrupt:  # Ctrl-C with piped input; a terminal's is the prompt's own
+        pass
 
 
 @app.command("echo-llm")

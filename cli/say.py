@@ -57,9 +57,9 @@ def print_tools(event: Event) -> None:
 
 async def say(bus: Bus, session_id: str, text: str, *, timeout: float = 120.0,
               on_tool: Callable[[Event], None] | None = None,
-              transport: str = "cli") -> AssistantMessage:
+              transport: str = "cli", prefix: str = "") -> AssistantMessage:
     """Publish `user.text`, stream the answer to stdout (through the console, so that log
-    lines stay off its line), return the turn's final message (the first
+    lines stay off its line) after `prefix`, return the turn's final message (the first
     `assistant.message` of the turn without tool calls)."""
     await start_session_if_new(bus, session_id, transport)
     user_text = UserText(session_id=session_id, text=text, source="cli")
@@ -75,8 +75,8 @@ async def say(bus: Bus, session_id: str, text: str, *, timeout: float = 120.0,
         if getattr(event, "turn_id", None) != user_text.id or done.done():
             return
         if isinstance(event, AssistantDelta):
+            console.write(event.text if streamed else prefix + event.text)
             streamed = True
-            console.write(event.text)
         elif isinstance(event, ToolCall | ToolResult) and on_tool:
             on_tool(event)
         elif isinstance(event, AssistantMessage) and not event.tool_calls:
@@ -99,6 +99,6 @@ async def say(bus: Bus, session_id: str, text: str, *, timeout: float = 120.0,
     finally:
         await sub.stop()
     if not streamed:
-        console.write(message.text)
+        console.write(prefix + message.text)
     console.end_line()
     return message
