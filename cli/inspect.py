@@ -12,12 +12,12 @@ from bus.deadletter import dead_letters
 from bus.errors import BusError
 from bus.health import health
 from bus.subjects import control
-from cli.display import shorten, table
+from cli.display import Column, table
 from projections.runtime import HEARTBEAT_NAME as PROJECTIONS_HEARTBEAT
 from projections.runtime import rebuild, store_path
 
 
-async def show_streams(bus: Bus) -> None:
+async def show_streams(bus: Bus, wide: bool = False) -> None:
     states = await stream_states(bus)
     print(table(["stream", "messages", "bytes", "first", "last", "replicas"],
                 [[s.name, s.messages, s.bytes, s.first_seq, s.last_seq, s.replicas] for s in states]))
@@ -31,10 +31,11 @@ async def show_streams(bus: Bus) -> None:
     if not letters:
         print("no dead letters")
         return
-    print(table(["when", "kind", "stream", "seq", "consumer", "deliveries", "event", "reason"],
-                [[d.ts[:19].replace("T", " "), d.kind, d.stream, d.stream_seq, d.consumer,
-                  d.deliveries, d.event_type or d.subject or "?", shorten(d.reason, 60)]
-                 for d in letters]))
+    print(table(["when", "kind", "stream", "seq", Column("consumer", 10), "deliveries",
+                 Column("event", 14), Column("reason", 14)],
+                [[d.ts[:16].replace("T", " "), d.kind, d.stream, d.stream_seq, d.consumer,
+                  d.deliveries, d.event_type or d.subject or "?", d.reason]
+                 for d in letters], wide=wide))
 
 
 async def rebuild_projections(bus: Bus, data_dir: Path) -> None:

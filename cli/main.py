@@ -209,11 +209,11 @@ def echo_llm(port: Annotated[int, typer.Option(help="Port to listen on (127.0.0.
 
 
 @app.command()
-def streams(nats: NatsOpt = None) -> None:
+def streams(nats: NatsOpt = None, wide: WideOpt = False) -> None:
     """Streams, message counts, consumers (pending / awaiting ack) and dead letters."""
     from cli.inspect import show_streams
 
-    run(with_bus(nats, show_streams))
+    run(with_bus(nats, lambda bus: show_streams(bus, wide)))
 
 
 @app.command()

@@ -114,6 +114,9 @@ def test_undecodable_input_is_dead_lettered_and_the_stack_carries_on(
     proc.wait_for("terminated undecodable message")
     streams = vagent("streams", "--nats", nats.url)
     assert "terminated" in streams.stdout and "undecodable" in streams.stdout
+    assert max(map(len, streams.stdout.splitlines())) <= 100  # the reason cut to fit …
+    wide = vagent("streams", "--wide", "--nats", nats.url).stdout
+    assert "undecodable: " in wide and max(map(len, wide.splitlines())) > 100  # … whole with --wide
     assert vagent("say", "still there?", "-s", "s3", "--nats", nats.url).stdout == \
         "You said: still there?.\n"
 

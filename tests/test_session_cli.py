@@ -112,6 +112,13 @@ async def test_show_prints_the_timeline_with_latency_bars(recorded: tuple[str, s
     sentence = next(e for e in body["events"] if e["type"] == "assistant.sentence" and e.get("ttfs_ms"))
     assert sentence["ttfs_ms"] == 90.34231099  # --json: as logged
 
+    # `vagent tail` reads latencies the same way; its --json keeps them as logged.
+    subject = f"vagent.session.{sid}.evt.assistant.sentence"
+    tailed = vagent("tail", subject, "--from-start", "--limit", "3", "--nats", nats_server.url).stdout
+    assert "ttfs_ms=90\n" in tailed and "90.34" not in tailed
+    tailed = vagent("tail", subject, "--from-start", "--limit", "3", "--json", "--nats", nats_server.url)
+    assert any(json.loads(line).get("ttfs_ms") == 90.34231099 for line in tailed.stdout.splitlines())
+
     missing = vagent("session", "show", "nosuch" + new_id(), "--nats", nats_server.url)
     assert missing.returncode == 1 and "no session" in missing.stderr
 
