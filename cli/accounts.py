@@ -21,11 +21,12 @@ from cli.assistant_options import invalid
 from cli.display import Column, minute, named, shorten, table, when
 from domain.accounts import Accounts, UserState, normalize_email
 from domain.assistants import Assistants
+from domain.devices import Devices
 from domain.errors import NotFound
 from domain.keys import signing_key
 from domain.mail import MailError
 from domain.tokens import Tokens
-from edge.api.models import AssistantCreate
+from edge.api.models import AssistantCreate, DeviceBind
 from projections.client import QueryError, run_query
 from settings.config import Config
 
@@ -239,3 +240,26 @@ async def list_devices(admin: Admin, who: str | None, as_json: bool, wide: bool 
                 [[d["device_id"], emails.get(d["user_id"], d["user_id"]),
                   named(names.get(d["assistant_id"]), d["assistant_id"], wide), d["name"],
                   minute(d["bound_ts"])] for d in found], wide=wide))
+
+
+async def bind_device(admin: Admin, code: str, who: str, assistant_id: str | None, name: str | None,
+                      as_json: bool) -> None:
+    try:  # the API's own limits (the code's and name's lengths)
+        body = msgspec.convert({"code": code, "assistant_id": assistant_id, "name": name}, DeviceBind)
+    except msgspec.ValidationError as exc:
+        raise AdminError(f"invalid binding: {invalid(exc)}") from None
+    await admin.bus.declare()
+    accts = accounts(admin)
+    owner = await resolve_user(accts, who)
+    chosen = body.assistant_id or owner.default_assistant_id
+    if chosen is None:
+        raise AdminError(f"{owner.email} has no default assistant: name one with --assistant")
+    await Assistants(admin.bus, admin.config).owned(owner.user_id, chosen)
+    devices = Devices(admin.bus, accts.tokens, admin.config.auth)
+    binding, _ = await devices.bind(owner, body.code, chosen, body.name)
+    if as_json:
+        print_json({"device_id": binding.device_id, "user_id": owner.user_id,
+                    "assistant_id": binding.assistant_id, "name": name})
+    else:
+        print(f"bound device {binding.device_id} to {owner.email}'s assistant {chosen}; "
+              "it collects its token when it asks again")

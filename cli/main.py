@@ -475,6 +475,22 @@ def devices_list(user: UserOpt = None, nats: NatsOpt = None, data_dir: DataOpt =
     admin(nats, data_dir, lambda a: list_devices(a, user, as_json, wide))
 
 
+@devices_app.command("bind")
+def devices_bind(
+    code: Annotated[str, typer.Argument(help="The activation code the device shows or speaks.")],
+    user: Annotated[str, typer.Option("--user", help="The owner (email or user id).")],
+    assistant: Annotated[str | None, typer.Option(
+        "--assistant", help="The owner's assistant it talks to (default: their default assistant).")
+        ] = None,
+    name: Annotated[str | None, typer.Option(help="A name for the device.")] = None,
+    nats: NatsOpt = None, data_dir: DataOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Bind the device showing CODE to a user's assistant, as the owner does over the API."""
+    from cli.accounts import bind_device
+
+    admin(nats, data_dir, lambda a: bind_device(a, code, user, assistant, name, as_json))
+
+
 DocsUserOpt = Annotated[str | None, typer.Option(
     "--user", help="The owner (email or user id); without it, the documents nobody owns (the system's).")]
 

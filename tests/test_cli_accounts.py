@@ -285,6 +285,29 @@ async def test_devices_list(stack: tuple[EmbeddedServer, Path], services: Servic
     assert bound[0] not in cli(stack, "devices", "list").stdout
 
 
+async def test_devices_bind(stack: tuple[EmbeddedServer, Path], services: Services) -> None:
+    owner, other = email(), email()
+    user, stranger = create_user(stack, owner), create_user(stack, other)
+    device = f"AA:BB:CC:01:{new_id()[-2:]}:{new_id()[-2:]}"
+    code = (await services.devices.activation(device, "client")).code
+    assert code
+    # Only the owner's own assistants; a bad or unknown code names what is wrong.
+    assert "no assistant" in refused(stack, "devices", "bind", code, "--user", owner, "--assistant",
+                                     stranger["default_assistant_id"])
+    assert "invalid binding" in refused(stack, "devices", "bind", "1" * 100, "--user", owner)
+    assert "unknown or expired" in refused(stack, "devices", "bind", "000000x", "--user", owner)
+
+    bound = cli_json(stack, "devices", "bind", code, "--user", owner, "--name", "hall")
+    assert bound == {"device_id": device.lower(), "user_id": user["user_id"],
+                     "assistant_id": user["default_assistant_id"], "name": "hall"}
+    collected = await services.devices.activation(device, "client")  # the device asks again
+    assert collected.status == "bound" and collected.token
+    grant = await services.tokens.verify_device(collected.token, device)
+    assert (grant.user_id, grant.assistant_id) == (user["user_id"], user["default_assistant_id"])
+    assert [d["device_id"] for d in cli_json(stack, "devices", "list", "--user", owner)] == [device.lower()]
+    assert "used" in refused(stack, "devices", "bind", code, "--user", owner)
+
+
 # --- without a projection service -------------------------------------------------------------
 
 
