@@ -104,6 +104,7 @@ class Console:
             err = sys.stderr
             if self._open and _same_place(sys.stdout, err):
                 err.write("\n")
+                self._open = False  # the shared line is a fresh one after the log's
             self._put(err, line + "\n")
 
     def hold(self, on_change: Callable[[], None] | None) -> None:

@@ -81,12 +81,14 @@ def test_a_log_line_written_mid_answer_goes_on_a_line_of_its_own(monkeypatch: py
     thread = threading.Thread(target=logging.getLogger("vagent.bus").warning, args=("nats disconnected",))
     thread.start()
     thread.join()
+    logging.getLogger("vagent.bus").info("nats reconnected")
     console.write(" friends.")
     console.end_line()
     lines = both.getvalue().splitlines()
     assert lines[0] == "A dragon and a kettle are"
     assert lines[1].endswith("WARNING vagent.bus nats disconnected")
-    assert lines[2] == " friends."
+    assert lines[2].endswith("INFO  vagent.bus nats reconnected")  # no blank line between
+    assert lines[3] == " friends."
     assert both.getvalue().endswith("\n")
 
 
