@@ -97,8 +97,8 @@ async def list_sessions(nats: str | None, data_dir: Path, *, user: str | None, a
           r["transport"] or "-", r["turns"], latency(r),
           (r["end_reason"] or "ended") if r["ended_ts"] else "open",
           *([shorten(r["last_assistant_text"], 60)] if wide else [])] for r in records], wide=wide))
-    print(fit("p50 audio: median time from the end of the user's speech (or a typed input's turn "
-              "start) to the answer's first audio; *: to its first sentence (no audio)", wide))
+    print("p50 audio: median time from the end of the user's speech (or a typed input's turn start)\n"
+          "to the answer's first audio; *: to its first sentence (no audio)")
 
 
 # --- one session ------------------------------------------------------------------------
