@@ -7,11 +7,14 @@ vagent events (schemas) and the small types defined here.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import nats
 import nats.errors
@@ -23,7 +26,7 @@ from nats.js import api
 
 from bus import streams
 from bus.config import nats_url, replicas
-from bus.errors import BatchError, BusError, ConflictError
+from bus.errors import BatchError, BusError, ConflictError, Unreachable
 from bus.subjects import aggregate_events, live, subject_of
 from bus.trace import new_traceparent
 from schemas import Event, encode
@@ -113,6 +116,39 @@ async def next_message(sub: NatsSubscription, timeout: float) -> Msg:
     return msg
 
 
+async def _refused(servers: list[str], timeout: float) -> bool:
+    """Whether every server refuses a TCP connection: nothing listens there. nats-py retries a
+    refused first connect until its timeout; a command started with no stack running says so
+    at once instead. A server that accepts, or an address that does not answer, is left to
+    nats-py (and its timeout)."""
+    loop = asyncio.get_running_loop()
+    for server in servers:
+        parts = urlsplit(server if "://" in server else f"nats://{server}")
+        if parts.scheme not in ("nats", "tls") or not parts.hostname:
+            return False
+        try:
+            addresses = await loop.getaddrinfo(parts.hostname, parts.port or 4222,
+                                               type=socket.SOCK_STREAM)
+        except OSError:
+            return False
+        for family, kind, proto, _, address in addresses:
+            sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            try:
+                async with asyncio.timeout(timeout):
+                    await loop.sock_connect(sock, address)
+            except OSError as exc:
+                if exc.errno != errno.ECONNREFUSED:
+                    return False
+            except TimeoutError:
+                return False
+            else:
+                return False
+            finally:
+                sock.close()
+    return True
+
+
 class Bus:
     def __init__(self, nc: NATS, url: str) -> None:
         self.nc = nc
@@ -136,6 +172,8 @@ class Bus:
         async def error(exc: Exception) -> None:
             log.debug("nats error: %r", exc)
 
+        if await _refused(url.split(","), timeout):
+            raise Unreachable(f"cannot reach NATS at {url}: connection refused")
         nc = NATS()
         try:
             # Once connected, reconnect forever; but the first connect must answer in time

@@ -7,6 +7,10 @@ class BusError(Exception):
     """NATS could not be reached or refused an operation."""
 
 
+class Unreachable(BusError):
+    """Nothing listens at the NATS address: every server refused the connection."""
+
+
 class ConflictError(BusError):
     """A conditional append found the aggregate changed since it was read (JetStream 10071)."""
 

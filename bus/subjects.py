@@ -60,6 +60,11 @@ def query(name: str) -> str:
     return f"{PREFIX}.query.{name}"
 
 
+def knowledge_search() -> str:
+    """Request/reply: a hybrid search of the knowledge base, answered by the tools actor."""
+    return f"{PREFIX}.svc.knowledge.search"
+
+
 def control(name: str) -> str:
     return f"{PREFIX}.ctl.{name}"
 

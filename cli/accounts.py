@@ -10,6 +10,7 @@ Every command gets an `Admin`: the settings in it were read once, in cli/main.py
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,12 +24,12 @@ from domain.accounts import Accounts, UserState, normalize_email
 from domain.assistants import Assistants
 from domain.devices import Devices
 from domain.errors import NotFound
-from domain.keys import signing_key
+from domain.keys import KEY_FILE, signing_key
 from domain.mail import MailError
 from domain.tokens import Tokens
 from edge.api.models import AssistantCreate, DeviceBind
 from projections.client import QueryError, run_query
-from settings.config import Config
+from settings.config import Config, secret
 
 PAGE = 1000
 
@@ -47,7 +48,11 @@ class Admin(NamedTuple):
 
 def accounts(admin: Admin) -> Accounts:
     auth = admin.config.auth
-    return Accounts(admin.bus, Tokens(admin.bus, signing_key(auth, admin.data_dir), auth), auth,
+    # An account command signs no token (it looks accounts up, creates and locks them), so it
+    # reads the stack's key only where there is one: looking never creates a key file.
+    has_key = secret(auth.jwt_secret_env) or (admin.data_dir / KEY_FILE).exists()
+    key = signing_key(auth, admin.data_dir) if has_key else secrets.token_bytes(48)
+    return Accounts(admin.bus, Tokens(admin.bus, key, auth), auth,
                     persona=admin.config.dialogue.system_prompt)
 
 

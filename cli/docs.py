@@ -2,8 +2,9 @@
 
 `docs add` uploads through the same code as `POST /api/v1/documents` (domain.documents),
 with a progress bar, then follows each document's log until the indexer has recorded
-`document.indexed` or `document.failed`. Lists read the documents read model; search
-runs the same hybrid search as the API, in this process, over `<data dir>/lance`.
+`document.indexed` or `document.failed`. Lists read the documents read model; search asks
+the running stack's tools actor over NATS (the search the assistants run), so this process
+never opens the knowledge base's files while the stack writes them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from cli.display import Column, minute, shorten, table
 from domain.documents import Documents
 from domain.errors import DomainError
 from projections.client import QueryError, run_query
+from projections.knowledge.query import SearchError, SearchRequest, ask
 from schemas import DecodeError, DocumentDeleted, DocumentFailed, DocumentIndexed, decode, new_id
 
 
@@ -265,12 +267,12 @@ async def search_documents(admin: Admin, query: str, who: str | None, assistant_
             raise AdminError(f"no assistant {assistant_id!r}" + (f" of {who}" if who else ""))
         owner_id, document_ids = found[0]["owner_id"], list(found[0]["documents"] or [])
     hits: list[Any] = []
-    if document_ids != []:  # an assistant without documents finds nothing (no need to load LanceDB)
-        from projections.knowledge.search import search
-
-        hits = await search(query, owner_id=owner_id, document_ids=document_ids, limit=limit,
-                            data_dir=admin.data_dir,
-                            embed_threads=admin.config.knowledge.embed_threads)
+    if document_ids != []:  # an assistant without documents finds nothing
+        try:
+            hits = await ask(admin.bus, SearchRequest(query=query, owner_id=owner_id,
+                                                      document_ids=document_ids, limit=limit))
+        except SearchError as exc:
+            raise AdminError(str(exc)) from None
     if as_json:
         print_json([msgspec.structs.asdict(hit) for hit in hits])
         return

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from functools import partial
 from pathlib import Path
 
 from bus.client import Bus
 from edge.server import EdgeServer
+from hosting import stack
 from hosting.loop import Host
 from projections.runtime import ProjectionService
 from settings.config import Config
@@ -20,6 +23,8 @@ async def serve_edge(nats: str | None, data_dir: Path, config: Config, host: str
         edge = EdgeServer(bus, config, data_dir, host=host, port=port)
         await edge.start()
         parts.on_stop(edge.stop)
+        recorded = stack.record(nats_url=bus.url, data_dir=data_dir, edge_url=edge.url)
+        parts.on_stop(partial(asyncio.to_thread, stack.forget, recorded))
         print(f"vagent edge: web page {edge.url}/  API {edge.url}/api/v1/  "
               f"xiaozhi {edge.ws_url}/xiaozhi/v1/  WebSocket {edge.ws_url}/ws", flush=True)
         await parts.wait()
@@ -33,5 +38,7 @@ async def serve_projections(nats: str | None, data_dir: Path) -> None:
         service = ProjectionService(bus, data_dir)
         await service.start()
         parts.on_stop(service.stop)
+        recorded = stack.record(nats_url=bus.url, data_dir=data_dir)
+        parts.on_stop(partial(asyncio.to_thread, stack.forget, recorded))
         print(f"vagent projections: serving {service.path}", flush=True)
         await parts.wait()

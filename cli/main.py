@@ -15,13 +15,14 @@ import uvloop
 
 from actors.registry import ACTORS
 from bus.client import Bus
-from bus.errors import BusError
+from bus.errors import BusError, Unreachable
 from cli.assistant_options import settings_options
 from settings.config import Config
 from settings.paths import data_dir as resolve_data_dir
 
 if TYPE_CHECKING:
     from cli.accounts import Admin
+    from hosting.stack import Located
 
 app = typer.Typer(help="vagent: an event-sourced voice-agent backend on NATS JetStream.",
                   no_args_is_help=True, add_completion=False)
@@ -69,9 +70,24 @@ def run(main: Coroutine[Any, Any, T], log_level: str | None = None) -> T:
     setup(log_level)
     try:
         return uvloop.run(main)
+    except Unreachable as exc:
+        typer.secho(f"error: {exc} — start the stack with `vagent up` (or pass --nats)",
+                    fg="red", err=True)
+        raise typer.Exit(1) from None
     except BusError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
+
+
+def where(nats: str | None, data_dir: Path | None = None) -> Located:
+    """The stack a command talks to (hosting.stack.locate), named on stderr when it is not
+    the default one. Looking creates nothing: the data directory is whatever it names."""
+    from hosting.stack import locate
+
+    found = locate(nats, data_dir)
+    if found.announce:
+        typer.echo(found.announce, err=True)
+    return found
 
 
 async def with_bus(nats: str | None, fn: Callable[[Bus], Awaitable[T]], name: str = "vagent-cli") -> T:
@@ -123,7 +139,8 @@ def actor_run(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(ACTO
     if name not in ACTORS:
         typer.secho(f"unknown actor {name!r}; known: {', '.join(ACTORS)}", fg="red", err=True)
         raise typer.Exit(2)
-    run(_actor_run(name, nats, read_settings(), resolve_data_dir(data_dir)))
+    at = where(nats, data_dir)
+    run(_actor_run(name, at.nats_url, read_settings(), resolve_data_dir(at.data_dir)))
 
 
 async def _actor_run(name: str, nats: str | None, config: Config, data_dir: Path) -> None:
@@ -154,8 +171,8 @@ def tail(subject: Annotated[str, typer.Argument(help="Subject or wildcard, e.g. 
     from cli.tail import tail as run_tail
 
     try:
-        run(with_bus(nats, lambda bus: run_tail(bus, subject, as_json=as_json, from_start=from_start,
-                                                limit=limit, audio=audio)))
+        run(with_bus(where(nats).nats_url, lambda bus: run_tail(
+            bus, subject, as_json=as_json, from_start=from_start, limit=limit, audio=audio)))
     except KeyboardInterrupt:
         pass
 
@@ -176,7 +193,7 @@ def say(text: str, session: Annotated[str, typer.Option("--session", "-s", help=
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
     try:
-        run(with_bus(nats, lambda bus: run_say(bus, session, text, timeout=timeout)))
+        run(with_bus(where(nats).nats_url, lambda bus: run_say(bus, session, text, timeout=timeout)))
     except SayError as exc:
         console.end_line()  # the answer's line, if one was begun
         typer.secho(f"error: {exc}", fg="red", err=True)
@@ -193,7 +210,7 @@ def chat(session: Annotated[str | None, typer.Option("--session", "-s",
     from cli.chat import chat as run_chat
 
     try:
-        run(with_bus(nats, lambda bus: run_chat(bus, session, timeout)), log_level="WARNING")
+        run(with_bus(where(nats).nats_url, lambda bus: run_chat(bus, session, timeout)), log_level="WARNING")
     except KeyboardInterrupt:  # Ctrl-C with piped input; a terminal's is the prompt's own
         pass
 
@@ -213,7 +230,7 @@ def streams(nats: NatsOpt = None, wide: WideOpt = False) -> None:
     """Streams, message counts, consumers (pending / awaiting ack) and dead letters."""
     from cli.inspect import show_streams
 
-    run(with_bus(nats, lambda bus: show_streams(bus, wide)))
+    run(with_bus(where(nats).nats_url, lambda bus: show_streams(bus, wide)))
 
 
 @app.command()
@@ -232,7 +249,8 @@ def sessions(nats: NatsOpt = None, data_dir: DataOpt = None,
     from cli.sessions import list_sessions
 
     try:
-        run(list_sessions(nats, resolve_data_dir(data_dir), user=user, assistant=assistant,
+        at = where(nats, data_dir)
+        run(list_sessions(at.nats_url, at.data_dir, user=user, assistant=assistant,
                           since=since, limit=limit, as_json=as_json, wide=wide), log_level="WARNING")
     except ValueError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
@@ -250,7 +268,8 @@ def session_show(session_id: SidArg, nats: NatsOpt = None,
     interruptions and errors."""
     from cli.sessions import show_session
 
-    run(with_bus(nats, lambda bus: show_session(bus, session_id, as_json, wide)), log_level="WARNING")
+    run(with_bus(where(nats).nats_url, lambda bus: show_session(bus, session_id, as_json, wide)),
+        log_level="WARNING")
 
 
 @session_app.command("export")
@@ -267,11 +286,12 @@ def session_export(session_id: SidArg, nats: NatsOpt = None,
     if (wav is None) == (not as_json):
         typer.secho("error: give --wav FILE or --json", fg="red", err=True)
         raise typer.Exit(2)
+    url = where(nats).nats_url
     if as_json:
-        run(with_bus(nats, lambda bus: export_json(bus, session_id)), log_level="WARNING")
+        run(with_bus(url, lambda bus: export_json(bus, session_id)), log_level="WARNING")
         return
     assert wav is not None
-    done = run(with_bus(nats, lambda bus: export_wav(bus, session_id, wav)), log_level="WARNING")
+    done = run(with_bus(url, lambda bus: export_wav(bus, session_id, wav)), log_level="WARNING")
     print(f"wrote {wav}: {done.duration_ms / 1000:.1f} s, {done.utterances} user utterance(s) on the "
           f"left channel, {done.answers} spoken answer(s) on the right")
     if done.unrecorded:
@@ -298,13 +318,18 @@ def replay(session_id: SidArg, nats: NatsOpt = None, data_dir: DataOpt = None,
     calls, latencies. Nothing is written to the original session."""
     from cli.replay import print_report
     from replay.engine import ReplayError, replay_session
+    from settings.llm import wants_local_llm, with_local_llm
 
+    at = where(nats, data_dir)
     config = read_settings()
+    if at.stack is not None and at.stack.llm_url and wants_local_llm(config, ["dialogue"]):
+        # The model the stack's dialogue answers with, as `vagent up` hands it to its actors.
+        config = with_local_llm(config, at.stack.llm_url)
     try:
-        report = run(with_bus(nats, lambda bus: replay_session(
+        report = run(with_bus(at.nats_url, lambda bus: replay_session(
             bus, session_id, config=config, llm_base_url=llm_base_url, llm_model=llm_model,
             assistant_id=assistant, tts=tts, timeout=timeout,
-            knowledge_dir=resolve_data_dir(data_dir, create=False))), log_level="WARNING")
+            knowledge_dir=at.data_dir)), log_level="WARNING")
     except ReplayError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
@@ -316,7 +341,8 @@ def projections_rebuild(nats: NatsOpt = None, data_dir: DataOpt = None) -> None:
     """Rebuild every read model from the streams' first event."""
     from cli.inspect import rebuild_projections
 
-    run(with_bus(nats, lambda bus: rebuild_projections(bus, resolve_data_dir(data_dir))))
+    at = where(nats, data_dir)
+    run(with_bus(at.nats_url, lambda bus: rebuild_projections(bus, resolve_data_dir(at.data_dir))))
 
 
 @projections_app.command("serve")
@@ -342,7 +368,7 @@ def health(nats: NatsOpt = None,
         typer.secho(f"unknown actor(s): {', '.join(unknown)}; known: {', '.join(ACTORS)}",
                     fg="red", err=True)
         raise typer.Exit(2)
-    if not run(show_health(nats, as_json, names)):
+    if not run(show_health(where(nats).nats_url, as_json, names)):
         raise typer.Exit(1)
 
 
@@ -378,9 +404,9 @@ def admin(nats: str | None, data_dir: Path | None, fn: Callable[[Admin], Awaitab
     from cli.accounts import Admin, AdminError
     from domain.errors import DomainError
 
-    config, directory = read_settings(), resolve_data_dir(data_dir)
+    config, at = read_settings(), where(nats, data_dir)
     try:
-        run(with_bus(nats, lambda bus: fn(Admin(bus, directory, config))), log_level="WARNING")
+        run(with_bus(at.nats_url, lambda bus: fn(Admin(bus, at.data_dir, config))), log_level="WARNING")
     except (DomainError, AdminError) as exc:
         known = exc.details.get("known") if isinstance(exc, DomainError) else None
         typer.secho(f"error: {exc}" + (f" (known: {', '.join(known)})" if known else ""), fg="red", err=True)

@@ -9,17 +9,16 @@ import sys
 from functools import partial
 from pathlib import Path
 
-import msgspec
-
 from actors.dialogue.local_llm import LocalLLMError, LocalLLMServer, Progress
 from actors.runtime import ActorHost
 from bus.client import Bus
 from bus.server import EmbeddedServer
 from edge.server import EdgeServer
+from hosting import stack
 from hosting.loop import Host
 from projections.runtime import ProjectionService, store_path
 from settings.config import Config
-from settings.llm import local_provider, wants_local_llm
+from settings.llm import wants_local_llm, with_local_llm
 
 log = logging.getLogger("vagent.up")
 
@@ -59,8 +58,7 @@ async def _run(parts: Host, *, nats: str | None, port: int, data_dir: Path, acto
         local_llm = await _start_local_llm(config, data_dir)
         parts.on_stop(partial(asyncio.to_thread, local_llm.stop))
         parts.task(asyncio.create_task(local_llm.supervise(parts.stopping)))
-        config = msgspec.structs.replace(config, llm=msgspec.structs.replace(
-            config.llm, providers=[local_provider(local_llm.base_url)]))
+        config = with_local_llm(config, local_llm.base_url)
     # The read models start before the actors so that they stop after them.
     projections = ProjectionService(bus, data_dir)
     parts.on_stop(projections.stop)
@@ -71,6 +69,9 @@ async def _run(parts: Host, *, nats: str | None, port: int, data_dir: Path, acto
     edge = EdgeServer(bus, config, data_dir, port=edge_port)
     parts.on_stop(edge.stop)
     await edge.start()
+    recorded = stack.record(nats_url=url, data_dir=data_dir, edge_url=edge.url,
+                            llm_url=local_llm.base_url if local_llm else None)
+    parts.on_stop(partial(asyncio.to_thread, stack.forget, recorded))
     _banner(url, server, data_dir, actors, local_llm, edge)
     if ready:
         ready.set()
@@ -119,8 +120,7 @@ def _banner(url: str, server: EmbeddedServer | None, data_dir: Path, actors: lis
            f"  WebSocket    {edge.ws_url}/ws"] if edge else []),
         *([f"  LLM          {local_llm.base_url}  (local llama-server, {local_llm.model_name}, "
            f"log {local_llm.log_file})"] if local_llm else []),
-        "  try          vagent say \"hello\" --session s1"
-        + ("" if url.endswith(":4222") else f" --nats {url}"),
+        "  try          vagent say \"hello\" --session s1  (in any directory: it finds this stack)",
         "  stop         Ctrl-C",
     ]
     print("\n".join(lines), flush=True)

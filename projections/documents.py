@@ -65,10 +65,11 @@ class Documents(Projection):
 
     def queries(self) -> dict[str, str]:
         return {
-            # Scoped to their owner, like every list and lookup of the API.
+            # Scoped to their owner, like every list and lookup of the API; a NULL owner
+            # lists the system's documents (`vagent docs list` without --user).
             "documents": f"""
                 SELECT {COLUMNS} FROM documents
-                WHERE owner_id = $owner_id AND document_id > $after
+                WHERE owner_id IS NOT DISTINCT FROM $owner_id AND document_id > $after
                 ORDER BY document_id LIMIT $limit
             """,
             "document": f"""

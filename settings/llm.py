@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 
+import msgspec
+
 from settings.config import Config, ProviderConfig
 
 LOCAL_BASE_URL = "http://127.0.0.1:8080/v1"
@@ -41,6 +43,13 @@ def local_provider(base_url: str, model: str | None = None) -> ProviderConfig:
     return ProviderConfig(name="local", base_url=base_url,
                           model=model or os.environ.get("VAGENT_LLM_MODEL", "local"),
                           first_token_timeout=60.0, max_tokens=256, tool_probe=True)
+
+
+def with_local_llm(config: Config, base_url: str) -> Config:
+    """The settings with the local llama-server at `base_url` as the one provider: what
+    `vagent up` hands its actors once it started one (and a replay of its sessions uses)."""
+    return msgspec.structs.replace(config, llm=msgspec.structs.replace(
+        config.llm, providers=[local_provider(base_url)]))
 
 
 def wants_local_llm(config: Config, actors: list[str]) -> bool:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -23,11 +26,18 @@ DEFAULT_STACK_ACTORS = ("dialogue", "tools")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Where `vagent up` points to the latest started stack (hosting.stack): this run's own,
+    # so tests never write into the real home, nor find another run's stack.
+    os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="vagent-test-state-")
     config.addinivalue_line(
         "markers", "stack(*actors, llm='llm', loopback_ice=False, settings=None): what a "
         "module's `stack` fixture runs: these actors (default: dialogue and tools), answering "
         "with the LLM server of fixture `llm`, WebRTC candidates on loopback if asked, with "
         "the test settings changed by `settings` (a function of Config to Config) if given")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(os.environ["XDG_STATE_HOME"], ignore_errors=True)
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item

@@ -25,10 +25,10 @@ def env(**extra: str) -> dict[str, str]:
     return out
 
 
-def vagent(*args: str, timeout: float = 60, stdin: str | None = None,
+def vagent(*args: str, timeout: float = 60, stdin: str | None = None, cwd: Path = ROOT,
            **extra_env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*VAGENT, *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT, env=env(**extra_env), check=False, input=stdin)
+                          cwd=cwd, env=env(**extra_env), check=False, input=stdin)
 
 
 class Proc:

@@ -1,6 +1,6 @@
 """`vagent docs add/list/search/delete`: the real command in subprocesses, over a real NATS,
-with `vagent projections serve` keeping the read models and `vagent actor run indexer`
-indexing into the same data dir."""
+with `vagent projections serve` keeping the read models, `vagent actor run indexer`
+indexing into the same data dir and `vagent actor run tools` answering the searches."""
 
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ def stack(module_nats: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory)
     data = tmp_path_factory.mktemp("data")
     with (projections_serving(module_nats.url, data),
           running(["actor", "run", "indexer", "--nats", module_nats.url], "actor indexer running",
+                  VAGENT_DATA_DIR=str(data)),
+          # `vagent docs search` asks the tools actor, which searches the knowledge base.
+          running(["actor", "run", "tools", "--nats", module_nats.url], "actor tools running",
                   VAGENT_DATA_DIR=str(data))):
         yield module_nats, data
 

@@ -4,6 +4,9 @@ Every call gets exactly one result. A call older than STALE_AFTER (a new consume
 reading the stream from the start, an actor down for long) is answered with an
 error instead of being run, and a call that already has a result is skipped.
 
+It also answers knowledge-base searches asked over NATS (`vagent docs search`): this
+process already searches the knowledge base for the assistants, so no other opens its files.
+
 Its catalog (every tool's spec) is kept in KV `vagent_tools` for the dialogue.
 It is written again every REFRESH seconds: when one of several instances stops
 and withdraws the catalog, the others restore it, and MCP servers that were
@@ -23,6 +26,8 @@ from actors.tools.builtin import current_call
 from actors.tools.catalog import publish, withdraw
 from actors.tools.mcp_client import McpTool
 from actors.tools.toolset import Outcome, Toolset, build
+from bus.client import Message, Subscription
+from bus.subjects import knowledge_search
 from schemas import Event, ToolCall, ToolResult
 
 log = logging.getLogger("vagent.tools")
@@ -38,6 +43,7 @@ class Tools(Actor):
 
     toolset: Toolset | None = None
     _refresher: asyncio.Task[None] | None = None
+    _searches: Subscription | None = None
 
     async def setup(self) -> None:
         self.toolset = await build(self.config, self.bus, self.data_dir)
@@ -47,10 +53,14 @@ class Tools(Actor):
             await self.toolset.close()  # MCP servers are child processes: do not leave them
             raise
         self._refresher = asyncio.create_task(self._refresh(), name=f"{self.name}:catalog")
+        # One instance of several answers each search (a queue group).
+        self._searches = await self.bus.subscribe(knowledge_search(), self._search, queue=self.name)
         log.info("tools ready", extra={"actor": self.name,
                                        "tools": ",".join(sorted(self.toolset.tools))})
 
     async def teardown(self) -> None:
+        if self._searches is not None:
+            await self._searches.stop()
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -85,6 +95,13 @@ class Tools(Actor):
             session_id=event.session_id, turn_id=event.turn_id, call_id=event.call_id,
             name=event.name, content=outcome.content, is_error=outcome.is_error,
         ))
+
+    async def _search(self, msg: Message) -> None:
+        from projections.knowledge.query import answer
+
+        if msg.reply:
+            await self.bus.publish_core(msg.reply, await answer(
+                msg.data, self.data_dir, self.config.knowledge.embed_threads))
 
     async def _answered(self, call: ToolCall) -> bool:
         entries, _ = await self.log.load("session", call.session_id)

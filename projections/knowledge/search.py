@@ -15,10 +15,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import numpy as np
 
 from projections.knowledge.embed import embedder
+from projections.knowledge.query import Hit as Hit  # where it was first defined
 from projections.knowledge.store import FTS_COLUMN, ChunkStore, quote, store
 
 log = logging.getLogger("vagent.knowledge")
@@ -33,15 +33,6 @@ MAX_QUERY = 1000  # characters of the query used
 EXACT_BELOW = 20_000
 NPROBES = 20  # IVF partitions searched
 REFINE = 4  # candidates re-ranked with their full vectors, per result
-
-
-class Hit(msgspec.Struct, kw_only=True):
-    document_id: str
-    title: str
-    chunk_index: int
-    text: str
-    score: float  # reciprocal-rank-fusion score: higher is better (at most 2/61)
-    heading: str | None = None
 
 
 def scope(owner_id: str | None, document_ids: list[str] | None) -> str:
