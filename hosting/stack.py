@@ -95,8 +95,9 @@ def record(*, nats_url: str, data_dir: Path, edge_url: str | None = None,
     """Record this process's part of the stack; returns what `forget` takes back.
 
     A live record of another process on the same NATS (`vagent projections serve` started
-    before `vagent edge` on one data directory) keeps its process and gains this one's
-    addresses; otherwise this process's record replaces what was there."""
+    before `vagent edge` on one data directory) keeps its process and its addresses, and
+    gains those it lacks from this one; otherwise this process's record replaces what was
+    there."""
     path = record_path(data_dir)
     mine = Stack(nats_url=nats_url, data_dir=str(data_dir), pid=os.getpid(),
                  started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -104,8 +105,8 @@ def record(*, nats_url: str, data_dir: Path, edge_url: str | None = None,
     other = read(path)
     written = mine
     if other is not None and other.pid != mine.pid and other.nats_url == nats_url:
-        written = msgspec.structs.replace(other, edge_url=edge_url or other.edge_url,
-                                          llm_url=llm_url or other.llm_url)
+        written = msgspec.structs.replace(other, edge_url=other.edge_url or edge_url,
+                                          llm_url=other.llm_url or llm_url)
     _write(path, msgspec.json.encode(written))
     _write(pointer_path(), msgspec.json.encode(Pointer(str(path))))
     return mine
