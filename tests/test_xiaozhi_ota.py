@@ -174,8 +174,14 @@ async def test_a_device_key_signs_the_activation(stack: Api) -> None:
     r = await device.activate(json.dumps({"algorithm": "hmac-sha256", "serial_number": SERIAL,
                                           "challenge": device.challenge, "hmac": ""}))
     assert r.status_code == 401 and error_code(r) == "hmac_invalid", r.text
+    r = await device.activate(json.dumps({"algorithm": "hmac-sha256", "serial_number": "SN-ANOTHER",
+                                          "challenge": device.challenge, "hmac": ""}))
+    assert r.status_code == 400 and error_code(r) == "serial_number_mismatch", r.text
     r = await device.activate()
     assert r.status_code == 202, r.text
+    # The message is in the device's language where vagent speaks it.
+    r = await stack.client.get("/xiaozhi/ota/", headers={**device.headers(), "Accept-Language": "zh-CN"})
+    assert r.json()["activation"]["message"] == f"请在 vagent 中用验证码 {code} 绑定此设备", r.text
 
     # Another device's challenge, its own ids: not this device's poll.
     other = Device(stack, serial=SERIAL)

@@ -6,7 +6,8 @@ within `edge.hello_timeout`, and is answered with the session id and the downlin
 format. Then Opus frames flow up (framed by the protocol version) into the session's
 `audio.in`, its JSON messages become session events, and the session's events come back
 as `stt`, `llm`, `tts` and `mcp` messages with the answer's Opus frames between
-`tts start` and `tts stop`.
+`tts start` and `tts stop`. A session with no speech or text for `edge.idle_timeout` is
+told goodbye and closed (reason `idle`).
 """
 
 from __future__ import annotations
