@@ -151,6 +151,13 @@ async def test_first_boot_from_ota_to_a_spoken_answer(stack: Api) -> None:
     grant = await stack.services.tokens.verify_device(token, device.device_id)
     assert grant.assistant_id == aid
 
+    # Another client with this MAC gets neither a code nor a token, and still the settings
+    # (an error would leave the firmware without a WebSocket).
+    impostor = Device(stack)
+    impostor.device_id = device.device_id
+    answer = await impostor.check()
+    assert "activation" not in answer and answer["websocket"] == {"url": url(stack)}, answer
+
     # The firmware connects with what it was told: the URL, Bearer <token>, its ids.
     async with XiaozhiDevice(bound["websocket"]["url"], device_id=device.device_id,
                              client_id=device.client_id, token=token) as ws:

@@ -25,6 +25,7 @@ from starlette.responses import FileResponse, Response
 
 from bus.errors import BusError
 from domain.devices import Activation, Proof
+from domain.errors import Conflict
 from edge.api.endpoint import client_ip, decode_body, error_response, json_response, read_body
 from edge.errors import ApiError, domain_refusals
 from edge.services import Services
@@ -82,9 +83,11 @@ class Firmware(msgspec.Struct):
     url: str  # empty: nothing to install
 
 
-class Websocket(msgspec.Struct):
+class Websocket(msgspec.Struct, omit_defaults=True):
     url: str
-    token: str  # empty while unbound (the firmware then sends no Authorization)
+    # Empty while unbound (the firmware then sends no Authorization); left out when this
+    # client may not have one (the firmware keeps the one it holds).
+    token: str | None = None
 
 
 class ActivationBlock(msgspec.Struct):
@@ -166,7 +169,16 @@ async def check_version(request: Request, services: Services) -> Response:
     current = (report.application.version if report and report.application else None) or \
         _agent_version(request.headers.get("user-agent", "")) or "0.0.0"
     board = report.board.type if report and report.board else None
-    activation = await services.devices.activation(device, client)
+    try:
+        activation: Activation | None = await services.devices.activation(device, client)
+    except Conflict as refusal:
+        # Bound for another client (or another client is activating it): no code and no
+        # token, but still a 200 with the rest. An error would leave the firmware without
+        # any WebSocket settings (it falls back to MQTT), and a missing token key keeps the
+        # token it holds.
+        log.warning("xiaozhi ota check without activation",
+                    extra={"device": device.lower(), "code": refusal.code, "reason": refusal.message})
+        activation = None
     image = firmware.newest(services.data_dir, board, current)
     base = _public_base(request, services)
     answer = OtaAnswer(
@@ -174,10 +186,12 @@ async def check_version(request: Request, services: Services) -> Response:
                                timezone_offset=time.localtime().tm_gmtoff // 60),
         firmware=Firmware(version=image.version, url=base + image.path) if image else
         Firmware(version=current, url=""),
-        websocket=Websocket(url=_ws_base(base) + WEBSOCKET_PATH, token=activation.token or ""),
-        activation=_activation_block(activation, request.headers.get("accept-language", "")))
+        websocket=Websocket(url=_ws_base(base) + WEBSOCKET_PATH,
+                            token=None if activation is None else activation.token or ""),
+        activation=_activation_block(activation, request.headers.get("accept-language", ""))
+        if activation else None)
     log.info("xiaozhi ota check", extra={"device": device.lower(), "version": current, "board": board,
-                                         "status": activation.status,
+                                         "status": activation.status if activation else None,
                                          "offered": image.version if image else None})
     return json_response(answer)
 
