@@ -13,6 +13,7 @@ live record; else `./.vagent/stack.json` if live; else the defaults. Looking cre
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import os
 import time
@@ -25,6 +26,7 @@ from bus.config import DEFAULT_NATS_URL
 from settings.paths import DEFAULT_DATA_DIR
 
 RECORD = "stack.json"
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
 class Stack(msgspec.Struct, kw_only=True):
@@ -58,14 +60,36 @@ def record_path(data_dir: Path) -> Path:
     return data_dir / RECORD
 
 
-def alive(pid: int) -> bool:
+def alive(pid: int, started: str) -> bool:
+    """Whether the process that wrote a record at `started` still runs: its pid exists, and
+    (where /proc tells) was not given to a process started since (a pid reused after a crash)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process: it exists
+        pass
+    began = _process_start(pid)
+    if began is None:
         return True
-    return True
+    try:
+        recorded = calendar.timegm(time.strptime(started, TIME_FORMAT))
+    except ValueError:
+        return True
+    return began <= recorded + 1  # the record's time is whole seconds
+
+
+def _process_start(pid: int) -> float | None:
+    """When process `pid` started (Unix time), from /proc; None where there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError):
+        return None
+    # Field 22, counted after the command name (which may hold spaces), in clock ticks.
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _load(path: Path) -> Stack | None:
@@ -79,7 +103,7 @@ def _load(path: Path) -> Stack | None:
 def read(path: Path) -> Stack | None:
     """The record at `path` if its process still runs (a crashed stack's record is ignored)."""
     found = _load(path)
-    return found if found is not None and alive(found.pid) else None
+    return found if found is not None and alive(found.pid, found.started) else None
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -100,7 +124,7 @@ def record(*, nats_url: str, data_dir: Path, edge_url: str | None = None,
     there."""
     path = record_path(data_dir)
     mine = Stack(nats_url=nats_url, data_dir=str(data_dir), pid=os.getpid(),
-                 started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 started=time.strftime(TIME_FORMAT, time.gmtime()),
                  edge_url=edge_url, llm_url=llm_url)
     other = read(path)
     written = mine

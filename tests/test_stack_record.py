@@ -97,6 +97,19 @@ def test_a_crashed_stacks_record_is_ignored(state: Path, tmp_path: Path,
     assert found.stack is None and found.nats_url == "nats://127.0.0.1:4222"
     assert found.data_dir == tmp_path / ".vagent" and found.announce is None
     assert stack.locate(data_dir=data).stack is None
+    # Its pid given to a process started since: not the stack's process either.
+    later = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        write(data / "stack.json", stack.Stack(nats_url=closed, data_dir=str(data), pid=later.pid,
+                                               started="2026-01-01T00:00:00Z"))
+        assert stack.locate().stack is None
+        write(data / "stack.json", stack.Stack(nats_url=closed, data_dir=str(data), pid=later.pid,
+                                               started=time.strftime(stack.TIME_FORMAT, time.gmtime())))
+        assert stack.locate().nats_url == closed  # the same process: its record counts
+    finally:
+        later.kill()
+        later.wait()
+    assert stack.locate().stack is None  # and once it ended, it does not
     # The command says nothing of that stack, and fails at once on the closed port it names.
     said = vagent("say", "hi", "-s", "s1", "--nats", closed, cwd=tmp_path)
     assert said.returncode == 1
