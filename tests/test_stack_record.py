@@ -212,3 +212,15 @@ def test_the_stack_in_the_given_data_dir_is_found(state: Path, tmp_path: Path) -
         assert not (data / "stack.json").exists()
     finally:
         server.stop()
+
+
+def test_looking_creates_no_files_where_no_stack_is(state: Path, tmp_path: Path,
+                                                    nats_server: EmbeddedServer) -> None:
+    """No stack recorded: the commands read the defaults (./.vagent) but create nothing there,
+    neither the data directory nor a signing key."""
+    looked = vagent("users", "lock", "nobody@example.com", "--nats", nats_server.url, cwd=tmp_path)
+    assert looked.returncode == 1 and "nobody@example.com" in looked.stderr
+    listed = vagent("sessions", "--nats", nats_server.url, cwd=tmp_path)
+    store = tmp_path / ".vagent" / "read.duckdb"
+    assert listed.returncode == 1 and f"no read store at {store}" in listed.stderr
+    assert not (tmp_path / ".vagent").exists()
