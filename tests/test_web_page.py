@@ -39,6 +39,8 @@ def locking(config: Config) -> Config:
 
 
 pytestmark = pytest.mark.stack("asr", "dialogue", "tools", "tts", loopback_ice=True, settings=locking)
+# A loaded machine may take a while to show a state: wait for it, not for a clock.
+expect.set_options(timeout=30_000)
 
 CHROMIUM = os.environ.get("VAGENT_CHROMIUM", "/usr/bin/chromium")
 QUESTION = "weather_paris"
