@@ -76,7 +76,7 @@ def alive(pid: int, started: str) -> bool:
         recorded = calendar.timegm(time.strptime(started, TIME_FORMAT))
     except ValueError:
         return True
-    return began <= recorded + 1  # the record's time is whole seconds
+    return began <= recorded + 2  # whole seconds, both the record's time and the boot time
 
 
 def _process_start(pid: int) -> float | None:
