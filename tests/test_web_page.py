@@ -388,11 +388,23 @@ async def test_without_a_microphone_text_chat_thinks_and_answers(micless: Any, s
     await page.screenshot(path=str(TEXT_SCREENSHOT), full_page=True)
     print(f"\nscreenshot of a typed conversation: {TEXT_SCREENSHOT}")
 
-    # The edge recorded a typed session over /ws for it.
+    # The server lets go of the connection: the page says so, and the next message
+    # reconnects to the same session.
+    await stack.services.links.close_all("server_shutdown")
+    await expect(activity).to_have_attribute("data-activity", "disconnected")
+    await expect(page.locator("#status")).to_contain_text("Send a message to reconnect")
+    await message.fill("are you there")
+    await page.get_by_role("button", name="Send").click()
+    await page.locator("#log li.assistant:not(.streaming)", has_text="You said: are you there.").wait_for()
+    await expect(activity).to_have_attribute("data-activity", "idle")
+    assert await page.evaluate("window.vagent.sessionId") == session_id
+
+    # The edge recorded a typed session over /ws for it, resumed once.
     events = await wait_for(stack.services.bus, session_id,
-                            lambda es: sum(e.type == "assistant.message" for e in es) >= 3, timeout=30)
-    started = next(e for e in events if e.type == "session.started")
-    assert started.transport == "ws" and started.audio_out is None  # type: ignore[attr-defined]
+                            lambda es: sum(e.type == "assistant.message" for e in es) >= 4, timeout=30)
+    starts = [(e.transport, e.resumed, e.audio_out)  # type: ignore[attr-defined]
+              for e in events if e.type == "session.started"]
+    assert starts == [("ws", False, None), ("ws", True, None)], starts
 
 
 @pytest.mark.slow

@@ -310,8 +310,7 @@ function onEvent(link, raw) {
       finish(link, { send: false, why: m.reason });
       break;
     case "goodbye": // the server ends this connection (shutting down, limits, replaced)
-      if (m.reason === "replaced" && link.kind === "text") break;
-      finish(link, { send: false, why: m.reason });
+      lost(link, { why: m.reason });
       break;
     default:
       break;
@@ -348,7 +347,7 @@ function connectText(link, sessionId) {
       }
     };
     ws.onclose = (e) => {
-      if (opened) { lost(link, "The connection was lost."); return; }
+      if (opened) { lost(link, {}); return; }
       reject(refusal ? new ApiError(e.code >= 4000 ? e.code - 4000 : 0, refusal.code, refusal.message)
         : new ApiError(0, "network", "Cannot reach the server. Check the connection and try again."));
     };
@@ -506,7 +505,7 @@ export async function startCall() {
   link.dc = dc;
   dc.onmessage = (e) => onEvent(link, e.data);
   dc.onopen = () => connected(link);
-  dc.onclose = () => lost(link, "The call was disconnected.");
+  dc.onclose = () => lost(link, { message: "The call was disconnected." });
   pc.ontrack = (e) => {
     const stream = e.streams[0] || new MediaStream([e.track]);
     el.audio.srcObject = stream;
@@ -516,7 +515,9 @@ export async function startCall() {
     link.viz = media.bars(stream, el.viz);
   };
   pc.onconnectionstatechange = () => {
-    if (pc.connectionState === "failed") lost(link, "The call's connection failed: the server could not be reached for audio.");
+    if (pc.connectionState === "failed") {
+      lost(link, { message: "The call's connection failed: the server could not be reached for audio." });
+    }
   };
   try {
     await pc.setLocalDescription(await pc.createOffer());
@@ -642,26 +643,29 @@ function finish(link, { send, why, back = null }) {
     } else {
       ready();
     }
-  } else if (why) {
+  } else if (why && conv.sessionId === null) { // session.ended: the session is over
     status(`Conversation ended (${why.replace(/_/g, " ")}). Send a message to start again.`);
   }
   render();
   if (wasOpen) sessionsChanged();
 }
 
-// The connection went away without anyone asking: say so; the next message reconnects.
-function lost(link, message) {
-  if (!link.attached || link.replaced) {
+// The connection went away without anyone asking (the server's `goodbye` says why): the
+// page shows it is disconnected; the next message reconnects and resumes the session.
+function lost(link, { why = "", message = "" }) {
+  if (!link.attached || link.replaced) { // a call took this connection's place
     link.attached = false;
     return;
   }
   const current = conv.link === link;
-  finish(link, { send: false });
-  if (current) {
-    conv.lost = true;
-    notice(link.kind === "call" ? message : message + " Send a message to reconnect.");
-    render();
+  finish(link, { send: false, why });
+  if (!current) return;
+  conv.lost = true;
+  if (link.kind === "text") {
+    status(`Disconnected${why ? ` (${why.replace(/_/g, " ")})` : ""}. Send a message to reconnect.`);
   }
+  if (message) notice(message);
+  render();
 }
 
 export function hangUp() {
