@@ -75,7 +75,7 @@ def test_sessions_lists_it_and_rebuild_gives_the_same_table(stack: tuple[Proc, P
         spoken = vagent("tail", f"vagent.session.{session}.evt.tts.stopped", "--from-start",
                         "--limit", "1", "--nats", nats.url, timeout=60)
         assert "tts.stopped" in spoken.stdout
-    before = vagent("sessions", "--nats", nats.url, "--data-dir", str(data))
+    before = vagent("sessions", "--wide", "--nats", nats.url, "--data-dir", str(data))
     assert before.returncode == 0, before.stderr
     rows = {line.split()[0]: line for line in before.stdout.splitlines()[2:]}
     assert {"s1", "s2"} <= set(rows)
@@ -83,7 +83,7 @@ def test_sessions_lists_it_and_rebuild_gives_the_same_table(stack: tuple[Proc, P
     rebuilt = vagent("projections", "rebuild", "--nats", nats.url, "--data-dir", str(data))
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert "sessions" in rebuilt.stdout
-    after = vagent("sessions", "--nats", nats.url, "--data-dir", str(data))
+    after = vagent("sessions", "--wide", "--nats", nats.url, "--data-dir", str(data))
     assert after.stdout == before.stdout
 
 
