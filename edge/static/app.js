@@ -1,7 +1,8 @@
 // vagent's page: sign in, pick or add an assistant, talk to it by text (no call or microphone
 // needed) or call it by voice, and read past conversations. Plain JavaScript modules, no build
-// step: api.js (REST and tokens), talk.js (the conversation), media.js (microphones, speakers,
-// the voice's bars), history.js (past conversations), lines.js (a conversation's lines).
+// step: api.js (REST and tokens), talk.js (the conversation), links.js (its /ws and WebRTC
+// connections), media.js (microphones, speakers, the voice's bars), history.js (past
+// conversations), lines.js (a conversation's lines).
 
 import { API, all, describe, forgetTokens, idempotencyKey, keepTokens, request, tokens, whenExpired } from "./api.js";
 import * as history from "./history.js";

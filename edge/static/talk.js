@@ -4,8 +4,9 @@
 // the same vocabulary. Switching between them resumes the same session (`session_id`), so
 // the assistant keeps the thread; a session the server no longer resumes starts a new one.
 
-import { API, ApiError, describe, request, tokens } from "./api.js";
+import { API, ApiError, describe, request } from "./api.js";
 import { follow, line, setText, toolWords } from "./lines.js";
+import { RESUME_REFUSED, audioStats, close, connectText, iceGathered, offer } from "./links.js";
 import * as media from "./media.js";
 
 const $ = (id) => document.getElementById(id);
@@ -23,7 +24,6 @@ const LABELS = {
   idle: "Ready", connecting: "Connecting…", listening: "Listening", thinking: "Thinking…",
   speaking: "Speaking", disconnected: "Disconnected",
 };
-const RESUME_REFUSED = new Set(["session_expired", "session_not_found", "session_active"]);
 
 function fresh(assistant) {
   return {
@@ -320,40 +320,6 @@ function onEvent(link, raw) {
 
 // ---------------------------------------------------------------- typing: /ws
 
-function wsUrl(sessionId) {
-  const q = new URLSearchParams({ token: tokens.access || "", assistant_id: conv.assistant.assistant_id });
-  if (sessionId) q.set("session_id", sessionId);
-  return `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws?${q}`;
-}
-
-// One WebSocket to the session: resolves once the server names the session; a refusal
-// (an error message, then a close 4000 + status) rejects with the API's error.
-function connectText(link, sessionId) {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(wsUrl(sessionId));
-    let opened = false;
-    let refusal = null;
-    ws.onmessage = (e) => {
-      if (typeof e.data !== "string") return; // no audio was asked for
-      if (opened) { onEvent(link, e.data); return; }
-      let m;
-      try { m = JSON.parse(e.data); } catch { return; }
-      if (m.type === "session") {
-        opened = true;
-        link.ws = ws;
-        resolve(m);
-      } else if (m.type === "error") {
-        refusal = m;
-      }
-    };
-    ws.onclose = (e) => {
-      if (opened) { lost(link, {}); return; }
-      reject(refusal ? new ApiError(e.code >= 4000 ? e.code - 4000 : 0, refusal.code, refusal.message)
-        : new ApiError(0, "network", "Cannot reach the server. Check the connection and try again."));
-    };
-  });
-}
-
 function began(link, session) {
   const previous = conv.sessionId;
   conv.sessionId = session.session_id;
@@ -374,7 +340,9 @@ function openText() {
     let resume = conv.sessionId;
     for (let tries = 0; ; tries++) {
       try {
-        const session = await connectText(link, resume);
+        const session = await connectText(link, conv.assistant.assistant_id, resume, {
+          onEvent: (raw) => onEvent(link, raw), onLost: () => lost(link, {}),
+        });
         if (!link.attached) { // a call took over while this connected
           close(link);
           throw new ApiError(0, "ended", "A call took over the conversation.");
@@ -436,36 +404,6 @@ export function stopAnswer() {
 
 // ---------------------------------------------------------------- calling: WebRTC
 
-function iceGathered(pc, ms) {
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      pc.removeEventListener("icegatheringstatechange", check);
-      pc.removeEventListener("icecandidate", onCandidate);
-      resolve();
-    };
-    const check = () => { if (pc.iceGatheringState === "complete") done(); };
-    const onCandidate = (e) => { if (!e.candidate) done(); };
-    const timer = setTimeout(done, ms);
-    pc.addEventListener("icegatheringstatechange", check);
-    pc.addEventListener("icecandidate", onCandidate);
-  });
-}
-
-async function offer(pc, resume) {
-  const body = { sdp: pc.localDescription.sdp, type: "offer", assistant_id: conv.assistant.assistant_id };
-  for (let tries = 0; ; tries++) {
-    try {
-      return await request("POST", "/webrtc/offer", resume ? { ...body, session_id: resume } : body);
-    } catch (err) {
-      if (tries >= 2 || !resume || !RESUME_REFUSED.has(err.code)) throw err;
-      if (err.code === "session_active" && tries === 0) await new Promise((r) => setTimeout(r, 1000));
-      else resume = null;
-    }
-  }
-}
-
 export async function startCall() {
   if (!conv.assistant || inCall() || !media.micStatus().ok) return;
   notice("");
@@ -525,7 +463,7 @@ export async function startCall() {
     if (!link.attached) return;
     // From here the server may replace the text connection with this call (same session).
     if (typing) typing.replaced = true;
-    const answer = await offer(pc, conv.sessionId);
+    const answer = await offer(pc, conv.assistant.assistant_id, conv.sessionId);
     if (!link.attached) return;
     began(link, answer);
     link.open = false; // open once the data channel is
@@ -594,27 +532,6 @@ export function switchSpeaker(id) {
 }
 
 // ---------------------------------------------------------------- ending
-
-function close(link, send = false) {
-  if (link.kind === "text") {
-    if (link.ws && link.ws.readyState <= WebSocket.OPEN) {
-      link.ws.onclose = null;
-      link.ws.close(1000);
-    }
-    return;
-  }
-  clearTimeout(link.timer);
-  if (link.meter) link.meter.stop();
-  if (link.viz) link.viz.stop();
-  if (link.stream) link.stream.getTracks().forEach((t) => t.stop());
-  const shut = () => { try { if (link.pc) link.pc.close(); } catch { /* closed */ } };
-  if (send && link.dc && link.dc.readyState === "open") {
-    try { link.dc.send(JSON.stringify({ type: "hangup" })); } catch { /* closing */ }
-    setTimeout(shut, 300); // let the hangup leave before the transport closes
-  } else {
-    shut();
-  }
-}
 
 // End `link` (a call or a text connection); `send` tells the server first; `back` is the
 // text connection to go on with if a call never started.
@@ -703,28 +620,9 @@ export function useAssistant(assistant) {
   render();
 }
 
-/** Figures of the call's received audio, from the peer connection's statistics. */
-async function audioStats() {
-  const call = inCall();
-  if (!call || !call.pc) return null;
-  const report = await call.pc.getStats();
-  let inbound = null;
-  report.forEach((s) => {
-    if (s.type === "inbound-rtp" && (s.kind || s.mediaType) === "audio") inbound = s;
-  });
-  return inbound && {
-    packetsReceived: inbound.packetsReceived || 0,
-    bytesReceived: inbound.bytesReceived || 0,
-    totalAudioEnergy: inbound.totalAudioEnergy || 0,
-    totalSamplesReceived: inbound.totalSamplesReceived || 0,
-    micPeak: call.meter ? call.meter.peak : 0,
-    voicePeak: call.viz ? call.viz.peak : 0,
-  };
-}
-
 // for people debugging in the console, and for the page's tests
 export const inspect = {
-  audioStats,
+  audioStats: () => audioStats(inCall()),
   get activity() { return activity(); },
   get activities() { return activities.slice(); },
   get sessionId() { return conv.sessionId; },
