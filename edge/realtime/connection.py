@@ -1,6 +1,11 @@
 """A real-time WebSocket connection with the edge's limits: admission (max connections, and
 per client address until `release`), frame size, message rate, serialized sends, refusals
-with a reason and a close code, and being told to go when the edge shuts down."""
+with a reason and a close code, and being told to go when the edge shuts down.
+
+A refusal that says `retry_after` (a session over its turn limit) stops the reading for that
+long: uvicorn reads nothing from a socket while its app has a message unread, so a flood
+fills the client's own buffers and its sends stall, instead of each excess message being
+read, parsed and answered here."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,7 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from edge.api.endpoint import client_ip
 from edge.errors import ApiError
 from edge.jsonparse import MESSAGE_CODES, JsonInputError
-from edge.realtime.limits import GOING_AWAY, POLICY, TOO_BIG, TRY_LATER, MessageRate, refusal
+from edge.realtime.limits import GOING_AWAY, POLICY, TOO_BIG, TRY_LATER, MessageRate, RefusalLog, refusal
 from edge.realtime.session import LinkRegistry, SessionLink
 from edge.services import Services
 
@@ -48,6 +54,9 @@ class Connection:
         self.session_id: str | None = None  # once attached, for the log
         self.address: str | None = None  # the client address whose slot it holds, once admitted
         self._send = asyncio.Lock()
+        self._closed = asyncio.Event()  # closed by this side: a paused read ends
+        self._paused_until = 0.0  # monotonic: no reading before then
+        self._refusals = RefusalLog(log)
 
     async def admit(self, subprotocol: str | None = None) -> bool:
         await self.websocket.accept(subprotocol=subprotocol)
@@ -72,6 +81,7 @@ class Connection:
 
     def release(self) -> None:
         """Give the client address's slot back: the connection has ended (call once it has)."""
+        self._refusals.flush()
         if self.address is not None:
             self.services.addresses.give(self.address)
             self.address = None
@@ -89,6 +99,11 @@ class Connection:
         """The next message within the limits; None once the client is gone or was closed."""
         if self.websocket.client_state != WebSocketState.CONNECTED:
             return None
+        pause = self._paused_until - time.monotonic()
+        if pause > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await self._closed.wait()
         try:
             message = await self.websocket.receive()
         except (WebSocketDisconnect, RuntimeError):
@@ -120,9 +135,10 @@ class Connection:
         await self._deliver({"type": "websocket.send", "bytes": data})
 
     async def send_error(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
-        """Tell the client why something it sent was refused; the session goes on. One log
-        line says the same, so the reason is known without a traceback."""
-        self._log("client message refused", code, message)
+        """Tell the client why something it sent was refused; the session goes on. The log
+        says the same (RefusalLog: a line per interval, not per message), so the reason is
+        known without a traceback."""
+        self._refusals.refused(code, message, {"path": self.path, "session": self.session_id})
         error: dict[str, Any] = {"type": "error", "code": code, "message": message}
         if details:
             error["details"] = details
@@ -133,6 +149,9 @@ class Connection:
         if isinstance(error, JsonInputError):
             error = error.api_error(MESSAGE_CODES)
         await self.send_error(error.code, error.message, error.details)
+        retry_after = error.details.get("retry_after")
+        if error.status == 429 and isinstance(retry_after, (int, float)):
+            self._paused_until = time.monotonic() + retry_after
 
     async def refuse(self, error: ApiError) -> None:
         """Tell why (the REST API's error shape), then close with 4000 + its status."""
@@ -148,6 +167,7 @@ class Connection:
                               "reason": reason, **more})
 
     async def close(self, code: int, reason: str = "") -> None:
+        self._closed.set()
         async with self._send:
             if self.websocket.application_state == WebSocketState.CONNECTED:
                 with contextlib.suppress(Exception):

@@ -7,7 +7,10 @@ status for refusals the REST API would answer with that status (4401, 4404, 4409
 
 from __future__ import annotations
 
+import logging
+import math
 import time
+from typing import Any
 
 from edge.errors import ApiError
 from schemas import AssistantMessage, Error, Event, SessionEnded
@@ -47,6 +50,10 @@ class MessageRate:
         self.tokens -= 1.0
         return True
 
+    def wait(self) -> float:
+        """Seconds until `allow` would say yes (as of its last call)."""
+        return max(0.0, (1.0 - self.tokens) / self.rate)
+
 
 class AddressSlots:
     """Real-time connections held per client address, from admission to their end: one
@@ -74,6 +81,31 @@ class AddressSlots:
         return self._held.get(address, 0)
 
 
+class AddressRates:
+    """A token bucket (MessageRate) per client address, for what one address may start a
+    second however many connections it uses. A bucket full again is forgotten when the
+    table grows: an address that stopped takes no memory for long."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, MessageRate] = {}
+
+    def wait(self, address: str) -> float:
+        """0 and one taken from the address's bucket, or how many seconds until it holds one."""
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            if len(self._buckets) >= 10_000:
+                self._forget_full()
+            bucket = self._buckets[address] = MessageRate(self.rate, self.burst)
+        return 0.0 if bucket.allow() else bucket.wait()
+
+    def _forget_full(self) -> None:
+        now = time.monotonic()
+        self._buckets = {address: bucket for address, bucket in self._buckets.items()
+                         if bucket.tokens + (now - bucket.stamp) * bucket.rate < bucket.capacity}
+
+
 class TurnLimit:
     """The typed turns (`user.text`, xiaozhi `listen detect`) one session may open: at most
     `edge.max_waiting_turns` still waiting for their answer, and `edge.max_turns_per_second`
@@ -99,14 +131,18 @@ class TurnLimit:
         for turn, at in list(self._open.items()):
             if now - at > TURN_WAIT_SECONDS:
                 del self._open[turn]
+        # `retry_after`: the connection reads nothing more from its client for that long
+        # (edge.realtime.connection): a flood waits in the client's own buffers.
         if len(self._open) >= self.waiting:
             raise ApiError(429, "too_many_turns",
                            f"{len(self._open)} turns are waiting for their answer: wait for one",
-                           {"waiting": len(self._open), "limit": self.waiting})
+                           {"waiting": len(self._open), "limit": self.waiting,
+                            "retry_after": _seconds(1.0 / self.per_second)})
         if not self.rate.allow():
             raise ApiError(429, "too_many_turns",
                            f"at most {self.per_second:g} turns a second (bursts of {self.burst}): "
-                           "slow down", {"per_second": self.per_second, "burst": self.burst})
+                           "slow down", {"per_second": self.per_second, "burst": self.burst,
+                                         "retry_after": _seconds(self.rate.wait())})
         self._open[turn_id] = now
 
     def withdraw(self, turn_id: str) -> None:
@@ -119,3 +155,46 @@ class TurnLimit:
             self._open.clear()
         elif (isinstance(event, AssistantMessage) and not event.tool_calls) or isinstance(event, Error):
             self._open.pop(event.turn_id or "", None)
+
+
+def _seconds(value: float) -> float:
+    """A wait rounded up to the tenth of a second, as clients are told it."""
+    return math.ceil(value * 10) / 10
+
+
+REFUSAL_LOG_SECONDS = 10.0
+
+
+class RefusalLog:
+    """One connection's refused messages in the log: the first of each code in an interval
+    of REFUSAL_LOG_SECONDS at once, the rest as one line with their count when the interval
+    is over (at the next refusal, or at `flush` when the connection ends). A flood of
+    refusals writes a line every few seconds, not one per message."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self._first: dict[str, float] = {}  # code → when its interval began
+        self._counted: dict[str, tuple[int, str, dict[str, Any]]] = {}  # code → count, last one
+
+    def refused(self, code: str, reason: str, extra: dict[str, Any]) -> None:
+        now = time.monotonic()
+        began = self._first.get(code)
+        if began is not None and now - began < REFUSAL_LOG_SECONDS:
+            count = self._counted.get(code, (0, "", {}))[0]
+            self._counted[code] = (count + 1, reason, extra)
+            return
+        self._flush(code)
+        self._first[code] = now
+        self.logger.info("client message refused", extra={**extra, "code": code, "reason": reason})
+
+    def flush(self) -> None:
+        for code in list(self._counted):
+            self._flush(code)
+
+    def _flush(self, code: str) -> None:
+        counted = self._counted.pop(code, None)
+        if counted is not None:
+            count, reason, extra = counted
+            self.logger.info("client messages refused", extra={
+                **extra, "code": code, "reason": reason, "count": count,
+                "seconds": round(time.monotonic() - self._first[code], 1)})

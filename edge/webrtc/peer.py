@@ -31,7 +31,7 @@ from aiortc.sdp import SessionDescription
 
 from edge import jsonparse
 from edge.errors import ApiError
-from edge.realtime.limits import MessageRate, TurnLimit
+from edge.realtime.limits import MessageRate, RefusalLog, TurnLimit
 from edge.realtime.messages import CLIENT_MESSAGES, Bare, ListenStartMessage, UserTextMessage, checked_text
 from edge.realtime.session import Caller, SessionLink
 from edge.services import Services
@@ -121,6 +121,7 @@ class Peer:
         edge = services.config.edge
         self.max_message = edge.max_frame_bytes
         self.rate = MessageRate(edge.max_messages_per_second)
+        self.refusals = RefusalLog(log)
         self.pc = RTCPeerConnection(RTCConfiguration(
             iceServers=[RTCIceServer(urls=url) for url in edge.ice_servers]))
         self.downlink = DownlinkTrack()
@@ -225,8 +226,7 @@ class Peer:
 
     def send_error(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
         """Tell the client why a message was refused (the session goes on), and the log."""
-        log.info("client message refused", extra={"path": "webrtc", "session": self.link.session_id,
-                                                   "code": code, "reason": message})
+        self.refusals.refused(code, message, {"path": "webrtc", "session": self.link.session_id})
         error: dict[str, Any] = {"type": "error", "code": code, "message": message}
         if details:
             error["details"] = details
@@ -318,6 +318,7 @@ class Peer:
                 await self.pc.close()
             await self.link.close(reason)
         finally:
+            self.refusals.flush()
             self.closed.set()
             if self.on_closed is not None:
                 self.on_closed(self)
