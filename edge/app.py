@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from edge import web
+from edge import web, webrtc
 from edge.api import accounts, assistants, devices, documents, search, sessions
 from edge.api.endpoint import JSON, Endpoint, bind, error_response
 from edge.api.openapi import document
@@ -22,13 +22,13 @@ from edge.errors import ApiError
 from edge.realtime.ops import healthz, readyz
 from edge.realtime.ws_json import ws_endpoint
 from edge.services import Services
-from edge.webrtc import webrtc_offer
 from edge.xiaozhi import ota
 from edge.xiaozhi.endpoint import xiaozhi_endpoint
 from edge.xiaozhi.protocol import PATH as XIAOZHI_PATH
 
 ENDPOINTS: tuple[Endpoint, ...] = (*accounts.ENDPOINTS, *assistants.ENDPOINTS, *devices.ENDPOINTS,
-                                   *documents.ENDPOINTS, *sessions.ENDPOINTS, *search.ENDPOINTS)
+                                   *documents.ENDPOINTS, *sessions.ENDPOINTS, *search.ENDPOINTS,
+                                   *webrtc.ENDPOINTS)
 OPENAPI_PATH = "/api/v1/openapi.json"
 
 
@@ -57,7 +57,6 @@ def create_app(services: Services) -> Starlette:
         Route(ota.PATH.rstrip("/"), ota.check_version_route, methods=["GET", "POST"]),
         Route(ota.ACTIVATE_PATH, ota.activate_route, methods=["POST"]),
         Route(ota.firmware.DOWNLOAD_PATH + "{path:path}", ota.download_route, methods=["GET"]),
-        Route("/webrtc/offer", webrtc_offer, methods=["POST"]),
     ]
 
     routes += web.routes()  # the page at / and its /static/ assets (last: shadows nothing)

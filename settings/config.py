@@ -233,6 +233,10 @@ class EdgeSettings(msgspec.Struct, forbid_unknown_fields=True):
         "more: close `1013`, or `429 too_many_sessions` for an offer")] = 20
     max_offers_in_progress: Annotated[int, doc(
         "WebRTC offers being set up at once, per edge process; more: `503 busy`")] = 4
+    offers_per_second: Annotated[float, doc(
+        "WebRTC offers per client address and second on average; more: `429 too_many_offers`, "
+        "answered before anything of the offer is read")] = 1.0
+    offer_burst: Annotated[int, doc("WebRTC offers one address may send in a burst")] = 3
     max_frame_bytes: Annotated[int, doc(
         "one WebSocket message, text or binary; larger: close `1009`")] = 65_536
     max_messages_per_second: Annotated[int, doc(

@@ -50,11 +50,13 @@ async def spec(api: Api) -> dict[str, Any]:
 
 
 def served_routes(api: Api) -> set[tuple[str, str]]:
-    """(path, method) of every REST route of the app (under /api/v1: the real-time endpoints,
-    the page and the probes are not REST); HEAD comes with GET and is not documented."""
+    """(path, method) of every REST route of the app (under /api/v1, and WebRTC's signaling:
+    the WebSocket endpoints, the page and the probes are not REST); HEAD comes with GET and
+    is not documented."""
     routes = set()
     for route in api.edge.app.routes:
-        if not getattr(route, "path", "").startswith("/api/v1/") or route.path == OPENAPI_PATH:
+        path = getattr(route, "path", "")
+        if not (path.startswith("/api/v1/") or path == "/webrtc/offer") or path == OPENAPI_PATH:
             continue
         assert isinstance(route, Route), route
         routes |= {(route.path, m.lower()) for m in route.methods or () if m != "HEAD"}
@@ -326,6 +328,7 @@ DECLARED: dict[tuple[str, str], tuple[list[str], str]] = {
     ("POST", "/api/v1/auth/verify-email"): (["422"], "the code must be the one mailed"),
     ("POST", "/api/v1/devices"): (["422"], "the activation code must be pending"),
     ("POST", "/api/v1/documents"): (["415"], "the file must be a type vagent reads"),
+    ("POST", "/webrtc/offer"): (["422"], "the SDP must be an offer a peer can answer"),
 }
 
 

@@ -10,13 +10,17 @@ interface: both peers here (the edge runs in the test's process) gather on loopb
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import json
+import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import av
+import msgspec
 import numpy as np
 import pytest
 import websockets
@@ -24,13 +28,14 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from bus.log import load
+from bus.server import EmbeddedServer
 from bus.subjects import audio_out
 from edge.realtime.limits import TRY_LATER
 from edge.webrtc import offer as offer_module
 from edge.webrtc import peer
 from edge.webrtc.audio import DownlinkTrack
 from schemas import SessionEnded
-from tests.api_harness import Api
+from tests.api_harness import Api, api_config, serve_api
 from tests.fixtures.audio import RATE, has_key_words, pcm
 
 pytestmark = pytest.mark.stack("asr", "dialogue", "tts", loopback_ice=True)
@@ -429,3 +434,59 @@ async def test_offers_beyond_those_being_set_up_get_503_at_once(
         await first.close()
         await second.close()
     assert stack.edge.app.state.webrtc_peers.negotiating == 0
+
+
+async def test_offers_beyond_an_address_rate_get_429_before_anything_is_read(
+        module_nats: EmbeddedServer, tmp_path: Path) -> None:
+    """`edge.offers_per_second` per address, in bursts of `edge.offer_burst`: the next offer
+    is refused whatever it holds (a body that is not even JSON would be a 415), with when to
+    come back; another address is not concerned."""
+    config = api_config(trust_forwarded_for=True)
+    config.edge = msgspec.structs.replace(config.edge, offers_per_second=0.01, offer_burst=3)
+    too_long = {"sdp": "x" * 20_000, "type": "offer"}
+    async with serve_api(module_nats.url, tmp_path, config) as api:
+        here = {"X-Forwarded-For": "203.0.113.30"}
+        for _ in range(3):  # the burst: read, and refused for what it says
+            r = await api.client.post("/webrtc/offer", json=too_long, headers=here)
+            assert r.status_code == 422 and r.json()["error"]["code"] == "bad_offer", r.text
+        r = await api.client.post("/webrtc/offer", content=b"not json",
+                                  headers={**here, "Content-Type": "text/plain"})
+        assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_offers", r.text
+        retry = int(r.headers["retry-after"])
+        assert retry > 60 and r.json()["error"]["details"]["retry_after"] == retry  # a token per 100 s
+        r = await api.client.post("/webrtc/offer", json=too_long, headers={"X-Forwarded-For": "203.0.113.31"})
+        assert r.status_code == 422, r.text
+
+
+async def test_an_offer_cancelled_once_its_peer_exists_closes_the_peer_and_frees_the_address(
+        stack: Api, module_nats: EmbeddedServer) -> None:
+    """What uvicorn cancels when it shuts down (the requests still running): an offer whose
+    peer is negotiated but whose session cannot open yet (the event log does not answer: its
+    NATS server is stopped) closes its peer, and its address's slot is given back."""
+    address = "127.0.0.1"
+    before = stack.services.addresses.held(address)
+    browser = Browser(audio=False)
+    module_nats.proc.send_signal(signal.SIGSTOP)
+    posting = asyncio.create_task(browser.offer(stack))
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                peers = getattr(stack.edge.app.state, "webrtc_peers", None)
+                held = next(iter(peers.active), None) if peers is not None else None
+                if held is not None and held.pc.localDescription is not None:
+                    break  # answered: opening its session now waits on NATS
+                await asyncio.sleep(0.01)
+        assert stack.services.addresses.held(address) == before + 1
+        for task in list(stack.edge._server.server_state.tasks):  # as uvicorn does at its deadline
+            task.cancel()
+    finally:
+        module_nats.proc.send_signal(signal.SIGCONT)
+        posting.cancel()
+        with contextlib.suppress(BaseException):
+            await posting
+        await browser.close()
+    async with asyncio.timeout(20):
+        await held.closed.wait()
+    assert held.end_reason == "server_shutdown" and held.pc.connectionState == "closed"
+    assert held not in peers.active
+    await held_becomes(stack, address, before)

@@ -122,6 +122,10 @@ class Endpoint:
     rate_limited: bool = False  # counted against the client IP's limit
     query: tuple[QueryParam, ...] = ()
     errors: tuple[int, ...] = field(default=())  # statuses it may answer besides the common ones
+    # The handler reads the request itself (Call.request), its cheapest refusals before the
+    # body: nothing above is done for it, `body` and `auth` only document it, and it takes
+    # no Idempotency-Key. Errors still get the one shape.
+    reads_request: bool = False
 
     @property
     def operation_id(self) -> str:
@@ -266,6 +270,8 @@ def bind(endpoint: Endpoint, services: Services) -> Callable[[Request], Awaitabl
         slot: idempotency.Slot | None = None
         form: Form | None = None
         try:
+            if endpoint.reads_request:
+                return await endpoint.handler(Call(request, services, None, None, {}))
             if endpoint.rate_limited:
                 services.limiter.check(client_ip(request, services))
             principal = await authenticate(request, services) if endpoint.auth else None

@@ -13,7 +13,7 @@ from edge.api.models import ID_PATTERN, Error
 
 REF = "#/components/schemas/{name}"
 DESCRIPTIONS = {400: "malformed request", 401: "missing, invalid, expired or revoked credentials",
-                404: "not found (or not yours)", 409: "conflict", 413: "body too large",
+                404: "not found (or not yours)", 409: "conflict", 410: "gone", 413: "body too large",
                 415: "unsupported media type or file type", 422: "invalid input", 423: "account locked",
                 429: "rate limited",
                 500: "internal error", 503: "unavailable: retry"}
@@ -70,7 +70,7 @@ def _operation(e: Endpoint, schemas: dict[Any, dict[str, Any]]) -> dict[str, Any
                   for name in re.findall(r"{(\w+)}", e.path)]
     parameters += [{"name": q.name, "in": "query", "required": q.required, "description": q.description,
                     "schema": q.schema} for q in e.query]
-    if e.method == "POST":
+    if e.method == "POST" and not e.reads_request:
         parameters.append({"name": "Idempotency-Key", "in": "header", "required": False,
                            "description": "the same key and body within 24 h get the same response",
                            "schema": {"type": "string", "minLength": 1, "maxLength": 255}})
@@ -116,7 +116,7 @@ def _error_statuses(e: Endpoint) -> set[int]:
         statuses.add(415)  # not application/json (or multipart/form-data)
     if body or post or e.query:
         statuses.add(422)  # the body's or the query's validation; an Idempotency-Key reused
-    if post:
+    if post and not e.reads_request:
         statuses.add(409)  # the same Idempotency-Key is still running
     return statuses
 

@@ -2,6 +2,6 @@
 `audio.in`, the assistant's voice on an outbound audio track, and the session's events
 on the data channel `events` (DESIGN §5)."""
 
-from edge.webrtc.offer import webrtc_offer
+from edge.webrtc.offer import ENDPOINTS
 
-__all__ = ["webrtc_offer"]
+__all__ = ["ENDPOINTS"]

@@ -6,7 +6,8 @@ offer made after ICE gathering completed: no trickle), optional `Authorization: 
 "answer", "session_id": …}` once every local candidate is gathered. Refusals in the REST
 API's error shape: 401 `token_*`, 404 (no such assistant, or session to resume), 409
 `session_active` / 410 `session_expired` (resume), 415 not JSON, 400 `malformed_json`,
-422 `validation_failed` / `bad_offer`, 429 `rate_limited` (the API's per-IP limit) /
+422 `validation_failed` / `bad_offer`, 429 `too_many_offers` (`edge.offers_per_second`
+per address, bursts of `edge.offer_burst`) / `rate_limited` (the API's per-IP limit) /
 `too_many_sessions` (`edge.max_sessions_per_address`), 503 `too_many_connections` /
 `draining` / `busy` (`edge.max_offers_in_progress` being set up) / `unavailable`; every 429
 and 503 with `Retry-After`.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -25,15 +27,25 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from bus.errors import BusError
-from edge.api.endpoint import client_ip, decode_body, error_response, json_response, read_body
+from edge.api.endpoint import (
+    Call,
+    Endpoint,
+    client_ip,
+    decode_body,
+    error_response,
+    json_response,
+    read_body,
+)
 from edge.api.models import Id
 from edge.errors import ApiError
 from edge.realtime.auth import bearer, user_caller
-from edge.services import Services
+from edge.realtime.limits import AddressRates
 from edge.webrtc.peer import Peer, check_offer_size, read_offer
+from settings.config import EdgeSettings
 
 log = logging.getLogger("vagent.edge.webrtc")
 SESSION_RETRY_AFTER = 5  # seconds: a session of the address may have ended by then
+MAX_OFFER_WAIT = 1.0  # seconds an offer over its address's rate waits for its 429
 
 
 class Offer(msgspec.Struct):
@@ -51,13 +63,14 @@ class Answer(msgspec.Struct):
 
 class Peers:
     """The peers this app holds (kept referenced while they live), offers in progress
-    (counted against `edge.max_connections` before their session exists) and those of them
-    being negotiated (at most `edge.max_offers_in_progress`)."""
+    (counted against `edge.max_connections` before their session exists), those of them
+    being negotiated (at most `edge.max_offers_in_progress`), and each address's offer rate."""
 
-    def __init__(self) -> None:
+    def __init__(self, edge: EdgeSettings) -> None:
         self.active: set[Peer] = set()
         self.pending = 0
         self.negotiating = 0
+        self.rates = AddressRates(edge.offers_per_second, edge.offer_burst)
 
     def track(self, peer: Peer, release: Callable[[], None]) -> None:
         """Hold `peer` until it closes; then `release` what it held."""
@@ -73,19 +86,31 @@ class Peers:
 def peers_of(request: Request) -> Peers:
     state = request.app.state
     if not hasattr(state, "webrtc_peers"):
-        state.webrtc_peers = Peers()
+        state.webrtc_peers = Peers(request.app.state.services.config.edge)
     peers: Peers = state.webrtc_peers
     return peers
 
 
-async def webrtc_offer(request: Request) -> Response:
-    services: Services = request.app.state.services
+async def webrtc_offer(call: Call) -> Response:
+    request, services = call.request, call.services
     edge = services.config.edge
     peers = peers_of(request)
     address = client_ip(request, services)
     peer: Peer | None = None
     counted = negotiating = False
     slot: str | None = None  # the address's session slot, until a peer holds it
+    wait = peers.rates.wait(address)
+    if wait > 0:
+        # Nothing of the offer is read. The answer comes once a retry could be taken: a client
+        # posting in a loop sends about one a second, not one per refusal it gets back.
+        await asyncio.sleep(min(wait, MAX_OFFER_WAIT))
+        retry = max(1, math.ceil(wait - MAX_OFFER_WAIT))
+        return error_response(ApiError(
+            429, "too_many_offers",
+            f"at most {edge.offers_per_second:g} offers a second from one address "
+            f"(bursts of {edge.offer_burst}): slow down",
+            {"retry_after": retry, "per_second": edge.offers_per_second, "burst": edge.offer_burst},
+            {"Retry-After": str(retry)}))
     try:
         # A peer costs far more than a login (ICE, DTLS, codecs): the same per-IP limit.
         services.limiter.check(address)
@@ -137,6 +162,11 @@ async def webrtc_offer(request: Request) -> Response:
         log.exception("webrtc offer failed")
         await _discard(peer)
         return error_response(ApiError(500, "internal", "internal error"))
+    except asyncio.CancelledError:
+        # The server is shutting down: a peer that exists already must close, or its
+        # connection and its address's slot would be held for ever.
+        await _discard(peer, "server_shutdown")
+        raise
     finally:
         if counted:
             peers.pending -= 1
@@ -146,6 +176,15 @@ async def webrtc_offer(request: Request) -> Response:
             services.addresses.give(slot)
 
 
-async def _discard(peer: Peer | None) -> None:
+async def _discard(peer: Peer | None, reason: str = "error") -> None:
     if peer is not None:
-        await peer.close("error")  # gives its address's slot back
+        await peer.close(reason)  # gives its address's slot back
+
+
+ENDPOINTS = (
+    Endpoint("POST", "/webrtc/offer", webrtc_offer,
+             "Start a call: a browser's WebRTC offer (ICE gathered), answered once the answer's "
+             "candidates are; Authorization: Bearer <access token> optional where edge.anonymous "
+             "allows", "calls", body=Offer, answer=Answer, auth=False, reads_request=True,
+             errors=(401, 404, 409, 410, 429)),
+)
