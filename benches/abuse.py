@@ -201,7 +201,8 @@ class Attacker:
                             self.did(f"error_{answer.get('code')}")
 
     async def _paced(self, ws: Any, message: str, kind: str) -> None:
-        """`message` over and over at just under the per-connection message rate."""
+        """`message` over and over at just under the per-connection message rate; while the
+        edge does not read, the sends wait for room in the buffers."""
         reader = asyncio.create_task(self._drain(ws))
         try:
             pause = 1 / (self.edge.max_messages_per_second * 0.9)
@@ -211,6 +212,9 @@ class Attacker:
                 await asyncio.sleep(pause)
         finally:
             reader.cancel()
+            # Gone at once, as a client that stops: what it had sent and the edge had not read
+            # yet is dropped with the connection, not handled in the next baseline round.
+            ws.transport.abort()
 
     async def text_flood(self) -> None:
         async with websockets.connect(self.ws_url + "/ws", max_size=None) as ws:
