@@ -99,7 +99,8 @@ export function render() {
   el.mute.setAttribute("aria-pressed", String(Boolean(call && call.muted)));
   el.mute.textContent = call && call.muted ? "Unmute" : "Mute";
   el.micField.hidden = !mic.ok;
-  el.speakerField.hidden = !media.canSetSpeaker() || media.devices.outputs.length === 0;
+  // a speaker to choose: only where the browser lets a page route audio, and names them
+  el.speakerField.hidden = !media.canSetSpeaker() || el.speakerSelect.options.length < 2;
   el.devices.hidden = el.micField.hidden && el.speakerField.hidden;
 }
 
