@@ -116,7 +116,8 @@ def _banner(url: str, server: EmbeddedServer | None, data_dir: Path, actors: lis
         f"  read models  {store_path(data_dir)}",
         *([f"  web page     {edge.url}/",
            f"  API          {edge.url}/api/v1/  (OpenAPI: {edge.url}/api/v1/openapi.json)",
-           f"  xiaozhi      {edge.ws_url}/xiaozhi/v1/",
+           f"  xiaozhi      {edge.url}/xiaozhi/ota/  (the OTA URL a device is given)",
+           f"               {edge.ws_url}/xiaozhi/v1/  (its WebSocket)",
            f"  WebSocket    {edge.ws_url}/ws"] if edge else []),
         *([f"  LLM          {local_llm.base_url}  (local llama-server, {local_llm.model_name}, "
            f"log {local_llm.log_file})"] if local_llm else []),
