@@ -1,1 +1,1 @@
-"""Client-facing Starlette processes (WebSocket, WebRTC, REST): issues #5 and #6."""
+"""Client-facing Starlette processes (WebSocket, WebRTC, REST)."""

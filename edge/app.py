@@ -1,5 +1,5 @@
-"""The edge's Starlette app: the REST API under /api/v1 (and, with #6, the real-time
-endpoints). Every route comes from the endpoint tables, which also make the OpenAPI
+"""The edge's Starlette app: the REST API under /api/v1 and the real-time
+endpoints. Every route comes from the endpoint tables, which also make the OpenAPI
 document."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""User, device, assistant and document events, as far as issues #2–#7 know them.
+"""User, device, assistant and document events.
 They never carry a password, a token or a key: only what a read model needs."""
 
 from __future__ import annotations

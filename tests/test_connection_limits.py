@@ -1,4 +1,4 @@
-"""Idle and slow connections (#14): a connection that sends nothing, or trickles its request
+"""Idle and slow connections: a connection that sends nothing, or trickles its request
 head (slowloris), is closed after `edge.header_timeout`, one that trickles its body after
 `edge.body_timeout`; every open socket counts against
 `edge.max_connections`; a WebSocket whose client never speaks is closed with 4408."""

@@ -1,4 +1,4 @@
-"""Costs bounded per process and per user (#14): argon2 runs a few hashes at a time (503
+"""Costs bounded per process and per user: argon2 runs a few hashes at a time (503
 beyond its queue) without slowing a real-time turn, a lock is recorded and logged once,
 and uploads stop at the owner's quota and at the chunk limit before any work."""
 

@@ -1,4 +1,4 @@
-"""Crash-only restarts (#14): a `vagent up` killed by SIGKILL leaves no child behind, starts
+"""Crash-only restarts: a `vagent up` killed by SIGKILL leaves no child behind, starts
 again on the same ports and data dir, and the sessions its edge held are ended (`edge_lost`)
 and resumable instead of refused as connected for ever."""
 

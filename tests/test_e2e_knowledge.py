@@ -1,4 +1,4 @@
-"""#7's "done when", end to end through the real `vagent up`: a user uploads a manual, asks
+"""End to end through the real `vagent up`: a user uploads a manual, asks
 the assistant about it by voice over `/ws`, and hears an answer that cites the manual;
 `vagent sessions` and `vagent session show` display that conversation with its latencies;
 `vagent replay` re-runs it with another model and shows the diff; `vagent session export

@@ -1,4 +1,4 @@
-"""Validation at the edge (#14): what a client sends is checked as strictly as the actors
+"""Validation at the edge: what a client sends is checked as strictly as the actors
 will decode it, every JSON the edge parses is bounded in depth, malformed SDP is a 422,
 typed text and greetings have limits, and every refusal is one log line with its reason.
 

@@ -1,4 +1,4 @@
-"""The default conversation with the real default model (issue #13): Qwen2.5-0.5B from the
+"""The default conversation with the real default model: Qwen2.5-0.5B from the
 PyPI wheels, served by the local llama.cpp server, behind the dialogue and tools actors with
 the provider settings `vagent up` gives it. A tiny model's wording varies from run to run, so
 only invariants are asserted: no tool-call text is ever shown or spoken, every turn ends in a

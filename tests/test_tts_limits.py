@@ -1,9 +1,9 @@
-"""Bounded work per input (#14): long text is cut before synthesis, a turn says at most so
+"""Bounded work per input: long text is cut before synthesis, a turn says at most so
 many characters, memory comes back after a long answer, another session is heard meanwhile,
 control characters never fail a synthesis, and SIGTERM stops a synthesizing actor at once.
 
 The real Piper voice, on a real nats-server. A provider call over the limit is never passed
-on to Piper (the code before #14 made Piper take GBs for these texts): it stalls and fails,
+on to Piper (Piper takes GBs for such texts whole): it stalls and fails,
 as a call of that length would hold the synthesizer."""
 
 from __future__ import annotations
@@ -260,7 +260,7 @@ async def test_sigterm_while_synthesizing_stops_the_actor_at_once(tmp_path: Path
         sid, turn = "t" + new_id(), new_id()
         frames = await catch_frames(bus, sid)
         await bus.publish(sentence(sid, turn, "Hello there, here is a long one.", 0))
-        # Six pieces; before #14 one call, which went on ~13 s after SIGTERM with 600 characters.
+        # Six pieces: synthesized whole, 600 characters went on ~13 s after SIGTERM.
         await bus.publish(sentence(sid, turn, HELLOS[:1000], 1))
         await frames.wait(1, timeout=120)  # the long sentence is being synthesized now
         asked = time.monotonic()

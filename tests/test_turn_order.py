@@ -1,4 +1,4 @@
-"""Exactly one answer per input (issue #14), under quick successive inputs over real sockets.
+"""Exactly one answer per input, under quick successive inputs over real sockets.
 
 Ten `/ws` clients talk at once through the real edge and dialogue actor to the echo LLM.
 Each sends its next `user.text` the moment the previous turn's `assistant.message` reaches
@@ -281,7 +281,7 @@ async def test_an_input_stored_just_before_the_answer_interrupts_the_turn_once(
 async def test_an_input_right_after_the_answer_is_stored_leaves_the_turn_alone(
         bus: Bus, servers: tuple[OpenAIServer, OpenAIServer],  # noqa: F811
         monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]]) -> None:  # noqa: F811
-    """Issue #14 as it happened: the client sends its next input the moment it sees the
+    """As it was reported: the client sends its next input the moment it sees the
     answer, while the dialogue's handler has not returned yet."""
     a, _ = servers
     config = parse(providers_toml(a))

@@ -573,7 +573,7 @@ class Dialogue(Actor):
 
     def _retrieve(self, run: _Run, tool: str, question: str, started: float) -> _Outcome:
         """Search the assistant's documents for the question before the model's first step.
-        Small models do not call the search on their own (issue #13: "every 15–30 minutes"
+        Small models do not call the search on their own ("every 15–30 minutes"
         instead of the manual's answer), and the search costs ~25 ms. It is an ordinary call of
         the search tool, made by the dialogue: the log, `session show` and replay see it, the
         model reads its result as a tool result, and the turn goes on when it arrives."""

@@ -80,7 +80,7 @@ class TimeTool(Tool):
     SAID_TURNS = 3  # the user inputs that may name the place: this turn's and the two before
 
     def __init__(self, bus: Bus | None) -> None:
-        # No example zone anywhere: small models copy it into every call (issue #13).
+        # No example zone anywhere: small models copy it into every call.
         self.spec = ToolSpec(
             name="get_time",
             description=("The current date and time. Without a time zone it is the user's "

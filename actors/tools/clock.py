@@ -1,7 +1,7 @@
 """What `get_time` answers: the time in the zone the user asked for, else the local one.
 
 Small models pass a time zone when nobody asked for one: they copy the example of the
-tool's description (Europe/Paris, issue #13) or make one up. So a zone the model passes is
+tool's description (Europe/Paris) or make one up. So a zone the model passes is
 used only when the user's words could be asking for it: they name it (its city, region or
 country, or its abbreviation), or they name something that is not part of asking the time
 ("… in Beijing"). "What time is it?" names nothing, and gets the local time whatever the

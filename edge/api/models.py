@@ -149,7 +149,7 @@ class Error(msgspec.Struct):
     error: ErrorBody
 
 
-# --- documents, search and sessions (#7) ------------------------------------------------------
+# --- documents, search and sessions ----------------------------------------------------------
 
 
 class Document(msgspec.Struct):
