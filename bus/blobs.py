@@ -1,5 +1,6 @@
-"""Blobs in Object Store buckets (declared in bus/streams.py): each utterance's audio,
-referenced from the events by a BlobRef, and uploaded documents (bucket `docs`)."""
+"""Blobs in Object Store buckets (declared in bus/streams.py): each utterance's audio and
+each photo a user sent, referenced from the events by a BlobRef, and uploaded documents
+(bucket `docs`)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,16 @@ async def get_blob(bus: Bus, ref: BlobRef) -> bytes:
     store = await bus.js.object_store(ref.bucket)
     result = await store.get(ref.name)
     return result.data or b""
+
+
+IMAGES_BUCKET = "images"
+
+
+async def put_image(bus: Bus, name: str, data: bytes, image_format: str) -> BlobRef:
+    """Store a photo (`image_format`: jpeg, png or webp) under `name`."""
+    store = await bus.js.object_store(IMAGES_BUCKET)
+    await store.put(name, data)
+    return BlobRef(bucket=IMAGES_BUCKET, name=name, format=image_format, sample_rate=0)
 
 
 DOCS_BUCKET = "docs"

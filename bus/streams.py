@@ -67,6 +67,7 @@ KV_BUCKETS: tuple[BucketSpec, ...] = (
 OBJECT_BUCKETS: tuple[BucketSpec, ...] = (
     BucketSpec("docs", "uploaded documents"),
     BucketSpec("audio", "each utterance's audio, referenced from its events"),
+    BucketSpec("images", "photos users sent, referenced from their `user.image` events"),
 )
 
 STREAM_BY_AGGREGATE = {"session": "SESSIONS", "user": "USERS", "assistant": "ASSISTANTS",

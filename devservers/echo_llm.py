@@ -3,8 +3,9 @@
 provider of `vagent bench dialogue` (so the figures are vagent's own overhead), and for
 the tests, where the real `openai` SDK talks to it.
 
-It answers "You said: <last user text>"
-word by word, with `token_delay` seconds between tokens, and records every request.
+It answers "You said: <last user text>" word by word (a message with an image in it:
+"You showed a <mime> image and said: <text>"), with `token_delay` seconds between tokens,
+and records every request.
 When the request offers tools and the user mentions one by name ("use get_time"), it
 streams a call to that tool instead (arguments from `tool_arguments`); after a tool
 result it answers "The tool said: <result>.". `fail_status` / `fail_times` make it
@@ -61,6 +62,11 @@ class OpenAIServer:
         if messages and messages[-1]["role"] == "tool":
             return f"The tool said: {messages[-1]['content']}."
         last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        if isinstance(last, list):  # content parts: text and images (data URLs)
+            text = " ".join(p["text"] for p in last if p.get("type") == "text")
+            images = [p["image_url"]["url"] for p in last if p.get("type") == "image_url"]
+            mime = images[0].partition(";")[0].removeprefix("data:") if images else "no"
+            return f"You showed a {mime} image and said: {text}."
         return f"You said: {last}."
 
     def tool_calls_for(self, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -96,7 +102,7 @@ class OpenAIServer:
         words = text.split(" ")
         tokens = [w if i == 0 else " " + w for i, w in enumerate(words)]
         model = body.get("model", "echo")
-        usage = {"prompt_tokens": sum(len((m.get("content") or "").split()) for m in body["messages"]),
+        usage = {"prompt_tokens": sum(len(str(m.get("content") or "").split()) for m in body["messages"]),
                  "completion_tokens": len(tokens), "total_tokens": 0}
         if not body.get("stream"):
             return JSONResponse({

@@ -11,6 +11,8 @@
   records theirs, so tokens issued after the lock (after an unlock) stay valid.
 - Device tokens: JWTs naming the device; valid while the device's binding record
   (`vagent_devices`) still names the token's id, so unbinding revokes them.
+- Vision tokens: JWTs naming one device session, handed to the device when it connects,
+  short-lived (`vision.token_ttl`): what it posts its camera's photos with.
 """
 
 from __future__ import annotations
@@ -227,6 +229,22 @@ class Tokens:
             raise Unauthorized("token_revoked", "this device was unbound")
         return DeviceGrant(user_id=binding.user_id, device_id=binding.device_id,
                            assistant_id=binding.assistant_id, jti=binding.jti)
+
+    # --- a device session's vision token -------------------------------------------------
+
+    def vision_token(self, session_id: str, device_id: str, ttl: float) -> str:
+        """What a device presents with its photos: good for this session and device only."""
+        now = time.time()
+        return jwt.encode({"iss": ISSUER, "sub": session_id, "typ": "vision", "jti": new_id(),
+                           "dev": device_id.lower(), "iat": int(now), "exp": math.ceil(now + ttl)},
+                          self._key, algorithm=ALGORITHM)
+
+    def verify_vision(self, token: str, device_id: str) -> str:
+        """The session a vision token was issued for, if it is `device_id`'s."""
+        claims = self._decode(token, "vision")
+        if claims.get("dev") != device_id.lower():
+            raise Unauthorized("token_invalid", "this token belongs to another device")
+        return str(claims["sub"])
 
     def _decode(self, token: str, typ: str) -> dict[str, Any]:
         try:

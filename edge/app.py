@@ -22,7 +22,7 @@ from edge.errors import ApiError
 from edge.realtime.ops import healthz, readyz
 from edge.realtime.ws_json import ws_endpoint
 from edge.services import Services
-from edge.xiaozhi import ota
+from edge.xiaozhi import ota, vision
 from edge.xiaozhi.endpoint import xiaozhi_endpoint
 from edge.xiaozhi.protocol import PATH as XIAOZHI_PATH
 
@@ -56,6 +56,7 @@ def create_app(services: Services) -> Starlette:
         Route(ota.PATH, ota.check_version_route, methods=["GET", "POST"]),
         Route(ota.PATH.rstrip("/"), ota.check_version_route, methods=["GET", "POST"]),
         Route(ota.ACTIVATE_PATH, ota.activate_route, methods=["POST"]),
+        Route(vision.PATH, vision.explain_route, methods=["POST"]),
         Route(ota.firmware.DOWNLOAD_PATH + "{path:path}", ota.download_route, methods=["GET"]),
     ]
 

@@ -23,7 +23,7 @@ class Usage(msgspec.Struct, omit_defaults=True):
 
 
 class BlobRef(msgspec.Struct, omit_defaults=True):
-    """Where a piece of audio is kept (Object Store bucket + name)."""
+    """Where a piece of audio or a photo is kept (Object Store bucket + name)."""
 
     bucket: str
     name: str
@@ -84,6 +84,17 @@ class TranscriptFinal(SessionEvent, tag="transcript.final", kw_only=True):
 class UserText(SessionEvent, tag="user.text", kw_only=True):
     text: str
     source: str = "text"  # text | detect | cli | replay
+
+
+class UserImage(SessionEvent, tag="user.image", kw_only=True):
+    """A photo the user sent: a device's camera (answered by its camera tool's call) or
+    `/ws` (answered by a turn of its own)."""
+
+    image: BlobRef  # format: jpeg, png or webp
+    mime: str
+    size: int
+    question: str = ""
+    source: str = "ws"  # ws | device
 
 
 class TurnStarted(SessionEvent, tag="turn.started", kw_only=True):
@@ -191,7 +202,7 @@ class Error(SessionEvent, tag="error", kw_only=True):
 
 SESSION_EVENTS: tuple[type[SessionEvent], ...] = (
     SessionStarted, SessionEnded, ListenStarted, ListenStopped, SpeechStarted, SpeechStopped,
-    TranscriptPartial, TranscriptFinal, UserText, TurnStarted, AssistantDelta, AssistantSentence,
+    TranscriptPartial, TranscriptFinal, UserText, UserImage, TurnStarted, AssistantDelta, AssistantSentence,
     AssistantMessage, ToolCall, ToolResult, SessionTools, TtsStarted, TtsSentence, TtsStopped,
     TurnInterrupted,
     Error,

@@ -351,6 +351,22 @@ class KnowledgeSettings(msgspec.Struct, forbid_unknown_fields=True):
         "upload when its size tells, else `document.failed` at indexing")] = 5000
 
 
+class VisionSettings(msgspec.Struct, forbid_unknown_fields=True):
+    base_url: Annotated[str, doc(
+        "an OpenAI-compatible API whose model accepts images; empty: no vision (photos are "
+        "refused with `vision_not_configured`)")] = ""
+    model: Annotated[str, doc("the vision model's name sent to it")] = ""
+    api_key_env: Annotated[str | None, doc(
+        "the environment variable (or secrets-file key) holding its API key")] = None
+    timeout: Annotated[float, doc("seconds for one description")] = 30.0
+    max_tokens: Annotated[int, doc("a description's length cap in tokens")] = 300
+    max_image_bytes: Annotated[int, doc(
+        "the largest photo accepted (JPEG, PNG or WebP); a larger one is refused with 413")
+    ] = 5 * 1024 * 1024
+    token_ttl: Annotated[float, doc(
+        "seconds a device's vision token (handed over in its MCP `initialize`) stays valid")] = 3600.0
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     llm: Annotated[LLMSettings, doc("LLM providers and the local model")] = msgspec.field(
         default_factory=LLMSettings)
@@ -367,6 +383,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     actors: Annotated[ActorSettings, doc("every actor")] = msgspec.field(default_factory=ActorSettings)
     knowledge: Annotated[KnowledgeSettings, doc("the knowledge base")] = msgspec.field(
         default_factory=KnowledgeSettings)
+    vision: Annotated[VisionSettings, doc(
+        "describing photos: a xiaozhi device's camera, images sent on `/ws`")] = msgspec.field(
+        default_factory=VisionSettings)
 
 
 class ConfigError(ValueError):
@@ -430,6 +449,8 @@ ENV_OVERRIDES: dict[str, str] = {
     "VAGENT_XIAOZHI_WAKE_WORDS": "edge.xiaozhi.wake_words",
     "VAGENT_EMBED_THREADS": "knowledge.embed_threads",
     "VAGENT_KB_MAX_CHUNKS": "knowledge.max_chunks",
+    "VAGENT_VISION_BASE_URL": "vision.base_url",
+    "VAGENT_VISION_MODEL": "vision.model",
 }
 # Taken as they are, even empty or with spaces: a prompt is text, not a value to trim.
 ENV_VERBATIM: dict[str, str] = {

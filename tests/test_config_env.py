@@ -39,6 +39,9 @@ CASES: dict[str, tuple[str, Callable[[Config], Any], Any]] = {
                                   ["hey vagent", "小明同学"]),
     "VAGENT_EMBED_THREADS": ("2", lambda c: c.knowledge.embed_threads, 2),
     "VAGENT_KB_MAX_CHUNKS": ("10", lambda c: c.knowledge.max_chunks, 10),
+    "VAGENT_VISION_BASE_URL": ("http://127.0.0.1:9/v1", lambda c: c.vision.base_url,
+                               "http://127.0.0.1:9/v1"),
+    "VAGENT_VISION_MODEL": ("see-1", lambda c: c.vision.model, "see-1"),
 }
 
 

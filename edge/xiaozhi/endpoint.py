@@ -27,7 +27,7 @@ from edge.realtime.connection import Connection, serve
 from edge.realtime.limits import TurnLimit
 from edge.realtime.messages import checked_text
 from edge.realtime.session import Caller, SessionLink
-from edge.xiaozhi import framing, protocol
+from edge.xiaozhi import framing, protocol, vision
 from edge.xiaozhi.mcp import CallResult, McpClient, McpError
 from schemas import (
     AssistantSentence,
@@ -369,7 +369,9 @@ class DeviceSession:
     async def _mcp_setup(self) -> None:
         assert self.mcp is not None
         try:
-            specs = await self.mcp.initialize()
+            specs = await self.mcp.initialize(vision.capability(
+                self.conn.websocket, self.conn.services, self.link.session_id,
+                self.link.caller.device_id or ""))
         except McpError as exc:
             log.warning("the device's MCP tools are unavailable",
                         extra={"session": self.link.session_id, "error": str(exc)})

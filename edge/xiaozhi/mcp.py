@@ -105,10 +105,12 @@ class McpClient:
     async def notify(self, method: str) -> None:
         await self._send({"jsonrpc": "2.0", "method": method})
 
-    async def initialize(self) -> list[SessionToolSpec]:
-        """The handshake and the device's whole tool list, as the session's tools."""
+    async def initialize(self, vision: dict[str, str] | None = None) -> list[SessionToolSpec]:
+        """The handshake and the device's whole tool list, as the session's tools. `vision`
+        ({url, token}): where the device's camera tool posts its photos."""
         result = await self.request("initialize", {
-            "protocolVersion": PROTOCOL_VERSION, "capabilities": {},
+            "protocolVersion": PROTOCOL_VERSION,
+            "capabilities": {"vision": vision} if vision else {},
             "clientInfo": {"name": "vagent", "version": version("vagent")}})
         self.server_info = result.get("serverInfo") or {}
         await self.notify("notifications/initialized")

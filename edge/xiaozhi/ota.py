@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import FileResponse, Response
 
 from bus.errors import BusError
@@ -180,7 +180,7 @@ async def check_version(request: Request, services: Services) -> Response:
                     extra={"device": device.lower(), "code": refusal.code, "reason": refusal.message})
         activation = None
     image = firmware.newest(services.data_dir, board, current)
-    base = _public_base(request, services)
+    base = public_base(request, services)
     answer = OtaAnswer(
         server_time=ServerTime(timestamp=time.time_ns() // 1_000_000,
                                timezone_offset=time.localtime().tm_gmtoff // 60),
@@ -230,12 +230,14 @@ def _agent_version(user_agent: str) -> str | None:
     return version.split(" ")[0] or None if slash else None
 
 
-def _public_base(request: Request, services: Services) -> str:
-    """The edge's address as the device reaches it: edge.public_url, else the request's."""
+def public_base(request: HTTPConnection, services: Services) -> str:
+    """The edge's address as the device reaches it: edge.public_url, else the request's
+    (a WebSocket's ws:// or wss:// as http:// or https://)."""
     configured = services.config.edge.public_url
     if configured:
         return configured.rstrip("/")
-    return f"{request.url.scheme}://{request.url.netloc}"
+    scheme = {"ws": "http", "wss": "https"}.get(request.url.scheme, request.url.scheme)
+    return f"{scheme}://{request.url.netloc}"
 
 
 def _ws_base(base: str) -> str:

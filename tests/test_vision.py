@@ -1,0 +1,131 @@
+"""Photos: a xiaozhi device's camera posting to the vision URL its MCP `initialize` named,
+described by `[vision]`'s model (the echo server, through the real openai SDK)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from bus.blobs import get_blob
+from bus.log import load
+from devservers.echo_llm import OpenAIServer
+from schemas import Event, UserImage, new_id
+from settings.config import Config, VisionSettings
+from tests.api_harness import Api
+from tests.xiaozhi_client import XiaozhiDevice
+
+# Both the dialogue's LLM and the vision model: its port is known before the stack starts.
+SERVER = OpenAIServer()
+JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4 + b"\xff\xd9"
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+MAX_IMAGE = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[OpenAIServer]:
+    SERVER.start()
+    yield SERVER
+    SERVER.stop()
+
+
+def with_vision(config: Config) -> Config:
+    config.vision = VisionSettings(base_url=SERVER.base_url, model="see-1", max_image_bytes=MAX_IMAGE)
+    return config
+
+
+pytestmark = pytest.mark.stack("dialogue", settings=with_vision)
+
+
+def mac() -> str:
+    raw = new_id().encode().hex()[-12:].upper()
+    return ":".join(raw[i:i + 2] for i in range(0, 12, 2))
+
+
+async def log_of(api: Api, sid: str) -> list[Event]:
+    entries, _ = await load(api.services.bus, "session", sid)
+    return [e.event for e in entries if e.event is not None]
+
+
+async def device_vision(api: Api) -> tuple[XiaozhiDevice, dict[str, str]]:
+    """A connected device with MCP, and the vision {url, token} its initialize carried."""
+    device = await XiaozhiDevice(api.edge.url.replace("http://", "ws://") + "/xiaozhi/v1/",
+                                 device_id=mac()).connect()
+    await device.hello(mcp=True)
+    await device.wait_for(lambda r: bool(device.mcp_log), timeout=10)
+    initialize = device.mcp_log[0]
+    assert initialize["method"] == "initialize"
+    return device, initialize["params"]["capabilities"]["vision"]
+
+
+async def post_photo(device: XiaozhiDevice, vision: dict[str, str], photo: bytes, *,
+                     token: str | None = None, question: str = "what is on the table?",
+                     mime: str = "image/jpeg") -> httpx.Response:
+    """As the firmware's camera posts: multipart `question` + `file`, bearer token, ids."""
+    headers = {"Authorization": f"Bearer {token or vision['token']}", "Device-Id": device.device_id,
+               "Client-Id": device.client_id}
+    async with httpx.AsyncClient(timeout=30) as client:
+        return await client.post(vision["url"], headers=headers, data={"question": question},
+                                 files={"file": ("camera.jpg", photo, mime)})
+
+
+async def test_device_photo_is_stored_logged_and_described(stack: Api) -> None:
+    device, vision = await device_vision(stack)
+    try:
+        assert vision["url"] == stack.edge.url + "/xiaozhi/vision/explain"
+        before = len(SERVER.requests)
+        r = await post_photo(device, vision, JPEG)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"success": True, "action": "RESPONSE",
+                            "response": "You showed a image/jpeg image and said: what is on the table?."}
+        request: dict[str, Any] = SERVER.requests[before]
+        assert request["model"] == "see-1"
+        parts = request["messages"][-1]["content"]
+        image = next(p for p in parts if p["type"] == "image_url")["image_url"]["url"]
+        assert image == "data:image/jpeg;base64," + base64.b64encode(JPEG).decode()
+        events = await log_of(stack, device.session_id)
+        photo = next(e for e in events if isinstance(e, UserImage))
+        assert (photo.mime, photo.size, photo.question, photo.source) == (
+            "image/jpeg", len(JPEG), "what is on the table?", "device")
+        assert await get_blob(stack.services.bus, photo.image) == JPEG
+    finally:
+        await device.close()
+
+
+async def test_device_photo_refusals(stack: Api) -> None:
+    device, vision = await device_vision(stack)
+    try:
+        before = len(SERVER.requests)
+        r = await post_photo(device, vision, b"GIF89a" + b"\x00" * 64, mime="image/jpeg")
+        assert (r.status_code, r.json()["error"]["code"]) == (415, "not_an_image")
+        r = await post_photo(device, vision, PNG[:8] + b"\x00" * MAX_IMAGE)
+        assert (r.status_code, r.json()["error"]["code"]) == (413, "body_too_large")
+        r = await post_photo(device, vision, PNG, token=vision["token"][:-4] + "AAAA")
+        assert r.status_code == 401
+        other, other_vision = await device_vision(stack)
+        try:  # another device's token names another session
+            r = await post_photo(device, vision, PNG, token=other_vision["token"])
+            assert (r.status_code, r.json()["error"]["code"]) == (401, "token_invalid")
+        finally:
+            await other.close()
+        assert len(SERVER.requests) == before  # nothing refused reached the model
+        assert not [e for e in await log_of(stack, device.session_id) if isinstance(e, UserImage)]
+    finally:
+        await device.close()
+
+
+async def test_without_a_vision_model_photos_are_refused_clearly(stack: Api) -> None:
+    device, vision = await device_vision(stack)
+    config = stack.services.config
+    saved = config.vision
+    config.vision = msgspec.structs.replace(saved, base_url="")
+    try:
+        r = await post_photo(device, vision, JPEG)
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "vision_not_configured")
+    finally:
+        config.vision = saved
+        await device.close()
