@@ -83,7 +83,7 @@ class TranscriptFinal(SessionEvent, tag="transcript.final", kw_only=True):
 
 class UserText(SessionEvent, tag="user.text", kw_only=True):
     text: str
-    source: str = "text"  # text | detect | cli | replay
+    source: str = "text"  # text | detect | cli | replay | image (a /ws photo's question and description)
 
 
 class UserImage(SessionEvent, tag="user.image", kw_only=True):
@@ -93,8 +93,8 @@ class UserImage(SessionEvent, tag="user.image", kw_only=True):
     image: BlobRef  # format: jpeg, png or webp
     mime: str
     size: int
+    source: str  # ws | device
     question: str = ""
-    source: str = "ws"  # ws | device
 
 
 class TurnStarted(SessionEvent, tag="turn.started", kw_only=True):

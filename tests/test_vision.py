@@ -3,13 +3,16 @@ described by `[vision]`'s model (the echo server, through the real openai SDK)."
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
+import websockets
 
 from bus.blobs import get_blob
 from bus.log import load
@@ -129,3 +132,68 @@ async def test_without_a_vision_model_photos_are_refused_clearly(stack: Api) -> 
     finally:
         config.vision = saved
         await device.close()
+
+
+def ws_url(api: Api) -> str:
+    return api.edge.url.replace("http://", "ws://") + "/ws"
+
+
+async def until(ws: Any, kind: str, timeout: float = 20) -> list[dict[str, Any]]:
+    seen = []
+    async with asyncio.timeout(timeout):
+        while True:
+            message = json.loads(await ws.recv())
+            seen.append(message)
+            if message["type"] == kind:
+                return seen
+
+
+async def test_a_ws_photo_is_described_and_answered_as_a_turn(stack: Api) -> None:
+    async with websockets.connect(ws_url(stack)) as ws:
+        sid = json.loads(await ws.recv())["session_id"]
+        before = len(SERVER.requests)
+        await ws.send(json.dumps({"type": "user.image", "image": base64.b64encode(PNG).decode(),
+                                  "text": "which colour is it?"}))
+        seen = await until(ws, "assistant.message")
+        photo = next(m for m in seen if m["type"] == "user.image")
+        assert (photo["mime"], photo["size"], photo["question"], photo["source"]) == (
+            "image/png", len(PNG), "which colour is it?", "ws")
+        described = "You showed a image/png image and said: which colour is it?."
+        typed = next(m for m in seen if m["type"] == "user.text")
+        assert typed["source"] == "image" and described in typed["text"]
+        # The vision model saw the photo; the dialogue's LLM answered its description.
+        vision_request = SERVER.requests[before]
+        assert vision_request["model"] == "see-1"
+        image = next(p for p in vision_request["messages"][-1]["content"]
+                     if p["type"] == "image_url")["image_url"]["url"]
+        assert image == "data:image/png;base64," + base64.b64encode(PNG).decode()
+        assert described in seen[-1]["text"]
+    events = await log_of(stack, sid)
+    logged = next(e for e in events if isinstance(e, UserImage))
+    assert await get_blob(stack.services.bus, logged.image) == PNG
+
+
+async def test_ws_photo_refusals_leave_the_session_going(stack: Api) -> None:
+    async with websockets.connect(ws_url(stack)) as ws:
+        sid = json.loads(await ws.recv())["session_id"]
+
+        async def refused(message: dict[str, Any]) -> dict[str, Any]:
+            await ws.send(json.dumps({"type": "user.image", **message}))
+            return (await until(ws, "error"))[-1]
+
+        assert (await refused({"image": base64.b64encode(b"%PDF-1.7 " * 8).decode()}))["code"] == \
+            "not_an_image"
+        assert (await refused({"image": "not base64!"}))["code"] == "bad_message"
+        config = stack.services.config
+        saved = config.vision
+        config.vision = msgspec.structs.replace(saved, max_image_bytes=len(PNG) - 1)
+        try:
+            assert (await refused({"image": base64.b64encode(PNG).decode()}))["code"] == "image_too_large"
+            config.vision = msgspec.structs.replace(saved, base_url="")
+            assert (await refused({"image": base64.b64encode(PNG).decode()}))["code"] == \
+                "vision_not_configured"
+        finally:
+            config.vision = saved
+        await ws.send(json.dumps({"type": "user.text", "text": "still there?"}))
+        assert (await until(ws, "assistant.message"))[-1]["text"] == "You said: still there?."
+    assert not [e for e in await log_of(stack, sid) if isinstance(e, UserImage)]

@@ -5,7 +5,9 @@ Query parameters: `token` (an access token; or an `Authorization: Bearer` header
 for 16 kHz mono PCM frames up and 24 kHz down, `opus` for 16 kHz / 60 ms Opus up and
 24 kHz Opus down).
 
-Client → server, JSON text: `{"type":"user.text","text":…}`, `{"type":"abort"}`,
+Client → server, JSON text: `{"type":"user.text","text":…}`,
+`{"type":"user.image","image":<base64 JPEG, PNG or WebP>,"text":<question, optional>}`
+(edge/realtime/images.py), `{"type":"abort"}`,
 `{"type":"listen.start","mode":"auto|manual|realtime"}`, `{"type":"listen.stop"}`; binary
 frames are audio. Server → client: `{"type":"session","session_id":…,"resumed":…}` first,
 then every event of the session as JSON (DESIGN §3), audio as binary frames, and
@@ -16,18 +18,22 @@ from __future__ import annotations
 
 import logging
 
+import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from edge import jsonparse
 from edge.errors import ApiError
 from edge.realtime.auth import bearer, user_caller
 from edge.realtime.connection import Connection, serve
+from edge.realtime.images import UserImageMessage, ws_image
 from edge.realtime.limits import TurnLimit
 from edge.realtime.messages import CLIENT_MESSAGES, ListenStartMessage, UserTextMessage, checked_text
 from edge.realtime.session import SessionLink
 from schemas import AudioParams, Event, is_token, to_json
 
 log = logging.getLogger("vagent.edge.ws")
+# Photos come on /ws only: a WebRTC data channel is for talking.
+MESSAGES: dict[str, type[msgspec.Struct]] = {**CLIENT_MESSAGES, "user.image": UserImageMessage}
 AUDIO = {
     "none": (None, None),
     "pcm16": (AudioParams(format="pcm16", sample_rate=16000, frame_duration=20),
@@ -103,10 +109,12 @@ async def _serve(conn: Connection) -> None:
 
 async def _command(conn: Connection, link: SessionLink, raw: str) -> None:
     try:
-        kind, command = jsonparse.parse_message(raw, CLIENT_MESSAGES)
+        kind, command = jsonparse.parse_message(raw, MESSAGES)
         match command:
             case UserTextMessage():
                 await link.text(checked_text(command.text, conn.services.config.edge.max_text_chars))
+            case UserImageMessage():
+                await ws_image(link, command, conn.services.config.vision)
             case ListenStartMessage():
                 await link.listen_start(command.mode)
             case _ if kind == "abort":

@@ -17,14 +17,12 @@ import msgspec
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from bus.blobs import put_image
 from domain import vision
 from edge.api.endpoint import FormField, json_response, read_form
 from edge.errors import ApiError
-from edge.realtime.session import check_readable
+from edge.realtime import images
 from edge.services import Services
 from edge.xiaozhi.ota import device_ids, guarded, public_base
-from schemas import UserImage, new_id
 
 log = logging.getLogger("vagent.edge.xiaozhi")
 PATH = "/xiaozhi/vision/explain"
@@ -60,12 +58,7 @@ async def explain(request: Request, services: Services) -> Response:
         await form.close()
     image = vision.check_image(data, settings)
     question = vision.check_question(form.fields.get("question", ""))
-    event_id = new_id()
-    ref = await put_image(services.bus, f"{session_id}/{event_id}", data, image)
-    event = UserImage(id=event_id, session_id=session_id, image=ref, mime=vision.FORMATS[image],
-                      size=len(data), question=question, source="device")
-    check_readable(event)
-    await services.bus.publish(event)
+    await images.record(services.bus, session_id, data, image, question, "device")
     answer = await vision.describe(settings, data, image, question)
     log.info("xiaozhi photo explained", extra={"session": session_id, "device": device.lower(),
                                                "bytes": len(data)})
