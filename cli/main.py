@@ -178,15 +178,21 @@ def tail(subject: Annotated[str, typer.Argument(help="Subject or wildcard, e.g. 
 
 
 @app.command()
-def say(text: str, session: Annotated[str, typer.Option("--session", "-s", help="Session id.")],
+def say(text: str,
+        session: Annotated[str | None, typer.Option(
+            "--session", "-s", help="Session id: the same id continues the conversation "
+                                    "(default: a new session, its id printed on stderr).")] = None,
         nats: NatsOpt = None,
         timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 120.0) -> None:
     """Send TEXT as the user of a session and print the streamed answer."""
     from cli.say import SayError
     from cli.say import say as run_say
     from hosting.logs import console
-    from schemas import check_token
+    from schemas import check_token, new_id
 
+    if session is None:
+        session = f"say-{new_id()}"
+        typer.echo(f"vagent: session {session} (--session {session} continues it)", err=True)
     try:
         check_token("session id", session)  # before connecting: it must be a subject token
     except ValueError as exc:

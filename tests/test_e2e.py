@@ -1,4 +1,4 @@
-"""The issue's "done when", end to end through the real `vagent` command."""
+"""The whole stack end to end through the real `vagent` command."""
 
 from __future__ import annotations
 
@@ -65,6 +65,21 @@ def test_say_streams_the_reply_and_the_log_holds_the_turn(stack: tuple[Proc, Pat
     readable = vagent("tail", "vagent.session.s1.evt.>", "--from-start", "--limit", "5",
                       "--nats", nats.url)
     assert "user.text" in readable.stdout and 'text="hello"' in readable.stdout
+
+
+def test_say_without_a_session_starts_one_and_names_it(stack: tuple[Proc, Path],
+                                                        nats: EmbeddedServer) -> None:
+    first = vagent("say", "hi there", "--nats", nats.url)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == "You said: hi there.\n"  # the id goes to stderr, not into the answer
+    named = re.search(r"session (say-[0-9A-Z]{26}) \(--session \1 continues it\)", first.stderr)
+    assert named, first.stderr
+    again = vagent("say", "and again", "--session", named.group(1), "--nats", nats.url)
+    assert again.returncode == 0 and "session say-" not in again.stderr
+    logged = vagent("tail", f"vagent.session.{named.group(1)}.evt.user.text", "--from-start",
+                    "--json", "--limit", "2", "--nats", nats.url)
+    assert [json.loads(line)["text"] for line in logged.stdout.splitlines()] == ["hi there",
+                                                                                 "and again"]
 
 
 def test_sessions_lists_it_and_rebuild_gives_the_same_table(stack: tuple[Proc, Path],
