@@ -29,6 +29,8 @@ from schemas import (
     ToolCall,
     ToolResult,
     TurnInterrupted,
+    UserImage,
+    UserText,
     to_builtins,
 )
 
@@ -118,6 +120,8 @@ def summary(event: Event) -> str:
         fields.pop(noisy, None)
     if isinstance(fields.get("audio"), dict):
         fields["audio"] = f"{fields['audio'].get('duration_ms', 0)} ms stored"
+    if isinstance(event, UserImage):  # where the photo is, not the blob reference's fields
+        fields["image"] = f"{event.image.bucket}/{event.image.name}"
     if isinstance(event, AssistantMessage):
         fields.pop("usage", None)
         if event.tool_calls:
@@ -126,7 +130,7 @@ def summary(event: Event) -> str:
     parts = []
     for key, value in fields.items():
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        width = 70 if key in ("text", "content", "message") else 40
+        width = 70 if key in ("text", "content", "message", "image") else 40
         parts.append(f"{key}={shorten(text, width)}")
     return " ".join(parts)
 
@@ -184,6 +188,7 @@ async def show_session(bus: Bus, session_id: str, as_json: bool, wide: bool = Fa
     if started is not None:
         out += ["  " + line for line in await _who(bus, started)]
     number = _turn_number(turns)
+    photos = {e.id for e in events if isinstance(e, UserText) and e.source == "image"}
 
     out.append("\ntimeline")
     for entry in entries:
@@ -199,7 +204,8 @@ async def show_session(bus: Bus, session_id: str, as_json: bool, wide: bool = Fa
     all_stages = [s for t in turns for s in stages(t)]
     scale = max((s.ms for s in all_stages if "complete" not in s.name), default=0.0)
     for n, turn in enumerate(turns, start=1):
-        kind = "voice" if turn["input_type"] == "transcript.final" else "typed"
+        kind = "voice" if turn["input_type"] == "transcript.final" else \
+            "photo" if turn["turn_id"] in photos else "typed"
         out.append(f"\nturn {n} ({kind}): {shorten(turn['input_text'], 70)!r}")
         for stage in stages(turn):
             out.append(f"  {stage.name:<32} {bar(stage.ms, max(scale, stage.ms)):<25} {ms(stage.ms)}")

@@ -16,10 +16,12 @@ import websockets
 
 from bus.blobs import get_blob
 from bus.log import load
+from bus.server import EmbeddedServer
 from devservers.echo_llm import OpenAIServer
 from schemas import Event, UserImage, new_id
 from settings.config import Config, VisionSettings
 from tests.api_harness import Api
+from tests.procs import vagent
 from tests.xiaozhi_client import XiaozhiDevice
 
 # Both the dialogue's LLM and the vision model: its port is known before the stack starts.
@@ -148,7 +150,8 @@ async def until(ws: Any, kind: str, timeout: float = 20) -> list[dict[str, Any]]
                 return seen
 
 
-async def test_a_ws_photo_is_described_and_answered_as_a_turn(stack: Api) -> None:
+async def test_a_ws_photo_is_described_and_answered_as_a_turn(stack: Api, module_nats: EmbeddedServer
+                                                            ) -> None:
     async with websockets.connect(ws_url(stack)) as ws:
         sid = json.loads(await ws.recv())["session_id"]
         before = len(SERVER.requests)
@@ -171,6 +174,12 @@ async def test_a_ws_photo_is_described_and_answered_as_a_turn(stack: Api) -> Non
     events = await log_of(stack, sid)
     logged = next(e for e in events if isinstance(e, UserImage))
     assert await get_blob(stack.services.bus, logged.image) == PNG
+    shown = await asyncio.to_thread(vagent, "session", "show", sid, "--wide", "--nats", module_nats.url)
+    assert shown.returncode == 0, shown.stderr
+    line = next(line for line in shown.stdout.splitlines() if " user.image " in line)
+    assert f"image=images/{sid}/{logged.id}" in line and "mime=image/png" in line
+    assert "question=which colour is it?" in line and "source=ws" in line
+    assert "turn 1 (photo): 'which colour is it?" in shown.stdout
 
 
 async def test_ws_photo_refusals_leave_the_session_going(stack: Api) -> None:
