@@ -4,7 +4,8 @@ question: sign up, add an assistant, call it over WebRTC, see the transcript and
 hear it, mute, chat by text in the call, hang up. Another browser has no microphone at all
 (no fake devices, no permission; a headless Chromium on a machine without a sound server
 lists none): it chats by text over /ws, sees the assistant think and answer, a tool step in
-words, and its past conversations. The stack is real: NATS, the ASR, dialogue, tools and TTS
+words, and its past conversations; it binds a xiaozhi device by the code the device was
+given, and unbinds it. The stack is real: NATS, the ASR, dialogue, tools and TTS
 actors, the echo LLM, the edge."""
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from settings.config import Config
 from tests.api_harness import Api, api_config, serve_api
 from tests.conftest import wait_for
 from tests.fixtures.audio import has_key_words, pcm, resample
+from tests.test_xiaozhi_ota import Device
 
 
 def locking(config: Config) -> Config:
@@ -180,7 +182,8 @@ async def test_the_page_is_served_beside_the_api(api: Api) -> None:
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in r.headers["content-security-policy"]
     assert '<script type="module" src="/static/app.js"' in r.text
-    modules = [f"/static/{m}.js" for m in ("app", "api", "talk", "links", "media", "history", "lines")]
+    modules = [f"/static/{m}.js" for m in ("app", "api", "talk", "links", "media", "history", "lines",
+                                           "devices")]
     for asset, kind in [*((m, "javascript") for m in modules), ("/static/app.css", "text/css")]:
         r = await api.client.get(asset)
         assert r.status_code == 200 and kind in r.headers["content-type"], asset
@@ -457,3 +460,80 @@ async def test_a_locked_account_says_when_to_try_again(micless: Any, stack: Api)
     await page.get_by_role("button", name="Sign in").click()
     await expect(error).to_have_text(
         "This account is locked after repeated failed logins. Try again in 15 minutes.")
+
+
+@pytest.mark.slow
+async def test_a_device_is_bound_by_its_code_and_unbound(micless: Any, stack: Api) -> None:
+    page = micless
+    await sign_up(page, f"devices{new_id().lower()}@example.com")
+    await expect(page.locator("#devices-empty")).to_be_visible()
+    await page.get_by_role("button", name="Add assistant").click()
+    await page.get_by_label("Name", exact=True).fill("Kitchen helper")
+    await page.get_by_role("button", name="Create", exact=True).click()
+    await expect(page.locator("#assistant-list li")).to_have_count(2)
+    kitchen_id = await page.get_by_role("radio", name="Kitchen helper").get_attribute("value")
+    await page.locator("#assistant-list li").first.get_by_role("radio").check()  # the default again
+
+    # The device checks in as the firmware does and is given a code to show.
+    device = Device(stack)
+    first = await device.check()
+    code = first["activation"]["code"]
+    assert first["websocket"]["token"] == "", first
+
+    await page.get_by_role("button", name="Add device").click()
+    form = page.locator("#device-form")
+    error = page.locator("#device-error")
+    talks_to = form.get_by_label("Talks to")
+    await expect(talks_to.locator("option")).to_have_count(2)
+    assert await talks_to.input_value() != kitchen_id  # the page's chosen assistant comes first
+
+    # Not six digits: said before asking the server. A code no device shows: the API's
+    # refusal, said with what to do.
+    await form.get_by_label("Code").fill("12345")
+    await form.get_by_role("button", name="Bind device").click()
+    await expect(error).to_have_text("Enter the 6-digit code your device shows or says.")
+    wrong = f"{(int(code) + 1) % 10**6:06d}"
+    await form.get_by_label("Code").fill(wrong)
+    await form.get_by_role("button", name="Bind device").click()
+    await expect(error).to_have_text(
+        "Unknown or expired activation code. Check the 6 digits your device shows or says.")
+    assert await page.locator("#device-list li").count() == 0
+
+    # The code as read aloud, in two halves; another assistant; a name.
+    await form.get_by_label("Code").fill(f"{code[:3]} {code[3:]}")
+    await talks_to.select_option(label="Kitchen helper")
+    await form.get_by_label("Device name").fill("Kitchen speaker")
+    await form.get_by_role("button", name="Bind device").click()
+    item = page.locator("#device-list li", has_text="Kitchen speaker")
+    await expect(item).to_contain_text("Talks to Kitchen helper")
+    await expect(form).to_be_hidden()
+    await expect(page.locator("#notice")).to_contain_text("Bound Kitchen speaker to Kitchen helper")
+    await expect(page.locator("#devices-empty")).to_be_hidden()
+
+    # The device learns it was bound, and its next check-in carries its token for that assistant.
+    r = await device.activate()
+    assert r.status_code == 200 and r.json()["status"] == "bound", r.text
+    bound = await device.check()
+    assert "activation" not in bound, bound
+    grant = await stack.services.tokens.verify_device(bound["websocket"]["token"], device.device_id)
+    assert grant.assistant_id == kitchen_id
+
+    # A reload lists it from the server.
+    await page.reload()
+    await expect(item).to_contain_text("Talks to Kitchen helper")
+
+    # Unbind asks first: Keep keeps it; Yes unbinds it and the device needs a new code.
+    await item.get_by_role("button", name="Unbind Kitchen speaker").click()
+    await expect(item).to_contain_text("Unbind Kitchen speaker?")
+    await item.get_by_role("button", name="Keep").click()
+    await expect(item.get_by_role("button", name="Unbind Kitchen speaker")).to_be_visible()
+    await item.get_by_role("button", name="Unbind Kitchen speaker").click()
+    await item.get_by_role("button", name="Yes, unbind").click()
+    await expect(page.locator("#device-list li")).to_have_count(0)
+    await expect(page.locator("#devices-empty")).to_be_visible()
+    r = await stack.client.get("/api/v1/devices", headers={
+        "Authorization": "Bearer " + await page.evaluate("sessionStorage.getItem('vagent.access')")})
+    assert r.status_code == 200 and r.json()["items"] == [], r.text
+    again = await device.check()
+    assert "activation" in again and again["websocket"]["token"] == "", again
+    assert not [p for p in page.problems if "page error" in p], page.problems

@@ -1,10 +1,12 @@
 // vagent's page: sign in, pick or add an assistant, talk to it by text (no call or microphone
-// needed) or call it by voice, and read past conversations. Plain JavaScript modules, no build
-// step: api.js (REST and tokens), talk.js (the conversation), links.js (its /ws and WebRTC
-// connections), media.js (microphones, speakers, the voice's bars), history.js (past
-// conversations), lines.js (a conversation's lines).
+// needed) or call it by voice, read past conversations, and bind xiaozhi devices. Plain
+// JavaScript modules, no build step: api.js (REST and tokens), talk.js (the conversation),
+// links.js (its /ws and WebRTC connections), media.js (microphones, speakers, the voice's
+// bars), history.js (past conversations), lines.js (a conversation's lines), devices.js
+// (xiaozhi devices bound by their code).
 
 import { API, all, describe, forgetTokens, idempotencyKey, keepTokens, request, tokens, whenExpired } from "./api.js";
+import * as devices from "./devices.js";
 import * as history from "./history.js";
 import * as talk from "./talk.js";
 
@@ -52,6 +54,7 @@ function showSignedOut() {
   el.list.replaceChildren();
   talk.useAssistant(null);
   history.clear();
+  devices.clear();
   el.addForm.hidden = true;
   el.addToggle.setAttribute("aria-expanded", "false");
 }
@@ -114,6 +117,7 @@ async function enter() {
   talk.refreshDevices();
   await loadAssistants();
   history.refresh();
+  devices.refresh();
   $("main").focus();
 }
 
@@ -197,6 +201,7 @@ function renderAssistants() {
   el.list.replaceChildren(...items);
   el.empty.hidden = assistants.length > 0;
   choose(selectedId);
+  devices.assistantsChanged();
 }
 
 function choose(id) {
@@ -255,6 +260,8 @@ function onChat(event) {
 }
 
 history.namesFrom(() => new Map(assistants.map((a) => [a.assistant_id, a.name])));
+devices.assistantsFrom(() => ({ list: assistants, preferred: selectedId }));
+devices.infoTo((text) => notice(text, "info"));
 talk.whenSessionsChange(() => { if (tokens.access) history.refresh(); });
 
 el.authForm.addEventListener("submit", onAuthSubmit);
