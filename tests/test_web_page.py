@@ -152,6 +152,16 @@ async def short_lived(module_nats: EmbeddedServer, tmp_path_factory: pytest.Temp
         yield api
 
 
+@pytest.fixture(scope="module")
+async def short_codes(module_nats: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory
+                      ) -> AsyncIterator[Api]:
+    """An edge whose activation codes live 1 s (their records stay a minute longer, so a
+    late owner is told the code expired)."""
+    async with serve_api(module_nats.url, tmp_path_factory.mktemp("codes"),
+                         api_config(code_ttl=1.0)) as api:
+        yield api
+
+
 async def access_expired(page: Any, api: Api, timeout: float = 10) -> None:
     """Until the edge refuses the page's access token as expired (not a guess at how long
     that takes: its exp is rounded up to a second)."""
@@ -537,3 +547,26 @@ async def test_a_device_is_bound_by_its_code_and_unbound(micless: Any, stack: Ap
     again = await device.check()
     assert "activation" in again and again["websocket"]["token"] == "", again
     assert not [p for p in page.problems if "page error" in p], page.problems
+
+
+@pytest.mark.slow
+async def test_an_expired_device_code_says_the_device_shows_a_new_one(micless_browser: Any,
+                                                                      short_codes: Api) -> None:
+    device = Device(short_codes)
+    code = (await device.check())["activation"]["code"]
+    async with asyncio.timeout(30):  # until the device itself is told its code expired
+        while (r := await device.activate()).status_code == 202:
+            await asyncio.sleep(0.2)
+    assert r.status_code == 410 and r.json()["error"]["code"] == "activation_expired", r.text
+
+    async with new_page(micless_browser, short_codes, microphone=False) as page:
+        await sign_up(page, f"late{new_id().lower()}@example.com")
+        await page.get_by_role("button", name="Add device").click()
+        form = page.locator("#device-form")
+        await form.get_by_label("Code").fill(code)
+        await form.get_by_role("button", name="Bind device").click()
+        await expect(page.locator("#device-error")).to_have_text(
+            "This activation code expired: the device shows a new one when it asks again.")
+        await expect(form.get_by_label("Code")).to_be_focused()
+        assert await page.locator("#device-list li").count() == 0
+        assert not [p for p in page.problems if "page error" in p], page.problems
