@@ -20,6 +20,13 @@ MAX_QUESTION_CHARS = 1000
 FORMATS: dict[str, str] = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
 
+def turn_text(question: str, description: str) -> str:
+    """The `user.text` a photo's turn is made of: the question and what the photo shows, for
+    a dialogue whose LLM need not see images."""
+    return (f"{question or 'What do you see in this photo?'}\n\n(The user sent a photo. "
+            f"A vision model describes it: {description})")
+
+
 def image_format(data: bytes) -> str | None:
     if data.startswith(b"\xff\xd8\xff"):
         return "jpeg"

@@ -8,6 +8,9 @@ LanceDB chunks, for the assistant's documents). Nothing is written there.
 
 Per original turn, in order:
 - a typed input (`user.text`) is published as `user.text` (source `replay`);
+- a `/ws` photo (`user.image`, then its `user.text` of source `image`) is stored and recorded
+  again, described again by the `[vision]` model of the replay's settings, and its turn made
+  of that new description (without a vision model: of the recorded one);
 - a spoken one (`transcript.final` with its utterance blob) is sent as PCM16 audio frames into
   the replay session's `audio.in`, followed by silence, so the ASR segments and transcribes it
   again (a transcript whose audio was not stored is sent as text);
@@ -33,12 +36,14 @@ from typing import Any
 
 import msgspec
 
-from bus.blobs import get_blob
+from bus.blobs import get_blob, put_image
 from bus.client import Bus, Message
 from bus.errors import BusError
 from bus.log import Entry, load
 from bus.server import EmbeddedServer, free_port
 from bus.subjects import audio_in, session_events
+from domain import vision
+from domain.errors import DomainError
 from projections.bulk import Row
 from replay.log import fold_turns, session_log, stages
 from schemas import (
@@ -55,6 +60,7 @@ from schemas import (
     ToolResult,
     TranscriptFinal,
     TtsStopped,
+    UserImage,
     UserText,
     decode,
 )
@@ -209,6 +215,33 @@ def replay_providers(config: Config, base_url: str | None, model: str | None
     return [msgspec.structs.replace(c, model=model) for c in configs]
 
 
+def _photo_turns(events: list[Event]) -> list[tuple[UserImage, UserText]]:
+    """Each `/ws` photo and the turn made of its description (the next `image` text)."""
+    pairs, image = [], None
+    for event in events:
+        if isinstance(event, UserImage) and event.source == "ws":
+            image = event
+        elif isinstance(event, UserText) and event.source == "image" and image is not None:
+            pairs.append((image, event))
+            image = None
+    return pairs
+
+
+async def _photo(rbus: Bus, sid: str, config: Config, recorded: str, image: UserImage, data: bytes
+                 ) -> tuple[UserText, str | None]:
+    """The photo stored and recorded in the replay, and its turn's text: described again by
+    the replay's vision model, else the recorded description (and a note why)."""
+    ref = await put_image(rbus, f"{sid}/{image.id}", data, image.image.format)
+    await rbus.publish(msgspec.structs.replace(image, image=ref))
+    try:
+        description = await vision.describe(config.vision, data, image.image.format, image.question)
+    except DomainError as exc:
+        return (UserText(session_id=sid, text=recorded, source="image"),
+                f"the photo was not described again ({exc.code}): its recorded description was used")
+    return UserText(session_id=sid, text=vision.turn_text(image.question, description),
+                    source="image"), None
+
+
 def describe(configs: list[ProviderConfig]) -> str:
     return ", ".join(f"{c.name} {c.model} at {c.base_url}" for c in configs)
 
@@ -243,6 +276,10 @@ async def replay_session(bus: Bus, session_id: str, *, config: Config,
             with contextlib.suppress(Exception):  # no blob: the transcript is sent as text
                 audio[event.id] = await get_blob(bus, event.audio)
     voice = bool(audio)
+    photos: dict[str, tuple[UserImage, bytes]] = {}
+    for image, typed in _photo_turns(original_events):
+        with contextlib.suppress(Exception):  # no blob: the recorded description is used
+            photos[typed.id] = (image, await get_blob(bus, image.image))
 
     workdir = Path(tempfile.mkdtemp(prefix="vagent-replay-"))
     server = EmbeddedServer(workdir / "nats", port=free_port())
@@ -252,7 +289,7 @@ async def replay_session(bus: Bus, session_id: str, *, config: Config,
         replay_bus = await Bus.connect(server.url, name="vagent-replay")
         await replay_bus.declare()
         return await _run(replay_bus, workdir, session_id, started, aid, assistant_log, turns, inputs,
-                          audio, original_events, config=config, llm_base_url=llm_base_url,
+                          audio, photos, original_events, config=config, llm_base_url=llm_base_url,
                           llm_model=llm_model, tts=tts, voice=voice, timeout=timeout,
                           knowledge_dir=knowledge_dir)
     finally:
@@ -264,7 +301,8 @@ async def replay_session(bus: Bus, session_id: str, *, config: Config,
 
 async def _run(rbus: Bus, workdir: Path, sid: str, started: SessionStarted | None, aid: str | None,
                assistant_log: list[Entry], turns: list[Row], inputs: dict[str, UserText | TranscriptFinal],
-               audio: dict[str, bytes], original_events: list[Event], *, config: Config,
+               audio: dict[str, bytes], photos: dict[str, tuple[UserImage, bytes]],
+               original_events: list[Event], *, config: Config,
                llm_base_url: str | None, llm_model: str | None, tts: bool, voice: bool,
                timeout: float, knowledge_dir: Path | None) -> Report:
     from actors.base import Actor
@@ -323,6 +361,10 @@ async def _run(rbus: Bus, workdir: Path, sid: str, started: SessionStarted | Non
                     diffs.append(TurnDiff(n, side(turn, original_events), Side(input_type="transcript.final"),
                                           note="the replay's ASR made no transcript of this utterance"))
                     continue
+            elif original.id in photos:
+                typed, note = await _photo(rbus, sid, config, original.text, *photos[original.id])
+                await rbus.publish(typed)
+                turn_id = typed.id
             else:
                 text = original.text
                 if isinstance(original, TranscriptFinal):

@@ -18,9 +18,10 @@ from bus.blobs import get_blob
 from bus.log import load
 from bus.server import EmbeddedServer
 from devservers.echo_llm import OpenAIServer
+from replay.engine import replay_session
 from schemas import Event, UserImage, new_id
 from settings.config import Config, VisionSettings
-from tests.api_harness import Api
+from tests.api_harness import Api, api_config
 from tests.procs import vagent
 from tests.xiaozhi_client import XiaozhiDevice
 
@@ -180,6 +181,16 @@ async def test_a_ws_photo_is_described_and_answered_as_a_turn(stack: Api, module
     assert f"image=images/{sid}/{logged.id}" in line and "mime=image/png" in line
     assert "question=which colour is it?" in line and "source=ws" in line
     assert "turn 1 (photo): 'which colour is it?" in shown.stdout
+
+    # The replay stores the photo again and has today's vision model describe it again.
+    before = len(SERVER.requests)
+    report = await replay_session(stack.services.bus, sid, config=with_vision(api_config()),
+                                  llm_base_url=SERVER.base_url, tts=False, timeout=60)
+    (turn,) = report.turns
+    assert turn.note is None and turn.replay.transcript == turn.original.transcript
+    assert described in (turn.replay.answer or "")
+    assert any(p.get("type") == "image_url" for r in SERVER.requests[before:]
+               for p in r["messages"][-1]["content"] if isinstance(r["messages"][-1]["content"], list))
 
 
 async def test_ws_photo_refusals_leave_the_session_going(stack: Api) -> None:

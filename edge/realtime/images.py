@@ -20,8 +20,6 @@ from edge.realtime.session import SessionLink, check_readable
 from schemas import UserImage, new_id
 from settings.config import VisionSettings
 
-DEFAULT_QUESTION = "What do you see in this photo?"
-
 
 class UserImageMessage(msgspec.Struct):
     """`{"type":"user.image","image":<base64>,"text":<question>}` on `/ws`."""
@@ -63,5 +61,4 @@ async def ws_image(link: SessionLink, message: UserImageMessage, settings: Visio
         question = vision.check_question(message.text)
         await record(link.bus, link.session_id, data, image, question, "ws")
         description = await vision.describe(settings, data, image, question)
-    await link.text(f"{question or DEFAULT_QUESTION}\n\n(The user sent a photo. "
-                    f"A vision model describes it: {description})", source="image")
+    await link.text(vision.turn_text(question, description), source="image")
