@@ -118,9 +118,25 @@ async def test_device_photo_refusals(stack: Api) -> None:
             assert (r.status_code, r.json()["error"]["code"]) == (401, "token_invalid")
         finally:
             await other.close()
+        expired = stack.services.tokens.vision_token(device.session_id, device.device_id, -5)
+        r = await post_photo(device, vision, PNG, token=expired)
+        assert (r.status_code, r.json()["error"]["code"]) == (401, "token_expired")
         assert len(SERVER.requests) == before  # nothing refused reached the model
         assert not [e for e in await log_of(stack, device.session_id) if isinstance(e, UserImage)]
     finally:
+        await device.close()
+
+
+async def test_a_failing_vision_model_is_a_clear_error(stack: Api) -> None:
+    device, vision = await device_vision(stack)
+    SERVER.fail_status, SERVER.fail_times = 500, 1
+    try:
+        r = await post_photo(device, vision, JPEG)
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "vision_failed")
+        r = await post_photo(device, vision, JPEG)  # the model is back
+        assert r.status_code == 200 and r.json()["success"] is True
+    finally:
+        SERVER.fail_status = SERVER.fail_times = None
         await device.close()
 
 
