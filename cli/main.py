@@ -178,32 +178,69 @@ def tail(subject: Annotated[str, typer.Argument(help="Subject or wildcard, e.g. 
 
 
 @app.command()
-def say(text: str,
+def say(text: Annotated[str | None, typer.Argument(help="What the user types.")] = None,
         session: Annotated[str | None, typer.Option(
             "--session", "-s", help="Session id: the same id continues the conversation "
                                     "(default: a new session, its id printed on stderr).")] = None,
+        audio: Annotated[Path | None, typer.Option(
+            "--audio", help="Say this WAV instead (any rate, mono or stereo; up to 30 s): "
+                            "streamed at real time as a microphone would.")] = None,
+        out: Annotated[Path | None, typer.Option(
+            "--out", help="With --audio: write the spoken answer here (16 kHz mono WAV).")] = None,
         nats: NatsOpt = None,
         timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 120.0) -> None:
-    """Send TEXT as the user of a session and print the streamed answer."""
+    """Send TEXT (or with --audio, a recorded utterance) as the user of a session and print
+    the streamed answer."""
     from cli.say import SayError
     from cli.say import say as run_say
     from hosting.logs import console
     from schemas import check_token, new_id
 
+    def usage_error(message: str) -> typer.Exit:
+        typer.secho(f"error: {message}", fg="red", err=True)
+        return typer.Exit(2)
+
+    if (text is None) == (audio is None):
+        raise usage_error("say TEXT, or --audio FILE, one of the two")
+    if out is not None and audio is None:
+        raise usage_error("--out needs --audio")
+    if out is not None and not out.parent.is_dir():
+        raise usage_error(f"--out {out}: no directory {out.parent}")
+    if session is not None:
+        try:
+            check_token("session id", session)  # before connecting: it must be a subject token
+        except ValueError as exc:
+            raise usage_error(str(exc)) from None
+    speech = b""
+    if audio is not None:
+        from audio.wavfile import AudioFileError, read_wav
+        from cli.say_audio import MAX_SECONDS
+
+        try:
+            speech = read_wav(audio, MAX_SECONDS)  # a bad file publishes nothing
+        except AudioFileError as exc:
+            raise usage_error(str(exc)) from None
     if session is None:
         session = f"say-{new_id()}"
         typer.echo(f"vagent: session {session} (--session {session} continues it)", err=True)
+    sid = session
+
+    async def main(bus: Bus) -> object:
+        if audio is None:
+            assert text is not None
+            return await run_say(bus, sid, text, timeout=timeout)
+        from cli.say_audio import say_audio
+
+        return await say_audio(bus, sid, speech, out=out, timeout=timeout)
+
     try:
-        check_token("session id", session)  # before connecting: it must be a subject token
-    except ValueError as exc:
-        typer.secho(f"error: {exc}", fg="red", err=True)
-        raise typer.Exit(2) from None
-    try:
-        run(with_bus(where(nats).nats_url, lambda bus: run_say(bus, session, text, timeout=timeout)))
+        run(with_bus(where(nats).nats_url, main))
     except SayError as exc:
         console.end_line()  # the answer's line, if one was begun
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
+    if out is not None:
+        typer.echo(f"vagent: the spoken answer is in {out}", err=True)
 
 
 @app.command()

@@ -15,10 +15,10 @@ from hosting.logs import console
 from schemas import (
     AssistantDelta,
     AssistantMessage,
+    AudioParams,
     DecodeError,
     Error,
     Event,
-    SessionEnded,
     SessionStarted,
     ToolCall,
     ToolResult,
@@ -31,13 +31,16 @@ class SayError(Exception):
     pass
 
 
-async def start_session_if_new(bus: Bus, session_id: str, transport: str) -> None:
+async def start_session_if_new(bus: Bus, session_id: str, transport: str, *,
+                               audio_in: AudioParams | None = None,
+                               audio_out: AudioParams | None = None) -> None:
     """Record `session.started` once: a conditional append on an empty session."""
     subject = aggregate_events("session", session_id)
     if await last_sequence(bus, STREAM_BY_AGGREGATE["session"], subject):
         return
     try:
-        await bus.append(SessionStarted(session_id=session_id, transport=transport), 0)
+        await bus.append(SessionStarted(session_id=session_id, transport=transport,
+                                        audio_in=audio_in, audio_out=audio_out), 0)
     except ConflictError:
         pass  # someone else started it in the meantime
 
@@ -55,50 +58,66 @@ def print_tools(event: Event) -> None:
         console.line(_dim(f"[{mark} {event.name}: {event.content[:200]}]"))
 
 
+class Answer:
+    """One turn's answer as it streams: its words to stdout through the console (so that log
+    lines stay off its line) after `prefix`, `done` set to the turn's final message (the
+    first `assistant.message` of the turn without tool calls). Until `turn_id` is known,
+    nothing is shown."""
+
+    def __init__(self, prefix: str = "", on_tool: Callable[[Event], None] | None = None) -> None:
+        self.turn_id: str | None = None
+        self.prefix = prefix
+        self.on_tool = on_tool
+        self.streamed = False
+        self.done: asyncio.Future[AssistantMessage] = asyncio.get_running_loop().create_future()
+
+    def feed(self, event: Event) -> None:
+        if self.turn_id is None or getattr(event, "turn_id", None) != self.turn_id or self.done.done():
+            return
+        if isinstance(event, AssistantDelta):
+            console.write(event.text if self.streamed else self.prefix + event.text)
+            self.streamed = True
+        elif isinstance(event, ToolCall | ToolResult) and self.on_tool:
+            self.on_tool(event)
+        elif isinstance(event, AssistantMessage) and not event.tool_calls:
+            self.done.set_result(event)
+        elif isinstance(event, Error):
+            self.done.set_exception(SayError(f"{event.code}: {event.message}"))
+
+    async def wait(self, timeout: float) -> AssistantMessage:
+        """The final message, its line ended (written whole when no words streamed)."""
+        try:
+            message = await asyncio.wait_for(asyncio.shield(self.done), timeout)
+        except TimeoutError:
+            raise SayError(f"no answer in {timeout:.0f}s: is `vagent up` running? "
+                           "(`vagent health` tells)") from None
+        if not self.streamed:
+            console.write(self.prefix + message.text)
+        console.end_line()
+        return message
+
+
 async def say(bus: Bus, session_id: str, text: str, *, timeout: float = 120.0,
               on_tool: Callable[[Event], None] | None = None,
               transport: str = "cli", prefix: str = "") -> AssistantMessage:
-    """Publish `user.text`, stream the answer to stdout (through the console, so that log
-    lines stay off its line) after `prefix`, return the turn's final message (the first
-    `assistant.message` of the turn without tool calls)."""
+    """Publish `user.text`, stream the answer to stdout after `prefix`, return the turn's
+    final message."""
     await start_session_if_new(bus, session_id, transport)
     user_text = UserText(session_id=session_id, text=text, source="cli")
-    done: asyncio.Future[AssistantMessage] = asyncio.get_running_loop().create_future()
-    streamed = False
+    answer = Answer(prefix, on_tool)
+    answer.turn_id = user_text.id
 
     async def on_message(msg: Message) -> None:
-        nonlocal streamed
         try:
-            event = decode(msg.data)
+            answer.feed(decode(msg.data))
         except DecodeError:
             return
-        if getattr(event, "turn_id", None) != user_text.id or done.done():
-            return
-        if isinstance(event, AssistantDelta):
-            console.write(event.text if streamed else prefix + event.text)
-            streamed = True
-        elif isinstance(event, ToolCall | ToolResult) and on_tool:
-            on_tool(event)
-        elif isinstance(event, AssistantMessage) and not event.tool_calls:
-            done.set_result(event)
-        elif isinstance(event, Error):
-            done.set_exception(SayError(f"{event.code}: {event.message}"))
-        elif isinstance(event, SessionEnded) and not done.done():
-            pass  # the goodbye message arrives before it
 
     # Deltas are live-only; the other events are read as JetStream stores them.
     sub = await bus.subscribe(session_all(session_id), on_message)
     try:
         await bus.flush()
         await bus.publish(user_text)
-        try:
-            message = await asyncio.wait_for(done, timeout)
-        except TimeoutError:
-            raise SayError(f"no answer in {timeout:.0f}s: is `vagent up` running? "
-                           "(`vagent health` tells)") from None
+        return await answer.wait(timeout)
     finally:
         await sub.stop()
-    if not streamed:
-        console.write(prefix + message.text)
-    console.end_line()
-    return message

@@ -4,11 +4,11 @@ left, what the assistant said on the right, from the recordings the log points t
 from __future__ import annotations
 
 import sys
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from audio.wavfile import write_wav
 from bus.blobs import get_blob
 from bus.client import Bus
 from replay.log import MS, session_log
@@ -97,10 +97,6 @@ async def export_wav(bus: Bus, session_id: str, path: Path) -> Exported:
                  default=0)
     length = end_ms * RATE // 1000 + 1
     stereo = np.stack([_track(user, length), _track(assistant, length)], axis=1)
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(2)
-        out.setsampwidth(2)
-        out.setframerate(RATE)
-        out.writeframes(stereo.astype("<i2").tobytes())
+    write_wav(path, stereo.astype("<i2").tobytes(), RATE, channels=2)
     return Exported(utterances=len(user), answers=len(assistant), unrecorded=unrecorded,
                     duration_ms=end_ms)
