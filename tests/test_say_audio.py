@@ -18,6 +18,7 @@ from bus.client import Bus, Message
 from bus.log import load
 from bus.server import EmbeddedServer
 from bus.subjects import audio_in
+from schemas import SessionStarted
 from tests.api_harness import Api
 from tests.fixtures.audio import HERE, has_key_words, pcm, resample
 from tests.procs import vagent
@@ -69,6 +70,27 @@ async def test_a_44khz_stereo_recording_is_converted(stack: Api, module_nats: Em
     said = transcript(done.stdout)
     assert has_key_words("kitchen_lights", said)
     assert f"You said: {said}." in done.stdout
+
+
+async def test_a_session_begun_in_text_is_spoken_to_in_its_own_formats(
+        stack: Api, module_nats: EmbeddedServer, tmp_path: Path) -> None:
+    """A session `vagent say TEXT` began negotiated no audio: the defaults (Opus both ways)
+    hold, so the recording goes in as Opus and the answer comes back as Opus."""
+    sid = "say-audio-after-text"
+    typed = await say(module_nats, "hello there", "--session", sid)
+    assert typed.returncode == 0 and "You said: hello there." in typed.stdout, typed.stderr
+    answer_wav = tmp_path / "answer.wav"
+    done = await say(module_nats, "--audio", str(HERE / "weather_paris.wav"), "--session", sid,
+                     "--out", str(answer_wav))
+    assert done.returncode == 0, done.stderr
+    said = transcript(done.stdout)
+    assert has_key_words("weather_paris", said) and f"You said: {said}." in done.stdout
+    entries, _ = await load(stack.services.bus, "session", sid)
+    started = [e.event for e in entries if isinstance(e.event, SessionStarted)]
+    assert len(started) == 1 and started[0].audio_in is None  # the text session's own start
+    with wave.open(str(answer_wav)) as w:
+        samples = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float64)
+    assert len(samples) > 16000 and np.sqrt(np.mean(samples ** 2)) > 300
 
 
 async def test_files_that_are_no_speech_are_refused_before_anything_is_published(
