@@ -18,12 +18,11 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.patch_stdout import patch_stdout
 
 from bus.client import Bus
-from cli.say import SayError, print_tools, say
+from cli.say import ASSISTANT, YOU, SayError, print_tools, say
 from hosting.logs import console
 from schemas import new_id
 
 HELP = "Type a message. /new starts a new session, /quit leaves."
-YOU, ASSISTANT = "you> ", "assistant> "
 
 
 async def chat(bus: Bus, session_id: str | None, timeout: float, interactive: bool | None = None) -> None:

@@ -26,6 +26,8 @@ from schemas import (
     decode,
 )
 
+YOU, ASSISTANT = "you> ", "assistant> "  # who said a line, where both sides are shown
+
 
 class SayError(Exception):
     pass

@@ -18,7 +18,7 @@ from audio.wavfile import write_wav
 from bus.client import Bus, Message
 from bus.log import last_event
 from bus.subjects import audio_in, audio_out, session_all
-from cli.say import Answer, SayError, start_session_if_new
+from cli.say import ASSISTANT, YOU, Answer, SayError, start_session_if_new
 from hosting.logs import console
 from schemas import (
     AudioParams,
@@ -40,7 +40,6 @@ LEAD_MS = 1000
 # After it: well over the VAD's silence hold (400 ms by default), so silence ends the turn.
 TRAIL_MS = 1500
 NO_SPEECH_GRACE_S = 5.0  # after the last frame, for a busy ASR to report the speech it heard
-YOU = "you> "
 
 
 def _silence(ms: int) -> bytes:
@@ -68,9 +67,9 @@ async def _stream(bus: Bus, subject: str, frames: list[bytes], frame_ms: int) ->
 
 async def say_audio(bus: Bus, session_id: str, speech: bytes, *, out: Path | None = None,
                     timeout: float = 120.0) -> str:
-    """Stream `speech` (16 kHz mono PCM16) into the session, print `you> transcript` and the
-    streamed answer; with `out`, write the turn's spoken answer there (16 kHz mono WAV).
-    Returns the transcript."""
+    """Stream `speech` (16 kHz mono PCM16) into the session, print `you> transcript` and
+    `assistant> ` with the streamed answer; with `out`, write the turn's spoken answer there
+    (16 kHz mono WAV). Returns the transcript."""
     params_in, params_out = await _session_params(bus, session_id)
     encoder = AudioEncoder(params_in)
     frames = encoder.encode(_silence(LEAD_MS) + speech + _silence(TRAIL_MS), RATE)
@@ -79,7 +78,7 @@ async def say_audio(bus: Bus, session_id: str, speech: bytes, *, out: Path | Non
         decoder = Decoder(params_out.format, params_out.sample_rate, params_out.channels)
     except AudioDecodeError as exc:
         raise SayError(f"the session's audio_out cannot be decoded: {exc}") from None
-    answer = Answer()
+    answer = Answer(ASSISTANT)
     heard = asyncio.Event()  # speech.started: the ASR hears the stream
     transcript: asyncio.Future[TranscriptFinal] = asyncio.get_running_loop().create_future()
     spoken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
