@@ -178,7 +178,7 @@ def tail(subject: Annotated[str, typer.Argument(help="Subject or wildcard, e.g. 
 
 
 @app.command()
-def say(text: Annotated[str | None, typer.Argument(help="What the user types.")] = None,
+def say(text: Annotated[str | None, typer.Argument(metavar="TEXT", help="What the user types.")] = None,
         session: Annotated[str | None, typer.Option(
             "--session", "-s", help="Session id: the same id continues the conversation "
                                     "(default: a new session, its id printed on stderr).")] = None,
