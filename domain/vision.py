@@ -55,8 +55,12 @@ def check_question(question: str) -> str:
     return question.strip()
 
 
+def configured(settings: VisionSettings) -> bool:
+    return bool(settings.base_url and settings.model)
+
+
 def check_configured(settings: VisionSettings) -> None:
-    if not settings.base_url or not settings.model:
+    if not configured(settings):
         raise Unavailable("vision_not_configured",
                           "no vision model is configured: set [vision] base_url and model")
 

@@ -133,6 +133,20 @@ def parse_message(data: str | bytes, kinds: dict[str, type[S]], *,
     return kind, convert(value, cls)
 
 
+class _Typed(msgspec.Struct):
+    type: str | None = None
+
+
+def message_type(data: str | bytes) -> str | None:
+    """A message's `type` without building the rest of it (the decoder skips the other
+    fields): which limit a large message is under, before it is parsed. None if the JSON is
+    refused or has no string `type`."""
+    try:
+        return msgspec.json.decode(check(data), type=_Typed, strict=True).type
+    except (JsonInputError, msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return None
+
+
 def convert(value: Any, kind: type[T]) -> T:
     """Already parsed JSON (from `parse`) as `kind`, strictly."""
     try:

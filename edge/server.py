@@ -14,6 +14,7 @@ import uvicorn
 from bus.client import Bus
 from edge.app import create_app
 from edge.guard import FirstMessageTimeout, guarded_protocol
+from edge.realtime.images import largest_frame
 from edge.services import Services
 from settings.config import Config
 
@@ -43,7 +44,7 @@ class EdgeServer:
                                               # h11 with a header deadline and every socket
                                               # counted (edge/guard.py)
                                               http=guarded_protocol(config.edge),
-                                              ws_max_size=config.edge.max_frame_bytes * 2))
+                                              ws_max_size=largest_frame(config) * 2))
         self._task: asyncio.Task[None] | None = None
 
     @property

@@ -238,7 +238,8 @@ class EdgeSettings(msgspec.Struct, forbid_unknown_fields=True):
         "answered before anything of the offer is read")] = 1.0
     offer_burst: Annotated[int, doc("WebRTC offers one address may send in a burst")] = 3
     max_frame_bytes: Annotated[int, doc(
-        "one WebSocket message, text or binary; larger: close `1009`")] = 65_536
+        "one WebSocket message, text or binary, but a `/ws` photo (`[vision] max_image_bytes`); "
+        "larger: close `1009`")] = 65_536
     max_messages_per_second: Annotated[int, doc(
         "WebSocket messages per connection and second, bursts of 2×; more: close `1008`")] = 100
     hello_timeout: Annotated[float, doc(
@@ -361,7 +362,8 @@ class VisionSettings(msgspec.Struct, forbid_unknown_fields=True):
     timeout: Annotated[float, doc("seconds for one description")] = 30.0
     max_tokens: Annotated[int, doc("a description's length cap in tokens")] = 300
     max_image_bytes: Annotated[int, doc(
-        "the largest photo accepted (JPEG, PNG or WebP); a larger one is refused with 413")
+        "the largest photo accepted (JPEG, PNG or WebP), also on `/ws`, whose message may be "
+        "that large in base64; a larger one is refused with 413 (`image_too_large`)")
     ] = 5 * 1024 * 1024
     token_ttl: Annotated[float, doc(
         "seconds a device's vision token (handed over in its MCP `initialize`) stays valid")] = 3600.0

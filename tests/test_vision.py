@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,7 +30,8 @@ from tests.xiaozhi_client import XiaozhiDevice
 SERVER = OpenAIServer()
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4 + b"\xff\xd9"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
-MAX_IMAGE = 64 * 1024
+# Above `[edge] max_frame_bytes`: a phone photo sent on /ws is larger than one frame.
+MAX_IMAGE = 2 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -233,3 +235,45 @@ async def test_ws_photo_refusals_leave_the_session_going(stack: Api) -> None:
         await ws.send(json.dumps({"type": "user.text", "text": "still there?"}))
         assert (await until(ws, "assistant.message"))[-1]["text"] == "You said: still there?."
     assert not [e for e in await log_of(stack, sid) if isinstance(e, UserImage)]
+
+
+async def test_a_ws_photo_may_exceed_the_frame_limit_and_nothing_else_may(stack: Api) -> None:
+    # Random bytes after JPEG's magic: the edge checks a photo by its first bytes only.
+    photo = JPEG[:4] + os.urandom(1_000_000)
+    async with websockets.connect(ws_url(stack), max_size=None) as ws:
+        await ws.recv()
+        await ws.send(json.dumps({"type": "user.image", "image": base64.b64encode(photo).decode(),
+                                  "text": "a big one?"}))
+        seen = await until(ws, "assistant.message")
+        assert next(m for m in seen if m["type"] == "user.image")["size"] == len(photo)
+        assert "You showed a image/jpeg image and said: a big one?." in seen[-1]["text"]
+
+        # Over [vision] max_image_bytes: refused with a reason, and the session goes on.
+        large = JPEG[:4] + bytes(MAX_IMAGE)
+        await ws.send(json.dumps({"type": "user.image", "image": base64.b64encode(large).decode()}))
+        error = (await until(ws, "error"))[-1]
+        assert (error["code"], error["details"]["limit"]) == ("image_too_large", MAX_IMAGE)
+        await ws.send(json.dumps({"type": "user.text", "text": "still there?"}))
+        assert (await until(ws, "assistant.message"))[-1]["text"] == "You said: still there?."
+
+        # Any other message keeps the frame limit.
+        limit = stack.services.config.edge.max_frame_bytes
+        await ws.send(json.dumps({"type": "user.text", "text": "x" * (limit + 6000)}))
+        assert (await until(ws, "error"))[-1]["code"] == "frame_too_large"
+        await ws.wait_closed()
+        assert ws.close_code == 1009
+
+    # So does a photo while no vision model is configured.
+    config = stack.services.config
+    saved = config.vision
+    config.vision = msgspec.structs.replace(saved, base_url="")
+    try:
+        async with websockets.connect(ws_url(stack), max_size=None) as ws:
+            await ws.recv()
+            image = base64.b64encode(photo[:60_000]).decode()
+            await ws.send(json.dumps({"type": "user.image", "image": image}))
+            assert (await until(ws, "error"))[-1]["code"] == "frame_too_large"
+            await ws.wait_closed()
+            assert ws.close_code == 1009
+    finally:
+        config.vision = saved

@@ -95,8 +95,11 @@ class Connection:
 
         self.registry.on_close(link, go)
 
-    async def receive(self) -> str | bytes | None:
-        """The next message within the limits; None once the client is gone or was closed."""
+    async def receive(self, may_exceed: Callable[[str | bytes], bool] | None = None
+                      ) -> str | bytes | None:
+        """The next message within the limits; None once the client is gone or was closed.
+        `may_exceed`: which messages over the frame limit the endpoint reads all the same
+        (it bounds them itself)."""
         if self.websocket.client_state != WebSocketState.CONNECTED:
             return None
         pause = self._paused_until - time.monotonic()
@@ -113,7 +116,7 @@ class Connection:
         data: str | bytes | None = message.get("text")
         if data is None:
             data = message.get("bytes") or b""
-        if len(data) > self.max_frame:
+        if len(data) > self.max_frame and not (may_exceed and may_exceed(data)):
             self.end_reason = "frame_too_large"
             await self.send_error("frame_too_large", f"messages are limited to {self.max_frame} bytes")
             await self.close(TOO_BIG, "frame too large")

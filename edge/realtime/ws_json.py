@@ -25,7 +25,7 @@ from edge import jsonparse
 from edge.errors import ApiError
 from edge.realtime.auth import bearer, user_caller
 from edge.realtime.connection import Connection, serve
-from edge.realtime.images import UserImageMessage, ws_image
+from edge.realtime.images import UserImageMessage, may_exceed_frame, ws_image
 from edge.realtime.limits import TurnLimit
 from edge.realtime.messages import CLIENT_MESSAGES, ListenStartMessage, UserTextMessage, checked_text
 from edge.realtime.session import SessionLink
@@ -85,7 +85,8 @@ async def _serve(conn: Connection) -> None:
     reason = "client_closed"
     try:
         while True:
-            message = await conn.receive()
+            # A photo may exceed the frame limit; read at the time, as the settings may change.
+            message = await conn.receive(lambda data: may_exceed_frame(data, services.config.vision))
             if message is None:
                 break
             if isinstance(message, bytes):
