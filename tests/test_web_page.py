@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 import wave
@@ -281,6 +282,10 @@ async def test_sign_up_add_an_assistant_call_and_chat(page: Any, stack: Api, tmp
     await page.wait_for_selector("body[data-state='in-call']", timeout=30_000)
     assert await page.evaluate("window.vagent.sessionId") == typed_session
     assert await page.get_by_role("button", name="Hang up").is_visible()
+    # A photo goes over /ws only: not during a call, and the button says why.
+    photo = page.get_by_role("button", name="Attach a photo")
+    await expect(photo).to_be_disabled()
+    await expect(photo).to_have_attribute("title", re.compile("not in a call"))
     transcript = page.locator("#log li.user[data-role='transcript']:not(.partial)")
     await transcript.first.wait_for(timeout=60_000)
     heard = await transcript.first.inner_text()

@@ -1,6 +1,6 @@
 // vagent's page: sign in, pick or add an assistant, talk to it by text (no call or microphone
-// needed) or call it by voice, read past conversations, and bind xiaozhi devices. Plain
-// JavaScript modules, no build step: api.js (REST and tokens), talk.js (the conversation),
+// needed), send it a photo, or call it by voice, read past conversations, and bind xiaozhi
+// devices. Plain JavaScript modules, no build step: api.js (REST and tokens), talk.js (the conversation),
 // links.js (its /ws and WebRTC connections), media.js (microphones, speakers, the voice's
 // bars), history.js (past conversations), lines.js (a conversation's lines), devices.js
 // (xiaozhi devices bound by their code).
@@ -24,7 +24,8 @@ const el = {
   list: $("assistant-list"), empty: $("assistants-empty"),
   callButton: $("call-button"), hangup: $("hangup-button"), stopAnswer: $("stop-answer"),
   mute: $("mute-button"), micSelect: $("mic-select"), speakerSelect: $("speaker-select"),
-  chatForm: $("chat-form"), chatInput: $("chat-input"),
+  chatForm: $("chat-form"), chatInput: $("chat-input"), photoButton: $("photo-button"),
+  photoInput: $("photo-input"),
 };
 
 let me = null;
@@ -259,6 +260,16 @@ function onChat(event) {
   talk.send(text);
 }
 
+// A photo takes what is typed as its question.
+function onPhoto() {
+  const file = el.photoInput.files && el.photoInput.files[0];
+  el.photoInput.value = ""; // the same photo may be picked again
+  if (!file) return;
+  const question = el.chatInput.value.trim();
+  el.chatInput.value = "";
+  talk.sendPhoto(file, question);
+}
+
 history.namesFrom(() => new Map(assistants.map((a) => [a.assistant_id, a.name])));
 devices.assistantsFrom(() => ({ list: assistants, preferred: selectedId }));
 devices.infoTo((text) => notice(text, "info"));
@@ -277,6 +288,8 @@ el.mute.addEventListener("click", () => talk.mute());
 el.micSelect.addEventListener("change", () => talk.switchMic(el.micSelect.value));
 el.speakerSelect.addEventListener("change", () => talk.switchSpeaker(el.speakerSelect.value));
 el.chatForm.addEventListener("submit", onChat);
+el.photoButton.addEventListener("click", () => el.photoInput.click());
+el.photoInput.addEventListener("change", onPhoto);
 document.addEventListener("keydown", (e) => {
   if (e.key === "Escape" && !el.addForm.hidden) toggleAdd(false);
 });

@@ -1,7 +1,8 @@
 // The conversation with one assistant: typed over the JSON WebSocket /ws (no call, no
 // microphone needed) or spoken in a WebRTC call (POST /webrtc/offer, events on the call's
 // "events" data channel, which also takes typed text). Both carry the session's events in
-// the same vocabulary. Switching between them resumes the same session (`session_id`), so
+// the same vocabulary. A photo (with what is typed as its question) goes over /ws only, so
+// not during a call. Switching between them resumes the same session (`session_id`), so
 // the assistant keeps the thread; a session the server no longer resumes starts a new one.
 
 import { API, ApiError, describe, request } from "./api.js";
@@ -16,6 +17,7 @@ const el = {
   callHint: $("call-hint"), hangup: $("hangup-button"), controls: $("call-controls"),
   mute: $("mute-button"), stopAnswer: $("stop-answer"), meter: $("meter"), meterLevel: $("meter-level"),
   viz: $("voice-viz"), log: $("log"), chatInput: $("chat-input"), chatSend: $("chat-send"),
+  photoButton: $("photo-button"),
   audio: $("remote-audio"), devices: $("devices"), micField: $("mic-field"), micSelect: $("mic-select"),
   speakerField: $("speaker-field"), speakerSelect: $("speaker-select"), list: $("assistant-list"),
 };
@@ -32,6 +34,7 @@ function fresh(assistant) {
     lost: false, // the connection dropped without anyone asking
     turns: new Map(), partial: null, lastUser: null, tools: new Map(),
     pending: [], // typed lines sent but not yet in the session
+    photos: [], // photos sent and not yet described: {li, recorded}
     waiting: new Set(), // inputs (their ids name their turns) not answered yet
     heard: false, watchdog: 0, // speech ended, its transcript not in yet
     answering: false, audio: false, events: [],
@@ -63,7 +66,7 @@ function activity() {
   if (!link) return conv.lost ? "disconnected" : "idle";
   if (!link.open) return "connecting";
   if (conv.audio || conv.answering) return "speaking";
-  if (conv.pending.length || conv.waiting.size || conv.heard) return "thinking";
+  if (conv.pending.length || conv.photos.length || conv.waiting.size || conv.heard) return "thinking";
   return link.kind === "call" ? "listening" : "idle";
 }
 
@@ -88,6 +91,9 @@ export function render() {
   el.controls.hidden = !call;
   el.meter.hidden = !call;
   el.chatInput.disabled = el.chatSend.disabled = !conv.assistant;
+  el.photoButton.disabled = !conv.assistant || Boolean(call);
+  el.photoButton.title = call ? "Photos can be sent when not in a call: hang up first"
+    : "Attach a photo (what you type goes with it as a question)";
   el.chatInput.placeholder = !conv.assistant ? "Add an assistant to talk to it"
     : call ? "Type a message (in the call)" : `Message ${name}`;
   for (const input of el.list.querySelectorAll("input")) input.disabled = Boolean(call);
@@ -232,6 +238,95 @@ function refused(m) {
   notice(describe(new ApiError(0, m.code, m.message || m.code)));
 }
 
+// ---------------------------------------------------------------- photos
+
+const PHOTO_TYPES = new Set(["image/jpeg", "image/png", "image/webp"]);
+// The server's refusals of a photo, in the page's words.
+const PHOTO_REFUSALS = {
+  image_too_large: (m) => {
+    const limit = m.details && m.details.limit;
+    return "The photo is too large" + (limit ? `: this server takes photos up to ${size(limit)}.` : ".");
+  },
+  vision_not_configured: () => "This server cannot look at photos: it has no vision model configured.",
+  not_an_image: () => "That file is not a photo this server reads: send a JPEG, PNG or WebP.",
+  vision_failed: (m) => "The photo could not be described: " + (m.message || "the vision model failed."),
+  question_too_long: (m) => "The question with the photo is too long: " + (m.message || ""),
+  // a photo's message over the server's frame limit: it takes no large photos (no vision model)
+  frame_too_large: () => "The photo is too large for this server (it may not be set up to look at photos).",
+};
+
+const size = (n) => (n >= 1e6 ? `${Math.round(n / 1e5) / 10} MB` : `${Math.ceil(n / 1e3)} KB`);
+
+function readAsDataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(new ApiError(0, "unreadable", "The photo could not be read."));
+    reader.readAsDataURL(file);
+  });
+}
+
+/** Send a photo over /ws (opened if need be) with `question` (may be empty); not in a call,
+ * whose data channel takes no photos. It shows at once as a thumbnail in the user's bubble. */
+export async function sendPhoto(file, question) {
+  if (!conv.assistant || !file || inCall()) return;
+  notice("");
+  if (!PHOTO_TYPES.has(file.type)) {
+    notice("Send a JPEG, PNG or WebP photo.");
+    return;
+  }
+  let url;
+  try {
+    url = await readAsDataUrl(file);
+  } catch (err) {
+    notice(describe(err));
+    return;
+  }
+  const li = line(el.log, "user sending", question, "You");
+  li.dataset.role = "photo";
+  const img = document.createElement("img");
+  img.className = "thumb";
+  img.src = url;
+  img.alt = question ? "Your photo" : "Your photo (no question)";
+  li.insertBefore(img, li.querySelector(".text"));
+  const photo = { li, recorded: false };
+  conv.photos.push(photo);
+  follow(el.log);
+  render();
+  try {
+    const link = conv.link ? await conv.link.ready : await openText();
+    if (link.kind === "call") throw new ApiError(0, "in_call", "Photos cannot be sent during a call.");
+    link.send({ type: "user.image", image: url.slice(url.indexOf(",") + 1), text: question });
+  } catch (err) {
+    conv.photos = conv.photos.filter((p) => p !== photo);
+    li.classList.replace("sending", "unsent");
+    notice("Your photo was not sent: " + describe(err));
+    render();
+  }
+}
+
+// The session recorded the photo; its description is on the way.
+function photoRecorded() {
+  const photo = conv.photos.find((p) => !p.recorded);
+  if (!photo) return;
+  photo.recorded = true;
+  photo.li.classList.remove("sending");
+}
+
+// The photo's turn: the question and the description, which the photo's bubble stands for.
+function photoDescribed(m) {
+  const photo = conv.photos.shift();
+  if (photo && m.text) photo.li.title = m.text;
+}
+
+function photoRefused(m) {
+  const photo = conv.photos.shift();
+  if (photo) photo.li.classList.replace("sending", "unsent");
+  const li = line(el.log, "note failed", PHOTO_REFUSALS[m.code](m));
+  li.dataset.role = "photo-error";
+  follow(el.log);
+}
+
 function onEvent(link, raw) {
   if (!link.attached) return;
   let m;
@@ -256,8 +351,12 @@ function onEvent(link, raw) {
       userFinal(m.text, false);
       if (m.id) conv.waiting.add(m.id);
       break;
+    case "user.image":
+      photoRecorded();
+      break;
     case "user.text":
-      userFinal(m.text, true);
+      if (m.source === "image") photoDescribed(m);
+      else userFinal(m.text, true);
       if (m.id) conv.waiting.add(m.id);
       break;
     case "assistant.delta":
@@ -300,6 +399,10 @@ function onEvent(link, raw) {
     case "error":
       if (m.code === "too_many_turns" || m.code === "text_too_long") {
         refused(m);
+        break;
+      }
+      if (Object.hasOwn(PHOTO_REFUSALS, m.code) && (conv.photos.length || m.code !== "frame_too_large")) {
+        photoRefused(m);
         break;
       }
       if (m.turn_id) answered(m.turn_id);
@@ -549,6 +652,8 @@ function finish(link, { send, why, back = null }) {
   conv.waiting.clear();
   for (const p of conv.pending) p.li.classList.replace("sending", "unsent");
   conv.pending = [];
+  for (const p of conv.photos) p.li.classList.replace("sending", "unsent");
+  conv.photos = [];
   if (conv.partial) { conv.partial.classList.remove("partial"); conv.partial = null; }
   for (const t of conv.turns.values()) t.li.classList.remove("streaming");
   conv.turns.clear();
