@@ -1,7 +1,8 @@
 """The web page's Attach a photo, in a real headless Chromium without a microphone: a photo
 (a JPEG the browser itself encodes, larger than one WebSocket frame) goes with the typed
 question over /ws, shows as a thumbnail in the user's bubble, and is described by
-`[vision]`'s model (the echo server) and answered; the server's refusals show as lines."""
+`[vision]`'s model (the echo server) and answered; a phone-sized photo is scaled down
+first; the server's refusals show as lines."""
 
 from __future__ import annotations
 
@@ -91,6 +92,18 @@ async def test_a_photo_is_attached_shown_described_and_answered(micless: Any, st
     url = next(p for p in sent["messages"][-1]["content"] if p["type"] == "image_url")["image_url"]["url"]
     assert url == "data:image/jpeg;base64," + base64.b64encode(photo).decode()
 
+    # A phone-sized photo goes as a JPEG of at most 2048 px, the most a vision model looks at.
+    large = await jpeg(page, 2400, 1800)
+    assert len(large) > 1_500_000
+    await attach(page, large, "and this big one?")
+    await page.locator("#log li.assistant:not(.streaming)", has_text="said: and this big one?.").wait_for()
+    thumb = page.locator("#log li.user[data-role='photo']").last.locator("img.thumb")
+    assert await thumb.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [2048, 1536]
+    sent = next(r for r in reversed(SERVER.requests) if r["model"] == "see-1")
+    url = next(p for p in sent["messages"][-1]["content"] if p["type"] == "image_url")["image_url"]["url"]
+    scaled = base64.b64decode(url.removeprefix("data:image/jpeg;base64,"))
+    assert scaled.startswith(b"\xff\xd8\xff") and len(scaled) < len(large)
+
     # The server's refusals are lines in the conversation, and it goes on.
     config = stack.services.config
     saved = config.vision
@@ -108,6 +121,7 @@ async def test_a_photo_is_attached_shown_described_and_answered(micless: Any, st
     finally:
         config.vision = saved
     await expect(page.locator("#log li.user.unsent[data-role='photo']")).to_have_count(2)
+    await expect(page.locator("#log li.user[data-role='photo']")).to_have_count(4)
     await page.get_by_label("Message").fill("still there?")
     await page.get_by_role("button", name="Send").click()
     await page.locator("#log li.assistant:not(.streaming)", has_text="You said: still there?.").wait_for()

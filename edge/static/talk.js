@@ -257,6 +257,32 @@ const PHOTO_REFUSALS = {
 
 const size = (n) => (n >= 1e6 ? `${Math.round(n / 1e5) / 10} MB` : `${Math.ceil(n / 1e3)} KB`);
 
+// A phone's photo is larger than a vision model looks at (models scale photos to about
+// 2048 px) and may be larger than the server takes: a large one goes as a JPEG that size.
+const LARGE_PHOTO_BYTES = 1_500_000;
+const MAX_SIDE = 2048;
+
+async function fitted(file) {
+  if (file.size <= LARGE_PHOTO_BYTES || typeof createImageBitmap !== "function") return file;
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file); // turned as the camera held it (EXIF)
+  } catch {
+    return file; // not one the browser reads: the server says what is wrong with it
+  }
+  const scale = Math.min(1, MAX_SIDE / Math.max(bitmap.width, bitmap.height));
+  const canvas = document.createElement("canvas");
+  canvas.width = Math.round(bitmap.width * scale);
+  canvas.height = Math.round(bitmap.height * scale);
+  const g = canvas.getContext("2d");
+  g.fillStyle = "#fff"; // a PNG's transparency, on white rather than JPEG's black
+  g.fillRect(0, 0, canvas.width, canvas.height);
+  g.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  bitmap.close();
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.85));
+  return blob && blob.size < file.size ? blob : file;
+}
+
 function readAsDataUrl(file) {
   return new Promise((resolve, reject) => {
     const reader = new FileReader();
@@ -277,7 +303,7 @@ export async function sendPhoto(file, question) {
   }
   let url;
   try {
-    url = await readAsDataUrl(file);
+    url = await readAsDataUrl(await fitted(file));
   } catch (err) {
     notice(describe(err));
     return;
