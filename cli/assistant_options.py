@@ -34,6 +34,7 @@ MEANING: dict[str, str] = {
     "tts": "A TTS provider (piper, elevenlabs).",
     "tools": "A tool it may call.",
     "documents": "One of the owner's documents it may search (an id from `vagent docs list`).",
+    "language": "What it hears: en, zh (Mandarin) or auto (the first utterance's language).",
 }
 PANEL = "Assistant settings"
 # Types typer parses itself; a setting of another type is taken as text and converted by

@@ -8,7 +8,7 @@ published catalog; documents are the owner's own document ids.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from bus import kv
 from bus.client import Bus
@@ -24,6 +24,7 @@ from schemas import (
     AssistantUpdated,
     DocumentDeleted,
     DocumentUploaded,
+    Language,
     new_id,
 )
 from settings.config import Config
@@ -124,6 +125,10 @@ class Assistants:
             if name is not None and name not in known:
                 raise Invalid("unknown_provider", f"no {kind} provider named {name!r}",
                               {"field": kind, "known": known})
+        language = settings.get("language")
+        if language is not None and language not in get_args(Language):
+            raise Invalid("unknown_language", f"no language {language!r}",
+                          {"field": "language", "known": list(get_args(Language))})
         tools = settings.get("tools")
         if tools:
             known_tools = set(self.config.tools.builtins) | {w.name for w in self.config.tools.webhooks}

@@ -36,6 +36,7 @@ class Assistants(Projection):
     name: ClassVar[str] = "assistants"
     streams: ClassVar[tuple[str, ...]] = ("ASSISTANTS",)
     tables: ClassVar[tuple[str, ...]] = ("assistants",)
+    version: ClassVar[int] = 2  # a column per setting: a new setting rebuilds the table
     ddl: ClassVar[str] = f"""
         CREATE TABLE IF NOT EXISTS assistants (
             assistant_id VARCHAR PRIMARY KEY,

@@ -3,6 +3,8 @@ They never carry a password, a token or a key: only what a read model needs."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 from schemas.base import AssistantEvent, DocumentEvent, UserEvent
@@ -37,6 +39,10 @@ class DeviceUnbound(UserEvent, tag="device.unbound", kw_only=True):
     device_id: str
 
 
+# What an assistant hears (and, in time, speaks): Mandarin, English, or the language of the
+# session's first utterance.
+Language = Literal["en", "zh", "auto"]
+
 # The assistant of sessions that name none (the CLI's `say` and `chat`, anonymous
 # clients): created once at the edge's start, owned by nobody.
 DEFAULT_ASSISTANT_ID = "default"
@@ -58,6 +64,7 @@ class AssistantSettings(msgspec.Struct, kw_only=True):
     tts: str | None = None
     tools: list[str] = msgspec.field(default_factory=list)
     documents: list[str] = msgspec.field(default_factory=list)
+    language: Language = "en"
 
 
 ASSISTANT_SETTINGS: tuple[str, ...] = AssistantSettings.__struct_fields__
@@ -74,6 +81,7 @@ class AssistantCreated(AssistantEvent, tag="assistant.created", kw_only=True):
     tts: str | None = None
     tools: list[str] = msgspec.field(default_factory=list)
     documents: list[str] = msgspec.field(default_factory=list)
+    language: Language = "en"
 
 
 class AssistantUpdated(AssistantEvent, tag="assistant.updated", kw_only=True):
@@ -88,6 +96,7 @@ class AssistantUpdated(AssistantEvent, tag="assistant.updated", kw_only=True):
     tts: str | None = None
     tools: list[str] | None = None
     documents: list[str] | None = None
+    language: Language | None = None
 
 
 class AssistantDeleted(AssistantEvent, tag="assistant.deleted", kw_only=True):

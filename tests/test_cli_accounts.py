@@ -205,7 +205,7 @@ def test_every_assistant_setting_is_an_option(stack: tuple[EmbeddedServer, Path]
     values: dict[str, Any] = {
         "name": "Every", "persona": "You know everything.", "greeting": "Ask me", "voice": "en_US-amy",
         "llm": "local", "asr": "moonshine", "tts": "piper", "tools": ["calculator", "get_time"],
-        "documents": [added[0]["document_id"]],
+        "documents": [added[0]["document_id"]], "language": "zh",
     }
     assert set(values) == {s.name for s in SETTINGS}, "give the new setting a value here"
     assert all(values[s.name] != s.default for s in SETTINGS if s.default is not msgspec.NODEFAULT)
