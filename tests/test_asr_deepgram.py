@@ -138,7 +138,7 @@ async def test_the_assistant_s_asr_choice_is_honoured(bus: Bus, start_asr: Start
     asr = await start_asr(deepgram_at(deepgram, "moonshine"), DEEPGRAM_API_KEY="test-key")
     assert asr.engine.provider == "moonshine"
     profiles = {"cloud": AssistantProfile(assistant_id="cloud", asr="deepgram"),
-                "odd": AssistantProfile(assistant_id="odd", asr="whisper")}
+                "odd": AssistantProfile(assistant_id="odd", asr="no_such_engine")}
 
     async def get(assistant_id: str) -> AssistantProfile | None:
         return profiles.get(assistant_id)

@@ -9,7 +9,8 @@ handler itself returns at once, so the consumer acks and moves on.
 Models load once in `setup()`: moonshine tiny-en (or a Deepgram client when a key is
 configured) for every session, and one small silero state per session. A session whose
 assistant names another engine (its `asr` setting) is transcribed by that one, loaded
-the first time it is wanted and shared by every session that wants it.
+the first time it is wanted and shared by every session that wants it; so is whisper,
+for assistants whose language is `zh` or `auto` (actors.asr.language).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import logging
 from typing import ClassVar
 
 from actors.asr.engine import Engine, make_engine
+from actors.asr.engine_whisper import WhisperEngine
+from actors.asr.language import FirstUtteranceLanguage
 from actors.asr.session import SessionPipeline
 from actors.asr.settings import AsrSettings
 from actors.assistant import AssistantDirectory
@@ -26,6 +29,7 @@ from actors.base import Actor, Context
 from schemas import Event, SessionStarted
 
 log = logging.getLogger("vagent.asr")
+MANDARIN = "whisper"  # the engine of assistants whose language is zh
 
 
 class Asr(Actor):
@@ -39,7 +43,7 @@ class Asr(Actor):
     engine: Engine
 
     async def setup(self) -> None:
-        self.settings = AsrSettings.from_config(self.config.asr)
+        self.settings = AsrSettings.from_config(self.config.asr, self.data_dir)
         self.engine = make_engine(self.settings)
         await self.engine.load()
         self.engines: dict[str, Engine] = {}  # assistants' own choices
@@ -56,16 +60,33 @@ class Asr(Actor):
             await engine.close()
 
     async def engine_for(self, started: SessionStarted) -> Engine:
-        """The session's assistant's ASR engine; the default one when it names none or its
-        own cannot be loaded."""
+        """The session's engine: its assistant's own choice (`asr`), else by its language
+        (`zh`: whisper; `auto`: whichever the first utterance's language wants; `en`: the
+        default). The default one when the assistant cannot be read or its engine loaded."""
         try:
             profile = await self.assistants.for_events([started])
         except Exception as exc:  # the session is heard all the same, by the default engine
             log.warning("assistant not read: using the default ASR engine",
                         extra={"session": started.session_id, "error": repr(exc)})
             return self.engine
-        name = profile.asr if profile is not None else None
-        if profile is None or name is None or name == self.engine.provider:
+        if profile is None:
+            return self.engine
+        if profile.asr is not None:
+            return await self._shared(profile.asr, profile.assistant_id)
+        if profile.language == "zh":
+            return await self._shared(MANDARIN, profile.assistant_id)
+        if profile.language == "auto":
+            whisper = await self._shared(MANDARIN, profile.assistant_id)
+            if not isinstance(whisper, WhisperEngine):
+                return self.engine
+            return FirstUtteranceLanguage({"zh": whisper, "en": self.engine}, whisper.detect_async,
+                                          started.session_id)
+        return self.engine
+
+    async def _shared(self, name: str, assistant_id: str) -> Engine:
+        """The named engine, loaded the first time a session wants it (so a stack whose
+        sessions are all English never loads whisper); the default one if it cannot load."""
+        if name == self.engine.provider:
             return self.engine
         async with self._loading:  # two sessions at once load a model once
             if name not in self.engines:
@@ -74,8 +95,7 @@ class Asr(Actor):
                     await engine.load()
                 except Exception as exc:
                     log.error("cannot load the assistant's ASR engine: using the default",
-                              extra={"assistant_id": profile.assistant_id, "asr": name,
-                                     "error": str(exc)})
+                              extra={"assistant_id": assistant_id, "asr": name, "error": str(exc)})
                     return self.engine
                 self.engines[name] = engine
         return self.engines[name]

