@@ -30,7 +30,7 @@ MEANING: dict[str, str] = {
     "greeting": "What it says first.",
     "voice": "A voice of its TTS provider.",
     "llm": "An LLM provider named in the configuration.",
-    "asr": "An ASR provider (moonshine, deepgram).",
+    "asr": "An ASR provider (moonshine, deepgram, whisper).",
     "tts": "A TTS provider (piper, elevenlabs).",
     "tools": "A tool it may call.",
     "documents": "One of the owner's documents it may search (an id from `vagent docs list`).",

@@ -15,7 +15,7 @@ import pytest
 
 from bus.client import Bus
 from bus.subjects import audio_in
-from schemas import AudioParams, SessionStarted, TranscriptFinal
+from schemas import AudioParams, SessionStarted, TranscriptFinal, new_id
 from tests.api_harness import Api
 from tests.conftest import wait_for
 from tests.fixtures.audio import pcm, silence
@@ -57,7 +57,7 @@ async def assistant(api: Api, headers: dict[str, str], **settings: str) -> str:
 
 async def speak(bus: Bus, assistant_id: str, audio: list[bytes]) -> str:
     """A session of the assistant hearing `audio`, one utterance after another."""
-    started = SessionStarted(session_id="m" + assistant_id, transport="test", audio_in=PCM_16K,
+    started = SessionStarted(session_id=new_id(), transport="test", audio_in=PCM_16K,
                              assistant_id=assistant_id)
     await bus.publish(started)
     # A second of silence at real time: the ASR worker claims the session meanwhile (audio
@@ -66,9 +66,9 @@ async def speak(bus: Bus, assistant_id: str, audio: list[bytes]) -> str:
     began = time.monotonic()
     for n, i in enumerate(range(0, len(data), FRAME)):
         await bus.publish_core(audio_in(started.session_id), data[i:i + FRAME])
-        speed = 1.0 if n < 50 else 4.0
-        await asyncio.sleep(max(0.0, began + (n + 1) * 0.02 / speed - time.monotonic()) if n < 50
-                            else 0.005)
+        # The silence at real time, the speech 4× faster (the VAD keeps audio time).
+        due = (n + 1) * 0.02 if n < 50 else 1.0 + (n - 49) * 0.005
+        await asyncio.sleep(max(0.0, began + due - time.monotonic()))
     await bus.flush()
     return started.session_id
 
@@ -101,6 +101,20 @@ async def test_an_english_assistant_is_still_heard_by_moonshine(stack: Api) -> N
     bus = stack.services.bus
     sid = await speak(bus, english, [pcm("kitchen_lights")])
     (final,) = finals(await wait_for(bus, sid, lambda ev: bool(finals(ev)), timeout=60))
+    assert (final.provider, final.language) == ("moonshine", "en")
+    assert "light" in final.text.lower()
+
+
+async def test_auto_hears_each_session_in_its_first_utterance_s_language(stack: Api) -> None:
+    headers = await stack.user()
+    either = await assistant(stack, headers, language="auto")
+    bus = stack.services.bus
+    mandarin = await speak(bus, either, [clip("time"), clip("music")])
+    english = await speak(bus, either, [pcm("kitchen_lights")])
+    heard = finals(await wait_for(bus, mandarin, lambda ev: len(finals(ev)) >= 2, timeout=120))
+    assert [(f.provider, f.language) for f in heard] == [("whisper", "zh")] * 2
+    assert cer(TEXTS["time"], heard[0].text) <= 0.15 and cer(TEXTS["music"], heard[1].text) <= 0.15
+    (final,) = finals(await wait_for(bus, english, lambda ev: bool(finals(ev)), timeout=60))
     assert (final.provider, final.language) == ("moonshine", "en")
     assert "light" in final.text.lower()
 
