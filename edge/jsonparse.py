@@ -122,29 +122,48 @@ def parse(data: str | bytes, kind: type[T] = Any,  # type: ignore[assignment]  #
 def parse_message(data: str | bytes, kinds: dict[str, type[S]], *,
                   max_bytes: int | None = None) -> tuple[str, S]:
     """A real-time client message: a JSON object whose `type` names one of `kinds`, decoded
-    strictly into that Struct (the Struct ignores `type` and any field it does not name)."""
-    value: object = parse(data, max_bytes=max_bytes)
-    kind = value.get("type") if isinstance(value, dict) else None
-    if not isinstance(kind, str):
+    strictly into that Struct (the Struct ignores `type` and any field it does not name).
+    The type is read first and the message then decoded straight into its Struct, so fields
+    it does not name are skipped unbuilt and a wrong one fails where it starts: a large
+    message (a photo) never becomes a tree of Python objects many times its size."""
+    raw = check(data, max_bytes=max_bytes)
+    kind = _kind(raw)
+    if kind is None:
         raise JsonInputError("invalid", "a message is a JSON object with a string 'type'", "$.type")
     cls = kinds.get(kind)
     if cls is None:
         raise JsonInputError("unknown_type", f"unknown message type {kind[:64]!r}", "$.type")
-    return kind, convert(value, cls)
+    try:
+        return kind, msgspec.json.decode(raw, type=cls, strict=True)
+    except msgspec.ValidationError as exc:
+        raise invalid(exc) from None
+    except msgspec.DecodeError as exc:  # only if the two decodes ever disagree
+        raise JsonInputError("malformed", f"not valid JSON: {exc}") from None
+
+
+def message_type(data: str | bytes) -> str | None:
+    """A message's `type` without building the rest of it: which limit a large message is
+    under, before it is parsed. None if the JSON is refused or has no string `type`."""
+    try:
+        return _kind(check(data))
+    except JsonInputError:
+        return None
 
 
 class _Typed(msgspec.Struct):
     type: str | None = None
 
 
-def message_type(data: str | bytes) -> str | None:
-    """A message's `type` without building the rest of it (the decoder skips the other
-    fields): which limit a large message is under, before it is parsed. None if the JSON is
-    refused or has no string `type`."""
+def _kind(raw: bytes) -> str | None:
+    """The string `type` of a JSON object; None for anything else."""
     try:
-        return msgspec.json.decode(check(data), type=_Typed, strict=True).type
-    except (JsonInputError, msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return msgspec.json.decode(raw, type=_Typed, strict=True).type
+    except msgspec.ValidationError:
         return None
+    except msgspec.DecodeError as exc:
+        raise JsonInputError("malformed", f"not valid JSON: {exc}") from None
+    except RecursionError:  # only if the depth check and the decoder ever disagree
+        raise JsonInputError("too_deep", f"the JSON nests deeper than {MAX_DEPTH} levels") from None
 
 
 def convert(value: Any, kind: type[T]) -> T:

@@ -702,3 +702,26 @@ def test_the_shared_parser_maps_each_problem() -> None:
     with pytest.raises(jsonparse.JsonInputError) as caught:
         jsonparse.parse_message(b'{"type": "nope"}', {"yes": Message})
     assert caught.value.api_error(jsonparse.MESSAGE_CODES).code == "unknown_type"
+
+
+def test_a_message_is_decoded_into_its_struct_by_its_type() -> None:
+    class Photo(msgspec.Struct):
+        image: str
+
+    kinds = {"photo": Photo}
+    # Fields the Struct does not name are skipped, whatever they hold.
+    kind, photo = jsonparse.parse_message(
+        b'{"extra": [' + b"{}," * 100_000 + b'{}], "type": "photo", "image": "AAAA"}', kinds)
+    assert (kind, photo) == ("photo", Photo(image="AAAA"))
+    with pytest.raises(jsonparse.JsonInputError) as caught:
+        jsonparse.parse_message(b'{"type": "photo", "image": [' + b"{}," * 100_000 + b"{}]}", kinds)
+    assert (caught.value.problem, caught.value.at) == ("invalid", "$.image")
+    for not_a_message in (b'[{"type": "photo"}]', b'{"type": 7}', b"{}"):
+        with pytest.raises(jsonparse.JsonInputError) as caught:
+            jsonparse.parse_message(not_a_message, kinds)
+        assert (caught.value.problem, caught.value.at) == ("invalid", "$.type")
+    with pytest.raises(jsonparse.JsonInputError) as caught:
+        jsonparse.parse_message(b'{"type": "photo", "image": "A', kinds)
+    assert caught.value.problem == "malformed"
+    assert jsonparse.message_type(b'{"image": "' + b"A" * 100_000 + b'", "type": "photo"}') == "photo"
+    assert jsonparse.message_type(b'{"type": ' + b"[" * 100 + b"]" * 100 + b"}") is None
