@@ -262,7 +262,8 @@ class EdgeSettings(msgspec.Struct, forbid_unknown_fields=True):
         "typed turns of one session waiting for their answer (each at most 60 s); more: "
         "`error too_many_turns`")] = 3
     max_turns_per_second: Annotated[float, doc(
-        "typed turns per session and second on average; more: `error too_many_turns`")] = 1.0
+        "typed turns per session and second on average, a turn counting once per 400 "
+        "characters begun; more: `error too_many_turns`")] = 1.0
     turn_burst: Annotated[int, doc("typed turns allowed in a burst")] = 5
     ice_servers: Annotated[list[str], doc(
         "WebRTC STUN/TURN servers, e.g. `stun:stun.example.org:3478`; none keeps calls "

@@ -29,6 +29,7 @@ from bus.log import load
 from edge import jsonparse
 from edge.api.models import GREETING_MAX_CHARS
 from edge.errors import ApiError
+from edge.realtime.limits import TURN_CHARS
 from edge.realtime.session import check_readable
 from edge.xiaozhi import protocol
 from hosting.logs import TextFormatter
@@ -317,6 +318,11 @@ async def test_typed_text_longer_than_the_limit_is_refused(stack: Api) -> None:
         await ws.send(json.dumps({"type": "user.text", "text": "b" * limit}))
         answer = (await ws_until(ws, "assistant.message"))[-1]
         assert answer["text"].startswith("You said: bbb")
+        # The longest turn counts as five against the turn rate: the next long one waits.
+        await ws.send(json.dumps({"type": "user.text", "text": "c" * limit}))
+        error = (await ws_until(ws, "error"))[-1]
+        assert error["code"] == "too_many_turns" and error["details"]["counts"] == 5, error
+        assert error["details"]["retry_after"] > 1, error
     async with XiaozhiDevice(xiaozhi_url(stack), device_id=mac()) as device:
         await device.hello()
         await device.listen("detect", text="hi xiaozhi " + "a" * limit)
@@ -346,7 +352,7 @@ class Flood:
 
 
 async def flood_ws(api: Api, text: str, until: asyncio.Event) -> Flood:
-    """FLOOD_TURNS typed turns of the longest length over `/ws` as fast as the message rate
+    """FLOOD_TURNS typed turns over `/ws` as fast as the message rate
     lets one connection send; once `until`, a bad message, whose error says every turn
     before it was taken or refused. Then the session goes on: once the accepted turns are
     answered, one more is taken (waiting out the turn rate if need be) and answered."""
@@ -431,9 +437,10 @@ async def flood_xiaozhi(api: Api, text: str, until: asyncio.Event) -> Flood:
 async def test_a_session_flooding_typed_turns_is_refused_while_another_is_answered(
         stack: Api, flooder: typing.Callable[[Api, str, asyncio.Event], typing.Awaitable[Flood]]) -> None:
     edge = stack.services.config.edge
-    longest = ("w " * edge.max_text_chars)[:edge.max_text_chars - 5]
+    # As long as a turn may be while it counts once against the turn rate.
+    text = ("w " * TURN_CHARS)[:TURN_CHARS - 5]
     done = asyncio.Event()
-    flooding = asyncio.create_task(flooder(stack, longest, done))
+    flooding = asyncio.create_task(flooder(stack, text, done))
     try:
         async with websockets.connect(ws_url(stack)) as other:
             await other.recv()

@@ -29,6 +29,9 @@ def refusal(status: int) -> int:
 # A typed turn counts as waiting for its answer at most this long: an answer that never
 # comes back (the dialogue down, an event lost) does not lock the session.
 TURN_WAIT_SECONDS = 60.0
+# Against the turn rate, a typed turn counts once per this many characters begun: what a
+# turn costs (its prompt, and every later prompt of the session) grows with its length.
+TURN_CHARS = 400
 
 
 class MessageRate:
@@ -41,18 +44,20 @@ class MessageRate:
         self.tokens = self.capacity
         self.stamp = time.monotonic()
 
-    def allow(self) -> bool:
+    def allow(self, cost: float = 1.0) -> bool:
+        """Take `cost` tokens (at most the capacity), if there are as many."""
         now = time.monotonic()
         self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens < 1.0:
+        cost = min(cost, self.capacity)
+        if self.tokens < cost:
             return False
-        self.tokens -= 1.0
+        self.tokens -= cost
         return True
 
-    def wait(self) -> float:
-        """Seconds until `allow` would say yes (as of its last call)."""
-        return max(0.0, (1.0 - self.tokens) / self.rate)
+    def wait(self, cost: float = 1.0) -> float:
+        """Seconds until `allow(cost)` would say yes (as of its last call)."""
+        return max(0.0, (min(cost, self.capacity) - self.tokens) / self.rate)
 
 
 class AddressSlots:
@@ -109,7 +114,8 @@ class AddressRates:
 class TurnLimit:
     """The typed turns (`user.text`, xiaozhi `listen detect`) one session may open: at most
     `edge.max_waiting_turns` still waiting for their answer, and `edge.max_turns_per_second`
-    on average (bursts of `edge.turn_burst`). A person waits for the answer, or adds a
+    on average (bursts of `edge.turn_burst`), a turn counting once per TURN_CHARS characters
+    begun (a 2,000-character one five times). A person waits for the answer, or adds a
     correction or two; a client sending turns as fast as it may send messages would fill
     the actors' queues with one session's work, every other session waiting behind it.
 
@@ -124,9 +130,9 @@ class TurnLimit:
         self.rate = MessageRate(edge.max_turns_per_second, edge.turn_burst)
         self._open: dict[str, float] = {}  # turn id → when its input was sent
 
-    def admit(self, turn_id: str) -> None:
-        """Count `turn_id` as opened, or refuse it (429 `too_many_turns`): nothing of a
-        refused turn is stored."""
+    def admit(self, turn_id: str, chars: int = 0) -> None:
+        """Count `turn_id` (of `chars` characters) as opened, or refuse it (429
+        `too_many_turns`): nothing of a refused turn is stored."""
         now = time.monotonic()
         for turn, at in list(self._open.items()):
             if now - at > TURN_WAIT_SECONDS:
@@ -138,11 +144,13 @@ class TurnLimit:
                            f"{len(self._open)} turns are waiting for their answer: wait for one",
                            {"waiting": len(self._open), "limit": self.waiting,
                             "retry_after": _seconds(1.0 / self.per_second)})
-        if not self.rate.allow():
+        cost = max(1, -(-chars // TURN_CHARS))
+        if not self.rate.allow(cost):
             raise ApiError(429, "too_many_turns",
-                           f"at most {self.per_second:g} turns a second (bursts of {self.burst}): "
-                           "slow down", {"per_second": self.per_second, "burst": self.burst,
-                                         "retry_after": _seconds(self.rate.wait())})
+                           f"at most {self.per_second:g} turns a second (bursts of {self.burst}; "
+                           f"a turn counts once per {TURN_CHARS} characters): slow down",
+                           {"per_second": self.per_second, "burst": self.burst, "counts": cost,
+                            "retry_after": _seconds(self.rate.wait(cost))})
         self._open[turn_id] = now
 
     def withdraw(self, turn_id: str) -> None:

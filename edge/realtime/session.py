@@ -154,7 +154,7 @@ class SessionLink:
     async def text(self, text: str, source: str = "text") -> UserText:
         """A typed turn; ApiError (429 `too_many_turns`) beyond the session's turn limit."""
         event = UserText(session_id=self.session_id, text=text, source=source)
-        self.turns.admit(event.id)
+        self.turns.admit(event.id, len(text))
         try:
             await self._publish(event)
         except BaseException:
