@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Literal
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from bus.errors import BusError
@@ -158,6 +158,10 @@ async def webrtc_offer(call: Call) -> Response:
         await _discard(peer)
         return error_response(ApiError(503, "unavailable", "the event log is unreachable: retry",
                                        headers={"Retry-After": "1"}))
+    except ClientDisconnect:  # gone while its offer was read: no one to answer, nothing wrong
+        log.debug("webrtc offer abandoned by its client")
+        await _discard(peer)
+        return error_response(ApiError(400, "client_disconnected", "the request was not sent whole"))
     except Exception:
         log.exception("webrtc offer failed")
         await _discard(peer)
