@@ -49,6 +49,9 @@ GOODBYE_FLUSH = 0.25  # seconds for a goodbye to leave before the connection clo
 # any parsing, so that no offer holds the loop long.
 MAX_SDP_CHARS = 16_384
 MAX_MEDIA = 4  # m-lines: a call needs two (audio, the data channel)
+# Naming the line an offer fails at parses it again, once per halving of its lines: done
+# for an offer of a browser's size, not for one padded to the limit (a dozen parses more).
+NAMED_LINE_CHARS = 4096
 # An m-line as aiortc finds them: at the start of what `str.splitlines` calls a line.
 MEDIA_LINE = re.compile("(?:^|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029])m=")
 # the data channel's vocabulary: /ws's, and hangup
@@ -66,7 +69,8 @@ def read_offer(sdp: str) -> SessionDescription:
     aiortc's parser raises whatever the line it chokes on makes it raise (AssertionError,
     KeyError, IndexError, StopIteration…); an offer without `a=fingerprint` (or `a=setup`,
     or ICE credentials) parses, gets an answer, then fails in a task of its own that nobody
-    awaits. Both are refused here as `422 bad_offer` naming the line or the section.
+    awaits. Both are refused here as `422 bad_offer` naming the line (in an offer of up to
+    NAMED_LINE_CHARS) or the section.
 
     Pure parsing, up to tens of ms for a long offer that fails at its end (finding the line
     parses again): run it off the event loop (`asyncio.to_thread`)."""
@@ -74,8 +78,10 @@ def read_offer(sdp: str) -> SessionDescription:
     try:
         description = SessionDescription.parse(sdp)
     except Exception as exc:  # any exception: the parser does not choose its own
-        number, line = _failing_line(sdp)
         why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if len(sdp) > NAMED_LINE_CHARS:
+            raise bad_offer(f"the offer cannot be read ({why})") from None
+        number, line = _failing_line(sdp)
         raise bad_offer(f"the offer's line {number} cannot be read ({why}): {line[:100]!r}",
                         line=number) from None
     for index, media in enumerate(description.media):
