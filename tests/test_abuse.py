@@ -5,8 +5,8 @@ as fast as they are answered) leaves none of the other sessions' turns unanswere
 process by at most 100 MB, and costs the edge work bounded by the limits, not by how fast
 the client sends:
 
-- a flooding session is read from about once per refusal's `retry_after` (a second), not at
-  the message rate: the edge answers a few `too_many_turns` a second, not a hundred;
+- a flooding session is read from about once per refusal's `retry_after` (1–5 s), not at
+  the message rate: the edge answers a `too_many_turns` every few seconds, not ~60 a second;
 - offers beyond the address's rate (`edge.offers_per_second`) are answered once a retry could
   be taken, so a client posting in a loop gets a few answers a second, not hundreds.
 
@@ -51,10 +51,10 @@ async def test_one_anonymous_client_slows_no_one_and_grows_nothing(stack: Api) -
     assert actions.get("ws_text", 0) > 0 and actions.get("xiaozhi_detect", 0) > 0, actions
     assert figures.unanswered == 0, figures.report()
     assert figures.rss_growth_mib <= 100, figures.report()
-    # Each flooding session is refused about once a second (after each refusal the edge
-    # reads nothing from it for `retry_after`); reading at the message rate would be ~90.
+    # Each flooding session is refused at most about once a second (after each refusal the
+    # edge reads nothing from it for `retry_after`); reading at the message rate was ~60.
     refused = actions.get("error_too_many_turns", 0)
-    assert 0 < refused <= 5 * 2 * floods * seconds, (refused, seconds)
+    assert 0 < refused <= 2 * 2 * floods * seconds, (refused, seconds)
     # Offers: the burst, then about one a second, however fast they are posted.
     offers = actions.get("webrtc_offer", 0)
     assert 0 < offers <= edge.offer_burst * 4 + 5 * seconds, (offers, seconds)
