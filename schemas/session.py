@@ -41,6 +41,9 @@ class SessionStarted(SessionEvent, tag="session.started", kw_only=True):
     audio_in: AudioParams | None = None
     audio_out: AudioParams | None = None
     resumed: bool = False  # a client reconnected to a session it had left (within 60 s)
+    # The language the client says it speaks (a xiaozhi hello's `language`: zh, en); heeded
+    # for sessions of the system's default assistant, whose own language is nobody's choice.
+    language: str | None = None
 
 
 class SessionEnded(SessionEvent, tag="session.ended", kw_only=True):

@@ -15,6 +15,7 @@ import pytest
 
 from bus.client import Bus
 from bus.subjects import audio_in
+from edge.xiaozhi import protocol
 from schemas import AudioParams, SessionStarted, TranscriptFinal, new_id
 from tests.api_harness import Api
 from tests.conftest import wait_for
@@ -55,10 +56,11 @@ async def assistant(api: Api, headers: dict[str, str], **settings: str) -> str:
     return str(r.json()["assistant_id"])
 
 
-async def speak(bus: Bus, assistant_id: str, audio: list[bytes]) -> str:
+async def speak(bus: Bus, assistant_id: str | None, audio: list[bytes],
+                language: str | None = None) -> str:
     """A session of the assistant hearing `audio`, one utterance after another."""
     started = SessionStarted(session_id=new_id(), transport="test", audio_in=PCM_16K,
-                             assistant_id=assistant_id)
+                             assistant_id=assistant_id, language=language)
     await bus.publish(started)
     # A second of silence at real time: the ASR worker claims the session meanwhile (audio
     # before that claim is not heard, as for any client).
@@ -117,6 +119,24 @@ async def test_auto_hears_each_session_in_its_first_utterance_s_language(stack: 
     (final,) = finals(await wait_for(bus, english, lambda ev: bool(finals(ev)), timeout=60))
     assert (final.provider, final.language) == ("moonshine", "en")
     assert "light" in final.text.lower()
+
+
+async def test_a_client_s_language_hint_is_heeded_on_the_default_assistant(stack: Api) -> None:
+    """A device saying `"language": "zh-CN"` in its hello is heard in Mandarin when it talks
+    to the system's default assistant; an owned English assistant keeps its own language."""
+    hello = protocol.parse_hello({"type": "hello", "language": "zh-CN"}, None)
+    assert hello.language == "zh"
+    assert protocol.parse_hello({"type": "hello", "language": "fr-FR"}, None).language is None
+    headers = await stack.user()
+    english = await assistant(stack, headers)
+    bus = stack.services.bus
+    anonymous = await speak(bus, None, [clip("time")], language=hello.language)
+    owned = await speak(bus, english, [pcm("kitchen_lights")], language=hello.language)
+    (final,) = finals(await wait_for(bus, anonymous, lambda ev: bool(finals(ev)), timeout=120))
+    assert (final.provider, final.language) == ("whisper", "zh")
+    assert cer(TEXTS["time"], final.text) <= 0.15
+    (final,) = finals(await wait_for(bus, owned, lambda ev: bool(finals(ev)), timeout=60))
+    assert final.provider == "moonshine"
 
 
 async def test_an_unknown_language_is_refused(stack: Api) -> None:

@@ -26,7 +26,7 @@ from actors.asr.session import SessionPipeline
 from actors.asr.settings import AsrSettings
 from actors.assistant import AssistantDirectory
 from actors.base import Actor, Context
-from schemas import Event, SessionStarted
+from schemas import DEFAULT_ASSISTANT_ID, Event, SessionStarted
 
 log = logging.getLogger("vagent.asr")
 MANDARIN = "whisper"  # the engine of assistants whose language is zh
@@ -73,9 +73,12 @@ class Asr(Actor):
             return self.engine
         if profile.asr is not None:
             return await self._shared(profile.asr, profile.assistant_id)
-        if profile.language == "zh":
+        language: str = profile.language
+        if profile.assistant_id == DEFAULT_ASSISTANT_ID and started.language in ("zh", "en"):
+            language = started.language  # the client's hint: nobody chose the default's
+        if language == "zh":
             return await self._shared(MANDARIN, profile.assistant_id)
-        if profile.language == "auto":
+        if language == "auto":
             whisper = await self._shared(MANDARIN, profile.assistant_id)
             if not isinstance(whisper, WhisperEngine):
                 return self.engine

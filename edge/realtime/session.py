@@ -72,7 +72,7 @@ class SessionLink:
     def __init__(self, bus: Bus, registry: LinkRegistry, caller: Caller, *, transport: str,
                  audio_in: AudioParams | None, audio_out: AudioParams | None,
                  turns: TurnLimit, on_event: EventHandler,
-                 on_audio: AudioHandler | None = None) -> None:
+                 on_audio: AudioHandler | None = None, language: str | None = None) -> None:
         self.bus = bus
         self.registry = registry
         self.caller = caller
@@ -82,6 +82,7 @@ class SessionLink:
         self.on_event = on_event
         self.on_audio = on_audio
         self.turns = turns
+        self.language = language  # the client's own hint (schemas.SessionStarted.language)
         self.session_id = ""
         self.resumed = False
         self.closed = False
@@ -117,7 +118,7 @@ class SessionLink:
             session_id=sid, transport=self.transport, user_id=self.caller.user_id,
             assistant_id=self.caller.assistant_id, device_id=self.caller.device_id,
             client_id=self.caller.client_id, audio_in=self.audio_in_params,
-            audio_out=self.audio_out_params, resumed=self.resumed)
+            audio_out=self.audio_out_params, resumed=self.resumed, language=self.language)
         check_readable(started)
         # Held before it is stored: no stored start is ever without a holder.
         if self.registry.leases is not None:

@@ -121,7 +121,8 @@ class DeviceSession:
         self.link = SessionLink(conn.services.bus, conn.registry, caller, transport="xiaozhi",
                                 audio_in=hello.uplink, audio_out=hello.downlink,
                                 turns=TurnLimit(conn.services.config.edge),
-                                on_event=self._on_event, on_audio=self._on_audio)
+                                on_event=self._on_event, on_audio=self._on_audio,
+                                language=hello.language)
         self.mcp = McpClient(self._send_mcp) if hello.mcp else None
         self.frame_ms = hello.downlink.frame_duration
         self.speaking = False  # between the `tts start` and `tts stop` sent to the device

@@ -134,6 +134,7 @@ class HelloMessage(msgspec.Struct):
     features: Features | None = None
     audio_params: UplinkParams | None = None
     downlink_audio_params: DownlinkParams | None = None
+    language: Annotated[str, Meta(max_length=35)] | None = None  # "zh-CN", "en-US"…
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,13 @@ class Hello:
     mcp: bool
     uplink: AudioParams
     downlink: AudioParams
+    language: str | None = None  # zh or en, when the device named one of them
+
+
+def spoken_language(tag: str | None) -> str | None:
+    """`zh` or `en` for a language tag such as "zh-CN" or "en_US"; None for any other."""
+    primary = re.split(r"[-_]", (tag or "").strip().lower(), maxsplit=1)[0]
+    return primary if primary in ("zh", "en") else None
 
 
 def parse_hello(message: object, said: int | None) -> Hello:
@@ -159,7 +167,8 @@ def parse_hello(message: object, said: int | None) -> Hello:
         check_version(hello.version) if hello.version is not None else 1)
     return Hello(version, bool(hello.features and hello.features.mcp),
                  (hello.audio_params or UplinkParams()).params(),
-                 (hello.downlink_audio_params or DownlinkParams()).params())
+                 (hello.downlink_audio_params or DownlinkParams()).params(),
+                 spoken_language(hello.language))
 
 
 # --- the device's messages within a session --------------------------------------------------
