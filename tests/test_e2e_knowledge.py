@@ -174,7 +174,7 @@ async def test_a_manual_asked_by_voice_is_cited_inspected_and_replayed(
     row = next(r for r in rows if r["session_id"] == sid)
     assert row["assistant_id"] == assistant_id and row["turns"] == 1, row  # the greeting is not a turn
     assert 0 < row["p50_first_audio_ms"] < 60_000, row
-    table = vagent("sessions", "--user", "kim@example.com", *nats, "--data-dir", str(data))
+    table = vagent("sessions", "--wide", "--user", "kim@example.com", *nats, "--data-dir", str(data))
     assert sid[:8] in table.stdout and "kim@example.com" in table.stdout and " ms" in table.stdout
 
     # … `vagent session show` its timeline: the stages' latencies, the tool call, the answer.

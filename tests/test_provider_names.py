@@ -13,7 +13,7 @@ from settings.plugins import ASR, TTS, plugin_names, plugins
 
 
 def test_the_assistant_choices_are_the_registered_providers() -> None:
-    assert plugin_names(ASR) == sorted(ENGINES) == ["deepgram", "moonshine"]
+    assert plugin_names(ASR) == sorted(ENGINES) == ["deepgram", "moonshine", "whisper"]
     assert plugin_names(TTS) == sorted(PROVIDERS) == ["elevenlabs", "piper"]
 
 
