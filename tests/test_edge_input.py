@@ -36,6 +36,7 @@ from edge.xiaozhi import protocol
 from hosting.logs import TextFormatter
 from schemas import AudioParams, SessionStarted, ToolCall, UserText, decode, new_id
 from tests.api_harness import Api
+from tests.test_ws import until
 from tests.xiaozhi_client import XiaozhiDevice
 
 pytestmark = pytest.mark.stack("dialogue", loopback_ice=True)
@@ -79,16 +80,6 @@ def mac() -> str:
 
 def nested(depth: int) -> str:
     return "[" * depth + "]" * depth
-
-
-async def ws_until(ws: Any, kind: str, timeout: float = 20) -> list[dict[str, Any]]:
-    seen = []
-    async with asyncio.timeout(timeout):
-        while True:
-            message = json.loads(await ws.recv())
-            seen.append(message)
-            if message["type"] == kind:
-                return seen
 
 
 async def close_code(ws: Any) -> int | None:
@@ -256,14 +247,14 @@ async def test_deep_json_on_ws_is_an_error_and_the_session_goes_on(stack: Api,
     async with websockets.connect(ws_url(stack)) as ws:
         await ws.recv()
         await ws.send('{"type":"user.text","text":"x","extra":' + nested(DEEP) + "}")
-        error = (await ws_until(ws, "error"))[-1]
+        error = (await until(ws, "error"))[-1]
         assert error["code"] == "json_too_deep" and "32" in error["message"]
         await ws.send(nested(DEEP))
-        assert (await ws_until(ws, "error"))[-1]["code"] == "json_too_deep"
+        assert (await until(ws, "error"))[-1]["code"] == "json_too_deep"
         # 32 levels are fine (and the field is ignored).
         await ws.send(json.dumps({"type": "user.text", "text": "still here",
                                   "extra": json.loads(nested(31))}))
-        assert (await ws_until(ws, "assistant.message"))[-1]["text"] == "You said: still here."
+        assert (await until(ws, "assistant.message"))[-1]["text"] == "You said: still here."
     # The first refusal is logged as it happens, the second counted into one line that the
     # connection's end writes.
     async with asyncio.timeout(10):
@@ -310,18 +301,18 @@ async def test_typed_text_longer_than_the_limit_is_refused(stack: Api) -> None:
     async with websockets.connect(ws_url(stack)) as ws:
         await ws.recv()
         await ws.send(json.dumps({"type": "user.text", "text": "a" * (limit + 1)}))
-        error = (await ws_until(ws, "error"))[-1]
+        error = (await until(ws, "error"))[-1]
         assert error["code"] == "text_too_long" and error["details"]["limit"] == limit
         for bad in ({"type": "user.text", "text": 5}, {"type": "user.text"},
                     {"type": "listen.start", "mode": "shout"}, {"type": 3}):
             await ws.send(json.dumps(bad))
-            assert (await ws_until(ws, "error"))[-1]["code"] == "bad_message", bad
+            assert (await until(ws, "error"))[-1]["code"] == "bad_message", bad
         await ws.send(json.dumps({"type": "user.text", "text": "b" * limit}))
-        answer = (await ws_until(ws, "assistant.message"))[-1]
+        answer = (await until(ws, "assistant.message"))[-1]
         assert answer["text"].startswith("You said: bbb")
         # The longest turn counts as five against the turn rate: the next long one waits.
         await ws.send(json.dumps({"type": "user.text", "text": "c" * limit}))
-        error = (await ws_until(ws, "error"))[-1]
+        error = (await until(ws, "error"))[-1]
         assert error["code"] == "too_many_turns" and error["details"]["counts"] == 5, error
         assert error["details"]["retry_after"] > 1, error
     async with XiaozhiDevice(xiaozhi_url(stack), device_id=mac()) as device:
@@ -447,7 +438,7 @@ async def test_a_session_flooding_typed_turns_is_refused_while_another_is_answer
             await other.recv()
             for n in range(5):  # while the flood goes on
                 await other.send(json.dumps({"type": "user.text", "text": f"question {n}"}))
-                answer = (await ws_until(other, "assistant.message", timeout=60))[-1]
+                answer = (await until(other, "assistant.message", timeout=60))[-1]
                 assert answer["text"] == f"You said: question {n}." and not answer.get("interrupted")
     finally:
         done.set()
@@ -588,9 +579,9 @@ async def first_answer(api: Api, headers: dict[str, str], assistant_id: str) -> 
     its greeting if it has one, else the answer."""
     token = headers["Authorization"].split()[1]
     async with websockets.connect(ws_url(api, query=f"token={token}&assistant_id={assistant_id}")) as ws:
-        await ws_until(ws, "session.started")
+        await until(ws, "session.started")
         await ws.send(json.dumps({"type": "user.text", "text": "hi"}))
-        return str((await ws_until(ws, "assistant.message"))[-1]["text"])
+        return str((await until(ws, "assistant.message"))[-1]["text"])
 
 
 async def test_greeting_has_a_maximum_and_null_clears_it(stack: Api) -> None:
@@ -670,7 +661,7 @@ async def test_every_event_the_edge_appends_decodes_in_the_actors(stack: Api,
             await ws.send(json.dumps(fuzzed_message(rng, ["user.text", "user.text", "abort",
                                                           "listen.start", "listen.stop", "dance"])))
         await ws.send(json.dumps({"type": "user.text", "text": "done"}))
-        await ws_until(ws, "assistant.message")
+        await until(ws, "assistant.message")
     # A device with MCP tools (descriptions of every type) answers a routed tool call.
     tools = {"self.light": ("turns the light on", lambda args: "on"),
              "self.odd": (["not", "a", "string"], lambda args: "odd")}  # type: ignore[dict-item]

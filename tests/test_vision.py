@@ -24,6 +24,7 @@ from schemas import Event, UserImage, new_id
 from settings.config import Config, VisionSettings
 from tests.api_harness import Api, api_config
 from tests.procs import vagent
+from tests.test_ws import until
 from tests.xiaozhi_client import XiaozhiDevice
 
 # Both the dialogue's LLM and the vision model: its port is known before the stack starts.
@@ -157,16 +158,6 @@ async def test_without_a_vision_model_photos_are_refused_clearly(stack: Api) -> 
 
 def ws_url(api: Api) -> str:
     return api.edge.url.replace("http://", "ws://") + "/ws"
-
-
-async def until(ws: Any, kind: str, timeout: float = 20) -> list[dict[str, Any]]:
-    seen = []
-    async with asyncio.timeout(timeout):
-        while True:
-            message = json.loads(await ws.recv())
-            seen.append(message)
-            if message["type"] == kind:
-                return seen
 
 
 async def test_a_ws_photo_is_described_and_answered_as_a_turn(stack: Api, module_nats: EmbeddedServer

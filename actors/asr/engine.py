@@ -12,7 +12,7 @@ ConfigError when the settings cannot run it), and its entry point in pyproject.t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from actors.asr.settings import AsrSettings
@@ -38,6 +38,24 @@ class Recognition(Protocol):
 
     async def cancel(self) -> None:
         """Drop the utterance (session ended mid-speech)."""
+
+
+class WholeUtterance:
+    """A Recognition for engines that hear an utterance only once it is over: the audio is
+    gathered, and `transcribe` gets all of it at the end (nothing when nothing came)."""
+
+    def __init__(self, transcribe: Callable[[bytes], Awaitable[str]]) -> None:
+        self.transcribe = transcribe
+        self._audio = bytearray()
+
+    def feed(self, pcm: bytes) -> None:
+        self._audio += pcm
+
+    async def finish(self) -> str:
+        return await self.transcribe(bytes(self._audio)) if self._audio else ""
+
+    async def cancel(self) -> None:
+        self._audio.clear()
 
 
 class Engine(Protocol):

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.asr.engine import AsrError, PartialCallback
+from actors.asr.engine import AsrError, PartialCallback, WholeUtterance
 from actors.asr.settings import AsrSettings
 from actors.dialogue.local_llm import assemble, file_sha256, package_dir
 
@@ -76,9 +76,15 @@ class WhisperEngine:
                                    compute_type="int8", cpu_threads=self.threads)
         self._convert = opencc.OpenCC("t2s").convert
 
-    async def start(self, on_partial: PartialCallback) -> WhisperRecognition:
+    async def start(self, on_partial: PartialCallback) -> WholeUtterance:
         await self.load()
-        return WhisperRecognition(self)
+        return WholeUtterance(self._transcribe_utterance)
+
+    async def _transcribe_utterance(self, pcm: bytes) -> str:
+        try:
+            return await self.transcribe_async(pcm)
+        except Exception as exc:
+            raise AsrError(f"whisper failed: {type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
         self._model = None
@@ -112,26 +118,6 @@ class WhisperEngine:
         _, _, probabilities = self._model.detect_language(_floats(pcm))
         scores = dict(probabilities)
         return max(LANGUAGES, key=lambda code: scores.get(code, 0.0))
-
-
-class WhisperRecognition:
-    def __init__(self, engine: WhisperEngine) -> None:
-        self.engine = engine
-        self._audio = bytearray()
-
-    def feed(self, pcm: bytes) -> None:
-        self._audio += pcm
-
-    async def finish(self) -> str:
-        if not self._audio:
-            return ""
-        try:
-            return await self.engine.transcribe_async(bytes(self._audio))
-        except Exception as exc:
-            raise AsrError(f"whisper failed: {type(exc).__name__}: {exc}") from exc
-
-    async def cancel(self) -> None:
-        self._audio.clear()
 
 
 def _floats(pcm: bytes) -> np.ndarray:

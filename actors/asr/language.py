@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from actors.asr.engine import Engine, PartialCallback, Recognition
+from actors.asr.engine import Engine, PartialCallback, Recognition, WholeUtterance
 
 log = logging.getLogger("vagent.asr")
 
@@ -33,7 +33,7 @@ class FirstUtteranceLanguage:
     async def start(self, on_partial: PartialCallback) -> Recognition:
         if self.chosen is not None:
             return await self.chosen.start(on_partial)
-        return _Identifying(self)
+        return WholeUtterance(self._first_utterance)
 
     async def close(self) -> None:
         pass  # the engines are shared: their owner closes them
@@ -47,22 +47,9 @@ class FirstUtteranceLanguage:
                 "session": self.session_id, "language": language, "engine": self.provider})
         return self.chosen
 
-
-class _Identifying:
-    def __init__(self, owner: FirstUtteranceLanguage) -> None:
-        self.owner = owner
-        self._audio = bytearray()
-
-    def feed(self, pcm: bytes) -> None:
-        self._audio += pcm
-
-    async def finish(self) -> str:
-        if not self._audio:
-            return ""
-        engine = await self.owner.choose(bytes(self._audio))
-        recognition = await engine.start(lambda _text: None)  # no partials for this one
-        recognition.feed(bytes(self._audio))
+    async def _first_utterance(self, pcm: bytes) -> str:
+        """Identified, then transcribed whole by the chosen engine (no partials for it)."""
+        engine = await self.choose(pcm)
+        recognition = await engine.start(lambda _text: None)
+        recognition.feed(pcm)
         return await recognition.finish()
-
-    async def cancel(self) -> None:
-        self._audio.clear()
