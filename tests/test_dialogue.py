@@ -496,3 +496,16 @@ async def test_what_time_is_it_is_answered_in_the_local_zone_whatever_zone_the_m
     events = await wait_for(bus, s, lambda ev: len(finals(ev)) == 2)
     result = [e for e in events if isinstance(e, ToolResult)][-1]
     assert "time zone Europe/Paris, UTC+0" in result.content  # +01:00, +02:00 in summer
+
+
+async def test_an_answer_that_is_only_code_is_read_out_rather_than_left_silent(
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer], start: Start) -> None:
+    a, _ = servers
+    a.reply_for = lambda messages: "```python\n17 * 23\n```"  # type: ignore[method-assign]
+    await start("dialogue", config=parse(providers_toml(a)))
+    s = "d" + new_id()
+    await bus.publish(UserText(session_id=s, text="calculate 17 times 23"))
+    events = await wait_for(bus, s, lambda ev: bool(finals(ev)))
+    sentences = [e for e in events if isinstance(e, AssistantSentence)]
+    assert [x.text for x in sentences] == ["17 * 23"], events
+    assert finals(events)[0].text == "```python\n17 * 23\n```"

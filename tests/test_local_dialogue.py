@@ -71,7 +71,8 @@ async def test_the_default_model_never_shows_call_text_nor_answers_in_a_zone_nob
     answers = finals(events)
     assert all(a.provider == "local" and not a.interrupted for a in answers), answers
     spoken = {e.turn_id for e in events if isinstance(e, AssistantSentence)}
-    assert spoken >= {a.turn_id for a in answers if a.text.strip()}, "every answer was spoken"
+    sayable = {a.turn_id for a in answers if any(c.isalnum() for c in a.text)}
+    assert spoken >= sayable, f"every answer was spoken: {[a.text for a in answers]}"
     # "What time is it?" named no place: whatever the model passed, the local zone answered.
     times = {e.id for e in events if isinstance(e, UserText) and e.text == "what time is it?"}
     for event in events:

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from actors.dialogue.sentences import Sentence, SentenceSplitter, to_spoken
+from actors.dialogue.sentences import Sentence, SentenceSplitter, code_spoken, to_spoken
 
 # (id, answer, expected sentences, first_clause_chars). An expected sentence is its display
 # text, or (display, spoken) when TTS must say something else.
@@ -207,3 +207,13 @@ def test_chunking_never_changes_the_result_of_random_text(seed: int) -> None:
     assert _split(_random_chunks(text, rng), first_clause_chars) == whole
     for sentence in whole:
         assert sentence.spoken and sentence.display
+
+
+@pytest.mark.parametrize(("answer", "spoken"), [
+    ("```python\nprint(17 * 23)\n```", "print(17 * 23)"),
+    ("```391```", "391"),
+    ("```\n```", ""),
+    ("no code here", ""),
+])
+def test_code_spoken_reads_the_code_of_an_answer_that_is_only_code(answer: str, spoken: str) -> None:
+    assert code_spoken(answer) == spoken

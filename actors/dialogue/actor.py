@@ -45,7 +45,7 @@ from actors.base import Actor, Context
 from actors.dialogue.history import build_messages
 from actors.dialogue.intents import is_exit_intent
 from actors.dialogue.providers import ProviderChain, ProviderFailed
-from actors.dialogue.sentences import SentenceSplitter
+from actors.dialogue.sentences import Sentence, SentenceSplitter, code_spoken
 from actors.dialogue.toolcall_adapter import ToolTextGuard, repair
 from actors.tools.catalog import catalog
 from actors.tools.spec import ToolSpec, openai_tool
@@ -551,6 +551,8 @@ class Dialogue(Actor):
         if not asked:
             for sentence in splitter.flush():
                 await self._say(ctx, run, sentence, started)
+            if run.sentences == 0 and (code := code_spoken(text)):
+                await self._say(ctx, run, Sentence(display=text.strip(), spoken=code), started)
         total_ms = (time.perf_counter() - started) * 1000
         unknown = {call.call_id for call in refused}
         tail: list[Event] = [

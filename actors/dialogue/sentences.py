@@ -269,6 +269,14 @@ def to_spoken(text: str) -> str:
     return text if any(c.isalnum() for c in text) else ""
 
 
+def code_spoken(text: str) -> str:
+    """What TTS should say for an answer that is nothing but code ("```17 * 23 = 391```"):
+    the code itself, read as plain text, rather than silence. "" when it has no code either."""
+    blocks = [block.split("\n", 1)[1] if "\n" in block else block
+              for block in re.findall(r"```(.*?)(?:```|\Z)", text, re.S)]
+    return to_spoken(" ".join(blocks))
+
+
 def _table_cells(text: str) -> str:
     # A table row is read as its cells in a list: "| a | b |" → "a, b".
     lines = []
