@@ -15,8 +15,16 @@ import msgspec
 
 from bus.client import Bus
 from bus.log import Entry
+from domain.language import SPOKEN, Spoken, reply_language, session_language, text_language
 from projections.client import QueryError, run_query
-from schemas import DEFAULT_ASSISTANT_ID, AssistantSettings, Event, SessionStarted
+from schemas import (
+    DEFAULT_ASSISTANT_ID,
+    AssistantSettings,
+    Event,
+    SessionStarted,
+    TranscriptFinal,
+    UserText,
+)
 
 log = logging.getLogger("vagent.assistant")
 CACHE_SECONDS = 5.0
@@ -30,6 +38,28 @@ class AssistantProfile(AssistantSettings, kw_only=True):
 def session_assistant_id(events: list[Event | None]) -> str:
     started = next((e for e in reversed(events) if isinstance(e, SessionStarted)), None)
     return (started.assistant_id if started else None) or DEFAULT_ASSISTANT_ID
+
+
+def answer_language(profile: AssistantProfile | None, events: list[Event | None],
+                    turn_id: str | None = None) -> Spoken:
+    """The language a session is answered in (domain.language): its assistant's, the
+    client's hint for the default assistant, or for `auto` the language of the user's input
+    that opened `turn_id` (else of their latest input), by its transcript's language or its
+    script."""
+    started = next((e for e in reversed(events) if isinstance(e, SessionStarted)), None)
+    language = session_language(profile.language if profile else "en",
+                                profile.assistant_id if profile else session_assistant_id(events),
+                                started.language if started else None)
+    latest: str | None = None
+    if language == "auto":
+        inputs = [e for e in events if isinstance(e, UserText | TranscriptFinal)]
+        upto = next((i for i, e in enumerate(inputs) if e.id == turn_id), len(inputs) - 1)
+        for said in reversed(inputs[:upto + 1]):
+            heard = said.language if isinstance(said, TranscriptFinal) else None
+            latest = heard if heard in SPOKEN else text_language(said.text)
+            if latest is not None:
+                break
+    return reply_language(language, latest)
 
 
 class AssistantDirectory:

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from actors.dialogue.actor import UNUSABLE_CALL_ANSWER
 from actors.runtime import ActorHost
 from bus.client import Bus, Message
 from bus.log import load
 from devservers.echo_llm import OpenAIServer
+from domain.phrases import PHRASES
 from schemas import (
     AssistantDelta,
     AssistantMessage,
@@ -400,8 +400,8 @@ async def test_unknown_tool_calls_without_a_second_chance_end_in_a_short_apology
     unseen(deltas, events, "{", "`", "Ada")
     assert len(llm.requests) == 2  # one retry, then no more
     final = finals(events)[0]
-    assert final.text == UNUSABLE_CALL_ANSWER and final.withheld and "Ada" in final.withheld
-    assert "".join(deltas) == UNUSABLE_CALL_ANSWER
+    assert final.text == PHRASES["en"].unusable_call and final.withheld and "Ada" in final.withheld
+    assert "".join(deltas) == PHRASES["en"].unusable_call
     assert [e.text for e in events if isinstance(e, AssistantSentence)] == [
         "Sorry, I couldn't work that out.", "Could you ask me another way?"]
 
@@ -418,7 +418,7 @@ async def test_a_call_with_no_tools_to_offer_is_answered_with_the_apology_at_onc
         events = await wait_for(bus, s, lambda ev: bool(finals(ev)))
     unseen(deltas, events, "{", "calculate")
     assert "tools" not in llm.requests[0] and len(llm.requests) == 1
-    assert finals(events)[0].text == UNUSABLE_CALL_ANSWER
+    assert finals(events)[0].text == PHRASES["en"].unusable_call
     assert not any(isinstance(e, ToolCall) for e in events)
 
 async def test_a_misnamed_call_is_repaired_onto_the_tool_that_does_it(

@@ -26,7 +26,8 @@ from actors.asr.session import SessionPipeline
 from actors.asr.settings import AsrSettings
 from actors.assistant import AssistantDirectory
 from actors.base import Actor, Context
-from schemas import DEFAULT_ASSISTANT_ID, Event, SessionStarted
+from domain.language import session_language
+from schemas import Event, SessionStarted
 
 log = logging.getLogger("vagent.asr")
 MANDARIN = "whisper"  # the engine of assistants whose language is zh
@@ -73,9 +74,7 @@ class Asr(Actor):
             return self.engine
         if profile.asr is not None:
             return await self._shared(profile.asr, profile.assistant_id)
-        language: str = profile.language
-        if profile.assistant_id == DEFAULT_ASSISTANT_ID and started.language in ("zh", "en"):
-            language = started.language  # the client's hint: nobody chose the default's
+        language = session_language(profile.language, profile.assistant_id, started.language)
         if language == "zh":
             return await self._shared(MANDARIN, profile.assistant_id)
         if language == "auto":

@@ -40,7 +40,12 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from actors.assistant import DEFAULT_ASSISTANT_ID, AssistantDirectory, AssistantProfile
+from actors.assistant import (
+    DEFAULT_ASSISTANT_ID,
+    AssistantDirectory,
+    AssistantProfile,
+    answer_language,
+)
 from actors.base import Actor, Context
 from actors.dialogue.history import build_messages
 from actors.dialogue.intents import is_exit_intent
@@ -53,6 +58,7 @@ from actors.watch import Watch
 from bus.client import Bus
 from bus.errors import BusError, ConflictError
 from bus.log import Entry
+from domain.phrases import localized, phrases
 from schemas import (
     AssistantDelta,
     AssistantMessage,
@@ -87,9 +93,6 @@ CONFIRM_SECONDS = 2.0
 # the session (each attempt reads what they appended); then the handler fails and retries.
 FINISH_ATTEMPTS = 50
 SELF = "vagent"  # assistant.message.provider of what the dialogue says or does itself
-# Said instead of a tool call that cannot be run (a tool that does not exist, unreadable
-# JSON) when the model has no second chance: better than silence, never the JSON itself.
-UNUSABLE_CALL_ANSWER = "Sorry, I couldn't work that out. Could you ask me another way?"
 
 
 def order_by_turn(entries: list[Entry]) -> list[Entry]:
@@ -150,6 +153,22 @@ def closing_id(actor: str, turn_id: str) -> str:
     JetStream refused (core NATS delivers a rejected conditional append too) does not see
     the one stored in its place as another."""
     return derived_id(turn_id, f"{actor}.closing", 0)
+
+
+def system_prompt(profile: AssistantProfile | None, configured: str, language: str) -> str:
+    """The persona the model is given: the assistant's, else the configured system prompt
+    (the built-in one in the session's language). A persona someone wrote is told the
+    answer's language when it is not English: it may be written in any language. The same
+    for every turn in one language, so local servers reuse their prompt cache."""
+    persona = profile.persona if profile else ""
+    if not persona:
+        prompt = localized(configured, language, "persona")
+        if prompt != configured or language == "en":
+            return prompt
+        persona = configured
+    if language == "en":
+        return persona
+    return f"{persona}\n\n{phrases(language).answer_in}"
 
 
 def session_tools(shared: list[ToolSpec], entries: list[Entry]) -> tuple[list[ToolSpec], set[str]]:
@@ -326,12 +345,16 @@ class Dialogue(Actor):
         started = time.perf_counter()
         settings = self.config.dialogue
         if is_exit_intent(event.text, settings.exit_phrases):
+            entries, _ = await self.log.load("session", sid)
+            events = [e.event for e in entries]
+            language = answer_language(await self.assistants.for_events(events), events, turn_id)
+            goodbye = localized(settings.goodbye, language, "goodbye")
             await ctx.emit(TurnStarted(session_id=sid, turn_id=turn_id, input_id=event.id))
-            await ctx.emit(AssistantSentence(session_id=sid, turn_id=turn_id, text=settings.goodbye))
+            await ctx.emit(AssistantSentence(session_id=sid, turn_id=turn_id, text=goodbye))
             # Closed like any answer: an input stored before it interrupts the goodbye, and
             # then the session goes on.
-            await self._finish(ctx, _Run(sid, turn_id, parts=[settings.goodbye]), _Outcome(
-                AssistantMessage(session_id=sid, turn_id=turn_id, text=settings.goodbye,
+            await self._finish(ctx, _Run(sid, turn_id, parts=[goodbye]), _Outcome(
+                AssistantMessage(session_id=sid, turn_id=turn_id, text=goodbye,
                                  provider=SELF, total_ms=0.0),
                 [SessionEnded(session_id=sid, turn_id=turn_id, reason="user_exit")]))
             return
@@ -490,16 +513,18 @@ class Dialogue(Actor):
                             None)
             if search is not None and isinstance(question, INPUTS):
                 return self._retrieve(run, search.name, question.text, started)
-        system_prompt = (profile.persona if profile else "") or settings.system_prompt
-        messages = build_messages(system_prompt, order_by_turn(entries),
-                                  budget_tokens=settings.history_tokens)
+        language = answer_language(profile, [e.event for e in entries], turn_id)
+        messages = build_messages(system_prompt(profile, settings.system_prompt, language),
+                                  order_by_turn(entries), budget_tokens=settings.history_tokens)
         try:
             answer = await self.chain.open(messages, [openai_tool(s) for s in specs] or None,
                                            prefer=profile.llm if profile else None)
         except ProviderFailed as exc:
+            # Shown to the user (a device's screen): their language first, then why.
             return _Outcome(Error(session_id=sid, turn_id=turn_id, code="llm_unavailable",
-                                  message=f"no LLM provider answered: {exc}", retryable=True,
-                                  source=self.name))
+                                  message=f"{phrases(language).llm_unavailable} "
+                                          f"(no LLM provider answered: {exc})",
+                                  retryable=True, source=self.name))
         # Closed however the step ends: a turn cut short (a new input, the session's end)
         # aborts its request instead of leaving the model generating for nobody.
         try:
@@ -546,7 +571,7 @@ class Dialogue(Actor):
             asked, refused = [], []  # no second chance: nothing runs, the turn ends here
         if not asked and not text.strip() and withheld:
             # Nothing to say and nothing to run: a short apology, never the call's JSON.
-            await self._show(ctx, run, splitter, UNUSABLE_CALL_ANSWER, started)
+            await self._show(ctx, run, splitter, phrases(language).unusable_call, started)
             text = "".join(run.parts)
         if not asked:
             for sentence in splitter.flush():

@@ -79,7 +79,7 @@ class TimeTool(Tool):
 
     SAID_TURNS = 3  # the user inputs that may name the place: this turn's and the two before
 
-    def __init__(self, bus: Bus | None) -> None:
+    def __init__(self, bus: Bus | None, data_dir: Path | None = None) -> None:
         # No example zone anywhere: small models copy it into every call.
         self.spec = ToolSpec(
             name="get_time",
@@ -93,31 +93,39 @@ class TimeTool(Tool):
             }}},
         )
         self.bus = bus
+        self.data_dir = data_dir
+        self._assistants: Any = None
 
     async def call(self, arguments: dict[str, Any]) -> str:
         from actors.tools.clock import answer
 
-        said = await self._said()
+        said, language = await self._said()
         # The first call reads tzdata's tables: off the event loop.
-        return await asyncio.to_thread(answer, arguments, said)
+        return await asyncio.to_thread(answer, arguments, said, language)
 
-    async def _said(self) -> list[str] | None:
-        """What the user said up to this call's turn, or None outside a session."""
+    async def _said(self) -> tuple[list[str] | None, str]:
+        """What the user said up to this call's turn (None outside a session), and the
+        language the session is answered in."""
+        from actors.assistant import AssistantDirectory, answer_language
         from bus.log import load
 
         call = current_call.get()
         if call is None or self.bus is None:
-            return None
+            return None, "en"
         entries, _ = await load(self.bus, "session", call.session_id)
-        inputs = [e.event for e in entries if isinstance(e.event, UserText | TranscriptFinal)]
+        events = [e.event for e in entries]
+        if self._assistants is None:
+            self._assistants = AssistantDirectory(self.bus, self.data_dir)
+        language = answer_language(await self._assistants.for_events(events), events, call.turn_id)
+        inputs = [e for e in events if isinstance(e, UserText | TranscriptFinal)]
         upto = next((i for i, e in enumerate(inputs) if e.id == call.turn_id), None)
         if upto is None:
-            return None
-        return [e.text for e in inputs[max(0, upto + 1 - self.SAID_TURNS):upto + 1]]
+            return None, language
+        return [e.text for e in inputs[max(0, upto + 1 - self.SAID_TURNS):upto + 1]], language
 
 
 def get_time(ctx: BuiltinContext) -> Tool:
-    return TimeTool(ctx.bus)
+    return TimeTool(ctx.bus, ctx.data_dir)
 
 
 def _calculate(expression: str) -> str:

@@ -5,7 +5,8 @@ tool's description (Europe/Paris) or make one up. So a zone the model passes is
 used only when the user's words could be asking for it: they name it (its city, region or
 country, or its abbreviation), or they name something that is not part of asking the time
 ("… in Beijing"). "What time is it?" names nothing, and gets the local time whatever the
-model passed. The answer always says which zone it is in, and only that.
+model passed. The answer always says which zone it is in, and only that, in the session's
+language (the model reads it out).
 
 The local zone is the server's: neither a session nor a user carries a time zone today.
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from actors.tools.spec import ToolError
+from domain.phrases import phrases
 
 log = logging.getLogger("vagent.tools")
 
@@ -39,15 +41,16 @@ _NOT_A_ZONE = frozenset({"", "local", "server", "here", "default", "none", "null
 _ALIASES = ("timezone", "time_zone", "tz", "zone", "location", "city", "place")
 
 
-def answer(arguments: dict[str, object], said: list[str] | None) -> str:
-    """The time, as `get_time` answers. `said` is the session's user inputs up to this
-    call's turn (oldest first), or None when unknown (then a zone passed is used as is)."""
+def answer(arguments: dict[str, object], said: list[str] | None, language: str = "en") -> str:
+    """The time, as `get_time` answers, in `language` (`en`, `zh`). `said` is the session's
+    user inputs up to this call's turn (oldest first), or None when unknown (then a zone
+    passed is used as is)."""
     requested = next((arguments[k] for k in _ALIASES if arguments.get(k) is not None), None)
     if requested is not None and not isinstance(requested, str):
         raise ToolError("timezone must be the IANA name of the place the user named, as text")
     wanted = (requested or "").strip()
     if wanted.lower() in _NOT_A_ZONE:
-        return _describe(datetime.now().astimezone(), None)
+        return _describe(datetime.now().astimezone(), None, language)
     zone = find_zone(wanted)
     if said is not None and said:
         asked_for = zone is not None and any(names_zone(text, zone) for text in said)
@@ -55,18 +58,22 @@ def answer(arguments: dict[str, object], said: list[str] | None) -> str:
             # The result says only which zone it is in: told why, a small model reads the
             # reason out ("the time in your call is …"). The log says why.
             log.info("get_time: local time instead of %r, as the user named no place", wanted)
-            return _describe(datetime.now().astimezone(), None)
+            return _describe(datetime.now().astimezone(), None, language)
     if zone is None:
         raise ToolError(f"unknown time zone {wanted!r}: give the IANA name (Area/City) of the "
                         "place the user named, or leave it out for the local time")
-    return _describe(datetime.now(zone), zone)
+    return _describe(datetime.now(zone), zone, language)
 
 
-def _describe(now: datetime, zone: ZoneInfo | None) -> str:
+def _describe(now: datetime, zone: ZoneInfo | None, language: str) -> str:
+    words = phrases(language)
     offset = now.strftime("%z")
-    where = zone.key if zone else f"{now.tzname()} (server local time)"
-    return (f"{now:%A %d %B %Y, %H:%M:%S}, time zone {where}, UTC{offset[:3]}:{offset[3:]}"
-            f"; ISO {now.isoformat(timespec='seconds')}")
+    date = words.date.format(weekday=words.weekdays[now.weekday()], day=now.day,
+                             month=words.months[now.month - 1], month_number=now.month,
+                             year=now.year, clock=f"{now:%H:%M:%S}")
+    where = zone.key if zone else words.local_zone.format(name=now.tzname())
+    return words.time.format(date=date, zone=where, offset=f"{offset[:3]}:{offset[3:]}",
+                             iso=now.isoformat(timespec="seconds"))
 
 
 def find_zone(name: str) -> ZoneInfo | None:

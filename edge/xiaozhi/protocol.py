@@ -13,6 +13,7 @@ import msgspec
 from msgspec import Meta
 from starlette.datastructures import Headers, QueryParams
 
+from domain.language import spoken_language
 from edge import jsonparse
 from edge.errors import ApiError
 from edge.realtime.auth import bearer
@@ -144,12 +145,6 @@ class Hello:
     uplink: AudioParams
     downlink: AudioParams
     language: str | None = None  # zh or en, when the device named one of them
-
-
-def spoken_language(tag: str | None) -> str | None:
-    """`zh` or `en` for a language tag such as "zh-CN" or "en_US"; None for any other."""
-    primary = re.split(r"[-_]", (tag or "").strip().lower(), maxsplit=1)[0]
-    return primary if primary in ("zh", "en") else None
 
 
 def parse_hello(message: object, said: int | None) -> Hello:
