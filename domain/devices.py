@@ -26,12 +26,16 @@ from bus.client import Bus
 from bus.errors import ConflictError
 from domain.accounts import UserState, load_user
 from domain.errors import Conflict, Expired, Invalid, NotFound, Unauthorized, Unavailable
+from domain.language import SPOKEN, Spoken
 from domain.tokens import BUCKET, DEVICES, DeviceBinding, Tokens, device_key
 from schemas import DeviceBound, DeviceUnbound, is_token, new_id
 from settings.config import AuthSettings
 
 CODE_DIGITS = 6
 APPEND_ATTEMPTS = 10  # conditional appends to the owner's log, retried on a concurrent change
+# A device's language (its OTA `Accept-Language`) is written again at each boot's OTA check,
+# so a device kept in use never loses it and one long gone leaves nothing behind.
+LANGUAGE_TTL = 90 * 86_400.0
 
 def record_ttl(code_ttl: float) -> float:
     """A pending record outlives its code (by the code's life, at least a minute), so that
@@ -88,6 +92,18 @@ class Devices:
         self.bus = bus
         self.tokens = tokens
         self.settings = settings
+
+    async def remember_language(self, device_id: str, language: Spoken) -> None:
+        """The language a device asked for (its OTA `Accept-Language`), for its sessions
+        whose hello names none."""
+        await kv.put(self.bus, BUCKET, f"lang.{device_key(check_device_id(device_id))}",
+                     language.encode(), ttl=LANGUAGE_TTL)
+
+    async def language(self, device_id: str) -> Spoken | None:
+        """The language the device last asked for, if any."""
+        raw = await kv.get(self.bus, BUCKET, f"lang.{device_key(device_id)}")
+        said = raw.decode(errors="replace") if raw else None
+        return "zh" if said == "zh" else "en" if said in SPOKEN else None
 
     async def activation(self, device_id: str, client_id: str) -> Activation:
         """The device's side: a code to show, the same one while it lives; or its token."""

@@ -386,3 +386,40 @@ async def test_any_other_invalid_token_is_refused(stack: Api, authorization: str
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await ws.recv()
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+
+
+async def test_the_ota_checks_language_is_the_hint_of_the_devices_anonymous_sessions(
+        stack: Api) -> None:
+    """Stock firmware names its language only in the OTA check's Accept-Language; its
+    anonymous sessions (the default assistant) are then heard and answered in it, unless
+    the hello names another."""
+    async def started(device: Device, hello: dict[str, Any] | None = None) -> dict[str, Any]:
+        async with XiaozhiDevice(url(stack), device_id=device.device_id,
+                                 client_id=device.client_id) as xz:
+            if hello is None:
+                await xz.hello()
+            else:
+                await xz.send(hello)
+                xz.session_id = (await xz.wait_json("hello")).message["session_id"]
+            sid = xz.session_id
+        event = next(e for e in await until_logged(stack, sid, "session.started")
+                     if e.type == "session.started")
+        return msgspec.to_builtins(event)  # type: ignore[no-any-return]
+
+    mandarin, english, silent = Device(stack), Device(stack), Device(stack)
+    for device, language in ((mandarin, "zh-CN,zh;q=0.9,en;q=0.8"), (english, "en-US")):
+        r = await stack.client.post("/xiaozhi/ota/", content=device.system_info(),
+                                    headers={**device.headers(), "Accept-Language": language})
+        assert r.status_code == 200, r.text
+    r = await stack.client.post("/xiaozhi/ota/", content=silent.system_info(),
+                                headers={k: v for k, v in silent.headers().items()
+                                         if k != "Accept-Language"})
+    assert r.status_code == 200, r.text
+    assert (await started(mandarin))["language"] == "zh"
+    assert (await started(english))["language"] == "en"
+    assert (await started(silent)).get("language") is None
+    assert (await started(Device(stack))).get("language") is None  # no OTA check at all
+    said = {"type": "hello", "version": 1, "transport": "websocket", "language": "en-US",
+            "audio_params": {"format": "opus", "sample_rate": 16000, "channels": 1,
+                             "frame_duration": 60}}
+    assert (await started(mandarin, said))["language"] == "en"  # the hello's own wins

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -74,6 +75,11 @@ async def _serve(conn: Connection) -> None:
     hello = await _hello(conn, shake.version)
     if hello is None:
         return
+    if hello.language is None and caller.user_id is None:
+        # An anonymous device talks to the default assistant, which heeds the client's
+        # language: the one its OTA check asked for (Accept-Language), when its hello names none.
+        hello = dataclasses.replace(hello, language=await conn.services.devices.language(
+            shake.device_id))
     await DeviceSession(conn, caller, hello).run()
 
 

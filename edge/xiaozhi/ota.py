@@ -26,6 +26,8 @@ from starlette.responses import FileResponse, Response
 from bus.errors import BusError
 from domain.devices import Activation, Proof
 from domain.errors import Conflict
+from domain.language import preferred_language
+from domain.phrases import phrases
 from edge.api.endpoint import client_ip, decode_body, error_response, json_response, read_body
 from edge.errors import ApiError, domain_refusals
 from edge.services import Services
@@ -169,6 +171,11 @@ async def check_version(request: Request, services: Services) -> Response:
     current = (report.application.version if report and report.application else None) or \
         _agent_version(request.headers.get("user-agent", "")) or "0.0.0"
     board = report.board.type if report and report.board else None
+    language = preferred_language(request.headers.get("accept-language"))
+    if language is not None:
+        # For the device's sessions whose hello names no language (stock firmware's does
+        # not): kept in KV, as the WebSocket may reach another edge process, or a restarted one.
+        await services.devices.remember_language(device, language)
     try:
         activation: Activation | None = await services.devices.activation(device, client)
     except Conflict as refusal:
@@ -188,8 +195,7 @@ async def check_version(request: Request, services: Services) -> Response:
         Firmware(version=current, url=""),
         websocket=Websocket(url=_ws_base(base) + WEBSOCKET_PATH,
                             token=None if activation is None else activation.token or ""),
-        activation=_activation_block(activation, request.headers.get("accept-language", ""))
-        if activation else None)
+        activation=_activation_block(activation, language) if activation else None)
     log.info("xiaozhi ota check", extra={"device": device.lower(), "version": current, "board": board,
                                          "status": activation.status if activation else None,
                                          "offered": image.version if image else None})
@@ -245,16 +251,10 @@ def _ws_base(base: str) -> str:
     return {"https": "wss", "http": "ws"}.get(scheme.lower(), scheme) + sep + rest
 
 
-MESSAGES = {
-    "en": "Bind this device in vagent with the code {code}",
-    "zh": "请在 vagent 中用验证码 {code} 绑定此设备",
-}
-
-
-def _activation_block(activation: Activation, language: str) -> ActivationBlock | None:
+def _activation_block(activation: Activation, language: str | None) -> ActivationBlock | None:
     if activation.status != "pending" or activation.code is None:
         return None
-    text = MESSAGES.get(language.strip()[:2].lower(), MESSAGES["en"])
+    text = phrases(language).activation
     return ActivationBlock(code=activation.code, message=text.format(code=activation.code),
                            challenge=activation.challenge or "",
                            timeout_ms=(activation.expires_in or 0) * 1000)
