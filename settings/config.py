@@ -118,7 +118,8 @@ class ToolSettings(msgspec.Struct, forbid_unknown_fields=True):
 class DialogueSettings(msgspec.Struct, forbid_unknown_fields=True):
     # Kept byte-identical across turns, so local servers reuse their prompt cache.
     system_prompt: Annotated[str, doc(
-        "the system prompt of assistants with an empty persona")] = (
+        "the system prompt of assistants with an empty persona; left unchanged, a Mandarin "
+        "session gets its Mandarin version")] = (
         "You are vagent, a friendly voice assistant. Answer in one to three short, "
         "spoken-style sentences. Use a tool when it helps."
     )
@@ -130,7 +131,8 @@ class DialogueSettings(msgspec.Struct, forbid_unknown_fields=True):
     exit_phrases: Annotated[list[str], doc(
         "phrases that end the session with `goodbye`, without an LLM call")] = msgspec.field(
         default_factory=lambda: ["bye", "goodbye", "bye bye", "see you", "that's all", "再见", "拜拜"])
-    goodbye: Annotated[str, doc("the answer to an exit phrase")] = "Goodbye!"
+    goodbye: Annotated[str, doc(
+        "the answer to an exit phrase; left unchanged, a Mandarin session's is 再见！")] = "Goodbye!"
 
 
 class Argon2Settings(msgspec.Struct, forbid_unknown_fields=True):
