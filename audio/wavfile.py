@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import io
 import wave
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import av.error
@@ -59,10 +61,68 @@ def read_wav(path: Path, max_seconds: float) -> bytes:
     return bytes(out)
 
 
-def write_wav(path: Path, pcm: bytes, rate: int = RATE, channels: int = 1) -> None:
+def write_wav(path: Path | BinaryIO, pcm: bytes, rate: int = RATE, channels: int = 1) -> None:
     """Interleaved PCM16 as a WAV file."""
-    with wave.open(str(path), "wb") as out:
+    with wave.open(str(path) if isinstance(path, Path) else path, "wb") as out:
         out.setnchannels(channels)
         out.setsampwidth(2)
         out.setframerate(rate)
         out.writeframes(pcm)
+
+
+def wav_bytes(pcm: bytes, rate: int = RATE) -> bytes:
+    """Mono PCM16 as the bytes of a WAV file (an upload's body)."""
+    out = io.BytesIO()
+    write_wav(out, pcm, rate)
+    return out.getvalue()
+
+
+class WavStream:
+    """A 16-bit mono WAV arriving in pieces (a streamed HTTP body) → its PCM as it comes.
+    Streaming servers cannot know the length up front, so the sizes in the header are not
+    trusted: everything after the `data` chunk's header is audio."""
+
+    MAX_HEADER = 64 * 1024
+
+    def __init__(self) -> None:
+        self.sample_rate: int | None = None  # known once the `fmt ` chunk is read
+        self._head = b""
+        self._in_data = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The PCM in `chunk` (nothing while the header is still coming); AudioFileError
+        for what is no 16-bit mono PCM WAV."""
+        if self._in_data:
+            return chunk
+        self._head += chunk
+        head = self._head
+        if len(head) >= 12 and (head[:4] != b"RIFF" or head[8:12] != b"WAVE"):
+            raise AudioFileError("not a WAV stream")
+        at = 12
+        while len(head) >= at + 8:
+            kind, size = head[at:at + 4], int.from_bytes(head[at + 4:at + 8], "little")
+            if kind == b"data":
+                if self.sample_rate is None:
+                    raise AudioFileError("a WAV stream without its format before the audio")
+                self._in_data, self._head = True, b""
+                return head[at + 8:]
+            if len(head) < at + 8 + size:
+                break
+            if kind == b"fmt ":
+                self._format(head[at + 8:at + 8 + size])
+            at += 8 + size + size % 2  # chunks are padded to even sizes
+        if len(head) > self.MAX_HEADER:
+            raise AudioFileError("a WAV header longer than 64 KB")
+        return b""
+
+    def _format(self, fmt: bytes) -> None:
+        if len(fmt) < 16:
+            raise AudioFileError("a WAV format chunk too short")
+        tag = int.from_bytes(fmt[0:2], "little")
+        channels = int.from_bytes(fmt[2:4], "little")
+        bits = int.from_bytes(fmt[14:16], "little")
+        # 1: PCM; 0xFFFE: WAVE_FORMAT_EXTENSIBLE, which such servers use for PCM too.
+        if tag not in (1, 0xFFFE) or channels != 1 or bits != 16:
+            raise AudioFileError(f"a WAV stream of {channels} channel(s), {bits}-bit, "
+                                 f"format {tag:#x}: only 16-bit mono PCM is read")
+        self.sample_rate = int.from_bytes(fmt[4:8], "little")

@@ -117,8 +117,8 @@ class Assistants:
     async def validate(self, owner_id: str, settings: dict[str, Any]) -> None:
         choices = {
             "llm": [p.name for p in provider_configs(self.config)],
-            "asr": plugin_names(ASR),
-            "tts": plugin_names(TTS),
+            "asr": plugin_names(ASR) + [p.name for p in self.config.asr.providers],
+            "tts": plugin_names(TTS) + [p.name for p in self.config.tts.providers],
         }
         for kind, known in choices.items():
             name = settings.get(kind)

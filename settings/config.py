@@ -65,6 +65,42 @@ class BreakerConfig(msgspec.Struct, forbid_unknown_fields=True):
         "seconds an open breaker skips its provider before one probe request may try it")] = 30.0
 
 
+class AsrProviderConfig(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, doc("the provider's name: what an assistant's `asr` picks and "
+                             "`transcript.final.provider` records")]
+    base_url: Annotated[str, doc(
+        "the OpenAI-compatible API's base URL: utterances go to `<base_url>/audio/transcriptions`")]
+    model: Annotated[str, doc(
+        "the transcription model sent to it, e.g. `whisper-1` or `FunAudioLLM/SenseVoiceSmall`")]
+    api_key_env: Annotated[str | None, doc(
+        "the environment variable (or secrets-file key) holding its API key")] = None
+    # The user waits for this before the answer can even begin.
+    timeout: Annotated[float, doc(
+        "seconds for one utterance's transcript; later, the next provider transcribes it")] = 15.0
+
+
+class TtsProviderConfig(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, doc("the provider's name: what an assistant's `tts` picks")]
+    base_url: Annotated[str, doc(
+        "the OpenAI-compatible API's base URL: sentences go to `<base_url>/audio/speech`")]
+    model: Annotated[str, doc("the speech model sent to it, e.g. `gpt-4o-mini-tts` or `tts-1`")]
+    voice: Annotated[str, doc(
+        "the voice sent to it, e.g. `alloy` or `FunAudioLLM/CosyVoice2-0.5B:alex`; an "
+        "assistant's `voice` replaces it when the assistant picks this provider")]
+    api_key_env: Annotated[str | None, doc(
+        "the environment variable (or secrets-file key) holding its API key")] = None
+    # Raw PCM or WAV need no decoder and stream as they are made.
+    response_format: Annotated[Literal["pcm", "wav"], doc(
+        "`pcm`: raw 16-bit mono PCM at `sample_rate`; `wav`: a 16-bit mono WAV stream, "
+        "whose header gives the rate")] = "pcm"
+    sample_rate: Annotated[int, msgspec.Meta(gt=0), doc(
+        "the rate of its `pcm` audio (OpenAI's is 24000); audio of another rate is resampled "
+        "to the first provider's")] = 24000
+    timeout: Annotated[float, doc("seconds for one sentence's whole audio")] = 30.0
+    first_audio_timeout: Annotated[float, doc(
+        "seconds until its first audio; later, the next provider speaks the sentence")] = 10.0
+
+
 class LLMSettings(msgspec.Struct, forbid_unknown_fields=True):
     providers: Annotated[list[ProviderConfig], doc(
         "an ordered chain of OpenAI-compatible providers; the next answers when one fails. "
@@ -285,8 +321,9 @@ class TtsSettings(msgspec.Struct, forbid_unknown_fields=True):
     """The voice, and what one input may make the TTS do."""
 
     provider: Annotated[str | None, doc(
-        "`piper`, `elevenlabs` or an installed plugin's; unset: `elevenlabs` when "
-        "`ELEVENLABS_API_KEY` is set, else `piper`")] = None
+        "`piper`, `elevenlabs`, `openai` (the `providers` chain), a provider's name or an "
+        "installed plugin's; unset: `openai` when `providers` are set, else `elevenlabs` "
+        "when `ELEVENLABS_API_KEY` is set, else `piper`")] = None
     voice: Annotated[str | None, doc(
         "a Piper voice file or an ElevenLabs voice id; unset: the bundled Piper voice")] = None
     parallel: Annotated[int, msgspec.Meta(ge=1), doc(
@@ -294,6 +331,12 @@ class TtsSettings(msgspec.Struct, forbid_unknown_fields=True):
     cache_mb: Annotated[float, doc("MB of quick replies kept synthesized")] = 32.0
     elevenlabs: Annotated[ElevenLabsConfig, doc("ElevenLabs")] = msgspec.field(
         default_factory=ElevenLabsConfig)
+    providers: Annotated[list[TtsProviderConfig], doc(
+        "an ordered chain of OpenAI-compatible speech servers (`POST /audio/speech`); the "
+        "next speaks a sentence when one fails before its first audio")] = msgspec.field(
+        default_factory=list)
+    breaker: Annotated[BreakerConfig, doc("when a failing speech provider is skipped")] = (
+        msgspec.field(default_factory=BreakerConfig))
     # Piper's memory and time grow with a call's audio (~160 MB at the peak for 200
     # characters, 7–11 s of speech), and a synthesizer slot serves no other session during
     # a call: another session waits one piece at most.
@@ -329,9 +372,10 @@ class DeepgramConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class AsrSettings(msgspec.Struct, forbid_unknown_fields=True):
-    engine: Annotated[Literal["auto", "moonshine", "deepgram"], doc(
-        "`auto`: `deepgram` when `DEEPGRAM_API_KEY` is set (environment or secrets file), "
-        "else `moonshine`")] = "auto"
+    engine: Annotated[Literal["auto", "moonshine", "deepgram", "openai"], doc(
+        "`openai`: the `providers` chain, for every language; `auto`: `openai` when "
+        "`providers` are set, else `deepgram` when `DEEPGRAM_API_KEY` is set (environment "
+        "or secrets file), else `moonshine`")] = "auto"
     # Coughs and "mhm" do not count.
     barge_in_min_ms: Annotated[int, doc("speech over the assistant this long interrupts it, ms")] = 300
     partial_ms: Annotated[int, doc(
@@ -339,6 +383,12 @@ class AsrSettings(msgspec.Struct, forbid_unknown_fields=True):
     vad: Annotated[VadConfig, doc("speech detection")] = msgspec.field(default_factory=VadConfig)
     deepgram: Annotated[DeepgramConfig, doc("Deepgram")] = msgspec.field(
         default_factory=DeepgramConfig)
+    providers: Annotated[list[AsrProviderConfig], doc(
+        "an ordered chain of OpenAI-compatible transcription servers (`POST "
+        "/audio/transcriptions`); the next transcribes an utterance when one fails")] = (
+        msgspec.field(default_factory=list))
+    breaker: Annotated[BreakerConfig, doc("when a failing transcription provider is skipped")] = (
+        msgspec.field(default_factory=BreakerConfig))
 
 
 class ActorSettings(msgspec.Struct, forbid_unknown_fields=True):

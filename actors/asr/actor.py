@@ -10,7 +10,10 @@ Models load once in `setup()`: moonshine tiny-en (or a Deepgram client when a ke
 configured) for every session, and one small silero state per session. A session whose
 assistant names another engine (its `asr` setting) is transcribed by that one, loaded
 the first time it is wanted and shared by every session that wants it; so is whisper,
-for assistants whose language is `zh` or `auto` (actors.asr.language).
+for assistants whose language is `zh` or `auto` (actors.asr.language). Servers by URL
+(`[[asr.providers]]`, the `openai` engine) hear every language: when they are the default
+engine every session goes to them, told its language, and an assistant may pick one of
+them by name (tried first, the others its fallback).
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ import asyncio
 import logging
 from typing import ClassVar
 
-from actors.asr.engine import Engine, make_engine
+from actors.asr.engine import Engine, Multilingual, make_engine
 from actors.asr.engine_whisper import WhisperEngine
 from actors.asr.language import FirstUtteranceLanguage
 from actors.asr.session import SessionPipeline
-from actors.asr.settings import AsrSettings
+from actors.asr.settings import CHAIN, AsrSettings
 from actors.assistant import AssistantDirectory
 from actors.base import Actor, Context
 from domain.language import session_language
@@ -63,18 +66,22 @@ class Asr(Actor):
     async def engine_for(self, started: SessionStarted) -> Engine:
         """The session's engine: its assistant's own choice (`asr`), else by its language
         (`zh`: whisper; `auto`: whichever the first utterance's language wants; `en`: the
-        default). The default one when the assistant cannot be read or its engine loaded."""
+        default), unless the default is multilingual. The default one when the assistant
+        cannot be read or its engine loaded. A multilingual engine is told the language."""
         try:
             profile = await self.assistants.for_events([started])
         except Exception as exc:  # the session is heard all the same, by the default engine
             log.warning("assistant not read: using the default ASR engine",
                         extra={"session": started.session_id, "error": repr(exc)})
-            return self.engine
+            return self._speaking(self.engine, started.language, None)
         if profile is None:
-            return self.engine
-        if profile.asr is not None:
-            return await self._shared(profile.asr, profile.assistant_id)
+            return self._speaking(self.engine, started.language, None)
         language = session_language(profile.language, profile.assistant_id, started.language)
+        if profile.asr is not None:
+            return self._speaking(await self._shared(profile.asr, profile.assistant_id),
+                                  language, profile.asr)
+        if isinstance(self.engine, Multilingual):
+            return self._speaking(self.engine, language, None)
         if language == "zh":
             return await self._shared(MANDARIN, profile.assistant_id)
         if language == "auto":
@@ -85,9 +92,20 @@ class Asr(Actor):
                                           started.session_id)
         return self.engine
 
+    def _speaking(self, engine: Engine, language: str | None, picked: str | None) -> Engine:
+        """A multilingual engine's view for one session (its language, the assistant's
+        provider); any other engine as it is."""
+        if not isinstance(engine, Multilingual):
+            return engine
+        prefer = picked if picked is not None and self.settings.chain_member(picked) else None
+        return engine.speaking(language if language in ("zh", "en") else None, prefer)
+
     async def _shared(self, name: str, assistant_id: str) -> Engine:
         """The named engine, loaded the first time a session wants it (so a stack whose
-        sessions are all English never loads whisper); the default one if it cannot load."""
+        sessions are all English never loads whisper); the default one if it cannot load.
+        A provider of `[[asr.providers]]` is their chain's."""
+        if self.settings.chain_member(name):
+            name = CHAIN
         if name == self.engine.provider:
             return self.engine
         async with self._loading:  # two sessions at once load a model once

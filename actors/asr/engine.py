@@ -13,7 +13,7 @@ ConfigError when the settings cannot run it), and its entry point in pyproject.t
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from actors.asr.settings import AsrSettings
 from actors.plugins import Registry
@@ -68,6 +68,16 @@ class Engine(Protocol):
     async def start(self, on_partial: PartialCallback) -> Recognition: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Multilingual(Protocol):
+    """An engine that hears every language, told each session's (a server by URL)."""
+
+    def speaking(self, language: str | None, prefer: str | None = None) -> Engine:
+        """A view for one session: its language (None: unknown) and the provider its
+        assistant picked, when the engine has several."""
+        ...
 
 
 # Imported only when chosen: a worker need not import the SDK of an engine it does not run.

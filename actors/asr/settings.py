@@ -1,6 +1,6 @@
 """The ASR actor's settings as its engines use them: `[asr]` of vagent.toml (settings/config.py)
 with the engine chosen and Deepgram's key read (DEEPGRAM_API_KEY: environment or
-VAGENT_SECRETS_FILE only)."""
+VAGENT_SECRETS_FILE only). `[[asr.providers]]` make up the `openai` engine's chain."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 
 from actors.asr.vad import VadSettings
 from settings import config, paths
-from settings.config import ConfigError, secret
+from settings.config import AsrProviderConfig, BreakerConfig, ConfigError, secret
+
+CHAIN = "openai"  # the engine made of `[[asr.providers]]`
 
 
 @dataclass(frozen=True)
@@ -22,17 +24,27 @@ class DeepgramSettings:
 
 @dataclass(frozen=True)
 class AsrSettings:
-    engine: str = "moonshine"  # moonshine | deepgram | whisper
+    engine: str = "moonshine"  # moonshine | deepgram | whisper | openai
     vad: VadSettings = field(default_factory=VadSettings)
     barge_in_min_ms: int = 300
     partial_ms: int = 400
     deepgram: DeepgramSettings | None = None
     data_dir: Path = Path(".vagent")  # where local models are assembled (whisper's)
+    providers: tuple[AsrProviderConfig, ...] = ()
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+
+    def chain_member(self, name: str) -> bool:
+        """Whether `name` is one of `[[asr.providers]]` (an assistant may pick one)."""
+        return any(p.name == name for p in self.providers)
 
     @classmethod
     def from_config(cls, section: config.AsrSettings, data_dir: Path | None = None) -> AsrSettings:
         key = secret("DEEPGRAM_API_KEY")
-        engine = ("deepgram" if key else "moonshine") if section.engine == "auto" else section.engine
+        engine: str = section.engine
+        if engine == "auto":
+            engine = CHAIN if section.providers else "deepgram" if key else "moonshine"
+        if engine == CHAIN and not section.providers:
+            raise ConfigError("the openai ASR engine ([asr] engine) needs [[asr.providers]]")
         if engine == "deepgram" and not key:
             raise ConfigError("the deepgram ASR engine ([asr] engine) needs DEEPGRAM_API_KEY")
         deepgram = None
@@ -42,4 +54,5 @@ class AsrSettings:
                                         language=wanted.language)
         return cls(engine=engine, vad=section.vad, barge_in_min_ms=section.barge_in_min_ms,
                    partial_ms=section.partial_ms, deepgram=deepgram,
-                   data_dir=data_dir or paths.data_dir())
+                   data_dir=data_dir or paths.data_dir(), providers=tuple(section.providers),
+                   breaker=section.breaker)

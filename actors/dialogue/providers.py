@@ -10,86 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
 
 import openai
-from openai import AsyncOpenAI, AsyncStream
+from openai import AsyncStream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from settings.config import BreakerConfig, ProviderConfig, secret
+from actors.fallback import CircuitBreaker, Clock, OpenAIProvider, ProviderFailed, chain_of, first_answer
+from settings.config import BreakerConfig, ProviderConfig
 
-Clock = Callable[[], float]
-
-
-class CircuitBreaker:
-    """closed → (N failures within the window) → open → (cooldown) → half-open: one probe.
-    The probe's success closes the breaker; its failure opens it again."""
-
-    def __init__(self, config: BreakerConfig, clock: Clock = time.monotonic) -> None:
-        self.config = config
-        self.clock = clock
-        self.failures: list[float] = []
-        self.opened_at: float | None = None
-        self.probing = False
-
-    @property
-    def state(self) -> str:
-        if self.opened_at is None:
-            return "closed"
-        if self.probing or self.clock() - self.opened_at >= self.config.cooldown:
-            return "half_open"
-        return "open"
-
-    def allow(self) -> bool:
-        state = self.state
-        if state == "closed":
-            return True
-        if state == "half_open" and not self.probing:
-            self.probing = True  # exactly one request tests the provider
-            return True
-        return False
-
-    def success(self) -> None:
-        self.failures.clear()
-        self.opened_at = None
-        self.probing = False
-
-    def failure(self) -> None:
-        now = self.clock()
-        if self.opened_at is not None:  # the probe failed: stay open for another cooldown
-            self.opened_at = now
-            self.probing = False
-            return
-        self.failures = [t for t in self.failures if now - t < self.config.window] + [now]
-        if len(self.failures) >= self.config.failures:
-            self.opened_at = now
+__all__ = ["Answer", "CircuitBreaker", "ProviderChain", "ProviderFailed"]
 
 
-@dataclass
-class Provider:
-    config: ProviderConfig
-    breaker: CircuitBreaker
-    client: AsyncOpenAI = field(init=False)
-
-    def __post_init__(self) -> None:
-        # Local servers ignore the key, but the SDK insists on one.
-        self.client = AsyncOpenAI(base_url=self.config.base_url,
-                                  api_key=secret(self.config.api_key_env) or "no-key",
-                                  timeout=self.config.timeout, max_retries=0)
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-
-class ProviderFailed(Exception):
-    """Every provider failed (or was skipped) before answering."""
-
-    def __init__(self, reasons: list[str]) -> None:
-        super().__init__("; ".join(reasons) or "no LLM provider configured")
-        self.reasons = reasons
+Provider = OpenAIProvider[ProviderConfig]
 
 
 @dataclass
@@ -140,34 +75,28 @@ def results_in_system_prompt(messages: list[dict[str, Any]]) -> list[dict[str, A
 class ProviderChain:
     def __init__(self, configs: list[ProviderConfig], breaker: BreakerConfig,
                  clock: Clock = time.monotonic) -> None:
-        self.providers = [Provider(c, CircuitBreaker(breaker, clock)) for c in configs]
+        self.providers = chain_of(configs, breaker, clock)
 
     async def open(self, messages: list[dict[str, Any]],
                    tools: list[dict[str, Any]] | None = None, prefer: str | None = None) -> Answer:
         """The first provider that starts streaming (`prefer`, an assistant's choice, is tried
         first; the rest of the chain stays its fallback); raises ProviderFailed if none does."""
-        reasons = []
-        for provider in sorted(self.providers, key=lambda p: p.name != prefer):
-            if not provider.breaker.allow():
-                reasons.append(f"{provider.name}: circuit open")
-                continue
-            try:
-                started, asked, tools_now = None, messages, tools
-                if provider.config.tool_probe and messages[-1]["role"] == "tool":
-                    # Small models answer from tool results well only when they are stated in
-                    # the system prompt; offered tools again, they keep calling them.
-                    asked, tools_now = results_in_system_prompt(messages), None
-                elif tools and provider.config.tool_probe and messages[-1]["role"] == "user":
-                    started = await self._probe(provider, messages, tools)
-                    tools_now = None  # the probe decided: no tool this time
-                if started is None:
-                    started = await self._start(provider, asked, tools_now)
-            except (*_FAILURES, StopAsyncIteration) as exc:
-                provider.breaker.failure()
-                reasons.append(f"{provider.name} ({provider.config.base_url}): {describe(exc)}")
-                continue
-            return Answer(provider, self._rest(provider, *started), started[1])
-        raise ProviderFailed(reasons)
+        async def attempt(provider: Provider) -> tuple[list[ChatCompletionChunk],
+                                                       AsyncStream[ChatCompletionChunk]]:
+            started, asked, tools_now = None, messages, tools
+            if provider.config.tool_probe and messages[-1]["role"] == "tool":
+                # Small models answer from tool results well only when they are stated in
+                # the system prompt; offered tools again, they keep calling them.
+                asked, tools_now = results_in_system_prompt(messages), None
+            elif tools and provider.config.tool_probe and messages[-1]["role"] == "user":
+                started = await self._probe(provider, messages, tools)
+                tools_now = None  # the probe decided: no tool this time
+            return started if started is not None else await self._start(provider, asked, tools_now)
+
+        provider, started = await first_answer(
+            self.providers, attempt, failures=(*_FAILURES, StopAsyncIteration),
+            describe=describe, prefer=prefer)
+        return Answer(provider, self._rest(provider, *started), started[1])
 
     async def _start(self, provider: Provider, messages: list[dict[str, Any]],
                      tools: list[dict[str, Any]] | None

@@ -3,6 +3,8 @@
 - `piper` (the offline default): the bundled en_US-joe-medium voice, or any Piper voice.
 - `elevenlabs`: ElevenLabs' streaming API through the `elevenlabs` SDK, chosen by default
   when ELEVENLABS_API_KEY is set (environment or VAGENT_SECRETS_FILE).
+- `openai`: `[[tts.providers]]`, a chain of OpenAI-compatible speech servers, chosen by
+  default when configured; a provider's own name opens the chain with it tried first.
 
 Each provider lives in its own module, imported by name only when chosen: piper-tts is
 GPL-3.0 and only `actors.tts.piper_voice` may import it, and neither SDK nor model is
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
+
+import msgspec
 
 from actors.plugins import Registry
 from settings.config import ConfigError, TtsSettings, secret
@@ -37,13 +41,22 @@ PROVIDERS: Registry[Callable[[str | None, TtsSettings], Awaitable[TtsProvider]]]
     "TTS provider", plugins(TTS), error=ConfigError)
 
 
+CHAIN = "openai"  # the provider made of `[[tts.providers]]`
+
+
 def provider_name(settings: TtsSettings) -> str:
     if settings.provider:
         return settings.provider
+    if settings.providers:
+        return CHAIN
     return "elevenlabs" if secret("ELEVENLABS_API_KEY") else "piper"
 
 
 async def open_provider(settings: TtsSettings, name: str | None = None,
                         voice: str | None = None) -> TtsProvider:
-    """Load the chosen provider and voice (a local voice loads its model here, once)."""
-    return await PROVIDERS.load(name or provider_name(settings))(voice, settings)
+    """Load the chosen provider and voice (a local voice loads its model here, once). A
+    name of `[[tts.providers]]` opens their chain with that one tried first."""
+    name = name or provider_name(settings)
+    if any(p.name == name for p in settings.providers):
+        return await PROVIDERS.load(CHAIN)(voice, msgspec.structs.replace(settings, provider=name))
+    return await PROVIDERS.load(name)(voice, settings)
