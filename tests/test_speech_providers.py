@@ -17,10 +17,12 @@ from actors.fallback import ProviderFailed
 from actors.tts.openai_voice import OpenAITts
 from actors.tts.providers import open_provider, provider_name
 from bus.client import Bus
+from bus.server import EmbeddedServer
 from projections.runtime import ProjectionService
 from schemas import AssistantCreated, Error, SessionStarted, TranscriptFinal, TtsStarted, new_id
 from settings.config import Config, ConfigError, parse
 from tests import test_asr_actor, test_tts
+from tests.api_harness import api_config, serve_api
 from tests.conftest import wait_for
 from tests.fixtures.audio import pcm
 from tests.openai_speech_server import OpenAISpeechServer
@@ -285,3 +287,20 @@ async def test_an_assistant_picks_its_tts_provider_and_voice(
         assert error.code == "tts_failed" and "HTTP 500" in error.message
     finally:
         await projections.stop()
+
+
+async def test_the_api_offers_the_chains_providers_as_an_assistant_s_choice(
+        module_nats: EmbeddedServer, tmp_path: Path,
+        servers: tuple[OpenAISpeechServer, OpenAISpeechServer]) -> None:
+    config = api_config()
+    chains = tts_config(*servers)
+    config.asr, config.tts = asr_config(*servers).asr, chains.tts
+    async with serve_api(module_nats.url, tmp_path, config) as api:
+        h = await api.user()
+        r = await api.client.post("/api/v1/assistants", headers=h,
+                                  json={"name": "x", "asr": "b", "tts": "a", "voice": "nova"})
+        assert r.status_code == 201, r.text
+        assert (r.json()["asr"], r.json()["tts"]) == ("b", "a")
+        r = await api.client.post("/api/v1/assistants", headers=h, json={"name": "y", "asr": "c"})
+        assert r.status_code == 422, r.text
+        assert {"a", "b", "openai", "moonshine"} <= set(r.json()["error"]["details"]["known"])
