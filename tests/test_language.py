@@ -7,6 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from actors.assistant import AssistantProfile
+from actors.dialogue.actor import system_prompt
 from actors.tools.clock import _describe
 from domain.language import (
     preferred_language,
@@ -61,6 +63,22 @@ def test_the_configured_defaults_are_the_english_phrases_and_a_change_is_kept() 
     assert localized(defaults.system_prompt, "en", "persona") == defaults.system_prompt
     assert "简体中文" in localized(defaults.system_prompt, "zh", "persona")
     assert phrases("fr") is PHRASES["en"]
+
+
+def test_the_persona_is_in_the_answers_language() -> None:
+    built_in = PHRASES["en"].persona
+
+    def mine(persona: str) -> AssistantProfile:
+        return AssistantProfile(assistant_id="a1", persona=persona)
+
+    assert system_prompt(None, built_in, "zh") == PHRASES["zh"].persona
+    assert system_prompt(mine(""), built_in, "en") == built_in
+    # A new account's assistant carries the built-in persona: it is the built-in one still.
+    assert system_prompt(mine(built_in), "Configured.", "zh") == PHRASES["zh"].persona
+    assert system_prompt(mine("You are Zed."), built_in, "en") == "You are Zed."
+    assert system_prompt(mine("You are Zed."), built_in, "zh") == (
+        f"You are Zed.\n\n{PHRASES['zh'].answer_in}")
+    assert system_prompt(None, "Configured.", "zh") == f"Configured.\n\n{PHRASES['zh'].answer_in}"
 
 
 def test_every_language_has_every_phrase() -> None:

@@ -575,3 +575,38 @@ async def test_an_expired_device_code_says_the_device_shows_a_new_one(micless_br
         await expect(form.get_by_label("Code")).to_be_focused()
         assert await page.locator("#device-list li").count() == 0
         assert not [p for p in page.problems if "page error" in p], page.problems
+
+
+async def test_an_assistants_language_is_shown_and_set(micless: Any, stack: Api) -> None:
+    page = micless
+    await sign_up(page, f"polyglot{new_id().lower()}@example.com")
+    await page.get_by_role("button", name="Add assistant").click()
+    await page.get_by_label("Name", exact=True).fill("Laoshi")
+    chosen = page.locator("#add-form").get_by_label("Language")
+    await expect(chosen).to_have_value("en")  # the API's default
+    await chosen.select_option(label="中文")
+    await page.get_by_role("button", name="Create").click()
+    picker = page.get_by_label("Language of Laoshi")
+    await expect(picker).to_have_value("zh")
+    token = await page.evaluate("sessionStorage.getItem('vagent.access')")
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def languages() -> dict[str, str]:
+        r = await stack.client.get("/api/v1/assistants", headers=headers)
+        assert r.status_code == 200, r.text
+        return {a["name"]: a["language"] for a in r.json()["items"]}
+
+    assert (await languages())["Laoshi"] == "zh"
+    # The other assistant (the account's default) shows its own.
+    others = page.locator("#assistant-list select.language")
+    await expect(others).to_have_count(2)
+    await expect(others.first).to_have_value("en")
+
+    await picker.select_option("auto")
+    await expect(page.locator("#notice")).to_contain_text(
+        "Laoshi now answers in the language it is spoken to in")
+    assert (await languages())["Laoshi"] == "auto"
+    await page.reload()
+    await page.wait_for_selector("body[data-state='idle']")
+    await expect(page.get_by_label("Language of Laoshi")).to_have_value("auto")
+    assert not page.problems, page.problems

@@ -156,18 +156,15 @@ def closing_id(actor: str, turn_id: str) -> str:
 
 
 def system_prompt(profile: AssistantProfile | None, configured: str, language: str) -> str:
-    """The persona the model is given: the assistant's, else the configured system prompt
-    (the built-in one in the session's language). A persona someone wrote is told the
-    answer's language when it is not English: it may be written in any language. The same
-    for every turn in one language, so local servers reuse their prompt cache."""
-    persona = profile.persona if profile else ""
-    if not persona:
-        prompt = localized(configured, language, "persona")
-        if prompt != configured or language == "en":
-            return prompt
-        persona = configured
-    if language == "en":
-        return persona
+    """The persona the model is given: the assistant's, else the configured system prompt;
+    the built-in one (a new account's assistant starts with it) in the session's language.
+    A persona someone wrote is told the answer's language when it is not English: it may be
+    written in any language. The same for every turn in one language, so local servers
+    reuse their prompt cache."""
+    persona = (profile.persona if profile else "") or configured
+    prompt = localized(persona, language, "persona")
+    if prompt != persona or language == "en":
+        return prompt
     return f"{persona}\n\n{phrases(language).answer_in}"
 
 

@@ -20,7 +20,7 @@ const el = {
   password: $("password"), passwordHint: $("password-hint"),
   addToggle: $("add-toggle"), addForm: $("add-form"), addSubmit: $("add-submit"),
   addCancel: $("add-cancel"), addError: $("add-error"), aName: $("a-name"),
-  aPersona: $("a-persona"), aVoice: $("a-voice"),
+  aPersona: $("a-persona"), aVoice: $("a-voice"), aLanguage: $("a-language"),
   list: $("assistant-list"), empty: $("assistants-empty"),
   callButton: $("call-button"), hangup: $("hangup-button"), stopAnswer: $("stop-answer"),
   mute: $("mute-button"), micSelect: $("mic-select"), speakerSelect: $("speaker-select"),
@@ -138,6 +138,42 @@ async function signOut() {
 
 const selected = () => assistants.find((a) => a.assistant_id === selectedId) || null;
 
+// An assistant's `language`: what its sessions are heard and answered in. [code, the
+// picker's short label, how a sentence names it]
+const LANGUAGES = [
+  ["en", "English", "English"],
+  ["zh", "中文", "Mandarin (中文)"],
+  ["auto", "Auto", "the language it is spoken to in"],
+];
+
+function languageSelect(select, value) {
+  select.replaceChildren(...LANGUAGES.map(([code, label]) => new Option(label, code)));
+  select.value = value || "en";
+  return select;
+}
+
+// The list's language picker: saved at once, put back if the server refuses.
+function languagePicker(a) {
+  const select = languageSelect(document.createElement("select"), a.language);
+  select.className = "language";
+  select.setAttribute("aria-label", `Language of ${a.name}`);
+  select.addEventListener("change", async () => {
+    const wanted = select.value;
+    select.disabled = true;
+    try {
+      await request("PATCH", `${API}/assistants/${encodeURIComponent(a.assistant_id)}`, { language: wanted });
+      a.language = wanted;
+      notice(`${a.name} now answers in ${LANGUAGES.find(([code]) => code === a.language)[2]}.`, "info");
+    } catch (err) {
+      select.value = a.language || "en";
+      notice(`Could not change ${a.name}'s language: ${describe(err)}`);
+    } finally {
+      select.disabled = false;
+    }
+  });
+  return select;
+}
+
 async function loadAssistants() {
   el.list.setAttribute("aria-busy", "true");
   try {
@@ -196,7 +232,7 @@ function renderAssistants() {
       input.setAttribute("aria-describedby", hidden.id);
     }
     label.append(input, text);
-    li.append(label);
+    li.append(label, languagePicker(a));
     return li;
   });
   el.list.replaceChildren(...items);
@@ -220,6 +256,7 @@ function toggleAdd(open) {
     el.aName.focus();
   } else {
     el.addForm.reset();
+    el.aLanguage.value = "en";
     el.addToggle.focus();
   }
 }
@@ -233,7 +270,7 @@ async function onAddSubmit(event) {
     el.aName.focus();
     return;
   }
-  const body = { name, persona: el.aPersona.value.trim() };
+  const body = { name, persona: el.aPersona.value.trim(), language: el.aLanguage.value };
   const voice = el.aVoice.value.trim();
   if (voice) body.voice = voice;
   el.addSubmit.disabled = true;
@@ -302,6 +339,7 @@ window.addEventListener("pagehide", () => talk.leave());
 window.vagent = talk.inspect;
 Object.defineProperty(window.vagent, "state", { value: () => el.body.dataset.state });
 
+languageSelect(el.aLanguage, "en");
 setMode(false);
 if (tokens.access) {
   enter().catch((err) => {
