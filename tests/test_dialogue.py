@@ -23,6 +23,7 @@ from schemas import (
     AssistantMessage,
     AssistantSentence,
     Event,
+    SessionStarted,
     SessionTools,
     SessionToolSpec,
     ToolCall,
@@ -145,6 +146,15 @@ async def test_no_provider_answering_is_an_error_event(
     events = await wait_for(bus, s, lambda ev: any(e.type == "error" for e in ev))
     error = next(e for e in events if e.type == "error")
     assert error.code == "llm_unavailable" and "HTTP 500" in error.message  # type: ignore[attr-defined]
+    assert error.message.startswith(PHRASES["en"].llm_unavailable)  # type: ignore[attr-defined]
+
+    # Shown to the user (a device's screen) in the session's language, then why.
+    s = "d" + new_id()
+    await bus.publish(SessionStarted(session_id=s, language="zh"))  # the default assistant's hint
+    await bus.publish(UserText(session_id=s, text="hello"))
+    events = await wait_for(bus, s, lambda ev: any(e.type == "error" for e in ev))
+    error = next(e for e in events if e.type == "error")
+    assert error.message.startswith("抱歉，现在无法回答") and "HTTP 500" in error.message  # type: ignore[attr-defined]
 
 
 async def test_a_new_input_interrupts_the_running_turn(
