@@ -54,6 +54,11 @@ class CircuitBreaker:
         self.opened_at = None
         self.probing = False
 
+    def abandon(self) -> None:
+        """The request ended with no verdict (cancelled: an interrupted turn): if it was the
+        probe, the next request may probe instead."""
+        self.probing = False
+
     def failure(self) -> None:
         now = self.clock()
         if self.opened_at is not None:  # the probe failed: stay open for another cooldown
@@ -155,4 +160,7 @@ async def first_answer(members: Sequence[M], attempt: Callable[[M], Awaitable[T]
         except failures as exc:
             member.breaker.failure()
             reasons.append(f"{member.where}: {describe(exc)}")
+        except BaseException:
+            member.breaker.abandon()
+            raise
     raise ProviderFailed(reasons, kind)

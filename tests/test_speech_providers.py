@@ -13,7 +13,7 @@ from actors.asr.engine import AsrError, make_engine
 from actors.asr.engine_openai import OpenAIEngine
 from actors.asr.settings import AsrSettings
 from actors.assistant import AssistantProfile
-from actors.fallback import ProviderFailed
+from actors.fallback import ProviderFailed, chain_of
 from actors.tts.openai_voice import OpenAITts
 from actors.tts.providers import open_provider, provider_name
 from bus.client import Bus
@@ -277,6 +277,10 @@ async def test_an_assistant_picks_its_tts_provider_and_voice(
             assert of_type(events, TtsStarted)[0].voice == voice
         assert [s["voice"] for s in b.speeches] == ["anna"]
         assert [s["voice"] for s in a.speeches] == ["alloy"]
+        # The assistant's pick is the worker's chain, its breakers shared, not a second chain.
+        picked = tts.voices[("b", "anna")].provider
+        assert isinstance(picked, OpenAITts) and isinstance(tts.provider, OpenAITts)
+        assert picked.members is tts.provider.members and picked.prefer == "b"
 
         a.fail_status = b.fail_status = 500  # the whole chain fails: the turn hears why
         sid, turn = "t" + new_id(), new_id()
@@ -304,3 +308,32 @@ async def test_the_api_offers_the_chains_providers_as_an_assistant_s_choice(
         r = await api.client.post("/api/v1/assistants", headers=h, json={"name": "y", "asr": "c"})
         assert r.status_code == 422, r.text
         assert {"a", "b", "openai", "moonshine"} <= set(r.json()["error"]["details"]["known"])
+
+
+async def test_a_probe_cut_short_lets_the_next_sentence_probe(
+        servers: tuple[OpenAISpeechServer, OpenAISpeechServer]) -> None:
+    """A half-open breaker's probe that is cancelled (the turn was interrupted) gives no
+    verdict: the provider is not left waiting for a probe that never ends."""
+    a, b = servers
+    clock = Clock()
+    config = tts_config(a, b, "[tts.breaker]\nfailures = 1\ncooldown = 10\n").tts
+    voice = OpenAITts(chain_of(config.providers, config.breaker, clock))
+    a.fail_status = 500
+    assert b"".join([c async for c in voice.stream("one")])  # a fails: its breaker opens
+    a.fail_status, a.delay = None, 5.0
+    clock.now += 10
+    probe = asyncio.create_task(_drain(voice, "two"))
+    while len(a.speeches) < 2:  # the probe is at a
+        await asyncio.sleep(0.01)
+    probe.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+    a.delay = 0.0
+    assert await _drain(voice, "three") == a.audio_of("three")
+    assert [s["input"] for s in a.speeches] == ["one", "two", "three"]  # probed again: it answers
+    assert [s["input"] for s in b.speeches] == ["one"]
+    await voice.close()
+
+
+async def _drain(voice: OpenAITts, text: str) -> bytes:
+    return b"".join([chunk async for chunk in voice.stream(text)])

@@ -26,7 +26,7 @@ from actors.assistant import AssistantDirectory, AssistantProfile
 from actors.base import Actor, Context
 from actors.dialogue.sentences import speakable
 from actors.tts.cache import AudioCache
-from actors.tts.providers import TtsProvider, open_provider
+from actors.tts.providers import Chain, TtsProvider, open_provider
 from actors.tts.speaker import Sentence, Speaker
 from actors.tts.synth import Synthesizer
 from actors.watch import Watch
@@ -135,7 +135,8 @@ class Tts(Actor):
         key = (profile.tts or self.provider.name, profile.voice)
         if key not in self.voices:
             try:
-                provider = await open_provider(self.config.tts, *key)
+                picked = self.provider.picking(*key) if isinstance(self.provider, Chain) else None
+                provider = picked or await open_provider(self.config.tts, *key)
             except Exception as exc:
                 log.error("cannot load the assistant's voice: using the default",
                           extra={"assistant_id": profile.assistant_id, "tts": key[0], "voice": key[1],

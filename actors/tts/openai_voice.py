@@ -45,13 +45,22 @@ def describe(exc: BaseException) -> str:
 
 class OpenAITts:
     def __init__(self, members: list[Speaker], *, prefer: str | None = None,
-                 voice: str | None = None) -> None:
+                 voice: str | None = None, owner: bool = True) -> None:
         self.members = members
         self.prefer = prefer
+        self.owner = owner  # whether its clients are its own to close
         self.first = next((m for m in members if m.name == prefer), members[0])
         self.name = prefer or CHAIN  # a name open_provider opens again the same way
         self.voice = voice or self.first.config.voice  # the first provider's: `voice` replaces it
         self.sample_rate = self.first.config.sample_rate
+
+    def picking(self, name: str, voice: str | None) -> OpenAITts | None:
+        """The same providers, clients and breakers, with `name` (one of them, or the chain
+        itself) tried first and speaking in `voice`; None when `name` is none of them."""
+        if name != CHAIN and all(m.name != name for m in self.members):
+            return None
+        return OpenAITts(self.members, prefer=None if name == CHAIN else name, voice=voice,
+                         owner=False)
 
     async def stream(self, text: str) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
@@ -112,6 +121,8 @@ class OpenAITts:
             yield tail
 
     async def close(self) -> None:
+        if not self.owner:
+            return
         for member in self.members:
             await member.client.close()
 

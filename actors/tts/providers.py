@@ -16,7 +16,7 @@ pyproject.toml (settings/plugins.py).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
@@ -35,6 +35,17 @@ class TtsProvider(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Chain(Protocol):
+    """A provider made of several (`[[tts.providers]]`): an assistant's pick among them
+    shares their breakers instead of opening the chain again."""
+
+    def picking(self, name: str, voice: str | None) -> TtsProvider | None:
+        """The chain with `name` tried first, speaking in `voice`; None when `name` is not
+        one of its providers (nor the chain itself)."""
+        ...
 
 
 PROVIDERS: Registry[Callable[[str | None, TtsSettings], Awaitable[TtsProvider]]] = Registry(
