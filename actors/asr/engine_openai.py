@@ -25,6 +25,7 @@ from actors.asr.engine import AsrError, PartialCallback, WholeUtterance
 from actors.asr.settings import CHAIN, AsrSettings
 from actors.fallback import Clock, OpenAIProvider, ProviderFailed, chain_of, first_answer
 from audio.wavfile import wav_bytes
+from domain.language import text_language
 from settings.config import AsrProviderConfig, BreakerConfig, ConfigError
 
 Transcriber = OpenAIProvider[AsrProviderConfig]
@@ -69,7 +70,8 @@ class OpenAIEngine:
     def __init__(self, chain: _Chain, *, language: str | None = None,
                  prefer: str | None = None) -> None:
         self.chain = chain
-        self.language = language
+        self.hint = language  # sent with each utterance
+        self.language = language  # of the transcripts: the hint, else told by their script
         self.prefer = prefer
         # The provider that transcribed the session's last utterance (transcript.final
         # records it); before any, the one it asks first.
@@ -94,7 +96,9 @@ class OpenAIEngine:
         return WholeUtterance(self._transcribe)
 
     async def _transcribe(self, pcm: bytes) -> str:
-        text, self.provider = await self.chain.transcribe(pcm, self.language, self.prefer)
+        text, self.provider = await self.chain.transcribe(pcm, self.hint, self.prefer)
+        # A session whose language is `auto` answers in the language it is spoken to in.
+        self.language = self.hint or text_language(text)
         return text
 
     async def close(self) -> None:
