@@ -34,7 +34,7 @@ MEANING: dict[str, str] = {
     "tts": "A TTS provider (piper, elevenlabs) or one named in [[tts.providers]].",
     "tools": "A tool it may call.",
     "documents": "One of the owner's documents it may search (an id from `vagent docs list`).",
-    "language": "What it hears: en, zh (Mandarin) or auto (the first utterance's language).",
+    "language": "What it hears and answers in: en, zh (Mandarin) or auto (the speaker's language).",
 }
 PANEL = "Assistant settings"
 # Types typer parses itself; a setting of another type is taken as text and converted by

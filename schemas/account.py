@@ -39,8 +39,8 @@ class DeviceUnbound(UserEvent, tag="device.unbound", kw_only=True):
     device_id: str
 
 
-# What an assistant hears (and, in time, speaks): Mandarin, English, or the language of the
-# session's first utterance.
+# What an assistant hears and answers in: Mandarin, English, or `auto`: heard in the language
+# of the session's first utterance, answered in the language of the user's latest input.
 Language = Literal["en", "zh", "auto"]
 
 # The assistant of sessions that name none (the CLI's `say` and `chat`, anonymous
