@@ -10,7 +10,8 @@ self-hosted FunASR/SenseVoice or Kokoro servers do, for the real `openai` SDK in
   `streamed`: in odd-sized chunks with `chunk_delay` between them (samples split across
   chunks, as on the wire); otherwise one body with its Content-Length.
 
-`fail_status` answers that HTTP error (OpenAI's error shape); `delay` holds each answer
+`fail_status` answers that HTTP error (OpenAI's error shape); `cut_after` breaks a streamed
+body off after that many bytes (the status was 200); `delay` holds each answer
 back that many seconds; `authorizations` records each request's Authorization header.
 """
 
@@ -56,6 +57,7 @@ class OpenAISpeechServer:
         self.chunk_bytes = 999
         self.chunk_delay = 0.002
         self.fail_status: int | None = None
+        self.cut_after: int | None = None  # a streamed body breaks off after this many bytes
         self.delay = 0.0
         self.transcriptions: list[dict[str, Any]] = []
         self.speeches: list[dict[str, Any]] = []
@@ -114,8 +116,12 @@ class OpenAISpeechServer:
         if not self.streamed:
             return Response(audio, media_type=media)
 
+        cut = self.cut_after
+
         async def chunks() -> AsyncIterator[bytes]:
             for at in range(0, len(audio), self.chunk_bytes):
+                if cut is not None and at >= cut:
+                    raise ConnectionResetError("the server went away mid-answer")
                 yield audio[at:at + self.chunk_bytes]
                 await asyncio.sleep(self.chunk_delay)
 

@@ -14,7 +14,7 @@ from actors.asr.engine_openai import OpenAIEngine
 from actors.asr.settings import AsrSettings
 from actors.assistant import AssistantProfile
 from actors.fallback import ProviderFailed, chain_of
-from actors.tts.openai_voice import OpenAITts
+from actors.tts.openai_voice import OpenAITts, SpeechFailed
 from actors.tts.providers import open_provider, provider_name
 from bus.client import Bus
 from bus.server import EmbeddedServer
@@ -338,3 +338,19 @@ async def test_a_probe_cut_short_lets_the_next_sentence_probe(
 
 async def _drain(voice: OpenAITts, text: str) -> bytes:
     return b"".join([chunk async for chunk in voice.stream(text)])
+
+
+async def test_a_body_cut_before_any_audio_falls_to_the_next_and_after_it_ends_the_sentence(
+        servers: tuple[OpenAISpeechServer, OpenAISpeechServer]) -> None:
+    a, b = servers
+    voice = OpenAITts(chain_of(*(lambda t: (t.providers, t.breaker))(tts_config(a, b).tts)))
+    text = "A sentence long enough for several chunks."
+    a.cut_after = 0  # 200, then the connection drops before any audio
+    assert await _drain(voice, text) == b.audio_of(text)
+    assert [s["input"] for s in b.speeches] == [text]
+    a.cut_after = 2000  # some audio played: the next provider would say it again
+    with pytest.raises(SpeechFailed, match=r"a \(.*\) stopped speaking"):
+        await _drain(voice, text)
+    assert len(b.speeches) == 1
+    assert len(voice.members[0].breaker.failures) == 2  # both counted against `a`
+    await voice.close()

@@ -68,8 +68,9 @@ class _Chain:
 
 class OpenAIEngine:
     def __init__(self, chain: _Chain, *, language: str | None = None,
-                 prefer: str | None = None) -> None:
+                 prefer: str | None = None, owner: bool = False) -> None:
         self.chain = chain
+        self.owner = owner  # whether the clients are its own to close
         self.hint = language  # sent with each utterance
         self.language = language  # of the transcripts: the hint, else told by their script
         self.prefer = prefer
@@ -80,7 +81,7 @@ class OpenAIEngine:
     @classmethod
     def of(cls, configs: tuple[AsrProviderConfig, ...], breaker: BreakerConfig,
            clock: Clock = time.monotonic) -> OpenAIEngine:
-        engine = cls(_Chain(chain_of(configs, breaker, clock)))
+        engine = cls(_Chain(chain_of(configs, breaker, clock)), owner=True)
         engine.provider = CHAIN  # the shared engine, as `[asr] engine` names it
         return engine
 
@@ -96,12 +97,16 @@ class OpenAIEngine:
         return WholeUtterance(self._transcribe)
 
     async def _transcribe(self, pcm: bytes) -> str:
-        text, self.provider = await self.chain.transcribe(pcm, self.hint, self.prefer)
+        text, provider = await self.chain.transcribe(pcm, self.hint, self.prefer)
+        if not self.owner:  # the shared engine keeps the name `_shared` knows it by
+            self.provider = provider
         # A session whose language is `auto` answers in the language it is spoken to in.
         self.language = self.hint or text_language(text)
         return text
 
     async def close(self) -> None:
+        if not self.owner:
+            return  # a session's view: the clients are the shared engine's
         for member in self.chain.members:
             await member.client.close()
 

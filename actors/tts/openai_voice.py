@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 
+import httpx2
 import openai
 
 from actors.fallback import OpenAIProvider, chain_of, first_answer
@@ -26,7 +27,9 @@ from audio.wavfile import AudioFileError, WavStream
 from settings.config import ConfigError, TtsProviderConfig, TtsSettings
 
 Speaker = OpenAIProvider[TtsProviderConfig]
-_FAILURES = (openai.APIError, TimeoutError, AudioFileError)
+# The body streams through the SDK's HTTP client (httpx2) itself: a cut connection is that
+# client's error, not the SDK's.
+_FAILURES = (openai.APIError, httpx2.HTTPError, TimeoutError, AudioFileError)
 
 
 class SpeechFailed(Exception):
