@@ -354,3 +354,19 @@ async def test_a_body_cut_before_any_audio_falls_to_the_next_and_after_it_ends_t
     assert len(b.speeches) == 1
     assert len(voice.members[0].breaker.failures) == 2  # both counted against `a`
     await voice.close()
+
+
+async def test_a_transcription_slower_than_its_timeout_falls_to_the_next(
+        servers: tuple[OpenAISpeechServer, OpenAISpeechServer]) -> None:
+    a, b = servers
+    a.delay = 5.0
+    settings = AsrSettings.from_config(asr_config(a, b).asr)
+    settings.providers[0].timeout = 0.3
+    engine = OpenAIEngine.of(settings.providers, settings.breaker)
+    session = engine.speaking("en")
+    recognition = await session.start(lambda _text: None)
+    recognition.feed(pcm("what_time"))
+    assert await recognition.finish() == "把客厅的灯打开" and session.provider == "b"
+    assert len(a.transcriptions) == 1
+    assert len(engine.chain.members[0].breaker.failures) == 1
+    await engine.close()
