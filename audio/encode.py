@@ -95,8 +95,8 @@ class AudioEncoder:
         """The rest of the segment, its last frame padded with silence."""
         self._flush_resampler()
         self._in_rate = 0
-        if self._pending:
-            self._pending += bytes(self._frame_bytes - len(self._pending))
+        # What the resampler held back may complete a frame and start another: pad the last.
+        self._pending += bytes(-len(self._pending) % self._frame_bytes)
         return self._drain()
 
     def _flush_resampler(self) -> None:

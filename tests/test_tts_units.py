@@ -49,6 +49,14 @@ def test_webrtc_style_opus_and_pcm16_frames() -> None:
     assert frames[-1][-200:] == bytes(200)  # the padding is silence
 
 
+def test_a_segment_whose_resampler_tail_spans_frames_ends_padded() -> None:
+    # 80 266 bytes of 22 050 Hz: the resampler's flushed tail is over one 20 ms frame.
+    raw = AudioEncoder(AudioParams(format="pcm16", sample_rate=16000, channels=1, frame_duration=20))
+    frames = raw.encode(bytes(80_266), 22050) + raw.end_segment()
+    assert {len(f) for f in frames} == {640}
+    assert abs(len(frames) * 320 - 40_133 * 16000 / 22050) < 320  # all of it, within a frame
+
+
 def test_impossible_audio_params_are_refused() -> None:
     for params in (AudioParams(format="opus", sample_rate=22050),
                    AudioParams(format="opus", sample_rate=24000, frame_duration=30),
