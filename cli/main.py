@@ -750,6 +750,35 @@ def bench_rag(nats: NatsOpt = None,
                                events=events), log_level="WARNING"))
 
 
+@bench_app.command("speech")
+def bench_speech(nats: NatsOpt = None, data_dir: DataOpt = None,
+                 language: Annotated[list[str] | None, typer.Option(
+                     "--language", help="en or zh (repeat; default: both).")] = None,
+                 clip: Annotated[list[str] | None, typer.Option(
+                     "--clip", help="Only this clip of the test set (repeat; default: all).")] = None,
+                 actor: Annotated[bool, typer.Option(
+                     "--actor/--no-actor", help="Also time each clip through the ASR actor.")] = True,
+                 tts: Annotated[bool, typer.Option("--tts/--no-tts", help="Also measure the voices.")
+                                ] = True,
+                 as_json: JsonOpt = False) -> None:
+    """Offline speech on the committed test set: WER/CER and real-time factor per engine and
+    language, language identification, end of speech → transcript through the ASR actor,
+    each voice's first audio, real-time factor and read-back error, memory."""
+    from benches.speech import LANGUAGES, print_report
+    from benches.speech import bench_speech as run_bench
+
+    languages = tuple(language or LANGUAGES)
+    unknown = [lang for lang in languages if lang not in LANGUAGES]
+    if unknown:
+        raise typer.BadParameter(f"unknown language {unknown[0]!r}; known: {', '.join(LANGUAGES)}")
+    results = run(run_bench(nats, languages=languages, names=clip, actor=actor, tts=tts,
+                            data_dir=data_dir), log_level="WARNING")
+    if as_json:
+        print_json(results)
+    else:
+        print_report(results)
+
+
 def print_json(value: Any) -> None:
     print(json.dumps(value, default=str, ensure_ascii=False))
 

@@ -5,14 +5,11 @@ language is left at `en` by moonshine, as before."""
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 import time
-import wave
-from pathlib import Path
 
 import pytest
 
+from benches.speech_set import cer, clips, error_rate
 from bus.client import Bus
 from bus.subjects import audio_in
 from edge.xiaozhi import protocol
@@ -23,31 +20,14 @@ from tests.fixtures.audio import pcm, silence
 
 pytestmark = pytest.mark.stack("asr")
 
-CLIPS = Path(__file__).resolve().parent / "fixtures" / "mandarin"
-TEXTS: dict[str, str] = json.loads((CLIPS / "texts.json").read_text(encoding="utf-8"))
+TEXTS = {clip.name: clip.text for clip in clips("zh")}
 PCM_16K = AudioParams(format="pcm16", sample_rate=16000, channels=1, frame_duration=20)
 FRAME = 16000 * 2 * 20 // 1000
-_NOT_HEARD = re.compile(r"[\W_]+")  # punctuation and spaces are not graded
 
 
 def clip(name: str) -> bytes:
-    with wave.open(str(CLIPS / f"{name}.wav")) as w:
-        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
-        return w.readframes(w.getnframes())
-
-
-def edits(a: str, b: str) -> int:
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        previous, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
-    return row[-1]
-
-
-def cer(reference: str, heard: str) -> float:
-    reference, heard = _NOT_HEARD.sub("", reference), _NOT_HEARD.sub("", heard)
-    return edits(reference, heard) / len(reference)
+    (found,) = clips("zh", [name])
+    return found.pcm
 
 
 async def assistant(api: Api, headers: dict[str, str], **settings: str) -> str:
@@ -89,10 +69,8 @@ async def test_a_mandarin_assistant_is_heard_by_whisper(stack: Api) -> None:
     events = await wait_for(bus, sid, lambda ev: len(finals(ev)) >= len(TEXTS), timeout=180)
     heard = finals(events)
     assert {(f.provider, f.language) for f in heard} == {("whisper", "zh")}
-    rates = [cer(text, f.text) for text, f in zip(TEXTS.values(), heard, strict=True)]
-    total = sum(r * len(_NOT_HEARD.sub("", t)) for r, t in zip(rates, TEXTS.values(), strict=True))
-    assert total / sum(len(_NOT_HEARD.sub("", t)) for t in TEXTS.values()) <= 0.15, [
-        f.text for f in heard]
+    pairs = [(text, f.text) for text, f in zip(TEXTS.values(), heard, strict=True)]
+    assert error_rate(pairs, "zh") <= 0.15, [f.text for f in heard]
 
 
 async def test_an_english_assistant_is_still_heard_by_moonshine(stack: Api) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from benches.bus import RESULT_KEYS, bench_bus, print_report
 from bus.server import EmbeddedServer
@@ -50,3 +51,38 @@ async def _bench_sessions(nats_server: EmbeddedServer) -> dict[str, int]:
         return counts
     finally:
         await bus.close()
+
+
+async def test_bench_speech_grades_each_engine_and_voice_on_the_test_set(
+        tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from benches.speech import RESULT_KEYS, bench_speech, print_report
+
+    # One clip per language: its own embedded server (with read models, so the actor heeds
+    # each session's language as it would for a device's hello).
+    results = await bench_speech(None, names=["lights"], data_dir=tmp_path)
+    assert set(RESULT_KEYS) <= results.keys()
+    assert results["clips"] == {"en": 1, "zh": 1}
+    asr = {(r["engine"], r["language"]): r for r in results["asr"]}
+    assert set(asr) == {("moonshine", "en"), ("whisper", "zh"), ("whisper", "en"), ("moonshine", "zh")}
+    assert asr["moonshine", "en"]["metric"] == "WER" and asr["whisper", "zh"]["metric"] == "CER"
+    assert asr["moonshine", "en"]["error_rate"] <= 0.15 and asr["whisper", "en"]["error_rate"] <= 0.3
+    assert asr["whisper", "zh"]["error_rate"] <= 0.4
+    assert asr["moonshine", "zh"]["error_rate"] > 1.0  # tiny-en cannot hear Mandarin: the baseline
+    assert all(r["rtf"] > 0 and r["transcribe_p50_ms"] > 0 and r["rss_added_mib"] > 0
+               for r in asr.values())
+    assert results["identify"] == results["identify"] | {"clips": 2, "correct": 2, "accuracy": 1.0}
+    actor = {r["language"]: r for r in results["actor"]}
+    assert (actor["en"]["engine"], actor["zh"]["engine"]) == ("moonshine", "whisper")
+    assert actor["en"]["error_rate"] <= 0.15 and actor["zh"]["error_rate"] <= 0.4, results["actor"]
+    # The VAD waits for silence after the speech; the transcript comes after that.
+    assert all(0 < r["speech_stopped_p50_ms"] <= r["final_p50_ms"] <= r["final_p95_ms"]
+               for r in actor.values())
+    (piper, *others) = results["tts"]
+    assert (piper["provider"], piper["language"], piper["sentences"]) == ("piper", "en", 1)
+    assert [r["provider"] for r in others] in ([], ["kokoro"])
+    assert 0 < piper["first_audio_p50_ms"] and piper["rtf"] > 0
+    assert piper["readback_error_rate"] <= 0.15, piper["heard"]
+    assert results["rss_peak_mib"] >= results["rss_start_mib"] > 0
+    print_report(results)
+    out = capsys.readouterr().out
+    assert "End of speech → transcript" in out and "en_US-joe-medium" in out
