@@ -6,6 +6,10 @@ The file comes from Object Store bucket `docs`; the knowledge base's pipeline
 (projections.knowledge.index: parse by type, chunk by structure, embed offline, in a
 thread) writes its chunks to `<data dir>/lance`. Idempotent: the document's chunks are
 replaced, never appended to, so a redelivered upload leaves the same rows.
+
+A chunk table made with another embedding model (an upgrade changed it) is rebuilt from
+the log when the indexer starts, in the background: new uploads are indexed meanwhile,
+and searches find the documents again as they are re-embedded.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from bus.log import load
 from projections.knowledge.embed import embedder
 from projections.knowledge.index import index_document
 from projections.knowledge.parse import ParseError
+from projections.knowledge.reindex import reindex
 from projections.knowledge.store import ChunkStore, store
 from schemas import DocumentDeleted, DocumentFailed, DocumentIndexed, DocumentUploaded, Event
 
@@ -36,6 +41,7 @@ class Indexer(Actor):
     ack_wait: ClassVar[float] = 60.0
 
     chunks: ChunkStore
+    _rebuild: asyncio.Task[None] | None = None  # the rebuild after a change of model
 
     async def setup(self) -> None:
         if self.data_dir is None:
@@ -44,6 +50,26 @@ class Indexer(Actor):
         self.knowledge = self.config.knowledge
         # Load the model before the first document.
         await asyncio.to_thread(embedder, self.knowledge.embed_threads)
+        if not await asyncio.to_thread(self.chunks.current):
+            self._rebuild = asyncio.create_task(self._rebuild_all(), name="indexer:rebuild")
+
+    async def teardown(self) -> None:
+        if self._rebuild is not None:
+            self._rebuild.cancel()
+            await asyncio.gather(self._rebuild, return_exceptions=True)
+
+    async def _rebuild_all(self) -> None:
+        log.warning("the knowledge base was made with another embedding model: rebuilding it")
+        started = time.perf_counter()
+        try:
+            done = await reindex(self.bus, self.chunks, max_chunks=self.knowledge.max_chunks,
+                                 embed_threads=self.knowledge.embed_threads)
+        except Exception as exc:  # `vagent docs reindex` is the way out; the next start retries
+            log.error("rebuilding the knowledge base failed", exc_info=exc)
+            return
+        log.info("knowledge base rebuilt", extra={
+            "documents": len(done.indexed), "failed": len(done.failed),
+            "missing": len(done.missing), "ms": round((time.perf_counter() - started) * 1000)})
 
     async def handle(self, event: Event, ctx: Context) -> None:
         if isinstance(event, DocumentUploaded):

@@ -1,7 +1,7 @@
 """`vagent bench rag`: the knowledge base and the read models, measured on this machine.
 
 - indexing: generated manuals uploaded to Object Store and indexed by the real indexer
-  actor (parse, chunk, embed with MiniLM on the CPU, LanceDB write, full-text index), from
+  actor (parse, chunk, embed on the CPU, LanceDB write, full-text index), from
   the first `document.uploaded` to the last `document.indexed`: chunks/s;
 - search: a LanceDB table of 10k chunks (and 100k with `--large`) made of the indexed
   chunks, repeated with jittered vectors (embedding 100k chunks would take an hour here);
@@ -174,7 +174,7 @@ def bench_search(pool_dir: Path, base: Path, size: int, queries: int) -> dict[st
     whole, in_kb, embed, found, exact_ms = [], [], [], [], []  # found: the exact top-5's share in the top-5
     for q in asked:
         t0 = time.perf_counter()
-        embedder().embed_one(q)
+        embedder().embed_query(q)
         t1 = time.perf_counter()
         hits = search_sync(q, owner_id="bench", data_dir=base)
         t2 = time.perf_counter()
@@ -299,8 +299,8 @@ def print_report(results: dict[str, float]) -> None:
     if "index_chunks" in results:
         print(f"indexing       {results['index_chunks']:.0f} chunks from {results['index_documents']:.0f} "
               f"documents in {results['index_seconds']:.1f} s: {results['index_chunks_per_s']:.1f} "
-              f"chunks/s ({results['index_kb_per_s']:.1f} KB/s of text; indexer actor, MiniLM int8 on "
-              "the CPU)")
+              f"chunks/s ({results['index_kb_per_s']:.1f} KB/s of text; indexer actor, "
+              "multilingual-e5-small 4-bit on the CPU)")
     sizes = sorted({int(k[6:].split("_")[0]) for k in results if k.startswith("search")})
     for size in sizes:
         r = {k.split("_", 1)[1]: v for k, v in results.items() if k.startswith(f"search{size}_")}

@@ -399,7 +399,7 @@ class ActorSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 class KnowledgeSettings(msgspec.Struct, forbid_unknown_fields=True):
     embed_threads: Annotated[int, doc(
-        "threads of one embedding; 0: onnxruntime's choice")] = 0
+        "threads of one embedding; 0: every core")] = 0
     max_chunks: Annotated[int, doc(
         "chunks per document (~3 MB of text): a longer one gets `413 document_too_long` at "
         "upload when its size tells, else `document.failed` at indexing")] = 5000

@@ -5,7 +5,7 @@ the assistant about it by voice over `/ws`, and hears an answer that cites the m
 --wav` holds both voices.
 
 The LLM is a local server speaking OpenAI's wire protocol (the real SDK talks to it);
-everything else is the default stack: embedded NATS, Moonshine, Piper, MiniLM, LanceDB."""
+everything else is the default stack: embedded NATS, Moonshine, Piper, multilingual-e5, LanceDB."""
 
 from __future__ import annotations
 

@@ -146,13 +146,20 @@ def test_sentences_are_split_sensibly() -> None:
 
 
 def test_embeddings_are_normalised_and_meaningful() -> None:
-    vectors = embedder().embed(["How do I reset the router?",
-                                "Hold the reset button of the router for ten seconds.",
-                                "Oil the bicycle chain after rain."])
-    assert vectors.shape == (3, DIMS) and vectors.dtype == np.float32
+    passages = ["Hold the reset button of the router for ten seconds.",
+                "Oil the bicycle chain after rain.",
+                "按住路由器的复位键十秒钟。", "下雨后给自行车链条上油。"]
+    vectors = embedder().embed(passages)
+    assert vectors.shape == (4, DIMS) and vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
-    assert np.allclose(embedder().embed_one("How do I reset the router?"), vectors[0], atol=1e-5)
+    for question in ("How do I reset the router?", "路由器怎么重置？"):
+        query = embedder().embed_query(question)
+        assert query.shape == (DIMS,) and abs(np.linalg.norm(query) - 1.0) < 1e-5
+        # In either language, the router passage before the bicycle passage.
+        scores = vectors @ query
+        assert scores[0] > scores[1] + 0.03 and scores[2] > scores[3] + 0.03, scores
+    # A batch embeds each passage as it would alone.
+    assert np.allclose(embedder().embed(passages[1:2])[0], vectors[1], atol=1e-4)
 
 
 # --- search -------------------------------------------------------------------------

@@ -21,7 +21,7 @@ MAX_HITS = 50
 
 
 def _import_knowledge() -> ModuleType:
-    # Imported here rather than at the top: LanceDB and onnxruntime take seconds to import,
+    # Imported here rather than at the top: LanceDB and the embedding model take seconds to load,
     # and the edge starts serving without them.
     from projections.knowledge import search
 

@@ -25,7 +25,11 @@ class Chunk:
 _SENTENCE_END = re.compile(
     r"(?<=[.!?…])[\"'”’)\]]*\s+(?=[\"'“‘(\[]?[A-Z0-9À-Ý\u3040-\u30ff\u4e00-\u9fff])"  # a stop,
     # a space, a capital (or a CJK character)
-    r"|(?<=[。！？；])")  # CJK: no spaces
+    # CJK: no spaces; a closing quote or bracket stays with its sentence.
+    r"|(?<=[。！？；])(?![”’」』）】])|(?<=[。！？；][”’」』）】])")
+_CJK_STOPS = frozenset("。！？；”’」』）】")
+# Where an overlong "sentence" is best cut: a space, or a CJK comma or enumeration mark.
+_SOFT_BREAK = re.compile(r"[ ，、,：]")
 
 
 def sentences(paragraph: str) -> list[str]:
@@ -35,8 +39,8 @@ def sentences(paragraph: str) -> list[str]:
         if not part:
             continue
         while len(part) > MAX:  # one very long "sentence" (a table row, a URL list): cut at a space
-            cut = part.rfind(" ", 0, MAX)
-            cut = cut if cut > MAX // 2 else MAX
+            breaks = [m.end() for m in _SOFT_BREAK.finditer(part, 0, MAX)]
+            cut = breaks[-1] if breaks and breaks[-1] > MAX // 2 else MAX
             out.append(part[:cut].strip())
             part = part[cut:].strip()
         if part:
@@ -81,7 +85,9 @@ def _pack(paragraphs: list[str]) -> list[str]:
     def render(items: list[tuple[str, bool]]) -> str:
         text = ""
         for i, (sentence, new_para) in enumerate(items):
-            text += ("\n" if new_para else " ") + sentence if i else sentence
+            if i:  # Chinese and Japanese sentences follow each other without a space
+                text += "\n" if new_para else "" if text[-1] in _CJK_STOPS else " "
+            text += sentence
         return text
 
     def emit() -> None:

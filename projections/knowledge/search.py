@@ -1,6 +1,8 @@
 """The knowledge base's read side: hybrid search over the chunk table (and a document's
-chunks in order). Hybrid search: vector top-k (MiniLM cosine) and full-text top-k
-(LanceDB's BM25 index) fused by reciprocal rank fusion.
+chunks in order). Hybrid search: vector top-k (multilingual-e5 cosine) and full-text
+top-k (LanceDB's BM25 index) fused by reciprocal rank fusion. A table made with another
+embedding model (before its rebuild) is searched by full text alone: its vectors cannot
+be compared with this model's.
 
 Always scoped to one owner: chunks of other users are filtered out inside LanceDB
 (prefilter), before ranking, and `document_ids` narrows further to an assistant's
@@ -19,7 +21,7 @@ import numpy as np
 
 from projections.knowledge.embed import embedder
 from projections.knowledge.query import Hit as Hit  # where it was first defined
-from projections.knowledge.store import FTS_COLUMN, ChunkStore, quote, store
+from projections.knowledge.store import FTS_COLUMN, ChunkStore, quote, store, terms
 
 log = logging.getLogger("vagent.knowledge")
 
@@ -66,14 +68,20 @@ def search_sync(query: str, *, owner_id: str | None, data_dir: Path,
     query = " ".join(query.split())[:MAX_QUERY]
     if not query or limit <= 0 or document_ids == []:
         return []
-    table = store(data_dir).table()
+    chunks = store(data_dir)
+    table = chunks.table()
     if table is None:
         return []
     where = scope(owner_id, document_ids)
     k = max(CANDIDATES, limit * 4)
-    vector = embedder(embed_threads).embed_one(query)
-    nearest = nearest_query(store(data_dir), table, vector, where, k, exact=exact)
-    return fuse([nearest.to_list(), _fts(table, query, where, k)], limit)
+    nearest: list[dict[str, Any]] = []
+    if chunks.current():
+        vector = embedder(embed_threads).embed_query(query)
+        nearest = nearest_query(chunks, table, vector, where, k, exact=exact).to_list()
+    else:
+        log.warning("the knowledge base was made with another embedding model: full-text "
+                    "search only until it is rebuilt (`vagent docs reindex`)")
+    return fuse([nearest, _fts(table, query, where, k)], limit)
 
 
 async def document_chunks(document_id: str, *, owner_id: str | None,
@@ -97,7 +105,7 @@ def nearest_query(chunks: ChunkStore, table: Any, vector: np.ndarray, where: str
 
 def _fts(table: Any, query: str, where: str, k: int) -> list[dict[str, Any]]:
     try:
-        return (table.search(query, query_type="fts", fts_columns=FTS_COLUMN)
+        return (table.search(terms(query), query_type="fts", fts_columns=FTS_COLUMN)
                 .where(where, prefilter=True).select([*COLUMNS, "_score"]).limit(k).to_list())
     except Exception as exc:  # no full-text index yet (a table being created): vectors alone
         log.debug("full-text search unavailable: %r", exc)

@@ -2,6 +2,15 @@
 its document, owner, title, heading, text and 384-dim vector; a full-text index on
 `search_text` (title, heading and text) and scalar indexes for the filters.
 
+Chinese and Japanese are written without spaces between words, which the full-text index
+needs: their runs of characters are indexed (and asked) as overlapping pairs of characters,
+the way search engines index CJK text without a dictionary, so a word of two characters or
+more matches wherever it occurs, whichever way a segmenter would have cut the sentence.
+English is indexed as before (words, stemmed, without stop words). A file beside the table
+names the embedding model and indexing its rows were made with: rows of another model are
+not comparable with this one's queries, so such a table is rebuilt from the log
+(`projections.knowledge.reindex`).
+
 Writes come from the indexer; reads (search) from any process: a connection with a
 zero read-consistency interval sees every commit made by another process.
 """
@@ -10,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -22,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 from lancedb.index import FTS, BTree, IvfHnswSq
 
-from projections.knowledge.embed import DIMS
+from projections.knowledge.embed import DIMS, MODEL_ID
 
 log = logging.getLogger("vagent.knowledge")
 
@@ -36,6 +46,9 @@ REINDEX_AFTER = 2000
 # quantisation), which searches use for scopes this large (see search.EXACT_BELOW).
 VECTOR_INDEX_AT = 50_000
 VECTOR_INDEX = "vector_idx"
+# What the rows and indexes were made with; written beside the table.
+LAYOUT = f"vectors: {MODEL_ID}; words: simple, CJK bigrams"
+LAYOUT_FILE = f"{TABLE}.layout"
 
 SCHEMA = pa.schema([
     pa.field("document_id", pa.string(), nullable=False),
@@ -59,7 +72,20 @@ def quote(value: str) -> str:
 
 
 def search_text(title: str, heading: str, text: str) -> str:
-    return "\n".join(part for part in (title, heading, text) if part)
+    return terms("\n".join(part for part in (title, heading, text) if part))
+
+
+_CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+
+
+def terms(text: str) -> str:
+    """`text` as the full-text index takes it (a chunk, or a query): each run of Chinese or
+    Japanese characters as its overlapping character pairs ("更换滤网" → "更换 换滤 滤网"),
+    anything else as it is."""
+    def pairs(run: re.Match[str]) -> str:
+        chars = run.group()
+        return f" {chars if len(chars) == 1 else ' '.join(map(str.__add__, chars, chars[1:]))} "
+    return _CJK_RUN.sub(pairs, text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,14 +130,47 @@ class ChunkStore:
     def table(self, create: bool = False) -> Any:
         """The chunk table, or None when nothing was ever indexed (and not `create`)."""
         if self._table is None:
-            if create:
-                self._table = self.db.create_table(TABLE, schema=SCHEMA, exist_ok=True)
-            else:
-                try:
-                    self._table = self.db.open_table(TABLE)
-                except (FileNotFoundError, ValueError):
+            try:
+                self._table = self.db.open_table(TABLE)
+            except (FileNotFoundError, ValueError):
+                if not create:
                     return None
+                self._table = self.db.create_table(TABLE, schema=SCHEMA, exist_ok=True)
+                if self._table.count_rows() == 0:  # ours, not another writer's just made
+                    self.mark_layout()
         return self._table
+
+    # --- what the rows were made with -------------------------------------------------
+
+    def layout(self) -> str | None:
+        """The model and tokenizer the table's rows were made with; None when not recorded
+        (a table of an earlier version: made with another model)."""
+        try:
+            return (self.path / LAYOUT_FILE).read_text().strip()
+        except FileNotFoundError:
+            return None
+
+    def current(self) -> bool:
+        """Whether the table (if any) was made with this version's model and tokenizer,
+        so that its vectors can be compared with a query's."""
+        return self.table() is None or self.layout() == LAYOUT
+
+    def mark_layout(self) -> None:
+        """Record that every row is now made with this version's model and tokenizer."""
+        path = self.path / LAYOUT_FILE
+        path.with_suffix(".tmp").write_text(LAYOUT + "\n")
+        path.with_suffix(".tmp").replace(path)
+
+    def clear(self) -> None:
+        """Every row and index gone, the table kept (readers in other processes hold it
+        open): the start of a rebuild. The indexes are made anew with the next rows."""
+        with self._write:
+            table = self.table()
+            if table is None:
+                return
+            table.delete("true")
+            for index in table.list_indices():
+                table.drop_index(index.name)
 
     # --- writing ----------------------------------------------------------------------
 
