@@ -328,6 +328,8 @@ async def reindex_documents(admin: Admin, as_json: bool) -> None:
         return
     if done.indexed or done.failed:
         print(file=sys.stderr)
+    if done.model_changed:
+        print("the chunks were made with another embedding model: all of them were made again")
     print(f"{len(done.indexed)} document(s) indexed ({sum(done.indexed.values())} chunks), "
           f"{len(done.failed)} failed, {len(done.missing)} without their file, "
           f"{done.removed} stray chunk(s) removed; {len(done.recorded)} new outcome(s) recorded")

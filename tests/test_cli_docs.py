@@ -121,6 +121,22 @@ def test_search_finds_the_answer_among_a_users_documents_only(stack: Stack) -> N
     assert refused.returncode == 1 and refused.stderr.startswith("error: no assistant")
 
 
+def test_a_chinese_question_finds_a_chinese_document(stack: Stack) -> None:
+    email = user(stack)
+    zh = Path(__file__).parent / "fixtures" / "corpus-zh"
+    added = {}
+    for name, title in (("water-heater.md", "暖泉电热水器说明"), ("rice-cooker.md", "禾香电饭煲说明书")):
+        done = json.loads(cli(stack, "docs", "add", str(zh / name), "--user", email, "--title", title,
+                              "--json").stdout)
+        added[name] = done[0]["document_id"]
+    cli(stack, "docs", "add", str(CORPUS / "brewmaster-espresso.txt"), "--user", email)
+    hits = cli_json(stack, "docs", "search", "热水器第一次用的时候能直接插电吗？", "--user", email)
+    assert hits and hits[0]["document_id"] == added["water-heater.md"]
+    assert hits[0]["title"] == "暖泉电热水器说明" and "注满水" in hits[0]["text"]
+    text = cli(stack, "docs", "search", "米饭最多能保温多久", "--user", email).stdout
+    assert text.startswith("1. 禾香电饭煲说明书 #"), text
+
+
 def test_delete_removes_a_document(stack: Stack, tmp_path: Path) -> None:
     email = user(stack)
     note = tmp_path / "note.md"

@@ -16,7 +16,7 @@ from actors.runtime import ActorHost
 from bus.client import Bus
 from bus.server import EmbeddedServer
 from projections.knowledge.search import search_sync
-from projections.knowledge.store import ChunkStore, Row, store
+from projections.knowledge.store import LAYOUT, LAYOUT_FILE, ChunkStore, Row, store
 from schemas import DocumentDeleted, DocumentFailed, DocumentIndexed
 from tests.procs import vagent
 from tests.test_indexer import HTML, MARKDOWN, TEXT, doc_events, lance_data, mbus, outcome, upload
@@ -115,3 +115,44 @@ async def test_stray_chunks_go_and_changed_outcomes_are_recorded(
     assert report["indexed"][kettle] == logged.chunks and kettle in report["recorded"]
     again = (await doc_events(mbus, kettle))[-1]
     assert isinstance(again, DocumentIndexed) and again.chunks == logged.chunks
+
+
+async def test_a_table_of_another_model_is_rebuilt(module_nats: EmbeddedServer, mbus: Bus,
+                                                   indexed: dict[str, str], lance_data: Path,
+                                                   tmp_path: Path) -> None:
+    """Chunks embedded by another model (a table from before an upgrade: no layout recorded
+    beside it) are replaced by the indexer when it starts, every one, and `vagent docs
+    reindex` does the same and says so."""
+    data = tmp_path / "data"
+    old = ChunkStore.open(data)
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(2, 384)).astype(np.float32)
+    old.append([Row(indexed["kettle"], "u1", "Kettle", 0, "", "How to descale the kettle."),
+                Row("ghost", "u1", "Ghost", 0, "", "A chunk of a document nobody uploaded.")],
+               vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    (old.path / LAYOUT_FILE).unlink()
+    assert not store(data).current()
+
+    host = ActorHost(mbus, ["indexer"], data_dir=data)
+    await host.start()  # the rebuild runs beside the indexer's consumer
+    try:
+        async with asyncio.timeout(120):
+            while not store(data).current():
+                await asyncio.sleep(0.1)
+    finally:
+        await host.stop()
+    original, rebuilt = store(lance_data), store(data)
+    assert (rebuilt.path / LAYOUT_FILE).read_text().strip() == LAYOUT
+    assert rebuilt.count("document_id = 'ghost'") == 0
+    for name in ("kettle", "lamp", "hose"):
+        assert len(rebuilt.document_chunks(indexed[name])) == len(original.document_chunks(indexed[name]))
+    hits = search_sync("how do I descale the kettle", owner_id="u1", limit=3, data_dir=data)
+    assert hits and hits[0].document_id == indexed["kettle"]
+
+    (rebuilt.path / LAYOUT_FILE).unlink()
+    report = reindex(module_nats.url, data)
+    assert report["model_changed"] is True and report["removed"] == 0
+    assert set(report["indexed"]) == {indexed[n] for n in ("kettle", "lamp", "hose")}
+    assert ChunkStore.open(data).current()
+    again = reindex(module_nats.url, data)
+    assert again["model_changed"] is False
