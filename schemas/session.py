@@ -173,6 +173,7 @@ class ToolResult(SessionEvent, tag="tool.result", kw_only=True):
 
 
 class TtsStarted(SessionEvent, tag="tts.started", kw_only=True):
+    provider: str | None = None  # who speaks the turn (its first sentence): piper, kokoro…
     voice: str | None = None
 
 

@@ -8,6 +8,9 @@
   seen while this session's durable queue still waits: the sound stops within a frame,
   queued sentences of that turn drop, and later ones are ignored. So does the session's
   end (a hang-up), for every turn begun before it.
+- The voice is the assistant's (its `tts` provider and `voice`), else by its language: `zh`
+  is spoken by Kokoro's Mandarin voice, `en` by the default provider, and `auto` by either,
+  sentence by sentence, as the text's script wants (`actors.tts.voices`).
 - Repeated sentences come from a bounded cache instead of the synthesizer.
 - Bounded work per input: control characters are dropped, a turn says at most
   `[tts] max_turn_chars` characters (the rest is dropped, with an `error`
@@ -22,13 +25,14 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
-from actors.assistant import AssistantDirectory, AssistantProfile
+from actors.assistant import AssistantDirectory, AssistantProfile, session_language
 from actors.base import Actor, Context
 from actors.dialogue.sentences import speakable
 from actors.tts.cache import AudioCache
 from actors.tts.providers import Chain, TtsProvider, open_provider
 from actors.tts.speaker import Sentence, Speaker
 from actors.tts.synth import Synthesizer
+from actors.tts.voices import Voices
 from actors.watch import Watch
 from audio.encode import DEFAULT_OUT, check_params
 from schemas import (
@@ -44,6 +48,7 @@ from schemas import (
 
 log = logging.getLogger("vagent.tts")
 MAX_SPEAKERS = 4096  # idle sessions remembered (their audio params, closed turns)
+MANDARIN = "kokoro"  # the provider of assistants whose language is zh
 
 
 class Tts(Actor):
@@ -61,7 +66,8 @@ class Tts(Actor):
                                        max(1, settings.max_chars))
         self.encode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tts-encode")
         self.speakers: OrderedDict[str, Speaker] = OrderedDict()
-        self.voices: dict[tuple[str, str | None], Synthesizer] = {}  # assistants' own voices
+        self.voices: dict[tuple[str, str | None], Synthesizer] = {}  # loaded on first use
+        self._loading = asyncio.Lock()
         self.assistants = AssistantDirectory(self.bus, self.data_dir)
         self._watch = await Watch(self.bus, ("turn.interrupted", "session.ended"),
                                   self._watched).start()
@@ -100,15 +106,15 @@ class Tts(Actor):
         text = speakable(event.text[:window])
         if not text or not speaker.accepts(turn_id, event.ts):
             return
-        if speaker.synthesizer is None:  # the session's first sentence: one history read
+        if speaker.voices is None:  # the session's first sentence: one history read
             history = [e.event for e in await ctx.history()]
             await self._read_params(speaker, history, ctx)
-            speaker.synthesizer = await self._voice(await self.assistants.for_events(history))
-            speaker.voice = speaker.synthesizer.provider.voice
+            speaker.voices = await self._voices(await self.assistants.for_events(history), history)
         if speaker.params_error is not None or not speaker.accepts(turn_id, event.ts):
             return  # unspeakable, or interrupted while the session was read
+        synthesizer = speaker.voices.for_text(text)
         said, reached = speaker.allot(turn_id, text, self.max_turn_chars,
-                                      speaker.synthesizer.max_chars, more=len(event.text) > window)
+                                      synthesizer.max_chars, more=len(event.text) > window)
         if reached:
             # Recorded once per turn, where it happened; later sentences of the turn drop silently.
             await ctx.emit(Error(
@@ -119,31 +125,52 @@ class Tts(Actor):
         if not said:
             return
         text = said
-        synthesis = speaker.synthesizer.start(text, first=speaker.first_of(turn_id))
+        synthesis = synthesizer.start(text, first=speaker.first_of(turn_id))
         # Acknowledged once queued, before it is spoken: a crash loses the rest of this
         # sentence's audio instead of replaying it late. Live audio is useless late, and a
         # redelivered sentence would speak over the next turn.
-        speaker.say(turn_id, Sentence(event.id, event.index, text, synthesis, ctx))
+        speaker.say(turn_id, Sentence(event.id, event.index, text, synthesis, ctx,
+                                      synthesizer.provider.name, synthesizer.provider.voice))
         if event.turn_id is None:
             speaker.end(turn_id, event.id)  # a sentence of no turn is a whole utterance
 
-    async def _voice(self, profile: AssistantProfile | None) -> Synthesizer:
-        """The assistant's TTS provider and voice, loaded once and shared by its sessions;
-        the default one when it names none or its own cannot be loaded."""
-        if profile is None or (profile.tts is None and profile.voice is None):
+    async def _voices(self, profile: AssistantProfile | None,
+                      history: list[Event | None]) -> Voices:
+        """The session's voices: the assistant's own provider and voice when it names one
+        (a voice alone is one of its language's provider), else by its language."""
+        if profile is None:
+            return Voices(self.synthesizer)
+        started = next((e for e in reversed(history) if isinstance(e, SessionStarted)), None)
+        language = session_language(profile, started)
+        if profile.tts is not None or profile.voice is not None:
+            name = profile.tts or (MANDARIN if language == "zh" else self.provider.name)
+            return Voices(await self._voice(name, profile.voice, profile.assistant_id))
+        if language == "zh":
+            return Voices(await self._voice(MANDARIN, None, profile.assistant_id))
+        if language == "auto":
+            mandarin = await self._voice(MANDARIN, None, profile.assistant_id)
+            return Voices(self.synthesizer, mandarin if mandarin is not self.synthesizer else None)
+        return Voices(self.synthesizer)
+
+    async def _voice(self, name: str, voice: str | None, assistant_id: str) -> Synthesizer:
+        """A provider's voice, loaded the first time a session wants it (so a stack whose
+        sessions are all English never loads the Mandarin model) and shared by every
+        session that wants it; the default one when it cannot be loaded."""
+        if name == self.provider.name and voice is None:
             return self.synthesizer
-        key = (profile.tts or self.provider.name, profile.voice)
-        if key not in self.voices:
-            try:
-                picked = self.provider.picking(*key) if isinstance(self.provider, Chain) else None
-                provider = picked or await open_provider(self.config.tts, *key)
-            except Exception as exc:
-                log.error("cannot load the assistant's voice: using the default",
-                          extra={"assistant_id": profile.assistant_id, "tts": key[0], "voice": key[1],
-                                 "error": str(exc)})
-                return self.synthesizer
-            self.voices[key] = Synthesizer(provider, self.cache, self.synthesizer.parallel,
-                                           self.synthesizer.max_chars)
+        key = (name, voice)
+        async with self._loading:  # two sessions at once load a model once
+            if key not in self.voices:
+                try:
+                    picked = self.provider.picking(*key) if isinstance(self.provider, Chain) else None
+                    provider = picked or await open_provider(self.config.tts, *key)
+                except Exception as exc:
+                    log.error("cannot load the assistant's voice: using the default",
+                              extra={"assistant_id": assistant_id, "tts": name, "voice": voice,
+                                     "error": str(exc)})
+                    return self.synthesizer
+                self.voices[key] = Synthesizer(provider, self.cache, self.synthesizer.parallel,
+                                               self.synthesizer.max_chars)
         return self.voices[key]
 
     async def _read_params(self, speaker: Speaker, history: list[Event | None], ctx: Context) -> None:
@@ -160,8 +187,7 @@ class Tts(Actor):
     def _speaker(self, session_id: str) -> Speaker:
         speaker = self.speakers.get(session_id)
         if speaker is None:
-            speaker = Speaker(session_id, self.bus, actor=self.name, voice=self.provider.voice,
-                              encode_pool=self.encode_pool)
+            speaker = Speaker(session_id, self.bus, actor=self.name, encode_pool=self.encode_pool)
             self.speakers[session_id] = speaker
             self._forget_idle()
         self.speakers.move_to_end(session_id)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import functools
 import json
 import threading
@@ -26,11 +24,10 @@ from typing import Any
 import onnxruntime
 from piper import AudioChunk, PiperConfig, PiperVoice
 
+from actors.tts.onnx_memory import TRIM_AFTER_SECONDS, run_options, trim_heap
 from settings.config import ConfigError, TtsSettings
 
 BUNDLED = "en_US-joe-medium"
-# After a call that made this much audio, freed memory goes back to the system (see _trim).
-TRIM_AFTER_SECONDS = 4.0
 
 
 def voice_files(voice: str | None) -> tuple[Path, Path]:
@@ -47,7 +44,7 @@ def voice_files(voice: str | None) -> tuple[Path, Path]:
 
 
 class _Session(onnxruntime.InferenceSession):
-    """Piper's ONNX session, run with the options of the synthesis it serves (`_run_options`):
+    """Piper's ONNX session, run with the options of the synthesis it serves (`run_options`):
     piper-tts calls `session.run(None, inputs)` and has no way to pass them."""
 
     def run(self, output_names: Any, input_feed: Any, run_options: Any = None) -> Any:
@@ -57,41 +54,12 @@ class _Session(onnxruntime.InferenceSession):
 _calling = threading.local()  # the run options of the synthesis a piper thread works for
 
 
-def _run_options() -> onnxruntime.RunOptions:
-    options = onnxruntime.RunOptions()
-    # ONNX Runtime's arena keeps the largest call's memory for good (+147 MB after one
-    # 200-character call, measured; GBs after a long text): give it back after each call.
-    # The cost is within the noise (CPU time per sentence measured the same).
-    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-    options.log_severity_level = 3  # a cancelled call's "terminate flag" is not an error
-    return options
-
-
 def _next(chunks: Iterator[AudioChunk], options: onnxruntime.RunOptions) -> AudioChunk | None:
     _calling.options = options
     try:
         return next(chunks, None)
     finally:
         _calling.options = None
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-    return libc if libc is not None and hasattr(libc, "malloc_trim") else None  # glibc only
-
-
-def _trim() -> None:
-    """Give freed heap memory back to the system. What a long call freed stays in glibc's
-    heap otherwise: +20–40 MB of RSS after each 200-character call, measured, back to +0
-    after this (a few ms)."""
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
 
 
 @functools.cache
@@ -117,7 +85,7 @@ class PiperTts:
 
     async def stream(self, text: str) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
-        options = _run_options()
+        options = run_options()
         # Piper yields one chunk per sentence it finds; each next() runs the model.
         chunks = iter(self._voice.synthesize(text))
         samples = 0
@@ -135,7 +103,7 @@ class PiperTts:
         if samples >= TRIM_AFTER_SECONDS * self.sample_rate:
             # Not awaited: the synthesis is done, its reader need not wait for this.
             with contextlib.suppress(RuntimeError):  # the pool was shut down meanwhile
-                self._pool.submit(_trim)
+                self._pool.submit(trim_heap)
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

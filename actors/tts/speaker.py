@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from actors.base import Context
 from actors.dialogue.sentences import clip
 from actors.tts.outbox import Outbox
-from actors.tts.synth import Synthesis, SynthesisFailed, Synthesizer
-from audio.encode import AudioEncoder
+from actors.tts.synth import Synthesis, SynthesisFailed
+from actors.tts.voices import Voices
+from audio.encode import AudioEncoder, resample
 from bus.blobs import put_pcm
 from bus.client import Bus
 from bus.subjects import audio_out
@@ -67,6 +68,8 @@ class Sentence:
     text: str
     synthesis: Synthesis  # its chunks are also the turn's recording (no second copy)
     ctx: Context  # of its assistant.sentence: what the turn's tts events are emitted through
+    provider: str  # who speaks it, and with which voice
+    voice: str
 
 
 @dataclass(frozen=True)
@@ -117,13 +120,11 @@ class Turn:
 
 
 class Speaker:
-    def __init__(self, session_id: str, bus: Bus, *, actor: str, voice: str,
-                 encode_pool: Executor) -> None:
+    def __init__(self, session_id: str, bus: Bus, *, actor: str, encode_pool: Executor) -> None:
         self.session_id = session_id
         self.bus = bus
         self.actor = actor
-        self.voice = voice
-        self.synthesizer: Synthesizer | None = None  # the session assistant's voice, once chosen
+        self.voices: Voices | None = None  # the session assistant's voices, once chosen
         self.params: AudioParams | None = None  # the session's audio_out, once read
         self.params_error: str | None = None
         self.outbox = Outbox()
@@ -306,8 +307,9 @@ class Speaker:
                 break
             if not started:
                 # Stored before the first frame: whoever relays audio sees the start first.
+                first = turn.sentences[0]
                 self._emit(TtsStarted(session_id=self.session_id, turn_id=turn.turn_id,
-                                      voice=self.voice), turn.sentences[0], STARTED)
+                                      provider=first.provider, voice=first.voice), first, STARTED)
                 await self.outbox.flush()
                 started = True
             if starting is not None:
@@ -343,11 +345,12 @@ class Speaker:
         rate = turn.placed[0][0].synthesis.sample_rate
         pcm = bytearray(-(-spoken_ms * rate // 1000) * 2)  # rounded up: duration_ms is spoken_ms
         for sentence, offset_ms in turn.placed:
-            if sentence.synthesis.sample_rate != rate:  # one voice a session: not expected
-                continue
             at = offset_ms * rate // 1000 * 2
+            piece = b"".join(sentence.synthesis.chunks)
+            if sentence.synthesis.sample_rate != rate:  # another voice (`auto`: by script)
+                piece = resample(piece, sentence.synthesis.sample_rate, rate)
             # What was synthesized beyond the frames sent lies past spoken_ms: cut here.
-            piece = b"".join(sentence.synthesis.chunks)[:max(0, len(pcm) - at)]
+            piece = piece[:max(0, len(pcm) - at)]
             pcm[at:at + len(piece)] = piece
         name = f"{self.session_id}/out/{turn.turn_id}.pcm"
         try:
