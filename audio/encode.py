@@ -124,3 +124,15 @@ class AudioEncoder:
         frame.pts = self._pts
         self._pts += self.frame_samples
         return [bytes(packet) for packet in self._opus.encode(frame)]
+
+
+def resample(pcm: bytes, rate: int, to_rate: int) -> bytes:
+    """PCM16 mono at `rate` → at `to_rate`, whole."""
+    if rate == to_rate or not pcm:
+        return pcm
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=to_rate)
+    frame = av.AudioFrame.from_ndarray(np.frombuffer(pcm, np.int16).reshape(1, -1),
+                                       format="s16", layout="mono")
+    frame.sample_rate = rate
+    out = [f.to_ndarray().tobytes() for f in (*resampler.resample(frame), *resampler.resample(None))]
+    return b"".join(out)

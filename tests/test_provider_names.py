@@ -14,7 +14,7 @@ from settings.plugins import ASR, TTS, plugin_names, plugins
 
 def test_the_assistant_choices_are_the_registered_providers() -> None:
     assert plugin_names(ASR) == sorted(ENGINES) == ["deepgram", "moonshine", "openai", "whisper"]
-    assert plugin_names(TTS) == sorted(PROVIDERS) == ["elevenlabs", "openai", "piper"]
+    assert plugin_names(TTS) == sorted(PROVIDERS) == ["elevenlabs", "kokoro", "openai", "piper"]
 
 
 @pytest.mark.parametrize("group", [ASR, TTS])

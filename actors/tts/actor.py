@@ -25,7 +25,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
-from actors.assistant import AssistantDirectory, AssistantProfile, session_language
+from actors.assistant import AssistantDirectory, AssistantProfile
 from actors.base import Actor, Context
 from actors.dialogue.sentences import speakable
 from actors.tts.cache import AudioCache
@@ -35,6 +35,7 @@ from actors.tts.synth import Synthesizer
 from actors.tts.voices import Voices
 from actors.watch import Watch
 from audio.encode import DEFAULT_OUT, check_params
+from domain.language import session_language
 from schemas import (
     AssistantMessage,
     AssistantSentence,
@@ -141,7 +142,8 @@ class Tts(Actor):
         if profile is None:
             return Voices(self.synthesizer)
         started = next((e for e in reversed(history) if isinstance(e, SessionStarted)), None)
-        language = session_language(profile, started)
+        language = session_language(profile.language, profile.assistant_id,
+                                    started.language if started else None)
         if profile.tts is not None or profile.voice is not None:
             name = profile.tts or (MANDARIN if language == "zh" else self.provider.name)
             return Voices(await self._voice(name, profile.voice, profile.assistant_id))

@@ -53,6 +53,7 @@ CLAUSE_CHARS = 16
 PAUSE_S = {"clause": 0.12, "sentence": 0.25, "none": 0.04}
 _SENTENCE_END = frozenset("。！？；.!?;…")
 _CLAUSE_END = frozenset("，、：,:—")
+_LONG_HAN = re.compile(f"[\u3400-\u4dbf\u4e00-\u9fff]{{{CLAUSE_CHARS + 1},}}")
 _LATIN = re.compile(r"[A-Za-z][A-Za-z']*")
 # Letter names in misaki's phoneme alphabet (A = eɪ, I = aɪ, O = oʊ), for spelling out.
 LETTERS = {
@@ -126,8 +127,12 @@ def load() -> Model:
 
 def pieces(text: str) -> list[str]:
     """`text` as clauses to synthesize one at a time (`cut` at sentence and clause ends,
-    packed while they fit in `CLAUSE_CHARS`; a long run without any by length)."""
-    return cut(text, CLAUSE_CHARS)
+    packed while they fit in `CLAUSE_CHARS`); a long run without any is cut between its
+    words, as jieba finds them (`cut` cuts between words where spaces separate them)."""
+    import jieba
+
+    spaced = _LONG_HAN.sub(lambda m: "\u2009".join(jieba.lcut(m.group())), text)
+    return [piece.replace("\u2009", "") for piece in cut(spaced, CLAUSE_CHARS)]
 
 
 def pause_after(piece: str) -> float:
