@@ -452,3 +452,48 @@ async def test_a_session_speaks_in_its_assistants_voice(
     finally:
         await projections.stop()
         server.stop()
+
+
+async def test_a_session_is_spoken_in_its_assistants_language(
+        bus: Bus, start_tts: StartTts, data_dir: Path) -> None:
+    """zh: Kokoro's Mandarin voice; en: the default voice; auto: each sentence by its script,
+    and the turn's recording holds both voices at one rate; an assistant's own voice wins."""
+    projections = ProjectionService(bus, data_dir)
+    await projections.start()
+    try:
+        zh, en, auto, own = new_id(), new_id(), new_id(), new_id()
+        await bus.publish(AssistantCreated(assistant_id=zh, language="zh"))
+        await bus.publish(AssistantCreated(assistant_id=en, language="en"))
+        await bus.publish(AssistantCreated(assistant_id=auto, language="auto"))
+        await bus.publish(AssistantCreated(assistant_id=own, language="zh", voice="jf_alpha"))
+        await start_tts(parse('[tts]\nprovider = "piper"\n'))
+        said = {zh: ["你好，很高兴见到你。"], en: ["Hello there."], own: ["好的。"],
+                auto: ["好的，没问题。", "Python is a language."]}
+        sessions = {}
+        for aid, texts in said.items():
+            sid, turn = "t" + new_id(), new_id()
+            sessions[aid] = sid
+            await bus.publish(SessionStarted(session_id=sid, assistant_id=aid))
+            for index, text in enumerate(texts):
+                await bus.publish(sentence(sid, turn, text, index))
+            await bus.publish(final(sid, turn, " ".join(texts)))
+        voices = {}
+        for aid, sid in sessions.items():
+            events = await wait_for(bus, sid, lambda ev: bool(stopped(ev)), timeout=120)
+            started = of_type(events, TtsStarted)[0]
+            voices[aid] = (started.provider, started.voice)
+            stop = stopped(events)[0]
+            assert stop.audio is not None and stop.audio.duration_ms == stop.spoken_ms
+            if aid == auto:
+                # The English sentence, spoken by Piper at its own rate, is in the recording
+                # of a turn that began in Kokoro's: resampled to the turn's rate.
+                assert stop.audio.sample_rate == 24000
+                second = of_type(events, TtsSentence)[1]
+                kept = np.frombuffer(await get_blob(bus, stop.audio), dtype="<i2") / 32768
+                start = second.offset_ms * 24
+                assert np.sqrt(np.mean(kept[start:start + second.duration_ms * 24] ** 2)) > 0.01
+                assert second.duration_ms > 1000
+        assert voices == {zh: ("kokoro", "jm_kumo"), en: ("piper", "en_US-joe-medium"),
+                          auto: ("kokoro", "jm_kumo"), own: ("kokoro", "jf_alpha")}
+    finally:
+        await projections.stop()
