@@ -321,11 +321,12 @@ class TtsSettings(msgspec.Struct, forbid_unknown_fields=True):
     """The voice, and what one input may make the TTS do."""
 
     provider: Annotated[str | None, doc(
-        "`piper`, `elevenlabs`, `openai` (the `providers` chain), a provider's name or an "
-        "installed plugin's; unset: `openai` when `providers` are set, else `elevenlabs` "
-        "when `ELEVENLABS_API_KEY` is set, else `piper`")] = None
+        "`piper`, `kokoro`, `elevenlabs`, `openai` (the `providers` chain), a provider's name "
+        "or an installed plugin's; unset: `openai` when `providers` are set, else `elevenlabs` "
+        "when `ELEVENLABS_API_KEY` is set, else `piper` (Mandarin sessions: `kokoro`)")] = None
     voice: Annotated[str | None, doc(
-        "a Piper voice file or an ElevenLabs voice id; unset: the bundled Piper voice")] = None
+        "a Piper voice file, a Kokoro voice (`jm_kumo`…) or an ElevenLabs voice id; unset: "
+        "the provider's own (Piper's bundled voice)")] = None
     parallel: Annotated[int, msgspec.Meta(ge=1), doc(
         "syntheses at a time across sessions (a turn's first sentence goes first)")] = 1
     cache_mb: Annotated[float, doc("MB of quick replies kept synthesized")] = 32.0

@@ -47,9 +47,11 @@ def model() -> Model:
 
 def test_chinese_is_cut_at_its_clauses() -> None:
     text = "好的，我来为你播放一首轻松的音乐。明天有雨；记得带伞！"
-    assert pieces(text) == ["好的，", "我来为你播放一首轻松的音乐。", "明天有雨；记得带伞！"]
+    assert pieces(text) == ["好的，", "我来为你播放一首轻松的音乐。", "明天有雨；", "记得带伞！"]
     assert "".join(pieces(text)) == text
-    # Enumerations (、) and colons end clauses too; short ones are packed together.
+    # The first clause goes alone, however short the sentence: its audio comes first.
+    assert pieces("今天天气很好，我们去公园散步吧。") == ["今天天气很好，", "我们去公园散步吧。"]
+    # An enumeration's items (、) are packed while they fit; a colon ends a clause.
     assert pieces("我们需要买苹果、香蕉、橙子、葡萄、西瓜和草莓：今天就去超市买吧") == [
         "我们需要买苹果、香蕉、橙子、", "葡萄、西瓜和草莓：", "今天就去超市买吧"]
     # A run without any punctuation is cut between words, never inside one (非常, 一直).

