@@ -497,3 +497,23 @@ async def test_a_session_is_spoken_in_its_assistants_language(
                           auto: ("kokoro", "jm_kumo"), own: ("kokoro", "jf_alpha")}
     finally:
         await projections.stop()
+
+
+async def test_a_mandarin_sessions_voice_loads_when_it_starts(
+        bus: Bus, start_tts: StartTts, data_dir: Path) -> None:
+    """Before its first sentence: the model loads while the user speaks, not after."""
+    projections = ProjectionService(bus, data_dir)
+    await projections.start()
+    try:
+        zh, en = new_id(), new_id()
+        await bus.publish(AssistantCreated(assistant_id=zh, language="zh"))
+        await bus.publish(AssistantCreated(assistant_id=en, language="en"))
+        tts = await start_tts(parse('[tts]\nprovider = "piper"\n'))
+        await bus.publish(SessionStarted(session_id="t" + new_id(), assistant_id=en))
+        await bus.publish(SessionStarted(session_id="t" + new_id(), assistant_id=zh))
+        async with asyncio.timeout(120):
+            while ("kokoro", None) not in tts.voices:
+                await asyncio.sleep(0.05)
+        assert list(tts.voices) == [("kokoro", None)] and not tts.speakers  # nothing said yet
+    finally:
+        await projections.stop()

@@ -70,11 +70,15 @@ class Tts(Actor):
         self.voices: dict[tuple[str, str | None], Synthesizer] = {}  # loaded on first use
         self._loading = asyncio.Lock()
         self.assistants = AssistantDirectory(self.bus, self.data_dir)
-        self._watch = await Watch(self.bus, ("turn.interrupted", "session.ended"),
+        self._warming: set[asyncio.Task[None]] = set()
+        self._watch = await Watch(self.bus, ("turn.interrupted", "session.ended", "session.started"),
                                   self._watched).start()
 
     async def teardown(self) -> None:
         await self._watch.stop()
+        for task in self._warming:
+            task.cancel()
+        await asyncio.gather(*self._warming, return_exceptions=True)
         await asyncio.gather(*(speaker.close() for speaker in self.speakers.values()))
         await self.provider.close()
         for voice in self.voices.values():
@@ -88,6 +92,19 @@ class Tts(Actor):
             # Nobody is listening any more (the dialogue's goodbye, user_exit, is still to be
             # said): stop what is playing or queued, and what the answer still streams.
             self._speaker(event.session_id).hang_up(event.id, event.ts)
+        elif isinstance(event, SessionStarted):
+            # The voice's model loads while the user speaks and the answer is thought of,
+            # not after the first sentence arrives (Kokoro: seconds).
+            task = asyncio.create_task(self._warm(event))
+            self._warming.add(task)
+            task.add_done_callback(self._warming.discard)
+
+    async def _warm(self, started: SessionStarted) -> None:
+        try:
+            await self._voices(await self.assistants.for_events([started]), [started])
+        except Exception as exc:  # the first sentence tries again, and says why
+            log.warning("voice not loaded ahead", extra={"session": started.session_id,
+                                                           "error": repr(exc)})
 
     async def handle(self, event: Event, ctx: Context) -> None:
         if isinstance(event, AssistantSentence):
