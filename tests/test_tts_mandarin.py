@@ -66,6 +66,9 @@ def test_latin_words_are_read_in_the_same_voice(model: Model) -> None:
     assert model.english("hello") == "həlˈO"
     assert model.english("GPS") == "ʤˈi pˈi ˈɛs"
     assert model.english("Zqx") == "zˈi kjˈu ˈɛks"
+    # A camel-cased name, by its parts; full-width letters are letters.
+    assert model.english("iPhone") == "ˈI fˈOn"
+    assert model.phonemes("ＧＰＳ").split() == ["ʤˈi", "pˈi", "ˈɛs"]
     phonemes = model.phonemes("我用Python写代码")
     assert "pˈIθˌɑn" in phonemes and not re.search(r"[A-Z][a-z]", phonemes.replace("pˈIθˌɑn", ""))
 

@@ -57,6 +57,9 @@ _CLAUSE_END = frozenset("，、：,:—")
 _LONG_HAN = re.compile(f"[\u3400-\u4dbf\u4e00-\u9fff]{{{CLAUSE_CHARS + 1},}}")
 _AFTER_CLAUSE = re.compile("(?<=[，：；。！？])(?![\"'）】》」』”’])")
 _LATIN = re.compile(r"[A-Za-z][A-Za-z']*")
+_CAMEL = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z']+")  # iPhone → i, Phone; GPSTracker → GPS, Tracker
+_FULL_WIDTH = {code: code - 0xFEE0 for block in ((0xFF10, 0xFF19), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A))
+               for code in range(block[0], block[1] + 1)}
 # Letter names in misaki's phoneme alphabet (A = eɪ, I = aɪ, O = oʊ), for spelling out.
 LETTERS = {
     "a": "ˈA", "b": "bˈi", "c": "sˈi", "d": "dˈi", "e": "ˈi", "f": "ˈɛf", "g": "ʤˈi",
@@ -76,19 +79,29 @@ class Model:
 
     def phonemes(self, text: str) -> str:
         """`text` in Kokoro's phonemes: Chinese by the G2P, Latin words by the lexicon."""
+        text = text.translate(_FULL_WIDTH)  # ＡＢＣ１２３ are letters and digits too
         text = _LATIN.sub(lambda m: f" {self.english(m.group())} ", text)
         phonemes, _ = self.g2p(text)
         return " ".join(str(phonemes).split())
 
     def english(self, word: str) -> str:
+        """A word as the lexicon says it, else its camel-case parts (iPhone: i, Phone) as it
+        says them, else spelled out."""
+        found = self.lookup(word)
+        if found is not None:
+            return found
+        parts = _CAMEL.findall(word)
+        if len(parts) > 1:
+            return " ".join(self.english(part) for part in parts)
+        return " ".join(LETTERS[c] for c in word.lower() if c in LETTERS)
+
+    def lookup(self, word: str) -> str | None:
         found = self.lexicon.get(word)
         if found is None and not (len(word) > 1 and word.isupper()):  # an acronym is spelled
             found = self.lexicon.get(word.lower())
         if isinstance(found, dict):
             found = found.get("DEFAULT")
-        if isinstance(found, str):
-            return found
-        return " ".join(LETTERS[c] for c in word.lower() if c in LETTERS)
+        return found if isinstance(found, str) else None
 
     def tokens(self, phonemes: str) -> list[int]:
         return [self.vocab[c] for c in phonemes if c in self.vocab][:MAX_TOKENS - 2]
