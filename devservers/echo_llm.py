@@ -3,7 +3,8 @@
 provider of `vagent bench dialogue` (so the figures are vagent's own overhead), and for
 the tests, where the real `openai` SDK talks to it.
 
-It answers "You said: <last user text>" word by word (a message with an image in it:
+It answers "You said: <last user text>" word by word, or "你说：<text>" to text written in
+Chinese, as a model answers in the language it is spoken to (a message with an image in it:
 "You showed a <mime> image and said: <text>"), with `token_delay` seconds between tokens,
 and records every request.
 When the request offers tools and the user mentions one by name ("use get_time"), it
@@ -29,6 +30,7 @@ from starlette.routing import Route
 
 from bus.server import free_port
 from devservers.threaded_server import ThreadedServer
+from domain.language import text_language
 
 
 class OpenAIServer:
@@ -67,6 +69,8 @@ class OpenAIServer:
             images = [p["image_url"]["url"] for p in last if p.get("type") == "image_url"]
             mime = images[0].partition(";")[0].removeprefix("data:") if images else "no"
             return f"You showed a {mime} image and said: {text}."
+        if text_language(last) == "zh":
+            return f"你说：{last}"
         return f"You said: {last}."
 
     def tool_calls_for(self, body: dict[str, Any]) -> list[dict[str, Any]]:
