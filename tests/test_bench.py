@@ -59,30 +59,34 @@ async def test_bench_speech_grades_each_engine_and_voice_on_the_test_set(
 
     # One clip per language: its own embedded server (with read models, so the actor heeds
     # each session's language as it would for a device's hello).
-    results = await bench_speech(None, names=["lights"], data_dir=tmp_path)
+    results = await bench_speech(None, names=["weather"], data_dir=tmp_path)
     assert set(RESULT_KEYS) <= results.keys()
     assert results["clips"] == {"en": 1, "zh": 1}
     asr = {(r["engine"], r["language"]): r for r in results["asr"]}
     assert set(asr) == {("moonshine", "en"), ("whisper", "zh"), ("whisper", "en"), ("moonshine", "zh")}
     assert asr["moonshine", "en"]["metric"] == "WER" and asr["whisper", "zh"]["metric"] == "CER"
     assert asr["moonshine", "en"]["error_rate"] <= 0.15 and asr["whisper", "en"]["error_rate"] <= 0.3
-    assert asr["whisper", "zh"]["error_rate"] <= 0.4
+    assert asr["whisper", "zh"]["error_rate"] <= 0.15
     assert asr["moonshine", "zh"]["error_rate"] > 1.0  # tiny-en cannot hear Mandarin: the baseline
     assert all(r["rtf"] > 0 and r["transcribe_p50_ms"] > 0 and r["rss_added_mib"] > 0
                for r in asr.values())
     assert results["identify"] == results["identify"] | {"clips": 2, "correct": 2, "accuracy": 1.0}
     actor = {r["language"]: r for r in results["actor"]}
     assert (actor["en"]["engine"], actor["zh"]["engine"]) == ("moonshine", "whisper")
-    assert actor["en"]["error_rate"] <= 0.15 and actor["zh"]["error_rate"] <= 0.4, results["actor"]
+    assert actor["en"]["error_rate"] <= 0.15 and actor["zh"]["error_rate"] <= 0.15, results["actor"]
     # The VAD waits for silence after the speech; the transcript comes after that.
     assert all(0 < r["speech_stopped_p50_ms"] <= r["final_p50_ms"] <= r["final_p95_ms"]
                for r in actor.values())
-    (piper, *others) = results["tts"]
-    assert (piper["provider"], piper["language"], piper["sentences"]) == ("piper", "en", 1)
-    assert [r["provider"] for r in others] in ([], ["kokoro"])
-    assert 0 < piper["first_audio_p50_ms"] and piper["rtf"] > 0
-    assert piper["readback_error_rate"] <= 0.15, piper["heard"]
+    tts = {r["provider"]: r for r in results["tts"]}
+    assert [(r["provider"], r["language"], r["sentences"]) for r in results["tts"]] == [
+        ("piper", "en", 1), ("kokoro", "zh", 1)]
+    assert all(r["first_audio_p50_ms"] > 0 and r["rtf"] > 0 and r["rss_added_mib"] > 0
+               for r in tts.values())
+    assert tts["piper"]["metric"] == "WER" and tts["kokoro"]["metric"] == "CER"
+    # Each voice heard back by its language's recogniser: moonshine, whisper.
+    assert tts["piper"]["readback_error_rate"] <= 0.15, tts["piper"]["heard"]
+    assert tts["kokoro"]["readback_error_rate"] <= 0.15, tts["kokoro"]["heard"]
     assert results["rss_peak_mib"] >= results["rss_start_mib"] > 0
     print_report(results)
     out = capsys.readouterr().out
-    assert "End of speech → transcript" in out and "en_US-joe-medium" in out
+    assert "End of speech → transcript" in out and "en_US-joe-medium" in out and "jm_kumo" in out
