@@ -18,15 +18,17 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.patch_stdout import patch_stdout
 
 from bus.client import Bus
-from cli.say import ASSISTANT, YOU, SayError, print_tools, say
+from cli.say import ASSISTANT, SYSTEM, YOU, Opening, SayError, print_tools, say
 from hosting.logs import console
 from schemas import new_id
 
 HELP = "Type a message. /new starts a new session, /quit leaves."
 
 
-async def chat(bus: Bus, session_id: str | None, timeout: float, interactive: bool | None = None) -> None:
-    """`interactive` None: when both stdin and stdout are terminals."""
+async def chat(bus: Bus, session_id: str | None, timeout: float, interactive: bool | None = None,
+               opening: Opening = SYSTEM) -> None:
+    """`interactive` None: when both stdin and stdout are terminals. New sessions (also
+    after /new) start with `opening`."""
     if interactive is None:
         interactive = sys.stdin.isatty() and sys.stdout.isatty()
     session = session_id or f"chat-{new_id()}"
@@ -45,7 +47,7 @@ async def chat(bus: Bus, session_id: str | None, timeout: float, interactive: bo
                 continue
             try:
                 await say(bus, session, text, timeout=timeout, on_tool=print_tools, transport="chat",
-                          prefix=ASSISTANT)
+                          prefix=ASSISTANT, opening=opening)
             except SayError as exc:
                 console.line(f"(error: {exc})")
 

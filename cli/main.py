@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
+from enum import StrEnum
 from functools import cache
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -53,6 +54,16 @@ DataOpt = Annotated[Path | None, typer.Option("--data-dir", envvar="VAGENT_DATA_
                                               help="Where the embedded server and read models keep data.")]
 WideOpt = Annotated[bool, typer.Option("--wide", help="Whole ids and texts, however wide (default: "
                                                       "fit 100 columns).")]
+AssistantOpt = Annotated[str | None, typer.Option(
+    "--assistant", help="A new session talks to this assistant (its id; default: the system's).")]
+class Spoken(StrEnum):
+    en = "en"
+    zh = "zh"
+
+
+LanguageOpt = Annotated[Spoken | None, typer.Option(
+    "--language", help="The language you speak, for a new session with the system's assistant (whose "
+         "language is nobody's choice); another assistant speaks its own.")]
 T = TypeVar("T")
 
 
@@ -187,11 +198,12 @@ def say(text: Annotated[str | None, typer.Argument(metavar="TEXT", help="What th
                             "streamed at real time as a microphone would.")] = None,
         out: Annotated[Path | None, typer.Option(
             "--out", help="With --audio: write the spoken answer here (16 kHz mono WAV).")] = None,
+        assistant: AssistantOpt = None, language: LanguageOpt = None,
         nats: NatsOpt = None,
         timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 120.0) -> None:
     """Send TEXT (or with --audio, a recorded utterance) as the user of a session and print
     the streamed answer."""
-    from cli.say import SayError
+    from cli.say import SayError, opening
     from cli.say import say as run_say
     from hosting.logs import console
     from schemas import check_token, new_id
@@ -226,12 +238,13 @@ def say(text: Annotated[str | None, typer.Argument(metavar="TEXT", help="What th
     sid = session
 
     async def main(bus: Bus) -> object:
+        start = await opening(bus, assistant, language and language.value)
         if audio is None:
             assert text is not None
-            return await run_say(bus, sid, text, timeout=timeout)
+            return await run_say(bus, sid, text, timeout=timeout, opening=start)
         from cli.say_audio import say_audio
 
-        return await say_audio(bus, sid, speech, out=out, timeout=timeout)
+        return await say_audio(bus, sid, speech, out=out, timeout=timeout, opening=start)
 
     try:
         run(with_bus(where(nats).nats_url, main))
@@ -246,16 +259,25 @@ def say(text: Annotated[str | None, typer.Argument(metavar="TEXT", help="What th
 @app.command()
 def chat(session: Annotated[str | None, typer.Option("--session", "-s",
                                                      help="Continue this session.")] = None,
+         assistant: AssistantOpt = None, language: LanguageOpt = None,
          nats: NatsOpt = None,
          timeout: Annotated[float, typer.Option(help="Seconds to wait for each answer.")] = 120.0
          ) -> None:
     """An interactive chat in the terminal (streamed answers, tool calls shown dimmed)."""
     from cli.chat import chat as run_chat
+    from cli.say import SayError, opening
+
+    async def main(bus: Bus) -> None:
+        start = await opening(bus, assistant, language and language.value)
+        await run_chat(bus, session, timeout, opening=start)
 
     try:
-        run(with_bus(where(nats).nats_url, lambda bus: run_chat(bus, session, timeout)), log_level="WARNING")
+        run(with_bus(where(nats).nats_url, main), log_level="WARNING")
     except KeyboardInterrupt:  # Ctrl-C with piped input; a terminal's is the prompt's own
         pass
+    except SayError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command("echo-llm")

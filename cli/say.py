@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from bus.client import Bus, Message
 from bus.errors import ConflictError
@@ -12,6 +13,7 @@ from bus.log import last_sequence
 from bus.streams import STREAM_BY_AGGREGATE
 from bus.subjects import aggregate_events, session_all
 from hosting.logs import console
+from projections.client import QueryError, run_query
 from schemas import (
     AssistantDelta,
     AssistantMessage,
@@ -33,7 +35,37 @@ class SayError(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class Opening:
+    """Whom a new session talks to: an assistant (by default the system's own) and the
+    language its user speaks, a hint only the default assistant heeds (the others have a
+    language of their own)."""
+
+    assistant_id: str | None = None
+    user_id: str | None = None  # the assistant's owner, so the session is listed as theirs
+    language: str | None = None
+
+
+SYSTEM = Opening()  # the system's assistant, no language named
+
+
+async def opening(bus: Bus, assistant_id: str | None, language: str | None) -> Opening:
+    """The opening of a new session with `assistant_id`, checked against the read model."""
+    if assistant_id is None:
+        return Opening(language=language)
+    try:
+        columns, rows = await run_query(bus, None, "assistant_settings",
+                                        {"assistant_id": assistant_id})
+    except QueryError as exc:
+        raise SayError(f"cannot look up assistant {assistant_id}: {exc}") from None
+    if not rows:
+        raise SayError(f"no assistant {assistant_id} (`vagent assistants list` names them)")
+    owner = dict(zip(columns, rows[0], strict=True)).get("owner_id")
+    return Opening(assistant_id=assistant_id, user_id=owner, language=language)
+
+
 async def start_session_if_new(bus: Bus, session_id: str, transport: str, *,
+                               opening: Opening = SYSTEM,
                                audio_in: AudioParams | None = None,
                                audio_out: AudioParams | None = None) -> None:
     """Record `session.started` once: a conditional append on an empty session."""
@@ -41,8 +73,10 @@ async def start_session_if_new(bus: Bus, session_id: str, transport: str, *,
     if await last_sequence(bus, STREAM_BY_AGGREGATE["session"], subject):
         return
     try:
-        await bus.append(SessionStarted(session_id=session_id, transport=transport,
-                                        audio_in=audio_in, audio_out=audio_out), 0)
+        await bus.append(SessionStarted(
+            session_id=session_id, transport=transport, user_id=opening.user_id,
+            assistant_id=opening.assistant_id, language=opening.language,
+            audio_in=audio_in, audio_out=audio_out), 0)
     except ConflictError:
         pass  # someone else started it in the meantime
 
@@ -101,10 +135,11 @@ class Answer:
 
 async def say(bus: Bus, session_id: str, text: str, *, timeout: float = 120.0,
               on_tool: Callable[[Event], None] | None = None,
-              transport: str = "cli", prefix: str = "") -> AssistantMessage:
+              transport: str = "cli", prefix: str = "",
+              opening: Opening = SYSTEM) -> AssistantMessage:
     """Publish `user.text`, stream the answer to stdout after `prefix`, return the turn's
-    final message."""
-    await start_session_if_new(bus, session_id, transport)
+    final message. A new session starts with `opening`."""
+    await start_session_if_new(bus, session_id, transport, opening=opening)
     user_text = UserText(session_id=session_id, text=text, source="cli")
     answer = Answer(prefix, on_tool)
     answer.turn_id = user_text.id

@@ -18,7 +18,7 @@ from audio.wavfile import write_wav
 from bus.client import Bus, Message
 from bus.log import last_event
 from bus.subjects import audio_in, audio_out, session_all
-from cli.say import ASSISTANT, YOU, Answer, SayError, start_session_if_new
+from cli.say import ASSISTANT, SYSTEM, YOU, Answer, Opening, SayError, start_session_if_new
 from hosting.logs import console
 from schemas import (
     AudioParams,
@@ -46,9 +46,11 @@ def _silence(ms: int) -> bytes:
     return bytes(RATE * ms // 1000 * 2)
 
 
-async def _session_params(bus: Bus, session_id: str) -> tuple[AudioParams, AudioParams]:
+async def _session_params(bus: Bus, session_id: str,
+                          opening: Opening) -> tuple[AudioParams, AudioParams]:
     """The session's audio formats (in, out), starting it with raw PCM16 if it is new."""
-    await start_session_if_new(bus, session_id, "cli", audio_in=PCM_IN, audio_out=PCM_OUT)
+    await start_session_if_new(bus, session_id, "cli", opening=opening, audio_in=PCM_IN,
+                               audio_out=PCM_OUT)
     started = await last_event(bus, "session", session_id, "session.started")
     if not isinstance(started, SessionStarted):
         raise SayError(f"session {session_id} has no readable session.started")
@@ -66,11 +68,11 @@ async def _stream(bus: Bus, subject: str, frames: list[bytes], frame_ms: int) ->
 
 
 async def say_audio(bus: Bus, session_id: str, speech: bytes, *, out: Path | None = None,
-                    timeout: float = 120.0) -> str:
+                    timeout: float = 120.0, opening: Opening = SYSTEM) -> str:
     """Stream `speech` (16 kHz mono PCM16) into the session, print `you> transcript` and
     `assistant> ` with the streamed answer; with `out`, write the turn's spoken answer there
     (16 kHz mono WAV). Returns the transcript."""
-    params_in, params_out = await _session_params(bus, session_id)
+    params_in, params_out = await _session_params(bus, session_id, opening)
     encoder = AudioEncoder(params_in)
     frames = encoder.encode(_silence(LEAD_MS) + speech + _silence(TRAIL_MS), RATE)
     frames += encoder.end_segment()

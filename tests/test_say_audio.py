@@ -132,3 +132,33 @@ async def test_files_that_are_no_speech_are_refused_before_anything_is_published
     assert frames == []
     both = await say(module_nats, "hello", "--audio", str(HERE / "what_time.wav"))
     assert both.returncode == 2 and "one of the two" in both.stderr
+
+
+async def test_a_new_session_talks_to_the_assistant_and_in_the_language_named(
+        stack: Api, module_nats: EmbeddedServer) -> None:
+    headers = await stack.user()
+    r = await stack.client.post("/api/v1/assistants", headers=headers,
+                                json={"name": "小助手", "language": "zh"})
+    assert r.status_code == 201, r.text
+    mandarin = r.json()["assistant_id"]
+    owner = (await stack.client.get("/api/v1/me", headers=headers)).json()["user_id"]
+    done = await say(module_nats, "你好", "--session", "say-zh-assistant", "--assistant", mandarin)
+    assert done.returncode == 0, done.stderr
+    entries, _ = await load(stack.services.bus, "session", "say-zh-assistant")
+    started = entries[0].event
+    assert isinstance(started, SessionStarted)
+    assert (started.assistant_id, started.user_id) == (mandarin, owner)  # listed as the owner's
+    hinted = await say(module_nats, "你好", "--session", "say-zh-hint", "--language", "zh")
+    assert hinted.returncode == 0, hinted.stderr
+    entries, _ = await load(stack.services.bus, "session", "say-zh-hint")
+    assert isinstance(entries[0].event, SessionStarted) and entries[0].event.language == "zh"
+
+
+async def test_an_unknown_assistant_or_language_is_refused_before_anything_is_said(
+        stack: Api, module_nats: EmbeddedServer) -> None:
+    done = await say(module_nats, "hello", "--session", "say-nobody", "--assistant", "01NOBODY")
+    assert done.returncode == 1 and "no assistant 01NOBODY" in done.stderr, done.stderr
+    entries, _ = await load(stack.services.bus, "session", "say-nobody")
+    assert entries == []
+    done = await say(module_nats, "hello", "--language", "fr")
+    assert done.returncode == 2 and "'fr' is not one of 'en', 'zh'" in done.stderr, done.stderr
