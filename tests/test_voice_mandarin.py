@@ -21,7 +21,7 @@ from actors.asr.engine_whisper import WhisperEngine
 from audio.encode import resample
 from benches.speech_set import RATE, cer, clips
 from bus.server import EmbeddedServer
-from schemas import AssistantMessage, AudioParams, SessionStarted, TranscriptFinal, new_id
+from schemas import AssistantMessage, TranscriptFinal, new_id
 from tests.api_harness import Api
 from tests.conftest import wait_for
 from tests.procs import vagent
@@ -97,14 +97,10 @@ async def test_a_spoken_mandarin_question_over_ws_is_answered_in_spoken_mandarin
 
 async def test_the_same_through_vagent_say_audio(stack: Api, module_nats: EmbeddedServer,
                                                  whisper: WhisperEngine, tmp_path: Path) -> None:
-    """`vagent say --audio FILE --session ID` into a session of the Mandarin assistant (begun
-    as a client of that assistant begins one), the spoken answer written to a WAV."""
+    """`vagent say --audio FILE --assistant ID --session ID`: a new session of the Mandarin
+    assistant, the spoken answer written to a WAV."""
     _, assistant_id = await mandarin_assistant(stack)
     sid = "say-zh-" + new_id().lower()
-    pcm16 = AudioParams(format="pcm16", sample_rate=RATE, channels=1, frame_duration=FRAME_MS)
-    await stack.services.bus.append(SessionStarted(
-        session_id=sid, transport="test", assistant_id=assistant_id, audio_in=pcm16,
-        audio_out=AudioParams(format="pcm16", sample_rate=RATE, channels=1, frame_duration=60)), 0)
     answer_wav = tmp_path / "answer.wav"
     (question,) = clips("zh", ["time"])
     question_wav = tmp_path / "question.wav"
@@ -113,8 +109,9 @@ async def test_the_same_through_vagent_say_audio(stack: Api, module_nats: Embedd
         w.setsampwidth(2)
         w.setframerate(RATE)
         w.writeframes(question.pcm)
-    done = await asyncio.to_thread(vagent, "say", "--audio", str(question_wav), "--session", sid,
-                                   "--out", str(answer_wav), "--nats", module_nats.url, timeout=240)
+    done = await asyncio.to_thread(
+        vagent, "say", "--audio", str(question_wav), "--session", sid, "--assistant", assistant_id,
+        "--out", str(answer_wav), "--nats", module_nats.url, timeout=240)
     assert done.returncode == 0, done.stderr
     (said,) = re.findall(r"^you> (.*)$", done.stdout, re.M)
     assert cer(question.text, said) <= 0.15, said
