@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import random
 import statistics
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -298,6 +300,47 @@ class Attacker:
             writer.close()
 
 
+# --- the attacker's own process --------------------------------------------------------------
+
+def _attack(url: str, edge: EdgeSettings, sockets: int, floods: int, kinds: frozenset[str],
+            control: Connection) -> None:
+    """A child process's whole life: attack until told to stop, then say what it did."""
+    async def main() -> None:
+        attacker = Attacker(url, edge, sockets=sockets, floods=floods, kinds=kinds)
+        async with attacker.running():
+            control.send("running")
+            await asyncio.to_thread(control.recv)
+        control.send(attacker.actions)
+
+    asyncio.run(main())
+
+
+@contextlib.asynccontextmanager
+async def attacking(url: str, edge: EdgeSettings, into: dict[str, int], *, sockets: int,
+                    floods: int, kinds: frozenset[str]) -> AsyncIterator[None]:
+    """The attacker in a process of its own, as a remote client would be: this process's CPU
+    time is then the server's alone, not also the attacking client's sends and parsing.
+    What it did is added to `into` when it stops."""
+    spawn = multiprocessing.get_context("spawn")
+    ours, theirs = spawn.Pipe()
+    child = spawn.Process(target=_attack, args=(url, edge, sockets, floods, kinds, theirs),
+                          daemon=True)
+    child.start()
+    try:
+        if not (await asyncio.to_thread(ours.poll, 60) and ours.recv() == "running"):
+            raise RuntimeError("the attacking process did not start")
+        yield
+        ours.send("stop")
+        if await asyncio.to_thread(ours.poll, 30):
+            for kind, count in ours.recv().items():
+                into[kind] = into.get(kind, 0) + count
+    finally:
+        await asyncio.to_thread(child.join, 10)
+        if child.is_alive():
+            child.kill()
+            await asyncio.to_thread(child.join)
+
+
 # --- the measurement -------------------------------------------------------------------------
 
 async def measure(url: str, edge: EdgeSettings, *, normals: int = 4, rounds: int = 8,
@@ -309,7 +352,6 @@ async def measure(url: str, edge: EdgeSettings, *, normals: int = 4, rounds: int
     ws_url = url.replace("http://", "ws://")
     clients = [Normal(ws_url) for _ in range(normals)]
     await asyncio.gather(*(c.open() for c in clients))
-    attacker = Attacker(url, edge, sockets=sockets, floods=floods, kinds=kinds)
     stop = asyncio.Event()
 
     async def sample_rss() -> None:
@@ -343,7 +385,8 @@ async def measure(url: str, edge: EdgeSettings, *, normals: int = 4, rounds: int
             into = figures.attack_ms if attack else figures.baseline_ms
             async with contextlib.AsyncExitStack() as stack:
                 if attack:
-                    await stack.enter_async_context(attacker.running())
+                    await stack.enter_async_context(attacking(
+                        url, edge, figures.actions, sockets=sockets, floods=floods, kinds=kinds))
                     await asyncio.sleep(0.5)  # its sockets open and its floods running
                 wall, cpu = time.perf_counter(), time.process_time()
                 await asyncio.gather(*(talk(c, into) for c in clients))
@@ -360,7 +403,6 @@ async def measure(url: str, edge: EdgeSettings, *, normals: int = 4, rounds: int
     finally:
         stop.set()
         await asyncio.gather(*(c.close() for c in clients))
-    figures.actions = dict(attacker.actions)
     return figures
 
 

@@ -5,7 +5,8 @@ with a reason and a close code, and being told to go when the edge shuts down.
 A refusal that says `retry_after` (a session over its turn limit) stops the reading for that
 long: uvicorn reads nothing from a socket while its app has a message unread, so a flood
 fills the client's own buffers and its sends stall, instead of each excess message being
-read, parsed and answered here."""
+read, parsed and answered here. A client told to wait IGNORED_WAITS times in a short while
+is closed: what it sent meanwhile is not read later, after it may have gone."""
 
 from __future__ import annotations
 
@@ -22,7 +23,17 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from edge.api.endpoint import client_ip
 from edge.errors import ApiError
 from edge.jsonparse import MESSAGE_CODES, JsonInputError
-from edge.realtime.limits import GOING_AWAY, POLICY, TOO_BIG, TRY_LATER, MessageRate, RefusalLog, refusal
+from edge.realtime.limits import (
+    GOING_AWAY,
+    IGNORED_WAIT_SECONDS,
+    IGNORED_WAITS,
+    POLICY,
+    TOO_BIG,
+    TRY_LATER,
+    MessageRate,
+    RefusalLog,
+    refusal,
+)
 from edge.realtime.session import LinkRegistry, SessionLink
 from edge.services import Services
 
@@ -56,6 +67,7 @@ class Connection:
         self._send = asyncio.Lock()
         self._closed = asyncio.Event()  # closed by this side: a paused read ends
         self._paused_until = 0.0  # monotonic: no reading before then
+        self._told_to_wait: list[float] = []  # monotonic: when, within IGNORED_WAIT_SECONDS
         self._refusals = RefusalLog(log)
 
     async def admit(self, subprotocol: str | None = None) -> bool:
@@ -154,7 +166,17 @@ class Connection:
         await self.send_error(error.code, error.message, error.details)
         retry_after = error.details.get("retry_after")
         if error.status == 429 and isinstance(retry_after, (int, float)):
-            self._paused_until = time.monotonic() + retry_after
+            now = time.monotonic()
+            self._told_to_wait = [t for t in self._told_to_wait if now - t < IGNORED_WAIT_SECONDS]
+            self._told_to_wait.append(now)
+            if len(self._told_to_wait) >= IGNORED_WAITS:
+                self.end_reason = error.code
+                self._log("connection closed", error.code,
+                          f"told to wait {IGNORED_WAITS} times in {IGNORED_WAIT_SECONDS:g} s",
+                          close_code=POLICY)
+                await self.close(POLICY, error.code)
+                return
+            self._paused_until = now + retry_after
 
     async def refuse(self, error: ApiError) -> None:
         """Tell why (the REST API's error shape), then close with 4000 + its status."""

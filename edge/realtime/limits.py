@@ -165,6 +165,15 @@ class TurnLimit:
             self._open.pop(event.turn_id or "", None)
 
 
+# A connection told to wait (a 429 with `retry_after`) this many times within
+# IGNORED_WAIT_SECONDS is closed (1008, the refusal's code as the reason): its client sends
+# on regardless. Closing drops what it had sent and the edge had not read yet; paused, the
+# edge would read that backlog (up to the socket buffers' megabytes) at the turn rate, and a
+# flood would go on costing turns for minutes after its client had gone.
+IGNORED_WAITS = 3
+IGNORED_WAIT_SECONDS = 60.0
+
+
 def _seconds(value: float) -> float:
     """A wait rounded up to the tenth of a second, as clients are told it."""
     return math.ceil(value * 10) / 10
