@@ -33,6 +33,8 @@ def approx_tokens(text: str) -> int:
     """An estimate of `text`'s token count, cheap enough to run on every turn: one token
     per CJK character (ideographs, kana, hangul, full-width forms) and one per four other
     characters, rounded up. Real tokenizers differ by model; the budget should leave slack."""
+    if text.isascii():  # in C: no character to look at one by one (a long history's cost)
+        return (len(text) + 3) // 4
     wide = sum(1 for char in text if _is_wide(char))
     return wide + (len(text) - wide + 3) // 4
 
