@@ -14,7 +14,7 @@ from domain.keys import signing_key
 from domain.tokens import Tokens
 from edge.api.ratelimit import RateLimiter
 from edge.realtime.leases import SessionLeases
-from edge.realtime.limits import AddressSlots
+from edge.realtime.limits import AddressRates, AddressSlots, turn_rates
 from edge.realtime.session import LinkRegistry
 from projections.client import run_query
 from settings.config import Config
@@ -33,6 +33,8 @@ class Services:
     links: LinkRegistry = field(init=False)  # the real-time sessions this edge holds
     # real-time connections per client address (edge.max_sessions_per_address)
     addresses: AddressSlots = field(default_factory=AddressSlots)
+    # typed turns per client address, all its sessions together (edge.max_turns_per_address_second)
+    turns: AddressRates = field(init=False)
     draining: bool = False  # shutting down: no new real-time connections
 
     def __post_init__(self) -> None:
@@ -44,6 +46,7 @@ class Services:
         self.devices = Devices(self.bus, self.tokens, auth)
         self.limiter = RateLimiter(auth.rate_limit, auth.rate_window)
         self.links = LinkRegistry(SessionLeases(self.bus, self.data_dir))
+        self.turns = turn_rates(self.config.edge)
 
     async def query(self, name: str, **params: Any) -> list[dict[str, Any]]:
         """Rows of a read query, after the read model caught up with every stored event

@@ -303,6 +303,12 @@ class EdgeSettings(msgspec.Struct, forbid_unknown_fields=True):
         "typed turns per session and second on average, a turn counting once per 400 "
         "characters begun; more: `error too_many_turns`")] = 1.0
     turn_burst: Annotated[int, doc("typed turns allowed in a burst")] = 5
+    # Shared by every session of one client address: without it a client's typed-turn work
+    # grows with the sessions it opens (`max_sessions_per_address`).
+    max_turns_per_address_second: Annotated[float, doc(
+        "typed turns per client address and second on average, all its sessions together "
+        "(counted as `max_turns_per_second` counts them), bursts of 2 × `turn_burst`; more: "
+        "`error too_many_turns`")] = 2.0
     ice_servers: Annotated[list[str], doc(
         "WebRTC STUN/TURN servers, e.g. `stun:stun.example.org:3478`; none keeps calls "
         "offline-friendly")] = msgspec.field(default_factory=list)

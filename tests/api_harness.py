@@ -41,12 +41,14 @@ class Api:
 
 def api_config(**auth: Any) -> Config:
     """Cheap argon2 parameters (still argon2id) and generous rate limits for tests (the API's
-    per address, and WebRTC offers: the tests post many from one address)."""
+    per address, WebRTC offers and typed turns per address: the tests' many sessions all
+    come from one address)."""
     config = Config()
     config.auth = msgspec.structs.replace(
         config.auth, argon2=Argon2Settings(time_cost=1, memory_kib=1024, parallelism=1),
         rate_limit=10_000, **auth)
-    config.edge = msgspec.structs.replace(config.edge, offers_per_second=10_000.0, offer_burst=10_000)
+    config.edge = msgspec.structs.replace(config.edge, offers_per_second=10_000.0, offer_burst=10_000,
+                                          max_turns_per_address_second=10_000.0)
     return config
 
 

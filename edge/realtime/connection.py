@@ -32,6 +32,7 @@ from edge.realtime.limits import (
     TRY_LATER,
     MessageRate,
     RefusalLog,
+    TurnLimit,
     refusal,
 )
 from edge.realtime.session import LinkRegistry, SessionLink
@@ -90,6 +91,10 @@ class Connection:
             return False
         self.address = address
         return True
+
+    def turn_limit(self) -> TurnLimit:
+        """A session's turn limit on this connection, taking from its address's bucket too."""
+        return TurnLimit(self.services.config.edge, self.services.turns.bucket(self.address or ""))
 
     def release(self) -> None:
         """Give the client address's slot back: the connection has ended (call once it has)."""

@@ -59,6 +59,10 @@ class MessageRate:
         """Seconds until `allow(cost)` would say yes (as of its last call)."""
         return max(0.0, (min(cost, self.capacity) - self.tokens) / self.rate)
 
+    def give_back(self, cost: float) -> None:
+        """Tokens taken for something that did not happen after all."""
+        self.tokens = min(self.capacity, self.tokens + min(cost, self.capacity))
+
 
 class AddressSlots:
     """Real-time connections held per client address, from admission to their end: one
@@ -86,6 +90,11 @@ class AddressSlots:
         return self._held.get(address, 0)
 
 
+def turn_rates(edge: EdgeSettings) -> AddressRates:
+    """The typed-turn buckets of client addresses (TurnLimit's `address`)."""
+    return AddressRates(edge.max_turns_per_address_second, 2 * edge.turn_burst)
+
+
 class AddressRates:
     """A token bucket (MessageRate) per client address, for what one address may start a
     second however many connections it uses. A bucket full again is forgotten when the
@@ -98,12 +107,16 @@ class AddressRates:
 
     def wait(self, address: str) -> float:
         """0 and one taken from the address's bucket, or how many seconds until it holds one."""
+        bucket = self.bucket(address)
+        return 0.0 if bucket.allow() else bucket.wait()
+
+    def bucket(self, address: str) -> MessageRate:
         bucket = self._buckets.get(address)
         if bucket is None:
             if len(self._buckets) >= 10_000:
                 self._forget_full()
             bucket = self._buckets[address] = MessageRate(self.rate, self.burst)
-        return 0.0 if bucket.allow() else bucket.wait()
+        return bucket
 
     def _forget_full(self) -> None:
         now = time.monotonic()
@@ -121,13 +134,18 @@ class TurnLimit:
 
     A turn waits from its input until its closing `assistant.message` (an interrupted one
     too: every turn gets one) or an `error` for it comes back, the session ends, or
-    TURN_WAIT_SECONDS pass."""
+    TURN_WAIT_SECONDS pass.
 
-    def __init__(self, edge: EdgeSettings) -> None:
+    `address`: the client address's bucket (`edge.max_turns_per_address_second`), which
+    every session of that address takes from as well: one client opening more sessions
+    does not get more turns."""
+
+    def __init__(self, edge: EdgeSettings, address: MessageRate | None = None) -> None:
         self.waiting = edge.max_waiting_turns
         self.per_second = edge.max_turns_per_second
         self.burst = edge.turn_burst
         self.rate = MessageRate(edge.max_turns_per_second, edge.turn_burst)
+        self.address = address
         self._open: dict[str, float] = {}  # turn id → when its input was sent
 
     def admit(self, turn_id: str, chars: int = 0) -> None:
@@ -151,6 +169,15 @@ class TurnLimit:
                            f"a turn counts once per {TURN_CHARS} characters): slow down",
                            {"per_second": self.per_second, "burst": self.burst, "counts": cost,
                             "retry_after": _seconds(self.rate.wait(cost))})
+        if self.address is not None and not self.address.allow(cost):
+            self.rate.give_back(cost)
+            raise ApiError(429, "too_many_turns",
+                           f"at most {self.address.rate:g} turns a second from one address, all "
+                           f"its sessions together (a turn counts once per {TURN_CHARS} "
+                           "characters): slow down",
+                           {"per_second": self.address.rate, "burst": self.address.capacity,
+                            "counts": cost, "per": "address",
+                            "retry_after": _seconds(self.address.wait(cost))})
         self._open[turn_id] = now
 
     def withdraw(self, turn_id: str) -> None:

@@ -26,7 +26,6 @@ from edge.errors import ApiError
 from edge.realtime.auth import bearer, user_caller
 from edge.realtime.connection import Connection, serve
 from edge.realtime.images import UserImageMessage, may_exceed_frame, ws_image
-from edge.realtime.limits import TurnLimit
 from edge.realtime.messages import CLIENT_MESSAGES, ListenStartMessage, UserTextMessage, checked_text
 from edge.realtime.session import SessionLink
 from schemas import AudioParams, Event, is_token, to_json
@@ -72,7 +71,7 @@ async def _serve(conn: Connection) -> None:
 
     audio_in, audio_out = AUDIO[audio]
     link = SessionLink(services.bus, conn.registry, caller, transport="ws", audio_in=audio_in,
-                       audio_out=audio_out, turns=TurnLimit(services.config.edge), on_event=deliver,
+                       audio_out=audio_out, turns=conn.turn_limit(), on_event=deliver,
                        on_audio=conn.send_audio if audio_out else None)
     try:
         sid = await link.open(params.get("session_id") or None)

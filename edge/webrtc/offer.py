@@ -142,7 +142,7 @@ async def webrtc_offer(call: Call) -> Response:
         peers.negotiating += 1
         negotiating = True
         description = await asyncio.to_thread(read_offer, offer.sdp)
-        peer = Peer(services, caller)
+        peer = Peer(services, caller, address)
         peers.track(peer, functools.partial(services.addresses.give, address))
         slot = None
         sdp = await peer.negotiate(offer.sdp, description)

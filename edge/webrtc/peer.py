@@ -122,7 +122,7 @@ def _failing_line(sdp: str) -> tuple[int, str]:
 
 
 class Peer:
-    def __init__(self, services: Services, caller: Caller) -> None:
+    def __init__(self, services: Services, caller: Caller, address: str) -> None:
         self.services = services
         edge = services.config.edge
         self.max_message = edge.max_frame_bytes
@@ -132,7 +132,8 @@ class Peer:
             iceServers=[RTCIceServer(urls=url) for url in edge.ice_servers]))
         self.downlink = DownlinkTrack()
         self.link = SessionLink(services.bus, services.links, caller, transport="webrtc",
-                                audio_in=UPLINK, audio_out=DOWNLINK, turns=TurnLimit(edge),
+                                audio_in=UPLINK, audio_out=DOWNLINK,
+                                turns=TurnLimit(edge, services.turns.bucket(address)),
                                 on_event=self._event, on_audio=self._audio)
         self.channel: RTCDataChannel | None = None
         self.remote_audio: MediaStreamTrack | None = None

@@ -25,7 +25,6 @@ from edge import jsonparse
 from edge.errors import ApiError
 from edge.realtime.auth import device_caller
 from edge.realtime.connection import Connection, serve
-from edge.realtime.limits import TurnLimit
 from edge.realtime.messages import checked_text
 from edge.realtime.session import Caller, SessionLink
 from edge.xiaozhi import framing, protocol, vision
@@ -126,7 +125,7 @@ class DeviceSession:
         self.version = hello.version
         self.link = SessionLink(conn.services.bus, conn.registry, caller, transport="xiaozhi",
                                 audio_in=hello.uplink, audio_out=hello.downlink,
-                                turns=TurnLimit(conn.services.config.edge),
+                                turns=conn.turn_limit(),
                                 on_event=self._on_event, on_audio=self._on_audio,
                                 language=hello.language)
         self.mcp = McpClient(self._send_mcp) if hello.mcp else None
