@@ -430,6 +430,9 @@ async def test_a_session_flooding_typed_turns_is_refused_then_closed_while_anoth
     assert all(wait > 0 for wait in waits), flood.refusals
     assert flood.refused_at[-1] - flood.refused_at[0] >= 0.5 * sum(waits[:-1]), (
         flood.refused_at, waits)
+    async with asyncio.timeout(10):  # both sessions' ends handled: the edge holds neither
+        while len(stack.services.links):
+            await asyncio.sleep(0.05)
 
 
 # --- WebRTC: the offer's SDP, and the data channel ------------------------------------------------
