@@ -30,6 +30,7 @@ from projections.runtime import ProjectionService
 from schemas import (
     AssistantCreated,
     AssistantMessage,
+    AssistantSentence,
     DocumentIndexed,
     DocumentUploaded,
     SessionStarted,
@@ -46,6 +47,7 @@ from tests.test_dialogue import finals, providers_toml, servers, start
 __all__ = ["servers", "start"]  # fixtures
 
 CORPUS = Path(__file__).parent / "fixtures" / "corpus"
+CORPUS_ZH = Path(__file__).parent / "fixtures" / "corpus-zh"
 QUESTIONS = json.loads((CORPUS / "questions.json").read_text())
 
 
@@ -373,6 +375,41 @@ async def test_an_assistant_with_documents_looks_the_question_up_and_cites_the_t
     assert finals(events)[-1].text.startswith("You said:")
     offered = [t["function"]["name"] for t in llm.requests[-1].get("tools", [])]
     assert "knowledge_search" not in offered and "get_time" in offered
+
+
+async def test_a_mandarin_assistant_answers_a_chinese_question_from_its_chinese_manual(
+        bus: Bus, servers: tuple[OpenAIServer, OpenAIServer],
+        monkeypatch: pytest.MonkeyPatch, start: Callable[..., Awaitable[ActorHost]],
+        projections: ProjectionService, data_dir: Path) -> None:
+    llm, _ = servers
+    config = parse_config(providers_toml(llm))
+    monkeypatch.setattr("actors.indexer.Indexer.name", "indexer_" + new_id())
+    await start("indexer", "tools", "dialogue", config=config, data_dir=data_dir)
+    owner = "kb-zh-" + new_id()
+    uploads = []
+    for path, title in [(CORPUS_ZH / "air-purifier.md", "清风空气净化器手册"),
+                        (CORPUS_ZH / "water-heater.md", "暖泉电热水器说明"),
+                        (CORPUS / "aurora-dishwasher.md", title_of(CORPUS / "aurora-dishwasher.md"))]:
+        did = "doc" + new_id()
+        await put_document(bus, did, path.read_bytes())
+        uploads.append(DocumentUploaded(document_id=did, owner_id=owner, title=title,
+                                        filename=path.name, content_type="text/markdown",
+                                        object_name=did))
+        await bus.publish(uploads[-1])
+    for doc in uploads:
+        await wait_indexed(bus, doc.document_id)
+    helper = new_id()
+    await bus.publish(AssistantCreated(assistant_id=helper, owner_id=owner, name="小助手",
+                                       language="zh", documents=[d.document_id for d in uploads]))
+    s = "kbzh" + new_id()
+    await bus.publish(SessionStarted(session_id=s, assistant_id=helper))
+    await bus.publish(UserText(session_id=s, text="空气净化器的滤网多久要换一次？"))
+    events = await wait_for(bus, s, lambda ev: bool(finals(ev)), timeout=60)
+    result = next(e for e in events if isinstance(e, ToolResult))
+    assert result.content.startswith("[清风空气净化器手册]"), result.content
+    assert "六个月" in result.content.split("\n\n")[0]  # the passage that answers it comes first
+    assert "[清风空气净化器手册]" in finals(events)[-1].text  # the answer cites the manual's title
+    assert any(isinstance(e, AssistantSentence) for e in events)
 
 
 # --- the benchmark ------------------------------------------------------------------------
