@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
+import openai
 from openai import AsyncOpenAI
 
 from settings.config import BreakerConfig, secret
@@ -137,6 +138,16 @@ class ProviderFailed(Exception):
     def __init__(self, reasons: list[str], kind: str = "LLM") -> None:
         super().__init__("; ".join(reasons) or f"no {kind} provider configured")
         self.reasons = reasons
+
+
+def failure_text(exc: BaseException, timed_out: str) -> str:
+    """Why a provider failed, in a few words: its HTTP status and message, `timed_out` when
+    it took too long, else the exception's own text."""
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code}: {exc.message}"
+    if isinstance(exc, TimeoutError):
+        return timed_out
+    return str(exc) or type(exc).__name__
 
 
 M = TypeVar("M", bound=Member)

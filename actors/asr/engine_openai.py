@@ -23,7 +23,7 @@ from openai import omit
 
 from actors.asr.engine import AsrError, PartialCallback, WholeUtterance
 from actors.asr.settings import CHAIN, AsrSettings
-from actors.fallback import Clock, OpenAIProvider, ProviderFailed, chain_of, first_answer
+from actors.fallback import Clock, OpenAIProvider, ProviderFailed, chain_of, failure_text, first_answer
 from audio.wavfile import wav_bytes
 from domain.language import text_language
 from settings.config import AsrProviderConfig, BreakerConfig, ConfigError
@@ -33,11 +33,7 @@ _FAILURES = (openai.APIError, TimeoutError)
 
 
 def describe(exc: BaseException) -> str:
-    if isinstance(exc, openai.APIStatusError):
-        return f"HTTP {exc.status_code}: {exc.message}"
-    if isinstance(exc, TimeoutError):
-        return "no transcript in time"
-    return str(exc) or type(exc).__name__
+    return failure_text(exc, "no transcript in time")
 
 
 @dataclass

@@ -19,7 +19,15 @@ import openai
 from openai import AsyncStream
 from openai.types.chat import ChatCompletion
 
-from actors.fallback import CircuitBreaker, Clock, OpenAIProvider, ProviderFailed, chain_of, first_answer
+from actors.fallback import (
+    CircuitBreaker,
+    Clock,
+    OpenAIProvider,
+    ProviderFailed,
+    chain_of,
+    failure_text,
+    first_answer,
+)
 from settings.config import BreakerConfig, ProviderConfig
 
 __all__ = ["Answer", "CircuitBreaker", "ProviderChain", "ProviderFailed"]
@@ -99,11 +107,7 @@ def may_be_tool_call(text: str) -> bool:
 
 
 def describe(exc: BaseException) -> str:
-    if isinstance(exc, openai.APIStatusError):
-        return f"HTTP {exc.status_code}: {exc.message}"
-    if isinstance(exc, TimeoutError):
-        return "no first token in time"
-    return str(exc) or type(exc).__name__
+    return failure_text(exc, "no first token in time")
 
 
 def results_in_system_prompt(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 import httpx2
 import openai
 
-from actors.fallback import OpenAIProvider, chain_of, first_answer
+from actors.fallback import OpenAIProvider, chain_of, failure_text, first_answer
 from actors.tts.providers import CHAIN
 from audio.resample import Resampler
 from audio.wavfile import AudioFileError, WavStream
@@ -37,13 +37,9 @@ class SpeechFailed(Exception):
 
 
 def describe(exc: BaseException) -> str:
-    if isinstance(exc, openai.APIStatusError):
-        return f"HTTP {exc.status_code}: {exc.message}"
-    if isinstance(exc, TimeoutError):
-        return "no audio in time"
     if isinstance(exc, StopAsyncIteration):
         return "no audio at all"
-    return str(exc) or type(exc).__name__
+    return failure_text(exc, "no audio in time")
 
 
 class OpenAITts:
