@@ -19,7 +19,7 @@ from actors.tts.providers import open_provider, provider_name
 from bus.client import Bus
 from bus.server import EmbeddedServer
 from projections.runtime import ProjectionService
-from schemas import AssistantCreated, Error, SessionStarted, TranscriptFinal, TtsStarted, new_id
+from schemas import AssistantCreated, Error, TranscriptFinal, new_id
 from settings.config import Config, ConfigError, parse
 from tests import test_asr_actor, test_tts
 from tests.api_harness import api_config, serve_api
@@ -27,7 +27,7 @@ from tests.conftest import wait_for
 from tests.fixtures.audio import pcm
 from tests.openai_speech_server import OpenAISpeechServer
 from tests.test_asr_actor import Start, frames, of, open_session, stream
-from tests.test_tts import StartTts, catch_frames, final, of_type, sentence, stopped
+from tests.test_tts import StartTts, catch_frames, sentence, voices_heard
 
 start_asr = test_asr_actor.start_asr
 start_tts = test_tts.start_tts
@@ -267,15 +267,7 @@ async def test_an_assistant_picks_its_tts_provider_and_voice(
         await bus.publish(AssistantCreated(assistant_id=aid, owner_id="u1", tts="b", voice="anna"))
         tts = await start_tts(tts_config(a, b))
         assert tts.provider.name == "openai"
-        mine, other = "t" + new_id(), "t" + new_id()
-        await bus.publish(SessionStarted(session_id=mine, assistant_id=aid))
-        for sid in (mine, other):
-            turn = new_id()
-            await bus.publish(sentence(sid, turn, "Hello there."))
-            await bus.publish(final(sid, turn, "Hello there."))
-        for sid, voice in ((mine, "anna"), (other, "alloy")):
-            events = await wait_for(bus, sid, lambda ev: bool(stopped(ev)))
-            assert of_type(events, TtsStarted)[0].voice == voice
+        assert await voices_heard(bus, aid) == ("anna", "alloy")
         assert [s["voice"] for s in b.speeches] == ["anna"]
         assert [s["voice"] for s in a.speeches] == ["alloy"]
         # The assistant's pick is the worker's chain, its breakers shared, not a second chain.

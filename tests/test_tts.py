@@ -132,6 +132,22 @@ def stopped(events: list[Event]) -> list[TtsStopped]:
     return of_type(events, TtsStopped)
 
 
+async def voices_heard(bus: Bus, assistant_id: str) -> tuple[str, str]:
+    """The voice a session of the assistant and a session of nobody's choice are spoken in,
+    one sentence each."""
+    mine, other = "t" + new_id(), "t" + new_id()
+    await bus.publish(SessionStarted(session_id=mine, assistant_id=assistant_id))
+    for sid in (mine, other):
+        turn = new_id()
+        await bus.publish(sentence(sid, turn, "Hello there."))
+        await bus.publish(final(sid, turn, "Hello there."))
+    voices = []
+    for sid in (mine, other):
+        events = await wait_for(bus, sid, lambda ev: bool(stopped(ev)))
+        voices.append(of_type(events, TtsStarted)[0].voice)
+    return voices[0], voices[1]
+
+
 async def test_a_sentence_becomes_paced_opus_that_decodes_to_its_length(
         bus: Bus, start_tts: StartTts) -> None:
     await start_tts()
@@ -439,15 +455,7 @@ async def test_a_session_speaks_in_its_assistants_voice(
         tts = await start_tts(parse(f'[tts]\nprovider = "piper"\n'
                                     f'[tts.elevenlabs]\nurl = "{server.base_url}"\n'))
         assert tts.provider.name == "piper"
-        mine, other = "t" + new_id(), "t" + new_id()
-        await bus.publish(SessionStarted(session_id=mine, assistant_id=aid))
-        for sid in (mine, other):
-            turn = new_id()
-            await bus.publish(sentence(sid, turn, "Hello there."))
-            await bus.publish(final(sid, turn, "Hello there."))
-        for sid, voice in ((mine, "zed-voice"), (other, "en_US-joe-medium")):
-            events = await wait_for(bus, sid, lambda ev: bool(stopped(ev)))
-            assert of_type(events, TtsStarted)[0].voice == voice
+        assert await voices_heard(bus, aid) == ("zed-voice", "en_US-joe-medium")
         assert [r["voice_id"] for r in server.requests] == ["zed-voice"]
     finally:
         await projections.stop()
