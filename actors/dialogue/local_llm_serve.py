@@ -12,7 +12,6 @@ import argparse
 import os
 import signal
 import sys
-import threading
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -53,12 +52,15 @@ def main(argv: list[str] | None = None) -> None:
         with open(args.chat_template_file, encoding="utf-8") as f:
             params.chat_template = f.read()
 
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    # Blocked here, before the server starts its threads (they inherit the mask), and then
+    # taken by sigwait: a handler would run only if the kernel happened to pick the main
+    # thread, and a SIGTERM landing on one of llama.cpp's threads would leave the main
+    # thread asleep for good (a `vagent up` killed with SIGKILL then left the model running).
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     server = xllamacpp.Server(params)  # loads the model, then listens; raises if it cannot
     print(f"vagent: serving {args.alias} at {server.listening_address}", file=sys.stderr, flush=True)
-    stop.wait()
+    signal.sigwait(stop_signals)
     # Nothing to flush: skip the server's teardown, which joins its HTTP threads slowly.
     sys.stderr.flush()
     os._exit(0)
