@@ -16,6 +16,7 @@ import msgspec
 from bus.client import Bus
 from bus.log import Entry
 from domain.language import SPOKEN, Spoken, reply_language, session_language, text_language
+from projections.assistants import settings_of
 from projections.client import QueryError, run_query
 from schemas import (
     DEFAULT_ASSISTANT_ID,
@@ -101,6 +102,7 @@ class AssistantDirectory:
         if not rows:
             return None
         row = dict(zip(columns, rows[0], strict=True))
+        row.update(settings_of(row))
         return msgspec.convert({k: v for k, v in row.items() if v is not None and k in FIELDS},
                                AssistantProfile)
 

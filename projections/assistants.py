@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import duckdb
 import msgspec
@@ -16,6 +16,7 @@ from schemas import (
     AssistantSettings,
     AssistantUpdated,
     Event,
+    TurnSettings,
 )
 
 SETTINGS = ASSISTANT_SETTINGS
@@ -23,10 +24,27 @@ COLUMNS = "assistant_id, owner_id, " + ", ".join(SETTINGS) + ", created_ts, upda
 
 
 def _column(field: msgspec.structs.FieldInfo) -> str:
-    """A setting's column: a list of names is a VARCHAR[], text a VARCHAR; only a setting
-    whose default is None may be NULL."""
+    """A setting's column: a list of names is a VARCHAR[], text (and a group of settings,
+    as JSON) a VARCHAR; only a setting whose default is None may be NULL."""
     kind = "VARCHAR[]" if field.type == list[str] else "VARCHAR"
     return f"{field.name} {kind}" + ("" if field.default is None else " NOT NULL")
+
+
+# Settings that are groups of settings (Structs): stored as JSON text.
+_GROUPS: dict[str, type[msgspec.Struct]] = {"turn": TurnSettings}
+
+
+def _stored(name: str, value: object) -> object:
+    return msgspec.json.encode(value).decode() if name in _GROUPS and value is not None else value
+
+
+def settings_of(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's settings as the Structs hold them (groups decoded from their JSON)."""
+    out = {k: row[k] for k in SETTINGS if k in row}
+    for name, kind in _GROUPS.items():
+        if isinstance(out.get(name), str):
+            out[name] = msgspec.json.decode(out[name], type=kind)
+    return out
 
 
 SETTING_COLUMNS = ",\n            ".join(_column(f) for f in msgspec.structs.fields(AssistantSettings))
@@ -36,7 +54,7 @@ class Assistants(Projection):
     name: ClassVar[str] = "assistants"
     streams: ClassVar[tuple[str, ...]] = ("ASSISTANTS",)
     tables: ClassVar[tuple[str, ...]] = ("assistants",)
-    version: ClassVar[int] = 2  # a column per setting: a new setting rebuilds the table
+    version: ClassVar[int] = 3  # a column per setting: a new setting rebuilds the table
     ddl: ClassVar[str] = f"""
         CREATE TABLE IF NOT EXISTS assistants (
             assistant_id VARCHAR PRIMARY KEY,
@@ -50,7 +68,7 @@ class Assistants(Projection):
     def apply(self, db: duckdb.DuckDBPyConnection, event: Event, entry: Entry) -> None:
         match event:
             case AssistantCreated():
-                values = {k: getattr(event, k) for k in SETTINGS}
+                values = {k: _stored(k, getattr(event, k)) for k in SETTINGS}
                 db.execute(
                     f"INSERT INTO assistants ({COLUMNS}) VALUES ($assistant_id, $owner_id, "
                     + ", ".join(f"${k}" for k in SETTINGS) + ", $ts, $ts) ON CONFLICT DO NOTHING",
@@ -58,7 +76,8 @@ class Assistants(Projection):
                      **values},
                 )
             case AssistantUpdated():
-                changed = {k: getattr(event, k) for k in SETTINGS if getattr(event, k) is not None}
+                changed = {k: _stored(k, getattr(event, k)) for k in SETTINGS
+                           if getattr(event, k) is not None}
                 sets = "".join(f"{k} = ${k}, " for k in changed)
                 db.execute(f"UPDATE assistants SET {sets}updated_ts = $ts WHERE assistant_id = $aid",
                            {"aid": event.assistant_id, "ts": event.ts, **changed})

@@ -3,7 +3,7 @@ They never carry a password, a token or a key: only what a read model needs."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -50,6 +50,28 @@ DEFAULT_ASSISTANT_ID = "default"
 TOOL_CATALOG = "vagent_tools"
 
 
+Ms = Annotated[int, msgspec.Meta(ge=0, le=60_000)]
+
+
+class TurnSettings(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """How an assistant takes turns; each field left out takes `[asr.turn]` (or `[asr]`
+    `barge_in_min_ms`) of the configuration."""
+
+    # smart_turn: at each pause the turn model decides whether the utterance is complete;
+    # silence: a fixed silence (`[asr.vad] silence_ms`) ends every utterance.
+    detector: Literal["smart_turn", "silence"] | None = None
+    complete_hold_ms: Ms | None = None  # silence that ends an utterance judged complete
+    incomplete_max_ms: Ms | None = None  # silence that ends one judged incomplete anyway
+    threshold: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None  # P(complete)
+    barge_in_min_ms: Ms | None = None  # speech over the assistant this long pauses it
+    false_interruption_timeout_ms: Ms | None = None  # paused without words this long: resume
+    backchannels: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=32)]],
+                            msgspec.Meta(max_length=64)] | None = None
+    # Discount the assistant's own voice heard back through the client's microphone:
+    # auto: unless the client says it cancels echo itself.
+    echo: Literal["auto", "on", "off"] | None = None
+
+
 class AssistantSettings(msgspec.Struct, kw_only=True):
     """An assistant's settings, declared once: the dialogue's profile extends it, the read
     model's columns and the API's bodies are made from its fields, and the two events below
@@ -65,6 +87,7 @@ class AssistantSettings(msgspec.Struct, kw_only=True):
     tools: list[str] = msgspec.field(default_factory=list)
     documents: list[str] = msgspec.field(default_factory=list)
     language: Language = "en"
+    turn: TurnSettings | None = None  # None: the configuration's
 
 
 ASSISTANT_SETTINGS: tuple[str, ...] = AssistantSettings.__struct_fields__
@@ -82,6 +105,7 @@ class AssistantCreated(AssistantEvent, tag="assistant.created", kw_only=True):
     tools: list[str] = msgspec.field(default_factory=list)
     documents: list[str] = msgspec.field(default_factory=list)
     language: Language = "en"
+    turn: TurnSettings | None = None
 
 
 class AssistantUpdated(AssistantEvent, tag="assistant.updated", kw_only=True):
@@ -97,6 +121,7 @@ class AssistantUpdated(AssistantEvent, tag="assistant.updated", kw_only=True):
     tools: list[str] | None = None
     documents: list[str] | None = None
     language: Language | None = None
+    turn: TurnSettings | None = None
 
 
 class AssistantDeleted(AssistantEvent, tag="assistant.deleted", kw_only=True):

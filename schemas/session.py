@@ -44,6 +44,9 @@ class SessionStarted(SessionEvent, tag="session.started", kw_only=True):
     # The language the client says it speaks (a xiaozhi hello's `language`: zh, en); heeded
     # for sessions of the system's default assistant, whose own language is nobody's choice.
     language: str | None = None
+    # The client cancels the echo of its own speaker (a xiaozhi hello's `features.aec`);
+    # None: not said.
+    echo_cancelled: bool | None = None
 
 
 class SessionEnded(SessionEvent, tag="session.ended", kw_only=True):
@@ -65,10 +68,26 @@ class SpeechStarted(SessionEvent, tag="speech.started", kw_only=True):
     audio_ms: int = 0  # offset in the session's inbound audio
 
 
+# What ended an utterance: `silence` alone (the detector `silence`, or no model answer),
+# the turn `model` judging it complete, `max_wait` (judged incomplete, but the silence
+# went on past the assistant's `incomplete_max_ms`), `manual` (push to talk's
+# listen.stop) or `max_length` (`[asr.vad] max_utterance_ms`).
+TurnEndReason = Literal["silence", "model", "max_wait", "manual", "max_length"]
+
+
+class TurnEnd(msgspec.Struct, omit_defaults=True):
+    """Why an utterance ended when it did (on `speech.stopped`)."""
+
+    by: TurnEndReason
+    probability: float | None = None  # the turn model's last P(complete), if it was asked
+    silence_ms: int = 0  # the silence heard after the last speech before the end
+
+
 class SpeechStopped(SessionEvent, tag="speech.stopped", kw_only=True):
     audio_ms: int = 0
     duration_ms: int = 0
     audio: BlobRef | None = None
+    end: TurnEnd | None = None  # None in older logs
 
 
 class TranscriptPartial(SessionEvent, tag="transcript.partial", kw_only=True):
@@ -197,6 +216,36 @@ class TurnInterrupted(SessionEvent, tag="turn.interrupted", kw_only=True):
     spoken_text: str | None = None
 
 
+class TurnPaused(SessionEvent, tag="turn.paused", kw_only=True):
+    """Speech over the assistant (`turn_id`): its audio pauses until the words decide, a
+    `turn.resumed` or a `turn.interrupted` for the same turn."""
+
+    audio_ms: int = 0  # where the speech began in the session's inbound audio
+
+
+# no_words: nothing was transcribed (a cough, a noise); backchannel: only an "mhm", "ok",
+# "嗯" (the assistant's `backchannels`); timeout: no words within
+# `false_interruption_timeout_ms`; echo: the assistant's own voice coming back.
+ResumeReason = Literal["no_words", "backchannel", "timeout", "echo"]
+
+
+class TurnResumed(SessionEvent, tag="turn.resumed", kw_only=True):
+    reason: ResumeReason = "no_words"
+    paused_ms: int = 0  # how long the assistant was silent
+
+
+IgnoreReason = Literal["backchannel", "noise", "echo"]
+
+
+class SpeechIgnored(SessionEvent, tag="speech.ignored", kw_only=True):
+    """An utterance over the assistant's speech that is not a turn (`turn_id`: the
+    assistant's turn it was heard over), kept so the log says what was heard."""
+
+    reason: IgnoreReason = "noise"
+    text: str = ""
+    speech_ms: int = 0
+
+
 class Error(SessionEvent, tag="error", kw_only=True):
     code: str
     message: str
@@ -208,7 +257,7 @@ SESSION_EVENTS: tuple[type[SessionEvent], ...] = (
     SessionStarted, SessionEnded, ListenStarted, ListenStopped, SpeechStarted, SpeechStopped,
     TranscriptPartial, TranscriptFinal, UserText, UserImage, TurnStarted, AssistantDelta, AssistantSentence,
     AssistantMessage, ToolCall, ToolResult, SessionTools, TtsStarted, TtsSentence, TtsStopped,
-    TurnInterrupted,
+    TurnInterrupted, TurnPaused, TurnResumed, SpeechIgnored,
     Error,
 )
 

@@ -372,6 +372,43 @@ class VadConfig(msgspec.Struct, forbid_unknown_fields=True):
         return self.release if self.release is not None else max(0.0, self.threshold - 0.15)
 
 
+# Heard over the assistant's speech, these alone do not interrupt it (case and
+# punctuation aside): English and Mandarin acknowledgements.
+BACKCHANNELS = [
+    "mhm", "mm", "mmm", "hmm", "uh huh", "uh-huh", "yeah", "yes", "yep", "ok", "okay", "right",
+    "sure", "i see", "got it", "alright", "cool",
+    "嗯", "嗯嗯", "哦", "噢", "啊", "对", "对对", "对对对", "是", "是的", "好", "好的", "行", "明白",
+]
+
+
+class TurnConfig(msgspec.Struct, forbid_unknown_fields=True):
+    detector: Annotated[Literal["smart_turn", "silence"], doc(
+        "`smart_turn`: at each pause the turn model (Smart Turn v3.2) decides whether the "
+        "utterance is complete; `silence`: `[asr.vad] silence_ms` of silence ends every "
+        "utterance")] = "smart_turn"
+    complete_hold_ms: Annotated[int, doc(
+        "silence that ends an utterance the model judges complete, ms")] = 200
+    incomplete_max_ms: Annotated[int, doc(
+        "silence that ends an utterance judged incomplete anyway, ms")] = 2000
+    threshold: Annotated[float, doc("the turn model's P(complete) that ends a turn")] = 0.5
+    false_interruption_timeout_ms: Annotated[int, doc(
+        "speech over the assistant pauses it; with no words transcribed within this, it "
+        "resumes where it paused, ms")] = 2000
+    backchannels: Annotated[list[str], doc(
+        "heard over the assistant, these alone do not interrupt it")] = msgspec.field(
+        default_factory=lambda: list(BACKCHANNELS))
+    echo: Annotated[Literal["auto", "on", "off"], doc(
+        "discount the assistant's own voice coming back through the client's microphone; "
+        "`auto`: unless the client says it cancels echo itself (xiaozhi `features.aec`)")] = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("complete_hold_ms", "incomplete_max_ms", "false_interruption_timeout_ms"):
+            if not 0 <= getattr(self, name) <= 60_000:
+                raise msgspec.ValidationError(f"`{name}` must be 0–60000 ms")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise msgspec.ValidationError("`threshold` must be between 0 and 1")
+
+
 class DeepgramConfig(msgspec.Struct, forbid_unknown_fields=True):
     url: Annotated[str, doc("Deepgram's WebSocket base URL")] = "wss://api.deepgram.com"
     model: Annotated[str, doc("the Deepgram model")] = "nova-3"
@@ -388,6 +425,9 @@ class AsrSettings(msgspec.Struct, forbid_unknown_fields=True):
     partial_ms: Annotated[int, doc(
         "moonshine: audio between partial transcripts, ms (CPU vs freshness)")] = 400
     vad: Annotated[VadConfig, doc("speech detection")] = msgspec.field(default_factory=VadConfig)
+    turn: Annotated[TurnConfig, doc(
+        "turn-taking: when an utterance ends, and speech over the assistant (each assistant "
+        "may override these)")] = msgspec.field(default_factory=TurnConfig)
     deepgram: Annotated[DeepgramConfig, doc("Deepgram")] = msgspec.field(
         default_factory=DeepgramConfig)
     providers: Annotated[list[AsrProviderConfig], doc(

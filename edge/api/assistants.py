@@ -11,11 +11,11 @@ from edge.api.endpoint import Call, Endpoint, json_response
 from edge.api.models import Assistant, AssistantCreate, AssistantPage, AssistantPatch
 from edge.api.pages import PAGE_PARAMS, iso, page
 from edge.errors import not_found
-from projections.assistants import SETTINGS
+from projections.assistants import settings_of
 
 
 def assistant_body(row: dict[str, Any]) -> msgspec.Struct:  # an Assistant
-    fields = {k: row[k] for k in ("assistant_id", *SETTINGS)}
+    fields = {"assistant_id": row["assistant_id"], **settings_of(row)}
     fields["greeting"] = fields["greeting"] or None  # "" is how a cleared greeting is stored
     return Assistant(**fields, created_at=iso(row["created_ts"]), updated_at=iso(row["updated_ts"]))
 

@@ -10,7 +10,7 @@ from msgspec import Meta
 
 from domain.devices import Activation
 from domain.tokens import TokenPair
-from schemas import ASSISTANT_SETTINGS, TOKEN_PATTERN, AssistantSettings, Language
+from schemas import ASSISTANT_SETTINGS, TOKEN_PATTERN, AssistantSettings, Language, TurnSettings
 
 Email = Annotated[str, Meta(max_length=254, examples=["ada@example.com"])]
 Password = Annotated[str, Meta(min_length=1, max_length=1024)]
@@ -69,7 +69,7 @@ class User(msgspec.Struct):
 # Each setting's limits; the settings themselves, with their defaults, are AssistantSettings.
 SETTING_LIMITS: dict[str, Any] = {
     "name": Name, "persona": Text, "greeting": Greeting, "voice": Short, "llm": Short, "asr": Short,
-    "tts": Short, "tools": Names, "documents": Names, "language": Language,
+    "tts": Short, "tools": Names, "documents": Names, "language": Language, "turn": TurnSettings,
 }
 if tuple(SETTING_LIMITS) != ASSISTANT_SETTINGS:
     raise TypeError(f"SETTING_LIMITS names {tuple(SETTING_LIMITS)}, the settings are {ASSISTANT_SETTINGS}")
