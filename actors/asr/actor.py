@@ -26,7 +26,7 @@ from actors.asr.engine import Engine, Multilingual, make_engine
 from actors.asr.engine_whisper import WhisperEngine
 from actors.asr.language import FirstUtteranceLanguage
 from actors.asr.session import SessionPipeline
-from actors.asr.settings import CHAIN, AsrSettings
+from actors.asr.settings import CHAIN, AsrSettings, TurnRules
 from actors.assistant import AssistantDirectory
 from actors.base import Actor, Context
 from domain.language import session_language
@@ -91,6 +91,15 @@ class Asr(Actor):
             return FirstUtteranceLanguage({"zh": whisper, "en": self.engine}, whisper.detect_async,
                                           started.session_id)
         return self.engine
+
+    async def rules_for(self, started: SessionStarted) -> TurnRules:
+        """The session's turn-taking: its assistant's `turn` settings over `[asr.turn]`
+        (those alone when the assistant cannot be read)."""
+        try:
+            profile = await self.assistants.for_events([started])
+        except Exception:  # engine_for has logged it
+            profile = None
+        return self.settings.rules(profile.turn if profile is not None else None)
 
     def _speaking(self, engine: Engine, language: str | None, picked: str | None) -> Engine:
         """A multilingual engine's view for one session (its language, the assistant's

@@ -89,6 +89,7 @@ class SessionPipeline:
         self.bus = actor.bus
         self.engine = actor.engine
         self.settings = actor.settings
+        self.rules = actor.settings.rules(None)  # the assistant's, once read (in _run)
         self.started = started
         # Ids follow from session.started and a per-session count, so a second pass over the
         # same audio re-emits the same ids; no delivery: each effect starts a trace of its own.
@@ -145,6 +146,7 @@ class SessionPipeline:
         try:
             # Audio waits in the queue meanwhile: nothing said while the engine loads is lost.
             self.engine = await self.actor.engine_for(self.started)
+            self.rules = await self.actor.rules_for(self.started)
             while True:
                 try:
                     # Not wait_for: on Python 3.11 it can swallow the cancellation stop()
@@ -295,7 +297,7 @@ class SessionPipeline:
         if speech_ms is None:
             assert self._segmenter is not None
             speech_ms = self._segmenter.speech_ms
-        if speech_ms < self.settings.barge_in_min_ms:
+        if speech_ms < self.rules.barge_in_min_ms:
             return
         utterance.barged_in = True
         await self.ctx.emit(TurnInterrupted(

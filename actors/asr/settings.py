@@ -6,10 +6,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import msgspec
 
 from actors.asr.vad import VadSettings
+from schemas import TurnSettings
 from settings import config, paths
-from settings.config import AsrProviderConfig, BreakerConfig, ConfigError, secret
+from settings.config import AsrProviderConfig, BreakerConfig, ConfigError, TurnConfig, secret
 
 CHAIN = "openai"  # the engine made of `[[asr.providers]]`
 
@@ -23,6 +27,29 @@ class DeepgramSettings:
 
 
 @dataclass(frozen=True)
+class TurnRules:
+    """One session's turn-taking: its assistant's `turn` settings over `[asr.turn]`."""
+
+    detector: str = "smart_turn"  # smart_turn | silence
+    complete_hold_ms: int = 200
+    incomplete_max_ms: int = 2000
+    threshold: float = 0.5
+    barge_in_min_ms: int = 300
+    false_interruption_timeout_ms: int = 2000
+    backchannels: frozenset[str] = frozenset()  # lower case
+    echo: str = "auto"  # auto | on | off
+
+    @classmethod
+    def of(cls, config: TurnConfig, barge_in_min_ms: int, own: TurnSettings | None) -> TurnRules:
+        merged: dict[str, Any] = msgspec.structs.asdict(config)
+        merged["barge_in_min_ms"] = barge_in_min_ms
+        if own is not None:
+            merged.update((k, v) for k, v in msgspec.structs.asdict(own).items() if v is not None)
+        merged["backchannels"] = frozenset(b.lower() for b in merged["backchannels"])
+        return cls(**merged)
+
+
+@dataclass(frozen=True)
 class AsrSettings:
     engine: str = "moonshine"  # moonshine | deepgram | whisper | openai
     vad: VadSettings = field(default_factory=VadSettings)
@@ -32,6 +59,11 @@ class AsrSettings:
     data_dir: Path = Path(".vagent")  # where local models are assembled (whisper's)
     providers: tuple[AsrProviderConfig, ...] = ()
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    turn: TurnConfig = field(default_factory=TurnConfig)
+
+    def rules(self, own: TurnSettings | None) -> TurnRules:
+        """The turn-taking of a session whose assistant has `own` turn settings."""
+        return TurnRules.of(self.turn, self.barge_in_min_ms, own)
 
     def chain_member(self, name: str) -> bool:
         """Whether `name` is one of `[[asr.providers]]` (an assistant may pick one)."""
@@ -55,4 +87,4 @@ class AsrSettings:
         return cls(engine=engine, vad=section.vad, barge_in_min_ms=section.barge_in_min_ms,
                    partial_ms=section.partial_ms, deepgram=deepgram,
                    data_dir=data_dir or paths.data_dir(), providers=tuple(section.providers),
-                   breaker=section.breaker)
+                   breaker=section.breaker, turn=section.turn)
