@@ -7,8 +7,10 @@ published catalog; documents are the owner's own document ids.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, get_args
+
+import msgspec
 
 from bus import kv
 from bus.client import Bus
@@ -25,6 +27,7 @@ from schemas import (
     DocumentDeleted,
     DocumentUploaded,
     Language,
+    TurnSettings,
     new_id,
 )
 from settings.config import Config
@@ -38,7 +41,7 @@ CLEARED_GREETING = ""
 class AssistantState:
     assistant_id: str
     owner_id: str | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
+    turn: TurnSettings | None = None  # the group as it now is: an update changes some of it
     deleted: bool = False
     last_seq: int = 0
 
@@ -49,10 +52,33 @@ async def load_assistant(bus: Bus, assistant_id: str) -> AssistantState | None:
     for entry in entries:
         match entry.event:
             case AssistantCreated() as created:
-                state = AssistantState(assistant_id, created.owner_id, last_seq=last)
+                state = AssistantState(assistant_id, created.owner_id, created.turn, last_seq=last)
+            case AssistantUpdated(turn=turn) if state and turn is not None:
+                state.turn = turn
             case AssistantDeleted() if state:
                 state.deleted = True
     return state
+
+
+def turn_settings(given: TurnSettings | dict[str, Any]) -> TurnSettings:
+    """`given` checked against TurnSettings' limits; a refusal names the field."""
+    if isinstance(given, TurnSettings):
+        given = msgspec.structs.asdict(given)
+    try:
+        return msgspec.convert({k: v for k, v in given.items() if v is not None}, TurnSettings)
+    except msgspec.ValidationError as exc:
+        text = str(exc).replace("`$.", "`$.turn.").replace("`$`", "`$.turn`")
+        raise Invalid("invalid_turn", text, {"field": "turn"}) from None
+
+
+def merged_turn(current: TurnSettings | None, changes: TurnSettings | dict[str, Any]) -> TurnSettings:
+    """The turn group after `changes`: a field named there takes its value, or the
+    configuration's if it is None; the others are left as they were."""
+    if isinstance(changes, TurnSettings):  # the fields it sets
+        changes = msgspec.structs.asdict(changes)
+        changes = {k: v for k, v in changes.items() if v is not None}
+    kept = msgspec.structs.asdict(current) if current is not None else {}
+    return turn_settings({**kept, **changes})
 
 
 class Assistants:
@@ -72,14 +98,22 @@ class Assistants:
 
     async def create(self, owner_id: str, settings: dict[str, Any]) -> str:
         await self.validate(owner_id, settings)
+        if settings.get("turn") is not None:
+            settings = {**settings, "turn": turn_settings(settings["turn"])}
         assistant_id = new_id()
         await self.bus.append(AssistantCreated(assistant_id=assistant_id, owner_id=owner_id, **settings), 0)
         return assistant_id
 
     async def update(self, owner_id: str, assistant_id: str, settings: dict[str, Any]) -> None:
-        """Change the settings given; `greeting: None` among them clears the greeting."""
+        """Change the settings given; `greeting: None` among them clears the greeting.
+        `turn` is the turn settings to change, by name (None: back to the configuration's);
+        the others keep their values."""
         state = await self.owned(owner_id, assistant_id)
         await self.validate(owner_id, settings)
+        if settings.get("turn") is not None:
+            # assistant.updated carries the whole group as it now is, so the log alone says
+            # each assistant's turn-taking without folding its history field by field.
+            settings = {**settings, "turn": merged_turn(state.turn, settings["turn"])}
         if "greeting" in settings and settings["greeting"] is None:
             # In assistant.updated a None field is one that did not change, so a cleared
             # greeting is recorded as "": the read model stores it, the dialogue speaks no

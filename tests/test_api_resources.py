@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from bus import kv
 from bus.client import Bus
+from bus.log import load
 from bus.server import EmbeddedServer
 from domain.errors import Unauthorized
 from domain.tokens import BUCKET, device_key
@@ -23,7 +25,7 @@ from edge.api import idempotency
 from edge.app import ENDPOINTS
 from projections.runtime import rebuild, store_path
 from projections.store import ReadStore
-from schemas import new_id
+from schemas import AssistantUpdated, new_id
 from settings.llm import provider_configs
 from tests.api_harness import Api, serve_api
 
@@ -217,6 +219,60 @@ async def test_invalid_bodies_are_refused(api: Api) -> None:
     r = await c.post("/api/v1/assistants", headers={**h, "Content-Type": "application/json"},
                      content=b"{not json")
     assert r.status_code == 400 and error_code(r) == "malformed_json", r.text
+
+
+async def test_turn_settings_round_trip_and_change_field_by_field(api: Api) -> None:
+    c, h = api.client, await api.user()
+    turn = {"detector": "silence", "complete_hold_ms": 250, "threshold": 0.7, "echo": "on",
+            "backchannels": ["mhm", "嗯"]}
+    created = await create(api, h, turn=turn)
+    aid = created["assistant_id"]
+    assert created["turn"] == turn
+    assert (await c.get(f"/api/v1/assistants/{aid}", headers=h)).json()["turn"] == turn
+    # Without `turn`, an assistant takes the configuration's turn-taking.
+    assert (await create(api, h))["turn"] is None
+
+    async def patch(body: dict[str, Any]) -> dict[str, Any]:
+        r = await c.patch(f"/api/v1/assistants/{aid}", headers=h, json=body)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    # The turn settings given change; the others keep their values.
+    assert (await patch({"turn": {"complete_hold_ms": 300}}))["turn"] == {**turn, "complete_hold_ms": 300}
+    assert (await patch({"name": "Robert"}))["turn"] == {**turn, "complete_hold_ms": 300}
+    # null sets one back to the configuration's (it is left out); a list is replaced whole.
+    after = await patch({"turn": {"detector": None, "backchannels": ["ok"], "barge_in_min_ms": 600}})
+    assert after["turn"] == {"complete_hold_ms": 300, "threshold": 0.7, "echo": "on",
+                             "backchannels": ["ok"], "barge_in_min_ms": 600}
+    assert (await c.get(f"/api/v1/assistants/{aid}", headers=h)).json() == after
+    # The event log holds the whole group as it became, so it alone says what is in force.
+    bus = api.services.bus
+    entries, _ = await load(bus, "assistant", aid)
+    updates = [e.event.turn for e in entries if isinstance(e.event, AssistantUpdated)]
+    assert [msgspec.to_builtins(t) if t else None for t in updates] == [
+        {**turn, "complete_hold_ms": 300}, None, after["turn"]]
+
+
+@pytest.mark.parametrize(("turn", "at", "words"), [
+    ({"complete_hold_ms": -1}, "$.turn.complete_hold_ms", ">= 0"),
+    ({"incomplete_max_ms": 60_001}, "$.turn.incomplete_max_ms", "<= 60000"),
+    ({"threshold": 1.5}, "$.turn.threshold", "<= 1.0"),
+    ({"detector": "vibes"}, "$.turn.detector", "'vibes'"),
+    ({"echo": "maybe"}, "$.turn.echo", "'maybe'"),
+    ({"backchannels": [""]}, "$.turn.backchannels[0]", "length >= 1"),
+    ({"hold_ms": 200}, "$.turn", "unknown field `hold_ms`"),
+    ({"complete_hold_ms": "200"}, "$.turn.complete_hold_ms", "got `str`"),
+])
+async def test_bad_turn_settings_are_refused_naming_the_field(api: Api, turn: dict[str, Any], at: str,
+                                                              words: str) -> None:
+    c, h = api.client, await api.user()
+    aid = (await create(api, h, turn={"complete_hold_ms": 250}))["assistant_id"]
+    for method, path in (("POST", "/api/v1/assistants"), ("PATCH", f"/api/v1/assistants/{aid}")):
+        r = await c.request(method, path, headers=h, json={"name": "x", "turn": turn})
+        assert r.status_code == 422 and error_code(r) == "validation_failed", (method, r.text)
+        error = r.json()["error"]
+        assert error["details"]["at"] == at and words in error["message"] and at in error["message"], error
+    assert (await c.get(f"/api/v1/assistants/{aid}", headers=h)).json()["turn"] == {"complete_hold_ms": 250}
 
 
 # --- pagination -----------------------------------------------------------------------------
@@ -577,6 +633,12 @@ async def test_rebuilt_read_models_equal_the_live_ones(module_nats: EmbeddedServ
             r = await c.patch(f"/api/v1/assistants/{kept}", headers=h,
                               json={"greeting": "hi", "tools": [], "tts": "piper"})
             assert r.status_code == 200, r.text
+            r = await c.patch(f"/api/v1/assistants/{kept}", headers=h,
+                              json={"turn": {"echo": "on", "complete_hold_ms": 300 + n}})
+            assert r.status_code == 200, r.text
+            r = await c.patch(f"/api/v1/assistants/{kept}", headers=h,
+                              json={"turn": {"echo": None, "backchannels": ["嗯"]}})
+            assert r.json()["turn"] == {"complete_hold_ms": 300 + n, "backchannels": ["嗯"]}, r.text
             assert (await c.delete(f"/api/v1/assistants/{gone}", headers=h)).status_code == 204
             stays = await bind(api, h, mac(), kept)
             leaves = await bind(api, h, mac(), name=None)
@@ -608,6 +670,9 @@ async def test_rebuilt_read_models_equal_the_live_ones(module_nats: EmbeddedServ
             rows = live.table(table)
             assert rows == fresh.table(table), table
             assert counts[table] == len(rows) > 0
+        # A group of settings, kept as JSON, is rebuilt as the updates left it.
+        turns = {turn for (turn,) in fresh.query("SELECT turn FROM assistants")[1]}
+        assert turns >= {f'{{"complete_hold_ms":{300 + n},"backchannels":["嗯"]}}' for n in range(3)}
         ids = {u["user_id"] for u in me_}
         assert len([r for r in live.table("users") if r[0] in ids]) == 3
         assert len([r for r in live.table("devices") if r[1] in ids]) == 3

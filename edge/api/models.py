@@ -87,17 +87,40 @@ def _limited(setting: msgspec.structs.FieldInfo) -> Any:
     return limited | None if setting.default is None else limited
 
 
+def _group_patch(group: type[msgspec.Struct]) -> Any:
+    """A PATCH body for a group of settings: only the fields given change, and one given as
+    null goes back to the configuration's."""
+    return msgspec.defstruct(
+        f"{group.__name__}Patch",
+        [(f.name, f.type | msgspec.UnsetType, msgspec.UNSET) for f in msgspec.structs.fields(group)],
+        module=__name__, forbid_unknown_fields=True, omit_defaults=True,
+        namespace={"__doc__": f"Some of {group.__name__}: the fields given change, null sets one "
+                              "back to the configuration's, the others keep their values."})
+
+
+TurnSettingsPatch = _group_patch(TurnSettings)
+# A group of settings is changed field by field, not replaced whole.
+PATCH_LIMITS: dict[str, Any] = {**SETTING_LIMITS, "turn": TurnSettingsPatch}
+
+
+def given(patch: msgspec.Struct) -> dict[str, Any]:
+    """The fields of a group's PATCH body that were given (a null among them)."""
+    return {k: v for k, v in msgspec.structs.asdict(patch).items() if v is not msgspec.UNSET}
+
+
 AssistantCreate = msgspec.defstruct(
     "AssistantCreate", [(s.name, _limited(s), _default(s)) for s in _SETTINGS],
     module=__name__, forbid_unknown_fields=True)
 # `greeting: null` clears it, so only leaving it out leaves it (UNSET).
 AssistantPatch = msgspec.defstruct(
     "AssistantPatch",
-    [(s.name, SETTING_LIMITS[s.name] | msgspec.UnsetType | None, msgspec.UNSET) if s.name == "greeting"
-     else (s.name, SETTING_LIMITS[s.name] | None, None) for s in _SETTINGS],
+    [(s.name, PATCH_LIMITS[s.name] | msgspec.UnsetType | None, msgspec.UNSET) if s.name == "greeting"
+     else (s.name, PATCH_LIMITS[s.name] | None, None) for s in _SETTINGS],
     module=__name__, forbid_unknown_fields=True, omit_defaults=True,
     namespace={"__doc__": "Only the fields given change; `greeting: null` clears the greeting (none "
-                          "is spoken).\n    For the other fields null is the same as leaving them out."})
+                          "is spoken); within `turn`, only the turn settings given change, and "
+                          "one given as null goes back to the configuration's.\n    For the other "
+                          "fields null is the same as leaving them out."})
 Assistant = msgspec.defstruct(
     "Assistant", [("assistant_id", str), *((s.name, s.type) for s in _SETTINGS),
                   ("created_at", str), ("updated_at", str)],
