@@ -21,14 +21,16 @@ from bus.client import Bus
 from cli.assistant_options import invalid
 from cli.display import Column, minute, named, shorten, table, when
 from domain.accounts import Accounts, UserState, normalize_email
-from domain.assistants import Assistants
+from domain.assistants import Assistants, load_assistant
 from domain.devices import Devices
 from domain.errors import NotFound
 from domain.keys import KEY_FILE, signing_key
 from domain.mail import MailError
 from domain.tokens import Tokens
-from edge.api.models import AssistantCreate, DeviceBind
+from edge.api.models import AssistantCreate, AssistantPatch, DeviceBind, patch_changes
+from projections.assistants import settings_of
 from projections.client import QueryError, run_query
+from schemas import TurnSettings
 from settings.config import Config, secret
 
 PAGE = 1000
@@ -193,6 +195,8 @@ async def _listing(admin: Admin, who: str | None, what: str, owner_key: str,
     owner = await _owner(admin, who)
     found = (await rows(admin, what, **{owner_key: owner.user_id}) if owner
              else await rows(admin, f"all_{what}"))
+    if what == "assistants":  # groups of settings (turn) as objects, not their stored JSON
+        found = [{**a, **msgspec.to_builtins(settings_of(a))} for a in found]
     if as_json:
         print_json(found)
         return None
@@ -216,19 +220,83 @@ async def list_assistants(admin: Admin, who: str | None, as_json: bool, wide: bo
                   ",".join(a["tools"] or []), minute(a["updated_ts"])] for a in found], wide=wide))
 
 
-async def create_assistant(admin: Admin, who: str, settings: dict[str, Any], as_json: bool) -> None:
-    try:  # the API's own limits (name length and so on)
-        body = msgspec.convert(settings, AssistantCreate)
+def _body(settings: dict[str, Any], kind: Any) -> Any:
+    """The settings given as the API's body `kind` checks them (its limits); not strict, so
+    the turn settings, given as text, are read as their numbers."""
+    try:
+        return msgspec.convert(settings, kind, strict=False)
     except msgspec.ValidationError as exc:
         raise AdminError(f"invalid assistant: {invalid(exc)}") from None
+
+
+async def create_assistant(admin: Admin, who: str, settings: dict[str, Any], as_json: bool) -> None:
+    body = _body(settings, AssistantCreate)
     await admin.bus.declare()
     owner = await resolve_user(accounts(admin), who)
     values = msgspec.structs.asdict(body)
     assistant_id = await Assistants(admin.bus, admin.config).create(owner.user_id, values)
     if as_json:
-        print_json({"assistant_id": assistant_id, "owner_id": owner.user_id, **values})
+        print_json({"assistant_id": assistant_id, "owner_id": owner.user_id,
+                    **msgspec.to_builtins(values)})
     else:
         print(f"created assistant {assistant_id} ({values['name']!r}) for {owner.email}")
+
+
+async def update_assistant(admin: Admin, assistant_id: str, settings: dict[str, Any], as_json: bool) -> None:
+    """Change the settings given of any assistant (its owner's, or the system's), as its
+    owner's PATCH would; the turn settings given change and the others keep their values."""
+    changes = patch_changes(_body(settings, AssistantPatch))
+    if not changes:
+        raise AdminError("nothing to change: give a setting (see --help)")
+    await admin.bus.declare()
+    try:
+        state = await load_assistant(admin.bus, assistant_id)
+    except ValueError:  # not an id
+        state = None
+    if state is None or state.deleted:
+        raise NotFound("assistant", assistant_id)
+    await Assistants(admin.bus, admin.config).update(state.owner_id, assistant_id, changes)
+    await show_assistant(admin, assistant_id, as_json, f"updated assistant {assistant_id}")
+
+
+async def show_assistant(admin: Admin, assistant_id: str, as_json: bool, title: str | None = None) -> None:
+    """Its settings, and the turn-taking in force: its own turn settings over the configuration's."""
+    from actors.asr.settings import TurnRules
+
+    try:
+        columns, found = await run_query(admin.bus, admin.data_dir, "assistant_settings",
+                                         {"assistant_id": assistant_id}, fresh=True)
+    except QueryError as exc:
+        raise AdminError(str(exc)) from None
+    if not found:
+        raise NotFound("assistant", assistant_id)
+    row = dict(zip(columns, found[0], strict=True))
+    settings = settings_of(row)
+    own: TurnSettings | None = settings["turn"]
+    asr = admin.config.asr
+    rules = TurnRules.of(asr.turn, asr.barge_in_min_ms, own)
+    set_here = {k for k, v in msgspec.structs.asdict(own).items() if v is not None} if own else set()
+    in_force = {f: getattr(rules, f) for f in TurnSettings.__struct_fields__}
+    in_force["backchannels"] = (own.backchannels if own and own.backchannels is not None
+                                else asr.turn.backchannels)
+    if as_json:
+        print_json({"assistant_id": assistant_id, "owner_id": row["owner_id"],
+                    **msgspec.to_builtins(settings), "turn_in_force": in_force,
+                    "created_ts": row["created_ts"], "updated_ts": row["updated_ts"]})
+        return
+    owner = (await _emails(admin)).get(row["owner_id"], row["owner_id"]) if row["owner_id"] else "(system)"
+    lines = [title or f"assistant {assistant_id}", f"  owner      {owner}"]
+    for name in ("name", "persona", "greeting", "voice", "llm", "asr", "tts", "language"):
+        lines.append(f"  {name:<10} {shorten(settings[name], 200) if settings[name] else '-'}")
+    for name in ("tools", "documents"):
+        lines.append(f"  {name:<10} {', '.join(settings[name]) or '-'}")
+    lines.append("  turn-taking (set here, or the configuration's [asr.turn])")
+    for name, value in in_force.items():
+        shown = ", ".join(value) if isinstance(value, list) else str(value)
+        where = "set here" if name in set_here else "configuration"
+        lines.append(f"    {name:<30} {shorten(shown, 200):<12} ({where})")
+    lines.append(f"  updated    {when(row['updated_ts'])}")
+    print("\n".join(lines))
 
 
 # --- devices ----------------------------------------------------------------------------------

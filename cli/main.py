@@ -31,7 +31,7 @@ actor_app = typer.Typer(help="Run one actor on its own.", no_args_is_help=True)
 projections_app = typer.Typer(help="The read models.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print measured numbers.", no_args_is_help=True)
 users_app = typer.Typer(help="Accounts: list, create, lock and unlock.", no_args_is_help=True)
-assistants_app = typer.Typer(help="Assistants: list and create.", no_args_is_help=True)
+assistants_app = typer.Typer(help="Assistants: list, show, create and update.", no_args_is_help=True)
 devices_app = typer.Typer(help="Bound devices.", no_args_is_help=True)
 session_app = typer.Typer(help="One session: its timeline and latencies, its export.",
                           no_args_is_help=True)
@@ -555,6 +555,35 @@ def assistants_create(
     from cli.accounts import create_assistant
 
     admin(nats, data_dir, lambda a: create_assistant(a, user, settings, as_json))
+
+
+@assistants_app.command("update")
+@settings_options
+def assistants_update(
+    assistant_id: Annotated[str, typer.Argument(metavar="ASSISTANT_ID", help="The assistant's id.")],
+    settings: dict[str, Any],
+    nats: NatsOpt = None, data_dir: DataOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Change some settings of an assistant (any user's, or the system's), checked as its
+    owner's PATCH is; prints it as `show` does.
+
+    Each setting is an option; one left out keeps its value. A turn setting given as
+    `default` goes back to the configuration's (its asr.turn section); the others keep theirs."""
+    from cli.accounts import update_assistant
+
+    admin(nats, data_dir, lambda a: update_assistant(a, assistant_id, settings, as_json))
+
+
+@assistants_app.command("show")
+def assistants_show(
+    assistant_id: Annotated[str, typer.Argument(metavar="ASSISTANT_ID", help="The assistant's id.")],
+    nats: NatsOpt = None, data_dir: DataOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """One assistant's settings, and the turn-taking in force: each turn setting, set on the
+    assistant or else the configuration's."""
+    from cli.accounts import show_assistant
+
+    admin(nats, data_dir, lambda a: show_assistant(a, assistant_id, as_json))
 
 
 @devices_app.command("list")

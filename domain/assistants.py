@@ -86,8 +86,9 @@ class Assistants:
         self.bus = bus
         self.config = config
 
-    async def owned(self, owner_id: str, assistant_id: str) -> AssistantState:
-        """The assistant if it exists and is `owner_id`'s; 404 otherwise (also for others')."""
+    async def owned(self, owner_id: str | None, assistant_id: str) -> AssistantState:
+        """The assistant if it exists and is `owner_id`'s (None: the system's); 404 otherwise
+        (also for others')."""
         try:
             state = await load_assistant(self.bus, assistant_id)
         except ValueError:  # not a valid id token
@@ -104,7 +105,7 @@ class Assistants:
         await self.bus.append(AssistantCreated(assistant_id=assistant_id, owner_id=owner_id, **settings), 0)
         return assistant_id
 
-    async def update(self, owner_id: str, assistant_id: str, settings: dict[str, Any]) -> None:
+    async def update(self, owner_id: str | None, assistant_id: str, settings: dict[str, Any]) -> None:
         """Change the settings given; `greeting: None` among them clears the greeting.
         `turn` is the turn settings to change, by name (None: back to the configuration's);
         the others keep their values."""
@@ -148,7 +149,7 @@ class Assistants:
         except ConflictError:
             pass  # it exists
 
-    async def validate(self, owner_id: str, settings: dict[str, Any]) -> None:
+    async def validate(self, owner_id: str | None, settings: dict[str, Any]) -> None:
         choices = {
             "llm": [p.name for p in provider_configs(self.config)],
             "asr": plugin_names(ASR) + [p.name for p in self.config.asr.providers],
@@ -176,7 +177,7 @@ class Assistants:
                 raise Invalid("unknown_document", f"no document {document_id!r}",
                               {"field": "documents", "id": document_id})
 
-    async def _owns_document(self, owner_id: str, document_id: str) -> bool:
+    async def _owns_document(self, owner_id: str | None, document_id: str) -> bool:
         try:
             entries, _ = await load(self.bus, "doc", document_id)
         except ValueError:

@@ -4,6 +4,7 @@ over a real NATS, with `vagent projections serve` keeping the read models."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from bus.client import Bus
 from bus.server import EmbeddedServer, free_port
-from cli.assistant_options import option
+from cli.assistant_options import GROUPS, group_option, option
 from domain.errors import Locked, Unauthorized
 from edge.services import Services
 from schemas import AssistantSettings, new_id
@@ -206,20 +207,30 @@ def test_every_assistant_setting_is_an_option(stack: tuple[EmbeddedServer, Path]
         "name": "Every", "persona": "You know everything.", "greeting": "Ask me", "voice": "en_US-amy",
         "llm": "local", "asr": "moonshine", "tts": "piper", "tools": ["calculator", "get_time"],
         "documents": [added[0]["document_id"]], "language": "zh",
+        "turn": {"detector": "silence", "complete_hold_ms": 250, "incomplete_max_ms": 2500,
+                 "threshold": 0.6, "barge_in_min_ms": 500, "false_interruption_timeout_ms": 1500,
+                 "backchannels": ["mhm", "uh huh", "嗯"], "echo": "on"},
     }
     assert set(values) == {s.name for s in SETTINGS}, "give the new setting a value here"
     assert all(values[s.name] != s.default for s in SETTINGS if s.default is not msgspec.NODEFAULT)
+    for group, kind in GROUPS.items():
+        assert set(values[group]) == set(kind.__struct_fields__), f"give each {group} setting a value"
 
     listing = vagent("assistants", "create", "--help", COLUMNS="200")
     assert listing.returncode == 0, listing.stderr
-    for setting in SETTINGS:
-        assert f" {option(setting)} " in listing.stdout, (setting.name, listing.stdout)
+    options = [(s.name, None, option(s)) for s in SETTINGS if s.name not in GROUPS]
+    options += [(group, field, group_option(group, field)) for group, kind in GROUPS.items()
+                for field in kind.__struct_fields__]
+    for _, _, flag in options:
+        assert f" {flag} " in listing.stdout, (flag, listing.stdout)
 
     args: list[str] = []
-    for setting in SETTINGS:
-        value = values[setting.name]
+    for name, field, flag in options:
+        value = values[name] if field is None else values[name][field]
+        if field is not None and isinstance(value, list):  # a group's list: comma-separated
+            value = [",".join(value)]
         for item in value if isinstance(value, list) else [value]:
-            args += [option(setting), str(item)]
+            args += [flag, str(item)]
     created = cli_json(stack, "assistants", "create", "--user", owner, *args)
     stored = {a["assistant_id"]: a for a in cli_json(stack, "assistants", "list", "--user", owner)}
     for setting in SETTINGS:
@@ -246,6 +257,64 @@ def test_assistants_create_refusals(stack: tuple[EmbeddedServer, Path]) -> None:
     assert "no user" in refused(stack, "assistants", "create", "--user", "01NOSUCHUSER", "--name", "X",
                                 "--persona", "p")
     assert len(cli_json(stack, "assistants", "list", "--user", owner)) == 1  # the default only
+
+
+def test_assistants_turn_settings_update_and_show(stack: tuple[EmbeddedServer, Path]) -> None:
+    owner = email()
+    create_user(stack, owner)
+    created = cli_json(stack, "assistants", "create", "--user", owner, "--name", "Speaker",
+                       "--turn-preset", "speaker", "--complete-hold-ms", "250",
+                       "--backchannels", "mhm, ok,嗯")
+    aid = created["assistant_id"]
+    assert created["turn"] == {"complete_hold_ms": 250, "barge_in_min_ms": 600,
+                               "backchannels": ["mhm", "ok", "嗯"], "echo": "on"}
+
+    shown = cli_json(stack, "assistants", "show", aid)
+    assert shown["turn"] == created["turn"] and shown["name"] == "Speaker"
+    # In force: its own settings over the configuration's ([asr.turn] and [asr] barge_in_min_ms).
+    assert shown["turn_in_force"] == {
+        "detector": "smart_turn", "complete_hold_ms": 250, "incomplete_max_ms": 2000, "threshold": 0.5,
+        "barge_in_min_ms": 600, "false_interruption_timeout_ms": 2000,
+        "backchannels": ["mhm", "ok", "嗯"], "echo": "on"}
+    text = cli(stack, "assistants", "show", aid).stdout
+    assert re.search(r"complete_hold_ms\s+250\s+\(set here\)", text), text
+    assert re.search(r"incomplete_max_ms\s+2000\s+\(configuration\)", text), text
+    assert re.search(r"echo\s+on\s+\(set here\)", text), text
+
+    # An update changes the turn settings given; `default` sets one back to the configuration's.
+    updated = cli_json(stack, "assistants", "update", aid, "--turn-threshold", "0.7", "--echo", "default")
+    assert updated["turn"] == {"complete_hold_ms": 250, "threshold": 0.7, "barge_in_min_ms": 600,
+                               "backchannels": ["mhm", "ok", "嗯"]}
+    assert updated["turn_in_force"]["echo"] == "auto"
+    done = cli(stack, "assistants", "update", aid, "--name", "Quiet", "--turn-preset", "quiet")
+    assert done.stdout.startswith(f"updated assistant {aid}")
+    quiet = cli_json(stack, "assistants", "show", aid)
+    assert (quiet["name"], quiet["turn"]) == ("Quiet", {})
+    assert cli_json(stack, "assistants", "list", "--user", owner)[0]["turn"] in ({}, None)
+
+
+def test_bad_turn_settings_are_refused_by_their_option(stack: tuple[EmbeddedServer, Path]) -> None:
+    owner = email()
+    create_user(stack, owner)
+    base = ("assistants", "create", "--user", owner, "--name", "X")
+    assert refused(stack, *base, "--complete-hold-ms", "-1") == (
+        "error: invalid assistant: --complete-hold-ms: Expected `int` >= 0")
+    assert refused(stack, *base, "--turn-threshold", "1.5") == (
+        "error: invalid assistant: --turn-threshold: Expected `float` <= 1.0")
+    assert "--turn-detector: Invalid enum value 'vibes'" in refused(stack, *base, "--turn-detector", "vibes")
+    assert "--incomplete-max-ms: Expected `int | null`, got `str`" in refused(
+        stack, *base, "--incomplete-max-ms", "soon")
+    assert "--backchannels (value 2): Expected `str` of length <= 32" in refused(
+        stack, *base, "--backchannels", "ok," + "m" * 33)
+    aid = cli_json(stack, *base)["assistant_id"]
+    assert "--echo: Invalid enum value 'loud'" in refused(stack, "assistants", "update", aid,
+                                                          "--echo", "loud")
+    assert "nothing to change" in refused(stack, "assistants", "update", aid)
+    assert "no assistant" in refused(stack, "assistants", "update", "01NOSUCHASSISTANT", "--echo", "on")
+    assert "no assistant" in refused(stack, "assistants", "show", "01NOSUCHASSISTANT")
+    preset = cli(stack, *base, "--turn-preset", "loud", ok=False)
+    assert preset.returncode == 2 and "'loud' is none of quiet, speaker" in preset.stderr, preset.stderr
+    assert cli_json(stack, "assistants", "show", aid)["turn"] is None
 
 
 # --- devices ----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import msgspec
 from starlette.responses import Response
 
 from edge.api.endpoint import Call, Endpoint, json_response
-from edge.api.models import Assistant, AssistantCreate, AssistantPage, AssistantPatch, given
+from edge.api.models import Assistant, AssistantCreate, AssistantPage, AssistantPatch, patch_changes
 from edge.api.pages import PAGE_PARAMS, iso, page
 from edge.errors import not_found
 from projections.assistants import settings_of
@@ -46,13 +46,7 @@ async def get_assistant(call: Call) -> Response:
 async def update_assistant(call: Call) -> Response:
     body: msgspec.Struct = call.body  # an AssistantPatch
     assistant_id = call.params["assistant_id"]
-    fields = msgspec.structs.asdict(body)
-    changed = {k: v for k, v in fields.items() if v is not None and v is not msgspec.UNSET}
-    if fields["greeting"] is None:  # null, not left out: clear it
-        changed["greeting"] = None
-    if "turn" in changed:  # the turn settings given, by name: the others keep their values
-        changed["turn"] = given(changed["turn"])
-    await call.services.assistants.update(call.user_id, assistant_id, changed)
+    await call.services.assistants.update(call.user_id, assistant_id, patch_changes(body))
     return json_response(await read_assistant(call, assistant_id))
 
 

@@ -103,11 +103,6 @@ TurnSettingsPatch = _group_patch(TurnSettings)
 PATCH_LIMITS: dict[str, Any] = {**SETTING_LIMITS, "turn": TurnSettingsPatch}
 
 
-def given(patch: msgspec.Struct) -> dict[str, Any]:
-    """The fields of a group's PATCH body that were given (a null among them)."""
-    return {k: v for k, v in msgspec.structs.asdict(patch).items() if v is not msgspec.UNSET}
-
-
 AssistantCreate = msgspec.defstruct(
     "AssistantCreate", [(s.name, _limited(s), _default(s)) for s in _SETTINGS],
     module=__name__, forbid_unknown_fields=True)
@@ -121,6 +116,22 @@ AssistantPatch = msgspec.defstruct(
                           "is spoken); within `turn`, only the turn settings given change, and "
                           "one given as null goes back to the configuration's.\n    For the other "
                           "fields null is the same as leaving them out."})
+
+
+def patch_changes(body: msgspec.Struct) -> dict[str, Any]:
+    """What an AssistantPatch changes, as domain.assistants.Assistants.update takes it: the
+    settings given (greeting None: clear it), `turn` as its fields given (None: the
+    configuration's)."""
+    fields = msgspec.structs.asdict(body)
+    changed = {k: v for k, v in fields.items() if v is not None and v is not msgspec.UNSET}
+    if fields["greeting"] is None:  # null, not left out: clear it
+        changed["greeting"] = None
+    if "turn" in changed:
+        changed["turn"] = {k: v for k, v in msgspec.structs.asdict(changed["turn"]).items()
+                           if v is not msgspec.UNSET}
+    return changed
+
+
 Assistant = msgspec.defstruct(
     "Assistant", [("assistant_id", str), *((s.name, s.type) for s in _SETTINGS),
                   ("created_at", str), ("updated_at", str)],
