@@ -830,6 +830,38 @@ def bench_speech(nats: NatsOpt = None, data_dir: DataOpt = None,
         print_report(results)
 
 
+@bench_app.command("turns")
+def bench_turns(nats: NatsOpt = None, data_dir: DataOpt = None,
+                detector: Annotated[list[str] | None, typer.Option(
+                    "--detector", help="silence or smart_turn (repeat; default: both).")] = None,
+                item: Annotated[list[str] | None, typer.Option(
+                    "--item", help="Only this item of the set (repeat; default: all).")] = None,
+                kind: Annotated[list[str] | None, typer.Option(
+                    "--kind", help="Only items of this kind (repeat; default: all).")] = None,
+                concurrency: Annotated[int, typer.Option(help="Sessions played at once.")] = 4,
+                as_json: JsonOpt = False) -> None:
+    """Turn-taking on the committed labelled set, per end-of-turn detector side by side:
+    false cut-offs, end-of-turn delay, false interruptions by backchannels, coughs and echo,
+    resumes, barge-in stop latency, the turn model's CPU per decision."""
+    from benches.turns import DETECTORS, print_report
+    from benches.turns import bench_turns as run_bench
+    from benches.turns_set import KINDS
+
+    detectors = tuple(detector or DETECTORS)
+    for value, known, what in ((detectors, DETECTORS, "detector"), (kind or [], KINDS, "kind")):
+        unknown = [v for v in value if v not in known]
+        if unknown:
+            raise typer.BadParameter(f"unknown {what} {unknown[0]!r}; known: {', '.join(known)}")
+    if concurrency < 1:
+        raise typer.BadParameter("--concurrency must be at least 1")
+    results = run(run_bench(nats, detectors=detectors, names=item, kinds=kind, concurrency=concurrency,
+                            data_dir=data_dir), log_level="WARNING")
+    if as_json:
+        print_json(results)
+    else:
+        print_report(results)
+
+
 def print_json(value: Any) -> None:
     print(json.dumps(value, default=str, ensure_ascii=False))
 
