@@ -33,7 +33,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,6 +47,7 @@ from actors.assistant import (
     answer_language,
 )
 from actors.base import Actor, Context
+from actors.dialogue.deltas import LiveText
 from actors.dialogue.history import build_messages
 from actors.dialogue.intents import is_exit_intent
 from actors.dialogue.providers import ProviderChain, ProviderFailed
@@ -237,6 +238,7 @@ class _Run:
     sentences: int = 0
     began: asyncio.Task[Any] | None = None  # the turn.started append, still in flight
     checking: asyncio.Task[None] | None = None  # the watcher looking for its input in the log
+    live: LiveText | None = None  # the deltas to the client, made at the first
 
     async def stored(self) -> None:
         """Wait for turn.started to be durable: nothing of the turn is published before it.
@@ -405,6 +407,8 @@ class Dialogue(Actor):
                 del self.runs[sid]
             if run.checking is not None:
                 run.checking.cancel()
+            if run.live is not None:
+                run.live.close()
         if outcome is not None:
             # Outside the stream's task: the watcher can cut the stream, never the closing.
             await self._finish(ctx, run, outcome)
@@ -575,6 +579,8 @@ class Dialogue(Actor):
                 await self._say(ctx, run, sentence, started)
             if run.sentences == 0 and (code := code_spoken(text)):
                 await self._say(ctx, run, Sentence(display=text.strip(), spoken=code), started)
+        if run.live is not None:  # all of it shown before the closing message
+            await run.live.flush()
         total_ms = (time.perf_counter() - started) * 1000
         unknown = {call.call_id for call in refused}
         tail: list[Event] = [
@@ -616,9 +622,16 @@ class Dialogue(Actor):
         if not text:
             return
         run.parts.append(text)
-        await ctx.live(AssistantDelta(session_id=run.session_id, turn_id=run.turn_id, text=text,
-                                      index=len(run.parts) - 1))
-        for sentence in splitter.feed(text):
+        if run.live is None:
+            def publish(delta: str, index: int) -> Awaitable[None]:
+                return ctx.live(AssistantDelta(session_id=run.session_id, turn_id=run.turn_id,
+                                               text=delta, index=index))
+            run.live = LiveText(publish)
+        await run.live.add(text)
+        sentences = splitter.feed(text)
+        if sentences:  # the text is shown before it is spoken
+            await run.live.flush()
+        for sentence in sentences:
             await self._say(ctx, run, sentence, started)
 
     async def _tools(self) -> list[ToolSpec]:
