@@ -157,6 +157,25 @@ async def test_a_body_trickled_slowly_is_closed_with_408(module_nats: EmbeddedSe
         await stays_open(api, 1.5)
 
 
+async def test_a_client_gone_mid_body_is_no_server_error(module_nats: EmbeddedServer, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A slow body given up (the client closes) is the client's doing: no `request failed`
+    ERROR line per attempt, which a flood of them would turn into a log flood."""
+    async with edge(module_nats, tmp_path, edge_config(body_timeout=30.0)) as api:
+        for path in ("/api/v1/auth/login", "/xiaozhi/ota/"):
+            reader, writer = await raw(api)
+            writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         "Content-Length: 500\r\n\r\n{".encode())
+            await writer.drain()
+            await asyncio.sleep(0.3)
+            writer.close()
+        await asyncio.sleep(0.5)
+        r = await api.client.get("/healthz")
+        assert r.status_code == 200
+    failed = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert not failed, [r.getMessage() for r in failed]
+
+
 async def test_idle_sockets_count_against_max_connections(
         module_nats: EmbeddedServer, tmp_path: Path) -> None:
     config = edge_config(max_connections=5, header_timeout=2.0)

@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import Response
 
 from bus.errors import BusError
@@ -138,6 +138,13 @@ def json_response(value: Any, status: int = 200, headers: dict[str, str] | None 
 
 def error_response(error: ApiError) -> Response:
     return json_response(error.body(), error.status, error.headers)
+
+
+def gone_client(request: Request) -> Response:
+    """The client went away while its request was read: no one to answer and nothing wrong
+    here (a slow body given up, a closed tab), so no error line; the answer is for the log."""
+    log.debug("client went away mid-request", extra={"path": request.url.path})
+    return error_response(ApiError(400, "client_disconnected", "the request's body did not arrive"))
 
 
 def client_ip(request: HTTPConnection, services: Services) -> str:
@@ -306,6 +313,8 @@ def bind(endpoint: Endpoint, services: Services) -> Callable[[Request], Awaitabl
             log.warning("bus unavailable", extra={"path": request.url.path, "error": str(exc)})
             response = error_response(ApiError(503, "unavailable", "the event log is unreachable: retry",
                                                headers={"Retry-After": "1"}))
+        except ClientDisconnect:
+            response = gone_client(request)
         except Exception as exc:
             # The default log format has no traceback: the line itself must say why.
             log.exception("request failed", extra={"path": request.url.path,

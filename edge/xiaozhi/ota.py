@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import msgspec
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import FileResponse, Response
 
 from bus.errors import BusError
@@ -28,7 +28,7 @@ from domain.devices import Activation, Proof
 from domain.errors import Conflict
 from domain.language import preferred_language
 from domain.phrases import phrases
-from edge.api.endpoint import client_ip, decode_body, error_response, json_response, read_body
+from edge.api.endpoint import client_ip, decode_body, error_response, gone_client, json_response, read_body
 from edge.errors import ApiError, domain_refusals
 from edge.services import Services
 from edge.xiaozhi import firmware
@@ -130,6 +130,8 @@ def guarded(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             log.warning("bus unavailable", extra={"path": request.url.path, "error": str(exc)})
             return error_response(ApiError(503, "unavailable", "the event log is unreachable: retry",
                                            headers={"Retry-After": "1"}))
+        except ClientDisconnect:
+            return gone_client(request)
         except Exception as exc:
             # The default log format has no traceback: the line itself must say why.
             log.exception("request failed", extra={"path": request.url.path,
