@@ -163,7 +163,7 @@ async def test_a_client_gone_mid_body_is_no_server_error(module_nats: EmbeddedSe
     ERROR line per attempt, which a flood of them would turn into a log flood."""
     async with edge(module_nats, tmp_path, edge_config(body_timeout=30.0)) as api:
         for path in ("/api/v1/auth/login", "/xiaozhi/ota/"):
-            reader, writer = await raw(api)
+            _, writer = await raw(api)
             writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                          "Content-Length: 500\r\n\r\n{".encode())
             await writer.drain()
