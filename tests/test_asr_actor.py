@@ -22,6 +22,7 @@ from schemas import (
     ListenStopped,
     SessionEnded,
     SessionStarted,
+    SpeechIgnored,
     SpeechStarted,
     SpeechStopped,
     TranscriptFinal,
@@ -29,6 +30,7 @@ from schemas import (
     TtsStarted,
     TtsStopped,
     TurnInterrupted,
+    TurnPaused,
     decode,
     derived_id,
     new_id,
@@ -231,13 +233,15 @@ async def test_barge_in_needs_enough_speech_over_the_assistant(bus: Bus, start_a
     sid = started.session_id
     turn = new_id()
     await bus.publish(TtsStarted(session_id=sid, turn_id=turn))
-    # "Uh." (~0.2 s of speech) while the assistant speaks: heard, but no barge-in, no turn.
+    # "Uh." (~0.2 s of speech) while the assistant speaks: heard and recorded, but it does
+    # not even pause the assistant, and is no turn.
     await stream(bus, sid, frames("short_uh"), speed=10.0)
-    await wait_for(bus, sid, lambda ev: bool(of(SpeechStopped, ev)))
-    await asyncio.sleep(1.0)
-    events = await events_of(bus, sid)
-    assert not of(TurnInterrupted, events) and not of(TranscriptFinal, events)
-    # A real sentence over the assistant interrupts the speaking turn, and becomes a turn.
+    events = await wait_for(bus, sid, lambda ev: bool(of(SpeechIgnored, ev)))
+    (ignored,) = of(SpeechIgnored, events)
+    assert ignored.reason == "noise" and ignored.turn_id == turn and ignored.speech_ms < 300
+    assert not of(TurnPaused, events) and not of(TurnInterrupted, events)
+    assert not of(TranscriptFinal, events)
+    # A real sentence over the assistant pauses it, then interrupts it, and becomes a turn.
     await stream(bus, sid, frames("kitchen_lights"), speed=10.0)
     events = await wait_for(bus, sid, lambda ev: bool(of(TranscriptFinal, ev)))
     (interrupted,) = of(TurnInterrupted, events)

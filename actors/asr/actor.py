@@ -40,7 +40,8 @@ class Asr(Actor):
     name: ClassVar[str] = "asr"
     consumes: ClassVar[tuple[str, ...]] = ("session.started",)
     emits: ClassVar[frozenset[str]] = frozenset({
-        "speech.started", "speech.stopped", "transcript.final", "turn.interrupted", "error"})
+        "speech.started", "speech.stopped", "transcript.final", "turn.interrupted", "turn.paused",
+        "turn.resumed", "speech.ignored", "error"})
     concurrency: ClassVar[int] = 64
 
     settings: AsrSettings

@@ -11,10 +11,11 @@ derived from the session's `session.started` and a per-session counter, so a sec
 pass over the same audio re-emits the same ids and JetStream keeps one of each.
 
 Barge-in: speech of at least `barge_in_min_ms` while the assistant speaks (between
-`tts.started` and `tts.stopped`) interrupts the speaking turn (`turn.interrupted`,
-reason `barge_in`). Shorter speech that ends while the assistant still speaks (a
-cough, an "mhm") gets no `transcript.final`: it would otherwise open a new turn and
-interrupt the answer after all (the dialogue treats any new input as an interruption).
+`tts.started` and `tts.stopped`) pauses the speaking turn, and its words decide whether it
+interrupts it or it resumes (`actors.asr.overlap`). Speech over the assistant that is not an
+interruption (a cough, an "mhm", anything shorter) gets `speech.ignored`, no
+`transcript.final`: it would otherwise open a new turn and interrupt the answer after all
+(the dialogue treats any new input as an interruption).
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from actors.asr.engine import AsrError, Recognition
+from actors.asr.overlap import Overlap, has_words
 from actors.asr.vad import Boundary, Segmenter, SpeechAudio, SpeechStart, SpeechStop
 from actors.base import Context
 from actors.watch import Watch
@@ -63,14 +64,6 @@ STEERING = frozenset({"listen.started", "listen.stopped", "tts.started", "tts.st
                       "turn.interrupted", "session.ended"})
 ERROR_EVERY_S = 5.0  # at most one bad-audio error event per session this often
 IDLE_S = 12 * 3600.0  # a session silent this long is dropped: its edge vanished without session.ended
-# A transcript of only these is not a turn (moonshine writes "Uh." for a cough).
-FILLERS = frozenset({"uh", "um", "umm", "hm", "hmm", "mm", "mmm", "mhm", "er", "erm", "ah"})
-_WORD = re.compile(r"[\w']+")
-
-
-def has_words(text: str) -> bool:
-    return any(w.lower() not in FILLERS for w in _WORD.findall(text))
-
 
 @dataclass
 class _Utterance:
@@ -78,7 +71,8 @@ class _Utterance:
     audio_start_ms: int
     audio: bytearray
     recognition: Recognition | None = None
-    barged_in: bool = False
+    barged_in: bool = False  # it paused the assistant's turn
+    over: str | None = None  # the assistant's turn it was heard over
     closed: bool = False  # no partials after the final
     partials: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -109,6 +103,11 @@ class SessionPipeline:
         self._finals: asyncio.Task[None] | None = None  # the latest utterance still transcribing
         self._bad_audio = 0
         self._bad_audio_reported = 0.0
+        self.overlap = self._overlap()
+
+    def _overlap(self) -> Overlap:
+        return Overlap(self.ctx, self.session_id, self.rules.backchannels,
+                       self.rules.false_interruption_timeout_ms)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -127,6 +126,7 @@ class SessionPipeline:
         await self._drop_utterance()
         if self._finals is not None:
             self._finals.cancel()
+        self.overlap.close()
 
     async def _on_audio(self, msg: Message) -> None:
         self.queue.put_nowait(("audio", msg.data))
@@ -147,6 +147,7 @@ class SessionPipeline:
             # Audio waits in the queue meanwhile: nothing said while the engine loads is lost.
             self.engine = await self.actor.engine_for(self.started)
             self.rules = await self.actor.rules_for(self.started)
+            self.overlap = self._overlap()
             while True:
                 try:
                     # Not wait_for: on Python 3.11 it can swallow the cancellation stop()
@@ -172,6 +173,7 @@ class SessionPipeline:
         finally:
             await self._drop_utterance()
             await self._unsubscribe()
+            self.overlap.close()
 
     # --- audio ------------------------------------------------------------------------
 
@@ -245,15 +247,15 @@ class SessionPipeline:
                                                duration_ms=stop.stop_ms - stop.start_ms, audio=blob),
                                  id=stopped_id, causation_id=utterance.started.id)
         await self.ctx.publish(stopped)
-        # A short sound over the assistant's voice is not a turn (see the module doc).
-        ignored = self._speaking is not None and not utterance.barged_in
+        if utterance.over is None and self._speaking is not None:
+            utterance.over = self._speaking.turn_id or self._speaking.id
         previous = self._finals
         self._finals = asyncio.create_task(
-            self._final(utterance, stopped, final_id, final_text, previous, ignored))
+            self._final(utterance, stopped, final_id, final_text, previous))
 
     async def _final(self, utterance: _Utterance, stopped: SpeechStopped, final_id: str,
-                     final_text: asyncio.Task[str] | None, previous: asyncio.Task[None] | None,
-                     ignored: bool) -> None:
+                     final_text: asyncio.Task[str] | None,
+                     previous: asyncio.Task[None] | None) -> None:
         try:
             text = ""
             if final_text is not None:
@@ -265,10 +267,13 @@ class SessionPipeline:
             if previous is not None:  # finals in utterance order, whatever the engine's timing
                 with contextlib.suppress(BaseException):
                     await previous
-            if ignored or not has_words(text):
-                log.info("utterance without a turn", extra={
-                    "session": self.session_id, "text": text,
-                    "reason": "over_assistant" if ignored else "no_words"})
+            if utterance.over is not None:  # over the assistant: its words decide
+                if not await self.overlap.settle(utterance.started.id, utterance.over, text,
+                                                 stopped.duration_ms):
+                    return
+            elif not has_words(text):
+                log.info("utterance without a turn", extra={"session": self.session_id,
+                                                             "text": text})
                 return
             await self.ctx.emit(TranscriptFinal(
                 session_id=self.session_id, text=text,
@@ -288,6 +293,10 @@ class SessionPipeline:
         task = asyncio.create_task(self.ctx.live(event, causation_id=utterance.started.id))
         utterance.partials.add(task)
         task.add_done_callback(utterance.partials.discard)
+        if utterance.barged_in:  # words heard so far may already make it an interruption
+            decided = asyncio.create_task(self.overlap.partial(utterance.started.id, text))
+            utterance.partials.add(decided)
+            decided.add_done_callback(utterance.partials.discard)
 
     async def _maybe_barge_in(self, utterance: _Utterance | None = None,
                               speech_ms: int | None = None) -> None:
@@ -300,9 +309,8 @@ class SessionPipeline:
         if speech_ms < self.rules.barge_in_min_ms:
             return
         utterance.barged_in = True
-        await self.ctx.emit(TurnInterrupted(
-            session_id=self.session_id, turn_id=self._speaking.turn_id, reason="barge_in"),
-            causation_id=utterance.started.id)
+        utterance.over = self._speaking.turn_id or self._speaking.id
+        await self.overlap.pause(utterance.over, utterance.started.id, utterance.started.audio_ms)
 
     async def _drop_utterance(self) -> None:
         utterance, self._utterance = self._utterance, None
@@ -332,6 +340,7 @@ class SessionPipeline:
         elif isinstance(event, TtsStopped | TurnInterrupted):
             if self._speaking is not None and event.turn_id in (None, self._speaking.turn_id):
                 self._speaking = None
+            self.overlap.stopped(event.turn_id)
 
     # --- errors -----------------------------------------------------------------------
 

@@ -1,0 +1,158 @@
+"""Speech over the assistant's speech, on a real NATS with real audio through the ASR actor:
+a backchannel or a cough pauses the speaking turn and it resumes, real words interrupt it,
+a pause nobody decides in time resumes; and which transcripts are only backchannels."""
+
+from __future__ import annotations
+
+import json
+import wave
+from pathlib import Path
+
+import pytest
+
+from actors.asr.actor import Asr
+from actors.asr.overlap import Backchannels
+from bus.client import Bus
+from projections.runtime import ProjectionService
+from schemas import (
+    AssistantCreated,
+    SpeechIgnored,
+    SpeechStarted,
+    TranscriptFinal,
+    TtsStarted,
+    TurnInterrupted,
+    TurnPaused,
+    TurnResumed,
+    new_id,
+)
+from settings.config import BACKCHANNELS, parse
+from tests.conftest import wait_for
+from tests.fixtures.audio import opus_packets
+from tests.test_asr_actor import Start, of, open_session, stream
+from tests.test_asr_actor import start_asr as start_asr  # the fixture
+
+CLIPS = Path(__file__).parent / "fixtures" / "overlap"
+TEXTS: dict[str, str] = json.loads((CLIPS / "texts.json").read_text(encoding="utf-8"))
+
+
+def clip(name: str) -> list[bytes]:
+    with wave.open(str(CLIPS / f"{name}.wav")) as w:
+        return opus_packets(w.readframes(w.getnframes()))
+
+
+async def over_the_assistant(bus: Bus, asr: Asr, name: str, done: type,
+                             assistant_id: str | None = None) -> tuple[str, list]:
+    """`name` said while a turn of the assistant plays, and the session's events once one
+    of `done` is logged."""
+    started = await open_session(bus, asr, assistant_id=assistant_id)
+    turn = new_id()
+    await bus.publish(TtsStarted(session_id=started.session_id, turn_id=turn))
+    await stream(bus, started.session_id, clip(name), speed=10.0)
+    events = await wait_for(bus, started.session_id, lambda ev: bool(of(done, ev)), timeout=60)
+    return turn, events
+
+
+def types(events: list) -> list[str]:
+    return [e.type for e in events]
+
+
+# --- which words are only backchannels ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "verdict"), [
+    ("Mhm.", "backchannel"), ("mhm mhm", "backchannel"), ("Mm-hmm!", "backchannel"),
+    ("Uh-huh.", "backchannel"), ("Ah, yeah.", "backchannel"), ("OK, okay.", "backchannel"),
+    ("Yeahhh", "backchannel"), ("I see.", "backchannel"),
+    ("嗯", "backchannel"), ("嗯嗯。", "backchannel"), ("对对对，好的。", "backchannel"),
+    ("好 的", "backchannel"), ("是的是的", "backchannel"),
+    ("", "noise"), ("...", "noise"), ("Uh?", "noise"), ("Um, er.", "noise"),
+    ("Stop, tell me about Paris.", "words"), ("Yes, tell me more", "words"), ("No.", "words"),
+    ("好的，请继续讲巴黎", "words"), ("ok Google", "words"),
+])
+def test_backchannels_are_judged_by_their_words(text: str, verdict: str) -> None:
+    assert Backchannels(BACKCHANNELS).verdict(text) == verdict
+
+
+def test_the_backchannel_list_is_the_assistants_own() -> None:
+    assert Backchannels(["sure thing"]).verdict("Sure thing!") == "backchannel"
+    assert Backchannels(["sure thing"]).verdict("Okay.") == "words"  # not on its list
+    assert Backchannels(["sure thing"]).verdict("Mhm.") == "noise"  # a filler all the same
+
+
+# --- on the bus ---------------------------------------------------------------------------
+
+
+async def test_a_backchannel_over_the_assistant_pauses_it_and_it_resumes(
+        bus: Bus, start_asr: Start) -> None:
+    turn, events = await over_the_assistant(bus, await start_asr(), "uh_huh_yeah", TurnResumed)
+    (paused,) = of(TurnPaused, events)
+    (ignored,) = of(SpeechIgnored, events)
+    (resumed,) = of(TurnResumed, events)
+    assert paused.turn_id == ignored.turn_id == resumed.turn_id == turn
+    assert paused.causation_id == of(SpeechStarted, events)[0].id
+    assert ignored.reason == "backchannel" and "yeah" in ignored.text.lower(), ignored.text
+    assert ignored.speech_ms >= 300
+    assert resumed.reason == "backchannel" and resumed.paused_ms > 0
+    assert resumed.causation_id == ignored.id
+    assert not of(TurnInterrupted, events) and not of(TranscriptFinal, events)
+    assert types(events).index("turn.paused") < types(events).index("turn.resumed")
+
+
+async def test_a_cough_over_the_assistant_pauses_it_and_it_resumes(
+        bus: Bus, start_asr: Start) -> None:
+    turn, events = await over_the_assistant(bus, await start_asr(), "cough", TurnResumed)
+    (ignored,) = of(SpeechIgnored, events)
+    (resumed,) = of(TurnResumed, events)
+    assert of(TurnPaused, events)[0].turn_id == turn
+    assert ignored.reason == "noise" and resumed.reason == "no_words"
+    assert not of(TurnInterrupted, events) and not of(TranscriptFinal, events)
+
+
+async def test_real_words_over_the_assistant_interrupt_it_and_are_the_next_turn(
+        bus: Bus, start_asr: Start) -> None:
+    turn, events = await over_the_assistant(bus, await start_asr(), "stop_paris", TranscriptFinal)
+    (interrupted,) = of(TurnInterrupted, events)
+    assert interrupted.turn_id == turn and interrupted.reason == "barge_in"
+    order = types(events)
+    assert order.index("turn.paused") < order.index("turn.interrupted") < order.index(
+        "transcript.final")
+    assert not of(TurnResumed, events) and not of(SpeechIgnored, events)
+    assert "tell me" in of(TranscriptFinal, events)[0].text.lower()
+
+
+async def test_a_pause_nobody_decides_in_time_resumes_and_later_words_still_interrupt(
+        bus: Bus, start_asr: Start) -> None:
+    # No time at all to decide: the turn resumes at once; the words then interrupt it.
+    asr = await start_asr(parse("[asr.turn]\nfalse_interruption_timeout_ms = 0\n"))
+    turn, events = await over_the_assistant(bus, asr, "stop_paris", TranscriptFinal)
+    (resumed,) = of(TurnResumed, events)
+    assert resumed.reason == "timeout" and resumed.causation_id == of(TurnPaused, events)[0].id
+    (interrupted,) = of(TurnInterrupted, events)
+    assert interrupted.turn_id == turn
+    order = types(events)
+    assert order.index("turn.paused") < order.index("turn.resumed") < order.index(
+        "turn.interrupted") < order.index("transcript.final")
+
+
+async def test_mandarin_backchannels_do_not_interrupt(
+        bus: Bus, start_asr: Start, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A zh assistant's session, heard by whisper: Kokoro's "好的" is 好的 (a backchannel),
+    its "嗯" nothing at all (noise); neither interrupts."""
+    monkeypatch.setenv("VAGENT_DATA_DIR", str(data_dir))  # where whisper's model is assembled
+    projections = ProjectionService(bus, data_dir)
+    await projections.start()
+    try:
+        zh = new_id()
+        await bus.publish(AssistantCreated(assistant_id=zh, language="zh"))
+        # Whisper takes its time on 2 busy cores: the words, not the clock, decide here.
+        asr = await start_asr(parse("[asr.turn]\nfalse_interruption_timeout_ms = 30000\n"))
+        turn, events = await over_the_assistant(bus, asr, "hao_de", TurnResumed, zh)
+        (ignored,) = of(SpeechIgnored, events)
+        assert ignored.reason == "backchannel" and "好的" in ignored.text, ignored.text
+        assert of(TurnResumed, events)[0].reason == "backchannel"
+        assert not of(TurnInterrupted, events) and not of(TranscriptFinal, events)
+        turn, events = await over_the_assistant(bus, asr, "en", SpeechIgnored, zh)
+        assert of(SpeechIgnored, events)[0].turn_id == turn
+        assert not of(TurnInterrupted, events) and not of(TranscriptFinal, events)
+    finally:
+        await projections.stop()
