@@ -14,12 +14,15 @@ from schemas import (
     Error,
     Event,
     SessionStarted,
+    SpeechIgnored,
     ToolCall,
     ToolCallRef,
     ToolResult,
     TranscriptFinal,
     TtsSentence,
     TurnInterrupted,
+    TurnPaused,
+    TurnResumed,
     TurnStarted,
     UserText,
     encode,
@@ -224,6 +227,39 @@ def test_interruption_without_an_answer_event_keeps_what_was_spoken() -> None:
     assert build_messages(SYSTEM, entries, budget_tokens=BIG)[1:] == [
         {"role": "user", "content": "story?"}, {"role": "assistant", "content": "Once upon"},
         {"role": "user", "content": "stop"}]
+
+
+def test_a_paused_turn_that_resumed_keeps_its_whole_answer() -> None:
+    """A cough paused the answer and it resumed: the user heard all of it."""
+    story = "Once upon a time, there was a fox. It lived in a wood."
+    entries = log(
+        user("tell me a story", "t1"),
+        TtsSentence(session_id=SID, turn_id="t1", text="Once upon a time, there was a fox.",
+                    index=0),
+        TurnPaused(session_id=SID, turn_id="t1"),
+        SpeechIgnored(session_id=SID, turn_id="t1", reason="noise"),
+        TurnResumed(session_id=SID, turn_id="t1", reason="no_words", paused_ms=700),
+        TtsSentence(session_id=SID, turn_id="t1", text="It lived in a wood.", index=1),
+        answer(story, "t1"),
+        user("and then?", "t2"),
+    )
+    messages = build_messages(SYSTEM, entries, budget_tokens=BIG)
+    assert [m["content"] for m in messages if m["role"] == "assistant"] == [story]
+
+
+def test_a_paused_turn_that_words_interrupted_keeps_what_was_played() -> None:
+    entries = log(
+        user("tell me a story", "t1"),
+        TtsSentence(session_id=SID, turn_id="t1", text="Once upon a time, there was a fox.",
+                    index=0),
+        TurnPaused(session_id=SID, turn_id="t1"),
+        TurnInterrupted(session_id=SID, turn_id="t1", reason="barge_in"),
+        answer("Once upon a time, there was a fox. It lived in a wood.", "t1", interrupted=True),
+        TranscriptFinal(session_id=SID, id="t2", text="stop, tell me about Paris"),
+    )
+    messages = build_messages(SYSTEM, entries, budget_tokens=BIG)
+    assert messages[2] == {"role": "assistant", "content": "Once upon a time, there was a fox."}
+    assert messages[3] == {"role": "user", "content": "stop, tell me about Paris"}
 
 
 def _conversation() -> list[Entry]:

@@ -5,6 +5,7 @@ interruption, PCM16 sessions, tool steps, a newer turn, and a turn through the d
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from schemas import (
     TtsStarted,
     TtsStopped,
     TurnInterrupted,
+    TurnPaused,
+    TurnResumed,
     UserText,
     new_id,
 )
@@ -244,6 +247,60 @@ async def test_an_interruption_stops_the_sound_within_a_frame(bus: Bus, start_tt
     events = await wait_for(bus, sid, lambda ev: any(isinstance(e, AssistantMessage) for e in ev))
     assert [s.index for s in of_type(events, TtsSentence)] == [0]
     assert len(stopped(events)) == 1
+
+
+async def test_a_pause_holds_the_audio_and_it_resumes_from_the_same_frame(
+        bus: Bus, start_tts: StartTts) -> None:
+    """The same turn spoken twice (the second from the cache: the same audio), the second
+    paused for a second mid-sentence: its frames are the first's, none sent while paused,
+    and its offsets and spoken_ms leave the pause out."""
+    await start_tts()
+    sid = "t" + new_id()
+    frames = await catch_frames(bus, sid)
+    heard = []
+    for paused in (False, True):
+        turn, first = new_id(), len(frames.frames)
+        await bus.publish(sentence(sid, turn, QUICK, 0))
+        await bus.publish(sentence(sid, turn, "Yes.", 1))
+        if paused:
+            await frames.wait(first + 15)  # about 0.9 s in
+            await bus.publish(TurnPaused(session_id=sid, turn_id=turn))
+            hold = time.monotonic()
+            await asyncio.sleep(1.0)
+            await bus.publish(final(sid, turn))  # all said while paused: it stays paused
+            await asyncio.sleep(0.3)
+            await bus.publish(TurnResumed(session_id=sid, turn_id=turn, reason="no_words"))
+        else:
+            await bus.publish(final(sid, turn))
+        events = await wait_for(bus, sid, lambda ev, t=turn: any(s.turn_id == t for s in stopped(ev)))
+        await frames.settle(0.2)
+        heard.append((frames.frames[first:], frames.times[first:],
+                      next(s for s in stopped(events) if s.turn_id == turn),
+                      [s for s in of_type(events, TtsSentence) if s.turn_id == turn]))
+    (plain, _, plain_stop, plain_said), (held, times, held_stop, held_said) = heard
+    assert held == plain  # the same frames, none lost or repeated at the pause
+    assert max(b - a for a, b in itertools.pairwise(times)) > 1.0  # the pause …
+    assert not [t for t in times if hold + 0.3 < t < hold + 1.2]  # … sent nothing
+    assert held_stop.spoken_ms == plain_stop.spoken_ms == len(held) * 60
+    assert [(s.index, s.offset_ms) for s in held_said] == [(s.index, s.offset_ms) for s in plain_said]
+    assert held_stop.audio is not None and held_stop.audio.duration_ms == held_stop.spoken_ms
+
+
+async def test_a_paused_turn_still_stops_when_interrupted_or_when_the_session_ends(
+        bus: Bus, start_tts: StartTts) -> None:
+    await start_tts()
+    for stop in ("interrupted", "ended"):
+        sid, turn = "t" + new_id(), new_id()
+        frames = await catch_frames(bus, sid)
+        await bus.publish(sentence(sid, turn, LONG, 0))
+        await frames.wait(8)
+        await bus.publish(TurnPaused(session_id=sid, turn_id=turn))
+        await asyncio.sleep(0.3)
+        await bus.publish(TurnInterrupted(session_id=sid, turn_id=turn, reason="barge_in")
+                          if stop == "interrupted" else SessionEnded(session_id=sid))
+        events = await wait_for(bus, sid, lambda ev: bool(stopped(ev)))
+        full = of_type(events, TtsSentence)[0].duration_ms
+        assert 0 < stopped(events)[0].spoken_ms <= len(frames.frames) * 60 < full / 2
 
 
 async def test_an_abort_naming_no_turn_silences_the_session(bus: Bus, start_tts: StartTts) -> None:

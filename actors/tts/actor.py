@@ -8,6 +8,8 @@
   seen while this session's durable queue still waits: the sound stops within a frame,
   queued sentences of that turn drop, and later ones are ignored. So does the session's
   end (a hang-up), for every turn begun before it.
+- A `turn.paused` (speech over the assistant, watched likewise) holds the turn's audio where
+  it is; `turn.resumed` goes on from there, an interruption stops it.
 - The voice is the assistant's (its `tts` provider and `voice`), else by its language: `zh`
   is spoken by Kokoro's Mandarin voice, `en` by the default provider, and `auto` by either,
   sentence by sentence, as the text's script wants (`actors.tts.voices`).
@@ -45,6 +47,8 @@ from schemas import (
     SessionEnded,
     SessionStarted,
     TurnInterrupted,
+    TurnPaused,
+    TurnResumed,
 )
 
 log = logging.getLogger("vagent.tts")
@@ -71,7 +75,8 @@ class Tts(Actor):
         self._loading = asyncio.Lock()
         self.assistants = AssistantDirectory(self.bus, self.data_dir)
         self._warming: set[asyncio.Task[None]] = set()
-        self._watch = await Watch(self.bus, ("turn.interrupted", "session.ended", "session.started"),
+        self._watch = await Watch(self.bus, ("turn.interrupted", "turn.paused", "turn.resumed",
+                                             "session.ended", "session.started"),
                                   self._watched).start()
 
     async def teardown(self) -> None:
@@ -88,6 +93,10 @@ class Tts(Actor):
     async def _watched(self, event: Event) -> None:
         if isinstance(event, TurnInterrupted):
             self._speaker(event.session_id).interrupt(event.turn_id, event.id, event.ts)
+        elif isinstance(event, TurnPaused | TurnResumed):
+            speaker = self.speakers.get(event.session_id)
+            if speaker is not None:
+                speaker.pause(event.turn_id, event.ts, paused=isinstance(event, TurnPaused))
         elif isinstance(event, SessionEnded) and event.reason != "user_exit":
             # Nobody is listening any more (the dialogue's goodbye, user_exit, is still to be
             # said): stop what is playing or queued, and what the answer still streams.

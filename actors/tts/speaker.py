@@ -6,6 +6,10 @@ exists (the producer), and are sent at the pace they play (the sender), never mo
 lead, and the sender itself stops at once (it waits on the stop, not on a sleep).
 
 A newer turn supersedes an older one still speaking: its answer is the one that matters.
+
+Speech over the assistant pauses its turn (`turn.paused`): the sender holds its place in the
+audio, sending nothing, until `turn.resumed` (it goes on from the next frame) or an
+interruption. The pause is not audio: offsets and `spoken_ms` count frames sent.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ LEAD_FRAMES = 2  # frames the client may hold beyond the one playing: jitter mar
 TURN_IDLE = 120.0  # seconds without a sentence or the final message: the turn is over
 PIECE_SECONDS = 0.25  # audio encoded per step, so frames flow while the rest is encoded
 STORE_TIMEOUT = 5.0  # seconds to store a turn's recording before tts.stopped goes without it
+# A pause nobody resolves (the ASR gone) ends in this many seconds: the turn goes on.
+HOLD_MAX = 30.0
 # Slots of derived_id(cause, actor, n) for events emitted after handle() returned (their
 # cause may be a later sentence, the interruption or the final message); ctx.emit inside
 # handle() uses 0, 1, …
@@ -82,6 +88,12 @@ _END = object()  # the producer has nothing more for this turn
 _STOP = object()  # wakes a waiting sender after an interruption
 
 
+def _running() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
 @dataclass(eq=False)
 class Turn:
     turn_id: str
@@ -93,6 +105,8 @@ class Turn:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     placed: list[tuple[Sentence, int]] = field(default_factory=list)  # (sentence, offset_ms) as sent
     chars: int = 0  # of text queued to speak, against the limit per turn
+    running: asyncio.Event = field(default_factory=_running)  # clear while paused
+    steered_ts: int = 0  # the latest turn.paused or turn.resumed heeded (they may cross)
 
     @property
     def open(self) -> bool:
@@ -108,11 +122,22 @@ class Turn:
             self.end_cause = cause_id
             self.inbox.put_nowait(None)
 
+    def hold(self, paused: bool, ts: int) -> None:
+        """Pause (or resume) the turn's audio, unless a later pause or resume was heeded."""
+        if ts < self.steered_ts:
+            return
+        self.steered_ts = ts
+        if paused and not self.stop.is_set():
+            self.running.clear()
+        else:
+            self.running.set()
+
     def halt(self, cause_id: str) -> None:
         if self.stop.is_set():
             return
         self.stop_cause = cause_id
         self.stop.set()
+        self.running.set()  # a paused sender wakes, to stop
         self.inbox.put_nowait(None)
         self.frames.put_nowait(_STOP)
         for sentence in self.sentences:
@@ -188,6 +213,12 @@ class Speaker:
         for turn in self.turns:
             if turn_id is None or turn.turn_id == turn_id:
                 turn.halt(cause_id)
+
+    def pause(self, turn_id: str | None, ts: int, paused: bool = True) -> None:
+        """Speech over the turn: hold its audio where it is (`paused`), or go on."""
+        turn = self._turn(turn_id) if turn_id is not None else None
+        if turn is not None:
+            turn.hold(paused, ts)
 
     def hang_up(self, cause_id: str, ts: int) -> None:
         """The session ended with nobody left to listen: stop what plays, and speak nothing of
@@ -305,6 +336,8 @@ class Speaker:
             ahead = play_end - time.monotonic()
             if ahead + frame_s > lead and await self._pause(turn, ahead + frame_s - lead):
                 break
+            if not turn.running.is_set() and await self._held(turn):
+                break
             if not started:
                 # Stored before the first frame: whoever relays audio sees the start first.
                 first = turn.sentences[0]
@@ -367,6 +400,15 @@ class Speaker:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(seconds):  # cancellation-safe, unlike 3.11's wait_for
                     await turn.stop.wait()
+        return turn.stop.is_set()
+
+    @staticmethod
+    async def _held(turn: Turn) -> bool:
+        """Wait while the turn is paused (at most HOLD_MAX); True if it was stopped."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HOLD_MAX):
+                await turn.running.wait()
+        turn.running.set()
         return turn.stop.is_set()
 
     def _emit(self, event: SessionEvent, sentence: Sentence, slot: int, *,
