@@ -173,7 +173,7 @@ def test_vagent_up_runs_the_local_llm_when_no_provider_is_configured(tmp_path: P
         proc = Proc(["up", "--port", str(port), "--data-dir", str(data), "--edge-port", str(free_port())],
                     VAGENT_CONFIG=str(config))
         try:
-            line = proc.wait_for("(local llama-server", timeout=60)
+            line = proc.wait_for("(local llama-server")
             base_url = line.split()[1]
             with urllib.request.urlopen(f"{base_url}/models", timeout=5) as resp:
                 served = [m["id"] for m in json.load(resp)["data"]]

@@ -30,6 +30,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    # Blocked before any thread exists (the library may start some as it loads; threads
+    # inherit the mask), then taken by sigwait: a handler would run only if the kernel
+    # happened to pick the main thread, and a SIGTERM landing on one of llama.cpp's threads
+    # would leave the main thread asleep for good (a `vagent up` killed with SIGKILL then
+    # left the model running).
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     import xllamacpp  # here, not at the top: `--help` works without loading 100 MB of library
 
     params = xllamacpp.CommonParams()
@@ -52,12 +59,6 @@ def main(argv: list[str] | None = None) -> None:
         with open(args.chat_template_file, encoding="utf-8") as f:
             params.chat_template = f.read()
 
-    # Blocked here, before the server starts its threads (they inherit the mask), and then
-    # taken by sigwait: a handler would run only if the kernel happened to pick the main
-    # thread, and a SIGTERM landing on one of llama.cpp's threads would leave the main
-    # thread asleep for good (a `vagent up` killed with SIGKILL then left the model running).
-    stop_signals = {signal.SIGTERM, signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     server = xllamacpp.Server(params)  # loads the model, then listens; raises if it cannot
     print(f"vagent: serving {args.alias} at {server.listening_address}", file=sys.stderr, flush=True)
     signal.sigwait(stop_signals)
