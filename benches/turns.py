@@ -50,8 +50,9 @@ from benches.turns_set import ONE_TURN, OVER_ASSISTANT, Item, items
 DETECTORS = ("silence", "smart_turn")
 FRAME_MS = 20
 FRAME = RATE * FRAME_MS // 1000  # samples
-CONCURRENCY = 4  # sessions played at once
-SETTLE_S = 4.0  # after the item: a pause this long may still resolve (resume or interrupt)
+CONCURRENCY = 3  # sessions played at once
+QUIET_S = 1.5  # after the item: the ASR has said all it will when quiet this long
+EXTRA_MS = 10_000  # audio sent after the item at most, waiting for that
 CLAIM_TIMEOUT = 30.0
 # Goals of the issue, printed beside the figures.
 GOALS = {"false_cutoff_rate": 0.05, "eot_mean_ms": 300, "backchannel_rate": 0.0, "echo_rate": 0.0,
@@ -143,7 +144,7 @@ async def play(bus: Any, sessions: dict[str, Any], item: Item) -> Heard:
             while (pipeline := sessions.get(sid)) is None or pipeline.task is None:
                 await asyncio.sleep(0.01)
         mic = np.frombuffer(item.mic, np.int16)
-        cap = item.duration_ms + 15_000  # a turn paused for good ends the item after all
+        cap = item.duration_ms + EXTRA_MS  # a turn paused for good ends the item after all
         tape = np.zeros(cap * RATE // 1000 + FRAME, np.int32)  # what the speaker played, by audio time
         delay = item.echo.delay_ms * RATE // 1000 if item.echo else 0
         gain = 10 ** (item.echo.gain_db / 20) if item.echo else 0.0
@@ -152,7 +153,8 @@ async def play(bus: Any, sessions: dict[str, Any], item: Item) -> Heard:
         n = 0
         while True:
             at_ms = n * FRAME_MS
-            if at_ms >= cap or (at_ms >= item.duration_ms and (not item.assistant or speaker.stopped)):
+            if at_ms >= cap or (at_ms >= item.duration_ms and (not item.assistant or speaker.stopped)
+                                and _said_all(heard, pipeline, time.monotonic() - began)):
                 break
             if item.assistant and not speaker.started and at_ms >= item.assistant_at_ms:
                 speaker.started = True
@@ -177,25 +179,28 @@ async def play(bus: Any, sessions: dict[str, Any], item: Item) -> Heard:
                 heard.end_sent_s = time.monotonic() - began
             n += 1
             await asyncio.sleep(max(0.0, began + n * FRAME_MS / 1000 - time.monotonic()))
-        await _settle(heard)
+        await bus.publish(SessionEnded(session_id=sid, reason="client_closed"))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                while sessions.get(sid) is pipeline:  # it has said all it will
+                    await asyncio.sleep(0.05)
         return heard
     finally:
         await sub.stop()
-        with contextlib.suppress(Exception):
-            await bus.publish(SessionEnded(session_id=sid, reason="client_closed"))
 
 
-async def _settle(heard: Heard) -> None:
-    """A paused turn resolves (resumed or interrupted) within SETTLE_S, or never will."""
+def _said_all(heard: Heard, pipeline: Any, now_s: float) -> bool:
+    """Whether the ASR has caught up with the audio sent and has fallen quiet, with every
+    pause of the assistant resolved (resumed or interrupted): the microphone goes on
+    sending silence until then, as a client's does."""
     from schemas import TurnInterrupted, TurnPaused, TurnResumed
 
-    deadline = time.monotonic() + SETTLE_S
-    while time.monotonic() < deadline:
-        pauses = len(heard.of(TurnPaused))
-        settled = len(heard.of(TurnResumed)) + len(heard.of(TurnInterrupted))
-        if pauses <= settled:
-            return
-        await asyncio.sleep(0.05)
+    if not pipeline.queue.empty():
+        return False
+    if heard.events and now_s - heard.events[-1][0] < QUIET_S:
+        return False
+    pauses = len(heard.of(TurnPaused))
+    return pauses <= len(heard.of(TurnResumed)) + len(heard.of(TurnInterrupted))
 
 
 def grade(heard: Heard, silence_ms: int) -> dict[str, Any]:

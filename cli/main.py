@@ -838,7 +838,7 @@ def bench_turns(nats: NatsOpt = None, data_dir: DataOpt = None,
                     "--item", help="Only this item of the set (repeat; default: all).")] = None,
                 kind: Annotated[list[str] | None, typer.Option(
                     "--kind", help="Only items of this kind (repeat; default: all).")] = None,
-                concurrency: Annotated[int, typer.Option(help="Sessions played at once.")] = 4,
+                concurrency: Annotated[int, typer.Option(help="Sessions played at once.")] = 3,
                 as_json: JsonOpt = False) -> None:
     """Turn-taking on the committed labelled set, per end-of-turn detector side by side:
     false cut-offs, end-of-turn delay, false interruptions by backchannels, coughs and echo,
