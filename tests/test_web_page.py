@@ -194,7 +194,7 @@ async def test_the_page_is_served_beside_the_api(api: Api) -> None:
     assert "default-src 'self'" in r.headers["content-security-policy"]
     assert '<script type="module" src="/static/app.js"' in r.text
     modules = [f"/static/{m}.js" for m in ("app", "api", "talk", "links", "media", "history", "lines",
-                                           "devices")]
+                                           "devices", "turn")]
     for asset, kind in [*((m, "javascript") for m in modules), ("/static/app.css", "text/css")]:
         r = await api.client.get(asset)
         assert r.status_code == 200 and kind in r.headers["content-type"], asset
@@ -610,3 +610,58 @@ async def test_an_assistants_language_is_shown_and_set(micless: Any, stack: Api)
     await page.wait_for_selector("body[data-state='idle']")
     await expect(page.get_by_label("Language of Laoshi")).to_have_value("auto")
     assert not page.problems, page.problems
+
+
+async def test_an_assistants_turn_taking_is_set_and_changed_setting_by_setting(micless: Any,
+                                                                              stack: Api) -> None:
+    page = micless
+    await sign_up(page, f"turns{new_id().lower()}@example.com")
+    await page.get_by_role("button", name="Add assistant").click()
+    form = page.locator("#add-form")
+    await form.get_by_label("Name", exact=True).fill("Kitchen")
+    await form.get_by_text("Turn-taking").click()
+    await expect(form.get_by_label("End of turn")).to_have_value("")  # the server's
+    await form.get_by_label("Hold if complete (ms)").fill("250")
+    await form.get_by_label("Own voice heard back").select_option(label="Ignore (speaker)")
+    await page.get_by_role("button", name="Create").click()
+    await expect(page.get_by_label("Language of Kitchen")).to_be_visible()
+    token = await page.evaluate("sessionStorage.getItem('vagent.access')")
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def turn() -> Any:
+        r = await stack.client.get("/api/v1/assistants", headers=headers)
+        assert r.status_code == 200, r.text
+        return {a["name"]: a["turn"] for a in r.json()["items"]}["Kitchen"]
+
+    assert await turn() == {"complete_hold_ms": 250, "echo": "on"}
+
+    # In the list, each setting is saved when it changes; the others keep theirs.
+    await page.get_by_label("Turn-taking of Kitchen").click()
+    row = page.locator("#assistant-list li", has=page.get_by_label("Turn-taking of Kitchen"))
+    await expect(row.get_by_label("Hold if complete (ms)")).to_have_value("250")
+    await row.get_by_label("End of turn").select_option(label="Silence only")
+    await expect(page.locator("#notice")).to_have_text(
+        "Saved Kitchen's turn-taking. End of turn: Silence only.")
+    assert await turn() == {"detector": "silence", "complete_hold_ms": 250, "echo": "on"}
+    # Emptied, a setting is the server's again.
+    hold = row.get_by_label("Hold if complete (ms)")
+    await hold.fill("")
+    await hold.press("Tab")
+    await expect(page.locator("#notice")).to_contain_text(
+        "Hold if complete (ms): server default")
+    assert await turn() == {"detector": "silence", "echo": "on"}
+    # A refused value says which setting and why, and the field shows the saved one again.
+    wait = row.get_by_label("Wait if unfinished (ms)")
+    await wait.fill("-5")
+    await wait.press("Tab")
+    await expect(page.locator("#notice")).to_contain_text("turn.incomplete_max_ms")
+    await expect(page.locator("#notice")).to_contain_text(">= 0")
+    await expect(wait).to_have_value("")
+    assert await turn() == {"detector": "silence", "echo": "on"}
+
+    await page.reload()
+    await page.wait_for_selector("body[data-state='idle']")
+    await page.get_by_label("Turn-taking of Kitchen").click()
+    await expect(row.get_by_label("End of turn")).to_have_value("silence")
+    await expect(row.get_by_label("Own voice heard back")).to_have_value("on")
+    assert not [p for p in page.problems if "page error" in p], page.problems

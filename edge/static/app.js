@@ -3,12 +3,13 @@
 // devices. Plain JavaScript modules, no build step: api.js (REST and tokens), talk.js (the conversation),
 // links.js (its /ws and WebRTC connections), media.js (microphones, speakers, the voice's
 // bars), history.js (past conversations), lines.js (a conversation's lines), devices.js
-// (xiaozhi devices bound by their code).
+// (xiaozhi devices bound by their code), turn.js (an assistant's turn-taking).
 
 import { API, all, describe, forgetTokens, idempotencyKey, keepTokens, request, tokens, whenExpired } from "./api.js";
 import * as devices from "./devices.js";
 import * as history from "./history.js";
 import * as talk from "./talk.js";
+import { chosen, turnEditor, turnFields } from "./turn.js";
 
 const STORE = window.sessionStorage;
 const $ = (id) => document.getElementById(id);
@@ -20,7 +21,7 @@ const el = {
   password: $("password"), passwordHint: $("password-hint"),
   addToggle: $("add-toggle"), addForm: $("add-form"), addSubmit: $("add-submit"),
   addCancel: $("add-cancel"), addError: $("add-error"), aName: $("a-name"),
-  aPersona: $("a-persona"), aVoice: $("a-voice"), aLanguage: $("a-language"),
+  aPersona: $("a-persona"), aVoice: $("a-voice"), aLanguage: $("a-language"), aTurn: $("a-turn"),
   list: $("assistant-list"), empty: $("assistants-empty"),
   callButton: $("call-button"), hangup: $("hangup-button"), stopAnswer: $("stop-answer"),
   mute: $("mute-button"), micSelect: $("mic-select"), speakerSelect: $("speaker-select"),
@@ -174,6 +175,20 @@ function languagePicker(a) {
   return select;
 }
 
+// The list's turn-taking: each setting saved when it changes (only it: the API keeps the others).
+function turnPicker(a) {
+  return turnEditor(a, async (changes, what) => {
+    try {
+      const saved = await request("PATCH", `${API}/assistants/${encodeURIComponent(a.assistant_id)}`, { turn: changes });
+      a.turn = saved.turn;
+      notice(`Saved ${a.name}'s turn-taking. ${what}.`, "info");
+    } catch (err) {
+      notice(`Could not change ${a.name}'s turn-taking: ${describe(err)}`);
+      throw err;
+    }
+  });
+}
+
 async function loadAssistants() {
   el.list.setAttribute("aria-busy", "true");
   try {
@@ -232,7 +247,7 @@ function renderAssistants() {
       input.setAttribute("aria-describedby", hidden.id);
     }
     label.append(input, text);
-    li.append(label, languagePicker(a));
+    li.append(label, languagePicker(a), turnPicker(a));
     return li;
   });
   el.list.replaceChildren(...items);
@@ -257,6 +272,7 @@ function toggleAdd(open) {
   } else {
     el.addForm.reset();
     el.aLanguage.value = "en";
+    el.aTurn.open = false;
     el.addToggle.focus();
   }
 }
@@ -273,6 +289,8 @@ async function onAddSubmit(event) {
   const body = { name, persona: el.aPersona.value.trim(), language: el.aLanguage.value };
   const voice = el.aVoice.value.trim();
   if (voice) body.voice = voice;
+  const turn = chosen(el.aTurn);
+  if (Object.keys(turn).length) body.turn = turn;
   el.addSubmit.disabled = true;
   try {
     const created = await request("POST", API + "/assistants", body, { "Idempotency-Key": el.addForm.dataset.key });
@@ -340,6 +358,7 @@ window.vagent = talk.inspect;
 Object.defineProperty(window.vagent, "state", { value: () => el.body.dataset.state });
 
 languageSelect(el.aLanguage, "en");
+el.aTurn.append(turnFields("a-turn", null));
 setMode(false);
 if (tokens.access) {
   enter().catch((err) => {
