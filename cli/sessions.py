@@ -14,9 +14,12 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from bus.client import Bus
 from bus.errors import BusError
 from cli.display import Column, clock, fit, minute, ms, named, rounded, shorten, table, when
+from projections.assistants import settings_of
 from projections.bulk import Row
 from projections.client import QueryError, run_query
 from replay.log import fold_turns, session_log, stages
@@ -139,14 +142,19 @@ def _turn_number(turns: list[Row]) -> dict[str, int]:
     return {t["turn_id"]: n for n, t in enumerate(turns, start=1)}
 
 
-async def _lookup(bus: Bus, query: str, params: dict[str, Any], column: str) -> str | None:
-    """One value from the running read-model service; None without one (the log alone is
+async def _row(bus: Bus, query: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    """One row from the running read-model service; None without one (the log alone is
     enough for the rest)."""
     try:
         columns, rows = await run_query(bus, None, query, params)
     except QueryError:
         return None
-    return dict(zip(columns, rows[0], strict=True))[column] if rows else None
+    return dict(zip(columns, rows[0], strict=True)) if rows else None
+
+
+async def _lookup(bus: Bus, query: str, params: dict[str, Any], column: str) -> str | None:
+    row = await _row(bus, query, params)
+    return row[column] if row else None
 
 
 async def _who(bus: Bus, started: SessionStarted) -> list[str]:
@@ -156,9 +164,15 @@ async def _who(bus: Bus, started: SessionStarted) -> list[str]:
         email = await _lookup(bus, "user", {"user_id": started.user_id}, "email")
         lines.append(f"user      {email} ({started.user_id})" if email else f"user      {started.user_id}")
     if started.assistant_id:
-        name = await _lookup(bus, "assistant_settings", {"assistant_id": started.assistant_id}, "name")
+        assistant = await _row(bus, "assistant_settings", {"assistant_id": started.assistant_id})
+        name = assistant and assistant["name"]
         lines.append(f"assistant {name} ({started.assistant_id})" if name
                      else f"assistant {started.assistant_id}")
+        turn = settings_of(assistant)["turn"] if assistant else None
+        if turn is not None:  # the rest of its turn-taking is the configuration's
+            own = " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}"
+                           for k, v in msgspec.structs.asdict(turn).items() if v is not None)
+            lines.append(f"turn      {own or 'as configured'} (the assistant's settings now)")
     if started.device_id:
         lines.append(f"device    {started.device_id}")
     return lines

@@ -25,6 +25,7 @@ from schemas import (
     SessionStarted,
     SpeechStopped,
     TtsStopped,
+    TurnSettings,
     UserRegistered,
     new_id,
 )
@@ -65,7 +66,8 @@ async def recorded(bus: Bus) -> tuple[str, str]:
     email = f"{uid.lower()}@example.com"
     await bus.publish(UserRegistered(user_id=uid, email=email))
     aid = "as" + sid
-    await bus.publish(AssistantCreated(assistant_id=aid, owner_id=uid, name=ASSISTANT))
+    await bus.publish(AssistantCreated(assistant_id=aid, owner_id=uid, name=ASSISTANT,
+                                       turn=TurnSettings(complete_hold_ms=250, echo="on")))
     events = rich_session(sid, uid)
     # Its assistant, and a latency measured as the dialogue measures it (not a round number).
     events = [msgspec.structs.replace(e, assistant_id=aid) if isinstance(e, SessionStarted)
@@ -177,6 +179,8 @@ async def test_sessions_lists_with_owner_latency_and_filters(recorded: tuple[str
         # With the read models served, `session show` names the user and the assistant too.
         shown = (await cli("session", "show", sid, "--nats", nats_server.url)).stdout
         assert f"user      {email} (" in shown and f"assistant {ASSISTANT} (as{sid})" in shown
+        # and the assistant's own turn-taking (the rest is the configuration's).
+        assert "turn      complete_hold_ms=250 echo=on (the assistant's settings now)" in shown
         as_json = json.loads((await cli("sessions", "--user", email, "--json", *common)).stdout)
         assert [(r["session_id"], r["turns"], r["transport"]) for r in as_json] == [(sid, 4, "test")]
         assert as_json[0]["assistant_name"] == ASSISTANT
