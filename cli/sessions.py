@@ -29,8 +29,10 @@ from schemas import (
     Event,
     SessionEnded,
     SessionStarted,
+    SpeechStopped,
     ToolCall,
     ToolResult,
+    TurnEnd,
     TurnInterrupted,
     UserImage,
     UserText,
@@ -116,6 +118,12 @@ def bar(value: float, scale: float, width: int = 24) -> str:
     return "█" * full + (" ▏▎▍▌▋▊▉"[part] if part else "")
 
 
+def turn_end(end: TurnEnd) -> str:
+    """Why an utterance ended when it did: `model p=0.97 after 224 ms silence`."""
+    probability = f" p={end.probability:.2f}" if end.probability is not None else ""
+    return f"{end.by}{probability} after {end.silence_ms} ms silence"
+
+
 def summary(event: Event) -> str:
     fields = rounded({k: v for k, v in to_builtins(event).items()
                       if k not in _ENVELOPE and v not in (None, [], {})})
@@ -123,6 +131,8 @@ def summary(event: Event) -> str:
         fields.pop(noisy, None)
     if isinstance(fields.get("audio"), dict):
         fields["audio"] = f"{fields['audio'].get('duration_ms', 0)} ms stored"
+    if isinstance(event, SpeechStopped) and event.end is not None:
+        fields["end"] = turn_end(event.end)
     if isinstance(event, UserImage):  # where the photo is, not the blob reference's fields
         fields["image"] = f"{event.image.bucket}/{event.image.name}"
     if isinstance(event, AssistantMessage):

@@ -158,19 +158,24 @@ async def test_an_utterance_becomes_speech_events_partials_and_a_final(
     assert partials and all(p.causation_id == speech_started.id for p in partials)
     assert partials[0].ts < speech_stopped.ts
 
-    # The utterance's audio: pre-roll + speech + the silence hold, 16 kHz PCM16.
+    # A complete sentence: the turn model ended it after the short hold, not the long silence.
+    end = speech_stopped.end
+    assert end is not None and end.by == "model", end
+    assert asr.settings.turn.complete_hold_ms <= end.silence_ms < asr.settings.vad.silence_ms
+
+    # The utterance's audio: pre-roll + speech + the silence heard before its end, 16 kHz PCM16.
     ref = speech_stopped.audio
     assert ref is not None and final.audio == ref
     assert (ref.bucket, ref.format, ref.sample_rate) == ("audio", "pcm16", 16000)
     blob = await get_blob(bus, ref)
     assert len(blob) // 32 == ref.duration_ms
-    expected = speech_stopped.duration_ms + 256 + asr.settings.vad.silence_ms
+    expected = speech_stopped.duration_ms + 256 + end.silence_ms
     assert abs(ref.duration_ms - expected) <= 100
 
     latency_ms = (final.ts - speech_stopped.ts) / 1e6
     print(f"\n{params.format}@{params.sample_rate}: {final.text!r}; transcript.final "
           f"{latency_ms:.0f} ms after speech.stopped, which came "
-          f"{asr.settings.vad.silence_ms} ms (audio) after the last word")
+          f"{end.silence_ms} ms (audio) after the last word")
 
 
 async def test_noise_alone_gives_no_turn(bus: Bus, start_asr: Start) -> None:

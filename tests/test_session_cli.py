@@ -17,7 +17,7 @@ import pytest
 from bus.blobs import put_pcm
 from bus.client import Bus
 from bus.server import EmbeddedServer
-from cli.sessions import bar, parse_since
+from cli.sessions import bar, parse_since, summary
 from projections.runtime import ProjectionService
 from schemas import (
     AssistantCreated,
@@ -25,6 +25,7 @@ from schemas import (
     SessionStarted,
     SpeechStopped,
     TtsStopped,
+    TurnEnd,
     TurnSettings,
     UserRegistered,
     new_id,
@@ -43,6 +44,18 @@ def test_bars_and_since() -> None:
     assert parse_since("2025-01-31") is not None and parse_since(None) is None
     with pytest.raises(ValueError):
         parse_since("yesterday")
+
+
+def test_a_speech_stopped_line_says_why_the_utterance_ended_then() -> None:
+    def line(end: TurnEnd | None) -> str:
+        return summary(SpeechStopped(session_id="s", audio_ms=3500, duration_ms=1000, end=end))
+
+    assert "end=model p=0.97 after 224 ms silence" in line(TurnEnd(by="model", probability=0.9712,
+                                                                   silence_ms=224))
+    assert "end=max_wait p=0.12 after 2016 ms silence" in line(
+        TurnEnd(by="max_wait", probability=0.12, silence_ms=2016))
+    assert "end=silence after 416 ms silence" in line(TurnEnd(by="silence", silence_ms=416))
+    assert "end=" not in line(None)  # logs from before the turn model
 
 
 def tone(rate: int, ms: int) -> bytes:

@@ -14,6 +14,9 @@ for assistants whose language is `zh` or `auto` (actors.asr.language). Servers b
 (`[[asr.providers]]`, the `openai` engine) hear every language: when they are the default
 engine every session goes to them, told its language, and an assistant may pick one of
 them by name (tried first, the others its fallback).
+
+The turn model (actors.asr.turn_model), which ends utterances by meaning, loads the first
+time a session's rules want it and serves every session; without it silence ends them.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ import asyncio
 import logging
 from typing import ClassVar
 
+from actors.asr.endpoint import Ender, ModelEnd, SilenceEnd
 from actors.asr.engine import Engine, Multilingual, make_engine
 from actors.asr.engine_whisper import WhisperEngine
 from actors.asr.language import FirstUtteranceLanguage
 from actors.asr.session import SessionPipeline
 from actors.asr.settings import CHAIN, AsrSettings, TurnRules
+from actors.asr.turn_model import TurnModel
 from actors.assistant import AssistantDirectory
 from actors.base import Actor, Context
 from domain.language import session_language
@@ -55,6 +60,9 @@ class Asr(Actor):
         self._loading = asyncio.Lock()
         self.assistants = AssistantDirectory(self.bus, self.data_dir)
         self.sessions: dict[str, SessionPipeline] = {}
+        self._turn_model: TurnModel | None = None
+        self._turn_model_failed = False
+        self._turn_model_loading = asyncio.Lock()
         log.info("asr ready", extra={"engine": self.engine.provider})
 
     async def teardown(self) -> None:
@@ -101,6 +109,30 @@ class Asr(Actor):
         except Exception:  # engine_for has logged it
             profile = None
         return self.settings.rules(profile.turn if profile is not None else None)
+
+    async def ender_for(self, rules: TurnRules, session_id: str) -> Ender:
+        """What ends the session's utterances: the turn model (loaded the first time a
+        session wants it), or silence alone, also when the model cannot be loaded."""
+        silence = SilenceEnd(self.settings.vad.silence_ms)
+        if rules.detector != "smart_turn":
+            return silence
+        model = await self.turn_model()
+        if model is None:
+            return silence
+        return ModelEnd(model, complete_hold_ms=rules.complete_hold_ms,
+                        incomplete_max_ms=rules.incomplete_max_ms, threshold=rules.threshold,
+                        fallback=silence, session_id=session_id)
+
+    async def turn_model(self) -> TurnModel | None:
+        async with self._turn_model_loading:
+            if self._turn_model is None and not self._turn_model_failed:
+                try:
+                    self._turn_model = await asyncio.to_thread(TurnModel)
+                except Exception as exc:
+                    self._turn_model_failed = True  # one warning, not one per session
+                    log.warning("turn model not loaded: silence ends every utterance",
+                                extra={"error": repr(exc)})
+        return self._turn_model
 
     def _speaking(self, engine: Engine, language: str | None, picked: str | None) -> Engine:
         """A multilingual engine's view for one session (its language, the assistant's

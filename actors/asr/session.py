@@ -185,7 +185,8 @@ class SessionPipeline:
             except AudioDecodeError as exc:
                 await self._reject_audio(exc)
                 return
-            self._segmenter = Segmenter(self.settings.vad)
+            self._segmenter = Segmenter(
+                self.settings.vad, ender=await self.actor.ender_for(self.rules, self.session_id))
             self._segmenter.manual = self._manual
         try:
             boundaries = await asyncio.to_thread(self._decode_and_segment, payload)
@@ -244,7 +245,8 @@ class SessionPipeline:
         except Exception as exc:  # the transcript matters more than the recording
             await self._error("audio_not_stored", f"{type(exc).__name__}: {exc}", retryable=True)
         stopped = self.ctx.stamp(SpeechStopped(session_id=self.session_id, audio_ms=stop.stop_ms,
-                                               duration_ms=stop.stop_ms - stop.start_ms, audio=blob),
+                                               duration_ms=stop.stop_ms - stop.start_ms, audio=blob,
+                                               end=stop.end),
                                  id=stopped_id, causation_id=utterance.started.id)
         await self.ctx.publish(stopped)
         if utterance.over is None and self._speaking is not None:

