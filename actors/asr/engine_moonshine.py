@@ -27,6 +27,10 @@ MODEL = "tiny-en"  # the one model moonshine-voice 0.1.0 ships; never get_model_
 # "uh" came out as "Yeah." and 3 s of noise as "The first is the", where a clean start gives
 # nothing. One non-streaming pass over a little silence absorbs it (~7 ms).
 _FLUSH = [0.0] * 1600
+# Its stream drops a last word that ends within ~0.3 s of the stream's end ("…in Paris" for
+# "…in Paris today"), and the turn model ends an utterance ~0.2 s after its last word: this
+# much silence after the audio lets the word through (measured on the committed clips).
+_TAIL = [0.0] * (16000 * 256 // 1000)
 
 
 class MoonshineEngine:
@@ -119,6 +123,8 @@ class MoonshineRecognition:
         if stream is None:
             return ""
         try:
+            if self._error is None:
+                stream.add_audio(_TAIL, 16000)
             transcript = stream.stop()
             for line in transcript.lines if transcript else []:
                 self._lines[line.line_id] = line.text
