@@ -190,12 +190,17 @@ async def play(bus: Any, sessions: dict[str, Any], item: Item) -> Heard:
 
 
 def _said_all(heard: Heard, pipeline: Any, now_s: float) -> bool:
-    """Whether the ASR has caught up with the audio sent and has fallen quiet, with every
-    pause of the assistant resolved (resumed or interrupted): the microphone goes on
-    sending silence until then, as a client's does."""
+    """Whether the ASR has caught up with the audio sent, transcribed every utterance and
+    fallen quiet, with every pause of the assistant resolved (resumed or interrupted): the
+    microphone goes on sending silence until then, as a client's does."""
     from schemas import TurnInterrupted, TurnPaused, TurnResumed
 
     if not pipeline.queue.empty():
+        return False
+    # The latest utterance's transcript (each waits for the one before): its words may still
+    # interrupt, long after the pause resumed on its timeout (whisper on a busy machine).
+    finals = getattr(pipeline, "_finals", None)
+    if finals is not None and not finals.done():
         return False
     if heard.events and now_s - heard.events[-1][0] < QUIET_S:
         return False
@@ -205,13 +210,22 @@ def _said_all(heard: Heard, pipeline: Any, now_s: float) -> bool:
 
 def grade(heard: Heard, silence_ms: int) -> dict[str, Any]:
     """One item's outcome against its labels."""
-    from schemas import SpeechIgnored, SpeechStopped, TurnInterrupted, TurnPaused, TurnResumed
+    from schemas import (
+        SpeechIgnored,
+        SpeechStopped,
+        TranscriptFinal,
+        TurnInterrupted,
+        TurnPaused,
+        TurnResumed,
+    )
 
     item = heard.item
     stops = heard.of(SpeechStopped)
     row: dict[str, Any] = {"name": item.name, "kind": item.kind, "language": item.language,
                            "utterances": len(stops),
-                           "ends": [e.end.by if e.end is not None else "silence" for _, e in stops]}
+                           "ends": [e.end.by if e.end is not None else "silence" for _, e in stops],
+                           "heard": [e.text for _, e in heard.of(TranscriptFinal)]
+                           + [f"({e.reason}) {e.text}" for _, e in heard.of(SpeechIgnored)]}
     # Where each turn was judged over: the end of its speech plus the silence heard (with
     # no `end`, an older ASR: its silence wait).
     judged = [e.audio_ms + (e.end.silence_ms if e.end is not None else silence_ms) for _, e in stops]
@@ -427,6 +441,7 @@ def report(results: dict[str, Any]) -> str:
                       + ")"),
         row("barge-in stop latency, mean", "≤ 200 ms", lambda r: _ms(r["barge_in"]["stop_ms"]["mean"])),
         row("barge-in stop latency, p95", "", lambda r: _ms(r["barge_in"]["stop_ms"]["p95"])),
+        row("barge-in → turn.interrupted, mean", "", lambda r: _ms(r["barge_in"]["interrupt_ms"]["mean"])),
         row("turn ends by", "", lambda r: ", ".join(f"{k} {v}" for k, v in sorted(r["ends"].items()))),
     ]
     lines.append(table(["", *(r["detector"] for r in runs), "goal"], rows))
