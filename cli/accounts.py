@@ -226,7 +226,7 @@ def _body(settings: dict[str, Any], kind: Any) -> Any:
     try:
         return msgspec.convert(settings, kind, strict=False)
     except msgspec.ValidationError as exc:
-        raise AdminError(f"invalid assistant: {invalid(exc)}") from None
+        raise AdminError(f"invalid assistant: {invalid(exc, kind)}") from None
 
 
 async def create_assistant(admin: Admin, who: str, settings: dict[str, Any], as_json: bool) -> None:

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import msgspec
 import typer
 
+from edge.jsonparse import explained
 from schemas import AssistantSettings, TurnSettings
 
 SETTINGS = msgspec.structs.fields(AssistantSettings)
@@ -208,12 +209,13 @@ _AT = re.compile(r"^(?P<what>.*) - at `\$\.(?P<field>\w+)(?:\.(?P<inner>\w+))?"
                  r"(?:\[(?P<index>\d+)\])?.*`$")
 
 
-def invalid(exc: msgspec.ValidationError) -> str:
-    """A refusal of the API's body, naming the option rather than the JSON path."""
-    found = _AT.match(str(exc))
+def invalid(exc: msgspec.ValidationError, kind: Any = None) -> str:
+    """A refusal of the API's body `kind`, naming the option rather than the JSON path."""
+    text = explained(exc, kind)
+    found = _AT.match(text)
     by_name = {s.name: s for s in SETTINGS}
     if found is None or found["field"] not in by_name:
-        return str(exc)
+        return text
     if found["field"] in GROUPS and found["inner"] is not None:
         where = group_option(found["field"], found["inner"])
     elif found["field"] in GROUPS:

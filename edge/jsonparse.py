@@ -15,9 +15,11 @@ session).
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, TypeVar
 
 import msgspec
+import msgspec.inspect
 import numpy as np
 
 from edge.errors import ApiError
@@ -112,7 +114,7 @@ def parse(data: str | bytes, kind: type[T] = Any,  # type: ignore[assignment]  #
     try:
         return msgspec.json.decode(raw, type=kind, strict=True)
     except msgspec.ValidationError as exc:
-        raise invalid(exc) from None
+        raise invalid(exc, kind) from None
     except msgspec.DecodeError as exc:
         raise JsonInputError("malformed", f"not valid JSON: {exc}") from None
     except RecursionError:  # only if the depth check and the decoder ever disagree
@@ -136,7 +138,7 @@ def parse_message(data: str | bytes, kinds: dict[str, type[S]], *,
     try:
         return kind, msgspec.json.decode(raw, type=cls, strict=True)
     except msgspec.ValidationError as exc:
-        raise invalid(exc) from None
+        raise invalid(exc, cls) from None
     except msgspec.DecodeError as exc:  # only if the two decodes ever disagree
         raise JsonInputError("malformed", f"not valid JSON: {exc}") from None
 
@@ -171,12 +173,47 @@ def convert(value: Any, kind: type[T]) -> T:
     try:
         return msgspec.convert(value, kind, strict=True)
     except msgspec.ValidationError as exc:
-        raise invalid(exc) from None
+        raise invalid(exc, kind) from None
 
 
-def invalid(exc: msgspec.ValidationError) -> JsonInputError:
+def invalid(exc: msgspec.ValidationError, kind: Any = None) -> JsonInputError:
     """msgspec's message ("Expected `int`, got `float` - at `$.audio_params.sample_rate`"),
     with its path also given apart as `at`."""
-    text = str(exc)
+    text = explained(exc, kind)
     _, found, path = text.partition(" - at `")
     return JsonInputError("invalid", text, path.rstrip("`") if found else "$")
+
+
+def explained(exc: msgspec.ValidationError, kind: Any = None) -> str:
+    """msgspec's message, and for a value none of a Literal's (which msgspec only calls
+    invalid) the values `kind` allows there: "Invalid enum value 'x' (one of: a, b) - at …"."""
+    text = str(exc)
+    what, found, path = text.partition(" - at `")
+    if kind is None or not what.startswith("Invalid enum value"):
+        return text
+    allowed = choices(kind, path.rstrip("`") if found else "$")
+    return text if not allowed else f"{what} (one of: {', '.join(map(str, allowed))}){found}{path}"
+
+
+def choices(kind: Any, path: str) -> tuple[Any, ...] | None:
+    """The values the Literal at `path` (`$.turn.detector`, `$.items[0]`) of `kind` allows;
+    None where there is none."""
+    info: Any = msgspec.inspect.type_info(kind)
+    for name in re.findall(r"\.(\w+)|\[\d+\]", path.removeprefix("$")):
+        info = _solid(info)
+        if name and isinstance(info, msgspec.inspect.StructType):
+            info = next((f.type for f in info.fields if f.encode_name == name), None)
+        elif not name and isinstance(info, msgspec.inspect.ListType):
+            info = info.item_type
+        else:
+            return None
+    info = _solid(info)
+    return tuple(sorted(info.values, key=str)) if isinstance(info, msgspec.inspect.LiteralType) else None
+
+
+def _solid(info: Any) -> Any:
+    """A union's one type besides None (`X | None`); anything else as it is."""
+    if isinstance(info, msgspec.inspect.UnionType):
+        rest = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
+        return rest[0] if len(rest) == 1 else info
+    return info

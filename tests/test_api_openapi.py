@@ -35,7 +35,7 @@ from starlette.routing import Route
 
 from edge.api.openapi import document
 from edge.app import ENDPOINTS, OPENAPI_PATH
-from schemas import new_id
+from schemas import TurnSettings, new_id
 from tests.api_harness import Api
 
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -120,6 +120,30 @@ async def test_document_is_valid_openapi_31(api: Api) -> None:
             for status, response in op["responses"].items():
                 if int(status) >= 400:
                     assert response["content"]["application/json"]["schema"] == {"$ref": error_ref}
+
+
+async def test_the_turn_settings_are_documented_with_their_limits(api: Api) -> None:
+    """A client learns an assistant's turn settings, and what each may be, from the document:
+    the create and read bodies share TurnSettings; PATCH takes some of them, null allowed."""
+    doc = await spec(api)
+    schemas = doc["components"]["schemas"]
+
+    def turn_of(body: str) -> Any:
+        return next(o for o in schemas[body]["properties"]["turn"]["anyOf"] if "$ref" in o)["$ref"]
+
+    assert turn_of("AssistantCreate") == turn_of("Assistant") == "#/components/schemas/TurnSettings"
+    assert turn_of("AssistantPatch") == "#/components/schemas/TurnSettingsPatch"
+    for name in ("TurnSettings", "TurnSettingsPatch"):
+        turn = schemas[name]
+        assert turn["additionalProperties"] is False and not turn.get("required")
+        fields = {k: next(o for o in v["anyOf"] if o != {"type": "null"})
+                  for k, v in turn["properties"].items()}
+        assert set(fields) == set(TurnSettings.__struct_fields__)
+        assert fields["complete_hold_ms"] == {"type": "integer", "minimum": 0, "maximum": 60000}
+        assert fields["threshold"] == {"type": "number", "minimum": 0.0, "maximum": 1.0}
+        assert sorted(fields["detector"]["enum"]) == ["silence", "smart_turn"]
+        assert sorted(fields["echo"]["enum"]) == ["auto", "off", "on"]
+        assert fields["backchannels"]["items"] == {"type": "string", "minLength": 1, "maxLength": 32}
 
 
 def error_shape(ctx: Any, response: schemathesis.Response, case: Case) -> bool | None:

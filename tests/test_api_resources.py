@@ -19,13 +19,14 @@ from bus import kv
 from bus.client import Bus
 from bus.log import load
 from bus.server import EmbeddedServer
-from domain.errors import Unauthorized
+from domain.assistants import merged_turn
+from domain.errors import Invalid, Unauthorized
 from domain.tokens import BUCKET, device_key
 from edge.api import idempotency
 from edge.app import ENDPOINTS
 from projections.runtime import rebuild, store_path
 from projections.store import ReadStore
-from schemas import AssistantUpdated, new_id
+from schemas import AssistantUpdated, TurnSettings, new_id
 from settings.llm import provider_configs
 from tests.api_harness import Api, serve_api
 
@@ -257,8 +258,8 @@ async def test_turn_settings_round_trip_and_change_field_by_field(api: Api) -> N
     ({"complete_hold_ms": -1}, "$.turn.complete_hold_ms", ">= 0"),
     ({"incomplete_max_ms": 60_001}, "$.turn.incomplete_max_ms", "<= 60000"),
     ({"threshold": 1.5}, "$.turn.threshold", "<= 1.0"),
-    ({"detector": "vibes"}, "$.turn.detector", "'vibes'"),
-    ({"echo": "maybe"}, "$.turn.echo", "'maybe'"),
+    ({"detector": "vibes"}, "$.turn.detector", "'vibes' (one of: silence, smart_turn)"),
+    ({"echo": "maybe"}, "$.turn.echo", "'maybe' (one of: auto, off, on)"),
     ({"backchannels": [""]}, "$.turn.backchannels[0]", "length >= 1"),
     ({"hold_ms": 200}, "$.turn", "unknown field `hold_ms`"),
     ({"complete_hold_ms": "200"}, "$.turn.complete_hold_ms", "got `str`"),
@@ -273,6 +274,18 @@ async def test_bad_turn_settings_are_refused_naming_the_field(api: Api, turn: di
         error = r.json()["error"]
         assert error["details"]["at"] == at and words in error["message"] and at in error["message"], error
     assert (await c.get(f"/api/v1/assistants/{aid}", headers=h)).json()["turn"] == {"complete_hold_ms": 250}
+
+
+def test_the_domain_merges_and_checks_turn_settings_itself() -> None:
+    """What the CLI and any other caller of the domain get, API body or not."""
+    current = TurnSettings(complete_hold_ms=250, echo="on")
+    assert merged_turn(current, {"echo": None, "threshold": 0.7}) == TurnSettings(
+        complete_hold_ms=250, threshold=0.7)
+    assert merged_turn(None, TurnSettings(detector="silence")) == TurnSettings(detector="silence")
+    assert merged_turn(current, {}) == current
+    with pytest.raises(Invalid) as refused:
+        merged_turn(current, {"complete_hold_ms": -1})
+    assert refused.value.code == "invalid_turn" and "$.turn.complete_hold_ms" in refused.value.message
 
 
 # --- pagination -----------------------------------------------------------------------------

@@ -301,14 +301,15 @@ def test_bad_turn_settings_are_refused_by_their_option(stack: tuple[EmbeddedServ
         "error: invalid assistant: --complete-hold-ms: Expected `int` >= 0")
     assert refused(stack, *base, "--turn-threshold", "1.5") == (
         "error: invalid assistant: --turn-threshold: Expected `float` <= 1.0")
-    assert "--turn-detector: Invalid enum value 'vibes'" in refused(stack, *base, "--turn-detector", "vibes")
+    assert refused(stack, *base, "--turn-detector", "vibes") == (
+        "error: invalid assistant: --turn-detector: Invalid enum value 'vibes' (one of: silence, smart_turn)")
     assert "--incomplete-max-ms: Expected `int | null`, got `str`" in refused(
         stack, *base, "--incomplete-max-ms", "soon")
     assert "--backchannels (value 2): Expected `str` of length <= 32" in refused(
         stack, *base, "--backchannels", "ok," + "m" * 33)
     aid = cli_json(stack, *base)["assistant_id"]
-    assert "--echo: Invalid enum value 'loud'" in refused(stack, "assistants", "update", aid,
-                                                          "--echo", "loud")
+    echo = refused(stack, "assistants", "update", aid, "--echo", "loud")
+    assert "--echo: Invalid enum value 'loud' (one of: auto, off, on)" in echo
     assert "nothing to change" in refused(stack, "assistants", "update", aid)
     assert "no assistant" in refused(stack, "assistants", "update", "01NOSUCHASSISTANT", "--echo", "on")
     assert "no assistant" in refused(stack, "assistants", "show", "01NOSUCHASSISTANT")
