@@ -12,6 +12,7 @@ from actors.asr.endpoint import Ender, ModelEnd, SilenceEnd
 from actors.asr.turn_model import SAMPLES, Features, TurnModel, last_window
 from actors.asr.vad import Segmenter, SpeechStart, SpeechStop, VadSettings
 from audio.decode import Decoder
+from settings.config import ConfigError, parse
 from tests.fixtures.audio import HERE, META, opus_packets, pcm, silence
 
 TURNS = json.loads((HERE / "turns" / "clips.json").read_text())
@@ -146,3 +147,15 @@ def test_manual_and_too_long_utterances_say_so() -> None:
 def opus_roundtrip(audio: bytes) -> bytes:
     decoder = Decoder("opus", 16000)
     return b"".join(decoder.decode(p) for p in opus_packets(audio)) + decoder.flush()
+
+
+@pytest.mark.parametrize(("toml", "error"), [
+    ("complete_hold_ms = -5", "`complete_hold_ms` must be 0–60000 ms"),
+    ("incomplete_max_ms = 70000", "`incomplete_max_ms` must be 0–60000 ms"),
+    ('detector = "magic"', "Invalid enum value 'magic' - at `$.asr.turn.detector`"),
+    ("threshold = 1.5", "`threshold` must be between 0 and 1"),
+])
+def test_bad_turn_settings_are_refused_with_a_clear_error(toml: str, error: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse(f"[asr.turn]\n{toml}\n")
+    assert error in str(refused.value)
