@@ -3,6 +3,9 @@ model's judgement (the default) or by silence alone (`[asr.turn] detector`)."""
 
 from __future__ import annotations
 
+import pytest
+
+from actors.asr import turn_model
 from bus.client import Bus
 from schemas import SpeechStarted, SpeechStopped, TranscriptFinal
 from settings.config import AsrSettings, Config, TurnConfig
@@ -40,3 +43,16 @@ async def test_silence_alone_cuts_the_same_sentence_in_two(bus: Bus, start_asr: 
     assert all(s.end is not None and s.end.silence_ms >= 400 for s in stops)
     first, second = (normalized(f.text) for f in of(TranscriptFinal, events))
     assert "flight" in first and "friday" in second, (first, second)
+
+
+async def test_without_its_turn_model_the_asr_ends_utterances_by_silence(
+        bus: Bus, start_asr: Start, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(turn_model, "MODEL_FILE", "missing.onnx")  # a broken install
+    asr = await start_asr()
+    started = await open_session(bus, asr)
+    await stream(bus, started.session_id, frames("what_time"), speed=8.0)
+    events = await wait_for(bus, started.session_id, lambda ev: bool(of(TranscriptFinal, ev)))
+    (stopped,) = of(SpeechStopped, events)
+    assert stopped.end is not None and stopped.end.by == "silence" and stopped.end.silence_ms >= 400
+    assert "turn model not loaded" in caplog.text
