@@ -270,10 +270,11 @@ def test_the_documented_api_walkthrough_runs_against_vagent_up(stack: tuple[Proc
                          capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
     answers = [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
-    user, me, listed, patched, bound, collected, devices, refreshed = answers
+    user, me, listed, patched, turned, bound, collected, devices, refreshed = answers
     assert user["email"] == "ada@example.com" and me["display_name"] == "Ada"
     assert sorted(a["name"] for a in listed["items"]) == ["Assistant", "Kitchen"]
     assert patched["name"] == "Kitchen" and patched["greeting"] == "Hello!"
+    assert turned["turn"] == {"barge_in_min_ms": 600, "echo": "on"} and turned["greeting"] == "Hello!"
     assert bound["device"]["device_id"] == "aa:bb:cc:dd:ee:ff"
     assert (collected["status"], collected["token"], collected["assistant_id"]) == (
         "bound", bound["token"], patched["assistant_id"])
