@@ -132,7 +132,8 @@ def summary(event: Event) -> str:
     if isinstance(fields.get("audio"), dict):
         fields["audio"] = f"{fields['audio'].get('duration_ms', 0)} ms stored"
     if isinstance(event, SpeechStopped) and event.end is not None:
-        fields["end"] = turn_end(event.end)
+        # First: the rest of the line may not fit in 100 columns.
+        fields = {"end": turn_end(event.end), **{k: v for k, v in fields.items() if k != "end"}}
     if isinstance(event, UserImage):  # where the photo is, not the blob reference's fields
         fields["image"] = f"{event.image.bucket}/{event.image.name}"
     if isinstance(event, AssistantMessage):

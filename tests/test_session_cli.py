@@ -55,6 +55,7 @@ def test_a_speech_stopped_line_says_why_the_utterance_ended_then() -> None:
     assert "end=max_wait p=0.12 after 2016 ms silence" in line(
         TurnEnd(by="max_wait", probability=0.12, silence_ms=2016))
     assert "end=silence after 416 ms silence" in line(TurnEnd(by="silence", silence_ms=416))
+    assert line(TurnEnd(by="manual")).startswith("end=manual after 0 ms silence audio_ms=3500")
     assert "end=" not in line(None)  # logs from before the turn model
 
 
