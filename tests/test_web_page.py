@@ -622,7 +622,7 @@ async def test_an_assistants_turn_taking_is_set_and_changed_setting_by_setting(m
     await form.get_by_text("Turn-taking").click()
     await expect(form.get_by_label("End of turn")).to_have_value("")  # the server's
     await form.get_by_label("Hold if complete (ms)").fill("250")
-    await form.get_by_label("Own voice heard back").select_option(label="Ignore (speaker)")
+    await form.get_by_label("Echo from a speaker").select_option(label="Ignore (speaker)")
     await page.get_by_role("button", name="Create").click()
     await expect(page.get_by_label("Language of Kitchen")).to_be_visible()
     token = await page.evaluate("sessionStorage.getItem('vagent.access')")
@@ -663,5 +663,5 @@ async def test_an_assistants_turn_taking_is_set_and_changed_setting_by_setting(m
     await page.wait_for_selector("body[data-state='idle']")
     await page.get_by_label("Turn-taking of Kitchen").click()
     await expect(row.get_by_label("End of turn")).to_have_value("silence")
-    await expect(row.get_by_label("Own voice heard back")).to_have_value("on")
+    await expect(row.get_by_label("Echo from a speaker")).to_have_value("on")
     assert not [p for p in page.problems if "page error" in p], page.problems

@@ -13,7 +13,7 @@ const FIELDS = [
     "number", { min: 0, max: 60000, step: 10 }],
   ["barge_in_min_ms", "Interrupt after (ms)", "Speech over the assistant this long pauses it",
     "number", { min: 0, max: 60000, step: 10 }],
-  ["echo", "Own voice heard back", "Ignore its own voice coming back through a speaker: Auto unless " +
+  ["echo", "Echo from a speaker", "Ignore its own voice coming back through a speaker: Auto unless " +
     "the device cancels echo itself", "select", [["auto", "Auto"], ["on", "Ignore (speaker)"], ["off", "Don't check"]]],
 ];
 const SERVER = "server default";
