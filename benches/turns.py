@@ -53,6 +53,7 @@ CONCURRENCY = 3  # sessions played at once
 QUIET_S = 1.5  # after the item: the ASR has said all it will when quiet this long
 EXTRA_MS = 10_000  # audio sent after the item at most, waiting for that
 CLAIM_TIMEOUT = 30.0
+PAD_MS = 1000  # silence sent before each item (the session's audio_ms count it, the labels not)
 # Goals of the issue, printed beside the figures.
 GOALS = {"false_cutoff_rate": 0.05, "eot_mean_ms": 300, "backchannel_rate": 0.0, "echo_rate": 0.0,
          "barge_in_stop_ms": 200}
@@ -142,12 +143,19 @@ async def play(bus: Any, sessions: dict[str, Any], item: Item) -> Heard:
             # The ASR worker has claimed it and listens to its audio (the task is made last).
             while (pipeline := sessions.get(sid)) is None or pipeline.task is None:
                 await asyncio.sleep(0.01)
+        began = time.monotonic()
         mic = np.frombuffer(item.mic, np.int16)
         cap = item.duration_ms + EXTRA_MS  # a turn paused for good ends the item after all
         tape = np.zeros(cap * RATE // 1000 + FRAME, np.int32)  # what the speaker played, by audio time
         delay = item.echo.delay_ms * RATE // 1000 if item.echo else 0
         gain = 10 ** (item.echo.gain_db / 20) if item.echo else 0.0
         end_frame = item.end_ms // FRAME_MS if item.speech else -1
+        # Silence first: the worker may still be subscribing to the assistant's audio (the echo
+        # reference) after it listens to the microphone. The labels count from after it.
+        silence = bytes(FRAME * 2)
+        for k in range(PAD_MS // FRAME_MS):
+            await bus.publish_core(audio_in(sid), silence)
+            await asyncio.sleep(max(0.0, began + (k + 1) * FRAME_MS / 1000 - time.monotonic()))
         began = time.monotonic()
         n = 0
         while True:
@@ -227,7 +235,8 @@ def grade(heard: Heard, silence_ms: int) -> dict[str, Any]:
                            + [f"({e.reason}) {e.text}" for _, e in heard.of(SpeechIgnored)]}
     # Where each turn was judged over: the end of its speech plus the silence heard (with
     # no `end`, an older ASR: its silence wait).
-    judged = [e.audio_ms + (e.end.silence_ms if e.end is not None else silence_ms) for _, e in stops]
+    judged = [e.audio_ms - PAD_MS + (e.end.silence_ms if e.end is not None else silence_ms)
+              for _, e in stops]
     if item.kind in ONE_TURN:
         row["cut"] = any(j < item.end_ms for j in judged)
         row["missed"] = not stops
