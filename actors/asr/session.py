@@ -16,6 +16,10 @@ interrupts it or it resumes (`actors.asr.overlap`). Speech over the assistant th
 interruption (a cough, an "mhm", anything shorter) gets `speech.ignored`, no
 `transcript.final`: it would otherwise open a new turn and interrupt the answer after all
 (the dialogue treats any new input as an interruption).
+
+Echo: unless the client cancels it itself, the assistant's own voice is taken out of the
+inbound audio before the VAD hears it (`actors.asr.echo`), so it neither opens utterances
+nor barges in.
 """
 
 from __future__ import annotations
@@ -27,15 +31,17 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from actors.asr.echo import EchoRemover, wanted
 from actors.asr.engine import AsrError, Recognition
 from actors.asr.overlap import Overlap, has_words
 from actors.asr.vad import Boundary, Segmenter, SpeechAudio, SpeechStart, SpeechStop
 from actors.base import Context
 from actors.watch import Watch
 from audio.decode import AudioDecodeError, Decoder
+from audio.encode import DEFAULT_OUT
 from bus.blobs import put_pcm
 from bus.client import Message, Subscription
-from bus.subjects import audio_in
+from bus.subjects import audio_in, audio_out
 from schemas import (
     AudioParams,
     BlobRef,
@@ -90,9 +96,13 @@ class SessionPipeline:
         self.ctx = Context(actor, started)
         self.session_id = started.session_id
         self.params = started.audio_in or AudioParams()
-        self.queue: asyncio.Queue[tuple[str, bytes | Event]] = asyncio.Queue()
+        # Inbound frames with their arrival time (monotonic): it places them against the
+        # assistant's audio for the echo canceller.
+        self.queue: asyncio.Queue[tuple[str, tuple[bytes, float] | Event]] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
         self._frames: Subscription | None = None
+        self._echo: EchoRemover | None = None  # the assistant's voice to take out, if any
+        self._echo_frames: Subscription | None = None
         self._watch: Watch | None = None
         self._cause = started.id  # the latest listen.started, else session.started
         self._decoder: Decoder | None = None  # made on the first frame: text sessions need none
@@ -129,7 +139,7 @@ class SessionPipeline:
         self.overlap.close()
 
     async def _on_audio(self, msg: Message) -> None:
-        self.queue.put_nowait(("audio", msg.data))
+        self.queue.put_nowait(("audio", (msg.data, time.monotonic())))
 
     async def _on_event(self, event: Event) -> None:
         self.queue.put_nowait(("event", event))
@@ -137,8 +147,10 @@ class SessionPipeline:
     async def _unsubscribe(self) -> None:
         audio, self._frames = self._frames, None
         watch, self._watch = self._watch, None
-        if audio is not None:
-            await audio.stop()
+        echo, self._echo_frames = self._echo_frames, None
+        for sub in (audio, echo):
+            if sub is not None:
+                await sub.stop()
         if watch is not None:
             await watch.stop()
 
@@ -148,6 +160,7 @@ class SessionPipeline:
             self.engine = await self.actor.engine_for(self.started)
             self.rules = await self.actor.rules_for(self.started)
             self.overlap = self._overlap()
+            await self._listen_for_echo()
             while True:
                 try:
                     # Not wait_for: on Python 3.11 it can swallow the cancellation stop()
@@ -159,8 +172,8 @@ class SessionPipeline:
                     return
                 try:
                     if kind == "audio":
-                        assert isinstance(item, bytes)
-                        await self._audio(item)
+                        assert isinstance(item, tuple)
+                        await self._audio(*item)
                     elif isinstance(item, SessionEnded):
                         return
                     elif isinstance(item, Event):
@@ -177,7 +190,18 @@ class SessionPipeline:
 
     # --- audio ------------------------------------------------------------------------
 
-    async def _audio(self, payload: bytes) -> None:
+    async def _listen_for_echo(self) -> None:
+        """Hear the assistant's outbound audio, the echo's reference, if its echo must go."""
+        if not wanted(self.rules.echo, self.started.echo_cancelled):
+            return
+        echo = self._echo = EchoRemover(self.started.audio_out or DEFAULT_OUT)
+
+        async def played(msg: Message) -> None:
+            echo.played(msg.data, time.monotonic())
+
+        self._echo_frames = await self.bus.subscribe(audio_out(self.session_id), played)
+
+    async def _audio(self, payload: bytes, arrived: float) -> None:
         if self._decoder is None:
             try:
                 self._decoder = Decoder(self.params.format, self.params.sample_rate,
@@ -189,7 +213,7 @@ class SessionPipeline:
                 self.settings.vad, ender=await self.actor.ender_for(self.rules, self.session_id))
             self._segmenter.manual = self._manual
         try:
-            boundaries = await asyncio.to_thread(self._decode_and_segment, payload)
+            boundaries = await asyncio.to_thread(self._decode_and_segment, payload, arrived)
         except AudioDecodeError as exc:
             await self._reject_audio(exc)
             return
@@ -197,10 +221,13 @@ class SessionPipeline:
             await self._boundary(boundary)
         await self._maybe_barge_in()
 
-    def _decode_and_segment(self, payload: bytes) -> list[Boundary]:
-        """On a worker thread: Opus decoding and silero are CPU work."""
+    def _decode_and_segment(self, payload: bytes, arrived: float) -> list[Boundary]:
+        """On a worker thread: Opus decoding, echo cancelling and silero are CPU work."""
         assert self._decoder is not None and self._segmenter is not None
-        return self._segmenter.feed(self._decoder.decode(payload))
+        pcm = self._decoder.decode(payload)
+        if self._echo is not None:
+            pcm = self._echo.cancel(pcm, arrived)
+        return self._segmenter.feed(pcm)
 
     async def _boundary(self, boundary: Boundary) -> None:
         if isinstance(boundary, SpeechStart):

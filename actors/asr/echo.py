@@ -1,0 +1,142 @@
+"""The assistant's own voice, taken back out of what the client's microphone heard.
+
+A client that does not cancel echo (a speaker device whose firmware has no AEC) hears the
+assistant through its own speaker; left in, that echo opens utterances and barges in on
+the assistant. The TTS sends the session's outbound audio on `audio.out`: that is the
+reference, and WebRTC's echo canceller (AEC3, from the `pywebrtc-audio` wheel) subtracts
+its echo from the inbound audio before the VAD sees it.
+
+Alignment: the client plays frames as they arrive, back to back at real time, so a frame
+plays from max(its arrival, the previous frame's end): that puts each reference sample on
+the wall clock. An inbound chunk of `n` samples that arrived at `t` is taken to cover the
+wall time just before `t`, and the canceller is given the reference of that same span.
+What this misses (the client's playback buffer, speaker to microphone, the uplink) only
+delays the echo behind its reference, which AEC3's own delay estimator finds (measured
+here: converged for delays of 50–500 ms; docs/sessions.md).
+
+Cost: the canceller runs only while reference audio is pending or played within the last
+`TAIL_S` (the echo and its reverberation are still coming back); otherwise inbound audio
+passes untouched, and a session that never hears the assistant never makes a canceller.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+import numpy as np
+from pywebrtc_audio import EchoCanceller
+
+from audio.decode import RATE, AudioDecodeError, Decoder
+from schemas import AudioParams
+
+log = logging.getLogger("vagent.asr")
+
+FRAME = RATE // 100  # AEC3 works on 10 ms frames
+FRAME_BYTES = FRAME * 2
+TAIL_S = 1.0  # after the last reference sample played: the echo's delay and reverberation
+RESYNC_S = 0.25  # inbound audio this far off its expected time (a gap, a burst): re-anchor
+MAX_TAPE_S = 10.0  # reference kept ahead of the inbound audio, at most
+PENDING_FRAMES = 1000  # outbound frames waiting to be placed (inbound audio stopped meanwhile)
+
+
+def wanted(setting: str, client_cancels: bool | None) -> bool:
+    """Whether a session's inbound audio needs the assistant's echo taken out: `on`, `off`,
+    or `auto`: unless the client says it cancels echo itself."""
+    if setting == "auto":
+        return client_cancels is not True
+    return setting == "on"
+
+
+class EchoRemover:
+    """One session's canceller. `played` is called on the event loop for each outbound frame;
+    `cancel`, on one worker thread at a time, for each inbound chunk (16 kHz mono PCM16)."""
+
+    def __init__(self, out: AudioParams) -> None:
+        self.out = out
+        self._pending: collections.deque[tuple[float, bytes]] = collections.deque(
+            maxlen=PENDING_FRAMES)  # thread-safe appends and pops: no lock needed
+        self._decoder: Decoder | None = None
+        self._tape = bytearray()  # reference, 16 kHz PCM16, from wall time _tape_at on
+        self._tape_at = 0.0
+        self._played_until = float("-inf")  # wall time the last reference sample finished
+        self._cursor: float | None = None  # wall time of the next inbound sample
+        self._aec: EchoCanceller | None = None  # made on first use
+        self._near = b""  # under one 10 ms frame, held for the next chunk
+        self._far = b""
+        self.frames = 0  # 10 ms frames through the canceller
+
+    def played(self, payload: bytes, arrived: float) -> None:
+        """An outbound frame (the session's `audio_out` format) reached the client at `arrived`
+        (monotonic seconds)."""
+        self._pending.append((arrived, payload))
+
+    def cancel(self, pcm: bytes, arrived: float) -> bytes:
+        """Inbound audio that arrived at `arrived`, with the assistant's echo taken out. It may
+        come back up to 10 ms shorter or longer: the canceller works on whole frames."""
+        self._place_pending()
+        span = len(pcm) // 2 / RATE
+        expected = arrived - span
+        if self._cursor is None or abs(self._cursor - expected) > RESYNC_S:
+            self._cursor = expected
+        start = self._cursor
+        self._cursor += span
+        reference = self._read(start, len(pcm) // 2)
+        if start >= self._played_until + TAIL_S and not self._near:
+            return pcm  # nothing of the assistant to hear: no cost
+        if start >= self._played_until + TAIL_S:
+            near, self._near, self._far = self._near + pcm, b"", b""
+            return near  # the tail is over: what was held goes out as it is
+        near = self._near + pcm
+        far = self._far + reference
+        whole = len(near) // FRAME_BYTES * FRAME_BYTES
+        self._near, self._far = near[whole:], far[whole:]
+        if not whole:
+            return b""
+        if self._aec is None:
+            self._aec = EchoCanceller(sample_rate=RATE)
+        cleaned = self._aec.process(np.frombuffer(near[:whole], np.int16),
+                                    np.frombuffer(far[:whole], np.int16))
+        self.frames += whole // FRAME_BYTES
+        return cleaned.tobytes()
+
+    def _place_pending(self) -> None:
+        while self._pending:
+            arrived, payload = self._pending.popleft()
+            if self._decoder is None:
+                self._decoder = Decoder(self.out.format, self.out.sample_rate, self.out.channels)
+            try:
+                pcm = self._decoder.decode(payload)
+            except AudioDecodeError as exc:  # one bad frame: its echo stays in, the rest not
+                log.debug("reference frame not decoded: %s", exc)
+                continue
+            self._place(pcm, arrived)
+
+    def _place(self, pcm: bytes, arrived: float) -> None:
+        end = self._played_until  # where the tape ends: reading never drops past it
+        if arrived > end + TAIL_S:
+            self._tape = bytearray(pcm)  # a new stretch of speech starts where it arrives
+            self._tape_at = arrived
+        else:
+            if arrived > end:  # a gap in the sound: silence on the tape
+                self._tape += bytes(round((arrived - end) * RATE) * 2)
+            self._tape += pcm  # plays once what was before it has
+        excess = len(self._tape) - round(MAX_TAPE_S * RATE) * 2
+        if excess > 0:
+            del self._tape[:excess]
+            self._tape_at += excess / 2 / RATE
+        self._played_until = self._tape_at + len(self._tape) / 2 / RATE
+
+    def _read(self, start: float, samples: int) -> bytes:
+        """The reference from wall time `start` on (silence where none played); what lies before
+        the span's end is dropped: inbound audio only moves on."""
+        offset = round((start - self._tape_at) * RATE)
+        out = bytearray(samples * 2)
+        lo, hi = max(offset, 0), min(offset + samples, len(self._tape) // 2)
+        if hi > lo:
+            out[(lo - offset) * 2:(hi - offset) * 2] = self._tape[lo * 2:hi * 2]
+        drop = min(max(offset + samples, 0), len(self._tape) // 2)
+        if drop:
+            del self._tape[:drop * 2]
+            self._tape_at += drop / RATE
+        return bytes(out)
