@@ -205,9 +205,10 @@ async def test_typed_turns_bad_messages_resume_and_replacement(stack: Api) -> No
     headers = await stack.user()
     browser = Browser(audio=False)
     try:
-        sid = await browser.connect(stack, headers)
+        sid = await browser.connect(stack, headers, echo_cancelled=True)
         started = await browser.until("session.started")
         assert started["user_id"] and started["assistant_id"]
+        assert started["echo_cancelled"] is True  # as the web page says of a browser's microphone
         browser.send({"type": "user.text", "text": "hello there"})
         assert (await browser.until("assistant.message"))["text"] == "You said: hello there."
         browser.channel.send("{not json")

@@ -46,10 +46,11 @@ async def test_a_typed_turn_streams_events_back(stack: Api) -> None:
 async def test_a_signed_in_user_talks_to_their_assistant_and_resumes(stack: Api) -> None:
     headers = await stack.user()
     token = headers["Authorization"].split()[1]
-    async with websockets.connect(ws_url(stack, f"token={token}")) as ws:
+    async with websockets.connect(ws_url(stack, f"token={token}&echo_cancelled=true")) as ws:
         sid = json.loads(await ws.recv())["session_id"]
         started = (await until(ws, "session.started"))[-1]
         assert started["user_id"] and started["assistant_id"] and started["transport"] == "ws"
+        assert started["echo_cancelled"] is True  # the client's word: its echo is not the ASR's
     async with websockets.connect(ws_url(stack, f"token={token}&session_id={sid}")) as ws:
         hello = json.loads(await ws.recv())
         assert hello == {"type": "session", "session_id": sid, "resumed": True}
@@ -82,6 +83,9 @@ async def test_invalid_tokens_and_oversized_frames_close_with_a_reason(stack: Ap
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await ws.recv()
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    async with websockets.connect(ws_url(stack, "echo_cancelled=maybe")) as ws:
+        refused = json.loads(await ws.recv())
+        assert refused["code"] == "validation_failed" and "echo_cancelled" in refused["message"]
     async with websockets.connect(ws_url(stack), max_size=None) as ws:
         await ws.recv()
         await ws.send("x" * (stack.services.config.edge.max_frame_bytes + 1))

@@ -17,8 +17,8 @@ from audio.decode import Decoder
 from bus.log import load
 from edge.xiaozhi import framing
 from edge.xiaozhi.mcp import llm_name
-from edge.xiaozhi.protocol import after_wake_word, emotion_of
-from schemas import Event, new_id
+from edge.xiaozhi.protocol import after_wake_word, emotion_of, parse_hello
+from schemas import Event, SessionStarted, new_id
 from settings.config import Config, XiaozhiConfig
 from tests.api_harness import Api
 from tests.fixtures.audio import has_key_words, opus_packets, pcm
@@ -137,7 +137,7 @@ async def test_typed_text_through_listen_detect_and_wake_words(stack: Api) -> No
     # As a browser does: query parameters, and no Protocol-Version (the hello's version, 3).
     async with XiaozhiDevice(url(stack), version=3, via_query=True, send_version=False,
                              device_id=mac()) as device:
-        await device.hello()
+        await device.hello(aec=True)  # the firmware of a board that cancels its echo says so
         await device.listen("detect", text="你好小智")  # a wake word alone: no turn
         await device.listen("detect", text="Hey vagent, how are you")  # the configured one
         stt = await device.wait_json("stt")
@@ -150,6 +150,8 @@ async def test_typed_text_through_listen_detect_and_wake_words(stack: Api) -> No
         events = await log_of(stack, device.session_id)
         typed = [e for e in events if e.type == "user.text"]
         assert [(e.text, e.source) for e in typed] == [("how are you", "detect")]  # type: ignore[attr-defined]
+        started = next(e for e in events if isinstance(e, SessionStarted))
+        assert started.echo_cancelled is True
 
 
 async def test_abort_mid_answer_stops_the_audio(stack: Api) -> None:
@@ -397,6 +399,14 @@ def test_framing_matches_the_firmware() -> None:
                          (3, b"\x07\x00\x00\x01a"), (1, b"")):
         with pytest.raises(framing.FrameError):
             framing.unpack(version, bad)
+
+
+def test_the_hello_says_whether_the_device_cancels_its_echo() -> None:
+    stock = {"type": "hello", "features": {"aec": True, "mcp": True}}  # the firmware's own hello
+    assert parse_hello(stock, None).echo_cancelled is True
+    assert parse_hello({"type": "hello", "features": {"aec": False}}, None).echo_cancelled is False
+    assert parse_hello({"type": "hello", "features": {"mcp": True}}, None).echo_cancelled is None
+    assert parse_hello({"type": "hello"}, None).echo_cancelled is None
 
 
 def test_wake_words_emotions_and_tool_names() -> None:

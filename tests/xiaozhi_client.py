@@ -107,9 +107,11 @@ class XiaozhiDevice:
         return self
 
     async def hello(self, *, mcp: bool = False, sample_rate: int = 16000, frame_duration: int = 60,
-                    downlink: dict[str, Any] | None = None, timeout: float = 10) -> dict[str, Any]:
+                    downlink: dict[str, Any] | None = None, aec: bool | None = None,
+                    timeout: float = 10) -> dict[str, Any]:
+        features: dict[str, bool] = {"mcp": mcp} if aec is None else {"mcp": mcp, "aec": aec}
         message: dict[str, Any] = {
-            "type": "hello", "version": self.version, "features": {"mcp": mcp},
+            "type": "hello", "version": self.version, "features": features,
             "transport": "websocket",
             "audio_params": {"format": "opus", "sample_rate": sample_rate, "channels": 1,
                              "frame_duration": frame_duration}}

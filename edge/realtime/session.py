@@ -72,7 +72,8 @@ class SessionLink:
     def __init__(self, bus: Bus, registry: LinkRegistry, caller: Caller, *, transport: str,
                  audio_in: AudioParams | None, audio_out: AudioParams | None,
                  turns: TurnLimit, on_event: EventHandler,
-                 on_audio: AudioHandler | None = None, language: str | None = None) -> None:
+                 on_audio: AudioHandler | None = None, language: str | None = None,
+                 echo_cancelled: bool | None = None) -> None:
         self.bus = bus
         self.registry = registry
         self.caller = caller
@@ -83,6 +84,7 @@ class SessionLink:
         self.on_audio = on_audio
         self.turns = turns
         self.language = language  # the client's own hint (schemas.SessionStarted.language)
+        self.echo_cancelled = echo_cancelled  # the client's word on its speaker's echo (ditto)
         self.session_id = ""
         self.resumed = False
         self.closed = False
@@ -118,7 +120,8 @@ class SessionLink:
             session_id=sid, transport=self.transport, user_id=self.caller.user_id,
             assistant_id=self.caller.assistant_id, device_id=self.caller.device_id,
             client_id=self.caller.client_id, audio_in=self.audio_in_params,
-            audio_out=self.audio_out_params, resumed=self.resumed, language=self.language)
+            audio_out=self.audio_out_params, resumed=self.resumed, language=self.language,
+            echo_cancelled=self.echo_cancelled)
         check_readable(started)
         # Held before it is stored: no stored start is ever without a holder.
         if self.registry.leases is not None:

@@ -3,7 +3,8 @@
 Query parameters: `token` (an access token; or an `Authorization: Bearer` header),
 `assistant_id`, `session_id` (resume within 60 s), `audio` (`none` by default, `pcm16`
 for 16 kHz mono PCM frames up and 24 kHz down, `opus` for 16 kHz / 60 ms Opus up and
-24 kHz Opus down).
+24 kHz Opus down), `echo_cancelled` (`true` or `false`: whether the client's microphone
+cancels its speaker's echo; when not `true`, the ASR takes it out, `[asr.turn] echo`).
 
 Client → server, JSON text: `{"type":"user.text","text":…}`,
 `{"type":"user.image","image":<base64 JPEG, PNG or WebP>,"text":<question, optional>}`
@@ -41,6 +42,8 @@ AUDIO = {
              AudioParams(format="opus", sample_rate=24000, frame_duration=60)),
 }
 
+FLAGS: dict[str, bool | None] = {"": None, "true": True, "false": False}
+
 
 async def ws_endpoint(websocket: WebSocket) -> None:
     await serve(websocket, _serve)
@@ -53,6 +56,11 @@ async def _serve(conn: Connection) -> None:
     audio = params.get("audio", "none")
     if audio not in AUDIO:
         await conn.refuse(ApiError(422, "bad_audio", f"audio must be one of {', '.join(AUDIO)}"))
+        return
+    said = params.get("echo_cancelled", "")
+    if said not in FLAGS:
+        await conn.refuse(ApiError(422, "validation_failed", "echo_cancelled must be true or false",
+                                   {"at": "echo_cancelled"}))
         return
     for name in ("session_id", "assistant_id"):
         value = params.get(name)
@@ -72,7 +80,8 @@ async def _serve(conn: Connection) -> None:
     audio_in, audio_out = AUDIO[audio]
     link = SessionLink(services.bus, conn.registry, caller, transport="ws", audio_in=audio_in,
                        audio_out=audio_out, turns=conn.turn_limit(), on_event=deliver,
-                       on_audio=conn.send_audio if audio_out else None)
+                       on_audio=conn.send_audio if audio_out else None,
+                       echo_cancelled=FLAGS[said])
     try:
         sid = await link.open(params.get("session_id") or None)
     except ApiError as error:

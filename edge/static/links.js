@@ -60,8 +60,10 @@ export function iceGathered(pc, ms) {
 }
 
 /** POST the call's offer, resuming `resume` if the server still can; its answer. */
-export async function offer(pc, assistantId, resume) {
+export async function offer(pc, assistantId, resume, echoCancelled) {
   const body = { sdp: pc.localDescription.sdp, type: "offer", assistant_id: assistantId };
+  // Whether the browser cancels its speaker's echo on this microphone: if not, the server does.
+  if (typeof echoCancelled === "boolean") body.echo_cancelled = echoCancelled;
   for (let tries = 0; ; tries++) {
     try {
       return await request("POST", "/webrtc/offer", resume ? { ...body, session_id: resume } : body);

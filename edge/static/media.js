@@ -84,6 +84,14 @@ export async function openMic() {
   return navigator.mediaDevices.getUserMedia({ audio: true });
 }
 
+/** Whether the browser cancels echo on `stream`'s microphone (getUserMedia asks for it by
+ * default); undefined where the browser does not say. */
+export function echoCancelled(stream) {
+  const track = stream.getAudioTracks()[0];
+  const settings = track && track.getSettings ? track.getSettings() : {};
+  return typeof settings.echoCancellation === "boolean" ? settings.echoCancellation : undefined;
+}
+
 /** Play the assistant through the chosen speaker, where the browser lets a page choose. */
 export async function routeSpeaker(element) {
   if (!canSetSpeaker()) return;

@@ -593,7 +593,8 @@ export async function startCall() {
     if (!link.attached) return;
     // From here the server may replace the text connection with this call (same session).
     if (typing) typing.replaced = true;
-    const answer = await offer(pc, conv.assistant.assistant_id, conv.sessionId);
+    const answer = await offer(pc, conv.assistant.assistant_id, conv.sessionId,
+                               media.echoCancelled(link.stream));
     if (!link.attached) return;
     began(link, answer);
     link.open = false; // open once the data channel is

@@ -1,7 +1,8 @@
 """`POST /webrtc/offer`: HTTP signaling for a browser peer.
 
-Body `{"sdp": …, "type": "offer", "assistant_id"?: …, "session_id"?: …}` (JSON; the
-offer made after ICE gathering completed: no trickle), optional `Authorization: Bearer
+Body `{"sdp": …, "type": "offer", "assistant_id"?: …, "session_id"?: …, "echo_cancelled"?:
+true|false}` (JSON; the offer made after ICE gathering completed: no trickle; `echo_cancelled`:
+the client's microphone cancels its speaker's echo, as a browser's does), optional `Authorization: Bearer
 <access token>` (required unless `edge.anonymous`). Answer 200 `{"sdp": …, "type":
 "answer", "session_id": …}` once every local candidate is gathered. Refusals in the REST
 API's error shape: 401 `token_*`, 404 (no such assistant, or session to resume), 409
@@ -53,6 +54,7 @@ class Offer(msgspec.Struct):
     type: Literal["offer"]
     assistant_id: Id | None = None
     session_id: Id | None = None  # resume this session (within 60 s of its end)
+    echo_cancelled: bool | None = None  # the microphone cancels the speaker's echo itself
 
 
 class Answer(msgspec.Struct):
@@ -142,7 +144,7 @@ async def webrtc_offer(call: Call) -> Response:
         peers.negotiating += 1
         negotiating = True
         description = await asyncio.to_thread(read_offer, offer.sdp)
-        peer = Peer(services, caller, address)
+        peer = Peer(services, caller, address, echo_cancelled=offer.echo_cancelled)
         peers.track(peer, functools.partial(services.addresses.give, address))
         slot = None
         sdp = await peer.negotiate(offer.sdp, description)

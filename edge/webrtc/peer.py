@@ -122,7 +122,8 @@ def _failing_line(sdp: str) -> tuple[int, str]:
 
 
 class Peer:
-    def __init__(self, services: Services, caller: Caller, address: str) -> None:
+    def __init__(self, services: Services, caller: Caller, address: str, *,
+                 echo_cancelled: bool | None = None) -> None:
         self.services = services
         edge = services.config.edge
         self.max_message = edge.max_frame_bytes
@@ -134,7 +135,8 @@ class Peer:
         self.link = SessionLink(services.bus, services.links, caller, transport="webrtc",
                                 audio_in=UPLINK, audio_out=DOWNLINK,
                                 turns=TurnLimit(edge, services.turns.bucket(address)),
-                                on_event=self._event, on_audio=self._audio)
+                                on_event=self._event, on_audio=self._audio,
+                                echo_cancelled=echo_cancelled)
         self.channel: RTCDataChannel | None = None
         self.remote_audio: MediaStreamTrack | None = None
         self.uplink: Uplink | None = None

@@ -127,7 +127,7 @@ class DeviceSession:
                                 audio_in=hello.uplink, audio_out=hello.downlink,
                                 turns=conn.turn_limit(),
                                 on_event=self._on_event, on_audio=self._on_audio,
-                                language=hello.language)
+                                language=hello.language, echo_cancelled=hello.echo_cancelled)
         self.mcp = McpClient(self._send_mcp) if hello.mcp else None
         self.frame_ms = hello.downlink.frame_duration
         self.speaking = False  # between the `tts start` and `tts stop` sent to the device

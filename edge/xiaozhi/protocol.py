@@ -126,6 +126,7 @@ class DownlinkParams(UplinkParams):
 
 class Features(msgspec.Struct):
     mcp: bool = False
+    aec: bool | None = None  # the device cancels its own speaker's echo
 
 
 class HelloMessage(msgspec.Struct):
@@ -145,6 +146,7 @@ class Hello:
     uplink: AudioParams
     downlink: AudioParams
     language: str | None = None  # zh or en, when the device named one of them
+    echo_cancelled: bool | None = None  # `features.aec`, when the device said
 
 
 def parse_hello(message: object, said: int | None) -> Hello:
@@ -163,7 +165,8 @@ def parse_hello(message: object, said: int | None) -> Hello:
     return Hello(version, bool(hello.features and hello.features.mcp),
                  (hello.audio_params or UplinkParams()).params(),
                  (hello.downlink_audio_params or DownlinkParams()).params(),
-                 spoken_language(hello.language))
+                 spoken_language(hello.language),
+                 hello.features.aec if hello.features else None)
 
 
 # --- the device's messages within a session --------------------------------------------------
