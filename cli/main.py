@@ -862,6 +862,20 @@ def bench_turns(nats: NatsOpt = None, data_dir: DataOpt = None,
         print_report(results)
 
 
+@bench_app.command("echo")
+def bench_echo(as_json: JsonOpt = False) -> None:
+    """The ASR's echo canceller on the assistant's own voice played back by a simulated
+    speaker device: echo reduction (ERLE) per delay and level, double talk, CPU per frame."""
+    from benches.echo import bench_echo as run_bench
+    from benches.echo import print_report
+
+    results = run_bench()
+    if as_json:
+        print_json(results)
+    else:
+        print_report(results)
+
+
 def print_json(value: Any) -> None:
     print(json.dumps(value, default=str, ensure_ascii=False))
 

@@ -399,7 +399,8 @@ class TurnConfig(msgspec.Struct, forbid_unknown_fields=True):
         default_factory=lambda: list(BACKCHANNELS))
     echo: Annotated[Literal["auto", "on", "off"], doc(
         "discount the assistant's own voice coming back through the client's microphone; "
-        "`auto`: unless the client says it cancels echo itself (xiaozhi `features.aec`)")] = "auto"
+        "`auto`: unless the client says it cancels echo itself (xiaozhi `features.aec`, the web "
+        "page's calls, `/ws?echo_cancelled=true`)")] = "auto"
 
     def __post_init__(self) -> None:
         for name in ("complete_hold_ms", "incomplete_max_ms", "false_interruption_timeout_ms"):

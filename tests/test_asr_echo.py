@@ -5,13 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-import wave
 
 import numpy as np
 import pytest
 
 from actors.asr.echo import TAIL_S, EchoRemover, wanted
-from actors.asr.vad import Segmenter, SpeechStart
+from benches.echo import (
+    CHUNK,
+    FRAME_MS,
+    LEAD,
+    OUT_RATE,
+    assistant_voice,
+    db,
+    echo_of,
+    microphone,
+    onsets,
+    outbound_frames,
+    play,
+    samples,
+    user_voice,
+)
 from bus.client import Bus
 from bus.subjects import audio_in, audio_out
 from schemas import (
@@ -27,54 +40,12 @@ from schemas import (
 )
 from tests import test_asr_actor
 from tests.conftest import wait_for
-from tests.fixtures.audio import HERE, RATE, opus_packets
-from tests.fixtures.echo import (
-    FRAME_MS,
-    OUT_RATE,
-    assistant_voice,
-    echo_of,
-    microphone,
-    outbound_frames,
-    speech_of,
-)
+from tests.fixtures.audio import RATE, opus_packets
 from tests.test_asr_actor import OPUS_16K, Start, events_of, of
 
 start_asr = test_asr_actor.start_asr  # the same fixture: an ASR actor with a durable of its own
 
 OUT = AudioParams(format="opus", sample_rate=OUT_RATE, channels=1, frame_duration=FRAME_MS)
-LEAD = 2  # frames the TTS sends ahead of the one playing
-CHUNK = RATE * FRAME_MS // 1000  # inbound: 60 ms frames, as devices send them
-
-
-def user_voice() -> np.ndarray:
-    """Another speaker (Kokoro, not the assistant's Piper voice): "Please turn off the lights
-    in the bedroom."""
-    with wave.open(str(HERE / "english" / "lights.wav")) as w:
-        return speech_of(w.readframes(w.getnframes()))
-
-
-def play(remover: EchoRemover, frames: list[bytes], mic: bytes) -> bytes:
-    """Both streams in the order they reach the ASR: outbound frame k when it is at most LEAD
-    frames ahead of the one playing, inbound chunk j when its 60 ms have been captured."""
-    step = FRAME_MS / 1000
-    timeline = [(max(0.0, (k - LEAD) * step), 0, k) for k in range(len(frames))]
-    timeline += [((j + 1) * step, 1, j) for j in range(len(mic) // 2 // CHUNK)]
-    out = bytearray()
-    for at, inbound, n in sorted(timeline):
-        if inbound:
-            out += remover.cancel(mic[n * CHUNK * 2:(n + 1) * CHUNK * 2], at)
-        else:
-            remover.played(frames[n], at)
-    return bytes(out)
-
-
-def onsets(pcm: bytes) -> list[int]:
-    """Where silero hears speech start, ms."""
-    return [b.start_ms for b in Segmenter().feed(pcm) if isinstance(b, SpeechStart)]
-
-
-def db(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(np.sum(a ** 2) / np.sum(b ** 2)))
 
 
 @pytest.mark.parametrize("delay_ms", [50, 150, 250])
@@ -84,8 +55,8 @@ def test_the_assistants_echo_is_taken_out(delay_ms: int) -> None:
     length = len(echo) + RATE  # a second of the tail after the voice
     mic = microphone((0, echo), length=length)
     remover = EchoRemover(OUT)
-    out = speech_of(play(remover, outbound_frames(voice), mic))
-    heard = speech_of(mic)
+    out = samples(play(remover, outbound_frames(voice), mic))
+    heard = samples(mic)
     # Echo return loss enhancement once the filter has had a second to converge.
     converged = slice(RATE, len(echo))
     erle = db(heard[converged], out[converged])
@@ -99,7 +70,7 @@ def test_the_user_speaking_over_the_echo_is_kept() -> None:
     user = user_voice()
     at = RATE * 3 // 2
     mic = microphone((0, echo), (at, user), length=len(echo) + RATE)
-    out = speech_of(play(EchoRemover(OUT), outbound_frames(voice), mic))
+    out = samples(play(EchoRemover(OUT), outbound_frames(voice), mic))
     span = slice(at, at + len(user))
     # Double talk: the user's voice comes through (at most a few dB down), the echo does not.
     assert db(out[span], user) > -6
