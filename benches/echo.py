@@ -13,7 +13,8 @@ canceller, input energy over output energy where only the echo plays) in the fir
 (the canceller converging) and after it; whether silero still hears speech in the output;
 double talk (the user, another voice, over the echo): how much of the user's voice is kept
 and where silero hears it start; CPU per 10 ms frame, of AEC3 alone and of the whole
-remover (placing and decoding the reference included).
+remover (placing and decoding the reference included); and a client that hears no echo at
+all, which the remover must leave alone.
 """
 
 from __future__ import annotations
@@ -155,6 +156,18 @@ def double_talk(voice: bytes, frames: list[bytes]) -> dict[str, Any]:
             "onsets_after_ms": onsets(out.astype(np.int16).tobytes())}
 
 
+def no_echo(voice: bytes, frames: list[bytes]) -> dict[str, Any]:
+    """A client whose microphone hears none of the assistant (a headset), the user speaking
+    2 s into the assistant's voice: what the remover makes of it."""
+    user = user_voice()
+    at = RATE * 2
+    mic = microphone((at, user), length=at + len(user) + RATE // 2)
+    r = remover()
+    out = samples(play(r, frames, mic))
+    return {"echo_judged": r.path.echo, "user_kept_db": round(db(out[at:at + len(user)], user), 1),
+            "onset_alone_ms": onsets(mic)[0], "onsets_after_ms": onsets(out.astype(np.int16).tobytes())}
+
+
 def cpu(voice: bytes, frames: list[bytes], repeats: int = 5) -> dict[str, float]:
     """Median CPU µs per 10 ms frame over `repeats` runs: AEC3 alone, and the whole remover."""
     from pywebrtc_audio import EchoCanceller
@@ -182,7 +195,8 @@ def bench_echo() -> dict[str, Any]:
     frames = outbound_frames(voice)
     return {"cores": os.cpu_count(),
             "echo": [echo_row(voice, frames, d, g) for d in DELAYS_MS for g in GAINS_DB],
-            "double_talk": double_talk(voice, frames), "cpu_per_10ms_frame": cpu(voice, frames)}
+            "double_talk": double_talk(voice, frames), "no_echo": no_echo(voice, frames),
+            "cpu_per_10ms_frame": cpu(voice, frames)}
 
 
 def report(results: dict[str, Any]) -> str:
@@ -195,9 +209,13 @@ def report(results: dict[str, Any]) -> str:
                      f"{'yes' if r['speech_heard_after'] else 'no'} |")
     d = results["double_talk"]
     c = results["cpu_per_10ms_frame"]
+    n = results["no_echo"]
     lines += ["", f"Double talk (the user over the echo, echo {d['echo_to_user_db']} dB to the "
               f"user): the user's voice kept at {d['user_kept_db']} dB; silero hears it start at "
               f"{d['onsets_after_ms']} ms (alone: {d['onset_alone_ms']} ms)",
+              f"No echo at all (a headset), the user 2 s into the assistant's voice: echo judged "
+              f"{n['echo_judged']}, the user's voice kept at {n['user_kept_db']} dB, heard from "
+              f"{n['onsets_after_ms']} ms (alone: {n['onset_alone_ms']} ms)",
               f"CPU per 10 ms frame: AEC3 {c['aec3_us']} µs; the whole remover (reference "
               f"placed and Opus-decoded) {c['remover_us']} µs"]
     return "\n".join(lines)

@@ -61,6 +61,7 @@ def test_the_assistants_echo_is_taken_out(delay_ms: int) -> None:
     converged = slice(RATE, len(echo))
     erle = db(heard[converged], out[converged])
     assert erle >= 20, f"echo only {erle:.1f} dB quieter"
+    assert remover.path.echo is True
     assert onsets(mic) and not onsets(out.astype(np.int16).tobytes())
 
 
@@ -78,6 +79,21 @@ def test_the_user_speaking_over_the_echo_is_kept() -> None:
     alone = onsets(microphone((at, user), length=len(mic) // 2))[0]
     # Heard where it starts, or soon after (the canceller damps the first syllable a little).
     assert len(starts) == 1 and alone - 100 <= starts[0] <= alone + 500
+
+
+def test_a_client_that_hears_no_echo_is_left_alone() -> None:
+    """A headset, or a client cancelling echo without saying so: the canceller would damp the
+    user whenever the assistant speaks (it keeps assuming an echo it cannot find)."""
+    voice = assistant_voice()
+    user = user_voice()
+    at = RATE * 2
+    mic = microphone((at, user), length=at + len(user) + RATE // 2)
+    remover = EchoRemover(OUT)
+    out = samples(play(remover, outbound_frames(voice), mic))
+    assert remover.path.echo is False and remover.frames > 0
+    span = slice(at, at + len(user))
+    assert abs(db(out[span], user)) < 1
+    assert onsets(out.astype(np.int16).tobytes()) == onsets(mic)
 
 
 def test_no_assistant_no_cost() -> None:
