@@ -98,14 +98,19 @@ def microphone(*sounds: tuple[int, np.ndarray], length: int, seed: int = 3) -> b
     return np.clip(mix, -32768, 32767).astype(np.int16).tobytes()
 
 
-def play(remover: Any, frames: list[bytes], mic: bytes) -> bytes:
+def play(remover: Any, frames: list[bytes], mic: bytes,
+         stall: tuple[float, float] | None = None) -> bytes:
     """Both streams in the order they reach the ASR: outbound frame k when it is at most LEAD
-    frames ahead of the one playing, inbound chunk j once its 60 ms have been captured."""
+    frames ahead of the one playing, inbound chunk j once its 60 ms have been captured.
+    `stall` (from, seconds): the ASR's event loop busy meanwhile, so whatever came then is
+    stamped when it wakes."""
     step = FRAME_MS / 1000
     timeline = [(max(0.0, (k - LEAD) * step), 0, k) for k in range(len(frames))]
     timeline += [((j + 1) * step, 1, j) for j in range(len(mic) // 2 // CHUNK)]
     out = bytearray()
     for at, inbound, n in sorted(timeline):
+        if stall is not None and stall[0] <= at < stall[0] + stall[1]:
+            at = stall[0] + stall[1]
         if inbound:
             out += remover.cancel(mic[n * CHUNK * 2:(n + 1) * CHUNK * 2], at)
         else:

@@ -8,8 +8,11 @@ its echo from the inbound audio before the VAD sees it.
 
 Alignment: the client plays frames as they arrive, back to back at real time, so a frame
 plays from max(its arrival, the previous frame's end): that puts each reference sample on
-the wall clock. An inbound chunk of `n` samples that arrived at `t` is taken to cover the
-wall time just before `t`, and the canceller is given the reference of that same span.
+the wall clock (a frame less than `RESYNC_S` late plays right after the one before: the
+lateness is this process's, a busy event loop stamping a burst at once). An inbound chunk of
+`n` samples that arrived at `t` is taken to cover the wall time just before `t` (the chunks
+run on back to back unless `REANCHOR_S` off, for the same reason), and the canceller is given
+the reference of that same span.
 What this misses (the client's playback buffer, speaker to microphone, the uplink) only
 delays the echo behind its reference, which AEC3's own delay estimator finds (measured
 here: converged for delays of 50–500 ms; docs/sessions.md).
@@ -46,7 +49,10 @@ log = logging.getLogger("vagent.asr")
 FRAME = RATE // 100  # AEC3 works on 10 ms frames
 FRAME_BYTES = FRAME * 2
 TAIL_S = 1.0  # after the last reference sample played: the echo's delay and reverberation
-RESYNC_S = 0.25  # inbound audio this far off its expected time (a gap, a burst): re-anchor
+RESYNC_S = 0.25  # a reference frame this late after the one before: a gap in the sound
+# Inbound audio this far off its expected time is re-anchored (the client paused its microphone);
+# less is this process's delay in hearing it (a busy event loop, a burst after it).
+REANCHOR_S = 0.5
 MAX_TAPE_S = 10.0  # reference kept ahead of the inbound audio, at most
 PENDING_FRAMES = 1000  # outbound frames waiting to be placed (inbound audio stopped meanwhile)
 ECHO_LAGS = range(0, 52, 2)  # frames (10 ms) the echo may lag its placed reference
@@ -94,7 +100,7 @@ class EchoRemover:
         self._place_pending()
         span = len(pcm) // 2 / RATE
         expected = arrived - span
-        if self._cursor is None or abs(self._cursor - expected) > RESYNC_S:
+        if self._cursor is None or abs(self._cursor - expected) > REANCHOR_S:
             self._cursor = expected
         start = self._cursor
         self._cursor += span
@@ -137,9 +143,13 @@ class EchoRemover:
             self._tape = bytearray(pcm)  # a new stretch of speech starts where it arrives
             self._tape_at = arrived
         else:
-            if arrived > end:  # a gap in the sound: silence on the tape
+            if arrived > end + RESYNC_S:  # a gap in the sound: silence on the tape
                 self._tape += bytes(round((arrived - end) * RATE) * 2)
-            self._tape += pcm  # plays once what was before it has
+            # Late by less: taken as this process's own delay in hearing it (a busy event loop
+            # stamps a burst of frames at once), and the frame plays once what was before it
+            # has. Were the client's sound really late, the echo only lags its reference more,
+            # which the canceller follows.
+            self._tape += pcm
         excess = len(self._tape) - round(MAX_TAPE_S * RATE) * 2
         if excess > 0:
             del self._tape[:excess]
