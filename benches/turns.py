@@ -174,6 +174,8 @@ async def play(bus: Any, sessions: dict[str, Any], item: Item) -> Heard:
                 speaker.stopped = True
                 await bus.publish(TtsStopped(session_id=sid, turn_id=speaker.turn_id,
                                              spoken_ms=speaker.pos * 1000 // RATE))
+            # The microphone's frame goes once it is captured: at the end of its 20 ms.
+            await asyncio.sleep(max(0.0, began + (n + 1) * FRAME_MS / 1000 - time.monotonic()))
             frame = np.zeros(FRAME, np.int32)
             part = mic[n * FRAME:(n + 1) * FRAME]
             frame[:len(part)] += part
@@ -185,7 +187,6 @@ async def play(bus: Any, sessions: dict[str, Any], item: Item) -> Heard:
             if n == end_frame:
                 heard.end_sent_s = time.monotonic() - began
             n += 1
-            await asyncio.sleep(max(0.0, began + n * FRAME_MS / 1000 - time.monotonic()))
         await bus.publish(SessionEnded(session_id=sid, reason="client_closed"))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(10):
