@@ -29,11 +29,14 @@ from schemas import (
     Event,
     SessionEnded,
     SessionStarted,
+    SpeechIgnored,
     SpeechStopped,
     ToolCall,
     ToolResult,
     TurnEnd,
     TurnInterrupted,
+    TurnPaused,
+    TurnResumed,
     UserImage,
     UserText,
     to_builtins,
@@ -149,6 +152,22 @@ def summary(event: Event) -> str:
     return " ".join(parts)
 
 
+def _overlaps(events: list[Event], turn_id: str) -> list[str]:
+    """What was heard over the turn's answer, and whether its audio paused and resumed."""
+    lines = []
+    for event in events:
+        if getattr(event, "turn_id", None) != turn_id:
+            continue
+        if isinstance(event, SpeechIgnored):
+            lines.append(f"  heard over it, ignored ({event.reason}, {event.speech_ms} ms): "
+                         f"{shorten(event.text, 50)!r}")
+        elif isinstance(event, TurnPaused):
+            lines.append("  paused by speech over it")
+        elif isinstance(event, TurnResumed):
+            lines.append(f"  resumed after {ms(event.paused_ms)} ({event.reason})")
+    return lines
+
+
 def _turn_number(turns: list[Row]) -> dict[str, int]:
     return {t["turn_id"]: n for n, t in enumerate(turns, start=1)}
 
@@ -241,6 +260,7 @@ async def show_session(bus: Bus, session_id: str, as_json: bool, wide: bool = Fa
             outcome = ("(no result)" if result is None else
                        ("error: " if result.is_error else "") + shorten(result.content, 50))
             out.append(f"  tool {call.name}({shorten(call.arguments, 40)}) → {outcome}")
+        out += _overlaps(events, tid)
         if turn["interrupted"]:
             out.append(f"  interrupted ({turn['interrupt_reason'] or 'abort'})")
         for error in (e for e in events if isinstance(e, Error) and e.turn_id == tid):

@@ -12,17 +12,25 @@ import pytest
 
 from actors.asr.actor import Asr
 from actors.asr.overlap import Backchannels
+from actors.dialogue.history import build_messages
+from actors.runtime import ActorHost
 from bus.client import Bus
+from bus.log import Entry
+from devservers.echo_llm import OpenAIServer
 from projections.runtime import ProjectionService
 from schemas import (
     AssistantCreated,
+    AssistantMessage,
     SpeechIgnored,
     SpeechStarted,
     TranscriptFinal,
+    TtsSentence,
     TtsStarted,
+    TtsStopped,
     TurnInterrupted,
     TurnPaused,
     TurnResumed,
+    UserText,
     new_id,
 )
 from settings.config import BACKCHANNELS, parse
@@ -156,3 +164,37 @@ async def test_mandarin_backchannels_do_not_interrupt(
         assert not of(TurnInterrupted, events) and not of(TranscriptFinal, events)
     finally:
         await projections.stop()
+
+
+async def test_a_cough_pauses_the_spoken_answer_which_resumes_and_is_remembered_whole(
+        bus: Bus, llm: OpenAIServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ASR, dialogue (echo LLM) and TTS on the bus: a cough over the answer pauses its audio,
+    which then plays to the end; the turn is not interrupted and the history holds it all."""
+    for actor in ("asr.actor.Asr", "dialogue.actor.Dialogue", "tts.actor.Tts"):
+        monkeypatch.setattr(f"actors.{actor}.name", actor.split(".")[0] + "_" + new_id())
+    config = parse(f'[[llm.providers]]\nname = "echo"\nbase_url = "{llm.base_url}"\nmodel = "e"\n'
+                   "[asr.turn]\nfalse_interruption_timeout_ms = 30000\n")
+    host = ActorHost(bus, ["asr", "dialogue", "tts"], config)
+    await host.start()
+    try:
+        asr = next(a for a in host.actors if isinstance(a, Asr))
+        sid = (await open_session(bus, asr)).session_id
+        await bus.publish(UserText(session_id=sid, text=(
+            "tell me about the old clockmaker who lived at the edge of the great forest "
+            "and repaired every clock in the valley")))
+        await wait_for(bus, sid, lambda ev: bool(of(TtsStarted, ev)))
+        await stream(bus, sid, clip("cough"), speed=1.0)  # as a microphone sends it
+        events = await wait_for(bus, sid, lambda ev: bool(of(TtsStopped, ev)), timeout=60)
+    finally:
+        await host.stop()
+    assert [e.reason for e in of(SpeechIgnored, events)] == ["noise"]
+    assert [e.reason for e in of(TurnResumed, events)] == ["no_words"]
+    assert of(TurnPaused, events) and not of(TurnInterrupted, events)
+    (answer,) = of(AssistantMessage, events)
+    said = of(TtsSentence, events)
+    assert not answer.interrupted and " ".join(s.text for s in said) == answer.text
+    # Played to its end: the last sentence whole, the pause not counted as audio.
+    assert of(TtsStopped, events)[0].spoken_ms >= said[-1].offset_ms + said[-1].duration_ms
+    history = build_messages("", [Entry("SESSIONS", n, "", {}, b"", e)
+                                  for n, e in enumerate(events)], budget_tokens=10**6)
+    assert history[-1] == {"role": "assistant", "content": answer.text}

@@ -23,9 +23,13 @@ from schemas import (
     AssistantCreated,
     AssistantSentence,
     SessionStarted,
+    SpeechIgnored,
     SpeechStopped,
+    TtsSentence,
     TtsStopped,
     TurnEnd,
+    TurnPaused,
+    TurnResumed,
     TurnSettings,
     UserRegistered,
     new_id,
@@ -87,6 +91,14 @@ async def recorded(bus: Bus) -> tuple[str, str]:
     events = [msgspec.structs.replace(e, assistant_id=aid) if isinstance(e, SessionStarted)
               else msgspec.structs.replace(e, ttfs_ms=90.34231099) if isinstance(e, AssistantSentence)
               and e.ttfs_ms else e for e in events]
+    # A cough over the first answer paused it, and it resumed.
+    said = next(i for i, e in enumerate(events) if isinstance(e, TtsSentence))
+    turn, ts = events[said].turn_id, events[said].ts
+    events[said + 1:said + 1] = [
+        TurnPaused(session_id=sid, turn_id=turn, ts=ts + 1),
+        SpeechIgnored(session_id=sid, turn_id=turn, reason="noise", text="Uh?", speech_ms=480,
+                      ts=ts + 2),
+        TurnResumed(session_id=sid, turn_id=turn, reason="no_words", paused_ms=640, ts=ts + 3)]
     stopped = next(e for e in events if isinstance(e, SpeechStopped))
     assert stopped.audio is not None
     await put_pcm(bus, stopped.audio.name, pcm("what_time"))
@@ -112,6 +124,8 @@ async def test_show_prints_the_timeline_with_latency_bars(recorded: tuple[str, s
     assert "end of speech → first audio" in out and "600 ms" in out
     assert "tool get_time({}) → 12:00" in out
     assert "interrupted (barge_in)" in out and "interrupted (new_input)" in out
+    assert "paused by speech over it" in out and "resumed after 640 ms (no_words)" in out
+    assert "heard over it, ignored (noise, 480 ms): 'Uh?'" in out
     assert "error llm_unavailable: down" in out
     assert "answer (echo/m, 30+6 tokens): 'It is noon.'" in out
     # Latencies in whole ms, lines within 100 columns.
@@ -145,7 +159,7 @@ async def test_export_writes_json_lines_and_a_two_channel_wav(recorded: tuple[st
     lines = vagent("session", "export", sid, "--json", "--nats", nats_server.url).stdout.splitlines()
     events = [json.loads(line) for line in lines]
     assert events[0]["type"] == "session.started" and events[-1]["type"] == "session.ended"
-    assert len(events) == 30 and [e["seq"] for e in events] == sorted(e["seq"] for e in events)
+    assert len(events) == 33 and [e["seq"] for e in events] == sorted(e["seq"] for e in events)
 
     out = tmp_path / "s.wav"
     done = vagent("session", "export", sid, "--wav", str(out), "--nats", nats_server.url)
