@@ -12,7 +12,15 @@ from audio.wavfile import write_wav
 from bus.blobs import get_blob
 from bus.client import Bus
 from replay.log import MS, session_log
-from schemas import BlobRef, SpeechStarted, SpeechStopped, TtsStarted, TtsStopped
+from schemas import (
+    BlobRef,
+    SpeechStarted,
+    SpeechStopped,
+    TtsStarted,
+    TtsStopped,
+    TurnPaused,
+    TurnResumed,
+)
 
 RATE = 16000
 
@@ -60,7 +68,8 @@ async def export_wav(bus: Bus, session_id: str, path: Path) -> Exported:
     on the left, each ending where its speech ended (speech.started's time plus the speech's
     duration: the clip's pre-roll comes before); the assistant's answers on the right, each
     from its turn's tts.started, as recorded by the TTS (`tts.stopped`'s audio, cut where the
-    listener stopped hearing it)."""
+    listener stopped hearing it), silent where speech over it paused it (`turn.paused` to
+    `turn.resumed`: the recording holds only what played)."""
     import numpy as np
 
     events = [e.event for e in await session_log(bus, session_id) if e.event is not None]
@@ -71,6 +80,8 @@ async def export_wav(bus: Bus, session_id: str, path: Path) -> Exported:
 
     speech_at = {e.id: e.ts for e in events if isinstance(e, SpeechStarted)}
     speaking_at: dict[str | None, int] = {}
+    paused_at: dict[str | None, int] = {}
+    gaps: dict[str | None, list[tuple[int, int]]] = {}  # turn → (offset in its recording, ms)
     user: list[tuple[int, bytes]] = []
     assistant: list[tuple[int, bytes]] = []
     seen: set[str] = set()
@@ -78,12 +89,24 @@ async def export_wav(bus: Bus, session_id: str, path: Path) -> Exported:
     for event in events:
         if isinstance(event, TtsStarted):
             speaking_at[event.turn_id] = event.ts
+        elif isinstance(event, TurnPaused):
+            paused_at[event.turn_id] = event.ts
+        elif (isinstance(event, TurnResumed) and event.turn_id in paused_at
+              and event.turn_id in speaking_at):
+            before = gaps.setdefault(event.turn_id, [])
+            played = (at_ms(paused_at.pop(event.turn_id)) - at_ms(speaking_at[event.turn_id])
+                      - sum(ms for _, ms in before))
+            before.append((max(0, played), event.paused_ms))
         elif isinstance(event, TtsStopped) and event.turn_id in speaking_at and event.spoken_ms:
             pcm = await _clip(bus, event.audio) if event.audio is not None else None
             if pcm is None:
                 unrecorded += 1
                 continue
-            assistant.append((at_ms(speaking_at[event.turn_id]), pcm))
+            start, cut = at_ms(speaking_at[event.turn_id]), 0
+            for offset, paused_ms in gaps.get(event.turn_id, []):
+                assistant.append((start + cut, pcm[cut * RATE // 500:offset * RATE // 500]))
+                cut, start = max(cut, offset), start + paused_ms
+            assistant.append((start + cut, pcm[cut * RATE // 500:]))
         elif (isinstance(event, SpeechStopped) and event.audio is not None
               and event.audio.name not in seen):
             seen.add(event.audio.name)

@@ -91,14 +91,15 @@ async def recorded(bus: Bus) -> tuple[str, str]:
     events = [msgspec.structs.replace(e, assistant_id=aid) if isinstance(e, SessionStarted)
               else msgspec.structs.replace(e, ttfs_ms=90.34231099) if isinstance(e, AssistantSentence)
               and e.ttfs_ms else e for e in events]
-    # A cough over the first answer paused it, and it resumed.
+    # A cough over the first answer paused it 300 ms in (1.63 s), for 640 ms, and it resumed.
     said = next(i for i, e in enumerate(events) if isinstance(e, TtsSentence))
-    turn, ts = events[said].turn_id, events[said].ts
+    turn, ts = events[said].turn_id, events[said].ts - 1_000_000  # tts.started's
     events[said + 1:said + 1] = [
-        TurnPaused(session_id=sid, turn_id=turn, ts=ts + 1),
+        TurnPaused(session_id=sid, turn_id=turn, ts=ts + 300_000_000),
         SpeechIgnored(session_id=sid, turn_id=turn, reason="noise", text="Uh?", speech_ms=480,
-                      ts=ts + 2),
-        TurnResumed(session_id=sid, turn_id=turn, reason="no_words", paused_ms=640, ts=ts + 3)]
+                      ts=ts + 900_000_000),
+        TurnResumed(session_id=sid, turn_id=turn, reason="no_words", paused_ms=640,
+                    ts=ts + 940_000_000)]
     stopped = next(e for e in events if isinstance(e, SpeechStopped))
     assert stopped.audio is not None
     await put_pcm(bus, stopped.audio.name, pcm("what_time"))
@@ -175,10 +176,13 @@ async def test_export_writes_json_lines_and_a_two_channel_wav(recorded: tuple[st
     original = np.frombuffer(pcm("what_time"), "<i2")
     assert np.array_equal(left[-len(original) - 1:-1], original)  # where it ended, unchanged
     assert not left[:16 * 400].any()
-    # The answer, from its tts.started (1.33 s) for its 900 ms, resampled to 16 kHz.
+    # The answer, from its tts.started (1.33 s) for its 900 ms, resampled to 16 kHz, silent
+    # for the 640 ms it was paused 300 ms in.
     spoken = np.flatnonzero(right)
-    assert abs(spoken[0] / 16 - 1330) <= 2 and abs(spoken[-1] / 16 - 2230) <= 2
-    assert 0.3 < np.abs(right[spoken[0]:spoken[-1]]).mean() / 16000 < 0.9
+    assert abs(spoken[0] / 16 - 1330) <= 2 and abs(spoken[-1] / 16 - 2230 - 640) <= 2
+    assert not right[16 * 1640:16 * 2260].any() and right[16 * 2280:16 * 2300].any()
+    played = np.concatenate([right[16 * 1330:16 * 1620], right[16 * 2280:16 * 2860]])
+    assert 0.3 < np.abs(played).mean() / 16000 < 0.9
     assert vagent("session", "export", sid, "--nats", nats_server.url).returncode == 2
 
 
