@@ -8,8 +8,8 @@ Speech long enough to be a barge-in (`barge_in_min_ms`) pauses the speaking turn
   utterance is then a turn;
 - only backchannels ("mhm", "ok", "嗯", "好的", repeated or not): `speech.ignored`
   (`backchannel`) and `turn.resumed` (`backchannel`);
-- no words at all (a cough, a noise; fillers like "uh"): `speech.ignored` (`noise`) and
-  `turn.resumed` (`no_words`);
+- no words at all (a cough, a noise; fillers like "uh", or what a recogniser writes for a
+  cough, a lone "I." or "Oh."): `speech.ignored` (`noise`) and `turn.resumed` (`no_words`);
 - nothing decided within `false_interruption_timeout_ms` of the pause: `turn.resumed`
   (`timeout`); words that come later still interrupt.
 
@@ -42,6 +42,9 @@ Verdict = Literal["words", "backchannel", "noise"]
 # A transcript of only these has no words (moonshine writes "Uh." for a cough).
 FILLERS = frozenset({"uh", "um", "umm", "hm", "hmm", "mm", "mmm", "mhm", "er", "erm", "ah"})
 _WORD = re.compile(r"[\w']+")
+# What recognisers write for a sound that is no speech (a cough heard as "I.", "Oh.", "You."):
+# alone, over the assistant, they are noise, not an interruption.
+SOUNDS = frozenset({"i", "a", "oh", "the", "you"})
 # Tokens of a transcript: a run of letters and digits, or one CJK character (Mandarin is
 # written without spaces, and a recogniser may put some in anyway).
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
@@ -69,8 +72,8 @@ class Backchannels:
     def __init__(self, phrases: Iterable[str]) -> None:
         self.phrases = frozenset(t for t in (tokens(p) for p in phrases) if t)
         self.longest = max((len(p) for p in self.phrases), default=0)
-        self.fillers = frozenset(tokens(" ".join(FILLERS))) - {p[0] for p in self.phrases
-                                                                if len(p) == 1}
+        self.fillers = frozenset(tokens(" ".join(FILLERS | SOUNDS))) - {
+            p[0] for p in self.phrases if len(p) == 1}
 
     def verdict(self, text: str) -> Verdict:
         heard = tokens(text)
