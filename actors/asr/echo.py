@@ -8,11 +8,12 @@ its echo from the inbound audio before the VAD sees it.
 
 Alignment: the client plays frames as they arrive, back to back at real time, so a frame
 plays from max(its arrival, the previous frame's end): that puts each reference sample on
-the wall clock (a frame less than `RESYNC_S` late plays right after the one before: the
-lateness is this process's, a busy event loop stamping a burst at once). An inbound chunk of
-`n` samples that arrived at `t` is taken to cover the wall time just before `t` (the chunks
-run on back to back unless `REANCHOR_S` off, for the same reason), and the canceller is given
-the reference of that same span.
+the wall clock. An inbound chunk of `n` samples that arrived at `t` is taken to cover the wall
+time just before `t`, the chunks running on back to back unless `REANCHOR_S` off their
+arrival, and the canceller is given the reference of that same span. A busy event loop hears
+both streams late, in bursts: how late the inbound chunk is heard is taken off the arrival of
+the assistant's frames heard with it, and a frame less than `RESYNC_S` behind the one before
+plays right after it.
 What this misses (the client's playback buffer, speaker to microphone, the uplink) only
 delays the echo behind its reference, which AEC3's own delay estimator finds (measured
 here: converged for delays of 50–500 ms; docs/sessions.md).
@@ -52,7 +53,7 @@ TAIL_S = 1.0  # after the last reference sample played: the echo's delay and rev
 RESYNC_S = 0.25  # a reference frame this late after the one before: a gap in the sound
 # Inbound audio this far off its expected time is re-anchored (the client paused its microphone);
 # less is this process's delay in hearing it (a busy event loop, a burst after it).
-REANCHOR_S = 0.5
+REANCHOR_S = 1.0
 MAX_TAPE_S = 10.0  # reference kept ahead of the inbound audio, at most
 PENDING_FRAMES = 1000  # outbound frames waiting to be placed (inbound audio stopped meanwhile)
 ECHO_LAGS = range(0, 52, 2)  # frames (10 ms) the echo may lag its placed reference
@@ -97,11 +98,13 @@ class EchoRemover:
     def cancel(self, pcm: bytes, arrived: float) -> bytes:
         """Inbound audio that arrived at `arrived`, with the assistant's echo taken out. It may
         come back up to 10 ms shorter or longer: the canceller works on whole frames."""
-        self._place_pending()
         span = len(pcm) // 2 / RATE
         expected = arrived - span
         if self._cursor is None or abs(self._cursor - expected) > REANCHOR_S:
             self._cursor = expected
+        # How late this process hears inbound audio now (a busy event loop, a burst after it):
+        # the assistant's frames of the same moment were heard as late, and are placed back.
+        self._place_pending(max(0.0, expected - self._cursor))
         start = self._cursor
         self._cursor += span
         reference = self._read(start, len(pcm) // 2)
@@ -125,7 +128,7 @@ class EchoRemover:
         self.path.feed(mic, speaker)
         return (mic if self.path.echo is False else cleaned).tobytes()
 
-    def _place_pending(self) -> None:
+    def _place_pending(self, late: float) -> None:
         while self._pending:
             arrived, payload = self._pending.popleft()
             if self._decoder is None:
@@ -135,7 +138,7 @@ class EchoRemover:
             except AudioDecodeError as exc:  # one bad frame: its echo stays in, the rest not
                 log.debug("reference frame not decoded: %s", exc)
                 continue
-            self._place(pcm, arrived)
+            self._place(pcm, arrived - late)
 
     def _place(self, pcm: bytes, arrived: float) -> None:
         end = self._played_until  # where the tape ends: reading never drops past it
