@@ -378,6 +378,8 @@ BACKCHANNELS = [
     "mhm", "mm", "mmm", "hmm", "uh huh", "uh-huh", "yeah", "yes", "yep", "ok", "okay", "right",
     "sure", "i see", "got it", "alright", "cool",
     "嗯", "嗯嗯", "哦", "噢", "啊", "对", "对对", "对对对", "是", "是的", "好", "好的", "行", "明白",
+    # Whisper writes a particle a speaker barely voiced: "对" heard as "对呀".
+    "对呀", "对啊", "是啊", "是呀", "好呀", "好啊", "行啊", "嗯哼", "没错", "明白了", "知道了",
 ]
 
 
