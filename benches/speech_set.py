@@ -18,6 +18,7 @@ FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 DIRS = {"zh": "mandarin", "en": "english"}  # language → the directory of its clips
 RATE = 16000
 _NOT_HEARD = re.compile(r"[\W_]+")  # punctuation and spaces are not graded
+_JOINED = re.compile(r"(?<=\w)-(?=\w)")  # "to-morrow" is "tomorrow": a spelling, not a word more
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def units(text: str, language: str) -> list[str]:
     """What is graded: characters for Mandarin, lower-case words for English."""
     if language == "zh":
         return list(_NOT_HEARD.sub("", text))
-    return [w for w in _NOT_HEARD.sub(" ", text.lower()).split() if w]
+    return [w for w in _NOT_HEARD.sub(" ", _JOINED.sub("", text.lower())).split() if w]
 
 
 def error_rate(pairs: list[tuple[str, str]], language: str) -> float:
