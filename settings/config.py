@@ -472,6 +472,33 @@ class VisionSettings(msgspec.Struct, forbid_unknown_fields=True):
         "seconds a device's vision token (handed over in its MCP `initialize`) stays valid")] = 3600.0
 
 
+class PriceConfig(msgspec.Struct, forbid_unknown_fields=True):
+    provider: Annotated[str, doc(
+        "the provider's name as events record it (an `[[llm.providers]]` name, `local`, "
+        "`deepgram`, `piper`…)")]
+    model: Annotated[str, doc("the model's name as events record it; `*`: any model of the provider")] = "*"
+    prompt_per_million: Annotated[float, doc("cost of a million prompt (input) tokens")] = 0.0
+    completion_per_million: Annotated[float, doc(
+        "cost of a million completion (output) tokens")] = 0.0
+    audio_in_per_minute: Annotated[float, doc(
+        "cost of a minute of speech heard (transcription providers)")] = 0.0
+    audio_out_per_minute: Annotated[float, doc(
+        "cost of a minute of speech spoken (synthesis providers)")] = 0.0
+
+
+class TelemetrySettings(msgspec.Struct, forbid_unknown_fields=True):
+    metrics: Annotated[bool, doc(
+        "Prometheus metrics at `/metrics` (the edge's port, and `--metrics-port` of a process "
+        "that runs actors)")] = True
+    otlp_endpoint: Annotated[str, doc(
+        "an OTLP/HTTP collector's base URL (e.g. `http://localhost:4318`): one trace per turn "
+        "is exported there; empty: tracing off, at no cost")] = ""
+    service_name: Annotated[str, doc(
+        "`service.name` of exported spans; each process adds its role (`vagent-edge`, "
+        "`vagent-actors`…)")] = "vagent"
+    currency: Annotated[str, doc("the currency `[[prices]]` are in, shown beside every cost")] = "USD"
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     llm: Annotated[LLMSettings, doc("LLM providers and the local model")] = msgspec.field(
         default_factory=LLMSettings)
@@ -491,6 +518,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     vision: Annotated[VisionSettings, doc(
         "describing photos: a xiaozhi device's camera, images sent on `/ws`")] = msgspec.field(
         default_factory=VisionSettings)
+    telemetry: Annotated[TelemetrySettings, doc("metrics and traces")] = msgspec.field(
+        default_factory=TelemetrySettings)
+    prices: Annotated[list[PriceConfig], doc(
+        "what each provider and model costs, for usage and cost analytics (`vagent stats`); "
+        "unpriced use costs 0")] = msgspec.field(default_factory=list)
 
 
 class ConfigError(ValueError):
