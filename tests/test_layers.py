@@ -150,8 +150,9 @@ class Rule:
                 if use.what.split(".")[0] in self.forbidden]
 
 
-# What runs the layers from above: commands, the replay engine, benches, development servers.
-TOP = ("cli", "replay", "benches", "devservers")
+# What runs the layers from above: commands, the replay and evaluation engines, benches,
+# development servers.
+TOP = ("cli", "replay", "evals", "benches", "devservers")
 
 
 def _rules() -> list[Rule]:
@@ -163,6 +164,9 @@ def _rules() -> list[Rule]:
     rules += [Rule((low,), (high,)) for i, low in enumerate(below[:-1]) for high in below[i + 1:]]
     # Media code under both actors and edge: only the wire schemas below it.
     rules.append(Rule(("audio",), tuple(p for p in product_packages() if p not in {"audio", "schemas"})))
+    # Metrics and traces are called from every layer, the bus included: they know only events.
+    rules.append(Rule(("telemetry",),
+                      tuple(p for p in product_packages() if p not in {"telemetry", "schemas"})))
     return rules
 
 

@@ -1,0 +1,1 @@
+"""Evaluations: scripted conversations run against a temporary stack, judged per turn."""

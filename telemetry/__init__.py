@@ -1,0 +1,1 @@
+"""Metrics and traces: what an operator watches a running vagent with."""
