@@ -1,6 +1,7 @@
 """What vagent itself says to people, per language: the default persona, the goodbye, the
-apologies, the time told by `get_time`, a device's activation prompt. One place, so a
-language is added by adding its entry (and `domain.language.Spoken`)."""
+apologies, the time told by `get_time`, what `knowledge_search` found nothing in, a device's
+activation prompt. One place, so a language is added by adding its entry (and
+`domain.language.Spoken`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ class Phrases:
     unusable_call: str  # said instead of a tool call that cannot be run
     llm_unavailable: str  # shown when no LLM provider answered (a device's screen, a client)
     activation: str  # a device's prompt to be bound, with `{code}`
+    no_documents: str  # knowledge_search's answer for an assistant with no documents
+    nothing_found: str  # knowledge_search's answer when no passage matches `{query}`
     # get_time's answer: `{date}`, `{zone}`, `{offset}` ("+08:00") and `{iso}`
     time: str
     date: str  # `{weekday}`, `{day}`, `{month}` (name), `{month_number}`, `{year}`, `{clock}`
@@ -34,6 +37,8 @@ PHRASES: dict[Spoken, Phrases] = {
         unusable_call="Sorry, I couldn't work that out. Could you ask me another way?",
         llm_unavailable="Sorry, I can't answer right now. Please try again in a moment.",
         activation="Bind this device in vagent with the code {code}",
+        no_documents="This assistant has no documents to search.",
+        nothing_found="Nothing in the assistant's documents matches {query!r}.",
         time="{date}, time zone {zone}, UTC{offset}; ISO {iso}",
         date="{weekday} {day:02d} {month} {year}, {clock}",
         local_zone="{name} (server local time)",
@@ -49,6 +54,8 @@ PHRASES: dict[Spoken, Phrases] = {
         unusable_call="抱歉，我没弄明白。您能换个方式问吗？",
         llm_unavailable="抱歉，现在无法回答，请稍后再试。",
         activation="请在 vagent 中用验证码 {code} 绑定此设备",
+        no_documents="这个助手没有可以查找的文档。",
+        nothing_found="助手的文档中没有与“{query}”相符的内容。",
         time="{date}，时区 {zone}，UTC{offset}；ISO {iso}",
         date="{year}年{month_number}月{day}日 {weekday} {clock}",
         local_zone="{name}（服务器本地时间）",

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from actors.runtime import ActorHost
+from actors.tools.builtin import KnowledgeSearch, current_call
 from bus.client import Bus
 from devservers.echo_llm import OpenAIServer
 from domain.phrases import PHRASES
@@ -19,6 +20,7 @@ from schemas import (
     AssistantUpdated,
     SessionEnded,
     SessionStarted,
+    ToolCall,
     ToolResult,
     TranscriptFinal,
     UserText,
@@ -133,6 +135,28 @@ async def test_a_mandarin_assistant_greets_answers_tells_the_time_and_says_goodb
     await bus.publish(UserText(session_id=s, text="再见"))
     events = await wait_for(bus, s, lambda ev: any(isinstance(e, SessionEnded) for e in ev))
     assert finals(events)[-1].text == "再见！"
+
+
+async def test_what_the_knowledge_search_found_nothing_in_is_said_in_the_sessions_language(
+        bus: Bus, projections: ProjectionService, data_dir: Path) -> None:
+    sessions = {}
+    for language in ("zh", "en"):
+        aid = new_id()
+        await bus.publish(AssistantCreated(assistant_id=aid, owner_id="u1", language=language))
+        sessions[language] = "d" + new_id()
+        await bus.publish(SessionStarted(session_id=sessions[language], assistant_id=aid))
+    await projections.caught_up()
+    tool = KnowledgeSearch(bus, data_dir)
+    answers = {}
+    for language, s in sessions.items():
+        token = current_call.set(ToolCall(session_id=s, turn_id=new_id(), call_id="c1",
+                                          name="knowledge_search"))
+        try:
+            answers[language] = await tool.call({"query": "保修期多长？"})
+        finally:
+            current_call.reset(token)
+    assert answers == {"zh": PHRASES["zh"].no_documents, "en": PHRASES["en"].no_documents}
+    assert answers["zh"] == "这个助手没有可以查找的文档。"
 
 
 async def test_an_english_session_is_answered_as_before_even_to_a_chinese_goodbye(

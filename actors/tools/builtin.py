@@ -21,6 +21,7 @@ from actors.plugins import Registry
 from actors.tools.calc import CalcError, evaluate, format_number
 from actors.tools.spec import Tool, ToolError, ToolSpec
 from bus.client import Bus
+from domain.phrases import phrases
 from schemas import ToolCall, TranscriptFinal, UserText
 from settings.config import Config, ConfigError
 
@@ -183,7 +184,7 @@ class KnowledgeSearch(Tool):
         self._assistants: Any = None
 
     async def call(self, arguments: dict[str, Any]) -> str:
-        from actors.assistant import AssistantDirectory
+        from actors.assistant import AssistantDirectory, answer_language
         from bus.log import load
         from projections.knowledge.search import search
 
@@ -198,16 +199,18 @@ class KnowledgeSearch(Tool):
         if self._assistants is None:
             self._assistants = AssistantDirectory(self.bus, self.data_dir)
         entries, _ = await load(self.bus, "session", call.session_id)
-        profile = await self._assistants.for_session(entries)
+        events = [e.event for e in entries]
+        profile = await self._assistants.for_events(events)
+        said = phrases(answer_language(profile, events, call.turn_id))
         if profile is None or not profile.documents:
-            return "This assistant has no documents to search."
+            return said.no_documents
         if self.data_dir is None:
             raise ToolError("knowledge_search: this tools actor runs without a data directory")
         hits = await search(query, owner_id=profile.owner_id, data_dir=self.data_dir,
                             document_ids=profile.documents, limit=KNOWLEDGE_HITS,
                             embed_threads=self.embed_threads)
         if not hits:
-            return f"Nothing in the assistant's documents matches {query.strip()!r}."
+            return said.nothing_found.format(query=query.strip())
         return format_hits(hits)
 
 
