@@ -21,6 +21,7 @@ from bus.subjects import event_type_filter
 from bus.trace import child_traceparent
 from schemas import Event, derived_id
 from settings.config import Config
+from telemetry import tracing
 
 E = TypeVar("E", bound=Event)
 
@@ -55,18 +56,20 @@ class Context:
                                        causation_id=causation_id or self.cause.id)
 
     async def emit(self, event: Event, *, id: str | None = None,
-                   causation_id: str | None = None) -> Stored:
-        """Append an effect to the log; returns once JetStream has it on disk."""
-        return await self.publish(self.stamp(event, id=id, causation_id=causation_id))
+                   causation_id: str | None = None, traceparent: str | None = None) -> Stored:
+        """Append an effect to the log; returns once JetStream has it on disk. `traceparent`:
+        the span it comes from, when not the handler's own."""
+        return await self.publish(self.stamp(event, id=id, causation_id=causation_id),
+                                  traceparent=traceparent)
 
     def emit_soon(self, event: Event) -> asyncio.Task[Stored]:
         """`emit` begun now and awaited later, so the append overlaps other work. Numbered
         now: ids still follow the order of the calls."""
         return asyncio.create_task(self.publish(self.stamp(event)))
 
-    async def publish(self, stamped: Event) -> Stored:
+    async def publish(self, stamped: Event, *, traceparent: str | None = None) -> Stored:
         """Append an event `stamp` made (an outbox that keeps a session's effects in order)."""
-        return await self.actor.bus.publish(stamped, traceparent=self.traceparent)
+        return await self.actor.bus.publish(stamped, traceparent=traceparent or self.traceparent)
 
     async def live(self, event: Event, *, causation_id: str | None = None) -> None:
         """Publish a derivable, live-only event (token deltas, partial transcripts)."""
@@ -123,4 +126,14 @@ class Actor:
         return event.aggregate_id
 
     async def on_event(self, event: Event, delivery: Delivery) -> None:
-        await self.handle(event, Context(self, event, delivery))
+        ctx = Context(self, event, delivery)
+        if not tracing.enabled():
+            await self.handle(event, ctx)
+            return
+        # The handler's span is what its effects name as their parent, in any process.
+        with tracing.span(f"{self.name} {event.type}", delivery.traceparent,
+                          attributes=tracing.event_attributes(event)) as span:
+            if span is not None:
+                ctx.traceparent = tracing.traceparent(span)
+            await self.handle(event, ctx)
+

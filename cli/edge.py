@@ -12,11 +12,14 @@ from hosting import stack
 from hosting.loop import Host
 from projections.runtime import ProjectionService
 from settings.config import Config
+from telemetry import tracing
 
 
 async def serve_edge(nats: str | None, data_dir: Path, config: Config, host: str | None,
                      port: int | None) -> None:
     async with Host() as parts:
+        if tracing.setup(config.telemetry.otlp_endpoint, config.telemetry.service_name, ("edge",)):
+            parts.on_stop(partial(asyncio.to_thread, tracing.shutdown))  # last: every span ended
         bus = await Bus.connect(nats, name="vagent-edge")
         parts.on_stop(bus.close)
         await bus.declare()

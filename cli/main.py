@@ -155,10 +155,16 @@ def actor_run(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(ACTO
 
 
 async def _actor_run(name: str, nats: str | None, config: Config, data_dir: Path) -> None:
+    import asyncio
+    from functools import partial
+
     from actors.runtime import ActorHost
     from hosting.loop import Host
+    from telemetry import tracing
 
     async with Host() as parts:
+        if tracing.setup(config.telemetry.otlp_endpoint, config.telemetry.service_name, ("actors",)):
+            parts.on_stop(partial(asyncio.to_thread, tracing.shutdown))  # last: every span ended
         bus = await Bus.connect(nats, name=f"vagent-actor-{name}")
         parts.on_stop(bus.close)
         await bus.declare()

@@ -19,6 +19,7 @@ from hosting.loop import Host
 from projections.runtime import ProjectionService, store_path
 from settings.config import Config
 from settings.llm import wants_local_llm, with_local_llm
+from telemetry import tracing
 
 log = logging.getLogger("vagent.up")
 
@@ -40,6 +41,9 @@ async def _run(parts: Host, *, nats: str | None, port: int, data_dir: Path, acto
                config: Config, ready: asyncio.Event | None, edge_port: int | None) -> None:
     """Start every part, each stopped on the way out even if a later one failed to start;
     then run until a stop signal or an actor's death."""
+    telemetry = config.telemetry
+    if tracing.setup(telemetry.otlp_endpoint, telemetry.service_name, ("edge", "actors")):
+        parts.on_stop(partial(asyncio.to_thread, tracing.shutdown))  # last: every span ended
     server: EmbeddedServer | None = None
     if nats is None:
         server = EmbeddedServer(data_dir / "nats", port=port)

@@ -60,6 +60,7 @@ from schemas import (
     TurnInterrupted,
     new_id,
 )
+from telemetry import tracing
 
 if TYPE_CHECKING:
     from actors.asr.actor import Asr
@@ -304,11 +305,17 @@ class SessionPipeline:
                 log.info("utterance without a turn", extra={"session": self.session_id,
                                                              "text": text})
                 return
+            # A voice turn's trace starts here (audio frames carry none): speech → transcript.
+            heard = tracing.record("asr utterance", None, utterance.started.ts, attributes={
+                "vagent.session_id": self.session_id, "vagent.asr.provider": self.engine.provider,
+                "vagent.asr.speech_ms": stopped.duration_ms,
+            }) if tracing.enabled() else None
             await self.ctx.emit(TranscriptFinal(
                 session_id=self.session_id, text=text,
                 language=self.engine.language, provider=self.engine.provider,
                 audio=stopped.audio, speech_started_ts=utterance.started.ts,
-                speech_stopped_ts=stopped.ts), id=final_id, causation_id=stopped.id)
+                speech_stopped_ts=stopped.ts), id=final_id, causation_id=stopped.id,
+                traceparent=heard)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

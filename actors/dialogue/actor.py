@@ -82,6 +82,7 @@ from schemas import (
 from schemas.session import InterruptReason
 from settings.config import Config, ProviderConfig
 from settings.llm import provider_configs
+from telemetry import tracing
 
 log = logging.getLogger("vagent.dialogue")
 
@@ -213,6 +214,28 @@ def resolve_calls(calls: list[ToolCallRef], known: set[str]
         asked.append(call)
     originals = json.dumps(changed, ensure_ascii=False) if changed else None
     return asked, refused, originals
+
+
+def trace_llm_call(parent: str | None, asked_ns: int, provider: str, requested: str,
+                   model: str, usage: Usage, ttft_ms: float | None, total_ms: float) -> None:
+    """The span of one LLM call (OpenTelemetry's GenAI conventions), from the request to the
+    stream's end; its first token is an event at the time it came (`ttft_ms` and `total_ms`
+    count from the step's start, which the request followed)."""
+    now = time.time_ns()
+    step_ns = now - int(total_ms * 1e6)  # when the step started, on the wall clock
+    attributes: dict[str, str | int | float] = {
+        "gen_ai.operation.name": "chat", "gen_ai.system": provider,
+        "gen_ai.provider.name": provider, "gen_ai.request.model": requested,
+        "gen_ai.response.model": model,
+        "gen_ai.usage.input_tokens": usage.prompt_tokens,
+        "gen_ai.usage.output_tokens": usage.completion_tokens}
+    events: list[tuple[str, int, dict[str, str | int | float]]] = []
+    if ttft_ms is not None:
+        first_ns = step_ns + int(ttft_ms * 1e6)
+        attributes["gen_ai.response.time_to_first_token_ms"] = max(0.0, (first_ns - asked_ns) / 1e6)
+        events.append(("gen_ai.first_token", max(first_ns, asked_ns), {}))
+    tracing.record(f"chat {requested}", parent, asked_ns, now, attributes=attributes,
+                   events=events, kind=tracing.CLIENT)
 
 
 @dataclass
@@ -517,6 +540,7 @@ class Dialogue(Actor):
         language = answer_language(profile, [e.event for e in entries], turn_id)
         messages = build_messages(system_prompt(profile, settings.system_prompt, language),
                                   order_by_turn(entries), budget_tokens=settings.history_tokens)
+        asked_ns = time.time_ns()
         try:
             answer = await self.chain.open(messages, [openai_tool(s) for s in specs] or None,
                                            prefer=profile.llm if profile else None)
@@ -582,6 +606,9 @@ class Dialogue(Actor):
         if run.live is not None:  # all of it shown before the closing message
             await run.live.flush()
         total_ms = (time.perf_counter() - started) * 1000
+        if tracing.enabled():
+            trace_llm_call(ctx.traceparent, asked_ns, answer.provider.name,
+                           answer.provider.config.model, model, usage, ttft_ms, total_ms)
         unknown = {call.call_id for call in refused}
         tail: list[Event] = [
             ToolCall(session_id=sid, turn_id=turn_id, call_id=call.call_id, name=call.name,

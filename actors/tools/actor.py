@@ -29,6 +29,7 @@ from actors.tools.toolset import Outcome, Toolset, build
 from bus.client import Message, Subscription
 from bus.subjects import knowledge_search
 from schemas import Event, ToolCall, ToolResult
+from telemetry import tracing
 
 log = logging.getLogger("vagent.tools")
 
@@ -88,7 +89,12 @@ class Tools(Actor):
             assert self.toolset is not None  # setup() ran before the first event
             token = current_call.set(event)  # for tools that read their session
             try:
-                outcome = await self.toolset.run(event.name, event.arguments)
+                with tracing.span(f"execute_tool {event.name}", ctx.traceparent, attributes={
+                        "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": event.name,
+                        "gen_ai.tool.call.id": event.call_id}) as span:
+                    outcome = await self.toolset.run(event.name, event.arguments)
+                    if outcome.is_error:
+                        tracing.failed(span, outcome.content)
             finally:
                 current_call.reset(token)
         await ctx.emit(ToolResult(

@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from bus.client import Bus, Message, Subscription
 from bus.errors import BusError
@@ -43,6 +43,7 @@ from schemas import (
     SessionTools,
     SessionToolSpec,
     ToolResult,
+    TtsStarted,
     TurnInterrupted,
     UserText,
     decode,
@@ -50,6 +51,7 @@ from schemas import (
     new_id,
 )
 from schemas.session import SessionEvent
+from telemetry import tracing
 
 log = logging.getLogger("vagent.edge.session")
 RESUME_SECONDS = 60.0
@@ -91,6 +93,9 @@ class SessionLink:
         self.ended = False  # an actor recorded session.ended (the user said goodbye)
         self._subs: list[Subscription] = []
         self._seen: OrderedDict[str, None] = OrderedDict()
+        # A turn's tts.started, its traceparent and when it came, until its first frame is
+        # sent (tracing on).
+        self._first_audio: tuple[TtsStarted, str | None, int] | None = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -160,7 +165,10 @@ class SessionLink:
         event = UserText(session_id=self.session_id, text=text, source=source)
         self.turns.admit(event.id, len(text))
         try:
-            await self._publish(event)
+            # The turn's trace begins where its text arrived.
+            with tracing.span("edge user.text", None, role="edge", kind=tracing.SERVER,
+                              attributes=self._span_attributes(event)) as span:
+                await self._publish(event, tracing.traceparent(span) if span else None)
         except BaseException:
             self.turns.withdraw(event.id)
             raise
@@ -189,10 +197,15 @@ class SessionLink:
                                        name=name, content=content, is_error=is_error,
                                        causation_id=causation_id))
 
-    async def _publish(self, event: SessionEvent) -> None:
+    async def _publish(self, event: SessionEvent, traceparent: str | None = None) -> None:
         """Append an event made of client input, once the actors can read it back."""
         check_readable(event)
-        await self.bus.publish(event)
+        await self.bus.publish(event, traceparent=traceparent)
+
+    def _span_attributes(self, event: Event) -> dict[str, Any]:
+        if not tracing.enabled():
+            return {}
+        return {**tracing.event_attributes(event), "vagent.transport": self.transport}
 
     # --- session → client ---------------------------------------------------------------
 
@@ -210,6 +223,9 @@ class SessionLink:
             self._seen.popitem(last=False)
         if isinstance(event, SessionEnded):
             self.ended = True
+        elif isinstance(event, TtsStarted) and tracing.enabled():
+            # Its audio follows: the first frame sent closes the turn's trace.
+            self._first_audio = (event, msg.headers.get("traceparent"), time.time_ns())
         self.turns.seen(event)
         try:
             await self.on_event(event)
@@ -222,6 +238,12 @@ class SessionLink:
             await self.on_audio(msg.data)
         except Exception:
             log.exception("the transport failed to deliver audio", extra={"session": self.session_id})
+        if self._first_audio is not None:
+            started, parent, seen_ns = self._first_audio
+            self._first_audio = None
+            tracing.record("edge first audio", parent, seen_ns, role="edge",
+                           kind=tracing.SERVER, attributes={
+                               **self._span_attributes(started), "vagent.bytes": len(msg.data)})
 
 
 def check_readable(event: Event) -> None:
