@@ -187,8 +187,8 @@ def event_attributes(event: Event) -> dict[str, AttributeValue]:
     """What a span says of the event it handles: its type, and the session and turn."""
     attributes: dict[str, AttributeValue] = {"vagent.event.type": event.type,
                                              "vagent.event.id": event.id}
-    for name in ("session_id", "turn_id"):
-        value = getattr(event, name, None)
+    for field, key in (("session_id", "vagent.session_id"), ("turn_id", "vagent.turn_id")):
+        value = getattr(event, field, None)
         if value:
-            attributes[f"vagent.{name}"] = value
+            attributes[key] = value
     return attributes
