@@ -16,6 +16,7 @@ from bus.client import Bus
 from bus.consumer import ConsumerRunner
 from bus.health import INTERVAL, Heartbeat, beat, forget, instance_id
 from settings.config import Config
+from telemetry import metrics
 
 log = logging.getLogger("vagent.actors")
 
@@ -24,6 +25,8 @@ class ActorHost:
     def __init__(self, bus: Bus, actors: Sequence[str | type[Actor] | Actor],
                  config: Config | None = None, data_dir: Path | None = None) -> None:
         self.bus = bus
+        if config is not None:
+            metrics.configure(config)
         # An instance is hosted as it is: one built with arguments of its own (a replay's LLM).
         self.actors: list[Actor] = [a if isinstance(a, Actor) else
                                     (actor_class(a) if isinstance(a, str) else a)(bus, config, data_dir)

@@ -30,6 +30,7 @@ from bus.errors import BatchError, BusError, ConflictError, Unreachable
 from bus.subjects import aggregate_events, live, subject_of
 from bus.trace import new_traceparent
 from schemas import Event, encode
+from telemetry import metrics
 
 log = logging.getLogger("vagent.bus")
 
@@ -239,7 +240,8 @@ class Bus:
                       timeout: float = 15.0) -> Stored:
         """Append `event` to its aggregate's log; safe to retry (deduplicated by event id)."""
         headers = {api.Header.MSG_ID: event.id, "traceparent": traceparent or new_traceparent()}
-        return await self._publish_js(subject_of(event), encode(event), headers, timeout)
+        return _observed(await self._publish_js(subject_of(event), encode(event), headers, timeout),
+                         event)
 
     async def append(self, event: Event, expected_last_seq: int, *,
                      traceparent: str | None = None, timeout: float = 15.0) -> Stored:
@@ -255,7 +257,8 @@ class Bus:
                 aggregate_events(event.aggregate, event.aggregate_id),
         }
         try:
-            return await self._publish_js(subject_of(event), encode(event), headers, timeout)
+            return _observed(await self._publish_js(subject_of(event), encode(event), headers,
+                                                    timeout), event)
         except nats.js.errors.APIError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
                 # A retry of an append that was stored but whose ack was lost finds its own
@@ -337,7 +340,8 @@ class Bus:
                     raise BatchError(f"batch {batch_id} rejected: {exc.description}") from None
                 if "batch" not in answer:
                     continue
-                return Stored(answer["stream"], answer["seq"], bool(answer.get("duplicate")))
+                return _observed(Stored(answer["stream"], answer["seq"], bool(answer.get("duplicate"))),
+                                 *events)
         finally:
             await sub.unsubscribe()
 
@@ -362,6 +366,7 @@ class Bus:
     async def publish_live(self, event: Event) -> None:
         """Publish a derivable event (deltas, partial transcripts) on its live subject only."""
         await self.nc.publish(live(event.aggregate_id, event.type), encode(event))
+        metrics.appended(event)
         # nats-py only buffers a publish; its flusher task writes it. Yield once so a delta
         # is on the wire before this task goes on parsing the next chunk (measured: ~1 ms
         # off the first delta under a busy loop).
@@ -389,3 +394,11 @@ class Bus:
 
     async def flush(self) -> None:
         await self.nc.flush()
+
+
+def _observed(stored: Stored, *events: Event) -> Stored:
+    """`stored` as it was, after the metrics saw `events` (unless a retry found them stored)."""
+    if not stored.duplicate:
+        for event in events:
+            metrics.appended(event)
+    return stored

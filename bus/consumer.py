@@ -27,9 +27,12 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from bus.client import Bus
+from bus.deadletter import dead_letter_count
 from schemas import DecodeError, Event, decode
+from telemetry import metrics
 
 log = logging.getLogger("vagent.consumer")
+STATE_INTERVAL = 5.0  # seconds between reads of a consumer's state for the metrics
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class ConsumerRunner:
     async def run(self) -> None:
         await ensure_consumer(self.bus, self.spec)
         psub = await self.bus.js.pull_subscribe_bind(self.spec.durable, stream=self.spec.stream)
+        watch = asyncio.create_task(self._watch_state()) if metrics.enabled() else None
         try:
             while not self._stopping.is_set():
                 room = self.concurrency - len(self._inflight)
@@ -132,6 +136,8 @@ class ConsumerRunner:
             if self._inflight:
                 await asyncio.wait(self._inflight)
         finally:
+            if watch is not None:
+                watch.cancel()
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()
 
@@ -158,6 +164,7 @@ class ConsumerRunner:
                       extra={"actor": self.name, "subject": msg.subject, "seq": delivery.seq,
                              "error": str(exc)})
             return
+        metrics.consumed(event)
         key = self.key(event)
         previous = self._tails.get(key)
         task = asyncio.create_task(self._handle(msg, event, delivery, previous))
@@ -183,10 +190,12 @@ class ConsumerRunner:
             await self.handler(event, delivery)
         except Exception as exc:
             keepalive.cancel()
+            metrics.handled(self.name, "error", time.perf_counter() - started)
             await self._failed(msg, event, delivery, exc, started)
             return
         finally:
             keepalive.cancel()
+        metrics.handled(self.name, "ok", time.perf_counter() - started)
         try:
             # Confirmed ack: a stopping worker knows JetStream has it before it drains.
             await msg.ack_sync(timeout=2.0)
@@ -221,8 +230,21 @@ class ConsumerRunner:
     async def _term(self, msg: Msg, reason: str) -> None:
         """Terminate with a reason; JetStream's advisory carries it to the DEADLETTER stream."""
         self.terminated += 1
+        metrics.terminated(self.name)
         with contextlib.suppress(*_CONNECTION_TROUBLE):
             await self.bus.nc.publish(msg.reply, b"+TERM " + reason[:1000].encode())
+
+    async def _watch_state(self) -> None:
+        """What waits for this actor, read from JetStream now and every STATE_INTERVAL."""
+        while True:
+            try:
+                info = await self.bus.js.consumer_info(self.spec.stream, self.spec.durable)
+                metrics.consumer_state(self.name, info.num_pending or 0, info.num_ack_pending or 0,
+                                       info.num_redelivered or 0)
+                metrics.dead_letters(await dead_letter_count(self.bus))
+            except Exception as exc:  # a gauge left as it was; the next read may do
+                log.debug("consumer state not read: %r", exc)
+            await asyncio.sleep(STATE_INTERVAL)
 
     def _fields(self, event: Event, delivery: Delivery, started: float,
                 outcome: str) -> dict[str, object]:

@@ -26,6 +26,12 @@ class DeadLetter:
     event_type: str | None
 
 
+async def dead_letter_count(bus: Bus) -> int:
+    """How many dead-letter records are stored."""
+    info = await bus.js.stream_info("DEADLETTER")
+    return int(info.state.messages)
+
+
 async def dead_letters(bus: Bus, limit: int = 100) -> list[DeadLetter]:
     info = await bus.js.stream_info("DEADLETTER")
     if info.state.messages == 0:

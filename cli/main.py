@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from enum import StrEnum
-from functools import cache
+from functools import cache, partial
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -145,22 +146,23 @@ def edge(nats: NatsOpt = None, data_dir: DataOpt = None,
 
 @actor_app.command("run")
 def actor_run(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(ACTORS)}")],
-              nats: NatsOpt = None, data_dir: DataOpt = None) -> None:
+              nats: NatsOpt = None, data_dir: DataOpt = None,
+              metrics_port: Annotated[int | None, typer.Option(
+                  "--metrics-port", help="Serve Prometheus metrics at /metrics on this port "
+                                         "(on edge.host; off unless given).")] = None) -> None:
     """Run one actor alone against a NATS server."""
     if name not in ACTORS:
         typer.secho(f"unknown actor {name!r}; known: {', '.join(ACTORS)}", fg="red", err=True)
         raise typer.Exit(2)
     at = where(nats, data_dir)
-    run(_actor_run(name, at.nats_url, read_settings(), resolve_data_dir(at.data_dir)))
+    run(_actor_run(name, at.nats_url, read_settings(), resolve_data_dir(at.data_dir), metrics_port))
 
 
-async def _actor_run(name: str, nats: str | None, config: Config, data_dir: Path) -> None:
-    import asyncio
-    from functools import partial
-
+async def _actor_run(name: str, nats: str | None, config: Config, data_dir: Path,
+                     metrics_port: int | None = None) -> None:
     from actors.runtime import ActorHost
     from hosting.loop import Host
-    from telemetry import tracing
+    from telemetry import metrics, tracing
 
     async with Host() as parts:
         if tracing.setup(config.telemetry.otlp_endpoint, config.telemetry.service_name, ("actors",)):
@@ -171,6 +173,11 @@ async def _actor_run(name: str, nats: str | None, config: Config, data_dir: Path
         host = ActorHost(bus, [name], config, data_dir)
         await host.start()
         parts.on_stop(host.stop)
+        if metrics_port is not None and config.telemetry.metrics:
+            served = metrics.serve(metrics_port, config.edge.host)
+            parts.on_stop(partial(asyncio.to_thread, served.stop))
+            print(f"actor {name}: metrics at http://{config.edge.host}:{served.port}/metrics",
+                  flush=True)
         print(f"actor {name} running on {bus.url}; Ctrl-C stops it", flush=True)
         await parts.wait(host.wait())
 

@@ -25,11 +25,13 @@ from edge.services import Services
 from edge.xiaozhi import ota, vision
 from edge.xiaozhi.endpoint import xiaozhi_endpoint
 from edge.xiaozhi.protocol import PATH as XIAOZHI_PATH
+from telemetry import metrics
 
 ENDPOINTS: tuple[Endpoint, ...] = (*accounts.ENDPOINTS, *assistants.ENDPOINTS, *devices.ENDPOINTS,
                                    *documents.ENDPOINTS, *sessions.ENDPOINTS, *search.ENDPOINTS,
                                    *webrtc.ENDPOINTS)
 OPENAPI_PATH = "/api/v1/openapi.json"
+METRICS_PATH = "/metrics"  # Prometheus' default scrape path
 
 
 def create_app(services: Services) -> Starlette:
@@ -37,6 +39,12 @@ def create_app(services: Services) -> Starlette:
 
     async def openapi(request: Request) -> Response:
         return Response(spec, media_type=JSON)
+
+    async def prometheus(request: Request) -> Response:
+        if not services.config.telemetry.metrics:
+            raise HTTPException(404)
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
     # One route per path, holding every method of it: a method the path lacks (OPTIONS
     # among them) is answered 405 with an Allow that names all of them, not only the
@@ -50,6 +58,7 @@ def create_app(services: Services) -> Starlette:
     routes += [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route(METRICS_PATH, prometheus, methods=["GET"]),
         WebSocketRoute("/ws", ws_endpoint),
         WebSocketRoute(XIAOZHI_PATH, xiaozhi_endpoint),
         # A device's OTA URL may be written with or without its trailing slash.

@@ -17,6 +17,7 @@ from edge.guard import FirstMessageTimeout, guarded_protocol
 from edge.realtime.images import largest_frame
 from edge.services import Services
 from settings.config import Config
+from telemetry import metrics
 
 log = logging.getLogger("vagent.edge")
 
@@ -30,6 +31,7 @@ class _Server(uvicorn.Server):
 class EdgeServer:
     def __init__(self, bus: Bus, config: Config, data_dir: Path, *, host: str | None = None,
                  port: int | None = None) -> None:
+        metrics.configure(config)
         self.services = Services(bus, config, data_dir)
         self.app = create_app(self.services)
         self.host = host or config.edge.host

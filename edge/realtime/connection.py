@@ -37,20 +37,24 @@ from edge.realtime.limits import (
 )
 from edge.realtime.session import LinkRegistry, SessionLink
 from edge.services import Services
+from telemetry import metrics
 
 log = logging.getLogger("vagent.edge.connection")
 
 
-async def serve(websocket: WebSocket, handler: Callable[[Connection], Awaitable[None]]) -> None:
+async def serve(websocket: WebSocket, handler: Callable[[Connection], Awaitable[None]],
+                transport: str) -> None:
     """Admit the connection, run `handler` on it, and give its address's slot back however
     it ends: every real-time endpoint's frame."""
     conn = Connection(websocket)
     if not await conn.admit():
         return
+    metrics.connection_opened(transport)
     try:
         await handler(conn)
     finally:
         conn.release()
+        metrics.connection_closed(transport)
 
 
 class Connection:

@@ -51,7 +51,7 @@ from schemas import (
     new_id,
 )
 from schemas.session import SessionEvent
-from telemetry import tracing
+from telemetry import metrics, tracing
 
 log = logging.getLogger("vagent.edge.session")
 RESUME_SECONDS = 60.0
@@ -295,12 +295,18 @@ class LinkRegistry:
         return len(self._links)
 
     def add(self, link: SessionLink) -> None:
+        replaced = self._links.get(link.session_id)
+        if replaced is not link:
+            if replaced is not None:
+                metrics.session_closed(replaced.transport)
+            metrics.session_opened(link.transport)
         self._links[link.session_id] = link
 
     def remove(self, link: SessionLink) -> None:
         self._closers.pop(id(link), None)
         if self._links.get(link.session_id) is link:
             del self._links[link.session_id]
+            metrics.session_closed(link.transport)
 
     def on_close(self, link: SessionLink, closer: Callable[[str], Awaitable[None]]) -> None:
         """How to end the link's connection (with a reason) when the edge must."""

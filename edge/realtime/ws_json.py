@@ -46,7 +46,7 @@ FLAGS: dict[str, bool | None] = {"": None, "true": True, "false": False}
 
 
 async def ws_endpoint(websocket: WebSocket) -> None:
-    await serve(websocket, _serve)
+    await serve(websocket, _serve, "ws")
 
 
 async def _serve(conn: Connection) -> None:

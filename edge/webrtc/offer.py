@@ -43,6 +43,7 @@ from edge.realtime.auth import bearer, user_caller
 from edge.realtime.limits import AddressRates
 from edge.webrtc.peer import Peer, check_offer_size, read_offer
 from settings.config import EdgeSettings
+from telemetry import metrics
 
 log = logging.getLogger("vagent.edge.webrtc")
 SESSION_RETRY_AFTER = 5  # seconds: a session of the address may have ended by then
@@ -77,9 +78,11 @@ class Peers:
     def track(self, peer: Peer, release: Callable[[], None]) -> None:
         """Hold `peer` until it closes; then `release` what it held."""
         self.active.add(peer)
+        metrics.connection_opened("webrtc")
 
         def closed(peer: Peer) -> None:
             self.active.discard(peer)
+            metrics.connection_closed("webrtc")
             release()
 
         peer.on_closed = closed

@@ -57,7 +57,7 @@ HELLO_CODES: dict[jsonparse.Problem, tuple[int, str]] = {
 
 
 async def xiaozhi_endpoint(websocket: WebSocket) -> None:
-    await serve(websocket, _serve)
+    await serve(websocket, _serve, "xiaozhi")
 
 
 async def _serve(conn: Connection) -> None:
