@@ -23,6 +23,7 @@ from bus.server import free_port
 from devservers.echo_llm import OpenAIServer
 from tests.fixtures.audio import HERE
 from tests.procs import Proc, running, vagent
+from tests.test_metrics import dashboard_queries
 
 PROMETHEUS = "/usr/bin/prometheus"
 PRICES = """
@@ -171,6 +172,11 @@ scrape_configs:
         median = query(api, 'histogram_quantile(0.5, sum by (le) '
                             '(vagent_turn_stage_seconds_bucket{stage="first_token"}))')
         assert 0 < float(median[0]["value"][1]) <= 30
+        # The Grafana dashboard's queries are PromQL this Prometheus accepts.
+        for promql in dashboard_queries():
+            answer = httpx.get(api + "/api/v1/query", timeout=10,
+                               params={"query": promql.replace("$__rate_interval", "1m")}).json()
+            assert answer["status"] == "success", (promql, answer)
 
 
 @contextlib.contextmanager
