@@ -280,6 +280,12 @@ class EdgeSettings(msgspec.Struct, forbid_unknown_fields=True):
         "larger: close `1009`")] = 65_536
     max_messages_per_second: Annotated[int, doc(
         "WebSocket messages per connection and second, bursts of 2×; more: close `1008`")] = 100
+    # A client whose messages keep being refused is broken or probing: answering each of
+    # them at the message rate would cost the edge more than the client.
+    max_errors_per_second: Annotated[float, doc(
+        "refused messages (bad JSON, unknown types, invalid fields) a connection may send per "
+        "second, bursts of 2×; beyond them its next messages are not read until the budget "
+        "allows one more, so a stream of bad messages waits in the client's own buffers")] = 5.0
     hello_timeout: Annotated[float, doc(
         "seconds for a xiaozhi device's hello; then close `4408`")] = 10.0
     idle_timeout: Annotated[float, doc(

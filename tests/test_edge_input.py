@@ -265,6 +265,30 @@ async def test_deep_json_on_ws_is_an_error_and_the_session_goes_on(stack: Api,
     assert not hasattr(first, "count") and getattr(counted, "count", None) == 1, counted.__dict__
 
 
+async def test_a_stream_of_bad_messages_is_read_at_the_error_budget_and_none_is_lost(
+        stack: Api) -> None:
+    budget = stack.services.config.edge.max_errors_per_second
+    bad = 2 * int(budget) + 20  # the burst (2×), then 20 more
+    async with websockets.connect(ws_url(stack)) as ws:
+        await ws.recv()
+        began, errors, answered = time.monotonic(), [], None
+        for n in range(bad):
+            await ws.send('{"type": "dance"}' if n % 2 else "{")
+        await ws.send(json.dumps({"type": "user.text", "text": "still here"}))
+        async with asyncio.timeout(bad / budget + 15):
+            while answered is None:
+                message = json.loads(await ws.recv())
+                if message["type"] == "error":
+                    errors.append(time.monotonic() - began)
+                elif message["type"] == "assistant.message":
+                    answered = message["text"]
+    # Each bad message is answered, in order, and the good one after them: nothing is dropped.
+    assert len(errors) == bad and answered == "You said: still here."
+    # The burst at once, the rest at the budget's rate: not the message rate (100 a second).
+    assert sum(t < 1.0 for t in errors) <= 2 * budget + budget + 2, errors
+    assert errors[-1] >= (bad - 2 * budget) / budget * 0.8, errors
+
+
 async def test_deep_json_in_a_xiaozhi_hello_closes_4400(stack: Api) -> None:
     device, code = await say_hello(stack, '{"type":"hello","extra":' + nested(DEEP) + "}")
     assert code == 4400 and device.messages("error")[0]["code"] == "json_too_deep"

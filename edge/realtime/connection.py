@@ -6,7 +6,9 @@ A refusal that says `retry_after` (a session over its turn limit) stops the read
 long: uvicorn reads nothing from a socket while its app has a message unread, so a flood
 fills the client's own buffers and its sends stall, instead of each excess message being
 read, parsed and answered here. A client told to wait IGNORED_WAITS times in a short while
-is closed: what it sent meanwhile is not read later, after it may have gone."""
+is closed: what it sent meanwhile is not read later, after it may have gone. Refused messages
+spend an error budget (`edge.max_errors_per_second`) the same way: beyond it, reading waits
+until the budget allows one more."""
 
 from __future__ import annotations
 
@@ -65,6 +67,7 @@ class Connection:
         edge = self.services.config.edge
         self.max_frame = edge.max_frame_bytes
         self.rate = MessageRate(edge.max_messages_per_second)
+        self.errors = MessageRate(edge.max_errors_per_second)
         self.end_reason: str | None = None
         self.path = websocket.url.path
         self.session_id: str | None = None  # once attached, for the log
@@ -173,6 +176,9 @@ class Connection:
         if isinstance(error, JsonInputError):
             error = error.api_error(MESSAGE_CODES)
         await self.send_error(error.code, error.message, error.details)
+        debt = self.errors.owe()
+        if debt > 0:
+            self._paused_until = max(self._paused_until, time.monotonic() + debt)
         retry_after = error.details.get("retry_after")
         if error.status == 429 and isinstance(retry_after, (int, float)):
             now = time.monotonic()

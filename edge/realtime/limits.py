@@ -59,6 +59,13 @@ class MessageRate:
         """Seconds until `allow(cost)` would say yes (as of its last call)."""
         return max(0.0, (min(cost, self.capacity) - self.tokens) / self.rate)
 
+    def owe(self, cost: float = 1.0) -> float:
+        """Take `cost` tokens even when there are not as many (something already done must be
+        paid for); the seconds until the bucket is out of debt again."""
+        self.allow(0.0)
+        self.tokens -= cost
+        return max(0.0, -self.tokens / self.rate)
+
     def give_back(self, cost: float) -> None:
         """Tokens taken for something that did not happen after all."""
         self.tokens = min(self.capacity, self.tokens + min(cost, self.capacity))
