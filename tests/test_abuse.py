@@ -82,11 +82,15 @@ async def test_one_anonymous_client_slows_no_one_and_grows_nothing(stack: Api) -
     assert actions.get("ws_text", 0) > 0 and actions.get("xiaozhi_detect", 0) > 0, actions
     assert figures.unanswered == 0, figures.report()
     assert figures.rss_growth_mib <= 100, figures.report()
-    # The bar is 10 %; all the attacks at once took 3–12 % here over five runs (the read models'
-    # writes of the floods' events included), so 10 % would fail runs where nothing changed.
-    # 20 % still fails on what was fixed: before, the kinds' shares measured one by one
-    # summed to ~26 %, and a flood went on costing the process after its client had gone.
-    assert figures.attacker_cpu_share <= 0.20, figures.report()
+    # The bar: 10 %. All the attacks at once took 3–12 % while bad messages were answered at
+    # the message rate; read at the error budget they take about 2 % (floods 1.6 %, offers
+    # 0.6 %, bad messages and idle sockets ~0, measured one by one).
+    assert figures.attacker_cpu_share <= 0.10, figures.report()
+    # Bad messages are read at the connection's error budget, not at its message rate: each
+    # connection a burst, then `max_errors_per_second`.
+    errors = sum(n for kind, n in actions.items()
+                 if kind in ("error_bad_message", "error_json_too_deep", "error_unknown_type"))
+    assert 0 < errors <= 2 * edge.max_errors_per_second * (4 + seconds), (errors, seconds)
     # Each flooding session is refused at most about once a second (after each refusal the
     # edge reads nothing from it for `retry_after`, and closes it at the third); reading at
     # the message rate was ~60.
