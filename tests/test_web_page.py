@@ -194,7 +194,7 @@ async def test_the_page_is_served_beside_the_api(api: Api) -> None:
     assert "default-src 'self'" in r.headers["content-security-policy"]
     assert '<script type="module" src="/static/app.js"' in r.text
     modules = [f"/static/{m}.js" for m in ("app", "api", "talk", "links", "media", "history", "lines",
-                                           "devices", "turn")]
+                                           "devices", "turn", "dashboard", "charts")]
     for asset, kind in [*((m, "javascript") for m in modules), ("/static/app.css", "text/css")]:
         r = await api.client.get(asset)
         assert r.status_code == 200 and kind in r.headers["content-type"], asset

@@ -3,9 +3,11 @@
 // devices. Plain JavaScript modules, no build step: api.js (REST and tokens), talk.js (the conversation),
 // links.js (its /ws and WebRTC connections), media.js (microphones, speakers, the voice's
 // bars), history.js (past conversations), lines.js (a conversation's lines), devices.js
-// (xiaozhi devices bound by their code), turn.js (an assistant's turn-taking).
+// (xiaozhi devices bound by their code), turn.js (an assistant's turn-taking), dashboard.js and
+// charts.js (usage and its charts, at #usage).
 
 import { API, all, describe, forgetTokens, idempotencyKey, keepTokens, request, tokens, whenExpired } from "./api.js";
+import * as dashboard from "./dashboard.js";
 import * as devices from "./devices.js";
 import * as history from "./history.js";
 import * as talk from "./talk.js";
@@ -26,7 +28,8 @@ const el = {
   callButton: $("call-button"), hangup: $("hangup-button"), stopAnswer: $("stop-answer"),
   mute: $("mute-button"), micSelect: $("mic-select"), speakerSelect: $("speaker-select"),
   chatForm: $("chat-form"), chatInput: $("chat-input"), photoButton: $("photo-button"),
-  photoInput: $("photo-input"),
+  photoInput: $("photo-input"), layout: document.querySelector(".layout"), dashboard: $("dashboard"),
+  viewTalk: $("view-talk"), viewUsage: $("view-usage"), dashTitle: $("dash-title"),
 };
 
 let me = null;
@@ -57,6 +60,7 @@ function showSignedOut() {
   talk.useAssistant(null);
   history.clear();
   devices.clear();
+  dashboard.clear();
   el.addForm.hidden = true;
   el.addToggle.setAttribute("aria-expanded", "false");
 }
@@ -120,7 +124,29 @@ async function enter() {
   await loadAssistants();
   history.refresh();
   devices.refresh();
-  $("main").focus();
+  if (!showView()) $("main").focus();
+}
+
+// ---------------------------------------------------------------- views
+
+// #usage shows the dashboard, #talk (or no hash) the conversation; other fragments (the skip
+// link's) leave the view as it is. A call goes on while its view is hidden. Whether the
+// dashboard is shown.
+function showView(focus = false) {
+  const hash = window.location.hash;
+  if (hash && hash !== "#usage" && hash !== "#talk") return !el.dashboard.hidden;
+  const usage = hash === "#usage";
+  el.layout.hidden = usage;
+  el.dashboard.hidden = !usage;
+  for (const [link, on] of [[el.viewTalk, !usage], [el.viewUsage, usage]]) {
+    if (on) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  if (usage && me) {
+    dashboard.refresh();
+    if (focus) el.dashTitle.focus();
+  }
+  return usage;
 }
 
 async function signOut() {
@@ -345,6 +371,7 @@ el.speakerSelect.addEventListener("change", () => talk.switchSpeaker(el.speakerS
 el.chatForm.addEventListener("submit", onChat);
 el.photoButton.addEventListener("click", () => el.photoInput.click());
 el.photoInput.addEventListener("change", onPhoto);
+window.addEventListener("hashchange", () => showView(true));
 document.addEventListener("keydown", (e) => {
   if (e.key === "Escape" && !el.addForm.hidden) toggleAdd(false);
 });
