@@ -114,7 +114,7 @@ def row(key: str, label: str, turns: int, cost: float,
 
 def answer(by: str, rows: list[dict[str, Any]], total: dict[str, Any], scope: str) -> dict[str, Any]:
     totals = {k: v for k, v in total.items() if k not in ("key", "label")}
-    return {"since": "2026-12-01T00:00:00Z", "until": "2026-12-08T00:00:00Z", "by": by, "scope": scope,
+    return {"since": "2026-12-04T12:00:00Z", "until": "2026-12-07T12:00:00Z", "by": by, "scope": scope,
             "currency": "USD", "rows": rows, "totals": totals}
 
 
@@ -137,7 +137,7 @@ async def answering(page: Any, respond: Any) -> AsyncIterator[list[str]]:
 async def test_gaps_an_operators_scope_and_the_period_follow_the_contract(page: Any, stack: Api) -> None:
     days = [row("2026-12-05", "2026-12-05", 4, 0.5, 300.0, 500.0, 900.0),
             row("2026-12-06", "2026-12-06", 0, 0.0),  # no turns that day: no percentile
-            row("2026-12-07", "2026-12-07", 6, 1.25, 250.0, 400.0, None)]
+            row("2026-12-07", "2026-12-07", 6, 1.25, 250.0, 400.0, None)]  # Dec 4: no row at all
     assistants = [row("a1", "Cheap", 7, 0.25), row("a2", "Dear assistant with a long name", 3, 1.5)]
     total = row("", "", 10, 1.75, 270.0, 480.0, 880.0)
 
@@ -160,7 +160,7 @@ async def test_gaps_an_operators_scope_and_the_period_follow_the_contract(page: 
         await expect(p50.locator("path.line")).to_have_count(0)
         p99 = latency.locator("g.series[data-series='p99']")
         assert await values(p99, "circle.point") == [900.0]
-        await expect(latency.locator("svg > g.x-labels text")).to_have_text(["Dec 5", "Dec 6", "Dec 7"])
+        await expect(latency.locator("svg > g.x-labels text")).to_have_text(["Dec 4", "Dec 5", "Dec 6", "Dec 7"])
         await expect(latency.locator("circle.point").first.locator("title")).to_have_text(
             "p50, Dec 5: 300 ms")
         # Only the stages measured are offered; another one redraws the lines.
@@ -172,7 +172,7 @@ async def test_gaps_an_operators_scope_and_the_period_follow_the_contract(page: 
         await expect(latency.locator("g.series[data-series='p90'] circle.point")).to_have_count(0)
 
         turns = page.locator("#dash-turns")
-        assert await values(turns, "rect.bar") == [4.0, 0.0, 6.0]
+        assert await values(turns, "rect.bar") == [0.0, 4.0, 0.0, 6.0]  # every day of the period
         cost = page.locator("#dash-cost")
         assert await values(cost, "rect.bar") == [1.5, 0.25]  # dearest first
         # a long name is cut to fit, its whole in the bar's tooltip
@@ -220,8 +220,8 @@ async def test_no_turns_a_refusal_and_no_prices_are_said(page: Any, stack: Api) 
         await expect(page.locator("#dash-error")).to_be_hidden()
         await expect(page.locator("#dash-cost rect.bar")).to_have_count(1)
         await expect(page.locator("#dash-cost-note")).to_be_visible()
-        await expect(page.locator("#dash-turns rect.bar")).to_have_count(1)
-        # One day: its point alone, no line.
+        await expect(page.locator("#dash-turns rect.bar")).to_have_count(4)
+        # One day with a measure: its points alone, no line.
         await expect(page.locator("#dash-latency circle.point")).to_have_count(3)
 
         # Signing out forgets it.

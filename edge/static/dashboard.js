@@ -48,6 +48,23 @@ function dayLabel(row) {
   return /^\d{4}-\d{2}-\d{2}$/.test(row.key) ? day.format(new Date(row.key + "T00:00:00Z")) : row.label;
 }
 
+const DAY_MS = 86_400_000;
+
+// Every day of the period, a day without sessions (the API leaves it out) as a row of nothing,
+// so the time axis is even and a quiet day shows as one.
+function everyDay(answer) {
+  const rows = new Map(answer.rows.map((row) => [row.key, row]));
+  const first = Date.parse(answer.since);
+  const last = Date.parse(answer.until);
+  if (Number.isFinite(first) && Number.isFinite(last) && last - first <= 400 * DAY_MS) {
+    for (let t = first - (first % DAY_MS); t <= last; t += DAY_MS) {
+      const key = new Date(t).toISOString().slice(0, 10);
+      if (!rows.has(key)) rows.set(key, { key, label: key, turns: 0, latency_ms: {} });
+    }
+  }
+  return [...rows.values()].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+}
+
 const range = () => [...el.ranges].find((r) => r.checked)?.value || "7d";
 
 function card(name, value, about) {
@@ -121,7 +138,7 @@ function note(text) {
 }
 
 function render(days, assistants) {
-  shown = { days, assistants };
+  shown = { days: { ...days, rows: everyDay(days) }, assistants };
   const t = days.totals;
   const cost = money(days.currency || "USD");
   el.scope.textContent = `${days.scope === "all" ? "All users" : "Your usage"} · ${SPANS[range()]}`;
