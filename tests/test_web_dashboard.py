@@ -74,6 +74,7 @@ async def sign_up(page: Any) -> dict[str, str]:
     await page.goto("/")
     await page.wait_for_selector("body[data-state='signed-out']")
     await page.get_by_role("button", name="Create an account").click()
+    await page.get_by_label("Your name").fill("Ada")
     await page.get_by_label("Email").fill(f"dash{new_id().lower()}@example.com")
     await page.get_by_label("Password").fill("correct horse 9")
     await page.get_by_role("button", name="Create account").click()

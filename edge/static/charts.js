@@ -120,7 +120,7 @@ export function barChart({ title, labels, values, format = String, width: W = 64
                               "data-label": labels[i], "data-value": v });
     bar.append(svg("title", {}, `${labels[i]}: ${format(v)}`));
     g.append(bar);
-    if (slot >= 28) { // room for the value above its bar
+    if (slot >= 28 && v > 0) { // room for the value above its bar; a day of nothing is no bar
       g.append(svg("text", { x: xOf(i), y: y - 4, "text-anchor": "middle", class: "value" }, format(v)));
     }
   });
