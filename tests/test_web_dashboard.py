@@ -161,7 +161,8 @@ async def test_gaps_an_operators_scope_and_the_period_follow_the_contract(page: 
         await expect(p50.locator("path.line")).to_have_count(0)
         p99 = latency.locator("g.series[data-series='p99']")
         assert await values(p99, "circle.point") == [900.0]
-        await expect(latency.locator("svg > g.x-labels text")).to_have_text(["Dec 4", "Dec 5", "Dec 6", "Dec 7"])
+        await expect(latency.locator("svg > g.x-labels text")).to_have_text(
+            ["Dec 4", "Dec 5", "Dec 6", "Dec 7"])
         await expect(latency.locator("circle.point").first.locator("title")).to_have_text(
             "p50, Dec 5: 300 ms")
         # Only the stages measured are offered; another one redraws the lines.
