@@ -29,7 +29,7 @@ import contextlib
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,7 +143,7 @@ def side(turn: Row, events: list[Event]) -> Side:
                 latency_ms={s.name: round(s.ms, 1) for s in stages(turn)})
 
 
-class _Watch:
+class Watch:
     """The replay session's log events as they are stored (core subscription on its subjects)."""
 
     def __init__(self) -> None:
@@ -169,7 +169,7 @@ class _Watch:
         return len(self.events)
 
 
-def _final_answer(turn_id: str) -> Callable[[list[Event]], Event | None]:
+def final_answer(turn_id: str) -> Callable[[list[Event]], Event | None]:
     def found(events: list[Event]) -> Event | None:
         for e in events:
             if getattr(e, "turn_id", None) != turn_id:
@@ -183,7 +183,7 @@ def _final_answer(turn_id: str) -> Callable[[list[Event]], Event | None]:
     return found
 
 
-def _spoken(turn_id: str) -> Callable[[list[Event]], bool | None]:
+def spoken(turn_id: str) -> Callable[[list[Event]], bool | None]:
     """The turn's speech is over (or could not be made)."""
     def found(events: list[Event]) -> bool | None:
         return any(e.turn_id == turn_id and (isinstance(e, TtsStopped)
@@ -193,7 +193,7 @@ def _spoken(turn_id: str) -> Callable[[list[Event]], bool | None]:
     return found
 
 
-def _greets(assistant_log: list[Entry]) -> bool:
+def greets(assistant_log: list[Entry]) -> bool:
     greeting = None
     for entry in assistant_log:
         value = getattr(entry.event, "greeting", None)
@@ -281,66 +281,90 @@ async def replay_session(bus: Bus, session_id: str, *, config: Config,
         with contextlib.suppress(Exception):  # no blob: the recorded description is used
             photos[typed.id] = (image, await get_blob(bus, image.image))
 
-    workdir = Path(tempfile.mkdtemp(prefix="vagent-replay-"))
-    server = EmbeddedServer(workdir / "nats", port=free_port())
-    await asyncio.to_thread(server.start)
-    replay_bus: Bus | None = None
-    try:
-        replay_bus = await Bus.connect(server.url, name="vagent-replay")
-        await replay_bus.declare()
-        return await _run(replay_bus, workdir, session_id, started, aid, assistant_log, turns, inputs,
-                          audio, photos, original_events, config=config, llm_base_url=llm_base_url,
-                          llm_model=llm_model, tts=tts, voice=voice, timeout=timeout,
-                          knowledge_dir=knowledge_dir)
-    finally:
-        if replay_bus is not None:
-            await replay_bus.close()
-        await asyncio.to_thread(server.stop)
-        shutil.rmtree(workdir, ignore_errors=True)
+    seed = [e.event for e in assistant_log  # the assistant, as the original server knows it
+            if e.event is not None and not (aid and getattr(e.event, "assistant_id", None) != aid)]
+    async with isolated_stack(config, seed=seed, providers=replay_providers(config, llm_base_url, llm_model),
+                              voice=voice, tts=tts, knowledge_dir=knowledge_dir) as stack:
+        return await _run(stack, session_id, started, aid, assistant_log, turns, inputs, audio, photos,
+                          original_events, config=config, tts=tts, voice=voice, timeout=timeout)
 
 
-async def _run(rbus: Bus, workdir: Path, sid: str, started: SessionStarted | None, aid: str | None,
-               assistant_log: list[Entry], turns: list[Row], inputs: dict[str, UserText | TranscriptFinal],
-               audio: dict[str, bytes], photos: dict[str, tuple[UserImage, bytes]],
-               original_events: list[Event], *, config: Config,
-               llm_base_url: str | None, llm_model: str | None, tts: bool, voice: bool,
-               timeout: float, knowledge_dir: Path | None) -> Report:
+@dataclass
+class Stack:
+    """A running isolated stack: its bus, its data directory, which LLM answers."""
+
+    bus: Bus
+    data: Path
+    llm: str
+
+
+@contextlib.asynccontextmanager
+async def isolated_stack(config: Config, *, seed: Sequence[Event] = (),
+                         providers: list[ProviderConfig] | None = None, voice: bool = False,
+                         tts: bool = True, knowledge_dir: Path | None = None,
+                         name: str = "replay") -> AsyncIterator[Stack]:
+    """A stack nobody else sees: a NATS server of its own on a temporary store, the read
+    models and the actors (dialogue and tools; asr with `voice`, tts with `tts`) in this
+    process, all removed on the way out. `seed` events (an assistant) are published before
+    the read models start, so the actors find them; `providers` replace the configured LLMs;
+    `knowledge_dir` is whose knowledge base the tools search."""
     from actors.base import Actor
     from actors.dialogue.actor import Dialogue
     from actors.runtime import ActorHost
     from actors.tools.actor import Tools
     from projections.runtime import ProjectionService
 
-    for entry in assistant_log:  # the assistant, as the original server knows it
-        if entry.event is not None:
-            event = entry.event
-            if aid and getattr(event, "assistant_id", None) != aid:
-                continue
+    workdir = Path(tempfile.mkdtemp(prefix=f"vagent-{name}-"))
+    server = EmbeddedServer(workdir / "nats", port=free_port())
+    await asyncio.to_thread(server.start)
+    rbus: Bus | None = None
+    service: ProjectionService | None = None
+    host: ActorHost | None = None
+    try:
+        rbus = await Bus.connect(server.url, name=f"vagent-{name}")
+        await rbus.declare()
+        for event in seed:
             await rbus.publish(event)
-    data = workdir / "data"
-    data.mkdir()
-    service = ProjectionService(rbus, data)
-    await service.start()
-    await service.caught_up()
-    providers = replay_providers(config, llm_base_url, llm_model)
-    llm = describe(providers or provider_configs(config))
-    actors: list[str | Actor] = [Dialogue(rbus, config, data, providers=providers),
-                                 Tools(rbus, config, knowledge_dir),
-                                 *(["asr"] if voice else []), *(["tts"] if tts else [])]
-    host = ActorHost(rbus, actors, config, data)
-    watch = _Watch()
+        data = workdir / "data"
+        data.mkdir()
+        service = ProjectionService(rbus, data)
+        await service.start()
+        await service.caught_up()
+        actors: list[str | Actor] = [Dialogue(rbus, config, data, providers=providers),
+                                     Tools(rbus, config, knowledge_dir),
+                                     *(["asr"] if voice else []), *(["tts"] if tts else [])]
+        host = ActorHost(rbus, actors, config, data)
+        await host.start()
+        yield Stack(rbus, data, describe(providers or provider_configs(config)))
+    finally:
+        if host is not None:
+            await host.stop()
+        if service is not None:
+            await service.stop()
+        if rbus is not None:
+            await rbus.close()
+        await asyncio.to_thread(server.stop)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _run(stack: Stack, sid: str, started: SessionStarted | None, aid: str | None,
+               assistant_log: list[Entry], turns: list[Row], inputs: dict[str, UserText | TranscriptFinal],
+               audio: dict[str, bytes], photos: dict[str, tuple[UserImage, bytes]],
+               original_events: list[Event], *, config: Config, tts: bool, voice: bool,
+               timeout: float) -> Report:
+    rbus = stack.bus
+    watch = Watch()
     sub = await rbus.subscribe(session_events(sid), watch.on_message)
     try:
-        await host.start()
         opening = SessionStarted(
             session_id=sid, transport="replay", user_id=started.user_id if started else None,
             assistant_id=aid, audio_in=AudioParams(format="pcm16", sample_rate=RATE, frame_duration=CHUNK_MS),
             audio_out=started.audio_out if started else None)
         await rbus.publish(opening)
-        if tts and _greets(assistant_log):  # the greeting is spoken first, as it was
+        if tts and greets(assistant_log):  # the greeting is spoken first, as it was
             with contextlib.suppress(TimeoutError):
-                await watch.until(_final_answer(opening.id), 10, "greeting")
-                await watch.until(_spoken(opening.id), timeout, "greeting spoken")
+                await watch.until(final_answer(opening.id), 10, "greeting")
+                await watch.until(spoken(opening.id), timeout, "greeting spoken")
         if voice:
             await asyncio.sleep(0.3)  # the ASR worker subscribes to the session's audio
         diffs: list[TurnDiff] = []
@@ -350,7 +374,7 @@ async def _run(rbus: Bus, workdir: Path, sid: str, started: SessionStarted | Non
             note = None
             mark = watch.mark()
             if original.id in audio:
-                await _speak(rbus, sid, audio[original.id])
+                await speak(rbus, sid, audio[original.id])
 
                 def transcript(events: list[Event], mark: int = mark) -> str | None:
                     return next((e.id for e in events[mark:] if isinstance(e, TranscriptFinal)), None)
@@ -374,11 +398,11 @@ async def _run(rbus: Bus, workdir: Path, sid: str, started: SessionStarted | Non
                 turn_id = typed.id
             replayed[n] = turn_id
             try:
-                answer = await watch.until(_final_answer(turn_id), timeout, "answer")
+                answer = await watch.until(final_answer(turn_id), timeout, "answer")
                 said = any(isinstance(e, AssistantSentence) and e.turn_id == turn_id for e in watch.events)
                 if tts and said and isinstance(answer, AssistantMessage):
                     with contextlib.suppress(TimeoutError):  # spoken to the end, as it was heard
-                        await watch.until(_spoken(turn_id), timeout, "spoken")
+                        await watch.until(spoken(turn_id), timeout, "spoken")
             except TimeoutError:
                 note = f"no answer within {timeout:.0f} s"
             diffs.append(TurnDiff(n, side(turn, original_events), Side(), note))
@@ -390,14 +414,12 @@ async def _run(rbus: Bus, workdir: Path, sid: str, started: SessionStarted | Non
             turn_id = replayed.get(diff.n)
             if turn_id is not None and turn_id in replay_turns:
                 diff.replay = side(replay_turns[turn_id], replay_events)
-        return Report(session_id=sid, assistant_id=aid, llm=llm, turns=diffs)
+        return Report(session_id=sid, assistant_id=aid, llm=stack.llm, turns=diffs)
     finally:
         await sub.stop()
-        await host.stop()
-        await service.stop()
 
 
-async def _speak(rbus: Bus, sid: str, pcm: bytes) -> None:
+async def speak(rbus: Bus, sid: str, pcm: bytes) -> None:
     """The utterance as PCM16 frames, faster than real time (the VAD counts audio time), then
     silence so that the utterance ends."""
     step = RATE * CHUNK_MS // 1000 * 2
