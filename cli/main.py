@@ -414,6 +414,87 @@ def replay(session_id: SidArg, nats: NatsOpt = None, data_dir: DataOpt = None,
     print_report(report, as_json)
 
 
+@app.command("eval")
+def eval_suite(
+        args: Annotated[list[str] | None, typer.Argument(
+            metavar="SUITE.yaml | SID...",
+            help="The suite to run; with --from-sessions, the sessions.")] = None,
+        llm: Annotated[str | None, typer.Option(
+            "--llm", help="Answer with this LLM instead of the suite's: echo, local, default (the "
+                          "configured one) or an OpenAI-compatible base URL.")] = None,
+        llm_model: Annotated[str | None, typer.Option(
+            "--llm-model", help="The model it is asked for.")] = None,
+        judge_llm: Annotated[str | None, typer.Option(
+            "--judge-llm", help="Who answers `judge` and `similar_to`: echo, local or a base URL "
+                                "(default: the configured [llm], if any).")] = None,
+        judge_model: Annotated[str | None, typer.Option("--judge-model", help="The judge's model.")] = None,
+        junit: Annotated[Path | None, typer.Option(
+            "--junit", help="Also write the result as JUnit XML here (one test case per turn).")] = None,
+        timeout: Annotated[float, typer.Option(help="Seconds to wait for each answer.")] = 120.0,
+        from_sessions: Annotated[bool, typer.Option(
+            "--from-sessions", help="Write a suite of recorded sessions instead (needs --out).")] = False,
+        since: Annotated[str | None, typer.Option(
+            help="With --from-sessions: also the sessions started since (30m, 2h, 7d or a date).")] = None,
+        limit: Annotated[int, typer.Option(help="With --since: at most this many sessions.")] = 50,
+        out: Annotated[Path | None, typer.Option(
+            "--out", help="With --from-sessions: the suite file.")] = None,
+        nats: NatsOpt = None, data_dir: DataOpt = None, wide: WideOpt = False) -> None:
+    """Run an evaluation suite (scripted conversations, typed or spoken, with expectations per
+    turn) through a temporary isolated stack; exit 1 when an expectation fails. With
+    --from-sessions, turn recorded sessions into a suite. docs/evaluations.md has the format."""
+    from cli.eval import print_result, progress, write_suite
+    from evals.engine import run_suite
+    from evals.from_sessions import FromSessionsError
+    from evals.junit import write_junit
+    from evals.llms import EvalLLMError
+    from evals.suite import SuiteError, load_suite
+    from settings.llm import wants_local_llm, with_local_llm
+
+    def fail(message: str, code: int = 2) -> typer.Exit:
+        typer.secho(f"error: {message}", fg="red", err=True)
+        return typer.Exit(code)
+
+    names = args or []
+    at = where(nats, data_dir)
+    if from_sessions:
+        if out is None:
+            raise fail("--from-sessions needs --out SUITE.yaml")
+        if not names and not since:
+            raise fail("--from-sessions: name the sessions, or --since")
+        try:
+            made = run(with_bus(at.nats_url, lambda bus: write_suite(
+                bus, at.data_dir, names, since, limit, out, out.stem)), log_level="WARNING")
+        except (FromSessionsError, ValueError) as exc:
+            raise fail(str(exc), 1) from None
+        for note in made.skipped:
+            typer.echo(f"skipped {note}", err=True)
+        print(f"wrote {out}: {made.conversations} conversation(s), {made.turns} turn(s); "
+              f"run it with `vagent eval {out}`")
+        return
+    if len(names) != 1:
+        raise fail("eval SUITE.yaml: one suite (or --from-sessions SID...)")
+    try:
+        suite = load_suite(Path(names[0]))
+    except SuiteError as exc:
+        raise fail(str(exc)) from None
+    config = read_settings()
+    if at.stack is not None and at.stack.llm_url and wants_local_llm(config, ["dialogue"]):
+        # The model the running stack already serves: no second llama-server on the same cores.
+        config = with_local_llm(config, at.stack.llm_url)
+    try:
+        result = run(run_suite(suite, config, at.data_dir, llm=llm, llm_model=llm_model, judge=judge_llm,
+                               judge_model=judge_model, timeout=timeout, on_turn=progress),
+                     log_level="WARNING")
+    except EvalLLMError as exc:
+        raise fail(str(exc)) from None
+    print_result(result, wide)
+    if junit is not None:
+        write_junit(result, junit)
+        typer.echo(f"vagent: JUnit XML in {junit}", err=True)
+    if not result.passed:
+        raise typer.Exit(1)
+
+
 @projections_app.command("rebuild")
 def projections_rebuild(nats: NatsOpt = None, data_dir: DataOpt = None) -> None:
     """Rebuild every read model from the streams' first event."""
