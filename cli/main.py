@@ -442,25 +442,20 @@ def eval_suite(
     """Run an evaluation suite (scripted conversations, typed or spoken, with expectations per
     turn) through a temporary isolated stack; exit 1 when an expectation fails. With
     --from-sessions, turn recorded sessions into a suite. docs/evaluations.md has the format."""
-    from cli.eval import print_result, progress, write_suite
-    from evals.engine import run_suite
-    from evals.from_sessions import FromSessionsError
-    from evals.junit import write_junit
-    from evals.llms import EvalLLMError
-    from evals.suite import SuiteError, load_suite
-    from settings.llm import wants_local_llm, with_local_llm
-
     def fail(message: str, code: int = 2) -> typer.Exit:
         typer.secho(f"error: {message}", fg="red", err=True)
         return typer.Exit(code)
 
     names = args or []
-    at = where(nats, data_dir)
     if from_sessions:
+        from cli.eval import write_suite
+        from evals.from_sessions import FromSessionsError
+
         if out is None:
             raise fail("--from-sessions needs --out SUITE.yaml")
         if not names and not since:
             raise fail("--from-sessions: name the sessions, or --since")
+        at = where(nats, data_dir)
         try:
             made = run(with_bus(at.nats_url, lambda bus: write_suite(
                 bus, at.data_dir, names, since, limit, out, out.stem)), log_level="WARNING")
@@ -473,10 +468,19 @@ def eval_suite(
         return
     if len(names) != 1:
         raise fail("eval SUITE.yaml: one suite (or --from-sessions SID...)")
+    from evals.suite import SuiteError, load_suite
+
     try:
-        suite = load_suite(Path(names[0]))
+        suite = load_suite(Path(names[0]))  # before anything starts: a bad suite is refused at once
     except SuiteError as exc:
         raise fail(str(exc)) from None
+    from cli.eval import print_result, progress
+    from evals.engine import run_suite
+    from evals.junit import write_junit
+    from evals.llms import EvalLLMError
+    from settings.llm import wants_local_llm, with_local_llm
+
+    at = where(nats, data_dir)
     config = read_settings()
     if at.stack is not None and at.stack.llm_url and wants_local_llm(config, ["dialogue"]):
         # The model the running stack already serves: no second llama-server on the same cores.

@@ -64,7 +64,7 @@ class Servers:
         if kind == "local" or (kind == "default" and wants_local_llm(self.config, ["dialogue"])):
             return [await self.local(model)]
         if kind == "url":
-            return replay_providers(self.config, url, model)
+            return replay_providers(self.config, url, model, "eval")
         return replay_providers(self.config, None, model)
 
     async def judge(self, name: str | None, model: str | None) -> ProviderConfig | None:
@@ -76,7 +76,7 @@ class Servers:
             first = provider_configs(self.config)[0]
             return msgspec.structs.replace(first, model=model) if model else first
         if name.startswith(("http://", "https://")):
-            chain = replay_providers(self.config, name, model)
+            chain = replay_providers(self.config, name, model, "judge")
             assert chain is not None
             return chain[0]
         if name == "echo":
@@ -103,7 +103,7 @@ class JudgeLLM:
 
     @property
     def name(self) -> str:
-        return f"{self.provider.name} {self.provider.model}"
+        return f"{self.provider.name} {self.provider.model} at {self.provider.base_url}"
 
     async def ask(self, criterion: str, said: str, answer: str) -> tuple[bool | None, str]:
         """(met, the judge's words): None when the judge said neither yes nor no."""

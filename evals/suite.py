@@ -203,7 +203,8 @@ class _Reader:
 
 def _kind_name(kinds: tuple[type, ...]) -> str:
     names = {str: "text", int: "a whole number", float: "a number", bool: "true or false"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
+    shown = [k for k in kinds if not (k is int and float in kinds)]  # a number includes whole ones
+    return " or ".join(names.get(k, k.__name__) for k in shown)
 
 
 def _suggest(word: str, known: tuple[str, ...]) -> str:

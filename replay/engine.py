@@ -202,14 +202,15 @@ def greets(assistant_log: list[Entry]) -> bool:
     return bool((greeting or "").strip())
 
 
-def replay_providers(config: Config, base_url: str | None, model: str | None
+def replay_providers(config: Config, base_url: str | None, model: str | None, name: str = "replay"
                      ) -> list[ProviderConfig] | None:
-    """The replay's LLM providers when the command swaps them (None: the configured ones)."""
+    """The replay's LLM providers when the command swaps them (None: the configured ones);
+    a base URL given makes one provider called `name`."""
     if not (base_url or model):
         return None
     configs = provider_configs(config)
     if base_url:
-        return [ProviderConfig(name="replay", base_url=base_url,
+        return [ProviderConfig(name=name, base_url=base_url,
                                model=model or (configs[0].model if configs else "gpt-4o-mini"),
                                api_key_env="OPENAI_API_KEY")]
     return [msgspec.structs.replace(c, model=model) for c in configs]
