@@ -4,6 +4,10 @@ From `user.text` published to the first `assistant.delta` and the first
 `assistant.sentence` seen on the bus. With the instant echo provider the figures
 are vagent's own overhead (history load, catalog, SDK, events); with `--local`
 they include the local model, and tokens/s is reported too.
+
+`--telemetry` times the same turns with telemetry off, with metrics on, and with metrics
+and tracing on (spans exported over OTLP/HTTP to a receiver in another process), in
+alternating blocks of one run so that the machine's drift falls on all three alike.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from typing import Any, ClassVar
 
 from actors.dialogue.actor import Dialogue
@@ -27,8 +32,14 @@ from schemas import AssistantMessage, DecodeError, UserText, decode, new_id
 from settings import config as settings
 from settings.config import Config
 from settings.llm import openai_provider
+from telemetry import tracing
 
 OVERHEAD_GOAL_P95_MS = 5.0
+WARM_UP = 3  # turns before the timed ones
+TELEMETRY_GOAL_P50_MS = 0.3  # what metrics and tracing may add to the first delta's median
+# (name, metrics on, tracing on)
+TELEMETRY_MODES = (("off", False, False), ("metrics", True, False),
+                   ("metrics + tracing", True, True))
 
 
 async def bench_dialogue(url: str | None, *, turns: int = 200, local: bool = False,
@@ -84,6 +95,98 @@ async def bench_dialogue(url: str | None, *, turns: int = 200, local: bool = Fal
     return results
 
 
+async def bench_telemetry(url: str | None, *, turns: int = 200, blocks: int = 5) -> dict[str, Any]:
+    """`turns` timed turns for each telemetry mode, in `blocks` rounds of the three (their
+    order rotated each round), each block on an actor host started with that mode's settings."""
+    if turns < blocks:
+        raise ValueError(f"turns must be at least {blocks}")
+    echo, base_url = await asyncio.to_thread(_start_echo)
+    sink, sink_url = await asyncio.to_thread(_start_sink)
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in TELEMETRY_MODES}
+    # CPU this process spent per turn (its threads included: the span exporter's), which
+    # the other load of a shared machine sways far less than the latency.
+    cpu: dict[str, list[float]] = {name: [] for name, _, _ in TELEMETRY_MODES}
+    try:
+        async with bench_nats(url) as (bus, _):
+            for block in range(blocks):
+                count = turns // blocks + (1 if block < turns % blocks else 0)
+                shift = block % len(TELEMETRY_MODES)
+                for name, metrics, traced in TELEMETRY_MODES[shift:] + TELEMETRY_MODES[:shift]:
+                    config = Config()
+                    config.llm.providers = [openai_provider(base_url)]
+                    config.telemetry.metrics = metrics
+                    config.telemetry.otlp_endpoint = sink_url if traced else ""
+                    tracing.setup(config.telemetry.otlp_endpoint, "vagent-bench")
+
+                    class BenchDialogue(Dialogue):
+                        name: ClassVar[str] = f"bench_dialogue_{new_id()}"
+
+                    host = ActorHost(bus, [BenchDialogue], config)
+                    await host.start()
+                    try:
+                        began = time.process_time()
+                        rows[name] += await _turns(bus, count, False)
+                        cpu[name].append((time.process_time() - began) * 1000 / (count + WARM_UP))
+                    finally:
+                        await host.stop()
+                        await delete_consumer(bus, "SESSIONS", BenchDialogue.name)
+                        await asyncio.to_thread(tracing.shutdown)
+        spans = int(await asyncio.to_thread(_read, f"{sink_url}/count"))
+    finally:
+        for proc in (echo, sink):
+            proc.terminate()
+            proc.wait()
+    modes: list[dict[str, Any]] = []
+    base = sorted(r["delta_ms"] for r in rows[TELEMETRY_MODES[0][0]])
+    for name, metrics, traced in TELEMETRY_MODES:
+        delta = sorted(r["delta_ms"] for r in rows[name])
+        p50, p95 = percentile(delta, 50), percentile(delta, 95)
+        modes.append({"mode": name, "metrics": metrics, "tracing": traced, "turns": len(delta),
+                      "first_delta_p50_ms": p50, "first_delta_p95_ms": p95,
+                      "cpu_per_turn_ms": statistics.median(cpu[name]),
+                      "added_p50_ms": p50 - percentile(base, 50),
+                      "added_p95_ms": p95 - percentile(base, 95)})
+    return {"provider": "echo (instant)", "cores": os.cpu_count() or 0, "blocks": blocks,
+            "modes": modes, "spans_exported": spans}
+
+
+def print_telemetry_report(results: dict[str, Any]) -> None:
+    print("vagent bench dialogue --telemetry")
+    print(f"  provider              {results['provider']}")
+    print(f"  cores / blocks        {results['cores']} / {results['blocks']} (modes alternating)")
+    print("  user.text → first delta     p50         p95        added p50   added p95   CPU a turn")
+    for mode in results["modes"]:
+        print(f"  {mode['mode']:<20} {mode['first_delta_p50_ms']:8.2f} ms "
+              f"{mode['first_delta_p95_ms']:8.2f} ms"
+              f"   {mode['added_p50_ms']:+8.2f} ms {mode['added_p95_ms']:+8.2f} ms"
+              f"   {mode['cpu_per_turn_ms']:6.2f} ms")
+    print(f"  turns per mode        {results['modes'][0]['turns']}; spans exported over OTLP/HTTP: "
+          f"{results['spans_exported']}")
+    worst = max(mode["added_p50_ms"] for mode in results["modes"])
+    verdict = "PASS" if worst <= TELEMETRY_GOAL_P50_MS else "MISS"
+    print(f"  goal: telemetry adds ≤ {TELEMETRY_GOAL_P50_MS:g} ms to p50   {verdict} "
+          f"({worst:+.2f} ms at most)")
+
+
+def _start_sink() -> tuple[subprocess.Popen[bytes], str]:
+    """An OTLP/HTTP receiver in a process of its own (`benches.otlp_sink`)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "benches.otlp_sink", str(port)],
+                            stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while not port_open("127.0.0.1", port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("the OTLP receiver did not start")
+        time.sleep(0.05)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _read(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return str(answer.read().decode())
+
+
 def _start_echo() -> tuple[subprocess.Popen[bytes], str]:
     """The echo provider in a process of its own, so it does not share this one's GIL."""
     port = free_port()
@@ -103,7 +206,7 @@ async def _turns(bus: Bus, turns: int, conversation: bool) -> list[dict[str, flo
     one conversation whose history grows turn by turn."""
     rows = []
     session = f"bench-{new_id()}"
-    for _ in range(turns + 3):  # three warm-up turns, not counted
+    for _ in range(turns + WARM_UP):  # not counted
         if not conversation:
             session = f"bench-{new_id()}"
         question = UserText(session_id=session, text="Say hello to the benchmark, in one sentence.")
@@ -127,7 +230,9 @@ async def _turns(bus: Bus, turns: int, conversation: bool) -> list[dict[str, flo
         sub = await bus.subscribe(session_all(session), on_message)
         await bus.flush()
         started = time.perf_counter()
-        await bus.publish(question)
+        # As the edge publishes a typed turn: the trace begins there when tracing is on.
+        with tracing.span("edge user.text", None, role="edge") as span:
+            await bus.publish(question, traceparent=tracing.traceparent(span) if span else None)
         final = await asyncio.wait_for(done, 120)
         await sub.stop()
         if "assistant.delta" not in seen or "assistant.sentence" not in seen or final.interrupted:
@@ -138,7 +243,7 @@ async def _turns(bus: Bus, turns: int, conversation: bool) -> list[dict[str, flo
             "sentence_ms": (seen["assistant.sentence"] - started) * 1000,
             "tokens_per_s": final.usage.completion_tokens / generation_s if generation_s > 0 else 0,
         })
-    return rows[3:]
+    return rows[WARM_UP:]
 
 
 def print_report(results: dict[str, Any]) -> None:

@@ -813,11 +813,18 @@ def bench_dialogue(nats: NatsOpt = None,
                    conversation: Annotated[bool, typer.Option(
                        "--conversation",
                        help="All turns in one session: the history grows turn by turn.")] = False,
+                   telemetry: Annotated[bool, typer.Option(
+                       "--telemetry",
+                       help="Compare telemetry off, metrics on, and metrics + tracing on "
+                            "(OTLP to a local receiver): TURNS turns each.")] = False,
                    ) -> None:
     """Time from user.text to the first delta and sentence; tokens/s with --local."""
     from benches.dialogue import bench_dialogue as run_bench
-    from benches.dialogue import print_report
+    from benches.dialogue import bench_telemetry, print_report, print_telemetry_report
 
+    if telemetry:
+        print_telemetry_report(run(bench_telemetry(nats, turns=turns), log_level="WARNING"))
+        return
     print_report(run(run_bench(nats, turns=turns, local=local, conversation=conversation),
                      log_level="WARNING"))
 
