@@ -123,6 +123,8 @@ def _banner(url: str, server: EmbeddedServer | None, data_dir: Path, actors: lis
            f"  xiaozhi      {edge.url}/xiaozhi/ota/  (the OTA URL a device is given)",
            f"               {edge.ws_url}/xiaozhi/v1/  (its WebSocket)",
            f"  WebSocket    {edge.ws_url}/ws"] if edge else []),
+        *([f"  metrics      {edge.url}/metrics  (Prometheus)"]
+          if edge and edge.services.config.telemetry.metrics else []),
         *([f"  LLM          {local_llm.base_url}  (local llama-server, {local_llm.model_name}, "
            f"log {local_llm.log_file})"] if local_llm else []),
         "  try          vagent say \"hello\" --session s1  (in any directory: it finds this stack)",

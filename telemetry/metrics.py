@@ -30,6 +30,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Protocol
 from wsgiref.simple_server import WSGIServer
 
@@ -213,13 +214,25 @@ def _remember(event: UserText | TranscriptFinal) -> None:
         _state.turns.popitem(last=False)
 
 
+# The children of the histograms observed on every turn and event, found once: a label
+# lookup costs as much as the observation itself.
+@cache
+def _stage_of(stage: str, input: str) -> Histogram:
+    return STAGE.labels(stage, input)
+
+
+@cache
+def _handler_of(actor: str, outcome: str) -> Histogram:
+    return HANDLER.labels(actor, outcome)
+
+
 def _stage(turn_id: str | None, stage: str, ts: int) -> None:
     """The first time `stage` of the turn ends (later sentences, deltas and retries do not count)."""
     turn = _state.turns.get(turn_id or "")
     if turn is None or stage in turn.done:
         return
     turn.done.add(stage)
-    STAGE.labels(stage, turn.input).observe(max(0, ts - turn.start_ns) / 1e9)
+    _stage_of(stage, turn.input).observe(max(0, ts - turn.start_ns) / 1e9)
 
 
 def _user_text(event: Event) -> None:
@@ -231,7 +244,7 @@ def _transcript(event: Event) -> None:
     assert isinstance(event, TranscriptFinal)
     _remember(event)
     if event.speech_stopped_ts:
-        STAGE.labels("transcript", "voice").observe(
+        _stage_of("transcript", "voice").observe(
             max(0, event.ts - event.speech_stopped_ts) / 1e9)
 
 
@@ -303,7 +316,7 @@ _OBSERVERS: dict[type[Event], Callable[[Event], None]] = {
 def handled(actor: str, outcome: str, seconds: float) -> None:
     """An actor's handler returned (outcome "ok") or raised ("error") after `seconds`."""
     if _state.enabled:
-        HANDLER.labels(actor, outcome).observe(seconds)
+        _handler_of(actor, outcome).observe(seconds)
 
 
 def terminated(actor: str) -> None:

@@ -95,6 +95,11 @@ async def _typed_turn(edge: str) -> dict[tuple[str, Labels], float]:
         return await asyncio.to_thread(scrape, edge + "/metrics")
 
 
+def test_vagent_up_names_its_metrics_address(stack: tuple[Proc, str, str]) -> None:
+    proc, _, edge = stack
+    assert f"  metrics      {edge}/metrics  (Prometheus)" in proc.output()
+
+
 def test_every_stage_of_a_voice_turn_is_observed_in_order(turns: dict[tuple[str, Labels], float]) -> None:
     stages = ("transcript", "first_token", "first_sentence", "first_audio")
     counts = [value(turns, "vagent_turn_stage_seconds_count", stage=s, input="voice") for s in stages]
