@@ -68,12 +68,15 @@ class Servers:
         return replay_providers(self.config, None, model)
 
     async def judge(self, name: str | None, model: str | None) -> ProviderConfig | None:
-        """The judge named on the command line, else the configured chain's first provider
-        (None when nothing is configured: no model is started just to judge)."""
+        """The judge named on the command line, else the configured chain's first provider.
+        None when nothing is configured, or only the bundled model: a small local model is a
+        poor judge, so it judges only when asked (`--judge-llm local`)."""
         if name is None:
             if wants_local_llm(self.config, ["dialogue"]):
                 return None
             first = provider_configs(self.config)[0]
+            if first.name == local_provider(first.base_url).name:
+                return None
             return msgspec.structs.replace(first, model=model) if model else first
         if name.startswith(("http://", "https://")):
             chain = replay_providers(self.config, name, model, "judge")

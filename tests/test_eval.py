@@ -17,10 +17,12 @@ import pytest
 from bus.client import Bus
 from bus.server import EmbeddedServer
 from devservers.echo_llm import OpenAIServer
-from evals.engine import run_suite, similarity
-from evals.suite import SuiteError, load_suite, parse_suite
-from schemas import SessionStarted, UserText, new_id
+from evals.engine import TurnResult, check, run_suite, similarity
+from evals.llms import Servers
+from evals.suite import Judge, Latency, SuiteError, Tool, load_suite, parse_suite
+from schemas import SessionStarted, ToolCall, UserText, new_id
 from settings.config import parse
+from settings.llm import with_local_llm
 from tests.api_harness import Api
 from tests.conftest import wait_for
 from tests.procs import ROOT, vagent
@@ -240,3 +242,43 @@ def test_the_command_names_the_line_and_exits_2(tmp_path: Path) -> None:
     done = vagent("eval", str(suite))
     assert done.returncode == 2
     assert f"error: {tmp_path}/{BAD[0][1]}" in done.stderr
+
+
+async def test_tool_arguments_and_latency_budgets_are_checked() -> None:
+    sid, turn_id = "s", "t"
+    calls = [ToolCall(session_id=sid, turn_id=turn_id, call_id="c1", name="get_weather",
+                      arguments='{"city": "Paris", "days": 3, "units": "metric"}')]
+    result = TurnResult(conversation="c", n=1, line=1, input="weather?", answer="Sunny.",
+                        latency_ms={"first_delta_ms": 420.0})
+
+    async def holds(expectation: Any) -> bool:
+        return (await check(expectation, result, list(calls), "weather?", None)).ok
+
+    assert await holds(Tool(name="get_weather", line=2))
+    assert await holds(Tool(name="get_weather", line=2, arguments={"city": "Paris", "days": 3}))
+    assert not await holds(Tool(name="get_weather", line=2, arguments={"city": "Rome"}))
+    assert not await holds(Tool(name="get_weather", line=2, arguments={"country": "France"}))
+    assert await holds(Tool(name="get_weather", line=2, arguments_match={"city": "^Pa", "days": "^[1-7]$"}))
+    assert not await holds(Tool(name="get_weather", line=2, arguments_match={"units": "imperial"}))
+    assert not await holds(Tool(name="get_time", line=2))
+    assert await holds(Latency(stage="first_delta_ms", budget_ms=500, line=3))
+    assert not await holds(Latency(stage="first_delta_ms", budget_ms=400, line=3))
+    missed = await check(Latency(stage="first_audio_ms", budget_ms=9000, line=3), result, [], "", None)
+    assert (missed.ok, missed.got) == (False, "not reached")
+    unjudged = await check(Judge(prompt="is it sunny", line=4), result, [], "", None)
+    assert not unjudged.ok and "no judge LLM" in unjudged.got
+
+
+async def test_the_judge_is_the_configured_llm_but_never_the_bundled_model_unasked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("VAGENT_LLM_BASE_URL", "OPENAI_BASE_URL", "VAGENT_LOCAL_LLM_URL", "VAGENT_LLM_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    hosted = parse('[[llm.providers]]\nname = "acme"\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "big"\n')
+    judge = await Servers(hosted, tmp_path).judge(None, None)
+    assert judge is not None and (judge.name, judge.model) == ("acme", "big")
+    assert await Servers(parse(""), tmp_path).judge(None, None) is None
+    served = with_local_llm(parse(""), "http://127.0.0.1:9/v1")  # what a running `vagent up` serves
+    assert await Servers(served, tmp_path).judge(None, None) is None
+    asked = await Servers(hosted, tmp_path).judge("http://127.0.0.1:8/v1", "small")
+    assert asked is not None
+    assert (asked.name, asked.base_url, asked.model) == ("judge", "http://127.0.0.1:8/v1", "small")
