@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import tempfile
 from pathlib import Path
 
 import msgspec
@@ -39,6 +41,7 @@ class Servers:
         self.cache_dir = cache_dir  # where the local model is assembled (once, then reused)
         self._echo: OpenAIServer | None = None
         self._local: dict[str, LocalLLMServer] = {}
+        self._logs: Path | None = None
 
     def echo(self) -> ProviderConfig:
         if self._echo is None:
@@ -49,6 +52,9 @@ class Servers:
         key = model or self.config.llm.local_model
         if key not in self._local:
             server = LocalLLMServer(key, self.cache_dir)
+            # Its log of its own: a running `vagent up` may be logging to the data directory's.
+            self._logs = self._logs or Path(tempfile.mkdtemp(prefix="vagent-eval-llm-"))
+            server.log_file = self._logs / f"llama-server-{key}.log"
             try:
                 await asyncio.to_thread(server.start)
             except LocalLLMError as exc:
@@ -93,6 +99,8 @@ class Servers:
             self._echo.stop()
         for server in self._local.values():
             await asyncio.to_thread(server.stop)
+        if self._logs is not None:
+            shutil.rmtree(self._logs, ignore_errors=True)
 
 
 class JudgeLLM:
