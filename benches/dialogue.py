@@ -187,11 +187,12 @@ def _read(url: str) -> str:
         return str(answer.read().decode())
 
 
-def _start_echo() -> tuple[subprocess.Popen[bytes], str]:
+def _start_echo(first_token_delay: float = 0.0) -> tuple[subprocess.Popen[bytes], str]:
     """The echo provider in a process of its own, so it does not share this one's GIL."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "echo-llm", "--port", str(port),
-                             "--token-delay", "0"], stdout=subprocess.DEVNULL)
+                             "--token-delay", "0", "--first-token-delay", str(first_token_delay)],
+                            stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 15
     while not port_open("127.0.0.1", port):
         if proc.poll() is not None or time.monotonic() > deadline:

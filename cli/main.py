@@ -295,12 +295,14 @@ def chat(session: Annotated[str | None, typer.Option("--session", "-s",
 
 @app.command("echo-llm")
 def echo_llm(port: Annotated[int, typer.Option(help="Port to listen on (127.0.0.1).")] = 8080,
-             token_delay: Annotated[float, typer.Option(help="Seconds between tokens.")] = 0.05
+             token_delay: Annotated[float, typer.Option(help="Seconds between tokens.")] = 0.05,
+             first_token_delay: Annotated[float, typer.Option(
+                 help="Seconds before the first token (a cloud model's time to first token).")] = 0.0
              ) -> None:
     """An OpenAI-compatible server that echoes: try vagent with no model at all."""
     from devservers.echo_llm import serve
 
-    serve(port, token_delay)
+    serve(port, token_delay, first_token_delay)
 
 
 @app.command()
@@ -860,16 +862,36 @@ def bench_local_llm(
 
 @bench_app.command("edge")
 def bench_edge(nats: NatsOpt = None,
-               sessions: Annotated[int, typer.Option(help="Concurrent xiaozhi devices.")] = 10,
+               sessions: Annotated[str, typer.Option(
+                   help="Concurrent sessions; several, comma-separated, run one after another "
+                        "(e.g. 10,50,100,200).")] = "10",
                asr: Annotated[bool, typer.Option(
-                   "--asr/--no-asr", help="Speak the question (ASR) or type it (listen detect).")
-                              ] = True) -> None:
-    """N xiaozhi devices at once: connections held, end of speech → first audio p50/p95,
-    server CPU and memory per session."""
+                   "--asr/--no-asr", help="Speak the question (ASR) or type it.")] = True,
+               providers: Annotated[str, typer.Option(
+                   help="local (the offline models) or cloud (Deepgram, ElevenLabs and LLM "
+                        "stand-ins with fixed delays: vagent's own cost).")] = "local",
+               transport: Annotated[str, typer.Option(help="xiaozhi or ws.")] = "xiaozhi",
+               listen: Annotated[float, typer.Option(
+                   help="Seconds every session listens (streams silence) before speaking.")] = 5.0
+               ) -> None:
+    """N voice sessions at once: connections held, end of speech → first audio p50/p95 (and
+    what vagent adds over cloud stand-ins), server CPU per listening session and per turn,
+    memory per session."""
     from benches.edge import bench_edge as run_bench
     from benches.edge import print_report
 
-    print_report(run(run_bench(nats, sessions=sessions, asr=asr), log_level="WARNING"))
+    try:
+        counts = [int(n) for n in sessions.split(",") if n.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"sessions: numbers separated by commas, not {sessions!r}") from None
+    if providers not in ("local", "cloud"):
+        raise typer.BadParameter(f"providers: local or cloud, not {providers!r}")
+    if transport not in ("xiaozhi", "ws"):
+        raise typer.BadParameter(f"transport: xiaozhi or ws, not {transport!r}")
+    for count in counts:
+        print_report(run(run_bench(nats, sessions=count, asr=asr, providers=providers,  # type: ignore[arg-type]
+                                   transport=transport, listen_s=listen),  # type: ignore[arg-type]
+                         log_level="WARNING"))
 
 
 @bench_app.command("abuse")

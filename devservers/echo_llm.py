@@ -176,8 +176,10 @@ class OpenAIServer:
             self._runner.stop()
 
 
-def serve(port: int, token_delay: float) -> None:
-    server = OpenAIServer(port, token_delay).start()
+def serve(port: int, token_delay: float, first_token_delay: float = 0.0) -> None:
+    server = OpenAIServer(port, token_delay)
+    server.first_token_delay = first_token_delay
+    server.start()
     print(f"OpenAI-compatible echo server at {server.base_url}", flush=True)
     try:
         threading.Event().wait()

@@ -1,4 +1,4 @@
-"""The Deepgram engine through the real deepgram-sdk, against tests/deepgram_server.py."""
+"""The Deepgram engine through the real deepgram-sdk, against devservers/deepgram.py."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from actors.asr.engine_deepgram import DeepgramEngine
 from actors.asr.settings import AsrSettings, DeepgramSettings
 from actors.assistant import AssistantProfile
 from bus.client import Bus
+from devservers.deepgram import DeepgramServer
 from schemas import Error, SpeechStopped, TranscriptFinal
 from settings.config import Config, ConfigError, parse
 from tests import test_asr_actor
 from tests.conftest import wait_for
-from tests.deepgram_server import DeepgramServer
 from tests.fixtures.audio import META, pcm
 from tests.test_asr_actor import Start, events_of, frames, of, open_session, stream
 

@@ -22,6 +22,7 @@ from bus.blobs import get_blob
 from bus.client import Bus, Message, Subscription
 from bus.subjects import audio_out
 from devservers.echo_llm import OpenAIServer
+from devservers.elevenlabs import ElevenLabsServer
 from projections.runtime import ProjectionService
 from schemas import (
     AssistantCreated,
@@ -44,7 +45,6 @@ from schemas import (
 )
 from settings.config import Config, parse
 from tests.conftest import wait_for
-from tests.elevenlabs_server import ElevenLabsServer
 
 StartTts = Callable[..., Awaitable[Tts]]
 

@@ -17,9 +17,9 @@ from actors.tts.elevenlabs_voice import ElevenLabsTts
 from actors.tts.providers import open_provider, provider_name
 from actors.tts.synth import Slots, Synthesis, SynthesisFailed
 from audio.encode import AudioEncoder, check_params
+from devservers.elevenlabs import ElevenLabsServer, tone
 from schemas import AudioParams
 from settings.config import ConfigError, TtsSettings
-from tests.elevenlabs_server import ElevenLabsServer, tone
 from tests.test_tts import decode_opus
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -383,6 +383,28 @@ async def test_bench_edge_prints_measured_numbers() -> None:
     assert "error" not in text
 
 
+@pytest.mark.slow
+async def test_bench_edge_with_cloud_stand_ins_prints_vagents_own_cost() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli.main", "bench", "edge", "--providers", "cloud", "--transport", "ws",
+        "--sessions", "2", "--listen", "1",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 240)
+    text = out.decode()
+    assert proc.returncode == 0, (text, err.decode()[-2000:])
+    assert "(/ws, Opus; cloud providers)" in text and "2 concurrent, 2 connections held, 2 answered" in text
+    assert "ASR deepgram stand-in" in text and "TTS elevenlabs stand-in" in text, text
+    p50 = float(re.search(r"first audio\s+p50 (\d+) ms", text).group(1))  # type: ignore[union-attr]
+    added = re.search(r"added by vagent\s+p50 (-?\d+) ms\s+p95 (-?\d+) ms\s+\(over the stand-ins' 450 ms\)",
+                      text)
+    assert added is not None and float(added.group(1)) == p50 - 450, text
+    # The stand-ins' delays are a floor the answer cannot beat.
+    assert p50 >= 450, text
+    listening = re.search(r"listening\s+([\d.]+) % of a core per session;\s+a turn ([\d.]+) s of CPU", text)
+    assert listening is not None and float(listening.group(1)) > 0 and float(listening.group(2)) > 0, text
+    assert "error" not in text
+
+
 # --- the pieces ----------------------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ Deepgram's endpointing, decides where an utterance ends, so the whole session
 sees one notion of turn boundaries whichever engine transcribes.
 
 The base URL is configurable (`[asr.deepgram] url`), so tests run the real SDK against
-`tests/deepgram_server.py`.
+`devservers/deepgram.py`.
 """
 
 from __future__ import annotations

@@ -8,9 +8,10 @@ JSON `Results` answers with `is_final` / `speech_final`, then `Metadata` on clos
 It does not recognise speech: each connection answers with the next canned text of
 `transcripts` (or `default_text`), revealed word by word as audio arrives (interim
 results every `interim_every_s` of audio), and as one final result on `Finalize` or
-`CloseStream`. Everything a client sent is kept in `connections` for the tests.
+`CloseStream` (after `final_delay` seconds: a cloud recogniser's own time, for the
+benchmark). Everything a client sent is kept in `connections` for the tests.
 
-    uv run python -m tests.deepgram_server --port 8766 --text "hello there"
+    uv run python -m devservers.deepgram --port 8766 --text "hello there" --final-delay 0.15
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -50,6 +52,8 @@ class DeepgramServer:
         self.default_text = ""
         self.transcripts: list[str] = []  # one per connection, in order; then default_text
         self.interim_every_s = 0.5
+        self.final_delay = 0.0  # seconds from Finalize / CloseStream to the final result
+        self.keep = True  # record connections (a benchmark's thousands would only grow)
         self.connections: list[Connection] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Server | None = None
@@ -99,7 +103,8 @@ class DeepgramServer:
         assert ws.request is not None
         parts = urlsplit(ws.request.path)
         conn = Connection(parts.path, {k: v[-1] for k, v in parse_qs(parts.query).items()})
-        self.connections.append(conn)
+        if self.keep:
+            self.connections.append(conn)
         words = (self.transcripts.pop(0) if self.transcripts else self.default_text).split()
         request_id = str(uuid.uuid4())
         sent_until = 0.0  # audio seconds already answered with an interim result
@@ -120,6 +125,8 @@ class DeepgramServer:
                 conn.control.append(kind)
                 heard = conn.audio_bytes / BYTES_PER_S
                 if kind in ("Finalize", "CloseStream") and heard > final_from:
+                    if self.final_delay:
+                        await asyncio.sleep(self.final_delay)
                     await self._results(ws, conn, request_id, words, final_from, heard,
                                         is_final=True, from_finalize=kind == "Finalize")
                     final_from = heard
@@ -160,11 +167,16 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--key", default="test-key")
     parser.add_argument("--text", default="hello from the deepgram test server")
+    parser.add_argument("--final-delay", type=float, default=0.0,
+                        help="seconds from the end of the stream to the final result")
     args = parser.parse_args()
     server = DeepgramServer(args.key, args.port)
     server.default_text = args.text
+    server.final_delay = args.final_delay
+    server.keep = False
     server.start()
-    print(f"deepgram test server on {server.url} (key {args.key!r}); Ctrl-C to stop")
+    print(f"READY {server.port}", flush=True)
+    print(f"deepgram stand-in on {server.url} (key {args.key!r}); Ctrl-C to stop", file=sys.stderr)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
