@@ -54,6 +54,7 @@ from schemas import (
     ToolResult,
     TranscriptFinal,
     TtsStarted,
+    TtsStopped,
     TurnInterrupted,
     TurnStarted,
     UserText,
@@ -85,6 +86,12 @@ LLM_TOKENS = Counter("vagent_llm_tokens_total", "LLM tokens, by provider, model 
 LLM_COST = Counter("vagent_llm_cost_total",
                    "LLM cost by the [[prices]] table, in its currency", ("provider", "model",
                                                                           "currency"))
+AUDIO_SECONDS = Counter("vagent_audio_seconds_total",
+                        "Speech heard (in: transcribed) and spoken (out: synthesized and played)",
+                        ("direction", "provider"))
+AUDIO_COST = Counter("vagent_audio_cost_total",
+                     "Speech cost by the [[prices]] table (per minute), in its currency",
+                     ("direction", "provider", "currency"))
 TOOL_CALLS = Counter("vagent_tool_calls_total", "Tool results, by tool and outcome",
                      ("tool", "outcome"))
 HANDLER = Histogram("vagent_handler_seconds", "Time an actor's handler took for one event",
@@ -102,7 +109,8 @@ DEAD_LETTERS = Gauge("vagent_dead_letters", "Dead-letter records stored (DEADLET
 
 METRIC_NAMES: tuple[str, ...] = tuple(
     m._name for m in (STAGE, TURNS, INTERRUPTIONS, ERRORS, SESSIONS, SESSIONS_ACTIVE,
-                      CONNECTIONS_ACTIVE, LLM_TOKENS, LLM_COST, TOOL_CALLS, HANDLER,
+                      CONNECTIONS_ACTIVE, LLM_TOKENS, LLM_COST, AUDIO_SECONDS, AUDIO_COST,
+                      TOOL_CALLS, HANDLER,
                       CONSUMER_PENDING, CONSUMER_ACK_PENDING, CONSUMER_REDELIVERED,
                       CONSUMER_TERMINATED, DEAD_LETTERS))
 
@@ -118,6 +126,10 @@ class Price(Protocol):
     def prompt_per_million(self) -> float: ...
     @property
     def completion_per_million(self) -> float: ...
+    @property
+    def audio_in_per_minute(self) -> float: ...
+    @property
+    def audio_out_per_minute(self) -> float: ...
 
 
 class _Telemetry(Protocol):
@@ -164,6 +176,7 @@ class _State:
     prices: dict[tuple[str, str], Price] = field(default_factory=dict)
     currency: str = "USD"
     turns: OrderedDict[str, _Turn] = field(default_factory=OrderedDict)
+    voices: OrderedDict[str, str] = field(default_factory=OrderedDict)  # turn → who speaks it
     codes: _Bounded = field(default_factory=_Bounded)
     tools: _Bounded = field(default_factory=_Bounded)
 
@@ -246,6 +259,21 @@ def _transcript(event: Event) -> None:
     if event.speech_stopped_ts:
         _stage_of("transcript", "voice").observe(
             max(0, event.ts - event.speech_stopped_ts) / 1e9)
+    if event.audio is not None and event.audio.duration_ms:
+        heard = event.audio.duration_ms / 1000
+    elif event.speech_started_ts and event.speech_stopped_ts:
+        heard = max(0, event.speech_stopped_ts - event.speech_started_ts) / 1e9
+    else:
+        return
+    _audio("in", event.provider or "unknown", heard)
+
+
+def _audio(direction: str, provider: str, seconds: float) -> None:
+    AUDIO_SECONDS.labels(direction, provider).inc(seconds)
+    price = price_of(provider, "*")
+    if price is not None:
+        per_minute = price.audio_in_per_minute if direction == "in" else price.audio_out_per_minute
+        AUDIO_COST.labels(direction, provider, _state.currency).inc(seconds / 60 * per_minute)
 
 
 def _turn_started(event: Event) -> None:
@@ -266,6 +294,17 @@ def _sentence(event: Event) -> None:
 def _tts_started(event: Event) -> None:
     assert isinstance(event, TtsStarted)
     _stage(event.turn_id, "first_audio", event.ts)
+    if event.turn_id and event.provider:
+        _state.voices[event.turn_id] = event.provider
+        while len(_state.voices) > OPEN_TURNS:
+            _state.voices.popitem(last=False)
+
+
+def _tts_stopped(event: Event) -> None:
+    assert isinstance(event, TtsStopped)
+    if event.spoken_ms:
+        provider = _state.voices.pop(event.turn_id or "", "unknown")
+        _audio("out", provider, event.spoken_ms / 1000)
 
 
 def _message(event: Event) -> None:
@@ -306,6 +345,7 @@ def _session_started(event: Event) -> None:
 _OBSERVERS: dict[type[Event], Callable[[Event], None]] = {
     UserText: _user_text, TranscriptFinal: _transcript, TurnStarted: _turn_started,
     AssistantDelta: _delta, AssistantSentence: _sentence, TtsStarted: _tts_started,
+    TtsStopped: _tts_stopped,
     AssistantMessage: _message, TurnInterrupted: _interrupted, Error: _error,
     ToolResult: _tool_result, SessionStarted: _session_started,
 }

@@ -21,6 +21,7 @@ from schemas import (
     Error,
     TranscriptFinal,
     TtsStarted,
+    TtsStopped,
     TurnInterrupted,
     TurnStarted,
     Usage,
@@ -113,6 +114,29 @@ def test_tokens_are_priced_by_the_model_else_the_providers_star() -> None:
     assert cost("small") - before[1] == pytest.approx((1000 * 1 + 500 * 2) / 1e6)
     assert cost("big", "q") == before[2]  # no price: tokens only
     assert sample("vagent_llm_tokens_total", provider="q", model="big", kind="completion") == tokens + 500
+
+
+def test_speech_heard_and_spoken_is_counted_and_priced_by_the_minute() -> None:
+    metrics.configure(msgspec.structs.replace(Config(), prices=[
+        PriceConfig(provider="hears", audio_in_per_minute=0.6),
+        PriceConfig(provider="speaks", audio_out_per_minute=1.2)]))
+
+    def seconds(direction: str, provider: str) -> float:
+        return sample("vagent_audio_seconds_total", direction=direction, provider=provider)
+
+    def cost(direction: str, provider: str) -> float:
+        return sample("vagent_audio_cost_total", direction=direction, provider=provider, currency="USD")
+
+    before = seconds("in", "hears"), cost("in", "hears"), seconds("out", "speaks"), cost("out", "speaks")
+    t0 = 1_800_000_000 * S
+    final = TranscriptFinal(session_id="s", text="hi", provider="hears", speech_started_ts=t0,
+                            speech_stopped_ts=t0 + 3 * S, ts=t0 + 4 * S)
+    metrics.appended(final)
+    metrics.appended(TtsStarted(session_id="s", turn_id=final.id, provider="speaks"))
+    metrics.appended(TtsStopped(session_id="s", turn_id=final.id, spoken_ms=1500))
+    after = seconds("in", "hears"), cost("in", "hears"), seconds("out", "speaks"), cost("out", "speaks")
+    assert [a - b for a, b in zip(after, before, strict=True)] == pytest.approx(
+        [3.0, 3 / 60 * 0.6, 1.5, 1.5 / 60 * 1.2])
 
 
 def test_interruptions_and_errors_are_counted_by_reason_and_code() -> None:

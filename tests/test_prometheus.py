@@ -108,6 +108,9 @@ def test_every_stage_of_a_voice_turn_is_observed_in_order(turns: dict[tuple[str,
     sums = [value(turns, "vagent_turn_stage_seconds_sum", stage=s, input="voice") for s in stages]
     assert 0 < sums[0] <= sums[1] <= sums[2] <= sums[3] < 30, sums
     assert value(turns, "vagent_turns_total", input="voice") == 1
+    # What was heard and said aloud, by who heard and who spoke it.
+    assert 1 < value(turns, "vagent_audio_seconds_total", direction="in", provider="moonshine") < 5
+    assert value(turns, "vagent_audio_seconds_total", direction="out", provider="piper") > 1
 
 
 def test_typed_turns_time_user_text_to_first_delta(turns: dict[tuple[str, Labels], float]) -> None:
