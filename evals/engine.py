@@ -11,6 +11,7 @@ that answer was spoken); its expectations are then checked against its events.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import json
 import re
@@ -192,11 +193,14 @@ async def _turn(bus: Bus, sid: str, watch: Watch, turn: Turn, n: int, conversati
         turn_id = typed.id
     try:
         end = await watch.until(final_answer(turn_id), timeout, "answer")
-        said = any(isinstance(e, AssistantSentence) and e.turn_id == turn_id for e in watch.events)
-        if tts and said and isinstance(end, AssistantMessage):
-            await watch.until(spoken(turn_id), timeout, "spoken")
     except TimeoutError:
         end = None
+    said = any(isinstance(e, AssistantSentence) and e.turn_id == turn_id for e in watch.events)
+    if tts and said and isinstance(end, AssistantMessage):
+        # Spoken to the end before the next turn, as a user would listen; speech that never
+        # comes fails a `first_audio_ms` budget, not the answer.
+        with contextlib.suppress(TimeoutError):
+            await watch.until(spoken(turn_id), timeout, "spoken")
     events = [e for e in watch.events if e.id == turn_id or getattr(e, "turn_id", None) == turn_id]
     result.tools = [f"{e.name}({e.arguments})" for e in events if isinstance(e, ToolCall)]
     result.latency_ms = latencies(events, turn_id)

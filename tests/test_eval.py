@@ -69,7 +69,7 @@ conversations:
       - audio: what_time.wav
         contains: time
         language: en
-        latency: {transcript_ms: 10000}
+        latency: {transcript_ms: 10000, first_audio_ms: 30000}
 """
 
 
@@ -80,7 +80,7 @@ def test_a_failing_expectation_fails_the_command_and_its_junit(tmp_path: Path, j
     junit = tmp_path / "out.xml"
 
     done = vagent("eval", str(suite), "--junit", str(junit), "--judge-llm", judge.base_url, "--wide",
-                  timeout=240)
+                  timeout=420)
 
     assert done.returncode == 1, done.stdout + done.stderr
     table = done.stdout
@@ -112,6 +112,7 @@ def test_a_failing_expectation_fails_the_command_and_its_junit(tmp_path: Path, j
     assert f"{suite}:13: contains 'goodbye': got 'You said: good night.'" in (failure.text or "")
     out = cases[3].findtext("system-out") or ""
     assert "transcript: What time" in out and "transcript_ms:" in out  # the ASR heard it
+    assert "first_audio_ms:" in out  # a first_audio_ms budget: the answers were spoken
     assert "tool: get_time({})" in (cases[1].findtext("system-out") or "")
 
 
