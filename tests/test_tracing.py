@@ -229,40 +229,62 @@ async def receiver() -> AsyncIterator[Receiver]:
     served.close()
 
 
-async def test_vagent_up_exports_a_turn_over_otlp(receiver: Receiver, llm: OpenAIServer,
-                                                  tmp_path: Path) -> None:
+async def vagent_turn(port: int, text: str) -> str:
+    """A typed turn over `vagent up`'s /ws until its answer; the session's id."""
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+        hello = json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "user.text", "text": text}))
+        async with asyncio.timeout(30):
+            while True:
+                message = json.loads(await ws.recv())
+                if message["type"] == "assistant.message" and not message.get("tool_calls"):
+                    return str(hello["session_id"])
+
+
+def exported_turn(receiver: Receiver, session_id: str) -> dict[str, tuple[str, Any]]:
+    """The spans of the trace the session's typed turn began, by name: (service, span)."""
+    edge = next(span for _, span in receiver.spans if span.name == "edge user.text" and any(
+        a.key == "vagent.session_id" and a.value.string_value == session_id
+        for a in span.attributes))
+    return {span.name: (service, span) for service, span in receiver.spans
+            if span.trace_id == edge.trace_id}
+
+
+async def test_vagent_up_exports_a_typed_and_a_tool_turn_over_otlp(
+        receiver: Receiver, llm: OpenAIServer, tmp_path: Path) -> None:
     settings = tmp_path / "vagent.toml"
     settings.write_text(f'[telemetry]\notlp_endpoint = "{receiver.url}"\nservice_name = "otlptest"\n')
     port = free_port()
+    llm.tool_arguments["calculator"] = json.dumps({"expression": "2+3"})
     # Its own NATS: the actors in this process (the stack above) must not take its events.
     with running(["up", "--port", str(free_port()), "--data-dir", str(tmp_path / "data"),
                   "--edge-port", str(port), "--actors", "dialogue,tools"], "vagent is up",
                  OPENAI_BASE_URL=llm.base_url, VAGENT_CONFIG=str(settings),
                  OTEL_BSP_SCHEDULE_DELAY="100"):
-        async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
-            hello = json.loads(await ws.recv())
-            await ws.send(json.dumps({"type": "user.text", "text": "hello collector"}))
-            async with asyncio.timeout(30):
-                while json.loads(await ws.recv())["type"] != "assistant.message":
-                    pass
-        sid = hello["session_id"]
+        typed = await vagent_turn(port, "hello collector")
+        tooled = await vagent_turn(port, "use the calculator please")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            names = {span.name for _, span in receiver.spans}
-            if {"edge user.text", "dialogue user.text"} <= names and any(
-                    n.startswith("chat ") for n in names):
+            names = [span.name for _, span in receiver.spans]
+            if names.count("dialogue tool.result") and sum(
+                    n.startswith("chat ") for n in names) >= 3:
                 break
             await asyncio.sleep(0.1)
     assert set(receiver.paths) == {"/v1/traces"}
-    edge = next(span for service, span in receiver.spans if span.name == "edge user.text" and any(
-        a.key == "vagent.session_id" and a.value.string_value == sid for a in span.attributes))
-    turn = [(service, span) for service, span in receiver.spans if span.trace_id == edge.trace_id]
-    by_name = {span.name: (service, span) for service, span in turn}
-    assert by_name["edge user.text"][0] == "otlptest-edge"
-    assert by_name["dialogue user.text"][0] == "otlptest-actors"
-    assert by_name["dialogue user.text"][1].parent_span_id == edge.span_id
-    chat = next(span for name, (_, span) in by_name.items() if name.startswith("chat "))
-    assert chat.parent_span_id == by_name["dialogue user.text"][1].span_id
+    turn = exported_turn(receiver, typed)
+    edge = turn["edge user.text"][1]
+    assert turn["edge user.text"][0] == "otlptest-edge"
+    assert turn["dialogue user.text"][0] == "otlptest-actors"
+    assert turn["dialogue user.text"][1].parent_span_id == edge.span_id
+    chat = next(span for name, (_, span) in turn.items() if name.startswith("chat "))
+    assert chat.parent_span_id == turn["dialogue user.text"][1].span_id
     assert {a.key for a in chat.attributes} >= {"gen_ai.operation.name", "gen_ai.request.model",
                                                 "gen_ai.usage.input_tokens",
                                                 "gen_ai.usage.output_tokens"}
+    # The tool turn: the call, its run and the step after it, in the same trace.
+    turn = exported_turn(receiver, tooled)
+    tool = turn["execute_tool calculator"][1]
+    assert tool.parent_span_id == turn["tools tool.call"][1].span_id
+    assert turn["tools tool.call"][1].parent_span_id == turn["dialogue user.text"][1].span_id
+    assert turn["dialogue tool.result"][1].parent_span_id == turn["tools tool.call"][1].span_id
+    assert {service for service, _ in turn.values()} == {"otlptest-edge", "otlptest-actors"}
