@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from opentelemetry import trace
 from opentelemetry.context import Context as OtelContext
@@ -160,15 +160,21 @@ def failed(span: Span | None, why: str) -> None:
         span.set_status(Status(StatusCode.ERROR, why[:200]))
 
 
-@contextmanager
 def span(name: str, parent: str | None, *, role: str = "actors", attributes: Attributes | None = None,
-         start_ns: int | None = None, kind: SpanKind = SpanKind.INTERNAL) -> Iterator[Span | None]:
+         start_ns: int | None = None, kind: SpanKind = SpanKind.INTERNAL
+         ) -> AbstractContextManager[Span | None]:
     """A span around a block (None inside when tracing is off); an exception leaving the
     block marks it failed. Cancellation (an interrupted turn) is recorded as an event."""
     opened = start(name, parent, role=role, attributes=attributes, start_ns=start_ns, kind=kind)
-    if opened is None:
-        yield None
-        return
+    # Off: one shared do-nothing context, not a generator made for each block.
+    return _OFF if opened is None else _around(opened)
+
+
+_OFF: AbstractContextManager[None] = nullcontext()
+
+
+@contextmanager
+def _around(opened: Span) -> Iterator[Span]:
     try:
         yield opened
     except Exception as exc:
