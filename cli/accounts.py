@@ -30,7 +30,7 @@ from domain.tokens import Tokens
 from edge.api.models import AssistantCreate, AssistantPatch, DeviceBind, patch_changes
 from projections.assistants import settings_of
 from projections.client import QueryError, run_query
-from schemas import TurnSettings
+from schemas import Role, TurnSettings
 from settings.config import Config, secret
 
 PAGE = 1000
@@ -94,6 +94,7 @@ def user_json(user: UserState) -> dict[str, Any]:
     return {"user_id": user.user_id, "email": user.email, "display_name": user.display_name,
             "default_assistant_id": user.default_assistant_id, "email_verified": user.email_verified,
             "locked": user.is_locked(), "locked_until": user.locked_until, "lock_reason": user.lock_reason,
+            "role": user.role,
             "devices": sorted(user.devices), "created_ts": user.created_ts}
 
 
@@ -115,9 +116,10 @@ async def list_users(admin: Admin, as_json: bool, wide: bool = False) -> None:
         print("no users yet")
         return
     names = await assistant_names(admin)
-    print(table([Column("user", 10, id=True), Column("email", 14), Column("name", 10), "verified",
+    print(table([Column("user", 10, id=True), Column("email", 14), Column("name", 10), "role", "verified",
                  Column("locked", 8), Column("default assistant", 10), "created"],
-                [[u["user_id"], u["email"], u["display_name"], "yes" if u["email_verified"] else "no",
+                [[u["user_id"], u["email"], u["display_name"], u["role"],
+                  "yes" if u["email_verified"] else "no",
                   lock_text(u["locked"], u["locked_until"], u["lock_reason"]),
                   named(names.get(u["default_assistant_id"]), u["default_assistant_id"], wide),
                   minute(u["created_ts"])] for u in users], wide=wide))
@@ -164,6 +166,16 @@ async def unlock_user(admin: Admin, who: str, as_json: bool) -> None:
         print_json(user_json(user))
     else:
         print(f"unlocked {user.email} ({user.user_id})")
+
+
+async def set_role(admin: Admin, who: str, role: Role, as_json: bool) -> None:
+    await admin.bus.declare()
+    accts = accounts(admin)
+    user = await accts.set_role((await resolve_user(accts, who)).user_id, role)
+    if as_json:
+        print_json(user_json(user))
+    else:
+        print(f"{user.email} ({user.user_id}) is now {'an operator' if role == 'operator' else 'a user'}")
 
 
 # --- assistants -------------------------------------------------------------------------------

@@ -25,13 +25,14 @@ from settings.paths import data_dir as resolve_data_dir
 if TYPE_CHECKING:
     from cli.accounts import Admin
     from hosting.stack import Located
+    from schemas import Role
 
 app = typer.Typer(help="vagent: an event-sourced voice-agent backend on NATS JetStream.",
                   no_args_is_help=True, add_completion=False)
 actor_app = typer.Typer(help="Run one actor on its own.", no_args_is_help=True)
 projections_app = typer.Typer(help="The read models.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print measured numbers.", no_args_is_help=True)
-users_app = typer.Typer(help="Accounts: list, create, lock and unlock.", no_args_is_help=True)
+users_app = typer.Typer(help="Accounts: list, create, lock, unlock and give a role.", no_args_is_help=True)
 assistants_app = typer.Typer(help="Assistants: list, show, create and update.", no_args_is_help=True)
 devices_app = typer.Typer(help="Bound devices.", no_args_is_help=True)
 session_app = typer.Typer(help="One session: its timeline and latencies, its export.",
@@ -337,6 +338,36 @@ def sessions(nats: NatsOpt = None, data_dir: DataOpt = None,
         raise typer.Exit(2) from None
 
 
+class ByArg(StrEnum):
+    day = "day"
+    assistant = "assistant"
+    model = "model"
+    user = "user"
+    transport = "transport"
+
+
+@app.command()
+def stats(nats: NatsOpt = None, data_dir: DataOpt = None,
+          since: Annotated[str, typer.Option(
+              help="From: 30m, 24h, 7d ago, or a date/time (2025-01-31, 2025-01-31T09:00).")] = "7d",
+          by: Annotated[ByArg, typer.Option(help="What a row is.")] = ByArg.day,
+          user: Annotated[str | None, typer.Option(
+              "--user", help="Only this owner's sessions (email or user id).")] = None,
+          as_json: Annotated[bool, typer.Option("--json", help="The API's JSON answer instead of a table.")
+                             ] = False, wide: WideOpt = False) -> None:
+    """Usage, latency and cost from the read models: sessions, turns, audio minutes, tokens,
+    cost (`[[prices]]`), stage latency percentiles, interruptions, errors, tool calls."""
+    from cli.stats import show_stats
+
+    try:
+        at = where(nats, data_dir)
+        run(show_stats(at.nats_url, at.data_dir, read_settings(), since=since, by=by.value, user=user,
+                       as_json=as_json, wide=wide), log_level="WARNING")
+    except ValueError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
 SidArg = Annotated[str, typer.Argument(metavar="SID", help="The session id.")]
 
 
@@ -631,6 +662,22 @@ def users_unlock(who: WhoArg, nats: NatsOpt = None, data_dir: DataOpt = None,
     from cli.accounts import unlock_user
 
     admin(nats, data_dir, lambda a: unlock_user(a, who, as_json))
+
+
+class RoleArg(StrEnum):
+    user = "user"
+    operator = "operator"
+
+
+@users_app.command("role")
+def users_role(who: WhoArg,
+               role: Annotated[RoleArg, typer.Argument(help="operator: reads every user's analytics.")],
+               nats: NatsOpt = None, data_dir: DataOpt = None, as_json: JsonOpt = False) -> None:
+    """Give an account a role: `operator` (everyone's usage and cost in the API) or `user`."""
+    from cli.accounts import set_role
+
+    chosen: Role = "operator" if role is RoleArg.operator else "user"
+    admin(nats, data_dir, lambda a: set_role(a, who, chosen, as_json))
 
 
 @assistants_app.command("list")

@@ -7,9 +7,7 @@ no read model at all; the per-turn stages are folded by the `turns` projection's
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import msgspec
 from bus.client import Bus
 from bus.errors import BusError
 from cli.display import Column, clock, fit, minute, ms, named, rounded, shorten, table, when
+from projections.analytics import parse_since
 from projections.assistants import settings_of
 from projections.bulk import Row
 from projections.client import QueryError, run_query
@@ -46,26 +45,6 @@ _ENVELOPE = {"type", "id", "ts", "v", "causation_id", "session_id", "turn_id"}
 
 
 # --- the list ---------------------------------------------------------------------------
-
-_SINCE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
-
-
-def parse_since(text: str | None, now: float | None = None) -> int | None:
-    """'30m', '2h', '7d', '1w' ago, or a date / ISO time (local), as ns since the epoch."""
-    if not text:
-        return None
-    text = text.strip()
-    match = _SINCE.match(text)
-    if match:
-        base = dt.datetime.now().timestamp() if now is None else now
-        return int((base - float(match[1]) * _UNIT[match[2]]) * 1e9)
-    try:
-        return int(dt.datetime.fromisoformat(text).timestamp() * 1e9)
-    except ValueError:
-        raise ValueError(f"--since {text!r}: use e.g. 30m, 2h, 7d, 2025-01-31 or 2025-01-31T09:00"
-                         ) from None
-
 
 async def list_sessions(nats: str | None, data_dir: Path, *, user: str | None, assistant: str | None,
                         since: str | None, limit: int, as_json: bool, wide: bool = False) -> None:

@@ -32,9 +32,11 @@ from schemas import (
     DeviceBound,
     DeviceUnbound,
     Event,
+    Role,
     UserEmailVerified,
     UserLocked,
     UserRegistered,
+    UserRoleChanged,
     UserUnlocked,
     new_id,
 )
@@ -60,6 +62,7 @@ class UserState:
     locked: bool = False
     locked_until: int | None = None  # ns
     lock_reason: str | None = None
+    role: Role = "user"
     devices: dict[str, str] = field(default_factory=dict)  # device id -> assistant id
     created_ts: int = 0
     last_seq: int = 0
@@ -82,6 +85,8 @@ def fold_user(user_id: str, events: list[Event], last_seq: int) -> UserState | N
                 state.locked, state.locked_until, state.lock_reason = True, event.until_ts, event.reason
             case UserUnlocked():
                 state.locked, state.locked_until, state.lock_reason = False, None, None
+            case UserRoleChanged():
+                state.role = event.role
             case DeviceBound():
                 state.devices[event.device_id] = event.assistant_id
             case DeviceUnbound():
@@ -333,4 +338,10 @@ class Accounts:
     async def unlock(self, user_id: str) -> UserState:
         await self._append_fresh(user_id, lambda user: UserUnlocked(user_id=user_id) if user.locked else None)
         await kv.delete(self.bus, BUCKET, f"fail.{user_id}")
+        return await self.require(user_id)
+
+    async def set_role(self, user_id: str, role: Role) -> UserState:
+        """Grant or take back the operator role; a role the user has already is no event."""
+        await self._append_fresh(user_id, lambda user: None if user.role == role
+                                 else UserRoleChanged(user_id=user_id, role=role))
         return await self.require(user_id)

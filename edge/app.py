@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from edge import web, webrtc
-from edge.api import accounts, assistants, devices, documents, search, sessions
+from edge.api import accounts, analytics, assistants, devices, documents, search, sessions
 from edge.api.endpoint import JSON, Endpoint, bind, error_response
 from edge.api.openapi import document
 from edge.errors import ApiError
@@ -29,7 +29,7 @@ from telemetry import metrics
 
 ENDPOINTS: tuple[Endpoint, ...] = (*accounts.ENDPOINTS, *assistants.ENDPOINTS, *devices.ENDPOINTS,
                                    *documents.ENDPOINTS, *sessions.ENDPOINTS, *search.ENDPOINTS,
-                                   *webrtc.ENDPOINTS)
+                                   *webrtc.ENDPOINTS, *analytics.ENDPOINTS)
 OPENAPI_PATH = "/api/v1/openapi.json"
 METRICS_PATH = "/metrics"  # Prometheus' default scrape path
 

@@ -8,10 +8,23 @@ import duckdb
 
 from bus.log import Entry
 from projections.bulk import Folded, Row, fetch
-from schemas import AssistantMessage, Event, SessionEnded, SessionEvent, SessionStarted, TurnStarted
+from schemas import (
+    AssistantMessage,
+    Error,
+    Event,
+    SessionEnded,
+    SessionEvent,
+    SessionStarted,
+    SpeechStopped,
+    TranscriptFinal,
+    TtsStarted,
+    TtsStopped,
+    TurnStarted,
+)
 
 COLUMNS = ("session_id, user_id, assistant_id, device_id, transport, started_ts, ended_ts, end_reason, "
-           "turns, events, last_assistant_text, first_event_ts, last_event_ts, last_seq")
+           "turns, events, last_assistant_text, first_event_ts, last_event_ts, last_seq, audio_in_ms, "
+           "audio_out_ms, errors, asr_provider, tts_provider")
 
 # Per session, over its turns (the `turns` read model): the median time from the end of the
 # user's input (end of speech for a voice turn, the turn's start for a typed one) to the
@@ -37,8 +50,9 @@ class Sessions(Folded):
         ("device_id", "VARCHAR"), ("transport", "VARCHAR"), ("started_ts", "BIGINT"),
         ("ended_ts", "BIGINT"), ("end_reason", "VARCHAR"), ("turns", "INTEGER"), ("events", "INTEGER"),
         ("last_assistant_text", "VARCHAR"), ("first_event_ts", "BIGINT"), ("last_event_ts", "BIGINT"),
-        ("last_seq", "BIGINT"))
-    version: ClassVar[int] = 3
+        ("last_seq", "BIGINT"), ("audio_in_ms", "BIGINT"), ("audio_out_ms", "BIGINT"),
+        ("errors", "INTEGER"), ("asr_provider", "VARCHAR"), ("tts_provider", "VARCHAR"))
+    version: ClassVar[int] = 4
     ddl: ClassVar[str] = """
         CREATE TABLE IF NOT EXISTS sessions (
             session_id VARCHAR PRIMARY KEY,
@@ -54,7 +68,12 @@ class Sessions(Folded):
             last_assistant_text VARCHAR,      -- the latest non-empty assistant.message
             first_event_ts BIGINT NOT NULL,   -- ns since the epoch, from the events
             last_event_ts BIGINT NOT NULL,
-            last_seq BIGINT NOT NULL          -- SESSIONS sequence of the last event applied
+            last_seq BIGINT NOT NULL,         -- SESSIONS sequence of the last event applied
+            audio_in_ms BIGINT NOT NULL,      -- speech heard: speech.stopped duration_ms, summed
+            audio_out_ms BIGINT NOT NULL,     -- speech spoken: tts.stopped spoken_ms, summed
+            errors INTEGER NOT NULL,          -- error events
+            asr_provider VARCHAR,             -- the latest transcript.final's provider
+            tts_provider VARCHAR              -- the latest tts.started's provider
         )
     """
 
@@ -71,7 +90,7 @@ class Sessions(Folded):
         row = rows.get(sid)
         if row is None:
             row = rows[sid] = self.blank(session_id=sid, turns=0, events=0, first_event_ts=event.ts,
-                                         last_event_ts=event.ts)
+                                         last_event_ts=event.ts, audio_in_ms=0, audio_out_ms=0, errors=0)
         row["events"] += 1
         row["first_event_ts"] = min(row["first_event_ts"], event.ts)
         row["last_event_ts"] = max(row["last_event_ts"], event.ts)
@@ -89,6 +108,16 @@ class Sessions(Folded):
                 row["turns"] += 1
             case AssistantMessage() if event.text:
                 row["last_assistant_text"] = event.text
+            case SpeechStopped():
+                row["audio_in_ms"] += event.duration_ms
+            case TtsStopped():
+                row["audio_out_ms"] += event.spoken_ms
+            case Error():
+                row["errors"] += 1
+            case TranscriptFinal() if event.provider:
+                row["asr_provider"] = event.provider
+            case TtsStarted() if event.provider:
+                row["tts_provider"] = event.provider
         return {sid}
 
     def queries(self) -> dict[str, str]:

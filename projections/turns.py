@@ -4,6 +4,7 @@ every stage it went through, so each latency of the pipeline can be derived:
     end of speech → transcript       transcript_final_ts - speech_stopped_ts
     input → first sentence           first_sentence_ts - coalesce(speech_stopped_ts, turn_started_ts)
     input → first audio              first_audio_ts - coalesce(speech_stopped_ts, turn_started_ts)
+    user.text → first delta          first_delta_ms + (turn_started_ts - input_ts), typed turns
 
 A turn is named after its input (`user.text` or `transcript.final`): the dialogue's events of
 the turn carry that id as their `turn_id`. Every timestamp is an event's `ts` (ns since the
@@ -17,6 +18,7 @@ from typing import ClassVar
 import duckdb
 
 from bus.log import Entry
+from projections.analytics import QUERIES as ANALYTICS
 from projections.bulk import Folded, Row, fetch
 from schemas import (
     AssistantMessage,
@@ -33,7 +35,8 @@ from schemas import (
 COLUMNS = ("turn_id, session_id, seq_start, input_type, input_text, speech_started_ts, "
            "speech_stopped_ts, transcript_final_ts, turn_started_ts, first_delta_ms, "
            "first_sentence_ts, first_audio_ts, answer_ts, tts_stopped_ts, interrupted, "
-           "interrupt_reason, answer_text, provider, model, prompt_tokens, completion_tokens, tool_calls")
+           "interrupt_reason, answer_text, provider, model, prompt_tokens, completion_tokens, tool_calls, "
+           "input_ts")
 TURN_EVENTS = (UserText, TranscriptFinal, TurnStarted, AssistantSentence, TtsStarted, TtsStopped,
                AssistantMessage, TurnInterrupted)
 OPEN = "turn_started_ts IS NOT NULL AND answer_ts IS NULL"
@@ -49,7 +52,7 @@ class Turns(Folded):
     key: ClassVar[str] = "turn_id"
     columns: ClassVar[tuple[tuple[str, str], ...]] = tuple(
         (c, _TYPES.get(c, "BIGINT" if c.endswith("_ts") else "VARCHAR")) for c in COLUMNS.split(", "))
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
     ddl: ClassVar[str] = """
         CREATE TABLE IF NOT EXISTS turns (
             turn_id VARCHAR PRIMARY KEY,      -- the input event's id
@@ -73,7 +76,8 @@ class Turns(Folded):
             model VARCHAR,
             prompt_tokens INTEGER NOT NULL,   -- summed over the turn's LLM steps
             completion_tokens INTEGER NOT NULL,
-            tool_calls INTEGER NOT NULL
+            tool_calls INTEGER NOT NULL,
+            input_ts BIGINT NOT NULL          -- the input event's ts
         )
     """
 
@@ -95,7 +99,7 @@ class Turns(Folded):
                 return set()  # an empty input opens no turn
             voice = isinstance(event, TranscriptFinal)
             rows[event.id] = self.blank(
-                turn_id=event.id, session_id=event.session_id, seq_start=entry.seq,
+                turn_id=event.id, session_id=event.session_id, seq_start=entry.seq, input_ts=event.ts,
                 input_type=event.type, input_text=event.text, interrupted=False, prompt_tokens=0,
                 completion_tokens=0, tool_calls=0,
                 speech_started_ts=event.speech_started_ts if isinstance(event, TranscriptFinal) else None,
@@ -142,4 +146,5 @@ class Turns(Folded):
     def queries(self) -> dict[str, str]:
         return {
             "session_turns": f"SELECT {COLUMNS} FROM turns WHERE session_id = $session_id ORDER BY seq_start",
+            **ANALYTICS,
         }

@@ -29,6 +29,16 @@ class UserUnlocked(UserEvent, tag="user.unlocked", kw_only=True):
     pass
 
 
+# What an account may do beyond its own resources: an `operator` reads every user's usage
+# and cost (GET /api/v1/analytics); granted from the terminal (`vagent users role`).
+Role = Literal["user", "operator"]
+ROLES: tuple[str, ...] = ("user", "operator")
+
+
+class UserRoleChanged(UserEvent, tag="user.role_changed", kw_only=True):
+    role: Role
+
+
 class DeviceBound(UserEvent, tag="device.bound", kw_only=True):
     device_id: str  # Device-Id (MAC) of a xiaozhi device
     assistant_id: str
@@ -150,7 +160,7 @@ class DocumentDeleted(DocumentEvent, tag="document.deleted", kw_only=True):
 
 
 ACCOUNT_EVENTS = (
-    UserRegistered, UserEmailVerified, UserLocked, UserUnlocked, DeviceBound, DeviceUnbound,
+    UserRegistered, UserEmailVerified, UserLocked, UserUnlocked, UserRoleChanged, DeviceBound, DeviceUnbound,
     AssistantCreated, AssistantUpdated, AssistantDeleted,
     DocumentUploaded, DocumentIndexed, DocumentFailed, DocumentDeleted,
 )

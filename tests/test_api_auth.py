@@ -39,8 +39,8 @@ LOGOUT = "/api/v1/auth/logout"
 VERIFY = "/api/v1/auth/verify-email"
 RESEND = "/api/v1/auth/verify-email/resend"
 ME = "/api/v1/me"
-USER_FIELDS = {"user_id", "email", "display_name", "email_verified", "locked", "default_assistant_id",
-               "created_at"}
+USER_FIELDS = {"user_id", "email", "display_name", "email_verified", "locked", "role",
+               "default_assistant_id", "created_at"}
 
 
 # --- helpers -----------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from edge.errors import ApiError
 def user_body(row: dict[str, Any]) -> User:
     return User(user_id=row["user_id"], email=row["email"], display_name=row["display_name"],
                 email_verified=row["email_verified"], locked=row["locked"],
-                default_assistant_id=row["default_assistant_id"], created_at=iso(row["created_ts"]))
+                default_assistant_id=row["default_assistant_id"], created_at=iso(row["created_ts"]),
+                role=row["role"])
 
 
 async def current_user(call: Call) -> User:

@@ -10,7 +10,7 @@ from msgspec import Meta
 
 from domain.devices import Activation
 from domain.tokens import TokenPair
-from schemas import ASSISTANT_SETTINGS, TOKEN_PATTERN, AssistantSettings, Language, TurnSettings
+from schemas import ASSISTANT_SETTINGS, TOKEN_PATTERN, AssistantSettings, Language, Role, TurnSettings
 
 Email = Annotated[str, Meta(max_length=254, examples=["ada@example.com"])]
 Password = Annotated[str, Meta(min_length=1, max_length=1024)]
@@ -64,6 +64,7 @@ class User(msgspec.Struct):
     locked: bool
     default_assistant_id: str | None
     created_at: str  # ISO 8601, UTC
+    role: Role = "user"  # operator: may read everyone's analytics
 
 
 # Each setting's limits; the settings themselves, with their defaults, are AssistantSettings.
@@ -300,3 +301,50 @@ class Turn(msgspec.Struct):
 class TurnPage(msgspec.Struct):
     items: list[Turn]
     next_cursor: str | None
+
+
+# --- analytics (projections/analytics.py makes the answer; these Structs document it) ---
+
+
+class Percentiles(msgspec.Struct):
+    p50: float | None  # ms; None: no turn had the stage
+    p90: float | None
+    p99: float | None
+    count: int  # turns that had the stage
+
+
+class StageLatencies(msgspec.Struct):
+    transcript: Percentiles  # end of speech → transcript.final (voice turns)
+    first_token: Percentiles  # the LLM's time to first token
+    first_sentence: Percentiles  # end of the input → the answer's first sentence
+    first_audio: Percentiles  # end of the input → its first audio (tts.started)
+    first_delta: Percentiles  # user.text → the first delta (typed turns)
+
+
+class UsageTotals(msgspec.Struct):
+    sessions: int
+    turns: int
+    audio_in_minutes: float  # speech heard
+    audio_out_minutes: float  # speech spoken
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float  # in `currency`, from the configuration's [[prices]]; unpriced: 0
+    interruptions: int
+    errors: int
+    tool_calls: int
+    latency_ms: StageLatencies
+
+
+class UsageRow(UsageTotals):
+    key: str  # the day (YYYY-MM-DD, UTC), user id, assistant id, model or transport
+    label: str  # what a person reads: the email, the assistant's name…
+
+
+class Analytics(msgspec.Struct):
+    since: str  # ISO 8601, UTC
+    until: str
+    by: Literal["day", "assistant", "model", "user", "transport"]
+    scope: Literal["own", "all"]  # own: the caller's sessions; all: an operator's view
+    currency: str
+    rows: list[UsageRow]  # ordered by key
+    totals: UsageTotals

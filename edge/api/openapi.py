@@ -13,6 +13,7 @@ from edge.api.models import ID_PATTERN, Error
 
 REF = "#/components/schemas/{name}"
 DESCRIPTIONS = {400: "malformed request", 401: "missing, invalid, expired or revoked credentials",
+                403: "forbidden: not allowed to this account",
                 404: "not found (or not yours)", 409: "conflict", 410: "gone", 413: "body too large",
                 415: "unsupported media type or file type", 422: "invalid input", 423: "account locked",
                 429: "rate limited",
