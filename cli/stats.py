@@ -34,8 +34,9 @@ def render(answer: dict[str, Any], wide: bool = False) -> str:
                 r["errors"], r["tool_calls"]]
 
     lines = [f"{answer['since']} → {answer['until']}"]
-    columns: list[str | Column] = [Column(TITLES[answer["by"]], 16), "sessions", "turns", "min in",
-                                   "min out", "tok in", "tok out", f"cost {currency}", "audio p50/p90", "intr", "err", "tools"]
+    columns: list[str | Column] = [
+        Column(TITLES[answer["by"]], 16), "sessions", "turns", "min in", "min out", "tok in", "tok out",
+        f"cost {currency}", "audio p50/p90", "intr", "err", "tools"]
     rows = [cells(r["label"], r) for r in answer["rows"]]
     if len(rows) != 1:
         rows.append(cells("total", answer["totals"]))
