@@ -28,6 +28,10 @@ DEFAULT_SINCE = "7d"
 NS = 1_000_000_000
 
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+SINCE_HINT = "use e.g. 30m, 24h, 7d, 2025-01-31 or 2025-01-31T09:00"
+# What an API client may send as `since` (its OpenAPI pattern): a subset parse_since takes.
+SINCE_PATTERN = (r"^([0-9]{1,6}(\.[0-9]{1,3})?[smhdw]|[1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])"
+                 r"(T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?(Z|[+-](0[0-9]|1[0-3]):[0-5][0-9])?)?)$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 
 
@@ -44,8 +48,7 @@ def parse_since(text: str | None, now: float | None = None, tz: dt.tzinfo | None
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"since {text!r} is not a time: use e.g. 30m, 24h, 7d, 2025-01-31 or "
-                         "2025-01-31T09:00") from None
+        raise ValueError(f"since {text!r} is not a time: {SINCE_HINT}") from None
     if when.tzinfo is None and tz is not None:
         when = when.replace(tzinfo=tz)
     return int(when.timestamp() * 1e9)

@@ -4,6 +4,7 @@ A user reads their own sessions; an operator reads everyone's, or one user's wit
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 import msgspec
@@ -12,15 +13,16 @@ from starlette.responses import Response
 from edge.api.endpoint import Call, Endpoint, QueryParam, json_response
 from edge.api.models import Analytics
 from edge.errors import ApiError
-from projections.analytics import BY, DEFAULT_SINCE, report, window
+from projections.analytics import BY, DEFAULT_SINCE, SINCE_HINT, SINCE_PATTERN, report, window
 
+SINCE = re.compile(SINCE_PATTERN)
 PARAMS = (
     QueryParam("since", "from when: `30m`, `24h`, `7d` ago, or an ISO date or time (UTC unless it "
                         "names a zone); until now", {"type": "string", "default": DEFAULT_SINCE,
-                                                     "maxLength": 64}),
+                                                     "pattern": SINCE_PATTERN}),
     QueryParam("by", "what a row is", {"type": "string", "enum": list(BY), "default": "day"}),
     QueryParam("user", "an operator's: only this user's sessions (a user id or an email)",
-               {"type": "string", "maxLength": 254}),
+               {"type": "string", "minLength": 1, "maxLength": 254}),
 )
 
 
@@ -28,12 +30,17 @@ async def get_analytics(call: Call) -> Response:
     by = call.query_param("by") or "day"
     if by not in BY:
         raise ApiError(422, "validation_failed", f"by must be one of {', '.join(BY)}", {"at": "by"})
+    raw = call.query_param("since")
     try:
-        since, until = window(call.query_param("since"), tz=dt.UTC)
+        if raw is not None and not SINCE.match(raw):  # the documented pattern, exactly
+            raise ValueError(f"since {raw!r} is not a time: {SINCE_HINT}")
+        since, until = window(raw, tz=dt.UTC)
     except ValueError as exc:
         raise ApiError(422, "validation_failed", str(exc), {"at": "since"}) from None
-    caller = await call.services.accounts.require(call.user_id)
     wanted = call.query_param("user")
+    if wanted is not None and not 1 <= len(wanted) <= 254:
+        raise ApiError(422, "validation_failed", "user must be a user id or an email", {"at": "user"})
+    caller = await call.services.accounts.require(call.user_id)
     mine = wanted is None or wanted in (caller.user_id, caller.email)
     if caller.role != "operator" and not mine:
         raise ApiError(403, "forbidden", "only an operator may read another user's analytics",
