@@ -172,6 +172,32 @@ async def test_tracing_off_makes_no_spans_and_sets_no_provider(
         tracing.use_exporter(spans)
 
 
+def test_a_turn_not_sampled_is_not_recorded_anywhere_downstream(
+        monkeypatch: pytest.MonkeyPatch, spans: InMemorySpanExporter) -> None:
+    """The SDK's sampling variables apply; the decision travels in the traceparent's flags,
+    so the processes after the first follow it."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    exporter = InMemorySpanExporter()
+    tracing.use_exporter(exporter)
+    try:
+        with tracing.span("edge user.text", None, role="edge") as edge:
+            assert edge is not None and not edge.is_recording()
+            parent = tracing.traceparent(edge)
+        assert not int(parent[-2:], 16) & 1  # the sampled flag is off
+        with tracing.span("dialogue user.text", parent) as handler:
+            assert handler is not None
+            assert tracing.traceparent(handler).split("-")[1] == parent.split("-")[1]
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "1")
+        tracing.use_exporter(exporter)
+        # A parent's decision wins over this process's own ratio.
+        assert tracing.record("chat m", parent, 1) is not None
+        assert exporter.get_finished_spans() == ()
+    finally:
+        monkeypatch.delenv("OTEL_TRACES_SAMPLER")
+        tracing.use_exporter(spans)
+
+
 def test_off_does_not_load_the_exporter() -> None:
     """An unset endpoint costs nothing at start either: the OTLP exporter (protobuf,
     requests) is never imported."""
