@@ -1,7 +1,10 @@
-"""The page's usage dashboard (#usage) in a real headless Chromium (Debian's, via Playwright),
-signed in on the real stack, drawing the answers of GET /api/v1/analytics's contract as the
-browser itself gives them (page.route): gaps in a percentile, no turns at all, an operator's
-scope, a refusal."""
+"""The page's usage dashboard (#usage) in a real headless Chromium (Debian's, via Playwright).
+
+Real turns: a user types to two assistants over /ws through the real dialogue actor and the
+echo LLM, with a price per token; the dashboard's cards, bars and lines then show what
+GET /api/v1/analytics answers, and the answer what the turns were. Then the edges of the API's
+contract, answered by the browser itself (page.route): gaps in a percentile, no turns at all,
+an operator's scope, a refusal."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -38,8 +42,9 @@ expect.set_options(timeout=30_000)
 CHROMIUM = os.environ.get("VAGENT_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# The README's picture of the dashboard, taken from the real turns' test.
-SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "images" / "dashboard.png"
+# The picture of the dashboard with real turns, outside pytest's rotating tmp dirs (copied to
+# docs/images/dashboard.png when the page changes).
+SCREENSHOT = Path(tempfile.gettempdir()) / "vagent-dashboard.png"
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +101,90 @@ async def typed_turns(api: Api, token: str, assistant_id: str, texts: list[str])
 async def values(chart: Any, selector: str) -> list[float]:
     return [float(v) for v in await chart.locator(selector).evaluate_all(
         "nodes => nodes.map(n => n.getAttribute('data-value'))")]
+
+
+async def test_real_turns_show_as_cards_bars_and_lines(page: Any, stack: Api) -> None:
+    headers = await sign_up(page)
+    token = headers["Authorization"].split()[1]
+    r = await stack.client.get("/api/v1/me", headers=headers)
+    default = r.json()["default_assistant_id"]
+    r = await stack.client.post("/api/v1/assistants", json={"name": "Kitchen helper"}, headers=headers)
+    assert r.status_code == 201, r.text
+    kitchen = r.json()["assistant_id"]
+    await typed_turns(stack, token, default, ["hello there"])
+    await typed_turns(stack, token, kitchen, ["boil an egg", "how long", "and the toast", "thanks"])
+
+    async def answer(by: str) -> dict[str, Any]:
+        r = await stack.client.get(f"/api/v1/analytics?since=7d&by={by}", headers=headers)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async with asyncio.timeout(30):  # until the read model has every turn
+        while (days := await answer("day"))["totals"]["turns"] < 5:
+            await asyncio.sleep(0.2)
+    assistants = await answer("assistant")
+    totals = days["totals"]
+    assert (days["scope"], totals["turns"], totals["sessions"]) == ("own", 5, 2), days
+    assert totals["cost"] > 0 and totals["prompt_tokens"] > 0, totals
+
+    await page.goto("/#usage")
+    dash = page.locator("#dashboard")
+    await expect(dash).to_be_visible()
+    await expect(page.locator(".layout")).to_be_hidden()
+    await expect(page.locator("#view-usage")).to_have_attribute("aria-current", "page")
+    await expect(page.locator("#dash-scope")).to_have_text("Your usage · the last 7 days")
+    await expect(page.locator(".stat[data-stat='turns'] dd").first).to_have_text("5")
+    await expect(page.locator(".stat[data-stat='sessions'] dd").first).to_have_text("2")
+    tokens = totals["prompt_tokens"] + totals["completion_tokens"]
+    await expect(page.locator(".stat[data-stat='tokens'] dd").first).to_have_text(f"{tokens:,}")
+    await expect(page.locator(".stat[data-stat='errors'] dd").first).to_have_text(str(totals["errors"]))
+    await expect(page.locator(".stat[data-stat='cost'] dd").first).to_contain_text("$")
+
+    # Turns per day: a bar for each of the 8 dates the last 7 days touch, today's holding all five.
+    turns = page.locator("#dash-turns")
+    await expect(turns.locator("rect.bar")).to_have_count(8)
+    assert await values(turns, "rect.bar") == [0.0] * 7 + [5.0]
+    assert [row["turns"] for row in days["rows"]] == [5], days
+    # Cost per assistant: a bar each, dearest first, named.
+    cost = page.locator("#dash-cost")
+    by_cost = sorted(assistants["rows"], key=lambda row: (-row["cost"], -row["turns"]))
+    await expect(cost.locator("rect.bar")).to_have_count(2)
+    assert await cost.locator("rect.bar").evaluate_all(
+        "nodes => nodes.map(n => n.getAttribute('data-label'))") == [row["label"] for row in by_cost]
+    assert await values(cost, "rect.bar") == pytest.approx([row["cost"] for row in by_cost])
+    assert by_cost[0]["label"] == "Kitchen helper"  # four turns cost more than one
+    await expect(cost.locator("text.name", has_text="Kitchen helper")).to_be_visible()
+    await expect(page.locator("#dash-cost-note")).to_be_hidden()
+    # Latency of typed turns, p50/p90/p99: a point per day with a measure, one line each.
+    await expect(page.locator("#dash-stage")).to_have_value("first_delta")
+    latency = page.locator("#dash-latency")
+    await expect(latency.locator("g.series")).to_have_count(3)
+    for p in ("p50", "p90", "p99"):
+        wanted = [days["rows"][0]["latency_ms"]["first_delta"][p]]
+        got = await values(latency.locator(f"g.series[data-series='{p}']"), "circle.point")
+        assert got == pytest.approx(wanted) and wanted and all(v > 0 for v in wanted), (p, got)
+    await expect(latency.locator(".legend li")).to_have_text(["p50", "p90", "p99"])
+
+    # The period: 24 hours asks the API for it and still holds today's turns.
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if "/api/v1/analytics" in r.url else None)
+    await page.locator("#dashboard label", has_text="24 hours").click()
+    await expect(page.locator("#dash-scope")).to_have_text("Your usage · the last 24 hours")
+    await expect(page.locator(".stat[data-stat='turns'] dd").first).to_have_text("5")
+    assert sorted(u.split("?", 1)[1] for u in asked) == ["since=24h&by=assistant", "since=24h&by=day"]
+
+    await page.locator("#dashboard label", has_text="7 days").click()
+    await expect(page.locator("#dash-scope")).to_have_text("Your usage · the last 7 days")
+    await page.screenshot(path=str(SCREENSHOT), full_page=True)
+    print(f"\nscreenshot of the dashboard: {SCREENSHOT}")
+
+    # Back to the conversation: the link, and the view follows the address.
+    await page.get_by_role("link", name="Talk").click()
+    await expect(page.locator(".layout")).to_be_visible()
+    await expect(dash).to_be_hidden()
+    await page.go_back()
+    await expect(dash).to_be_visible()
+    assert not page.problems, page.problems
 
 
 def row(key: str, label: str, turns: int, cost: float,
