@@ -2,7 +2,8 @@
 
 Real turns: a user types to two assistants over /ws through the real dialogue actor and the
 echo LLM, with a price per token; the dashboard's cards, bars and lines then show what
-GET /api/v1/analytics answers, and the answer what the turns were. Then the edges of the API's
+GET /api/v1/analytics answers, and the answer what the turns were; made an operator, the user
+sees another user's turns too. Then the edges of the API's
 contract, answered by the browser itself (page.route): gaps in a percentile, no turns at all,
 an operator's scope, a refusal."""
 
@@ -87,9 +88,12 @@ async def sign_up(page: Any) -> dict[str, str]:
     return {"Authorization": "Bearer " + await page.evaluate("sessionStorage.getItem('vagent.access')")}
 
 
-async def typed_turns(api: Api, token: str, assistant_id: str, texts: list[str]) -> None:
-    """One session over /ws, a turn per text, each answered before the next."""
-    url = api.edge.url.replace("http://", "ws://") + f"/ws?token={token}&assistant_id={assistant_id}"
+async def typed_turns(api: Api, token: str, assistant_id: str | None, texts: list[str]) -> None:
+    """One session over /ws (with the user's default assistant unless another is named), a
+    turn per text, each answered before the next."""
+    url = api.edge.url.replace("http://", "ws://") + f"/ws?token={token}"
+    if assistant_id:
+        url += f"&assistant_id={assistant_id}"
     async with websockets.connect(url) as ws:
         for text in texts:
             await ws.send(json.dumps({"type": "user.text", "text": text}))
@@ -107,7 +111,8 @@ async def test_real_turns_show_as_cards_bars_and_lines(page: Any, stack: Api) ->
     headers = await sign_up(page)
     token = headers["Authorization"].split()[1]
     r = await stack.client.get("/api/v1/me", headers=headers)
-    default = r.json()["default_assistant_id"]
+    me = r.json()
+    default = me["default_assistant_id"]
     r = await stack.client.post("/api/v1/assistants", json={"name": "Kitchen helper"}, headers=headers)
     assert r.status_code == 201, r.text
     kitchen = r.json()["assistant_id"]
@@ -184,6 +189,19 @@ async def test_real_turns_show_as_cards_bars_and_lines(page: Any, stack: Api) ->
     await expect(dash).to_be_hidden()
     await page.go_back()
     await expect(dash).to_be_visible()
+
+    # Made an operator, the same account sees everyone's turns: another user's too.
+    other = (await stack.user())["Authorization"].split()[1]
+    await typed_turns(stack, other, None, ["someone else"])
+    await stack.services.accounts.set_role(me["user_id"], "operator")
+    async with asyncio.timeout(30):
+        while (await answer("day"))["totals"]["turns"] < 6:
+            await asyncio.sleep(0.2)
+    await page.get_by_role("button", name="Refresh").click()
+    await expect(page.locator("#dash-scope")).to_have_text("All users · the last 7 days")
+    await expect(page.locator(".stat[data-stat='turns'] dd").first).to_have_text("6")
+    await expect(page.locator(".stat[data-stat='sessions'] dd").first).to_have_text("3")
+    await expect(cost.locator("rect.bar")).to_have_count(3)  # the other user's default assistant
     assert not page.problems, page.problems
 
 
