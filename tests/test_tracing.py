@@ -112,6 +112,10 @@ async def test_a_typed_turn_is_one_trace_from_edge_to_first_audio(
     assert chain(one(found, "edge first audio"), found) == [
         "edge user.text", "dialogue user.text", "tts assistant.sentence", "edge first audio"]
     assert chain(chat, found) == ["edge user.text", "dialogue user.text", chat.name]
+    spoken = min((s for s in found if s.name == "tts sentence"), key=lambda s: s.start_time or 0)
+    assert chain(spoken, found)[-2:] == ["tts assistant.sentence", "tts sentence"]
+    assert (spoken.attributes or {})["vagent.tts.index"] == 0
+    assert (spoken.end_time or 0) <= (one(found, "edge first audio").end_time or 0)
     assert names[0] == "edge user.text" and found[0].parent is None
     order = [one(found, "edge user.text"), one(found, "dialogue user.text"), chat,
              first_sentence, one(found, "edge first audio")]

@@ -43,6 +43,7 @@ from schemas import (
     derived_id,
 )
 from schemas.ids import id_time_ms
+from telemetry import tracing
 
 log = logging.getLogger("vagent.tts")
 
@@ -76,6 +77,7 @@ class Sentence:
     ctx: Context  # of its assistant.sentence: what the turn's tts events are emitted through
     provider: str  # who speaks it, and with which voice
     voice: str
+    queued_ns: int = field(default_factory=time.time_ns)  # when its synthesis was asked for
 
 
 @dataclass(frozen=True)
@@ -354,6 +356,13 @@ class Speaker:
                                        # unknown while a streaming provider is still at it
                                        duration_ms=synthesis.duration_ms if synthesis.done else 0),
                            starting, SENTENCE)
+                if tracing.enabled():  # synthesis asked → its first frame sent
+                    tracing.record("tts sentence", starting.ctx.traceparent, starting.queued_ns,
+                                   attributes={"vagent.session_id": self.session_id,
+                                               "vagent.tts.provider": starting.provider,
+                                               "vagent.tts.voice": starting.voice,
+                                               "vagent.tts.index": starting.index,
+                                               "vagent.tts.chars": len(starting.text)})
                 starting = None
             try:
                 await self.bus.publish_core(subject, item)
