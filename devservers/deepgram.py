@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from bus.server import free_port
+from devservers.threaded_server import serve_until_interrupted
 
 BYTES_PER_S = 32000  # linear16 at 16 kHz mono
 
@@ -175,12 +175,7 @@ def main() -> None:
     server.final_delay = args.final_delay
     server.keep = False
     server.start()
-    print(f"READY {server.port}", flush=True)
-    print(f"deepgram stand-in on {server.url} (key {args.key!r}); Ctrl-C to stop", file=sys.stderr)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        server.stop()
+    serve_until_interrupted(server, server.port, f"deepgram stand-in on {server.url} (key {args.key!r})")
 
 
 if __name__ == "__main__":

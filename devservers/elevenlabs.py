@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
-import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,7 +25,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from bus.server import free_port
-from devservers.threaded_server import ThreadedServer
+from devservers.threaded_server import ThreadedServer, serve_until_interrupted
 
 PCM_RATES = {8000, 16000, 22050, 24000, 44100, 48000}
 
@@ -109,12 +107,7 @@ def main() -> None:
     server.ms_per_char = args.ms_per_char
     server.keep = False
     server.start()
-    print(f"READY {server.port}", flush=True)
-    print(f"elevenlabs stand-in on {server.base_url}; Ctrl-C to stop", file=sys.stderr)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        server.stop()
+    serve_until_interrupted(server, server.port, f"elevenlabs stand-in on {server.base_url}")
 
 
 if __name__ == "__main__":

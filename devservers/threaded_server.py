@@ -1,11 +1,12 @@
 """An ASGI app served by uvicorn in a background thread: the local protocol servers
-(`vagent echo-llm`, and the tests' stand-ins for cloud providers)."""
+(`vagent echo-llm`, and the stand-ins for cloud providers the tests and benches run)."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import uvicorn
 
@@ -28,3 +29,18 @@ class ThreadedServer:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(5)
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+def serve_until_interrupted(server: Stoppable, port: int, what: str) -> None:
+    """Keep a started stand-in serving until Ctrl-C: `READY <port>` on stdout first (what a
+    bench that started it waits for), then what it is on stderr."""
+    print(f"READY {port}", flush=True)
+    print(f"{what}; Ctrl-C to stop", file=sys.stderr)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
