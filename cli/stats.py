@@ -22,6 +22,11 @@ def _p(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
+def money_cell(value: float) -> str:
+    """Four decimals; a cost below them in two significant digits, not as nothing."""
+    return f"{value:.4f}" if value == 0 or value >= 0.001 else f"{value:.2g}"
+
+
 def render(answer: dict[str, Any], wide: bool = False) -> str:
     """The report as a table, a total line under it, and the stage latencies overall."""
     currency = answer["currency"]
@@ -30,7 +35,7 @@ def render(answer: dict[str, Any], wide: bool = False) -> str:
         audio = r["latency_ms"]["first_audio"]
         return [label, r["sessions"], r["turns"], f"{r['audio_in_minutes']:.1f}",
                 f"{r['audio_out_minutes']:.1f}", r["prompt_tokens"], r["completion_tokens"],
-                f"{r['cost']:.4f}", f"{_p(audio['p50'])}/{_p(audio['p90'])}", r["interruptions"],
+                money_cell(r["cost"]), f"{_p(audio['p50'])}/{_p(audio['p90'])}", r["interruptions"],
                 r["errors"], r["tool_calls"]]
 
     lines = [f"{answer['since']} → {answer['until']}"]

@@ -20,6 +20,7 @@ import pytest
 
 from bus.client import Bus
 from bus.server import EmbeddedServer
+from cli.stats import money_cell
 from projections.analytics import audio_cost, parse_since, price, token_cost
 from schemas import (
     AssistantCreated,
@@ -370,3 +371,8 @@ def test_prices_match_the_model_else_any_model_of_the_provider() -> None:
     assert token_cost(PRICES, "openai", "gpt-x", 1_000_000, 500_000) == pytest.approx(6.0)
     assert audio_cost(PRICES, "deepgram", "elevenlabs", 120_000, 60_000) == pytest.approx(0.0086 + 0.18)
     assert parse_since("24h", now=100_000.0) == int((100_000 - 86_400) * 1e9)
+
+
+def test_a_cost_below_four_decimals_is_shown_not_rounded_to_nothing() -> None:
+    assert [money_cell(v) for v in (0.0, 0.000143, 0.0609, 1.2e-7)] == [
+        "0.0000", "0.00014", "0.0609", "1.2e-07"]
