@@ -175,6 +175,12 @@ class Overlap:
             pause.state = "over"
             pause.stop_timer()
 
+    def interrupted(self, turn_id: str) -> bool:
+        """Whether `turn_id` was interrupted (or stopped) already: speech after that is a turn
+        of its own, not over the assistant, though its `tts.stopped` may not be here yet."""
+        pause = self._pause
+        return pause is not None and pause.turn_id == turn_id and pause.state == "over"
+
     def close(self) -> None:
         if self._pause is not None:
             self._pause.stop_timer()

@@ -344,8 +344,11 @@ class SessionPipeline:
             speech_ms = self._segmenter.speech_ms
         if speech_ms < self.rules.barge_in_min_ms:
             return
+        over = self._speaking.turn_id or self._speaking.id
+        if self.overlap.interrupted(over):
+            return
         utterance.barged_in = True
-        utterance.over = self._speaking.turn_id or self._speaking.id
+        utterance.over = over
         await self.overlap.pause(utterance.over, utterance.started.id, utterance.started.audio_ms)
 
     async def _drop_utterance(self) -> None:
