@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,23 +14,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from bus.server import free_port
 from devservers.echo_llm import OpenAIServer
-from telemetry import tracing
 from tests.api_harness import Api
 from tests.fixtures.audio import opus_packets, pcm
 from tests.procs import running
-from tests.test_tracing import Receiver, chain, one, receiver
+from tests.test_tracing import Receiver, chain, one, receiver, spans
 
-__all__ = ["receiver"]  # a fixture
+__all__ = ["receiver", "spans"]  # fixtures
 
 pytestmark = [pytest.mark.stack("asr", "dialogue", "tts"), pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    tracing.use_exporter(exporter)
-    yield exporter
-    tracing.shutdown()
 
 
 async def test_a_spoken_turn_is_one_trace_from_the_utterance_to_first_audio(
