@@ -153,6 +153,24 @@ async def test_a_pause_nobody_decides_in_time_resumes_and_later_words_still_inte
         "turn.interrupted") < order.index("transcript.final")
 
 
+async def test_speech_after_the_words_that_interrupted_a_turn_is_not_over_it_again(
+        bus: Bus, start_asr: Start) -> None:
+    """Until the turn's `tts.stopped` comes back, the session still sees it playing; the
+    overlap says it is over, so a next utterance is a turn of its own, not a second pause."""
+    asr = await start_asr(parse(PATIENT))
+    started = await open_session(bus, asr)
+    overlap = asr.sessions[started.session_id].overlap
+    turn = new_id()
+    assert not overlap.interrupted(turn)
+    speech = new_id()  # the utterance's speech.started
+    await overlap.pause(turn, speech, 0)
+    assert not overlap.interrupted(turn)  # paused: the words decide
+    assert await overlap.settle(speech, turn, "Stop, tell me about Paris.", 900)
+    assert overlap.interrupted(turn) and not overlap.interrupted(new_id())
+    events = await wait_for(bus, started.session_id, lambda ev: bool(of(TurnInterrupted, ev)))
+    assert [e.turn_id for e in of(TurnInterrupted, events)] == [turn]
+
+
 async def test_mandarin_backchannels_do_not_interrupt(
         bus: Bus, start_asr: Start, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A zh assistant's session, heard by whisper: Kokoro's "对，对" is 对对啊 (backchannels),
