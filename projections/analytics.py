@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 from settings.config import PriceConfig
+from telemetry.prices import Prices
 
 By = Literal["day", "assistant", "model", "user", "transport"]
 BY: tuple[str, ...] = ("day", "assistant", "model", "user", "transport")
@@ -136,31 +137,6 @@ QUERIES: dict[str, str] = {
 # --- cost -------------------------------------------------------------------------------
 
 
-def price(prices: Sequence[PriceConfig], provider: str | None, model: str | None) -> PriceConfig | None:
-    """The provider's price for this model, else its price for any model (`*`); None: unpriced."""
-    if not provider:
-        return None
-    mine = [p for p in prices if p.provider == provider]
-    exact = [p for p in mine if model and p.model == model]
-    chosen = exact or [p for p in mine if p.model == "*"]
-    return chosen[0] if chosen else None
-
-
-def token_cost(prices: Sequence[PriceConfig], provider: str | None, model: str | None,
-               prompt_tokens: int, completion_tokens: int) -> float:
-    p = price(prices, provider, model)
-    if p is None:
-        return 0.0
-    return (prompt_tokens * p.prompt_per_million + completion_tokens * p.completion_per_million) / 1e6
-
-
-def audio_cost(prices: Sequence[PriceConfig], asr: str | None, tts: str | None,
-               in_ms: int, out_ms: int) -> float:
-    heard, spoken = price(prices, asr, None), price(prices, tts, None)
-    return ((in_ms / 60_000 * heard.audio_in_per_minute if heard else 0.0)
-            + (out_ms / 60_000 * spoken.audio_out_per_minute if spoken else 0.0))
-
-
 # --- the report -------------------------------------------------------------------------
 
 Query = Callable[[str, dict[str, Any]], Awaitable[list[dict[str, Any]]]]
@@ -198,6 +174,7 @@ async def report(query: Query, *, by: str, since_ns: int, until_ns: int, user: s
     if by not in BY:
         raise ValueError(f"by must be one of {', '.join(BY)}")
     params = {"by": by, "since": since_ns, "until": until_ns, "user": user}
+    priced = Prices(prices)
     groups: dict[str, dict[str, Any]] = {}
     names: dict[str, str | None] = {}
     totals = _blank()
@@ -207,13 +184,14 @@ async def report(query: Query, *, by: str, since_ns: int, until_ns: int, user: s
 
     for r in await query("analytics_sessions", params):
         names[r["key"]] = r["name"]
-        cost = audio_cost(prices, r["asr_provider"], r["tts_provider"], r["audio_in_ms"], r["audio_out_ms"])
+        cost = (priced.audio(r["asr_provider"], "in", r["audio_in_ms"] / 1000)
+                + priced.audio(r["tts_provider"], "out", r["audio_out_ms"] / 1000))
         for g in (group(r["key"]), totals):
             for name in ("sessions", "audio_in_ms", "audio_out_ms", "errors"):
                 g[name] += r[name]
             g["cost"] += cost
     for r in await query("analytics_turns", params):
-        cost = token_cost(prices, r["provider"], r["model"], r["prompt_tokens"], r["completion_tokens"])
+        cost = priced.tokens(r["provider"], r["model"], r["prompt_tokens"], r["completion_tokens"])
         for g in (group(r["key"]), totals):
             for name in ("turns", "prompt_tokens", "completion_tokens", "interruptions", "tool_calls"):
                 g[name] += r[name]

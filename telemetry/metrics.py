@@ -31,7 +31,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Protocol
+from typing import Literal, Protocol
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -59,6 +59,7 @@ from schemas import (
     TurnStarted,
     UserText,
 )
+from telemetry.prices import Price, Prices
 
 MAX_VALUES = 64  # distinct values of an open-ended label (error code, tool name) before "other"
 OPEN_TURNS = 4096  # turns whose input time is remembered; the oldest is forgotten first
@@ -115,23 +116,6 @@ METRIC_NAMES: tuple[str, ...] = tuple(
                       CONSUMER_TERMINATED, DEAD_LETTERS))
 
 
-class Price(Protocol):
-    """A `[[prices]]` entry (settings.config.PriceConfig), as far as metrics read it."""
-
-    @property
-    def provider(self) -> str: ...
-    @property
-    def model(self) -> str: ...
-    @property
-    def prompt_per_million(self) -> float: ...
-    @property
-    def completion_per_million(self) -> float: ...
-    @property
-    def audio_in_per_minute(self) -> float: ...
-    @property
-    def audio_out_per_minute(self) -> float: ...
-
-
 class _Telemetry(Protocol):
     @property
     def metrics(self) -> bool: ...
@@ -173,7 +157,7 @@ class _Turn:
 @dataclass
 class _State:
     enabled: bool = True
-    prices: dict[tuple[str, str], Price] = field(default_factory=dict)
+    prices: Prices = field(default_factory=Prices)
     currency: str = "USD"
     turns: OrderedDict[str, _Turn] = field(default_factory=OrderedDict)
     voices: OrderedDict[str, str] = field(default_factory=OrderedDict)  # turn → who speaks it
@@ -187,7 +171,7 @@ _state = _State()
 def configure(settings: Settings) -> None:
     """The process's `[telemetry] metrics`, currency and `[[prices]]`: read once at start."""
     _state.enabled = settings.telemetry.metrics
-    _state.prices = {(p.provider, p.model): p for p in settings.prices}
+    _state.prices = Prices(settings.prices)
     _state.currency = settings.telemetry.currency
 
 
@@ -197,7 +181,7 @@ def enabled() -> bool:
 
 def price_of(provider: str, model: str) -> Price | None:
     """The price of `model` at `provider`: its own entry, else the provider's `*` entry."""
-    return _state.prices.get((provider, model)) or _state.prices.get((provider, "*"))
+    return _state.prices.of(provider, model)
 
 
 # --- events -------------------------------------------------------------------------------
@@ -268,12 +252,11 @@ def _transcript(event: Event) -> None:
     _audio("in", event.provider or "unknown", heard)
 
 
-def _audio(direction: str, provider: str, seconds: float) -> None:
+def _audio(direction: Literal["in", "out"], provider: str, seconds: float) -> None:
     AUDIO_SECONDS.labels(direction, provider).inc(seconds)
-    price = price_of(provider, "*")
-    if price is not None:
-        per_minute = price.audio_in_per_minute if direction == "in" else price.audio_out_per_minute
-        AUDIO_COST.labels(direction, provider, _state.currency).inc(seconds / 60 * per_minute)
+    if price_of(provider, "*") is not None:
+        AUDIO_COST.labels(direction, provider, _state.currency).inc(
+            _state.prices.audio(provider, direction, seconds))
 
 
 def _turn_started(event: Event) -> None:
@@ -315,11 +298,9 @@ def _message(event: Event) -> None:
     provider, model = event.provider or "unknown", event.model or "unknown"
     LLM_TOKENS.labels(provider, model, "prompt").inc(usage.prompt_tokens)
     LLM_TOKENS.labels(provider, model, "completion").inc(usage.completion_tokens)
-    price = price_of(provider, model)
-    if price is not None:
-        LLM_COST.labels(provider, model, _state.currency).inc(
-            (usage.prompt_tokens * price.prompt_per_million
-             + usage.completion_tokens * price.completion_per_million) / 1e6)
+    if price_of(provider, model) is not None:
+        LLM_COST.labels(provider, model, _state.currency).inc(_state.prices.tokens(
+            provider, model, usage.prompt_tokens, usage.completion_tokens))
 
 
 def _interrupted(event: Event) -> None:

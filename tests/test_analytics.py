@@ -21,7 +21,7 @@ import pytest
 from bus.client import Bus
 from bus.server import EmbeddedServer
 from cli.stats import money_cell
-from projections.analytics import audio_cost, parse_since, price, token_cost
+from projections.analytics import parse_since
 from schemas import (
     AssistantCreated,
     AssistantMessage,
@@ -42,6 +42,7 @@ from schemas import (
     new_id,
 )
 from settings.config import PriceConfig
+from telemetry.prices import Prices
 from tests.api_harness import Api, api_config, serve_api
 from tests.procs import vagent
 
@@ -146,7 +147,7 @@ def generate(users: list[str], assistants: list[str], now: int) -> History:
                     tool_calls=[ToolCallRef(call_id=f"c{j}", name="get_time")]))
                 total.prompt_tokens += 50
                 total.completion_tokens += 5
-                total.cost += token_cost(PRICES, provider, model, 50, 5)
+                total.cost += Prices(PRICES).tokens(provider, model, 50, 5)
             sentence_ms, audio_ms = 300 + 11 * j + 5 * i, 450 + 13 * j + 6 * i
             spoken = 1500 + 100 * j + 10 * i
             session += [
@@ -167,7 +168,7 @@ def generate(users: list[str], assistants: list[str], now: int) -> History:
             total.audio_out_ms += spoken
             total.prompt_tokens += prompt
             total.completion_tokens += completion
-            total.cost += token_cost(PRICES, provider, model, prompt, completion)
+            total.cost += Prices(PRICES).tokens(provider, model, prompt, completion)
             total.interruptions += cut
             total.tool_calls += tools
             total.latency["first_token"].append(ttft)
@@ -180,7 +181,8 @@ def generate(users: list[str], assistants: list[str], now: int) -> History:
             session.append(Error(session_id=sid, code="llm_unavailable", message="down", ts=t))
             total.errors += 1
         session.append(SessionEnded(session_id=sid, ts=t + MS))
-        total.cost += audio_cost(PRICES, "deepgram", "elevenlabs", total.audio_in_ms, total.audio_out_ms)
+        total.cost += (Prices(PRICES).audio("deepgram", "in", total.audio_in_ms / 1000)
+                       + Prices(PRICES).audio("elevenlabs", "out", total.audio_out_ms / 1000))
         events += session
         if old:
             continue
@@ -365,11 +367,12 @@ async def test_vagent_stats_prints_the_table_and_the_json(world: World, tmp_path
 
 
 def test_prices_match_the_model_else_any_model_of_the_provider() -> None:
-    assert price(PRICES, "openai", "gpt-x") is PRICES[0]
-    assert price(PRICES, "openai", "gpt-y") is PRICES[1]
-    assert price(PRICES, "echo", "echo-1") is None and price(PRICES, None, None) is None
-    assert token_cost(PRICES, "openai", "gpt-x", 1_000_000, 500_000) == pytest.approx(6.0)
-    assert audio_cost(PRICES, "deepgram", "elevenlabs", 120_000, 60_000) == pytest.approx(0.0086 + 0.18)
+    assert Prices(PRICES).of("openai", "gpt-x") is PRICES[0]
+    assert Prices(PRICES).of("openai", "gpt-y") is PRICES[1]
+    assert Prices(PRICES).of("echo", "echo-1") is None and Prices(PRICES).of(None, None) is None
+    assert Prices(PRICES).tokens("openai", "gpt-x", 1_000_000, 500_000) == pytest.approx(6.0)
+    assert (Prices(PRICES).audio("deepgram", "in", 120)
+            + Prices(PRICES).audio("elevenlabs", "out", 60)) == pytest.approx(0.0086 + 0.18)
     assert parse_since("24h", now=100_000.0) == int((100_000 - 86_400) * 1e9)
 
 
