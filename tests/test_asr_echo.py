@@ -31,7 +31,9 @@ from schemas import (
     AudioParams,
     Event,
     SessionStarted,
+    SpeechIgnored,
     SpeechStarted,
+    TranscriptFinal,
     TtsStarted,
     TtsStopped,
     TurnInterrupted,
@@ -178,7 +180,13 @@ async def test_the_assistants_echo_does_not_interrupt_it(bus: Bus, start_asr: St
     await wait_for(bus, sid, lambda ev: bool(of(TtsStopped, ev)))
     await asyncio.sleep(1.5)  # whatever the pipeline still had to say
     events = await events_of(bus, sid)
-    assert not stopped_for(events) and not of(SpeechStarted, events)
+    assert not stopped_for(events) and not of(TranscriptFinal, events)
+    # While AEC3 converges, in the first second, it may let ~200 ms of the echo through for some
+    # alignments of the two streams (about one session in ten here): if the VAD opens on it, what
+    # it heard has no words and is let go as noise, never a pause or a turn.
+    heard = of(SpeechStarted, events)
+    assert all(s.audio_ms < 1500 for s in heard)
+    assert [i.reason for i in of(SpeechIgnored, events)] == ["noise"] * len(heard)
 
 
 async def test_without_cancelling_the_echo_interrupts(bus: Bus, start_asr: Start) -> None:
