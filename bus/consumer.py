@@ -10,6 +10,8 @@
   DEADLETTER stream stores (see `bus.deadletter`).
 - Messages of one key (the session) are handled in order; different keys run
   concurrently up to `concurrency`.
+- A handler that cannot take a message yet raises `NotNow`: it is nak'ed with the delay it
+  asks for, to be redelivered to any worker of the consumer; not a failure.
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ from telemetry import metrics
 
 log = logging.getLogger("vagent.consumer")
 STATE_INTERVAL = 5.0  # seconds between reads of a consumer's state for the metrics
+
+
+class NotNow(Exception):
+    """A handler's answer for a message it cannot take yet (a full worker)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(f"redeliver in {delay:g} s")
+        self.delay = delay
 
 
 @dataclass(frozen=True)
@@ -188,6 +198,12 @@ class ConsumerRunner:
         keepalive = asyncio.create_task(self._keep_alive(msg))
         try:
             await self.handler(event, delivery)
+        except NotNow as later:
+            keepalive.cancel()
+            metrics.handled(self.name, "deferred", time.perf_counter() - started)
+            with contextlib.suppress(*_CONNECTION_TROUBLE):  # else redelivered after ack_wait
+                await msg.nak(delay=later.delay)
+            return
         except Exception as exc:
             keepalive.cancel()
             metrics.handled(self.name, "error", time.perf_counter() - started)

@@ -56,6 +56,29 @@ class SessionEnded(SessionEvent, tag="session.ended", kw_only=True):
     reason: str = "client_closed"
 
 
+class SessionQueued(SessionEvent, tag="session.queued", kw_only=True):
+    """Every ASR worker was full when the session started: it waits for a place (its audio
+    is not heard meanwhile), and is admitted or refused within `max_wait_ms`."""
+
+    position: int  # sessions waiting at the worker that saw it, this one included
+    max_wait_ms: int
+
+
+class SessionAdmitted(SessionEvent, tag="session.admitted", kw_only=True):
+    """A session that waited (`session.queued`) is heard now."""
+
+    queued_ms: int  # from its session.started
+
+
+class SessionRefused(SessionEvent, tag="session.refused", kw_only=True):
+    """A session that waited longer than `[asr] max_queue_ms`: its edge tells the client and
+    ends it (`session.ended` with this reason)."""
+
+    reason: str  # busy
+    retry_after_s: int
+    queued_ms: int
+
+
 class ListenStarted(SessionEvent, tag="listen.started", kw_only=True):
     mode: Literal["auto", "manual", "realtime"] = "auto"
 
@@ -254,7 +277,8 @@ class Error(SessionEvent, tag="error", kw_only=True):
 
 
 SESSION_EVENTS: tuple[type[SessionEvent], ...] = (
-    SessionStarted, SessionEnded, ListenStarted, ListenStopped, SpeechStarted, SpeechStopped,
+    SessionStarted, SessionEnded, SessionQueued, SessionAdmitted, SessionRefused, ListenStarted,
+    ListenStopped, SpeechStarted, SpeechStopped,
     TranscriptPartial, TranscriptFinal, UserText, UserImage, TurnStarted, AssistantDelta, AssistantSentence,
     AssistantMessage, ToolCall, ToolResult, SessionTools, TtsStarted, TtsSentence, TtsStopped,
     TurnInterrupted, TurnPaused, TurnResumed, SpeechIgnored,

@@ -445,6 +445,14 @@ class AsrSettings(msgspec.Struct, forbid_unknown_fields=True):
         msgspec.field(default_factory=list))
     breaker: Annotated[BreakerConfig, doc("when a failing transcription provider is skipped")] = (
         msgspec.field(default_factory=BreakerConfig))
+    max_sessions: Annotated[int, doc(
+        "sessions one ASR worker hears at once; more wait (`session.queued`) for a place on "
+        "any worker. 0: 8 per core with local models (moonshine, whisper: a voice turn costs "
+        "~0.85 s of CPU, so beyond that every session slows down), unlimited with servers "
+        "(deepgram, openai); -1: unlimited")] = 0
+    max_queue_ms: Annotated[int, doc(
+        "how long a session waits for a place before it is refused (`session.refused`, "
+        "reason `busy`: the client is told to try later), ms")] = 10000
 
 
 class ActorSettings(msgspec.Struct, forbid_unknown_fields=True):

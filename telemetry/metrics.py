@@ -50,6 +50,8 @@ from schemas import (
     AssistantSentence,
     Error,
     Event,
+    SessionAdmitted,
+    SessionRefused,
     SessionStarted,
     ToolResult,
     TranscriptFinal,
@@ -106,6 +108,10 @@ CONSUMER_REDELIVERED = Gauge("vagent_consumer_redelivered",
                              ("actor",))
 CONSUMER_TERMINATED = Counter("vagent_consumer_terminated_total",
                               "Events an actor gave up on (dead letters it made)", ("actor",))
+QUEUE_WAIT = Histogram("vagent_session_queue_seconds",
+                       "How long a session waited for an ASR worker (those that waited), by "
+                       "outcome: admitted or refused", ("outcome",),
+                       buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0))
 DEAD_LETTERS = Gauge("vagent_dead_letters", "Dead-letter records stored (DEADLETTER stream)")
 
 METRIC_NAMES: tuple[str, ...] = tuple(
@@ -113,7 +119,7 @@ METRIC_NAMES: tuple[str, ...] = tuple(
                       CONNECTIONS_ACTIVE, LLM_TOKENS, LLM_COST, AUDIO_SECONDS, AUDIO_COST,
                       TOOL_CALLS, HANDLER,
                       CONSUMER_PENDING, CONSUMER_ACK_PENDING, CONSUMER_REDELIVERED,
-                      CONSUMER_TERMINATED, DEAD_LETTERS))
+                      CONSUMER_TERMINATED, QUEUE_WAIT, DEAD_LETTERS))
 
 
 class _Telemetry(Protocol):
@@ -323,19 +329,27 @@ def _session_started(event: Event) -> None:
     SESSIONS.labels(event.transport).inc()
 
 
+def _queued(event: Event) -> None:
+    assert isinstance(event, SessionAdmitted | SessionRefused)
+    outcome = "admitted" if isinstance(event, SessionAdmitted) else "refused"
+    QUEUE_WAIT.labels(outcome).observe(event.queued_ms / 1000)
+
+
 _OBSERVERS: dict[type[Event], Callable[[Event], None]] = {
     UserText: _user_text, TranscriptFinal: _transcript, TurnStarted: _turn_started,
     AssistantDelta: _delta, AssistantSentence: _sentence, TtsStarted: _tts_started,
     TtsStopped: _tts_stopped,
     AssistantMessage: _message, TurnInterrupted: _interrupted, Error: _error,
-    ToolResult: _tool_result, SessionStarted: _session_started,
+    ToolResult: _tool_result, SessionStarted: _session_started, SessionAdmitted: _queued,
+    SessionRefused: _queued,
 }
 
 
 # --- what is not an event ---------------------------------------------------------------
 
 def handled(actor: str, outcome: str, seconds: float) -> None:
-    """An actor's handler returned (outcome "ok") or raised ("error") after `seconds`."""
+    """An actor's handler returned (outcome "ok"), raised ("error") or put the event back
+    for later ("deferred": a full worker) after `seconds`."""
     if _state.enabled:
         _handler_of(actor, outcome).observe(seconds)
 

@@ -13,7 +13,8 @@ REQUIRED = {"session_id": "s1", "user_id": "u1", "assistant_id": "a1", "document
             "text": "hi", "code": "x", "message": "m", "call_id": "c1", "name": "n",
             "content": "c", "email": "e@example.com", "device_id": "AA:BB", "reason": "r",
             "image": schemas.BlobRef(bucket="images", name="s1/p1", format="jpeg", sample_rate=0),
-            "mime": "image/jpeg", "size": 3, "source": "ws", "role": "operator"}
+            "mime": "image/jpeg", "size": 3, "source": "ws", "role": "operator", "position": 1,
+            "max_wait_ms": 10000, "queued_ms": 1200, "retry_after_s": 10}
 
 
 def make(cls: type[schemas.Event]) -> schemas.Event:

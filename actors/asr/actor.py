@@ -17,12 +17,22 @@ them by name (tried first, the others its fallback).
 
 The turn model (actors.asr.turn_model), which ends utterances by meaning, loads the first
 time a session's rules want it and serves every session; without it silence ends them.
+
+A worker hears at most `[asr] max_sessions` sessions at once. A full worker does not claim a
+new session: it puts it back (`NotNow`) to be offered again, to any worker, every RETRY_S;
+the first time, it records `session.queued`. The worker that finally claims it records
+`session.admitted` (how long it waited); one that finds it waiting past `[asr] max_queue_ms`
+records `session.refused` (reason `busy`) instead, and the session's edge ends it. Waiting
+sessions are offered in no strict order: a new one may take a place before an older one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
+import time
 from typing import ClassVar
 
 from actors.asr.endpoint import Ender, ModelEnd, SilenceEnd
@@ -34,11 +44,21 @@ from actors.asr.settings import CHAIN, AsrSettings, TurnRules
 from actors.asr.turn_model import TurnModel
 from actors.assistant import AssistantDirectory
 from actors.base import Actor, Context
+from bus.consumer import ConsumerSpec, NotNow
 from domain.language import session_language
-from schemas import Event, SessionStarted
+from schemas import (
+    Event,
+    SessionAdmitted,
+    SessionQueued,
+    SessionRefused,
+    SessionStarted,
+    derived_id,
+)
 
 log = logging.getLogger("vagent.asr")
 MANDARIN = "whisper"  # the engine of assistants whose language is zh
+RETRY_S = 0.5  # a waiting session is offered to the workers again this often
+MIN_RETRY_AFTER_S = 5  # what a refused client is told to wait, at least
 
 
 class Asr(Actor):
@@ -46,7 +66,8 @@ class Asr(Actor):
     consumes: ClassVar[tuple[str, ...]] = ("session.started",)
     emits: ClassVar[frozenset[str]] = frozenset({
         "speech.started", "speech.stopped", "transcript.final", "turn.interrupted", "turn.paused",
-        "turn.resumed", "speech.ignored", "error"})
+        "turn.resumed", "speech.ignored", "error", "session.queued", "session.admitted",
+        "session.refused"})
     concurrency: ClassVar[int] = 64
 
     settings: AsrSettings
@@ -63,7 +84,16 @@ class Asr(Actor):
         self._turn_model: TurnModel | None = None
         self._turn_model_failed = False
         self._turn_model_loading = asyncio.Lock()
-        log.info("asr ready", extra={"engine": self.engine.provider})
+        self._waiting: dict[str, int] = {}  # sessions this worker put back: their start (ns)
+        log.info("asr ready", extra={"engine": self.engine.provider,
+                                     "max_sessions": self.settings.max_sessions})
+
+    def consumer_spec(self) -> ConsumerSpec:
+        # A waiting session is delivered again every RETRY_S: room for that many deliveries
+        # (twice over) besides the usual ones.
+        waits = math.ceil(max(0, self.config.asr.max_queue_ms) / 1000 / RETRY_S)
+        spec = super().consumer_spec()
+        return dataclasses.replace(spec, max_deliver=spec.max_deliver + 2 * waits)
 
     async def teardown(self) -> None:
         pipelines, self.sessions = list(self.sessions.values()), {}
@@ -168,9 +198,25 @@ class Asr(Actor):
         sid = event.session_id
         if sid in self.sessions:
             return  # a redelivery of a session this worker already runs
+        waited_ms = max(0, (time.time_ns() - event.ts) // 1_000_000)
+        delivered = ctx.delivery.num_delivered if ctx.delivery is not None else 1
+        limit = self.settings.max_sessions
+        if limit is not None and len(self.sessions) >= limit:
+            await self._wait(event, ctx, delivered, waited_ms)
+            return
+        self._waiting.pop(sid, None)
         pipeline = SessionPipeline(self, event)
-        self.sessions[sid] = pipeline
-        await pipeline.start()
+        self.sessions[sid] = pipeline  # the place is taken before the first await
+        try:
+            if delivered > 1:  # it was put back: it waited
+                await ctx.emit(SessionAdmitted(session_id=sid, queued_ms=waited_ms),
+                               id=self._queue_id(event, 1))
+                log.info("session admitted", extra={"session": sid, "queued_ms": waited_ms})
+            await pipeline.start()
+        except BaseException:
+            del self.sessions[sid]  # the place is given back: the session is offered again
+            await pipeline.stop()
+            raise
         assert pipeline.task is not None
 
         def forget(_: asyncio.Task[None]) -> None:
@@ -178,3 +224,35 @@ class Asr(Actor):
                 del self.sessions[sid]
 
         pipeline.task.add_done_callback(forget)
+
+    async def _wait(self, started: SessionStarted, ctx: Context, delivered: int,
+                    waited_ms: int) -> None:
+        """A session this full worker cannot take: refused once it waited `max_queue_ms`,
+        else put back (NotNow), recorded as queued the first time."""
+        sid = started.session_id
+        max_wait = self.settings.max_queue_ms
+        if waited_ms >= max_wait:
+            self._waiting.pop(sid, None)
+            retry_after = max(MIN_RETRY_AFTER_S, math.ceil(max_wait / 1000))
+            await ctx.emit(SessionRefused(session_id=sid, reason="busy", retry_after_s=retry_after,
+                                          queued_ms=waited_ms), id=self._queue_id(started, 2))
+            log.warning("session refused: every ASR worker is full",
+                        extra={"session": sid, "queued_ms": waited_ms,
+                               "max_sessions": self.settings.max_sessions})
+            return
+        horizon = time.time_ns() - (max_wait + 10_000) * 1_000_000
+        self._waiting = {k: ts for k, ts in self._waiting.items() if ts > horizon}
+        self._waiting[sid] = started.ts
+        if delivered == 1:
+            position = sum(1 for ts in self._waiting.values() if ts <= started.ts)
+            await ctx.emit(SessionQueued(session_id=sid, position=position, max_wait_ms=max_wait),
+                           id=self._queue_id(started, 0))
+            log.info("session queued: this ASR worker is full",
+                     extra={"session": sid, "position": position,
+                            "max_sessions": self.settings.max_sessions})
+        raise NotNow(RETRY_S)
+
+    def _queue_id(self, started: SessionStarted, index: int) -> str:
+        """The id of a session's queued (0), admitted (1) or refused (2) event: the same from
+        any worker, apart from the ids its pipeline's events take."""
+        return derived_id(started.id, f"{self.name}.queue", index)

@@ -4,6 +4,7 @@ VAGENT_SECRETS_FILE only). `[[asr.providers]]` make up the `openai` engine's cha
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,11 @@ from settings import config, paths
 from settings.config import AsrProviderConfig, BreakerConfig, ConfigError, TurnConfig, secret
 
 CHAIN = "openai"  # the engine made of `[[asr.providers]]`
+LOCAL_ENGINES = frozenset({"moonshine", "whisper"})  # they transcribe on this host's CPU
+# Sessions per core a worker with a local engine takes by default: a voice turn costs
+# ~0.85 s of CPU and a listening session ~3 % of a core (its VAD), so 8 per core leaves room
+# for about a quarter of them speaking at once before every turn slows down.
+LOCAL_SESSIONS_PER_CORE = 8
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,8 @@ class AsrSettings:
     providers: tuple[AsrProviderConfig, ...] = ()
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     turn: TurnConfig = field(default_factory=TurnConfig)
+    max_sessions: int | None = None  # sessions one worker hears at once; None: no limit
+    max_queue_ms: int = 10000
 
     def rules(self, own: TurnSettings | None) -> TurnRules:
         """The turn-taking of a session whose assistant has `own` turn settings."""
@@ -87,4 +95,16 @@ class AsrSettings:
         return cls(engine=engine, vad=section.vad, barge_in_min_ms=section.barge_in_min_ms,
                    partial_ms=section.partial_ms, deepgram=deepgram,
                    data_dir=data_dir or paths.data_dir(), providers=tuple(section.providers),
-                   breaker=section.breaker, turn=section.turn)
+                   breaker=section.breaker, turn=section.turn,
+                   max_sessions=capacity(section.max_sessions, engine),
+                   max_queue_ms=max(0, section.max_queue_ms))
+
+
+def capacity(max_sessions: int, engine: str) -> int | None:
+    """The sessions a worker takes at once (None: no limit): `[asr] max_sessions`, or when
+    it is 0 a local engine's share of this host's cores."""
+    if max_sessions > 0:
+        return max_sessions
+    if max_sessions < 0 or engine not in LOCAL_ENGINES:
+        return None
+    return LOCAL_SESSIONS_PER_CORE * len(os.sched_getaffinity(0))

@@ -35,10 +35,12 @@ from edge.realtime.limits import (
     MessageRate,
     RefusalLog,
     TurnLimit,
+    busy,
     refusal,
 )
 from edge.realtime.session import LinkRegistry, SessionLink
 from edge.services import Services
+from schemas import SessionRefused
 from telemetry import metrics
 
 log = logging.getLogger("vagent.edge.connection")
@@ -201,6 +203,14 @@ class Connection:
         await self.send_json({"type": "error", "code": error.code, "message": error.message,
                               "details": error.details})
         await self.close(code, error.code)
+
+    async def refused(self, event: SessionRefused) -> None:
+        """The session was refused for want of capacity: say so (`busy`, with `retry_after`
+        in its details), then close with 1013 (try again later)."""
+        error = busy(event)
+        self.end_reason = error.code
+        await self.send_error(error.code, error.message, error.details)
+        await self.close(TRY_LATER, error.code)
 
     def _log(self, what: str, code: str, reason: str, **more: Any) -> None:
         log.info(what, extra={"path": self.path, "session": self.session_id, "code": code,

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from edge.errors import ApiError
-from schemas import AssistantMessage, Error, Event, SessionEnded
+from schemas import AssistantMessage, Error, Event, SessionEnded, SessionRefused
 from settings.config import EdgeSettings
 
 GOING_AWAY = 1001
@@ -24,6 +24,14 @@ TRY_LATER = 1013
 
 def refusal(status: int) -> int:
     return 4000 + status
+
+
+def busy(event: SessionRefused) -> ApiError:
+    """What every transport tells a client whose session was refused for want of capacity
+    (`session.refused`): the code, a sentence, and when to try again."""
+    return ApiError(503, event.reason, f"every voice worker is busy: try again in "
+                                       f"{event.retry_after_s} s",
+                    {"retry_after": event.retry_after_s})
 
 
 # A typed turn counts as waiting for its answer at most this long: an answer that never

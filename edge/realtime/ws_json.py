@@ -12,7 +12,9 @@ Client → server, JSON text: `{"type":"user.text","text":…}`,
 `{"type":"listen.start","mode":"auto|manual|realtime"}`, `{"type":"listen.stop"}`; binary
 frames are audio. Server → client: `{"type":"session","session_id":…,"resumed":…}` first,
 then every event of the session as JSON (DESIGN §3), audio as binary frames, and
-`{"type":"error","code":…,"message":…}` for a refused message.
+`{"type":"error","code":…,"message":…}` for a refused message. A session refused for want of
+capacity (`session.refused`) gets the error `busy` (`details.retry_after`, seconds) and the
+close 1013.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from edge.realtime.connection import Connection, serve
 from edge.realtime.images import UserImageMessage, may_exceed_frame, ws_image
 from edge.realtime.messages import CLIENT_MESSAGES, ListenStartMessage, UserTextMessage, checked_text
 from edge.realtime.session import SessionLink
-from schemas import AudioParams, Event, is_token, to_json
+from schemas import AudioParams, Event, SessionRefused, is_token, to_json
 
 log = logging.getLogger("vagent.edge.ws")
 # Photos come on /ws only: a WebRTC data channel is for talking.
@@ -76,6 +78,8 @@ async def _serve(conn: Connection) -> None:
 
     async def deliver(event: Event) -> None:
         await conn.send_bytes_text(to_json(event))
+        if isinstance(event, SessionRefused):
+            await conn.refused(event)
 
     audio_in, audio_out = AUDIO[audio]
     link = SessionLink(services.bus, conn.registry, caller, transport="ws", audio_in=audio_in,

@@ -31,12 +31,12 @@ from aiortc.sdp import SessionDescription
 
 from edge import jsonparse
 from edge.errors import ApiError
-from edge.realtime.limits import MessageRate, RefusalLog, TurnLimit
+from edge.realtime.limits import MessageRate, RefusalLog, TurnLimit, busy
 from edge.realtime.messages import CLIENT_MESSAGES, Bare, ListenStartMessage, UserTextMessage, checked_text
 from edge.realtime.session import Caller, SessionLink
 from edge.services import Services
 from edge.webrtc.audio import DOWNLINK, UPLINK, DownlinkTrack, Uplink
-from schemas import Event, to_json
+from schemas import Event, SessionRefused, to_json
 
 log = logging.getLogger("vagent.edge.webrtc")
 
@@ -214,6 +214,10 @@ class Peer:
         if event.type == "turn.interrupted":
             self.downlink.flush()
         self.send(to_json(event).decode())
+        if isinstance(event, SessionRefused):  # no voice worker had room for it
+            error = busy(event)
+            self.send_error(error.code, error.message, error.details)
+            self._spawn(self.close(error.code, goodbye=True))
 
     async def _audio(self, data: bytes) -> None:
         self.downlink.push(data)

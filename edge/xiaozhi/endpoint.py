@@ -25,6 +25,7 @@ from edge import jsonparse
 from edge.errors import ApiError
 from edge.realtime.auth import device_caller
 from edge.realtime.connection import Connection, serve
+from edge.realtime.limits import TRY_LATER, busy
 from edge.realtime.messages import checked_text
 from edge.realtime.session import Caller, SessionLink
 from edge.xiaozhi import framing, protocol, vision
@@ -34,6 +35,7 @@ from schemas import (
     Error,
     Event,
     SessionEnded,
+    SessionRefused,
     SpeechStarted,
     ToolCall,
     TranscriptFinal,
@@ -325,6 +327,12 @@ class DeviceSession:
             case Error():
                 await send({"type": "alert", "status": "error", "message": event.message,
                             "emotion": "sad"})
+            case SessionRefused():  # no voice worker had room: the device shows why, idles
+                error = busy(event)
+                await send({"type": "alert", "status": "error", "message": error.message,
+                            "emotion": "sad"})
+                self.conn.end_reason = error.code
+                await self.conn.close(TRY_LATER, error.code)
 
     async def _on_audio(self, frame: bytes) -> None:
         if self.speaking:

@@ -1,0 +1,113 @@
+"""A full ASR worker on a real NATS, behind the real edge: a new session waits in a visible
+queue (`session.queued`), is admitted when a place frees (`session.admitted`), and past
+`[asr] max_queue_ms` is refused (`session.refused`): its `/ws` client is told `busy` and
+closed, and the session ends with that reason."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+import websockets
+from prometheus_client import REGISTRY
+
+from actors.asr.actor import Asr
+from actors.asr.settings import LOCAL_SESSIONS_PER_CORE, capacity
+from actors.runtime import ActorHost
+from bus.client import Bus
+from bus.server import EmbeddedServer
+from schemas import SessionAdmitted, SessionEnded, SessionQueued, SessionRefused
+from tests.api_harness import Api, api_config, serve_api
+from tests.conftest import wait_for
+from tests.test_ws import until, ws_url
+
+MAX_QUEUE_MS = 5000
+
+
+def test_a_worker_takes_a_share_of_the_cores_with_local_models_and_no_limit_with_servers() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert capacity(0, "moonshine") == capacity(0, "whisper") == LOCAL_SESSIONS_PER_CORE * cores
+    assert capacity(0, "deepgram") is None and capacity(0, "openai") is None
+    assert capacity(-1, "moonshine") is None
+    assert capacity(3, "deepgram") == 3
+
+
+@pytest.fixture
+async def full_edge(module_nats: EmbeddedServer, tmp_path: Path) -> AsyncIterator[tuple[Api, Asr, Bus]]:
+    """The edge and one ASR worker that hears one session at once."""
+    config = api_config()
+    config.asr = msgspec.structs.replace(config.asr, max_sessions=1, max_queue_ms=MAX_QUEUE_MS)
+    bus = await Bus.connect(module_nats.url, name="test-admission")
+    await bus.declare()
+    host = ActorHost(bus, [Asr], config)
+    await host.start()
+    asr = host.actors[0]
+    assert isinstance(asr, Asr)
+    try:
+        async with serve_api(module_nats.url, tmp_path, config) as api:
+            yield api, asr, bus
+    finally:
+        await host.stop()
+        await bus.close()
+
+
+async def claimed(asr: Asr, session_id: str) -> None:
+    async with asyncio.timeout(10):
+        while session_id not in asr.sessions:
+            await asyncio.sleep(0.02)
+
+
+def waits(outcome: str) -> float:
+    return REGISTRY.get_sample_value("vagent_session_queue_seconds_count", {"outcome": outcome}) or 0.0
+
+
+async def test_a_full_worker_queues_admits_when_a_place_frees_and_refuses_past_the_limit(
+        full_edge: tuple[Api, Asr, Bus]) -> None:
+    api, asr, bus = full_edge
+    admitted_before, refused_before = waits("admitted"), waits("refused")
+    async with websockets.connect(ws_url(api)) as ws1:
+        first = json.loads(await ws1.recv())["session_id"]
+        await claimed(asr, first)
+        async with websockets.connect(ws_url(api)) as ws2:
+            second = json.loads(await ws2.recv())["session_id"]
+            queued = (await until(ws2, "session.queued"))[-1]
+            assert (queued["position"], queued["max_wait_ms"]) == (1, MAX_QUEUE_MS)
+            assert second not in asr.sessions
+            await ws1.close()  # the first session ends: its place goes to the waiting one
+            admitted = (await until(ws2, "session.admitted"))[-1]
+            assert admitted["queued_ms"] > 0
+            await claimed(asr, second)
+
+            async with websockets.connect(ws_url(api)) as ws3:
+                third = json.loads(await ws3.recv())["session_id"]
+                seen = await until(ws3, "error", timeout=MAX_QUEUE_MS / 1000 + 20)
+                kinds = [m["type"] for m in seen]
+                assert kinds.index("session.queued") < kinds.index("session.refused")
+                refused = seen[kinds.index("session.refused")]
+                assert refused["reason"] == "busy" and refused["queued_ms"] >= MAX_QUEUE_MS
+                error = seen[-1]
+                assert error["code"] == "busy" and "try again" in error["message"]
+                assert error["details"]["retry_after"] == refused["retry_after_s"] == 5
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await ws3.recv()
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+            assert second in asr.sessions  # the admitted session is heard on
+
+    def ended(events: list) -> bool:
+        return any(isinstance(e, SessionEnded) for e in events)
+
+    log = await wait_for(bus, third, ended)
+    assert [e.reason for e in log if isinstance(e, SessionEnded)] == ["busy"]
+    assert [type(e) for e in log if isinstance(e, SessionQueued | SessionRefused)] == [
+        SessionQueued, SessionRefused]
+    assert not any(isinstance(e, SessionQueued | SessionAdmitted)
+                   for e in await wait_for(bus, first, ended))
+    log = await wait_for(bus, second, ended)
+    assert [type(e) for e in log if isinstance(e, SessionQueued | SessionAdmitted)] == [
+        SessionQueued, SessionAdmitted]
+    assert (waits("admitted") - admitted_before, waits("refused") - refused_before) == (1, 1)
