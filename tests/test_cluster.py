@@ -8,103 +8,23 @@ the client's retry-with-the-same-Nats-Msg-Id path against a freshly elected lead
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
-import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TypeVar
 
-import nats.errors
-import nats.js.errors
 import pytest
 
 from bus.client import Bus, Stored
 from bus.errors import BusError
 from bus.log import LogCache, load, read
-from bus.server import free_port, port_open, server_binary
 from schemas import UserText, new_id
-
-T = TypeVar("T")
+from tests.nats_cluster import Node, retry_until, start_cluster, urls
 
 EVENTS = 1500
 KILL_AFTER = 500  # acks before the crash: the stream is busy, not idle, when the leader dies
 WRITERS = 8  # concurrent publishers, so several writes are in flight at the moment of the crash
 STREAM = "SESSIONS"
-
-# What a cluster that is still electing leaders or forming answers with.
-_NOT_READY = (
-    BusError,
-    TimeoutError,
-    nats.errors.TimeoutError,
-    nats.errors.NoRespondersError,
-    nats.errors.ConnectionReconnectingError,
-    nats.js.errors.ServiceUnavailableError,
-    nats.js.errors.APIError,
-)
-
-
-@dataclass
-class Node:
-    """One nats-server process of the cluster, configured by a file of its own."""
-
-    name: str
-    dir: Path
-    port: int = field(default_factory=free_port)
-    cluster_port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    @property
-    def log_file(self) -> Path:
-        return self.dir / f"{self.name}.log"
-
-    def configure(self, peers: list[Node]) -> Path:
-        routes = ", ".join(f"nats-route://127.0.0.1:{p.cluster_port}" for p in peers if p is not self)
-        # json.dumps quotes the paths, which NATS's config syntax reads as strings.
-        conf = self.dir / f"{self.name}.conf"
-        conf.write_text(
-            f"server_name: {self.name}\n"
-            f"listen: 127.0.0.1:{self.port}\n"
-            f"logfile: {json.dumps(str(self.log_file))}\n"
-            "jetstream {\n"
-            f"  store_dir: {json.dumps(str(self.dir / 'store'))}\n"
-            # As in nats.conf: without it an ack only means "in the page cache".
-            "  sync_interval: always\n"
-            "}\n"
-            "cluster {\n"
-            "  name: vagent-test\n"
-            f"  listen: 127.0.0.1:{self.cluster_port}\n"
-            f"  routes: [{routes}]\n"
-            "}\n"
-        )
-        return conf
-
-    def start(self) -> None:
-        conf = self.dir / f"{self.name}.conf"
-        self.proc = subprocess.Popen([server_binary(), "-c", str(conf)], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: no flush, no leadership hand-off, exactly like a crashed machine."""
-        if self.alive():
-            assert self.proc is not None
-            self.proc.kill()
-            self.proc.wait()
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_file.read_text(errors="replace")[-chars:]
-        except FileNotFoundError:
-            return "(no log)"
 
 
 @pytest.fixture
@@ -114,35 +34,13 @@ def cluster(tmp_path: Path) -> Iterator[list[Node]]:
         d = tmp_path / name
         d.mkdir()
         nodes.append(Node(name, d))
-    for node in nodes:
-        node.configure(nodes)
     try:
-        for node in nodes:
-            node.start()
-        deadline = time.monotonic() + 10
-        while not all(port_open("127.0.0.1", n.port) for n in nodes):
-            dead = [n for n in nodes if not n.alive()]
-            if dead:
-                pytest.fail(f"{dead[0].name} exited:\n{dead[0].log_tail()}")
-            if time.monotonic() > deadline:
-                pytest.fail("cluster nodes did not open their client ports in 10s")
-            time.sleep(0.05)
+        start_cluster(nodes)
         yield nodes
     finally:
         # Even after a failed assertion no nats-server may outlive the test.
         for node in nodes:
             node.kill()
-
-
-async def retry_until(what: str, deadline: float, op: Callable[[], Awaitable[T]]) -> T:
-    """Run `op` until the cluster stops answering "not ready", or fail at `deadline`."""
-    while True:
-        try:
-            return await op()
-        except _NOT_READY as exc:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: still failing at the deadline: {exc!r}") from None
-            await asyncio.sleep(0.2)
 
 
 async def replicas_current(bus: Bus, names: set[str]) -> bool:
@@ -180,7 +78,7 @@ async def stored_entries(bus: Bus) -> list[tuple[int, str]]:
 async def cluster_bus(cluster: list[Node], monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Bus]:
     monkeypatch.setenv("VAGENT_REPLICAS", "3")
     deadline = time.monotonic() + 20
-    bus = await Bus.connect(",".join(n.url for n in cluster), name="cluster-test")
+    bus = await Bus.connect(urls(cluster), name="cluster-test")
     try:
         # Streams cannot be placed before the meta group has a leader and knows all peers.
         await retry_until("JetStream meta leader", deadline, bus.js.account_info)
