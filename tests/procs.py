@@ -34,9 +34,10 @@ def vagent(*args: str, timeout: float = 60, stdin: str | None = None, cwd: Path 
 class Proc:
     """A long-running vagent command whose output lines can be awaited."""
 
-    def __init__(self, args: Sequence[str], **extra_env: str) -> None:
+    def __init__(self, args: Sequence[str], wrap: Sequence[str] = (), **extra_env: str) -> None:
+        """`wrap` runs the command through another, e.g. `ip netns exec <host>`."""
         self.args = list(args)
-        self.proc = subprocess.Popen([*VAGENT, *args], stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([*wrap, *VAGENT, *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                                      env=env(**extra_env), start_new_session=True)
         self.lines: list[str] = []
