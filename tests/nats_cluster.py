@@ -97,7 +97,7 @@ def config_text(node: Node, peers: Sequence[Node]) -> str:
         "  sync_interval: always\n"
         "}\n"
         "cluster {\n"
-        "  name: vagent-test\n"
+        "  name: vagent\n"
         f"  listen: {node.host}:{node.cluster_port}\n"
         f"  routes: [{routes}]\n"
         "}\n"

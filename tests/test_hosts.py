@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -33,7 +34,7 @@ import websockets
 
 from bus.client import Bus
 from bus.log import load
-from tests.nats_cluster import Node, retry_until, start_cluster, urls
+from tests.nats_cluster import Node, config_text, retry_until, start_cluster, urls
 from tests.procs import Proc
 
 PREFIX = "vg77-"  # every namespace of this test, so a crashed run's are found and removed
@@ -49,7 +50,10 @@ FAULT_TURNS = 3  # per session, one worker killed after KILL_AFTER of them were 
 KILL_AFTER = 15
 ANSWER_WAIT = 40.0  # seconds a turn may take: a dead host's turn waits for ack_wait first
 
-# Every process of every host shares these (VAGENT_JWT_SECRET: every edge must sign alike).
+NATS = ",".join(f"nats://{address}:{NATS_PORT}" for address in HOSTS.values())
+
+# The deployment docs/operations.md shows ("Several hosts"), which this test runs as written:
+# the environment of every vagent process, its settings file, and each host's commands.
 SHARED_ENV = {
     "VAGENT_REPLICAS": "3",
     "VAGENT_JWT_SECRET": "a-test-secret-shared-by-every-host-0123456789",
@@ -57,8 +61,20 @@ SHARED_ENV = {
     "VAGENT_ACK_WAIT": "5",
 }
 # Listening on every address: the edge for its clients, the actors' /metrics for a scraper.
-# Every test client comes from one address, which the per-address turn limit would throttle.
-SETTINGS = '[edge]\nhost = "0.0.0.0"\nmax_turns_per_address_second = 50\nturn_burst = 10\n'
+# The turn limits are raised because every client of this test comes from one address.
+SETTINGS = """\
+[edge]
+host = "0.0.0.0"
+max_turns_per_address_second = 50
+turn_burst = 10
+"""
+EDGE_COMMANDS = {"vagent edge --nats $NATS --port 8000": "vagent edge: web page"}
+WORKER_ENV = {"OPENAI_BASE_URL": f"http://127.0.0.1:{LLM_PORT}/v1"}
+WORKER_COMMANDS = {
+    "vagent echo-llm --port 8080": "OpenAI-compatible echo server at",
+    "vagent actor run dialogue --nats $NATS --metrics-port 9100": "actor dialogue running on",
+}
+DOC = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 
 
 def ip(*args: str, check: bool = True) -> str:
@@ -122,9 +138,13 @@ class Deployment:
     def nats(self) -> str:
         return urls(list(self.nodes.values()))
 
-    def start(self, host: str, args: list[str], **env: str) -> Proc:
-        settings = self.dir / "vagent.toml"
-        proc = Proc(args, wrap=in_host(host), VAGENT_CONFIG=str(settings), **SHARED_ENV, **env)
+    def start(self, host: str, command: str, **env: str) -> Proc:
+        """One of the documented commands, on `host` with the documented environment and its
+        own data directory."""
+        words = shlex.split(command.replace("$NATS", NATS))
+        assert words[0] == "vagent", command
+        proc = Proc(words[1:], wrap=in_host(host), VAGENT_CONFIG=str(self.dir / "vagent.toml"),
+                    VAGENT_DATA_DIR=str(self.dir / host / "vagent"), **SHARED_ENV, **env)
         self.procs.append(proc)
         return proc
 
@@ -250,17 +270,11 @@ async def test_workers_on_other_hosts_share_turns_and_a_dead_host_loses_none(
         await retry_until("JetStream meta leader", deadline, bus.js.account_info)
         await retry_until("declare R3 streams", deadline, bus.declare)
 
-        started = [(d.start("a", ["edge", "--nats", d.nats, "--port", str(EDGE_PORT),
-                                  "--data-dir", str(d.dir / "a" / "vagent")]),
-                    "vagent edge: web page")]
+        assert d.nats == NATS
+        started = [(d.start("a", command), ready) for command, ready in EDGE_COMMANDS.items()]
         for host in WORKERS:
-            started.append((d.start(host, ["echo-llm", "--port", str(LLM_PORT)]),
-                            "OpenAI-compatible echo server at"))
-            started.append((d.start(host, ["actor", "run", "dialogue", "--nats", d.nats,
-                                           "--metrics-port", str(METRICS_PORT),
-                                           "--data-dir", str(d.dir / host / "vagent")],
-                                    OPENAI_BASE_URL=f"http://127.0.0.1:{LLM_PORT}/v1"),
-                            "actor dialogue running on"))
+            started += [(d.start(host, command, **WORKER_ENV), ready)
+                        for command, ready in WORKER_COMMANDS.items()]
         await asyncio.gather(*(asyncio.to_thread(p.wait_for, ready, 60) for p, ready in started))
 
         url = f"ws://{HOSTS['a']}:{EDGE_PORT}/ws"
@@ -325,3 +339,17 @@ async def test_workers_on_other_hosts_share_turns_and_a_dead_host_loses_none(
             assert answers == Counter(expected), (c.session_id, answers)
     finally:
         await bus.close()
+
+
+def test_the_documented_deployment_is_the_one_tested() -> None:
+    section = DOC.read_text().split("### Several hosts", 1)[1].split("\n## ", 1)[0]
+    nodes = [Node(f"n{n}", Path("/var/lib/nats"), host=address, port=NATS_PORT,
+                  cluster_port=ROUTE_PORT) for n, address in enumerate(HOSTS.values(), 1)]
+    expected = [
+        config_text(nodes[1], nodes), SETTINGS, f"export NATS={NATS}",
+        *(f"export {k}={v}" for k, v in SHARED_ENV.items() if k != "VAGENT_JWT_SECRET"),
+        "export VAGENT_JWT_SECRET=", *(f"export {k}={v}" for k, v in WORKER_ENV.items()),
+        *EDGE_COMMANDS, *WORKER_COMMANDS,
+    ]
+    missing = [text for text in expected if text not in section]
+    assert not missing, f"docs/operations.md's Several hosts lacks what this test runs: {missing}"
