@@ -25,6 +25,9 @@ from schemas import SessionAdmitted, SessionEnded, SessionQueued, SessionRefused
 from tests.api_harness import Api, api_config, serve_api
 from tests.conftest import wait_for
 from tests.test_ws import until, ws_url
+from tests.test_xiaozhi import mac
+from tests.test_xiaozhi import url as xiaozhi_url
+from tests.xiaozhi_client import XiaozhiDevice
 
 MAX_QUEUE_MS = 5000
 
@@ -111,3 +114,19 @@ async def test_a_full_worker_queues_admits_when_a_place_frees_and_refuses_past_t
     assert [type(e) for e in log if isinstance(e, SessionQueued | SessionAdmitted)] == [
         SessionQueued, SessionAdmitted]
     assert (waits("admitted") - admitted_before, waits("refused") - refused_before) == (1, 1)
+
+
+async def test_a_refused_xiaozhi_device_gets_an_alert_then_the_close(
+        full_edge: tuple[Api, Asr, Bus]) -> None:
+    api, asr, bus = full_edge
+    async with websockets.connect(ws_url(api)) as ws:
+        await claimed(asr, json.loads(await ws.recv())["session_id"])
+        async with XiaozhiDevice(xiaozhi_url(api), version=3, device_id=mac()) as device:
+            await device.hello()
+            alert = (await device.wait_json("alert", timeout=MAX_QUEUE_MS / 1000 + 20)).message
+            assert alert["status"] == "error" and "busy" in alert["message"]
+            assert await device.wait_closed() == 1013
+    session_id = device.server_hello["session_id"]
+    log = await wait_for(bus, session_id, lambda events: any(isinstance(e, SessionEnded)
+                                                             for e in events))
+    assert [e.reason for e in log if isinstance(e, SessionEnded)] == ["busy"]
