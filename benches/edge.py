@@ -21,6 +21,12 @@ once with the bundled Piper voice, Opus 16 kHz / 60 ms, as firmware sends it) â€
 held, p50/p95 from the end of speech (or the text sent) to the first downlink audio frame
 and what that adds over the stand-ins' delays, the server process's CPU per listening
 session (% of a core) and per turn, and its resident memory per session.
+
+With more sessions than the ASR workers take (`[asr] max_sessions`, `--max-sessions`), the
+others wait (`session.queued`) and, as nobody leaves before everyone is answered, are refused
+(`busy`) after `[asr] max_queue_ms`: the report says how many were admitted, waited (seen on
+`/ws` only: xiaozhi has no message for it) and were refused, and the latency is the admitted
+ones'.
 """
 
 from __future__ import annotations
@@ -51,7 +57,8 @@ CLOUD_DELAYS = {"transcript_ms": 150, "first_token_ms": 200, "first_audio_ms": 1
 CLOUD_KEY = "bench-key"
 Providers = Literal["local", "cloud"]
 Transport = Literal["xiaozhi", "ws"]
-RESULT_KEYS = ("sessions", "held", "answered", "input", "providers", "transport",
+RESULT_KEYS = ("sessions", "held", "answered", "admitted", "queued", "refused", "input",
+               "providers", "transport",
                "first_audio_p50_ms", "first_audio_p95_ms", "added_p50_ms", "added_p95_ms",
                "listening_core_pct", "cpu_s_per_turn", "server_cpu_s", "cpu_s_per_session",
                "rss_idle_mib", "rss_peak_mib", "rss_mib_per_session", "cores")
@@ -60,7 +67,8 @@ RESULT_KEYS = ("sessions", "held", "answered", "input", "providers", "transport"
 # --- the server side (child process) ---------------------------------------------------------
 
 
-async def serve(url: str | None, asr: bool, data_dir: Path, cloud: dict[str, str] | None) -> None:
+async def serve(url: str | None, asr: bool, data_dir: Path, cloud: dict[str, str] | None,
+                max_sessions: int = 0) -> None:
     """The edge and the actors, until stdin closes. Prints `READY <port>`. `cloud`: the
     stand-ins' URLs (`llm`, `deepgram`, `elevenlabs`); None: the local models."""
     from actors.asr.actor import Asr
@@ -94,6 +102,7 @@ async def serve(url: str | None, asr: bool, data_dir: Path, cloud: dict[str, str
     config.llm.providers = [openai_provider(base_url)]
     config.edge.max_connections = 100_000
     config.edge.max_sessions_per_address = 100_000  # every simulated device is on loopback
+    config.asr.max_sessions = max_sessions
     if cloud is not None:
         config.asr.engine = "deepgram"
         config.asr.deepgram.url = cloud["deepgram"]
@@ -260,6 +269,12 @@ class Client:
             await ws.send(json.dumps({"session_id": self.session_id, "type": "listen",
                                       "state": "detect", "text": text}))
 
+    def refused(self, message: dict[str, Any]) -> bool:
+        """No ASR worker had room for the session: it is told so, then closed."""
+        if self.transport == "ws":
+            return message.get("type") == "session.refused"
+        return message.get("type") == "alert" and "busy" in message.get("message", "")
+
     def ended(self, message: dict[str, Any]) -> bool:
         """The answer's audio is over."""
         if self.transport == "ws":
@@ -272,7 +287,8 @@ async def device(base: str, transport: Transport, n: int, audio: tuple[list[byte
     """One client's turn: listening (silence) until `speak_at`, then the question; its
     latency, whether it was answered and held to the end."""
     silence, packets, speech_end_ms = audio
-    row: dict[str, Any] = {"held": False, "answered": False, "latency_ms": None, "error": None}
+    row: dict[str, Any] = {"held": False, "answered": False, "latency_ms": None, "error": None,
+                           "queued": False, "refused": False}
     arrived = connected = False
     client = Client(base, transport, n)
     try:
@@ -283,12 +299,20 @@ async def device(base: str, transport: Transport, n: int, audio: tuple[list[byte
             stopped = asyncio.Event()
 
             async def receive() -> None:
-                async for data in ws:
-                    if isinstance(data, bytes):
-                        if not first_audio.done():
-                            first_audio.set_result(time.perf_counter())
-                    elif client.ended(json.loads(data)):
-                        stopped.set()
+                with contextlib.suppress(websockets.ConnectionClosed):  # a refusal closes it
+                    async for data in ws:
+                        if isinstance(data, bytes):
+                            if not first_audio.done():
+                                first_audio.set_result(time.perf_counter())
+                            continue
+                        message = json.loads(data)
+                        if client.ended(message):
+                            stopped.set()
+                        row["queued"] |= message.get("type") == "session.queued"
+                        row["refused"] |= client.refused(message)
+                if not first_audio.done():  # closed before any answer: nothing will come
+                    first_audio.set_exception(ConnectionError("closed by the server"))
+                    first_audio.exception()  # a refused client may never await it: no warning
 
             reader = asyncio.create_task(receive())
             gate.connect()
@@ -324,7 +348,8 @@ async def device(base: str, transport: Transport, n: int, audio: tuple[list[byte
             row["held"] = ws.state == websockets.State.OPEN and not reader.done()
             reader.cancel()
     except Exception as exc:
-        row["error"] = f"{type(exc).__name__}: {exc}"
+        if not row["refused"]:  # a refused session's end is its outcome, not an error
+            row["error"] = f"{type(exc).__name__}: {exc}"
     if not connected:
         gate.connect()
     if not arrived:
@@ -349,16 +374,16 @@ def rss_mib(pid: int) -> float:
 
 async def bench_edge(url: str | None, *, sessions: int = 10, asr: bool = True,
                      providers: Providers = "local", transport: Transport = "xiaozhi",
-                     listen_s: float = 5.0) -> dict[str, Any]:
+                     listen_s: float = 5.0, max_sessions: int = 0) -> dict[str, Any]:
     if sessions < 1:
         raise ValueError("sessions must be at least 1")
     with contextlib.ExitStack() as stands:
         cloud = stands.enter_context(cloud_stand_ins()) if providers == "cloud" else None
-        return await _bench(url, sessions, asr, cloud, transport, listen_s)
+        return await _bench(url, sessions, asr, cloud, transport, listen_s, max_sessions)
 
 
 async def _bench(url: str | None, sessions: int, asr: bool, cloud: dict[str, str] | None,
-                 transport: Transport, listen_s: float) -> dict[str, Any]:
+                 transport: Transport, listen_s: float, max_sessions: int) -> dict[str, Any]:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="vagent-bench-edge-") as tmp:
@@ -366,6 +391,7 @@ async def _bench(url: str | None, sessions: int, asr: bool, cloud: dict[str, str
         cmd += ["--nats", url] if url else []
         cmd += [] if asr else ["--no-asr"]
         cmd += ["--cloud", json.dumps(cloud)] if cloud else []
+        cmd += ["--max-sessions", str(max_sessions)]
         # Every device asks the same: a warm cache would speak every answer but the first from
         # memory. Off, unless asked for: each session pays for its own synthesis.
         env = {**os.environ, "VAGENT_TTS_CACHE_MB": os.environ.get("VAGENT_TTS_CACHE_MB", "0")}
@@ -436,6 +462,9 @@ async def _bench(url: str | None, sessions: int, asr: bool, cloud: dict[str, str
         "sessions": sessions,
         "held": sum(1 for r in rows if r["held"]),
         "answered": sum(1 for r in rows if r["answered"]),
+        "admitted": sum(1 for r in rows if not r["refused"]),
+        "queued": sum(1 for r in rows if r["queued"]) if transport == "ws" else None,
+        "refused": sum(1 for r in rows if r["refused"]),
         "providers": "cloud" if cloud else "local",
         "transport": transport,
         "input": (f"speech ({audio[2] - LEAD_SILENCE_MS} ms, Opus 16 kHz/60 ms at real time, "
@@ -468,6 +497,10 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"vagent bench edge  ({where}; {r['providers']} providers)")
     print(f"  sessions          {r['sessions']} concurrent, {r['held']} connections held, "
           f"{r['answered']} answered")
+    if r["refused"] or r["queued"]:
+        waited = f", {r['queued']} waited first" if r["queued"] is not None else ""
+        print(f"  admission         {r['admitted']} admitted{waited}, {r['refused']} refused busy"
+              "   (latency: the admitted sessions')")
     print(f"  input             {r['input']}")
     print(f"  first audio       p50 {r['first_audio_p50_ms']:.0f} ms   p95 {r['first_audio_p95_ms']:.0f} ms"
           "   (end of speech or text sent â†’ first downlink audio frame)")
@@ -492,6 +525,7 @@ def main() -> None:
     s.add_argument("--data-dir", type=Path, required=True)
     s.add_argument("--no-asr", action="store_true")
     s.add_argument("--cloud", help="the stand-ins' URLs, as JSON")
+    s.add_argument("--max-sessions", type=int, default=0, help="[asr] max_sessions")
     args = parser.parse_args()
     from hosting.logs import setup
 
@@ -499,7 +533,7 @@ def main() -> None:
     import uvloop
 
     cloud = json.loads(args.cloud) if args.cloud else None
-    uvloop.run(serve(args.nats, not args.no_asr, args.data_dir, cloud))
+    uvloop.run(serve(args.nats, not args.no_asr, args.data_dir, cloud, args.max_sessions))
 
 
 if __name__ == "__main__":

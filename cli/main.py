@@ -919,7 +919,10 @@ def bench_edge(nats: NatsOpt = None,
                         "stand-ins with fixed delays: vagent's own cost).")] = "local",
                transport: Annotated[str, typer.Option(help="xiaozhi or ws.")] = "xiaozhi",
                listen: Annotated[float, typer.Option(
-                   help="Seconds every session listens (streams silence) before speaking.")] = 5.0
+                   help="Seconds every session listens (streams silence) before speaking.")] = 5.0,
+               max_sessions: Annotated[int, typer.Option(
+                   help="Sessions the ASR worker takes at once ([asr] max_sessions; 0: its "
+                        "default); the others wait, then are refused.")] = 0
                ) -> None:
     """N voice sessions at once: connections held, end of speech → first audio p50/p95 (and
     what vagent adds over cloud stand-ins), server CPU per listening session and per turn,
@@ -937,7 +940,8 @@ def bench_edge(nats: NatsOpt = None,
         raise typer.BadParameter(f"transport: xiaozhi or ws, not {transport!r}")
     for count in counts:
         print_report(run(run_bench(nats, sessions=count, asr=asr, providers=providers,  # type: ignore[arg-type]
-                                   transport=transport, listen_s=listen),  # type: ignore[arg-type]
+                                   transport=transport, listen_s=listen,  # type: ignore[arg-type]
+                                   max_sessions=max_sessions),
                          log_level="WARNING"))
 
 
