@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -130,3 +131,17 @@ async def test_a_refused_xiaozhi_device_gets_an_alert_then_the_close(
     log = await wait_for(bus, session_id, lambda events: any(isinstance(e, SessionEnded)
                                                              for e in events))
     assert [e.reason for e in log if isinstance(e, SessionEnded)] == ["busy"]
+
+
+@pytest.mark.slow
+async def test_bench_edge_counts_admitted_waiting_and_refused_sessions() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli.main", "bench", "edge", "--transport", "ws", "--sessions", "3",
+        "--max-sessions", "1", "--listen", "1",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 240)
+    text = out.decode()
+    assert proc.returncode == 0, (text, err.decode()[-2000:])
+    assert "3 concurrent, 1 connections held, 1 answered" in text, text
+    assert "1 admitted, 2 waited first, 2 refused busy" in text, text
+    assert "error" not in text
