@@ -52,7 +52,8 @@ class SessionStarted(SessionEvent, tag="session.started", kw_only=True):
 class SessionEnded(SessionEvent, tag="session.ended", kw_only=True):
     # client_closed, client_goodbye, user_exit (the user said goodbye), idle (a xiaozhi
     # device with no speech or text for edge.idle_timeout), error, edge_lost, or the refusal's
-    # code that closed the connection (too_many_sessions, frame_too_large, rate_limited…)
+    # code that closed the connection (too_many_sessions, frame_too_large, rate_limited…),
+    # or busy (session.refused: no ASR worker had room for it)
     reason: str = "client_closed"
 
 

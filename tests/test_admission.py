@@ -25,6 +25,7 @@ from bus.server import EmbeddedServer
 from schemas import SessionAdmitted, SessionEnded, SessionQueued, SessionRefused
 from tests.api_harness import Api, api_config, serve_api
 from tests.conftest import wait_for
+from tests.test_webrtc import Browser
 from tests.test_ws import until, ws_url
 from tests.test_xiaozhi import mac
 from tests.test_xiaozhi import url as xiaozhi_url
@@ -128,6 +129,26 @@ async def test_a_refused_xiaozhi_device_gets_an_alert_then_the_close(
             assert alert["status"] == "error" and "busy" in alert["message"]
             assert await device.wait_closed() == 1013
     session_id = device.server_hello["session_id"]
+    log = await wait_for(bus, session_id, lambda events: any(isinstance(e, SessionEnded)
+                                                             for e in events))
+    assert [e.reason for e in log if isinstance(e, SessionEnded)] == ["busy"]
+
+
+async def test_a_refused_webrtc_peer_gets_the_error_on_its_data_channel_then_goodbye(
+        loopback_ice: None, full_edge: tuple[Api, Asr, Bus]) -> None:
+    api, asr, bus = full_edge
+    async with websockets.connect(ws_url(api)) as ws:
+        await claimed(asr, json.loads(await ws.recv())["session_id"])
+        browser = Browser(audio=False)
+        try:
+            session_id = await browser.connect(api)
+            error = await browser.until("error", timeout=MAX_QUEUE_MS / 1000 + 20)
+            assert error["code"] == "busy" and error["details"]["retry_after"] == 5
+            assert (await browser.until("goodbye"))["reason"] == "busy"
+            assert [m["type"] for m in browser.seen if m["type"].startswith("session.")][-2:] == [
+                "session.queued", "session.refused"]
+        finally:
+            await browser.close()
     log = await wait_for(bus, session_id, lambda events: any(isinstance(e, SessionEnded)
                                                              for e in events))
     assert [e.reason for e in log if isinstance(e, SessionEnded)] == ["busy"]
