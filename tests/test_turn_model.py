@@ -115,6 +115,14 @@ def test_a_complete_sentence_ends_after_the_short_hold(model: TurnModel) -> None
     assert abs(stop.stop_ms - meta["speech_end_ms"]) < 150 and stop.stop_ms == silent.stop_ms
 
 
+def test_listening_to_silence_or_noise_never_asks_the_model(model: TurnModel) -> None:
+    before = model.calls
+    assert boundaries(silence(5000) + pcm("noise") + silence(3000), model_end(model)) == []
+    assert model.calls == before  # only a pause after speech is judged
+    boundaries(silence(1000) + pcm("kitchen_lights"), model_end(model))
+    assert model.calls == before + 1
+
+
 def test_an_utterance_judged_incomplete_ends_at_the_longest_wait(model: TurnModel) -> None:
     head = ms(paused(), PAUSED["pause_start_ms"] + 100) + silence(2500)
     _, stop = boundaries(head, model_end(model, max_wait=1500))

