@@ -477,7 +477,8 @@ async def _bench(url: str | None, sessions: int, asr: bool, cloud: dict[str, str
         "added_p95_ms": at(95) - waited,
         "listening_core_pct": 100 * listen_cpu / listen_wall / sessions if asr and listen_wall > 0
         else float("nan"),
-        "cpu_s_per_turn": turn_cpu / sessions,
+        # Refused sessions take no turn.
+        "cpu_s_per_turn": turn_cpu / max(1, sum(1 for r in rows if not r["refused"])),
         "server_cpu_s": listen_cpu + turn_cpu,
         "cpu_s_per_session": (listen_cpu + turn_cpu) / sessions,
         "rss_idle_mib": rss0,
