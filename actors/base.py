@@ -14,7 +14,7 @@ from typing import ClassVar, TypeVar
 import msgspec
 
 from bus.client import Bus, Stored
-from bus.consumer import ConsumerSpec, Delivery
+from bus.consumer import ConsumerSpec, Delivery, NotNow
 from bus.log import Entry, LogCache
 from bus.streams import STREAM_BY_AGGREGATE
 from bus.subjects import event_type_filter
@@ -131,9 +131,17 @@ class Actor:
             await self.handle(event, ctx)
             return
         # The handler's span is what its effects name as their parent, in any process.
+        later: NotNow | None = None
         with tracing.span(f"{self.name} {event.type}", delivery.traceparent,
                           attributes=tracing.event_attributes(event)) as span:
             if span is not None:
                 ctx.traceparent = tracing.traceparent(span)
-            await self.handle(event, ctx)
+            try:
+                await self.handle(event, ctx)
+            except NotNow as exc:  # put back for later (a full worker): not a failed span
+                later = exc
+                if span is not None:
+                    span.add_event("deferred", {"vagent.retry_s": exc.delay})
+        if later is not None:
+            raise later
 

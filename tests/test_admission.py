@@ -15,6 +15,8 @@ from pathlib import Path
 import msgspec
 import pytest
 import websockets
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 from prometheus_client import REGISTRY
 
 from actors.asr.actor import Asr
@@ -25,6 +27,7 @@ from bus.server import EmbeddedServer
 from schemas import SessionAdmitted, SessionEnded, SessionQueued, SessionRefused
 from tests.api_harness import Api, api_config, serve_api
 from tests.conftest import wait_for
+from tests.test_tracing import spans
 from tests.test_webrtc import Browser
 from tests.test_ws import until, ws_url
 from tests.test_xiaozhi import mac
@@ -32,6 +35,7 @@ from tests.test_xiaozhi import url as xiaozhi_url
 from tests.xiaozhi_client import XiaozhiDevice
 
 MAX_QUEUE_MS = 5000
+__all__ = ["spans"]  # a fixture
 
 
 def test_a_worker_takes_a_share_of_the_cores_with_local_models_and_no_limit_with_servers() -> None:
@@ -166,3 +170,18 @@ async def test_bench_edge_counts_admitted_waiting_and_refused_sessions() -> None
     assert "3 concurrent, 1 connections held, 1 answered" in text, text
     assert "1 admitted, 2 waited first, 2 refused busy" in text, text
     assert "error" not in text
+
+
+async def test_a_session_put_back_is_a_deferred_span_not_a_failed_one(
+        spans: InMemorySpanExporter, full_edge: tuple[Api, Asr, Bus]) -> None:
+    api, asr, _ = full_edge
+    async with websockets.connect(ws_url(api)) as ws1:
+        await claimed(asr, json.loads(await ws1.recv())["session_id"])
+        async with websockets.connect(ws_url(api)) as ws2:
+            await until(ws2, "session.queued")
+            await ws1.close()
+            await until(ws2, "session.admitted")
+    handled = [s for s in spans.get_finished_spans() if s.name == "asr session.started"]
+    deferred = [s for s in handled if any(e.name == "deferred" for e in s.events)]
+    assert deferred and len(deferred) < len(handled)
+    assert all(s.status.status_code != StatusCode.ERROR for s in handled)
