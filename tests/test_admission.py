@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from bus.server import EmbeddedServer
 from schemas import SessionAdmitted, SessionEnded, SessionQueued, SessionRefused
 from tests.api_harness import Api, api_config, serve_api
 from tests.conftest import wait_for
+from tests.procs import vagent
 from tests.test_tracing import spans
 from tests.test_webrtc import Browser
 from tests.test_ws import until, ws_url
@@ -160,13 +160,10 @@ async def test_a_refused_webrtc_peer_gets_the_error_on_its_data_channel_then_goo
 
 @pytest.mark.slow
 async def test_bench_edge_counts_admitted_waiting_and_refused_sessions() -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cli.main", "bench", "edge", "--transport", "ws", "--sessions", "3",
-        "--max-sessions", "1", "--listen", "1",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 240)
-    text = out.decode()
-    assert proc.returncode == 0, (text, err.decode()[-2000:])
+    done = await asyncio.to_thread(vagent, "bench", "edge", "--transport", "ws", "--sessions", "3",
+                                   "--max-sessions", "1", "--listen", "1", timeout=240)
+    text = done.stdout
+    assert done.returncode == 0, (text, done.stderr[-2000:])
     assert "3 concurrent, 1 connections held, 1 answered" in text, text
     assert "1 admitted, 2 waited first, 2 refused busy" in text, text
     assert "error" not in text

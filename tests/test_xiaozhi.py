@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import sys
 from typing import Any
 
 import msgspec
@@ -22,6 +21,7 @@ from schemas import Event, SessionStarted, new_id
 from settings.config import Config, XiaozhiConfig
 from tests.api_harness import Api
 from tests.fixtures.audio import has_key_words, opus_packets, pcm
+from tests.procs import vagent
 from tests.xiaozhi_client import XiaozhiDevice, frame_up
 
 HELLO_TIMEOUT = 1.0
@@ -366,12 +366,9 @@ async def test_oversized_frames_and_floods_close_and_the_edge_serves_on(stack: A
 
 @pytest.mark.slow
 async def test_bench_edge_prints_measured_numbers() -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cli.main", "bench", "edge", "--sessions", "2",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 240)
-    text = out.decode()
-    assert proc.returncode == 0, (text, err.decode()[-2000:])
+    done = await asyncio.to_thread(vagent, "bench", "edge", "--sessions", "2", timeout=240)
+    text = done.stdout
+    assert done.returncode == 0, (text, done.stderr[-2000:])
     assert "2 concurrent, 2 connections held, 2 answered" in text, text
     assert "ASR moonshine" in text
     p50, p95 = (float(v) for v in re.search(r"p50 (\d+) ms\s+p95 (\d+) ms", text).groups())  # type: ignore[union-attr]
@@ -385,13 +382,11 @@ async def test_bench_edge_prints_measured_numbers() -> None:
 
 @pytest.mark.slow
 async def test_bench_edge_with_cloud_stand_ins_prints_vagents_own_cost() -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cli.main", "bench", "edge", "--providers", "cloud", "--transport", "ws",
-        "--sessions", "2", "--listen", "1",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 240)
-    text = out.decode()
-    assert proc.returncode == 0, (text, err.decode()[-2000:])
+    done = await asyncio.to_thread(vagent, "bench", "edge", "--providers", "cloud",
+                                   "--transport", "ws", "--sessions", "2", "--listen", "1",
+                                   timeout=240)
+    text = done.stdout
+    assert done.returncode == 0, (text, done.stderr[-2000:])
     assert "(/ws, Opus; cloud providers)" in text and "2 concurrent, 2 connections held, 2 answered" in text
     assert "ASR deepgram stand-in" in text and "TTS elevenlabs stand-in" in text, text
     p50 = float(re.search(r"first audio\s+p50 (\d+) ms", text).group(1))  # type: ignore[union-attr]
